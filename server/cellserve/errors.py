@@ -1,0 +1,68 @@
+"""Domain errors of cellserve.
+
+Hierarchy (each leaf maps to exactly one gRPC status code in ``cellserve.api``)::
+
+    CellserveError                  base; never raised itself
+    ├── ModelFileError              a model folder is missing, corrupt or inconsistent
+    │                               (names the file and the field; operator-facing only)
+    ├── InvalidInput                INVALID_ARGUMENT: the request itself is malformed
+    ├── NotFound                    NOT_FOUND: unknown, expired or foreign session; unknown model
+    ├── OffsetConflict              ABORTED: Append.offset != session position (carries expected)
+    ├── PreconditionFailed          FAILED_PRECONDITION: e.g. snapshot of other weights, rewind
+    │                               beyond the checkpoint window
+    ├── CapacityExceeded            RESOURCE_EXHAUSTED: a configured cap (carries a retry hint)
+    └── Unavailable                 UNAVAILABLE: the server is draining
+
+Messages are written for the client: they never contain file-system paths, exception text
+from libraries, or internal names. ``ModelFileError`` is the exception: it is raised at
+start-up or by CLI tools to the operator, and names the offending file and field.
+"""
+
+from __future__ import annotations
+
+
+class CellserveError(Exception):
+    """Base class of every error cellserve raises on purpose."""
+
+
+class ModelFileError(CellserveError):
+    """A model folder cannot be used; the message names the file and the field."""
+
+    def __init__(self, file: str, field: str, problem: str) -> None:
+        self.file = file
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{file}: {field}: {problem}")
+
+
+class InvalidInput(CellserveError):
+    """The request is malformed (INVALID_ARGUMENT)."""
+
+
+class NotFound(CellserveError):
+    """Unknown, expired or foreign session, or unknown model (NOT_FOUND)."""
+
+
+class OffsetConflict(CellserveError):
+    """Append at an offset other than the session's position (ABORTED)."""
+
+    def __init__(self, expected: int, got: int) -> None:
+        self.expected = expected
+        self.got = got
+        super().__init__(f"append offset {got} does not match the session position; expected offset {expected}")
+
+
+class PreconditionFailed(CellserveError):
+    """The request is valid but the system is not in a state to run it (FAILED_PRECONDITION)."""
+
+
+class CapacityExceeded(CellserveError):
+    """A configured limit was reached (RESOURCE_EXHAUSTED); ``retry_after_s`` is a hint."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+
+class Unavailable(CellserveError):
+    """The server is draining or not ready (UNAVAILABLE)."""

@@ -1,0 +1,69 @@
+"""model.json: the description of a model folder, validated by pydantic.
+
+A model folder ``models/<name>/`` holds ``model.json`` (this schema) and
+``weights.safetensors`` (tensors named exactly as ``CharLM.state_dict()``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SPEC_FILE = "model.json"
+WEIGHTS_FILE = "weights.safetensors"
+FORMAT_VERSION = 1
+
+
+class Provenance(BaseModel):
+    """How the weights were made, so a model can be reproduced and judged."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    corpus: str = Field(description="What the model was trained on (human-readable).")
+    train_chars: int = Field(ge=0, description="Characters in the training split.")
+    validation_chars: int = Field(ge=0, description="Characters in the validation split.")
+    steps: int = Field(ge=0, description="Optimizer steps taken.")
+    wall_seconds: float = Field(ge=0, description="Wall-clock training time.")
+    seed: int = Field(description="Random seed of the run.")
+    device: str = Field(description="Device trained on, e.g. 'cpu' or 'cuda (NVIDIA H200)'.")
+    git_commit: str = Field(description="Commit of the code that trained it ('unknown' outside git).")
+    command: str = Field(default="", description="The command line that trained it.")
+
+
+class Quality(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    validation_bits_per_char: float = Field(gt=0, description="Mean bits/char on the validation split.")
+
+
+class ModelSpec(BaseModel):
+    """Architecture, vocabulary, provenance and quality of one model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: Literal[1] = Field(default=FORMAT_VERSION, description="model.json schema version.")
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$", description="Model name; its folder name.")
+    cell: Literal["lstm", "gru"] = Field(description="Recurrent cell type.")
+    layers: int = Field(ge=1, le=16, description="Stacked recurrent layers.")
+    hidden: int = Field(ge=1, le=8192, description="Hidden units per layer.")
+    embedding: int = Field(ge=1, le=8192, description="Character embedding size.")
+    vocabulary: list[str] = Field(
+        min_length=2,
+        description='Ordered characters; entry 0 is "" and stands for every unknown character.',
+    )
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(default="float32", description="Stored weight dtype.")
+    provenance: Provenance
+    quality: Quality | None = Field(default=None, description="Absent until the model was evaluated.")
+
+    @field_validator("vocabulary")
+    @classmethod
+    def _check_vocabulary(cls, v: list[str]) -> list[str]:
+        if v[0] != "":
+            raise ValueError('entry 0 must be "" (reserved for unknown characters)')
+        if any(len(ch) != 1 for ch in v[1:]):
+            bad = next(i for i, ch in enumerate(v[1:], 1) if len(ch) != 1)
+            raise ValueError(f"entry {bad} must be exactly one character, got {v[bad]!r}")
+        if len(set(v)) != len(v):
+            raise ValueError("characters must be unique")
+        return v

@@ -1,0 +1,115 @@
+"""Settings: every knob of the server, its bounds and what it does. Validated once at start.
+
+Sources, highest first: command-line flags, ``CELLSERVE_<FIELD>`` environment variables
+(e.g. ``CELLSERVE_MAX_SESSIONS=5000``), defaults. Nothing reads the environment at import
+time: ``Settings.load()`` does, when the server starts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+ENV_PREFIX = "CELLSERVE_"
+
+
+def default_model_dir() -> Path:
+    """The repository's models/ when running from a checkout, else ./models."""
+    repo_models = Path(__file__).resolve().parents[2] / "models"
+    return repo_models if repo_models.is_dir() else Path("models")
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True, use_attribute_docstrings=True)
+
+    # --- models and device -------------------------------------------------------------
+    model_dir: Path = Field(default_factory=default_model_dir)
+    """Folder holding one sub-folder per model (model.json + weights.safetensors)."""
+    models: list[str] = Field(default_factory=list)
+    """Models to load by name; empty: every model in ``model_dir``."""
+    default_model: str = Field(default="", max_length=64)
+    """Model used when a session does not name one; empty: the loaded model with the lowest
+    validation bits/char."""
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    """'auto' picks CUDA when available, else CPU."""
+    cpu_threads: int = Field(default=0, ge=0, le=256)
+    """torch intra-op threads on CPU; 0 leaves torch's default."""
+
+    # --- network -------------------------------------------------------------------------
+    host: str = Field(default="0.0.0.0", min_length=1)
+    """Address the gRPC server binds."""
+    port: int = Field(default=50051, ge=0, le=65535)
+    """gRPC port; 0 picks a free one (printed at start)."""
+    metrics_host: str = Field(default="0.0.0.0", min_length=1)
+    """Address the Prometheus metrics endpoint binds."""
+    metrics_port: int = Field(default=9090, ge=0, le=65535)
+    """Prometheus metrics port (served by the metrics module)."""
+    readiness_service: str = Field(default="cellserve.v1.Ready", min_length=1)
+    """grpc.health.v1 service name that reports readiness ("" reports liveness)."""
+    drain_grace_s: float = Field(default=20.0, ge=0, le=3600)
+    """On SIGTERM: seconds in-flight work may take before the server stops."""
+
+    # --- capacity and limits -------------------------------------------------------------
+    max_sessions: int = Field(default=10_000, ge=1, le=10_000_000)
+    """Live sessions (= state-pool slots for sessions). Beyond: RESOURCE_EXHAUSTED."""
+    pool_chunk: int = Field(default=256, ge=1, le=1_000_000)
+    """The state pool grows by this many slots at a time, up to the maximum."""
+    max_concurrent_streams: int = Field(default=1024, ge=1, le=1_000_000)
+    """Open bidirectional streams. Beyond: RESOURCE_EXHAUSTED."""
+    max_message_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
+    """Largest gRPC message accepted."""
+    max_append_chars: int = Field(default=4096, ge=1, le=1_000_000)
+    """Characters in one Append. Beyond: INVALID_ARGUMENT."""
+    max_completion_chars: int = Field(default=256, ge=1, le=100_000)
+    """Characters one completion may generate. Beyond: INVALID_ARGUMENT."""
+    max_completion_alternatives: int = Field(default=8, ge=1, le=64)
+    """Alternatives (n) one completion may ask for."""
+    max_running_completions: int = Field(default=256, ge=1, le=100_000)
+    """Completion alternatives decoding at once (scratch slots). Beyond: RESOURCE_EXHAUSTED."""
+    max_top_k: int = Field(default=64, ge=1, le=4096)
+    """Largest top_k a Prediction may ask for."""
+    session_idle_ttl_s: float = Field(default=900.0, gt=0, le=7 * 86400)
+    """A session untouched this long is closed and its slot freed."""
+    max_batch_tokens: int = Field(default=16_384, ge=1, le=10_000_000)
+    """Characters one engine iteration may process (keeps one huge paste from stalling
+    everyone's keystrokes: the rest waits for the next iteration)."""
+
+    # --- exactly-once, rewind, snapshots -------------------------------------------------
+    checkpoint_every: int = Field(default=64, ge=1, le=100_000)
+    """Rewind checkpoints: the state is saved every this many characters."""
+    rewind_window: int = Field(default=256, ge=0, le=100_000)
+    """Characters back that Rewind can reach; beyond: FAILED_PRECONDITION."""
+    snapshot_key: SecretStr | None = Field(default=None)
+    """HMAC-SHA256 key for snapshot blobs (shared by all replicas so a session resumes on any
+    of them). Unset: a random per-process key; snapshots then resume on this process only."""
+
+    # --- logging -------------------------------------------------------------------------
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Log verbosity."""
+    log_json: bool = False
+    """One JSON object per log line."""
+    log_user_text: bool = False
+    """Include user text in debug logs. Off by default: text is private."""
+
+    @classmethod
+    def load(cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+        """Defaults < ``CELLSERVE_*`` environment < ``overrides`` (flags given explicitly).
+
+        Raises pydantic.ValidationError naming the bad field.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, field in cls.model_fields.items():
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is None:
+                continue
+            if field.annotation is not None and "list" in str(field.annotation):
+                values[name] = [s.strip() for s in raw.split(",") if s.strip()]
+            else:
+                values[name] = raw
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        return cls.model_validate(values)

@@ -1,0 +1,100 @@
+"""The engine's public data: what the API layer passes in and gets back. Plain dataclasses.
+
+Nothing here imports grpc or torch. The gRPC layer (``cellserve.api``) translates protobuf
+messages to and from these; the engine (``cellserve.engine.engine.Engine``) consumes and
+produces them. ``EngineStats`` is what the metrics module exports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    cell: str  # "lstm" | "gru"
+    layers: int
+    hidden: int
+    vocabulary: tuple[str, ...]  # entry 0 is "" (unknown)
+    weights_sha256: str
+    validation_bits_per_char: float | None
+    is_default: bool
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    session_id: str  # 32 hex chars: 128 random bits
+    model: str
+    position: int  # characters applied so far (the offset the next Append must carry)
+    created_at: float  # unix seconds
+    last_used_at: float
+
+
+@dataclass(frozen=True)
+class AppendOptions:
+    top_k: int = 5  # 0: no distribution (cheapest); capped by settings.max_top_k
+    want_logprobs: bool = False  # log-prob of each appended character given what preceded it
+    want_gates: bool = False  # per-character gate activations (slow path: reference cells)
+    only_last: bool = False  # when coalesced, answer only the last of the pieces? (see Engine.append)
+
+
+@dataclass(frozen=True)
+class GateTrace:
+    """Gate activations for one appended character, per layer, averaged over hidden units
+    (full vectors would be [layers, hidden] floats per character per gate).
+
+    LSTM: names ("f", "i", "g", "o", "c"); GRU: ("r", "z", "n"). values[gate][layer]."""
+
+    names: tuple[str, ...]
+    values: tuple[tuple[float, ...], ...]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The model's answer after an Append: the distribution of the next character."""
+
+    position: int  # session position after this piece
+    top_k: tuple[tuple[str, float], ...]  # (character, probability), most probable first;
+    # the unknown entry appears as "\ufffd"
+    logprobs: tuple[float, ...] = ()  # natural-log probability of each appended character
+    gates: tuple[GateTrace, ...] = ()  # one per appended character when asked for
+    replayed: bool = False  # True when answered from the exactly-once cache
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    max_chars: int = 32
+    stop: tuple[str, ...] = ()  # generation of an alternative ends when its text ends with one
+    temperature: float = 0.0  # 0: greedy (deterministic)
+    top_k: int = 0  # 0: no top-k filter
+    top_p: float = 1.0  # nucleus sampling; 1: off
+    seed: int | None = None  # with the same seed and state, sampling repeats exactly
+    n: int = 1  # alternatives, each from the session's state
+
+
+@dataclass(frozen=True)
+class CompletionChunk:
+    alternative: int  # 0..n-1
+    text: str  # new characters since the previous chunk of this alternative
+    done: bool  # last chunk of this alternative
+    finish_reason: str = ""  # when done: "length" | "stop" | "cancelled"
+
+
+@dataclass
+class EngineStats:
+    """A point-in-time view for the metrics module; counters are cumulative since start."""
+
+    active_sessions: int = 0
+    slots_capacity: int = 0  # allocated slots (grows in chunks)
+    slots_max: int = 0
+    slots_used: int = 0
+    state_bytes: int = 0  # bytes of the allocated state pool tensors
+    running_completions: int = 0
+    iterations: int = 0
+    chars_processed: dict[str, int] = field(default_factory=dict)  # phase ("step"|"prefill"|"completion") -> chars
+    session_events: dict[str, int] = field(default_factory=dict)  # reason -> count
+    # recent observations drained by the metrics module (each a list of floats, seconds or sizes)
+    queue_wait_s: list[float] = field(default_factory=list)
+    step_time_s: dict[str, list[float]] = field(default_factory=dict)  # phase -> durations
+    batch_sizes: list[int] = field(default_factory=list)

@@ -81,7 +81,8 @@ def load_model(folder: Path | str, device: torch.device | str = "cpu") -> Loaded
     for name in sorted(set(tensors) - set(expected)):
         raise ModelFileError(str(wpath), name, "unexpected tensor")
     want_dtype = _DTYPES[spec.dtype]
-    for name, t in tensors.items():
+    for name in expected:  # model order: embed, rnn layer by layer, head
+        t = tensors[name]
         if tuple(t.shape) != tuple(expected[name].shape):
             hint = ""
             if name in ("embed.weight", "head.weight", "head.bias") and t.shape[0] != len(spec.vocabulary):

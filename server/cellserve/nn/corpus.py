@@ -59,6 +59,15 @@ def is_validation(key: str, fraction: float) -> bool:
     return (h % 1_000_000) < fraction * 1_000_000
 
 
+def split_files(paths: list[Path], validation_fraction: float = 0.05) -> tuple[list[Path], list[Path]]:
+    """(train files, validation files), by the same rule ``load_corpus`` uses."""
+    train: list[Path] = []
+    val: list[Path] = []
+    for key, path in gather_files(paths):
+        (val if is_validation(key, validation_fraction) else train).append(path)
+    return train, val
+
+
 @dataclass
 class Corpus:
     train: str

@@ -6,6 +6,10 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .nn.checkpoint import LoadedModel
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -55,10 +59,94 @@ def _run_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model name (default: the lowest bits/char in the model folder)")
+    p.add_argument("--model-dir", type=Path, help="folder of model folders (default: the repository's models/)")
+
+
+def _load_named_model(a: argparse.Namespace) -> LoadedModel:
+    """Loads --model from --model-dir; the default is the model with the lowest bits/char."""
+    from .config import default_model_dir
+    from .errors import ModelFileError
+    from .nn.checkpoint import load_model, read_spec
+
+    root: Path = a.model_dir or default_model_dir()
+    name = a.model
+    if not name:
+        specs = [read_spec(d) for d in sorted(root.iterdir()) if (d / "model.json").is_file()] if root.is_dir() else []
+        if not specs:
+            raise SystemExit(f"cellserve: no models in {root}")
+        name = min(specs, key=lambda s: s.quality.validation_bits_per_char if s.quality else float("inf")).name
+    try:
+        return load_model(root / name)
+    except ModelFileError as e:
+        raise SystemExit(f"cellserve: {e}") from None
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("eval", help="bits/char and keystroke savings against a word-trie baseline")
+    p.add_argument("files", nargs="*", type=Path, help="text files or folders (folders: their *.py)")
+    _model_args(p)
+    p.add_argument("--validation", action="store_true", help="evaluate on the default corpus's validation split")
+    p.add_argument("--max-chars", type=int, default=200_000, help="stop reading input after this many characters")
+    p.add_argument("--baseline-corpus", nargs="*", type=Path, default=None,
+                   help="corpus for the baseline's word trie (default: the default corpus's training split)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(handler=_run_eval)
+
+
+def _run_eval(a: argparse.Namespace) -> int:
+    import json
+
+    from .evaluation import WordTrie, evaluate_texts, read_texts
+    from .nn.corpus import default_corpus_paths, load_corpus, split_files
+
+    loaded = _load_named_model(a)
+    files: list[Path] = list(a.files)
+    if a.validation:
+        files += split_files(default_corpus_paths())[1]
+    if not files:
+        raise SystemExit("cellserve eval: give FILE... or --validation")
+    texts = read_texts(files, a.max_chars)
+    trie_text = load_corpus(a.baseline_corpus).train if a.baseline_corpus else load_corpus(default_corpus_paths()).train
+    report = evaluate_texts(loaded, texts, WordTrie.from_text(trie_text))
+    print(json.dumps(report.as_dict(), indent=2) if a.json else report.table())
+    return 0
+
+
+def _add_inspect(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("inspect", help="per-character gate activations and next-character predictions")
+    p.add_argument("text", help="the text to run through the model")
+    _model_args(p)
+    p.add_argument("--top-k", type=int, default=3, help="next characters shown per position")
+    p.add_argument("--png", type=Path, help="write a heatmap here (needs matplotlib: the 'plot' extra)")
+    p.set_defaults(handler=_run_inspect)
+
+
+def _run_inspect(a: argparse.Namespace) -> int:
+    from .inspection import format_table, trace, write_heatmap
+
+    if not a.text:
+        raise SystemExit("cellserve inspect: the text is empty")
+    loaded = _load_named_model(a)
+    rows = trace(loaded, a.text, a.top_k)
+    print(f"model {loaded.spec.name} ({loaded.spec.cell}, {loaded.spec.layers}x{loaded.spec.hidden})")
+    print(format_table(rows, loaded.spec.cell))
+    if a.png:
+        try:
+            write_heatmap(rows, loaded.spec.cell, loaded.spec.name, a.png)
+        except RuntimeError as e:
+            raise SystemExit(f"cellserve inspect: {e}") from None
+        print(f"wrote {a.png}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cellserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    _add_eval(sub)
+    _add_inspect(sub)
     return parser
 
 

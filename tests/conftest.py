@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from cellserve.nn.charlm import CharLM
 from cellserve.nn.checkpoint import save_model
 from cellserve.nn.spec import ModelSpec, Provenance, Quality
@@ -17,7 +16,14 @@ TEST_VOCAB = [""] + sorted(set("\n\t" + "".join(chr(c) for c in range(32, 127)) 
 
 
 def write_random_model(
-    folder: Path, name: str, cell: str, *, layers: int = 2, hidden: int = 32, embedding: int = 16, seed: int = 0,
+    folder: Path,
+    name: str,
+    cell: str,
+    *,
+    layers: int = 2,
+    hidden: int = 32,
+    embedding: int = 16,
+    seed: int = 0,
     bits_per_char: float = 3.0,
 ) -> Path:
     torch.manual_seed(seed)
@@ -26,10 +32,22 @@ def write_random_model(
         for p in model.parameters():
             p.mul_(3.0)
     spec = ModelSpec(
-        name=name, cell=cell, layers=layers, hidden=hidden, embedding=embedding,  # type: ignore[arg-type]
+        name=name,
+        cell=cell,
+        layers=layers,
+        hidden=hidden,
+        embedding=embedding,  # type: ignore[arg-type]
         vocabulary=TEST_VOCAB,
-        provenance=Provenance(corpus="random weights (tests)", train_chars=0, validation_chars=0, steps=0,
-                              wall_seconds=0.0, seed=seed, device="cpu", git_commit="unknown"),
+        provenance=Provenance(
+            corpus="random weights (tests)",
+            train_chars=0,
+            validation_chars=0,
+            steps=0,
+            wall_seconds=0.0,
+            seed=seed,
+            device="cpu",
+            git_commit="unknown",
+        ),
         quality=Quality(validation_bits_per_char=bits_per_char),
     )
     save_model(folder / name, spec, model)

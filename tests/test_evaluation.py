@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from cellserve.cli import main
 from cellserve.evaluation import WordTrie, model_offers, offer_positions, simulate
 from cellserve.inspection import trace
@@ -61,8 +60,22 @@ def test_model_offers_equal_naive_greedy(model_dir: Path) -> None:
 def test_eval_command(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     f = tmp_path / "sample.py"
     f.write_text("import os\n\ndef main():\n    print(os.getcwd())\n" * 3)
-    assert main(["eval", "--model-dir", str(model_dir), "--model", "tiny-lstm", str(f),
-                 "--baseline-corpus", str(f), "--json"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model-dir",
+                str(model_dir),
+                "--model",
+                "tiny-lstm",
+                str(f),
+                "--baseline-corpus",
+                str(f),
+                "--json",
+            ]
+        )
+        == 0
+    )
     import json
 
     report = json.loads(capsys.readouterr().out)

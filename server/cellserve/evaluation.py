@@ -109,45 +109,54 @@ def bits_per_char(model: CharLM, ids: torch.Tensor, chunk: int = 1024) -> tuple[
 
 @torch.no_grad()
 def model_offers(model: CharLM, vocab: Vocab, text: str, positions: list[int], batch: int = 256) -> dict[int, str]:
-    """Greedy completion of the current word at each position, decoded in batches."""
+    """Greedy completion of the current word at each position.
+
+    One stepwise pass (batch 1) over the text collects the state at each wanted position; every
+    ``batch`` positions, their completions are decoded together, so memory stays bounded.
+    """
     if not positions:
         return {}
     ids = vocab.encode_tensor(text)
     wanted = set(positions)
-    # States after text[:p] for each wanted p: one stepwise pass over the text (batch 1).
-    states: list[torch.Tensor] = []  # each [arity, L, H]
-    last_logits: list[torch.Tensor] = []  # each [V]
+    word_ids = torch.tensor([i > 0 and is_word_char(ch) for i, ch in enumerate(vocab.chars)])
+    out: dict[int, str] = {}
+    pending: list[tuple[int, tuple[torch.Tensor, ...], torch.Tensor]] = []  # (p, state [L,1,H]..., logits [V])
     state = model.init_state(1)
     with onednn(False):  # oneDNN is slow for batch-1 single steps
         for p in range(1, max(positions) + 1):
             logits, state = model(ids[p - 1 : p][None], state)
             if p in wanted:
-                states.append(torch.stack([s[:, 0] for s in state]))
-                last_logits.append(logits[0, -1])
-    word_ids = torch.tensor([i > 0 and is_word_char(ch) for i, ch in enumerate(vocab.chars)])
-    out: dict[int, str] = {}
-    for b in range(0, len(positions), batch):
-        pos = positions[b : b + batch]
-        st = torch.stack(states[b : b + batch], dim=2)  # [arity, L, B, H]
-        cur: tuple[torch.Tensor, ...] = tuple(st[i].contiguous() for i in range(st.shape[0]))
-        tok = torch.stack(last_logits[b : b + batch]).argmax(-1)  # [B]
-        alive = word_ids[tok]
-        gen = [tok]
-        for _ in range(MAX_WORD - 1):
-            if not alive.any():
-                break
-            logits, cur = model(tok[:, None], cur)
-            tok = logits[:, -1].argmax(-1)
-            alive = alive & word_ids[tok]
-            gen.append(torch.where(alive, tok, 0))
-        g = torch.stack(gen, 1).tolist()  # [B, steps]
-        for p, row in zip(pos, g):
-            chars = []
-            for t in row:
-                if t == 0 or not word_ids[t]:
-                    break
-                chars.append(vocab.chars[t])
-            out[p] = "".join(chars)
+                pending.append((p, state, logits[0, -1]))
+            if len(pending) == batch or (pending and p == max(positions)):
+                out.update(_greedy_words(model, vocab, word_ids, pending))
+                pending = []
+    return out
+
+
+def _greedy_words(
+    model: CharLM,
+    vocab: Vocab,
+    word_ids: torch.Tensor,
+    pending: list[tuple[int, tuple[torch.Tensor, ...], torch.Tensor]],
+) -> dict[int, str]:
+    """Decodes, for all pending positions at once, characters until a non-word character."""
+    arity = len(pending[0][1])
+    cur = tuple(torch.cat([st[i] for _, st, _ in pending], dim=1) for i in range(arity))  # [L, B, H] each
+    tok = torch.stack([lg for _, _, lg in pending]).argmax(-1)  # [B]
+    alive = word_ids[tok]
+    gen = [torch.where(alive, tok, 0)]
+    for _ in range(MAX_WORD - 1):
+        if not alive.any():
+            break
+        logits, cur = model(tok[:, None], cur)
+        tok = logits[:, -1].argmax(-1)
+        alive = alive & word_ids[tok]
+        gen.append(torch.where(alive, tok, 0))
+    rows = torch.stack(gen, 1).tolist()  # [B, steps]; 0 after the word ends
+    out = {}
+    for (p, _, _), row in zip(pending, rows, strict=True):
+        end = row.index(0) if 0 in row else len(row)
+        out[p] = "".join(vocab.chars[t] for t in row[:end])
     return out
 
 

@@ -39,7 +39,9 @@ def trace(loaded: LoadedModel, text: str, top_k: int = 3) -> list[CharGates]:
     for t, ch in enumerate(text):
         keep = steps[t].gates[key][:, 0].mean(-1).tolist()  # [L]
         p, i = probs[t].topk(min(top_k, probs.shape[-1]))
-        out.append(CharGates(ch, keep, [(vocab.char(j), float(q)) for q, j in zip(p.tolist(), i.tolist())]))
+        out.append(
+            CharGates(ch, keep, [(vocab.char(j), float(q)) for q, j in zip(p.tolist(), i.tolist(), strict=True)])
+        )
     return out
 
 
@@ -49,7 +51,11 @@ def shown(ch: str) -> str:
 
 def format_table(rows: list[CharGates], cell: str) -> str:
     layers = len(rows[0].keep) if rows else 0
-    head = "char  " + "  ".join(f"L{k}" + (" f" if cell == "lstm" else " z") for k in range(layers)) + "   next (probability)"
+    head = (
+        "char  "
+        + "  ".join(f"L{k}" + (" f" if cell == "lstm" else " z") for k in range(layers))
+        + "   next (probability)"
+    )
     lines = [head]
     for r in rows:
         gates = "  ".join(f"{v:.2f}".rjust(4) for v in r.keep)
@@ -72,8 +78,13 @@ def write_heatmap(rows: list[CharGates], cell: str, model_name: str, path: Path)
     keep = np.array([r.keep for r in rows]).T  # [L, T]
     top = np.array([[p for _, p in r.top] for r in rows]).T  # [k, T]
     width = max(6.0, 0.32 * len(rows) + 2)
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(width, 1.2 + 0.5 * (layers + len(top))), sharex=True,
-                                   gridspec_kw={"height_ratios": [layers, len(top)]})
+    fig, (ax1, ax2) = plt.subplots(
+        2,
+        1,
+        figsize=(width, 1.2 + 0.5 * (layers + len(top))),
+        sharex=True,
+        gridspec_kw={"height_ratios": [layers, len(top)]},
+    )
     im1 = ax1.imshow(keep, aspect="auto", cmap="viridis", vmin=0, vmax=1)
     ax1.set_yticks(range(layers), [f"layer {k}" for k in range(layers)])
     ax1.set_title(f"{model_name}: mean {gate_name(cell)} per layer (1 = keep state), and top next characters")
@@ -81,7 +92,9 @@ def write_heatmap(rows: list[CharGates], cell: str, model_name: str, path: Path)
     im2 = ax2.imshow(top, aspect="auto", cmap="magma", vmin=0, vmax=1)
     for t, r in enumerate(rows):
         for k, (c, _) in enumerate(r.top):
-            ax2.text(t, k, shown(c), ha="center", va="center", fontsize=7, color="white" if top[k, t] < 0.6 else "black")
+            ax2.text(
+                t, k, shown(c), ha="center", va="center", fontsize=7, color="white" if top[k, t] < 0.6 else "black"
+            )
     ax2.set_yticks(range(len(top)), [f"top {k + 1}" for k in range(len(top))])
     ax2.set_xticks(range(len(rows)), [shown(r.char) for r in rows], fontsize=8)
     fig.colorbar(im2, ax=ax2, fraction=0.02, pad=0.01, label="probability")

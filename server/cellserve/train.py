@@ -76,7 +76,12 @@ def resolve_device(name: str) -> torch.device:
 def git_commit() -> str:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+            ["git", "rev-parse", "HEAD"],
+            check=False,
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
@@ -146,7 +151,9 @@ def _save_train_state(
     folder: Path, model: CharLM, opt: torch.optim.Optimizer, state: State, meta: dict[str, object]
 ) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    tensors: dict[str, torch.Tensor] = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors: dict[str, torch.Tensor] = {
+        f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+    }
     for i, t in enumerate(state):
         tensors[f"carry.{i}"] = t.detach().cpu().contiguous()
     opt_sd = opt.state_dict()
@@ -159,7 +166,9 @@ def _save_train_state(
     (folder / "train_state.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False))
 
 
-def _load_train_state(folder: Path, model: CharLM, opt: torch.optim.Optimizer, device: torch.device) -> tuple[State, dict]:
+def _load_train_state(
+    folder: Path, model: CharLM, opt: torch.optim.Optimizer, device: torch.device
+) -> tuple[State, dict]:
     meta = json.loads((folder / "train_state.json").read_text())
     tensors = load_file(str(folder / "train_state.safetensors"))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
@@ -217,7 +226,12 @@ def train(cfg: TrainConfig) -> ModelSpec:
     progress.log(f"model: {cfg.cell} {cfg.layers}x{cfg.hidden}, {model.num_parameters():,} parameters on {device}")
 
     def meta() -> dict[str, object]:
-        return {"step": step, "elapsed": elapsed_before + time.monotonic() - t0, "vocabulary": vocab.chars, "config": {k: str(v) for k, v in asdict(cfg).items()}}
+        return {
+            "step": step,
+            "elapsed": elapsed_before + time.monotonic() - t0,
+            "vocabulary": vocab.chars,
+            "config": {k: str(v) for k, v in asdict(cfg).items()},
+        }
 
     model.train()
     t0 = time.monotonic()
@@ -253,7 +267,9 @@ def train(cfg: TrainConfig) -> ModelSpec:
         if now - last_eval >= cfg.eval_every:
             v = evaluate(model, val_ids[: cfg.eval_chars], device)
             best_val = min(best_val, v)
-            progress.log(f"step {step}: validation {v:.4f} bits/char (first {min(cfg.eval_chars, val_ids.numel()):,} chars)")
+            progress.log(
+                f"step {step}: validation {v:.4f} bits/char (first {min(cfg.eval_chars, val_ids.numel()):,} chars)"
+            )
             last_eval = time.monotonic()
         if now - last_ckpt >= cfg.checkpoint_every:
             _save_train_state(train_state_dir, model, opt, state, meta())
@@ -262,7 +278,9 @@ def train(cfg: TrainConfig) -> ModelSpec:
     wall = elapsed_before + time.monotonic() - t0
     _save_train_state(train_state_dir, model, opt, state, meta())
     val_bpc = evaluate(model, val_ids, device)
-    progress.log(f"done: {step} steps in {wall:.0f}s; validation {val_bpc:.4f} bits/char over {val_ids.numel():,} chars")
+    progress.log(
+        f"done: {step} steps in {wall:.0f}s; validation {val_bpc:.4f} bits/char over {val_ids.numel():,} chars"
+    )
     dev_desc = str(device) if device.type != "cuda" else f"cuda ({torch.cuda.get_device_name(device)})"
     spec = ModelSpec(
         name=cfg.name,

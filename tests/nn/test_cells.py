@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from cellserve.nn.cells import GRUCellRef, LSTMCellRef, run_with_gates
 from cellserve.nn.charlm import CharLM
 
@@ -35,7 +34,7 @@ def test_reference_cell_equals_torch(cell: str, seed: int) -> None:
         for v in gates.gates.values():
             assert v.shape == (layers, batch, hidden)
     torch.testing.assert_close(torch.stack(outs, 1), out, rtol=0, atol=1e-5)
-    for a, b in zip(st, ref_state):
+    for a, b in zip(st, ref_state, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
 
 
@@ -73,5 +72,5 @@ def test_run_with_gates_equals_model(cell: str) -> None:
         want, want_state = model(tokens)
     torch.testing.assert_close(logits, want, rtol=0, atol=1e-5)
     assert len(trace) == 12
-    for a, b in zip(state, want_state):
+    for a, b in zip(state, want_state, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)

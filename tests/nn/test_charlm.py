@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from cellserve.nn.charlm import CharLM
 
 
@@ -21,7 +20,7 @@ def test_stepwise_equals_full_sequence(cell: str) -> None:
             logits, state = model(tokens[:, t : t + 1], state)
             steps.append(logits)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=0, atol=1e-5)
-    for a, b in zip(state, full_state):
+    for a, b in zip(state, full_state, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
 
 

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from cellserve.errors import ModelFileError
 from cellserve.nn.checkpoint import load_model
 from conftest import TEST_VOCAB, write_random_model
+from safetensors.torch import load_file, save_file
 
 
 @pytest.fixture()

@@ -90,7 +90,7 @@ class LSTMCellRef(_RefCell):
             i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
             c = f * c_prev[k] + i * g
             h = o * c.tanh()
-            for name, t in zip(self.names, (f, i, g, o, c)):
+            for name, t in zip(self.names, (f, i, g, o, c), strict=True):
                 acc[name].append(t)
             hs.append(h)
             cs.append(c)
@@ -120,7 +120,7 @@ class GRUCellRef(_RefCell):
             z = (i_z + h_z).sigmoid()
             n = (i_n + r * h_n).tanh()  # reset applied after the recurrent product (cuDNN form)
             h = (1 - z) * n + z * h_prev[k]
-            for name, t in zip(self.names, (r, z, n)):
+            for name, t in zip(self.names, (r, z, n), strict=True):
                 acc[name].append(t)
             hs.append(h)
             inp = h

@@ -48,7 +48,9 @@ class CharLM(nn.Module):
         """Number of state tensors: 2 for LSTM (h, c), 1 for GRU (h)."""
         return 2 if self.cell == "lstm" else 1
 
-    def init_state(self, batch: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> State:
+    def init_state(
+        self, batch: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> State:
         """Zero state: ``state_arity`` tensors of [layers, batch, hidden]."""
         ref = self.head.weight
         z = torch.zeros(self.layers, batch, self.hidden, device=device or ref.device, dtype=dtype or ref.dtype)

@@ -88,7 +88,9 @@ def load_model(folder: Path | str, device: torch.device | str = "cpu") -> Loaded
             if name in ("embed.weight", "head.weight", "head.bias") and t.shape[0] != len(spec.vocabulary):
                 hint = f" (model.json vocabulary has {len(spec.vocabulary)} entries, weights have {t.shape[0]})"
             raise ModelFileError(
-                str(wpath), name, f"shape {tuple(t.shape)} does not match model.json, expected {tuple(expected[name].shape)}{hint}"
+                str(wpath),
+                name,
+                f"shape {tuple(t.shape)} does not match model.json, expected {tuple(expected[name].shape)}{hint}",
             )
         if t.dtype != want_dtype:
             raise ModelFileError(str(wpath), name, f"dtype {t.dtype} does not match model.json dtype {spec.dtype}")

@@ -29,6 +29,7 @@ class SessionInfo:
     position: int  # characters applied so far (the offset the next Append must carry)
     created_at: float  # unix seconds
     last_used_at: float
+    rewindable: int = 0  # characters Rewind can reach back right now (<= settings.rewind_window)
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class Prediction:
     logprobs: tuple[float, ...] = ()  # natural-log probability of each appended character
     gates: tuple[GateTrace, ...] = ()  # one per appended character when asked for
     replayed: bool = False  # True when answered from the exactly-once cache
+    superseded: bool = False  # coalesced with a later piece under only_last: no top_k; the API skips it
 
 
 @dataclass(frozen=True)

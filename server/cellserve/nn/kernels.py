@@ -1,9 +1,11 @@
-"""CPU kernel choice for recurrent steps.
+"""CPU kernel choice for recurrent calls.
 
 oneDNN (torch.backends.mkldnn) is the faster path for long sequences but adds milliseconds of
-fixed cost to a small single step; callers that run many tiny steps turn it off around them.
-``torch.backends.mkldnn.flags()`` would do this too, but it also re-sets the TF32 flag and
-warns on every entry, so this sets only ``enabled``.
+fixed cost to a small single step; callers that run many tiny steps turn it off around them
+(the engine's runner documents the measurements behind its rule).
+``torch.backends.mkldnn.flags()`` would do this too, but it also re-sets the TF32 switch, which
+warns on every entry in CPU builds, so this touches only ``enabled``. The switch is
+process-wide: use it from the one thread that runs torch.
 """
 
 from __future__ import annotations
@@ -16,9 +18,13 @@ import torch
 
 @contextmanager
 def onednn(enabled: bool) -> Iterator[None]:
-    prev = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = enabled
+    mk = torch.backends.mkldnn
+    prev = bool(mk.enabled)
+    if not mk.is_available() or prev == enabled:  # type: ignore[no-untyped-call]
+        yield
+        return
+    mk.enabled = enabled
     try:
         yield
     finally:
-        torch.backends.mkldnn.enabled = prev
+        mk.enabled = prev

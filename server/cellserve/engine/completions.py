@@ -1,0 +1,81 @@
+"""A running completion and the async iterator its consumer reads (loop thread; no torch).
+
+Each alternative decodes on its own scratch slot of the pool, forked from the session's state:
+the first character comes from the session's own distribution (a "peek" row), the first step
+reads the session's slot and writes the scratch slot, later steps stay on the scratch slot.
+The session's slot is never written, so a completion never changes the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .types import CompletionChunk, CompletionRequest
+
+if TYPE_CHECKING:
+    from .sessions import Session
+
+
+@dataclass(eq=False)
+class Alternative:
+    index: int
+    slot: int  # scratch slot (freed when the alternative ends)
+    rng: random.Random  # seeded per request and alternative: sampling repeats exactly
+    text: str = ""
+    last_token: int | None = None  # None until the first character is drawn
+    forked: bool = False  # True once the scratch slot holds a state (after the first step)
+    finish_reason: str = ""  # "" while running
+
+
+@dataclass(eq=False)
+class Completion:
+    session: Session
+    request: CompletionRequest
+    alternatives: list[Alternative]
+    chunks: asyncio.Queue[CompletionChunk | None] = field(default_factory=asyncio.Queue)  # None: end
+    started: bool = False  # its "complete" op was reached in the session's queue
+
+    def running(self) -> list[Alternative]:
+        return [a for a in self.alternatives if not a.finish_reason]
+
+    def finish(self, alt: Alternative, reason: str, text: str = "") -> None:
+        alt.finish_reason = reason
+        self.chunks.put_nowait(CompletionChunk(alt.index, text, True, reason))
+        if not self.running():
+            self.chunks.put_nowait(None)
+
+
+class CompletionStream(AsyncIterator[CompletionChunk]):
+    """What ``Engine.complete`` returns. Closing it (``aclose()``) or cancelling the task that
+    awaits it cancels the completion and frees its scratch slots."""
+
+    def __init__(self, completion: Completion, cancel: Callable[[Completion], None]) -> None:
+        self._completion = completion
+        self._cancel = cancel
+        self._ended = False
+
+    def __aiter__(self) -> CompletionStream:
+        return self
+
+    async def __anext__(self) -> CompletionChunk:
+        if self._ended:
+            raise StopAsyncIteration
+        try:
+            chunk = await self._completion.chunks.get()
+        except asyncio.CancelledError:
+            self._ended = True
+            self._cancel(self._completion)
+            raise
+        if chunk is None:
+            self._ended = True
+            raise StopAsyncIteration
+        return chunk
+
+    async def aclose(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self._cancel(self._completion)

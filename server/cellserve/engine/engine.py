@@ -1,0 +1,655 @@
+"""The engine: sessions, admission and the asyncio loop schedule -> run -> deliver.
+
+Everything here runs on the asyncio loop except ``ModelRunner.execute``, which runs in the
+one device worker thread, so gRPC I/O goes on while the device works. The loop re-forms the
+batch at every iteration from whatever is waiting (no ticks, no waiting for a batch to fill):
+an iteration starts as soon as the previous one ended and work exists.
+
+Error behaviour (``cellserve.errors``): unknown, closed, expired and other owners' sessions are
+all ``NotFound("session not found")``; caps raise ``CapacityExceeded`` with a retry hint;
+new sessions while draining raise ``Unavailable``. State is written back only when an iteration
+succeeded: if the device step raises, every operation of that iteration fails with that
+exception (the API reports INTERNAL) and the sessions are as they were before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from ..config import Settings
+from ..errors import CapacityExceeded, InvalidInput, NotFound, OffsetConflict, PreconditionFailed, Unavailable
+from ..nn.cells import GRU_GATES, LSTM_GATES
+from ..nn.checkpoint import LoadedModel
+from ..repository import ModelRepository
+from . import snapshot as snap
+from .completions import Alternative, Completion, CompletionStream
+from .plan import ZERO, Plan, RunResult
+from .rewind import RewindLog
+from .runner import ModelRunner, state_from_bytes
+from .scheduler import Batch, Scheduler
+from .sessions import AppendOp, ControlOp, Op, Session
+from .state_pool import SlotAllocator, StatePool
+from .types import (
+    AppendOptions,
+    CompletionChunk,
+    CompletionRequest,
+    EngineStats,
+    GateTrace,
+    ModelInfo,
+    Prediction,
+    SessionInfo,
+)
+
+log = logging.getLogger(__name__)
+
+_NOT_FOUND = "session not found"
+_DEFAULT_OPTIONS = AppendOptions()  # frozen: safe to share as a default
+
+
+@dataclass(eq=False)
+class _Runtime:
+    """One served model: its pool, runner, scheduler and the work waiting for it."""
+
+    name: str
+    loaded: LoadedModel
+    info: ModelInfo
+    alloc: SlotAllocator
+    pool: StatePool
+    runner: ModelRunner
+    scheduler: Scheduler
+    gate_names: tuple[str, ...]
+    work: dict[Session, None] = field(default_factory=dict)  # sessions with queued ops (ordered set)
+    completions: dict[Completion, None] = field(default_factory=dict)  # started, still running
+
+
+class _Observations:
+    """Bounded recent observations, drained by each ``Engine.stats()`` call."""
+
+    def __init__(self, cap: int) -> None:
+        self.queue_wait: deque[float] = deque(maxlen=cap)
+        self.batch_sizes: deque[int] = deque(maxlen=cap)
+        self.step_time: dict[str, deque[float]] = {p: deque(maxlen=cap) for p in ("step", "prefill", "completion")}
+
+
+class Engine:
+    def __init__(self, settings: Settings, repository: ModelRepository) -> None:
+        self.settings = settings
+        self.repository = repository
+        self.device = repository.device
+        # Unset key: a random per-process key; snapshots then resume on this process only.
+        self._key = (
+            settings.snapshot_key.get_secret_value().encode() if settings.snapshot_key else secrets.token_bytes(32)
+        )
+        slots_max = settings.max_sessions + settings.max_running_completions
+        self._runtimes: dict[str, _Runtime] = {}
+        for name in repository.names():
+            lm = repository.get(name)
+            m = lm.model
+            pool = StatePool(m.layers, m.hidden, m.state_arity, self.device)
+            self._runtimes[name] = _Runtime(
+                name,
+                lm,
+                repository.info(name),
+                SlotAllocator(settings.pool_chunk, slots_max),
+                pool,
+                ModelRunner(m, pool),
+                Scheduler(lm.vocab.encode),
+                LSTM_GATES if m.cell == "lstm" else GRU_GATES,
+            )
+        self._sessions: dict[str, Session] = {}
+        self._running_alternatives = 0
+        self._executor: ThreadPoolExecutor | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._sweep_task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._draining = False
+        self._stopping = False
+        self._iterations = 0
+        self._chars: dict[str, int] = {"step": 0, "prefill": 0, "completion": 0}
+        self._events: dict[str, int] = {}
+        self._obs = _Observations(settings.stats_max_observations)
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._loop_task is not None:
+            return
+        if self.settings.cpu_threads and self.device.type == "cpu":
+            torch.set_num_threads(self.settings.cpu_threads)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cellserve-device")
+        self._loop_task = asyncio.create_task(self._loop(), name="cellserve-engine")
+        self._sweep_task = asyncio.create_task(self._sweep(), name="cellserve-sweep")
+
+    async def drain(self) -> None:
+        """Refuses new sessions from now on; returns once queued work and running completions
+        are done (their callers are answered)."""
+        self._draining = True
+        while self._has_pending() and self._loop_task is not None and not self._loop_task.done():
+            self._idle.clear()
+            self._wake.set()
+            await self._idle.wait()
+
+    async def stop(self) -> None:
+        """Ends the loop after the iteration in flight; what is still queued fails with
+        ``Unavailable``; the worker thread exits."""
+        self._draining = self._stopping = True
+        self._wake.set()
+        for task in (self._loop_task, self._sweep_task):
+            if task is not None:
+                if task is self._sweep_task:
+                    task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        gone = Unavailable("server is stopping")
+        for s in list(self._sessions.values()):
+            for op in s.queue:
+                _fail(op, gone)
+            s.queue.clear()
+            for c in list(s.completions):
+                self._cancel_completion(c)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    # ---- queries -----------------------------------------------------------------------------
+    def models(self) -> list[ModelInfo]:
+        return [rt.info for rt in self._runtimes.values()]
+
+    def get_session(self, session_id: str, owner: str = "") -> SessionInfo:
+        return self._get(session_id, owner).info()
+
+    def stats(self) -> EngineStats:
+        """Counters are cumulative; the observation lists hold what happened since the previous
+        call (at most ``stats_max_observations`` each, oldest dropped) and are drained by it:
+        a single reader (the metrics module) should call this."""
+        o = self._obs
+        st = EngineStats(
+            active_sessions=len(self._sessions),
+            slots_capacity=sum(rt.pool.capacity for rt in self._runtimes.values()),
+            slots_max=sum(rt.alloc.slots_max for rt in self._runtimes.values()),
+            slots_used=sum(rt.alloc.used for rt in self._runtimes.values()),
+            state_bytes=sum(rt.pool.nbytes for rt in self._runtimes.values()),
+            running_completions=self._running_alternatives,
+            iterations=self._iterations,
+            chars_processed=dict(self._chars),
+            session_events=dict(self._events),
+            queue_wait_s=list(o.queue_wait),
+            step_time_s={p: list(v) for p, v in o.step_time.items()},
+            batch_sizes=list(o.batch_sizes),
+        )
+        o.queue_wait.clear()
+        o.batch_sizes.clear()
+        for v in o.step_time.values():
+            v.clear()
+        return st
+
+    # ---- sessions ----------------------------------------------------------------------------
+    def open_session(self, model: str | None = None, owner: str = "") -> SessionInfo:
+        return self._new_session(self._runtime(model), owner, 0, ZERO, "opened").info()
+
+    async def append(
+        self, session_id: str, offset: int, text: str, options: AppendOptions = _DEFAULT_OPTIONS, owner: str = ""
+    ) -> Prediction:
+        """Applies ``text`` at ``offset`` exactly once and answers the next-character
+        distribution. ``offset`` must equal the session's position counting the appends already
+        accepted; a retry of the latest accepted piece (same offset, same text) is answered from
+        cache with ``replayed=True`` and applies nothing. When several appends of a session wait
+        for the same iteration they run as one prefill; each gets its own Prediction, or with
+        ``only_last`` the earlier ones get ``superseded=True`` and no top-k."""
+        s = self._get(session_id, owner)
+        if not text:
+            raise InvalidInput("append text is empty")
+        if len(text) > self.settings.max_append_chars:
+            raise InvalidInput(f"append text has {len(text)} characters; the limit is {self.settings.max_append_chars}")
+        if not 0 <= options.top_k <= self.settings.max_top_k:
+            raise InvalidInput(f"top_k must be between 0 and {self.settings.max_top_k}")
+        s.last_used_at = time.time()
+        if offset != s.queued_end:
+            lp = s.last_piece
+            if lp is not None and lp[0] == offset and lp[1] == text:
+                return replace(await asyncio.shield(lp[2]), replayed=True)
+            raise OffsetConflict(expected=s.queued_end, got=offset)
+        self._cancel_session_completions(s)
+        rt = self._runtimes[s.model]
+        fut: asyncio.Future[Prediction] = asyncio.get_running_loop().create_future()
+        s.queue.append(AppendOp(offset, text, rt.loaded.vocab.encode(text), options, fut, time.perf_counter()))
+        s.queued_end += len(text)
+        s.last_piece = (offset, text, fut)
+        self._submit(rt, s)
+        return await asyncio.shield(fut)
+
+    def complete(self, session_id: str, request: CompletionRequest, owner: str = "") -> CompletionStream:
+        """Starts a completion forked from the session's state once the operations accepted
+        before it are applied. The session is never changed; an Append, Reset, Rewind or Close
+        of the session, or closing the returned iterator, cancels it."""
+        s = self._get(session_id, owner)
+        self._check_completion(request)
+        rt = self._runtimes[s.model]
+        if self._running_alternatives + request.n > self.settings.max_running_completions:
+            self._event("rejected_completion")
+            raise CapacityExceeded("too many completions are running", retry_after_s=0.5)
+        slots: list[int] = []
+        try:
+            for _ in range(request.n):
+                slots.append(rt.alloc.alloc())
+        except CapacityExceeded:
+            for slot in slots:
+                rt.alloc.free(slot)
+            raise
+        seed = request.seed if request.seed is not None else secrets.randbits(64)
+        alts = [Alternative(i, slot, random.Random(f"{seed}/{i}")) for i, slot in enumerate(slots)]
+        c = Completion(s, request, alts)
+        self._running_alternatives += request.n
+        s.completions.add(c)
+        s.queue.append(ControlOp("complete", None, time.perf_counter(), completion=c))
+        s.last_used_at = time.time()
+        self._submit(rt, s)
+        return CompletionStream(c, self._cancel_completion)
+
+    async def rewind(self, session_id: str, chars: int, owner: str = "") -> SessionInfo:
+        """Restores exactly the state ``chars`` characters back (1 <= chars <= position);
+        beyond the rewind window: PreconditionFailed."""
+        s = self._get(session_id, owner)
+        if chars <= 0:
+            raise InvalidInput("rewind chars must be positive")
+        if not s.queue:  # answer bad requests without an iteration
+            s.history.plan(s.position, chars)
+        self._cancel_session_completions(s)
+        fut = asyncio.get_running_loop().create_future()
+        s.queue.append(ControlOp("rewind", fut, time.perf_counter(), chars=chars))
+        s.queued_end = max(0, s.queued_end - chars)
+        s.last_piece = None
+        self._submit(self._runtimes[s.model], s)
+        info = await asyncio.shield(fut)
+        assert isinstance(info, SessionInfo)
+        return info
+
+    async def reset(self, session_id: str, owner: str = "") -> SessionInfo:
+        s = self._get(session_id, owner)
+        self._cancel_session_completions(s)
+        fut = asyncio.get_running_loop().create_future()
+        s.queue.append(ControlOp("write", fut, time.perf_counter(), state=ZERO, position=0))
+        s.queued_end = 0
+        s.last_piece = None
+        self._submit(self._runtimes[s.model], s)
+        info = await asyncio.shield(fut)
+        assert isinstance(info, SessionInfo)
+        return info
+
+    async def snapshot(self, session_id: str, owner: str = "") -> bytes:
+        """A signed blob of the state after the operations accepted before it."""
+        s = self._get(session_id, owner)
+        fut = asyncio.get_running_loop().create_future()
+        s.queue.append(ControlOp("snapshot", fut, time.perf_counter()))
+        self._submit(self._runtimes[s.model], s)
+        blob = await asyncio.shield(fut)
+        assert isinstance(blob, bytes)
+        return blob
+
+    async def resume(
+        self, blob: bytes, replay: str = "", options: AppendOptions = _DEFAULT_OPTIONS, owner: str = ""
+    ) -> tuple[SessionInfo, Prediction | None]:
+        """A new session (new id) at the snapshot's position with its state, bit-exact; then
+        ``replay`` is appended and its Prediction returned. Bad or tampered blob: InvalidInput;
+        a model or weights this server does not serve: PreconditionFailed."""
+        self._check_open()
+        data = snap.decode(blob, self._key)
+        rt = self._runtimes.get(data.model)
+        if rt is None or rt.loaded.weights_sha256 != data.weights_sha256:
+            raise PreconditionFailed("the snapshot was taken with model weights this server does not serve")
+        m = rt.loaded.model
+        if data.shapes != tuple((m.layers, m.hidden) for _ in range(m.state_arity)):
+            raise PreconditionFailed("the snapshot's state does not fit the model")
+        if len(replay) > self.settings.max_append_chars:
+            raise InvalidInput(f"replay has {len(replay)} characters; the limit is {self.settings.max_append_chars}")
+        state = state_from_bytes(data.tensors, m.layers, m.hidden, self.device)
+        s = self._new_session(rt, owner, data.position, state, "resumed")
+        if not replay:
+            return s.info(), None
+        pred = await self.append(s.session_id, data.position, replay, options, owner)
+        return s.info(), pred
+
+    async def close_session(self, session_id: str, owner: str = "") -> None:
+        self._close(self._get(session_id, owner), "closed")
+
+    # ---- internals: admission and bookkeeping ------------------------------------------------
+    def _runtime(self, model: str | None) -> _Runtime:
+        rt = self._runtimes.get(model or self.repository.default)
+        if rt is None:
+            raise NotFound("unknown model")
+        return rt
+
+    def _check_open(self) -> None:
+        if self._draining:
+            raise Unavailable("server is draining; open a session on another replica")
+
+    def _new_session(self, rt: _Runtime, owner: str, position: int, state: object, event: str) -> Session:
+        self._check_open()
+        if len(self._sessions) >= self.settings.max_sessions:
+            self._event("rejected_sessions")
+            raise CapacityExceeded("session limit reached", retry_after_s=min(5.0, self.settings.session_idle_ttl_s))
+        slot = rt.alloc.alloc()
+        now = time.time()
+        sid = secrets.token_hex(16)
+        s = Session(sid, rt.name, owner, slot, now, now, self._history(position, state), position, position)
+        # the slot holds a previous owner's state: the first iteration writes this session's
+        # start state (folded into the first append's row when one is waiting by then)
+        s.queue.append(ControlOp("write", None, time.perf_counter(), state=state, position=position))
+        self._sessions[sid] = s
+        self._submit(rt, s)
+        self._event(event)
+        return s
+
+    def _history(self, position: int, state: object) -> RewindLog:
+        return RewindLog(self.settings.checkpoint_every, self.settings.rewind_window, position, state)
+
+    def _get(self, session_id: str, owner: str) -> Session:
+        s = self._sessions.get(session_id)
+        if s is None or s.owner != owner:
+            raise NotFound(_NOT_FOUND)
+        return s
+
+    def _submit(self, rt: _Runtime, s: Session) -> None:
+        rt.work[s] = None
+        self._wake.set()
+
+    def _event(self, name: str) -> None:
+        self._events[name] = self._events.get(name, 0) + 1
+
+    def _check_completion(self, r: CompletionRequest) -> None:
+        st = self.settings
+        if not 1 <= r.max_chars <= st.max_completion_chars:
+            raise InvalidInput(f"max_chars must be between 1 and {st.max_completion_chars}")
+        if not 1 <= r.n <= st.max_completion_alternatives:
+            raise InvalidInput(f"n must be between 1 and {st.max_completion_alternatives}")
+        if not r.temperature >= 0 or r.temperature > 100:
+            raise InvalidInput("temperature must be between 0 and 100")
+        if r.top_k < 0:
+            raise InvalidInput("top_k must not be negative")
+        if not 0 < r.top_p <= 1:
+            raise InvalidInput("top_p must be in (0, 1]")
+        if any(not stop for stop in r.stop) or len(r.stop) > 16 or any(len(x) > 64 for x in r.stop):
+            raise InvalidInput("stop strings must be 1 to 64 characters, at most 16 of them")
+
+    def _close(self, s: Session, reason: str) -> None:
+        if s.closed:
+            return
+        s.closed = True
+        del self._sessions[s.session_id]
+        gone = NotFound(_NOT_FOUND)
+        for op in s.queue:
+            _fail(op, gone)
+        s.queue.clear()
+        for c in list(s.completions):
+            self._cancel_completion(c)
+        rt = self._runtimes[s.model]
+        rt.work.pop(s, None)
+        rt.alloc.free(s.slot)  # an in-flight write-back to it lands before any new owner's first write
+        self._event(reason)
+
+    def _cancel_session_completions(self, s: Session) -> None:
+        for c in list(s.completions):
+            self._cancel_completion(c)
+
+    def _cancel_completion(self, c: Completion) -> None:
+        for alt in c.running():
+            self._end_alternative(c, alt, "cancelled")
+        if not c.started:
+            try:
+                c.session.queue.remove(next(op for op in c.session.queue if getattr(op, "completion", None) is c))
+            except StopIteration:
+                pass
+
+    def _end_alternative(self, c: Completion, alt: Alternative, reason: str, text: str = "") -> None:
+        c.finish(alt, reason, text)
+        rt = self._runtimes[c.session.model]
+        rt.alloc.free(alt.slot)
+        self._running_alternatives -= 1
+        if not c.running():
+            rt.completions.pop(c, None)
+            c.session.completions.discard(c)
+
+    def _has_pending(self) -> bool:
+        return any(rt.work or rt.completions for rt in self._runtimes.values()) or self._running_alternatives > 0
+
+    async def _sweep(self) -> None:
+        """Closes sessions idle longer than the TTL: one pass over the table per interval."""
+        ttl = self.settings.session_idle_ttl_s
+        while True:
+            await asyncio.sleep(self.settings.session_sweep_interval_s)
+            cutoff = time.time() - ttl
+            for s in [s for s in self._sessions.values() if s.last_used_at < cutoff]:
+                if not s.queue and not s.completions:
+                    self._close(s, "expired")
+
+    # ---- the loop ------------------------------------------------------------------------------
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        budget = self.settings.max_batch_tokens
+        while not self._stopping:
+            self._wake.clear()
+            batches: list[tuple[_Runtime, Batch]] = []
+            for rt in self._runtimes.values():
+                if not (rt.work or rt.completions):
+                    continue
+                b = rt.scheduler.schedule(list(rt.work), list(rt.completions), budget, rt.alloc.wanted_capacity())
+                for s in [s for s in rt.work if not s.queue]:
+                    del rt.work[s]
+                self._deliver_failures(b)
+                batches.append((rt, b))
+            jobs = [(rt, b) for rt, b in batches if not b.plan.is_empty()]
+            if not jobs:
+                if not self._has_pending():
+                    self._idle.set()
+                    await self._wake.wait()
+                continue
+            started = time.perf_counter()
+            for _, b in jobs:
+                self._observe_waits(b, started)
+            plans = [(rt.runner, b.plan) for rt, b in jobs]
+            try:
+                results = await loop.run_in_executor(self._executor, _execute_all, plans)
+            except Exception as e:  # the device step failed: nothing was written back
+                log.exception("engine iteration failed")
+                for rt, b in jobs:
+                    self._fail_batch(rt, b, e)
+            else:
+                for (rt, b), res in zip(jobs, results, strict=True):
+                    try:
+                        self._deliver(rt, b, res)
+                    except Exception as e:
+                        log.exception("delivering an iteration's results failed")
+                        self._fail_batch(rt, b, e)
+            self._iterations += 1
+            self._obs.batch_sizes.append(sum(len(b.plan.rows) for _, b in jobs))
+        self._idle.set()
+
+    def _observe_waits(self, b: Batch, now: float) -> None:
+        q = self._obs.queue_wait
+        for run in b.appends:
+            for op in run.ops:
+                q.append(now - op.submitted_at)
+        for cw in b.controls:
+            q.append(now - cw.op.submitted_at)
+
+    # ---- delivery --------------------------------------------------------------------------------
+    def _deliver_failures(self, b: Batch) -> None:
+        for s, op, err in b.failures:
+            _fail(op, err)
+            self._after_failure(s, op)
+
+    def _after_failure(self, s: Session, op: Op) -> None:
+        """The session did not move: later offsets are checked against its real position."""
+        if isinstance(op, AppendOp) and s.last_piece is not None and s.last_piece[2] is op.future:
+            s.last_piece = s.last_applied
+        s.queued_end = _queued_end(s)
+
+    def _fail_batch(self, rt: _Runtime, b: Batch, err: Exception) -> None:
+        for run in b.appends:
+            for op in run.ops:
+                _fail(op, err)
+            if run.leading_write is not None:
+                self._fail_write(rt, run.session, run.leading_write, err)
+            self._after_failure(run.session, run.ops[-1])
+        for cw in b.controls:
+            if cw.op.kind == "write":
+                self._fail_write(rt, cw.session, cw.op, err)
+            _fail(cw.op, err)
+            if cw.op.kind == "complete" and cw.op.completion is not None:
+                cw.op.completion.started = True
+                self._cancel_completion(cw.op.completion)
+            self._after_failure(cw.session, cw.op)
+        for sw in b.steps:
+            if not sw.alt.finish_reason:
+                self._end_alternative(sw.completion, sw.alt, "cancelled")
+
+    def _fail_write(self, rt: _Runtime, s: Session, op: ControlOp, err: Exception) -> None:
+        if op.future is None and not s.closed:  # a new session's start state: its slot still needs it
+            s.queue.appendleft(op)
+            rt.work[s] = None
+        else:  # a reset: the session keeps its old state and position
+            _fail(op, err)
+
+    def _deliver(self, rt: _Runtime, b: Batch, res: RunResult) -> None:
+        vocab = rt.loaded.vocab
+        for phase, _chars, secs in res.phases:
+            self._obs.step_time[phase].append(secs)
+        now = time.time()
+        for run in b.appends:
+            s = run.session
+            row = res.rows[run.row]
+            pos, tok_at = run.start, 0
+            last = len(run.ops) - 1
+            for k, op in enumerate(run.ops):
+                n = len(op.text)
+                pos += n
+                o = op.options
+                pred = Prediction(
+                    position=pos,
+                    top_k=tuple((vocab.char(i), p) for i, p in row.top_k[k][: o.top_k]),
+                    logprobs=tuple(row.logprobs[tok_at : tok_at + n]) if o.want_logprobs else (),
+                    gates=tuple(
+                        GateTrace(rt.gate_names, tuple(tuple(layer) for layer in g))
+                        for g in row.gates[tok_at : tok_at + n]
+                    )
+                    if o.want_gates
+                    else (),
+                    superseded=o.only_last and k < last,
+                )
+                tok_at += n
+                if not op.future.done():
+                    op.future.set_result(pred)
+            self._chars["step" if tok_at == 1 else "prefill"] += tok_at
+            if s.closed:
+                continue
+            if run.leading_write is not None:
+                w = run.leading_write
+                self._apply_write(s, w)
+            s.position = pos
+            s.history.record("".join(op.text for op in run.ops), pos, row.checkpoint)
+            s.last_applied = (run.ops[-1].offset, run.ops[-1].text, run.ops[-1].future)
+            s.last_used_at = now
+        for cw in b.controls:
+            s, cop = cw.session, cw.op
+            if cw.row is not None:
+                self._chars["prefill"] += len(b.plan.rows[cw.row].tokens)
+            if s.closed and cop.kind in ("write", "rewind"):
+                _fail(cop, NotFound(_NOT_FOUND))
+            elif cop.kind == "write":
+                self._apply_write(s, cop)
+            elif cop.kind == "rewind":
+                s.position = cw.target
+                s.history.truncate(cw.target)
+                s.last_applied = None
+                _resolve(cop, s.info())
+            elif cop.kind == "snapshot":
+                assert cw.read is not None
+                m = rt.loaded.model
+                data = snap.SnapshotData(
+                    rt.name,
+                    rt.loaded.weights_sha256,
+                    m.cell,
+                    s.position,
+                    now,
+                    tuple((m.layers, m.hidden) for _ in range(m.state_arity)),
+                    tuple(res.reads[cw.read]),
+                )
+                _resolve(cop, snap.encode(data, self._key))
+            elif cop.kind == "complete" and cop.completion is not None:
+                c = cop.completion
+                c.started = True
+                if c.running():
+                    rt.completions[c] = None
+            s.last_used_at = now
+        for sw in b.steps:
+            self._deliver_step(rt, b.plan, sw.completion, sw.alt, sw.row, res)
+
+    def _apply_write(self, s: Session, op: ControlOp) -> None:
+        s.position = op.position
+        s.history = self._history(op.position, op.state)
+        s.last_applied = None
+        _resolve(op, s.info())
+
+    def _deliver_step(
+        self, rt: _Runtime, plan: Plan, c: Completion, alt: Alternative, row: int, res: RunResult
+    ) -> None:
+        if alt.finish_reason:  # cancelled while the iteration ran
+            return
+        tok = res.rows[row].sampled
+        assert tok is not None
+        if plan.rows[row].tokens:
+            alt.forked = True  # the scratch slot now holds the state after last_token
+            self._chars["completion"] += 1
+        ch = rt.loaded.vocab.char(tok)
+        alt.text += ch
+        alt.last_token = tok
+        if any(alt.text.endswith(stop) for stop in c.request.stop):
+            self._end_alternative(c, alt, "stop", ch)
+        elif len(alt.text) >= c.request.max_chars:
+            self._end_alternative(c, alt, "length", ch)
+        else:
+            c.chunks.put_nowait(CompletionChunk(alt.index, ch, False))
+        c.session.last_used_at = time.time()
+
+
+def _execute_all(jobs: Sequence[tuple[ModelRunner, Plan]]) -> list[RunResult]:
+    """Runs in the device worker thread."""
+    return [runner.execute(plan) for runner, plan in jobs]
+
+
+def _resolve(op: ControlOp, value: object) -> None:
+    if op.future is not None and not op.future.done():
+        op.future.set_result(value)
+
+
+def _fail(op: Op, err: BaseException) -> None:
+    fut = op.future
+    if fut is not None and not fut.done():
+        fut.set_exception(err)
+        fut.exception()  # mark retrieved: nobody may be waiting (a write folded at open)
+
+
+def _queued_end(s: Session) -> int:
+    """Where the next append must start if every queued op succeeds."""
+    end = s.position
+    for op in s.queue:
+        if isinstance(op, AppendOp):
+            if op.offset == end:
+                end += len(op.text)
+        elif op.kind == "write":
+            end = op.position
+        elif op.kind == "rewind":
+            end = max(0, end - op.chars)
+    return end

@@ -1,0 +1,82 @@
+"""Exactly-once appends: duplicates replay from cache, gaps and reorders are refused with the
+expected offset, a failed step leaves the session untouched."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from _engine_helpers import assert_prediction_matches, engine, offline_probs, run
+from cellserve.engine.runner import ModelRunner
+from cellserve.engine.types import AppendOptions
+from cellserve.errors import InvalidInput, NotFound, OffsetConflict
+
+
+def test_duplicate_gap_reorder(model_dir: Path) -> None:
+    async def body() -> None:
+        async with engine(model_dir, max_append_chars=50) as eng:
+            lm = eng.repository.get()
+            s = eng.open_session().session_id
+            p1 = await eng.append(s, 0, "abc")
+            again = await eng.append(s, 0, "abc")  # retry of the last piece: cached, not applied
+            assert again.replayed and not p1.replayed
+            assert again.top_k == p1.top_k and again.position == 3
+            assert eng.get_session(s).position == 3
+            with pytest.raises(OffsetConflict) as e:  # same offset, other text: not a retry
+                await eng.append(s, 0, "abd")
+            assert (e.value.expected, e.value.got) == (3, 0)
+            with pytest.raises(OffsetConflict) as e:  # a gap
+                await eng.append(s, 5, "x")
+            assert e.value.expected == 3 and "3" in str(e.value)
+            p2 = await eng.append(s, 3, "de")
+            with pytest.raises(OffsetConflict):  # an older piece is no longer the last one
+                await eng.append(s, 0, "abc")
+            # reordered pipeline: offset 7 sent before offset 5 -> 7 refused, 5 applied
+            results = await asyncio.gather(eng.append(s, 7, "hi"), eng.append(s, 5, "fg"), return_exceptions=True)
+            assert isinstance(results[0], OffsetConflict) and results[0].expected == 5
+            assert not isinstance(results[1], BaseException) and results[1].position == 7
+            assert eng.get_session(s).position == 7
+            probs = offline_probs(lm, "abcdefg")
+            assert_prediction_matches(lm, p2, probs[4], 5)
+            assert_prediction_matches(lm, results[1], probs[6], 5)
+            # a retry while the original is still queued shares its answer
+            a, b = await asyncio.gather(eng.append(s, 7, "h"), eng.append(s, 7, "h"))
+            assert a.position == b.position == 8 and b.replayed and a.top_k == b.top_k
+            assert eng.get_session(s).position == 8
+            with pytest.raises(InvalidInput):
+                await eng.append(s, 8, "")
+            with pytest.raises(InvalidInput):
+                await eng.append(s, 8, "x" * 51)
+            with pytest.raises(InvalidInput):
+                await eng.append(s, 8, "x", AppendOptions(top_k=10_000))
+            with pytest.raises(NotFound):
+                await eng.append("0" * 32, 0, "x")
+
+    run(body)
+
+
+def test_failed_step_leaves_session_untouched(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def body() -> None:
+        async with engine(model_dir) as eng:
+            lm = eng.repository.get()
+            s = eng.open_session().session_id
+            await eng.append(s, 0, "hello")
+            real = ModelRunner.execute
+            calls = {"n": 0}
+
+            def boom(self: ModelRunner, plan: object) -> object:
+                calls["n"] += 1
+                raise RuntimeError("device fell over")
+
+            monkeypatch.setattr(ModelRunner, "execute", boom)
+            with pytest.raises(RuntimeError):
+                await eng.append(s, 5, " world")
+            assert calls["n"] == 1
+            assert eng.get_session(s).position == 5
+            monkeypatch.setattr(ModelRunner, "execute", real)
+            pred = await eng.append(s, 5, " world")  # the same piece again: applied once, now
+            assert pred.position == 11 and not pred.replayed
+            assert_prediction_matches(lm, pred, offline_probs(lm, "hello world")[-1], 5)
+
+    run(body)

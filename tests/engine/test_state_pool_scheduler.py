@@ -1,0 +1,111 @@
+"""Unit tests of the pool, the rewind log and the (torch-free) scheduler."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+from pathlib import Path
+
+import cellserve.engine.scheduler as scheduler_mod
+import pytest
+import torch
+from cellserve.engine.plan import ZERO
+from cellserve.engine.rewind import RewindLog
+from cellserve.engine.scheduler import Scheduler
+from cellserve.engine.sessions import AppendOp, ControlOp, Session
+from cellserve.engine.state_pool import SlotAllocator, StatePool
+from cellserve.engine.types import AppendOptions
+from cellserve.errors import CapacityExceeded
+
+
+def test_allocator_grows_in_chunks_and_reuses() -> None:
+    a = SlotAllocator(chunk=4, slots_max=6)
+    slots = [a.alloc() for _ in range(5)]
+    assert slots == [0, 1, 2, 3, 4] and a.wanted_capacity() == 6  # 2 chunks, capped at the max
+    a.free(2)
+    assert a.alloc() == 2 and a.used == 5
+    a.alloc()
+    with pytest.raises(CapacityExceeded):
+        a.alloc()
+
+
+def test_pool_gather_scatter_and_growth_keep_states() -> None:
+    p = StatePool(layers=2, hidden=3, arity=2, device=torch.device("cpu"))
+    p.ensure_capacity(4)
+    st = (torch.randn(2, 2, 3), torch.randn(2, 2, 3))
+    p.scatter(torch.tensor([3, 1]), st)
+    p.ensure_capacity(8)  # growing keeps every slot's state
+    got = p.gather(torch.tensor([1, 3]))
+    assert torch.equal(got[0][:, 0], st[0][:, 1]) and torch.equal(got[1][:, 1], st[1][:, 0])
+    assert p.capacity == 8 and p.nbytes == 2 * 2 * 8 * 3 * 4
+
+
+def test_rewind_log_is_bounded() -> None:
+    log = RewindLog(every=4, window=10)
+    pos = 0
+    for i in range(200):
+        piece = "ab"[i % 2] * (1 + i % 3)
+        pos += len(piece)
+        log.record(piece, pos, object() if log.wants_checkpoint(pos) else None)
+        assert len(log.checkpoints) <= 10 // 4 + 2
+        assert len(log.text) <= 10 + 4 + 3
+        assert log.reach(pos) == min(10, pos)
+    target, state, replay = log.plan(pos, 10)
+    assert target == pos - 10 and state is not ZERO and len(replay) < 4 + 3
+
+
+def _session(slot: int) -> Session:
+    return Session(f"s{slot}", "m", "", slot, 0.0, 0.0, RewindLog(64, 256))
+
+
+def _append(s: Session, text: str, submitted: float = 0.0, **opts: object) -> AppendOp:
+    fut: asyncio.Future[object] = asyncio.get_event_loop_policy().new_event_loop().create_future()
+    op = AppendOp(s.queued_end, text, [1] * len(text), AppendOptions(**opts), fut, submitted)  # type: ignore[arg-type]
+    s.queue.append(op)
+    s.queued_end += len(text)
+    return op
+
+
+def test_scheduler_coalesces_folds_writes_and_respects_budget() -> None:
+    sch = Scheduler(lambda t: [1] * len(t))
+    a, b, c = _session(0), _session(1), _session(2)
+    a.queue.append(ControlOp("write", None, 0.0, state=ZERO))  # a new session's start state
+    _append(a, "x")
+    _append(a, "yz", only_last=True)
+    _append(b, "k")
+    _append(c, "q" * 50, submitted=1.0)
+    batch = sch.schedule([a, b, c], [], budget=10, capacity=4)
+    rows = batch.plan.rows
+    # a: one row of 3 tokens from the zero state (write folded in), results after 1 and 3 tokens
+    ra = rows[batch.appends[[r.session for r in batch.appends].index(a)].row]
+    assert ra.src is None and ra.init is ZERO and ra.dst == 0 and ra.ends == [(1, 5), (3, 5)]
+    assert not batch.plan.writes and not a.queue
+    # b's keystroke rides along; c's 50 characters would exceed the budget: next iteration
+    assert sorted(len(r.tokens) for r in rows) == [1, 3] and len(c.queue) == 1
+    # the oldest long piece always runs, even alone over the budget; a younger one waits
+    d = _session(3)
+    _append(d, "w" * 20, submitted=2.0)
+    batch = sch.schedule([d, c], [], budget=10, capacity=4)
+    assert [len(r.tokens) for r in batch.plan.rows] == [50] and len(d.queue) == 1 and not c.queue
+
+
+def test_scheduler_rejects_stale_offsets() -> None:
+    sch = Scheduler(lambda t: [1] * len(t))
+    s = _session(0)
+    op = _append(s, "abc")
+    op.offset = 7  # as if an earlier op had failed after this one was accepted
+    d = _append(s, "d")  # offset 3: assumed "abc" would apply, so it is stale too
+    ok = AppendOp(0, "e", [1], AppendOptions(), d.future, 0.0)
+    s.queue.append(ok)
+    batch = sch.schedule([s], [], budget=100, capacity=1)
+    assert [f[1] for f in batch.failures] == [op, d]
+    assert all(f[2].expected == 0 for f in batch.failures)  # type: ignore[attr-defined]
+    assert [r.tokens for r in batch.plan.rows] == [[1]] and not s.queue
+
+
+def test_scheduler_and_plan_do_not_import_torch() -> None:
+    for mod in ("scheduler", "plan", "sessions", "rewind", "completions", "types"):
+        src = Path(scheduler_mod.__file__).with_name(f"{mod}.py").read_text()
+        names = {n.names[0].name for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Import)}
+        froms = {n.module for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ImportFrom)}
+        assert not any(x and x.split(".")[0] in ("torch", "grpc") for x in names | froms), mod

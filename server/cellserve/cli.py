@@ -89,8 +89,13 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     _model_args(p)
     p.add_argument("--validation", action="store_true", help="evaluate on the default corpus's validation split")
     p.add_argument("--max-chars", type=int, default=200_000, help="stop reading input after this many characters")
-    p.add_argument("--baseline-corpus", nargs="*", type=Path, default=None,
-                   help="corpus for the baseline's word trie (default: the default corpus's training split)")
+    p.add_argument(
+        "--baseline-corpus",
+        nargs="*",
+        type=Path,
+        default=None,
+        help="corpus for the baseline's word trie (default: the default corpus's training split)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(handler=_run_eval)
 
@@ -147,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_inspect(sub)
+    from .serve import add_serve_parser
+
+    add_serve_parser(sub)
     return parser
 
 

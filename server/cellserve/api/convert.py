@@ -1,0 +1,75 @@
+"""Protobuf <-> engine dataclasses. Pure functions; no engine calls, no validation of ranges
+(``validate`` does that), no gRPC status handling (``status`` does that)."""
+
+from __future__ import annotations
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from ..engine.types import CompletionChunk, GateTrace, ModelInfo, Prediction, SessionInfo
+from .pb import types
+
+_CELLS = {"lstm": types.CELL_LSTM, "gru": types.CELL_GRU}
+_FINISH = {
+    "length": types.FINISH_REASON_LENGTH,
+    "stop": types.FINISH_REASON_STOP,
+    "cancelled": types.FINISH_REASON_CANCELLED,
+}
+
+
+def timestamp(unix_s: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(int(unix_s * 1e9))
+    return ts
+
+
+def model_info(m: ModelInfo) -> types.ModelInfo:
+    msg = types.ModelInfo(
+        name=m.name,
+        cell=_CELLS.get(m.cell, types.CELL_UNSPECIFIED),
+        layers=m.layers,
+        hidden=m.hidden,
+        vocabulary=types.Vocabulary(characters=list(m.vocabulary)),
+        weights_sha256=m.weights_sha256,
+        is_default=m.is_default,
+    )
+    if m.validation_bits_per_char is not None:
+        msg.validation_bits_per_char = m.validation_bits_per_char
+    return msg
+
+
+def session_info(s: SessionInfo) -> types.SessionInfo:
+    return types.SessionInfo(
+        session_id=s.session_id,
+        model=s.model,
+        position=s.position,
+        created_at=timestamp(s.created_at),
+        last_used_at=timestamp(s.last_used_at),
+    )
+
+
+def _gate_trace(g: GateTrace) -> types.GateTrace:
+    return types.GateTrace(gates=[types.Gate(name=n, layers=list(v)) for n, v in zip(g.names, g.values, strict=True)])
+
+
+def prediction(p: Prediction) -> types.Prediction:
+    """A superseded answer (coalesced under only_last) is still sent, with its position and
+    ``superseded`` set, so that every Append gets exactly one response."""
+    msg = types.Prediction(
+        position=p.position,
+        logprobs=list(p.logprobs),
+        gates=[_gate_trace(g) for g in p.gates],
+        replayed=p.replayed,
+        superseded=p.superseded,
+    )
+    if p.top_k:
+        msg.top_characters.entries.extend(types.CharProbability(character=c, probability=q) for c, q in p.top_k)
+    return msg
+
+
+def completion_chunk(c: CompletionChunk) -> types.CompletionChunk:
+    return types.CompletionChunk(
+        alternative=c.alternative,
+        text=c.text,
+        done=c.done,
+        finish_reason=_FINISH.get(c.finish_reason, types.FINISH_REASON_UNSPECIFIED),
+    )

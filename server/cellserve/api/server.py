@@ -1,0 +1,70 @@
+"""The gRPC server: CellserveService, health and reflection on one grpc.aio server, and the
+drain sequence for a graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from grpc import aio
+from grpc_health.v1 import health, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ..config import Settings
+from .health import Health
+from .pb import SERVICE_NAME, rpc
+from .servicer import CellserveServicer
+from .status import ErrorMappingInterceptor
+
+if TYPE_CHECKING:
+    from ..engine.engine import Engine
+
+log = logging.getLogger("cellserve.api")
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+class ApiServer:
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self._settings = settings
+        self._engine = engine
+        self.servicer = CellserveServicer(engine, settings)
+        self.health = Health(settings.readiness_service)
+        self._server = aio.server(
+            interceptors=[ErrorMappingInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", settings.max_message_bytes),
+                ("grpc.so_reuseport", 0),  # port 0 must yield a port nobody else holds
+            ],
+        )
+        rpc.add_CellserveServiceServicer_to_server(self.servicer, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._server)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
+        self.port = 0
+
+    async def start(self) -> int:
+        """Binds and starts; returns the port (the chosen one when settings.port is 0)."""
+        self.port = self._server.add_insecure_port(format_address(self._settings.host, self._settings.port))
+        if self.port == 0:
+            raise OSError(f"cannot listen on {format_address(self._settings.host, self._settings.port)}")
+        await self._server.start()
+        await self.health.serving()
+        return self.port
+
+    async def shutdown(self) -> None:
+        """Drain, bounded by settings.drain_grace_s: health NOT_SERVING; streams stop reading;
+        the engine refuses new sessions and finishes in-flight work; then grpc stops (calls
+        still running after the rest of the grace are cancelled)."""
+        deadline = time.monotonic() + self._settings.drain_grace_s
+        await self.health.not_serving()
+        self.servicer.begin_drain()
+        try:
+            await asyncio.wait_for(self._engine.drain(), timeout=self._settings.drain_grace_s)
+        except TimeoutError:
+            log.warning("engine drain did not finish within drain_grace_s=%s", self._settings.drain_grace_s)
+        await self._server.stop(max(0.0, deadline - time.monotonic()))

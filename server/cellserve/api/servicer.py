@@ -1,0 +1,135 @@
+"""The CellserveService servicer: thin translators between protobuf and the Engine.
+
+Each method validates its request (``validate``), calls one Engine method and converts the
+result (``convert``). Errors are raised, never turned into statuses here: the interceptor in
+``status`` does that for every method. The bidirectional ``Session`` stream lives in
+``stream``; this class only admits it (the concurrent-stream cap) and tracks it for draining.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from grpc import aio
+
+from ..config import Settings
+from ..errors import CapacityExceeded, InvalidInput, Unavailable
+from . import convert, validate
+from .owner import owner_of
+from .pb import rpc, svc, types
+from .stream import SessionStream
+
+if TYPE_CHECKING:
+    from ..engine.engine import Engine
+
+Context: TypeAlias = aio.ServicerContext[Any, Any]
+STREAM_RETRY_AFTER_S = 1.0  # streams are long-lived: a slot frees up on the order of seconds
+
+
+class CellserveServicer(rpc.CellserveServiceServicer):  # type: ignore[misc]
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._streams: set[SessionStream] = set()
+        self._draining = False
+        self._model_msgs: dict[str, types.ModelInfo] = {}
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def model_msg(self, name: str) -> types.ModelInfo:
+        """The ModelInfo message of a loaded model (built once: the model set never changes)."""
+        if not self._model_msgs:
+            self._model_msgs = {m.name: convert.model_info(m) for m in self._engine.models()}
+        return self._model_msgs[name]
+
+    def begin_drain(self) -> None:
+        """Streams stop reading, answer what they have read, then end with UNAVAILABLE."""
+        self._draining = True
+        for stream in list(self._streams):
+            stream.stop_reading()
+
+    # --- the session stream ----------------------------------------------------------------
+
+    async def Session(
+        self, requests: AsyncIterator[svc.SessionRequest], context: Context
+    ) -> AsyncIterator[svc.SessionResponse]:
+        if self._draining:
+            raise Unavailable("the server is shutting down; connect to another replica")
+        if len(self._streams) >= self._settings.max_concurrent_streams:
+            raise CapacityExceeded(
+                f"too many concurrent streams (max_concurrent_streams={self._settings.max_concurrent_streams})",
+                retry_after_s=STREAM_RETRY_AFTER_S,
+            )
+        stream = SessionStream(self._engine, self._settings, owner_of(context), self.model_msg)
+        self._streams.add(stream)
+        try:
+            async for response in stream.run(requests):
+                yield response
+        finally:
+            self._streams.discard(stream)
+        if stream.stopped_by_drain:
+            raise Unavailable("the server is shutting down; attach or resume the session elsewhere")
+
+    # --- unary calls -----------------------------------------------------------------------
+
+    async def OpenSession(self, request: svc.OpenSessionRequest, context: Context) -> svc.OpenSessionResponse:
+        info = self._engine.open_session(validate.model_name(request.model), owner=owner_of(context))
+        return svc.OpenSessionResponse(session=convert.session_info(info), model=self.model_msg(info.model))
+
+    async def GetSession(self, request: svc.GetSessionRequest, context: Context) -> svc.GetSessionResponse:
+        info = self._engine.get_session(validate.session_id(request.session_id), owner=owner_of(context))
+        return svc.GetSessionResponse(session=convert.session_info(info))
+
+    async def Append(self, request: svc.AppendRequest, context: Context) -> svc.AppendResponse:
+        sid = validate.session_id(request.session_id)
+        text = validate.input_text(request.input if request.HasField("input") else None, "input", self._settings)
+        options = validate.append_options(request, self._settings)
+        pred = await self._engine.append(sid, request.offset, text, options, owner=owner_of(context))
+        return svc.AppendResponse(prediction=convert.prediction(pred))
+
+    async def Complete(self, request: svc.CompleteRequest, context: Context) -> AsyncIterator[svc.CompleteResponse]:
+        sid = validate.session_id(request.session_id)
+        req = validate.completion_request(request, self._settings)
+        chunks = self._engine.complete(sid, req, owner=owner_of(context))
+        try:
+            async for chunk in chunks:
+                yield svc.CompleteResponse(chunk=convert.completion_chunk(chunk))
+        finally:
+            # A cancelled call stops the completion now, not when the generator is collected.
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def Rewind(self, request: svc.RewindRequest, context: Context) -> svc.RewindResponse:
+        sid = validate.session_id(request.session_id)
+        info = await self._engine.rewind(sid, request.chars, owner=owner_of(context))
+        return svc.RewindResponse(session=convert.session_info(info))
+
+    async def Reset(self, request: svc.ResetRequest, context: Context) -> svc.ResetResponse:
+        info = await self._engine.reset(validate.session_id(request.session_id), owner=owner_of(context))
+        return svc.ResetResponse(session=convert.session_info(info))
+
+    async def Snapshot(self, request: svc.SnapshotRequest, context: Context) -> svc.SnapshotResponse:
+        blob = await self._engine.snapshot(validate.session_id(request.session_id), owner=owner_of(context))
+        return svc.SnapshotResponse(blob=blob)
+
+    async def Resume(self, request: svc.ResumeRequest, context: Context) -> svc.ResumeResponse:
+        if not request.blob:
+            raise InvalidInput("blob is required")
+        replay = validate.input_text(
+            request.replay if request.HasField("replay") else None, "replay", self._settings, allow_empty=True
+        )
+        options = validate.append_options(request, self._settings)
+        info, pred = await self._engine.resume(request.blob, replay, options, owner=owner_of(context))
+        response = svc.ResumeResponse(session=convert.session_info(info), model=self.model_msg(info.model))
+        if pred is not None:
+            response.prediction.CopyFrom(convert.prediction(pred))
+        return response
+
+    async def CloseSession(self, request: svc.CloseSessionRequest, context: Context) -> svc.CloseSessionResponse:
+        await self._engine.close_session(validate.session_id(request.session_id), owner=owner_of(context))
+        return svc.CloseSessionResponse()
+
+    async def ListModels(self, request: svc.ListModelsRequest, context: Context) -> svc.ListModelsResponse:
+        return svc.ListModelsResponse(models=[convert.model_info(m) for m in self._engine.models()])

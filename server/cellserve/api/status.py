@@ -1,0 +1,148 @@
+"""The one place where errors become gRPC statuses.
+
+``status_of(exc)`` maps any exception to a ``Status``; both the interceptor (unary and
+server-streaming calls, and stream-level failures) and the session stream's in-band errors use
+it. Domain errors (``cellserve.errors``) carry messages written for clients. Anything else is a
+bug: the client gets INTERNAL with a generic message and the server logs one line with the
+exception, so no path, library message or internal name ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from ..errors import (
+    CapacityExceeded,
+    CellserveError,
+    InvalidInput,
+    NotFound,
+    OffsetConflict,
+    PreconditionFailed,
+    Unavailable,
+)
+from .pb import SERVICE_NAME
+
+log = logging.getLogger("cellserve.api")
+
+RETRY_AFTER_MD = "retry-after-ms"
+EXPECTED_OFFSET_MD = "expected-offset"
+INTERNAL_MESSAGE = "internal error; the server logged the details"
+
+# ModelFileError is deliberately absent: it is operator-facing and must not reach a client.
+_CODES: dict[type[CellserveError], grpc.StatusCode] = {
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    OffsetConflict: grpc.StatusCode.ABORTED,
+    PreconditionFailed: grpc.StatusCode.FAILED_PRECONDITION,
+    CapacityExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+@dataclass(frozen=True)
+class Status:
+    code: grpc.StatusCode
+    message: str
+    expected_offset: int | None = None
+    retry_after_ms: int = 0
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        md: list[tuple[str, str]] = []
+        if self.retry_after_ms:
+            md.append((RETRY_AFTER_MD, str(self.retry_after_ms)))
+        if self.expected_offset is not None:
+            md.append((EXPECTED_OFFSET_MD, str(self.expected_offset)))
+        return tuple(md)
+
+
+def status_of(exc: BaseException, where: str = "") -> Status:
+    """The status a client sees for ``exc``; logs unexpected exceptions (once, here)."""
+    for cls in type(exc).__mro__:
+        code = _CODES.get(cls)
+        if code is None:
+            continue
+        if isinstance(exc, CapacityExceeded):
+            ms = max(1, round(exc.retry_after_s * 1000))
+            return Status(code, f"{exc} (retry after {ms} ms)", retry_after_ms=ms)
+        if isinstance(exc, OffsetConflict):
+            return Status(code, str(exc), expected_offset=exc.expected)
+        return Status(code, str(exc))
+    log.error("unexpected error in %s", where or "a call", exc_info=exc)
+    return Status(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+
+async def abort_with(context: aio.ServicerContext[Any, Any], exc: BaseException, where: str) -> None:
+    st = status_of(exc, where)
+    await context.abort(st.code, st.message, st.trailing_metadata())
+
+
+def _passthrough(exc: BaseException) -> bool:
+    # grpc's own abort (already a status) and cancellation must propagate untouched.
+    return isinstance(exc, aio.AbortError)
+
+
+class ErrorMappingInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
+    """Wraps every handler of the server so an exception becomes the status ``status_of``
+    chooses. Handlers raise domain errors; they never build statuses themselves."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method: str = details.method
+        # Only our own service: health and reflection are grpc's code, written in the
+        # context.write() style that an async-generator wrapper must not mix with.
+        if handler is None or not method.startswith(f"/{SERVICE_NAME}/"):
+            return handler
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_streaming(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                _wrap_streaming(handler.stream_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # stream-unary: none in this API
+
+
+def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
+    async def wrapped(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await behavior(request, context)
+        except Exception as exc:
+            if _passthrough(exc):
+                raise
+            await abort_with(context, exc, method)
+
+    return wrapped
+
+
+def _wrap_streaming(behavior: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., AsyncIterator[Any]]:
+    async def wrapped(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        try:
+            async for response in behavior(request, context):
+                yield response
+        except Exception as exc:
+            if _passthrough(exc):
+                raise
+            await abort_with(context, exc, method)
+
+    return wrapped

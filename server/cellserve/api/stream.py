@@ -1,0 +1,268 @@
+"""One bidirectional ``Session`` stream: read requests, run them against the Engine, write the
+responses in request order.
+
+Pipelining: the reader never waits for the engine. Each request becomes a task, so appends
+typed faster than the round trip are all queued in the engine at once (and coalesced there);
+at most ``MAX_IN_FLIGHT`` requests per stream are unanswered at a time (then the reader waits,
+and HTTP/2 flow control pushes back on the client).
+
+Ordering: the writer sends each request's responses completely before the next request's, so
+responses come in request order. Engine calls are ordered by one submitter task per stream:
+appends are started in request order without waiting for each other (each engine call is a
+task, and tasks take their first step in creation order, which is when the engine queues the
+piece), while every other operation (rewind, reset, snapshot, close, complete) is a barrier:
+it starts after every earlier request has been answered, and later requests start after it
+(for a completion: after it has forked the session's state).
+
+A failed request is answered with an in-band Error (mapped by ``status.status_of``) and the
+stream goes on. When the stream ends or is cancelled, its running tasks (and so its running
+completions) are cancelled; the session itself lives on (attach again, or it expires).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from ..config import Settings
+from ..engine.types import CompletionChunk
+from ..errors import InvalidInput, PreconditionFailed
+from . import convert, validate
+from .pb import svc, types
+from .status import status_of
+
+if TYPE_CHECKING:
+    from ..engine.engine import Engine
+
+log = logging.getLogger("cellserve.api")
+
+MAX_IN_FLIGHT = 64  # unanswered requests per stream; bounds the memory one client can pin
+Job = Callable[["_Reply"], Awaitable[None]]
+
+
+class _Reply:
+    """The responses to one request, queued until the writer reaches this request."""
+
+    __slots__ = ("_queue", "handed_off", "request_id")
+
+    def __init__(self, request_id: int) -> None:
+        self.request_id = request_id
+        self.handed_off = False  # True: a task of its own finishes it (completions)
+        self._queue: asyncio.Queue[svc.SessionResponse | None] = asyncio.Queue()
+
+    def send(self, **result: Any) -> None:
+        self._queue.put_nowait(svc.SessionResponse(request_id=self.request_id, **result))
+
+    def fail(self, exc: BaseException) -> None:
+        st = status_of(exc, "/cellserve.v1.CellserveService/Session")
+        err = svc.SessionResponse.Error(code=st.code.value[0], message=st.message, retry_after_ms=st.retry_after_ms)
+        if st.expected_offset is not None:
+            err.expected_offset = st.expected_offset
+        self.send(error=err)
+
+    def finish(self) -> None:
+        self._queue.put_nowait(None)
+
+    async def responses(self) -> AsyncIterator[svc.SessionResponse]:
+        while (item := await self._queue.get()) is not None:
+            yield item
+
+
+class SessionStream:
+    def __init__(
+        self, engine: Engine, settings: Settings, owner: str, model_msg: Callable[[str], types.ModelInfo]
+    ) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._owner = owner
+        self._model_msg = model_msg
+        self._session_id: str | None = None
+        self._outbox: asyncio.Queue[_Reply | None] = asyncio.Queue()
+        self._window = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._jobs: asyncio.Queue[tuple[Job, _Reply, bool] | None] = asyncio.Queue()  # for the submitter
+        self._reader: asyncio.Task[None] | None = None
+        self._stop = False
+        self._awaiting_input = False
+        self.stopped_by_drain = False
+
+    def stop_reading(self) -> None:
+        """Drain: read nothing more; what was read is still answered."""
+        self._stop = self.stopped_by_drain = True
+        if self._reader is not None and self._awaiting_input:
+            self._reader.cancel()
+
+    async def run(self, requests: AsyncIterator[svc.SessionRequest]) -> AsyncIterator[svc.SessionResponse]:
+        self._reader = asyncio.create_task(self._read(requests))
+        self._track(asyncio.create_task(self._submit()))
+        try:
+            while (reply := await self._outbox.get()) is not None:
+                async for response in reply.responses():
+                    yield response
+                self._window.release()
+            await self._reader  # re-raises a reader failure (not a clean end of input)
+        finally:
+            pending = [t for t in (self._reader, *self._tasks) if not t.done()]
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    # --- reading ---------------------------------------------------------------------------
+
+    async def _read(self, requests: AsyncIterator[svc.SessionRequest]) -> None:
+        it = aiter(requests)
+        try:
+            while not self._stop:
+                self._awaiting_input = True
+                try:
+                    request = await anext(it)
+                except StopAsyncIteration:
+                    break
+                finally:
+                    self._awaiting_input = False
+                await self._window.acquire()
+                reply = _Reply(request.request_id)
+                self._outbox.put_nowait(reply)
+                self._dispatch(request, reply)
+        except asyncio.CancelledError:
+            if not self._stop:
+                raise
+        finally:
+            self._jobs.put_nowait(None)
+            self._outbox.put_nowait(None)
+
+    def _dispatch(self, request: svc.SessionRequest, reply: _Reply) -> None:
+        """Validates synchronously (errors answer at once) and starts the engine call."""
+        op = request.WhichOneof("op")
+        try:
+            if op is None:
+                raise InvalidInput("request has no operation: set one of open, attach, append, complete, ...")
+            if op in ("open", "attach"):
+                self._bind(request, reply)
+                return
+            sid = self._bound()
+            if op == "append":
+                self._start(self._append_job(sid, request.append), reply, barrier=False)
+            elif op == "complete":
+                self._start(self._complete_job(sid, request.complete), reply, barrier=True)
+            else:
+                self._start(self._other_job(sid, op, request), reply, barrier=True)
+        except Exception as exc:  # noqa: BLE001 (validation errors; status_of logs anything unexpected)
+            reply.fail(exc)
+            reply.finish()
+
+    def _bind(self, request: svc.SessionRequest, reply: _Reply) -> None:
+        if self._session_id is not None:
+            raise PreconditionFailed("this stream already has a session; open another stream for another session")
+        if request.HasField("open"):
+            info = self._engine.open_session(validate.model_name(request.open.model), owner=self._owner)
+        else:
+            info = self._engine.get_session(validate.session_id(request.attach.session_id), owner=self._owner)
+        self._session_id = info.session_id
+        reply.send(
+            opened=svc.SessionResponse.Opened(session=convert.session_info(info), model=self._model_msg(info.model))
+        )
+        reply.finish()
+
+    def _bound(self) -> str:
+        if self._session_id is None:
+            raise PreconditionFailed("no session on this stream yet: the first request must be open or attach")
+        return self._session_id
+
+    def _start(self, job: Job, reply: _Reply, *, barrier: bool) -> None:
+        self._jobs.put_nowait((job, reply, barrier))
+
+    def _track(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _submit(self) -> None:
+        """Starts the engine calls in request order (see the module docstring)."""
+        appends: list[asyncio.Task[None]] = []
+        while (item := await self._jobs.get()) is not None:
+            job, reply, barrier = item
+            if not barrier:
+                appends.append(self._track(asyncio.create_task(self._run(job, reply))))
+                continue
+            if appends:
+                await asyncio.wait(appends)
+                appends.clear()
+            await self._run(job, reply)
+
+    @staticmethod
+    async def _run(job: Job, reply: _Reply) -> None:
+        try:
+            await job(reply)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (answered in-band; status_of logs the unexpected)
+            reply.fail(exc)
+            reply.finish()
+        else:
+            if not reply.handed_off:
+                reply.finish()
+
+    # --- the operations --------------------------------------------------------------------
+
+    def _append_job(self, sid: str, msg: svc.SessionRequest.Append) -> Job:
+        text = validate.input_text(msg.input if msg.HasField("input") else None, "append.input", self._settings)
+        options = validate.append_options(msg, self._settings, only_last=msg.only_last)
+
+        async def job(reply: _Reply) -> None:
+            pred = await self._engine.append(sid, msg.offset, text, options, owner=self._owner)
+            reply.send(prediction=convert.prediction(pred))
+
+        return job
+
+    def _complete_job(self, sid: str, msg: svc.SessionRequest.Complete) -> Job:
+        req = validate.completion_request(msg, self._settings)
+
+        async def job(reply: _Reply) -> None:
+            chunks = self._engine.complete(sid, req, owner=self._owner)
+            reply.handed_off = True
+            # The chunks go out from a task of their own so that later requests (an Append
+            # cancels the completion) are not held up until the completion ends.
+            self._track(asyncio.create_task(self._relay_chunks(chunks, reply)))
+            # No wait here: Engine.complete queues the fork in the session's ordered queue
+            # before it returns, so later appends cannot overtake it.
+
+        return job
+
+    @staticmethod
+    async def _relay_chunks(chunks: AsyncIterator[CompletionChunk], reply: _Reply) -> None:
+        try:
+            async for chunk in chunks:
+                reply.send(completion_chunk=convert.completion_chunk(chunk))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (answered in-band; status_of logs the unexpected)
+            reply.fail(exc)
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()  # a cancelled stream stops the completion now, not at collection
+        reply.finish()
+
+    def _other_job(self, sid: str, op: str, request: svc.SessionRequest) -> Job:
+        engine, owner = self._engine, self._owner
+
+        async def job(reply: _Reply) -> None:
+            if op == "rewind":
+                info = await engine.rewind(sid, request.rewind.chars, owner=owner)
+                reply.send(rewound=svc.SessionResponse.Rewound(position=info.position))
+            elif op == "reset":
+                info = await engine.reset(sid, owner=owner)
+                reply.send(reset=svc.SessionResponse.Reset(position=info.position))
+            elif op == "snapshot":
+                blob = await engine.snapshot(sid, owner=owner)
+                reply.send(snapshot=svc.SessionResponse.Snapshot(blob=blob))
+            elif op == "close":
+                await engine.close_session(sid, owner=owner)
+                reply.send(closed=svc.SessionResponse.Closed())
+            else:  # a new op in the proto this server does not know yet
+                raise InvalidInput(f"operation {op!r} is not supported by this server")
+
+        return job

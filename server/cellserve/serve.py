@@ -1,0 +1,192 @@
+"""`cellserve serve`: load the models, start the engine and the gRPC server, drain on SIGTERM.
+
+Settings come from flags given explicitly, then ``CELLSERVE_*`` environment variables, then
+defaults (``Settings.load``); they are validated before anything starts, and a bad value exits
+with status 2 and a message naming the field. With no arguments the server serves the models
+in models/ (the default model: the one with the lowest validation bits/char).
+
+SIGTERM/SIGINT: health turns NOT_SERVING, streams stop reading and answer what they have read,
+the engine refuses new sessions (UNAVAILABLE) and finishes in-flight work, the gRPC server
+stops within ``drain_grace_s``, the engine stops, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from .config import ENV_PREFIX, Settings
+from .errors import ModelFileError
+
+if TYPE_CHECKING:
+    from .engine.engine import Engine
+
+log = logging.getLogger("cellserve.serve")
+
+EXIT_CONFIG = 2  # a bad setting or an unusable model folder: fix the configuration, do not retry
+SNAPSHOT_KEY_ENV = ENV_PREFIX + "SNAPSHOT_KEY"
+
+# (flag, Settings field, argparse keywords). Values stay strings: pydantic parses and
+# validates them, so an error names the field exactly as it does for environment variables.
+_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
+    ("--model-dir", "model_dir", {}),
+    ("--model", "models", {"action": "append", "metavar": "NAME"}),
+    ("--default-model", "default_model", {}),
+    ("--device", "device", {}),
+    ("--cpu-threads", "cpu_threads", {}),
+    ("--host", "host", {}),
+    ("--port", "port", {}),
+    ("--metrics-host", "metrics_host", {}),
+    ("--metrics-port", "metrics_port", {}),
+    ("--max-sessions", "max_sessions", {}),
+    ("--max-concurrent-streams", "max_concurrent_streams", {}),
+    ("--session-idle-ttl", "session_idle_ttl_s", {"metavar": "SECONDS"}),
+    ("--drain-grace", "drain_grace_s", {"metavar": "SECONDS"}),
+    ("--log-level", "log_level", {"choices": ["debug", "info", "warning", "error"]}),
+    ("--log-json", "log_json", {"action": "store_const", "const": True}),
+]
+
+
+def add_serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("serve", help="serve models over gRPC", description=__doc__.split("\n\n")[0])
+    fields = Settings.model_fields
+    for flag, name, kw in _FLAGS:
+        doc = " ".join((fields[name].description or "").split())
+        p.add_argument(flag, dest=name, default=None, help=f"{doc} [{ENV_PREFIX}{name.upper()}]", **kw)
+    p.add_argument(
+        "--snapshot-key-file",
+        type=Path,
+        default=None,
+        help=f"file holding the HMAC key for snapshot blobs (or set {SNAPSHOT_KEY_ENV}); unset: a per-process key",
+    )
+    p.add_argument(
+        "--set",
+        dest="extra",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="any other setting by its field name, e.g. --set max_top_k=16",
+    )
+    p.set_defaults(handler=run_serve)
+
+
+class SettingsError(Exception):
+    """A setting cannot be used; the message names it."""
+
+
+def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
+    env = dict(os.environ if environ is None else environ)
+    overrides: dict[str, Any] = {name: getattr(args, name) for _, name, _ in _FLAGS}
+    for item in args.extra:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SettingsError(f"--set {item!r}: expected FIELD=VALUE")
+        overrides[key.strip()] = value
+    if args.snapshot_key_file is not None:
+        try:
+            overrides["snapshot_key"] = args.snapshot_key_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise SettingsError(f"--snapshot-key-file: cannot read {args.snapshot_key_file}: {e}") from None
+        if not overrides["snapshot_key"]:
+            raise SettingsError(f"--snapshot-key-file: {args.snapshot_key_file} is empty")
+    try:
+        return Settings.load(overrides, env)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            name = ".".join(str(p) for p in err["loc"]) or "(settings)"
+            source = _source_of(name, overrides, env)
+            lines.append(f"invalid setting {name}{source}: {err['msg']}")
+        raise SettingsError("\n".join(lines)) from None
+
+
+def _source_of(name: str, overrides: dict[str, Any], env: dict[str, str]) -> str:
+    flag = next((f for f, n, _ in _FLAGS if n == name), None)
+    if overrides.get(name) is not None:
+        return f" (from {flag})" if flag else " (from --set)"
+    if ENV_PREFIX + name.upper() in env:
+        return f" (from {ENV_PREFIX}{name.upper()})"
+    return ""
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _JsonFormatter() if settings.log_json else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from_args(args)
+    except SettingsError as e:
+        print(f"cellserve serve: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(settings)
+    return asyncio.run(serve(settings))
+
+
+async def start_engine(settings: Settings) -> Engine:
+    # Imported here: torch and the models load only when serving, not to print --help.
+    from .engine.engine import Engine
+    from .repository import ModelRepository
+
+    repository = ModelRepository.load(settings)  # resolves settings.device ("auto": CUDA if available)
+    engine = Engine(settings, repository)
+    await engine.start()
+    return engine
+
+
+async def serve(settings: Settings) -> int:
+    from .api import ApiServer
+    from .api.server import format_address
+
+    try:
+        engine = await start_engine(settings)
+    except ModelFileError as e:  # names the file (or setting) and the field
+        print(f"cellserve serve: cannot start: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    api = ApiServer(settings, engine)
+    try:
+        port = await api.start()
+    except (OSError, RuntimeError) as e:  # grpc raises RuntimeError when it cannot bind
+        print(f"cellserve serve: cannot listen on {format_address(settings.host, settings.port)}: {e}", file=sys.stderr)
+        await engine.stop()
+        return EXIT_CONFIG
+    print(f"cellserve listening on {format_address(settings.host, port)} (grpc)", flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: draining for at most %.1f s", settings.drain_grace_s)
+    await api.shutdown()
+    await engine.stop()
+    log.info("stopped")
+    return 0

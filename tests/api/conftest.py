@@ -1,97 +1,17 @@
-"""API test fixtures: real `cellserve serve` processes on free loopback ports.
-
-Every server here is a subprocess started by the test that owns it (``python -m cellserve.cli
-serve --host 127.0.0.1 --port 0``); the port is parsed from the line it prints. Servers are
-stopped by SIGTERM to their own pid (SIGKILL to that pid if they outlive a bound).
-"""
+"""API test fixtures: the shared server (see ``servers.py``), a channel and a stub."""
 
 from __future__ import annotations
 
-import os
-import queue
-import re
-import signal
-import subprocess
-import sys
-import threading
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from cellserve_client._proto.cellserve.v1 import service_pb2 as svc
 from cellserve_client._proto.cellserve.v1 import service_pb2_grpc as rpc
+from servers import SNAPSHOT_KEY, ServerProcess, start_server
 
-START_TIMEOUT_S = 90.0  # importing torch and loading models on a busy 2-core machine
-STOP_TIMEOUT_S = 30.0
-SNAPSHOT_KEY = "test-snapshot-key-shared-by-replicas"
-LISTENING = re.compile(r"cellserve listening on (\S+):(\d+) \(grpc\)")
-
-
-class ServerProcess:
-    """One `cellserve serve` subprocess; ``target`` is host:port once started."""
-
-    def __init__(self, args: Sequence[str], env: dict[str, str] | None = None) -> None:
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
-        cmd = [sys.executable, "-m", "cellserve.cli", "serve", "--host", "127.0.0.1", "--port", "0", *args]
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, start_new_session=True
-        )
-        self.stderr_lines: list[str] = []
-        self._stdout: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._pump, args=(self.proc.stdout, self._stdout), daemon=True).start()
-        threading.Thread(target=self._collect_stderr, daemon=True).start()
-        self.target = self._wait_listening()
-
-    @staticmethod
-    def _pump(stream: object, out: queue.Queue[str | None]) -> None:
-        for line in stream:  # type: ignore[attr-defined]
-            out.put(line)
-        out.put(None)
-
-    def _collect_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.stderr_lines.append(line)
-
-    def _wait_listening(self) -> str:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                line = self._stdout.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if line is None:
-                break
-            m = LISTENING.search(line)
-            if m:
-                return f"{m.group(1)}:{m.group(2)}"
-        self.kill()
-        raise RuntimeError("server did not start:\n" + "".join(self.stderr_lines[-40:]))
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def terminate(self, timeout: float = STOP_TIMEOUT_S) -> int:
-        """SIGTERM to this server's pid; returns its exit status."""
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=STOP_TIMEOUT_S)
-
-
-def start_server(model_dir: Path, *args: str, env: dict[str, str] | None = None) -> ServerProcess:
-    return ServerProcess(["--model-dir", str(model_dir), "--cpu-threads", "1", *args], env=env)
+__all__ = ["SNAPSHOT_KEY", "ServerProcess", "start_server"]
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,6 @@ def test_api_tour_runs(model_dir: Path, tmp_path: Path) -> None:
 def test_plain_torch_loading_snippet(model_dir: Path, tmp_path: Path) -> None:
     """The five-line loader in the README gives the same logits as cellserve's model."""
     import torch
-
     from cellserve.nn.checkpoint import load_model
 
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)

@@ -1,0 +1,182 @@
+"""``cellserve-client``: the command line of the SDK.
+
+    cellserve-client [--target HOST:PORT ...] models
+    cellserve-client predict TEXT
+    cellserve-client complete TEXT [--max-chars N] [--n N] [--temperature T]
+    cellserve-client type          (needs the [cli] extra: prompt_toolkit)
+
+``type`` is a one-line-at-a-time editor: the session follows the line as it is edited (typed
+characters are appended, Backspace rewinds), and the model's greedy continuation is shown as
+dimmed ghost text after the cursor; Tab accepts it, Enter appends the line break, Ctrl-D ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from ._errors import CellserveError
+from ._sync import Client, Session
+from ._types import Prediction
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cellserve-client", description="Talk to a cellserve server.")
+    p.add_argument(
+        "--target",
+        action="append",
+        help="server host:port; repeat for replicas (default: $CELLSERVE_TARGET or localhost:50051)",
+    )
+    p.add_argument("--token", default=os.environ.get("CELLSERVE_TOKEN"), help="sent as 'authorization: Bearer ...'")
+    p.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
+    p.add_argument("--transport", choices=("stream", "unary"), default="stream")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer")
+    p.add_argument("--model", default=None, help="model name (default: the server's default)")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("models", help="list the server's models")
+    pr = sub.add_parser("predict", help="the most probable next characters after TEXT")
+    pr.add_argument("text")
+    pr.add_argument("--top-k", type=int, default=5)
+    co = sub.add_parser("complete", help="continue TEXT")
+    co.add_argument("text")
+    co.add_argument("--max-chars", type=int, default=32)
+    co.add_argument("--n", type=int, default=1)
+    co.add_argument("--temperature", type=float, default=0.0)
+    co.add_argument("--seed", type=int, default=None)
+    ty = sub.add_parser("type", help="interactive editor with ghost-text suggestions")
+    ty.add_argument("--suggest-chars", type=int, default=16, help="length of the ghost suggestion")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    targets = args.target or [os.environ.get("CELLSERVE_TARGET", "localhost:50051")]
+    try:
+        with Client(targets, token=args.token, tls=args.tls, timeout=args.timeout, transport=args.transport) as client:
+            if args.command == "models":
+                for m in client.models():
+                    bpc = f"{m.validation_bits_per_char:.3f}" if m.validation_bits_per_char is not None else "-"
+                    star = " (default)" if m.is_default else ""
+                    print(f"{m.name}{star}\t{m.cell.value}\t{m.layers}x{m.hidden}\tbits/char {bpc}")
+            elif args.command == "predict":
+                with client.open(args.model) as session:
+                    pred = session.append(args.text, top_k=args.top_k)
+                    for char, prob in pred.top:
+                        print(f"{char!r}\t{prob:.4f}")
+            elif args.command == "complete":
+                with client.open(args.model) as session:
+                    session.append(args.text, top_k=0)
+                    stream = session.complete(
+                        max_chars=args.max_chars, n=args.n, temperature=args.temperature, seed=args.seed
+                    )
+                    for c in stream.collect():
+                        print(c.text if args.n == 1 else f"[{c.alternative}] {c.text!r}")
+            else:
+                with client.open(args.model) as session:
+                    return _type(session, args.suggest_chars)
+    except CellserveError as exc:
+        print(f"cellserve-client: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+class Typer:
+    """Keeps a session in step with an edited line and computes the ghost suggestion."""
+
+    def __init__(self, session: Session, suggest_chars: int) -> None:
+        self.session = session
+        self.suggest_chars = suggest_chars
+        self.line = ""  # the part of the current line the session has consumed
+        self.suggestion = ""
+        self.prediction: Prediction | None = None
+        self._lock = threading.Lock()
+
+    def sync(self, text: str) -> str:
+        """Brings the session to ``text`` (rewinding what was deleted, appending what was
+        typed) and returns the new suggestion."""
+        with self._lock:
+            common = os.path.commonprefix([self.line, text])
+            if len(self.line) > len(common):
+                self.session.rewind(len(self.line) - len(common))
+            if len(text) > len(common):
+                self.prediction = self.session.append(text[len(common) :])
+            self.line = text
+            stream = self.session.complete(max_chars=self.suggest_chars, stop=("\n",))
+            self.suggestion = "".join(c.text for c in stream).split("\n")[0]
+            return self.suggestion
+
+    def newline(self) -> None:
+        with self._lock:
+            self.prediction = self.session.append("\n")
+            self.line = ""
+
+
+def _type(session: Session, suggest_chars: int) -> int:
+    try:
+        from prompt_toolkit import PromptSession
+        from prompt_toolkit.auto_suggest import AutoSuggest, Suggestion
+        from prompt_toolkit.buffer import Buffer
+        from prompt_toolkit.document import Document
+        from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+    except ImportError:
+        print("cellserve-client type needs prompt_toolkit: pip install 'cellserve-client[cli]'", file=sys.stderr)
+        return 2
+
+    typer = Typer(session, suggest_chars)
+
+    class Ghost(AutoSuggest):
+        # prompt_toolkit asks after every insertion; the answer is whatever the last sync
+        # computed for exactly this text (``on_text_changed`` below keeps it current).
+        def get_suggestion(self, buffer: Buffer, document: Document) -> Suggestion | None:
+            if document.text == typer.line and typer.suggestion:
+                return Suggestion(typer.suggestion)
+            return None
+
+    def changed(buffer: Buffer) -> None:
+        # Every edit, deletions included (prompt_toolkit only re-suggests after insertions).
+        ghost = typer.sync(buffer.text)
+        buffer.suggestion = Suggestion(ghost) if ghost else None
+
+    bindings = KeyBindings()
+
+    @bindings.add("tab")
+    def _accept(event: KeyPressEvent) -> None:
+        buffer = event.current_buffer
+        if buffer.suggestion and buffer.document.is_cursor_at_the_end:
+            buffer.insert_text(buffer.suggestion.text)
+
+    def toolbar() -> Any:
+        p = typer.prediction
+        best = ", ".join(f"{c!r} {prob:.2f}" for c, prob in (p.top[:3] if p else ()))
+        return f" {session.model.name} · position {session.position} · next: {best}"
+
+    prompt: Any = PromptSession(auto_suggest=Ghost(), key_bindings=bindings, bottom_toolbar=toolbar)
+    prompt.default_buffer.on_text_changed += changed
+    typer.sync("")
+    while True:
+        try:
+            # A new line starts with the suggestion for the empty line (no edit has happened yet).
+            line = prompt.prompt("> ", default="", pre_run=lambda: _show(prompt.default_buffer, typer.suggestion))
+        except EOFError:
+            return 0
+        except KeyboardInterrupt:
+            return 130
+        typer.sync(line)
+        typer.newline()
+        typer.sync("")
+
+
+def _show(buffer: Any, ghost: str) -> None:
+    from prompt_toolkit.auto_suggest import Suggestion
+
+    buffer.suggestion = Suggestion(ghost) if ghost else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

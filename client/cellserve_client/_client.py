@@ -1,0 +1,142 @@
+"""``AsyncClient``: the asyncio entry point (``Client`` in ``_sync`` is its blocking twin)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from . import _convert, _errors
+from ._pool import Pool
+from ._session import AsyncSession, Transport
+from ._types import AppendOptions, FailoverPolicy, ModelInfo
+
+DEFAULT_TARGET = "localhost:50051"
+
+
+class AsyncClient:
+    """A client of one cellserve service, reachable at one or more targets ("host:port").
+
+    ``targets``: one target or several replicas sharing the snapshot key; sessions open on the
+    first that answers and fail over to the others. ``credentials`` (or ``tls=True`` for the
+    system roots) makes the channels secure. ``token`` is sent as ``authorization: Bearer
+    <token>``; the server keeps sessions private to the credential that opened them.
+    ``timeout`` (seconds, None: no limit) bounds every wait for an answer. ``options`` are
+    extra gRPC channel options. ``transport``: "stream" (one bidirectional stream per session,
+    at most ``max_outstanding`` unanswered requests) or "unary". ``failover`` configures
+    snapshots and retries (``FailoverPolicy``).
+    """
+
+    def __init__(
+        self,
+        targets: str | Sequence[str] = DEFAULT_TARGET,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        tls: bool = False,
+        token: str | None = None,
+        timeout: float | None = 30.0,
+        options: Sequence[tuple[str, Any]] = (),
+        transport: Transport = "stream",
+        failover: FailoverPolicy | None = None,
+        max_outstanding: int = 32,
+    ) -> None:
+        if transport not in ("stream", "unary"):
+            raise ValueError(f"transport must be 'stream' or 'unary', not {transport!r}")
+        if credentials is None and tls:
+            credentials = grpc.ssl_channel_credentials()
+        self._pool = Pool(
+            [targets] if isinstance(targets, str) else list(targets),
+            credentials=credentials,
+            token=token,
+            timeout=timeout,
+            options=options,
+            max_outstanding=max_outstanding,
+        )
+        self._transport: Transport = transport
+        self._policy = failover or FailoverPolicy()
+        self._sessions: set[AsyncSession] = set()
+        self._closed = False
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return self._pool.targets
+
+    async def models(self) -> tuple[ModelInfo, ...]:
+        """The models the server has loaded (the first target that answers)."""
+        self._check_open()
+        last: _errors.CellserveError | None = None
+        for index in range(len(self._pool.targets)):
+            try:
+                resp = await self._pool.channel(index).list_models(self._pool.metadata(), self._pool.timeout)
+            except _errors.Unavailable as exc:
+                last = exc
+                continue
+            return tuple(_convert.model_info(m) for m in resp.models)
+        assert last is not None
+        raise last
+
+    async def open(self, model: str | None = None, *, transport: Transport | None = None) -> AsyncSession:
+        """A new session on ``model`` (None: the server's default model)."""
+        self._check_open()
+        session = await AsyncSession.open(
+            self._pool, model, transport=transport or self._transport, policy=self._policy
+        )
+        self._track(session)
+        return session
+
+    async def resume(
+        self,
+        blob: bytes,
+        replay: str = "",
+        *,
+        transport: Transport | None = None,
+        top_k: int | None = None,
+        logprobs: bool = False,
+        gates: bool = False,
+    ) -> AsyncSession:
+        """A new session from a ``Session.snapshot()`` blob, on any server with the same key and
+        weights, followed by ``replay`` (text typed since). The prediction after the replay is
+        the session's ``last_prediction``."""
+        self._check_open()
+        session = await AsyncSession.resume(
+            self._pool,
+            blob,
+            replay,
+            transport=transport or self._transport,
+            policy=self._policy,
+            append=AppendOptions(top_k, logprobs, gates),
+        )
+        self._track(session)
+        return session
+
+    def _track(self, session: AsyncSession) -> None:
+        # Closed sessions are dropped here, so a long-lived client does not collect them.
+        self._sessions = {s for s in self._sessions if not s.closed}
+        self._sessions.add(session)
+
+    async def close(self) -> None:
+        """Closes the sessions still open and the channels. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for session in list(self._sessions):
+            try:
+                await session.close()
+            except _errors.CellserveError:
+                pass
+        self._sessions.clear()
+        await self._pool.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise _errors.ClosedError("the client is closed")
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()

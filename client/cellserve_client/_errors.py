@@ -1,0 +1,178 @@
+"""The exceptions of cellserve-client, and how gRPC failures become them.
+
+Hierarchy (every exception the SDK raises on purpose is a ``CellserveError``)::
+
+    CellserveError                 base class; ``code`` is the gRPC status name when there is one
+    ├── InvalidInput               INVALID_ARGUMENT: the request is malformed (too long, bad option)
+    ├── NotFound                   NOT_FOUND
+    │   ├── SessionNotFound        the session is unknown, expired, or another owner's
+    │   └── ModelNotFound          the server has no model of that name
+    ├── OffsetConflict             ABORTED: the append offset was not the session position;
+    │                              ``expected_offset`` says which offset the server wants
+    ├── PreconditionFailed         FAILED_PRECONDITION: e.g. a snapshot of other weights, a rewind
+    │                              beyond the server's window
+    ├── CapacityExceeded           RESOURCE_EXHAUSTED: a server cap; ``retry_after`` (seconds) is
+    │                              the server's hint
+    ├── Unavailable                UNAVAILABLE: the server is draining or cannot be reached
+    │   └── FailoverFailed         a session could not be moved to any server within its retry
+    │                              budget (``__cause__`` is the last failure)
+    ├── Timeout                    DEADLINE_EXCEEDED: the call took longer than its timeout
+    ├── Unauthenticated            UNAUTHENTICATED / PERMISSION_DENIED
+    ├── CancelledError             CANCELLED: the call was cancelled
+    ├── ClosedError                the session or client was closed by this process
+    └── InternalError              INTERNAL, UNKNOWN or any other code: a server-side bug
+
+Both the status of a failed call (``from_rpc_error``) and an in-band error of the session
+stream (``from_code``) go through the same table, so a caller sees the same exception type
+whichever transport a session uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import grpc
+
+RETRY_AFTER_MD = "retry-after-ms"
+EXPECTED_OFFSET_MD = "expected-offset"
+
+
+class CellserveError(Exception):
+    """Base class of every error the SDK raises on purpose."""
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class InvalidInput(CellserveError):
+    """The server rejected the request as malformed (INVALID_ARGUMENT)."""
+
+
+class NotFound(CellserveError):
+    """Something the request names does not exist (NOT_FOUND)."""
+
+
+class SessionNotFound(NotFound):
+    """The session is unknown to the server: expired, closed, or owned by another credential."""
+
+
+class ModelNotFound(NotFound):
+    """The server has no model of that name."""
+
+
+class OffsetConflict(CellserveError):
+    """An append did not carry the session position (ABORTED)."""
+
+    def __init__(self, message: str, *, code: str | None = None, expected_offset: int | None = None) -> None:
+        super().__init__(message, code=code)
+        self.expected_offset = expected_offset
+
+
+class PreconditionFailed(CellserveError):
+    """The session is not in a state the request needs (FAILED_PRECONDITION)."""
+
+
+class CapacityExceeded(CellserveError):
+    """A server limit was hit (RESOURCE_EXHAUSTED); wait ``retry_after`` seconds and retry."""
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after: float = 0.0) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class Unavailable(CellserveError):
+    """The server is shutting down or cannot be reached (UNAVAILABLE, a broken connection)."""
+
+
+class FailoverFailed(Unavailable):
+    """A session could not be resumed on any target within its failover budget."""
+
+
+class Timeout(CellserveError):
+    """The call did not finish within its timeout (DEADLINE_EXCEEDED)."""
+
+
+class Unauthenticated(CellserveError):
+    """The credentials were missing or refused (UNAUTHENTICATED, PERMISSION_DENIED)."""
+
+
+class CancelledError(CellserveError):
+    """The call was cancelled (CANCELLED)."""
+
+
+class ClosedError(CellserveError):
+    """The session or the client was closed by this process."""
+
+
+class InternalError(CellserveError):
+    """The server failed on its own (INTERNAL, UNKNOWN, or a code this SDK does not know)."""
+
+
+_BY_CODE: dict[grpc.StatusCode, type[CellserveError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidInput,
+    grpc.StatusCode.NOT_FOUND: SessionNotFound,
+    grpc.StatusCode.ABORTED: OffsetConflict,
+    grpc.StatusCode.FAILED_PRECONDITION: PreconditionFailed,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: CapacityExceeded,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: Timeout,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: Unauthenticated,
+    grpc.StatusCode.CANCELLED: CancelledError,
+}
+_CODE_BY_NUMBER: dict[int, grpc.StatusCode] = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def from_code(
+    code: grpc.StatusCode | int,
+    message: str,
+    *,
+    expected_offset: int | None = None,
+    retry_after_ms: int = 0,
+    not_found: type[NotFound] = SessionNotFound,
+) -> CellserveError:
+    """The exception for a status code (an enum member, or its number as the stream sends it).
+
+    ``not_found`` picks the NOT_FOUND subclass: the status alone cannot say whether the missing
+    thing was a session or a model, the call that failed can.
+    """
+    if isinstance(code, int):
+        code = _CODE_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN)
+    name = code.name
+    cls = _BY_CODE.get(code, InternalError)
+    if cls is SessionNotFound:
+        cls = not_found
+    if cls is OffsetConflict:
+        return OffsetConflict(message, code=name, expected_offset=expected_offset)
+    if cls is CapacityExceeded:
+        return CapacityExceeded(message, code=name, retry_after=retry_after_ms / 1000.0)
+    return cls(message, code=name)
+
+
+def _metadata_int(metadata: Iterable[tuple[str, Any]] | None, key: str) -> int | None:
+    for k, v in metadata or ():
+        if k == key:
+            try:
+                return int(v.decode() if isinstance(v, bytes) else v)
+            except ValueError:
+                return None
+    return None
+
+
+def from_rpc_error(err: grpc.RpcError, *, not_found: type[NotFound] = SessionNotFound) -> CellserveError:
+    """The exception for a failed call; reads the retry hint and the expected offset from the
+    trailing metadata, where the server puts them."""
+    code: grpc.StatusCode = err.code() if callable(getattr(err, "code", None)) else grpc.StatusCode.UNKNOWN
+    details = err.details() if callable(getattr(err, "details", None)) else None
+    trailing = err.trailing_metadata() if callable(getattr(err, "trailing_metadata", None)) else None
+    return from_code(
+        code,
+        details or code.name.lower(),
+        expected_offset=_metadata_int(trailing, EXPECTED_OFFSET_MD),
+        retry_after_ms=_metadata_int(trailing, RETRY_AFTER_MD) or 0,
+        not_found=not_found,
+    )

@@ -1,0 +1,156 @@
+"""Result types: frozen dataclasses built from the wire messages (never protobuf itself)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class Cell(enum.Enum):
+    """The recurrent cell of a model."""
+
+    UNSPECIFIED = "unspecified"
+    LSTM = "lstm"
+    GRU = "gru"
+
+
+class FinishReason(enum.Enum):
+    """Why one alternative of a completion ended."""
+
+    UNSPECIFIED = "unspecified"
+    LENGTH = "length"  # max_chars reached
+    STOP = "stop"  # the text ends with a stop string
+    CANCELLED = "cancelled"  # a later append, a close or a cancelled call stopped it
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model a server has loaded."""
+
+    name: str
+    cell: Cell
+    layers: int
+    hidden: int
+    vocabulary: tuple[str, ...]
+    weights_sha256: str
+    validation_bits_per_char: float | None
+    is_default: bool
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """Where a server session stands."""
+
+    session_id: str
+    model: str
+    position: int
+    created_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One gate's activation for one input element, averaged over hidden units, per layer."""
+
+    name: str
+    layers: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The model's answer after an append: the position and the most probable next characters.
+
+    ``top`` is most probable first; the unknown-character entry shows as U+FFFD.
+    """
+
+    position: int
+    top: tuple[tuple[str, float], ...] = ()
+    logprobs: tuple[float, ...] = ()
+    gates: tuple[tuple[Gate, ...], ...] = ()
+    replayed: bool = False
+    superseded: bool = False
+
+    @property
+    def best(self) -> str | None:
+        """The most probable next character, or None when no distribution was asked for."""
+        return self.top[0][0] if self.top else None
+
+
+@dataclass(frozen=True)
+class CompletionChunk:
+    """A piece of one alternative of a completion, as it is generated."""
+
+    alternative: int
+    text: str
+    done: bool = False
+    finish_reason: FinishReason | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One finished alternative of a completion."""
+
+    alternative: int
+    text: str
+    finish_reason: FinishReason
+
+
+@dataclass(frozen=True)
+class AppendOptions:
+    """What a prediction carries (see ``Session.append``)."""
+
+    top_k: int | None = None  # None: the server default (5); 0: no distribution (cheapest)
+    logprobs: bool = False
+    gates: bool = False
+    only_last: bool = False
+
+
+@dataclass(frozen=True)
+class CompletionOptions:
+    """How a completion samples (see ``Session.complete``)."""
+
+    max_chars: int | None = None
+    stop: tuple[str, ...] = ()
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float | None = None
+    seed: int | None = None
+    n: int | None = None
+
+
+@dataclass(frozen=True)
+class FailoverPolicy:
+    """How a session survives the loss of its server.
+
+    A session snapshots itself every ``snapshot_every_chars`` characters and/or every
+    ``snapshot_every_s`` seconds (None disables that trigger; a snapshot costs one call and
+    bounds how much text a failover replays). On failover it tries the targets in turn,
+    starting with the current one, at most ``max_attempts`` times, sleeping an exponentially
+    growing, fully jittered delay between attempts.
+    """
+
+    enabled: bool = True
+    max_attempts: int = 6
+    backoff_initial_s: float = 0.05
+    backoff_max_s: float = 2.0
+    snapshot_every_chars: int | None = 64
+    snapshot_every_s: float | None = 30.0
+    snapshots_kept: int = 4  # older snapshots serve rewinds that go back past the newest one
+    max_append_chars: int = 4096  # the server's max_append_chars: longer text goes in pieces
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.max_append_chars < 1:
+            raise ValueError("max_append_chars must be at least 1")
+        if self.snapshots_kept < 1:
+            raise ValueError("snapshots_kept must be at least 1")
+
+
+@dataclass
+class _Snapshot:
+    """A snapshot blob and the session position it captured (internal bookkeeping)."""
+
+    position: int
+    blob: bytes = field(repr=False)

@@ -1,7 +1,8 @@
 """Real `cellserve serve` processes on free loopback ports, for every test folder.
 
 Every server here is a subprocess started by the test that owns it (``python -m cellserve.cli
-serve --host 127.0.0.1 --port 0``); the port is parsed from the line it prints. Servers are
+serve --host 127.0.0.1 --port 0``, metrics on ``127.0.0.1`` port 0 too unless the test says
+otherwise); the ports are parsed from the lines it prints. Servers are
 stopped by SIGTERM to their own pid (SIGKILL to that pid if they outlive a bound).
 """
 
@@ -22,18 +23,23 @@ START_TIMEOUT_S = 90.0  # importing torch and loading models on a busy 2-core ma
 STOP_TIMEOUT_S = 30.0
 SNAPSHOT_KEY = "test-snapshot-key-shared-by-replicas"
 LISTENING = re.compile(r"cellserve listening on (\S+):(\d+) \(grpc\)")
+METRICS = re.compile(r"cellserve metrics on (\S+):(\d+) \(http\)")
 
 
 class ServerProcess:
-    """One `cellserve serve` subprocess; ``target`` is host:port once started."""
+    """One `cellserve serve` subprocess; ``target`` (gRPC) and ``metrics_target`` (HTTP) are
+    host:port once started."""
 
     def __init__(self, args: Sequence[str], env: dict[str, str] | None = None) -> None:
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
-        cmd = [sys.executable, "-m", "cellserve.cli", "serve", "--host", "127.0.0.1", "--port", "0", *args]
+        # A free metrics port too: the default (9090) would collide between test servers.
+        metrics = [] if "--metrics-port" in args else ["--metrics-host", "127.0.0.1", "--metrics-port", "0"]
+        cmd = [sys.executable, "-m", "cellserve.cli", "serve", "--host", "127.0.0.1", "--port", "0", *metrics, *args]
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, start_new_session=True
         )
         self.stderr_lines: list[str] = []
+        self.metrics_target = ""
         self._stdout: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._pump, args=(self.proc.stdout, self._stdout), daemon=True).start()
         threading.Thread(target=self._collect_stderr, daemon=True).start()
@@ -59,6 +65,8 @@ class ServerProcess:
                 continue
             if line is None:
                 break
+            if m := METRICS.search(line):
+                self.metrics_target = f"{m.group(1)}:{m.group(2)}"
             m = LISTENING.search(line)
             if m:
                 return f"{m.group(1)}:{m.group(2)}"

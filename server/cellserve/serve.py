@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -26,9 +25,11 @@ from pydantic import ValidationError
 
 from .config import ENV_PREFIX, Settings
 from .errors import ModelFileError
+from .logs import configure_logging
 
 if TYPE_CHECKING:
     from .engine.engine import Engine
+    from .metrics import Metrics, MetricsEndpoint
 
 log = logging.getLogger("cellserve.serve")
 
@@ -53,6 +54,7 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--drain-grace", "drain_grace_s", {"metavar": "SECONDS"}),
     ("--log-level", "log_level", {"choices": ["debug", "info", "warning", "error"]}),
     ("--log-json", "log_json", {"action": "store_const", "const": True}),
+    ("--log-user-text", "log_user_text", {"action": "store_const", "const": True}),
 ]
 
 
@@ -118,29 +120,6 @@ def _source_of(name: str, overrides: dict[str, Any], env: dict[str, str]) -> str
     return ""
 
 
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
-
-
-def configure_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        _JsonFormatter() if settings.log_json else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(settings.log_level.upper())
-
-
 def run_serve(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
@@ -171,11 +150,22 @@ async def serve(settings: Settings) -> int:
     except ModelFileError as e:  # names the file (or setting) and the field
         print(f"cellserve serve: cannot start: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    api = ApiServer(settings, engine)
+    try:
+        metrics, endpoint = start_metrics(settings, engine)
+    except OSError as e:
+        where = format_address(settings.metrics_host, settings.metrics_port)
+        print(f"cellserve serve: cannot serve metrics on {where}: {e}", file=sys.stderr)
+        await engine.stop()
+        return EXIT_CONFIG
+    print(f"cellserve metrics on {format_address(settings.metrics_host, endpoint.port)} (http)", flush=True)
+    # On the engine's loop: Engine.stats() is loop-only and drains (see cellserve.metrics).
+    poller = asyncio.create_task(metrics.poll_engine(engine))
+    api = ApiServer(settings, engine, recorder=metrics)
     try:
         port = await api.start()
     except (OSError, RuntimeError) as e:  # grpc raises RuntimeError when it cannot bind
         print(f"cellserve serve: cannot listen on {format_address(settings.host, settings.port)}: {e}", file=sys.stderr)
+        await _stop_metrics(poller, endpoint)
         await engine.stop()
         return EXIT_CONFIG
     print(f"cellserve listening on {format_address(settings.host, port)} (grpc)", flush=True)
@@ -186,7 +176,27 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down: draining for at most %.1f s", settings.drain_grace_s)
-    await api.shutdown()
+    await api.shutdown()  # metrics stay up while draining: operators watch the drain
     await engine.stop()
+    metrics.poll_once(engine)  # the last observations, for a scrape that may still come
+    await _stop_metrics(poller, endpoint)
     log.info("stopped")
     return 0
+
+
+def start_metrics(settings: Settings, engine: Engine) -> tuple[Metrics, MetricsEndpoint]:
+    """The metrics of this engine, served over HTTP on their own port (raises OSError)."""
+    from .metrics import Metrics, cuda_memory_reader
+
+    metrics = Metrics(
+        (m.name for m in engine.models()),
+        sessions_max=settings.max_sessions,
+        device_memory=cuda_memory_reader(engine.device),
+    )
+    return metrics, metrics.serve(settings.metrics_host, settings.metrics_port)
+
+
+async def _stop_metrics(poller: asyncio.Task[None], endpoint: MetricsEndpoint) -> None:
+    poller.cancel()
+    await asyncio.gather(poller, return_exceptions=True)
+    await asyncio.to_thread(endpoint.close)  # shutdown() waits for the serving thread's loop

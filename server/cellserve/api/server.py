@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 from ..config import Settings
 from .health import Health
 from .pb import SERVICE_NAME, rpc
+from .recorder import NULL_RECORDER, Recorder
 from .servicer import CellserveServicer
 from .status import ErrorMappingInterceptor
 
@@ -29,13 +30,13 @@ def format_address(host: str, port: int) -> str:
 
 
 class ApiServer:
-    def __init__(self, settings: Settings, engine: Engine) -> None:
+    def __init__(self, settings: Settings, engine: Engine, recorder: Recorder = NULL_RECORDER) -> None:
         self._settings = settings
         self._engine = engine
-        self.servicer = CellserveServicer(engine, settings)
+        self.servicer = CellserveServicer(engine, settings, recorder)
         self.health = Health(settings.readiness_service)
         self._server = aio.server(
-            interceptors=[ErrorMappingInterceptor()],
+            interceptors=[ErrorMappingInterceptor(recorder)],
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),

@@ -8,6 +8,7 @@ result (``convert``). Errors are raised, never turned into statuses here: the in
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -15,22 +16,26 @@ from grpc import aio
 
 from ..config import Settings
 from ..errors import CapacityExceeded, InvalidInput, Unavailable
+from ..logs import user_text
 from . import convert, validate
 from .owner import owner_of
 from .pb import rpc, svc, types
+from .recorder import NULL_RECORDER, Recorder, ResponseTimer
 from .stream import SessionStream
 
 if TYPE_CHECKING:
     from ..engine.engine import Engine
 
+log = logging.getLogger("cellserve.api")
 Context: TypeAlias = aio.ServicerContext[Any, Any]
 STREAM_RETRY_AFTER_S = 1.0  # streams are long-lived: a slot frees up on the order of seconds
 
 
 class CellserveServicer(rpc.CellserveServiceServicer):  # type: ignore[misc]
-    def __init__(self, engine: Engine, settings: Settings) -> None:
+    def __init__(self, engine: Engine, settings: Settings, recorder: Recorder = NULL_RECORDER) -> None:
         self._engine = engine
         self._settings = settings
+        self._recorder = recorder
         self._streams: set[SessionStream] = set()
         self._draining = False
         self._model_msgs: dict[str, types.ModelInfo] = {}
@@ -61,7 +66,7 @@ class CellserveServicer(rpc.CellserveServiceServicer):  # type: ignore[misc]
                 f"too many concurrent streams (max_concurrent_streams={self._settings.max_concurrent_streams})",
                 retry_after_s=STREAM_RETRY_AFTER_S,
             )
-        stream = SessionStream(self._engine, self._settings, owner_of(context), self.model_msg)
+        stream = SessionStream(self._engine, self._settings, owner_of(context), self.model_msg, self._recorder)
         self._streams.add(stream)
         try:
             async for response in stream.run(requests):
@@ -85,16 +90,24 @@ class CellserveServicer(rpc.CellserveServiceServicer):  # type: ignore[misc]
         sid = validate.session_id(request.session_id)
         text = validate.input_text(request.input if request.HasField("input") else None, "input", self._settings)
         options = validate.append_options(request, self._settings)
-        pred = await self._engine.append(sid, request.offset, text, options, owner=owner_of(context))
-        return svc.AppendResponse(prediction=convert.prediction(pred))
+        owner = owner_of(context)
+        timer = ResponseTimer(self._recorder, self._engine.get_session(sid, owner=owner).model)
+        log.debug("append at %d: %s", request.offset, user_text(text, self._settings))
+        pred = await self._engine.append(sid, request.offset, text, options, owner=owner)
+        response = svc.AppendResponse(prediction=convert.prediction(pred))
+        timer.prediction_sent(len(text))  # handed to grpc next; serialization is not counted
+        return response
 
     async def Complete(self, request: svc.CompleteRequest, context: Context) -> AsyncIterator[svc.CompleteResponse]:
         sid = validate.session_id(request.session_id)
         req = validate.completion_request(request, self._settings)
-        chunks = self._engine.complete(sid, req, owner=owner_of(context))
+        owner = owner_of(context)
+        timer = ResponseTimer(self._recorder, self._engine.get_session(sid, owner=owner).model)
+        chunks = self._engine.complete(sid, req, owner=owner)
         try:
             async for chunk in chunks:
                 yield svc.CompleteResponse(chunk=convert.completion_chunk(chunk))
+                timer.chunk_sent(chunk.alternative, len(chunk.text))  # resumed once grpc has written it
         finally:
             # A cancelled call stops the completion now, not when the generator is collected.
             aclose = getattr(chunks, "aclose", None)

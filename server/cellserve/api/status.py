@@ -5,11 +5,16 @@ server-streaming calls, and stream-level failures) and the session stream's in-b
 it. Domain errors (``cellserve.errors``) carry messages written for clients. Anything else is a
 bug: the client gets INTERNAL with a generic message and the server logs one line with the
 exception, so no path, library message or internal name ever reaches a client.
+
+The interceptor is also where a call's final status is known, so it sets the call's request id
+for logging (``cellserve.logs``) and reports ``(method, code)`` to the ``Recorder``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +31,9 @@ from ..errors import (
     PreconditionFailed,
     Unavailable,
 )
+from ..logs import REQUEST_ID_MD, new_request_id, set_request_id
 from .pb import SERVICE_NAME
+from .recorder import NULL_RECORDER, Recorder, code_name
 
 log = logging.getLogger("cellserve.api")
 
@@ -77,11 +84,6 @@ def status_of(exc: BaseException, where: str = "") -> Status:
     return Status(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
 
-async def abort_with(context: aio.ServicerContext[Any, Any], exc: BaseException, where: str) -> None:
-    st = status_of(exc, where)
-    await context.abort(st.code, st.message, st.trailing_metadata())
-
-
 def _passthrough(exc: BaseException) -> bool:
     # grpc's own abort (already a status) and cancellation must propagate untouched.
     return isinstance(exc, aio.AbortError)
@@ -89,7 +91,12 @@ def _passthrough(exc: BaseException) -> bool:
 
 class ErrorMappingInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
     """Wraps every handler of the server so an exception becomes the status ``status_of``
-    chooses. Handlers raise domain errors; they never build statuses themselves."""
+    chooses. Handlers raise domain errors; they never build statuses themselves. Being where
+    the final status is decided, it also tags the call's logs with a request id and reports
+    the call's method and code to the recorder."""
+
+    def __init__(self, recorder: Recorder = NULL_RECORDER) -> None:
+        self._recorder = recorder
 
     async def intercept_service(
         self,
@@ -104,45 +111,88 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
             return handler
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method),
+                _wrap_unary(handler.unary_unary, _Call(method, self._recorder)),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_streaming(handler.unary_stream, method),
+                _wrap_streaming(handler.unary_stream, _Call(method, self._recorder)),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
-                _wrap_streaming(handler.stream_stream, method),
+                _wrap_streaming(handler.stream_stream, _Call(method, self._recorder)),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler  # stream-unary: none in this API
 
 
-def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
+class _Call:
+    """The bookkeeping around one method's calls: request id, outcome, duration."""
+
+    __slots__ = ("method", "name", "recorder")
+
+    def __init__(self, method: str, recorder: Recorder) -> None:
+        self.method = method
+        self.name = method.rsplit("/", 1)[-1]  # "Append": the label, without the service
+        self.recorder = recorder
+
+    def begin(self, context: aio.ServicerContext[Any, Any]) -> float:
+        supplied = next((v for k, v in (context.invocation_metadata() or ()) if k == REQUEST_ID_MD), None)
+        set_request_id(new_request_id(supplied if isinstance(supplied, str) else None))
+        return time.perf_counter()
+
+    def end(self, code: str, started: float) -> None:
+        self.recorder.request(self.name, code)
+        log.debug("%s %s in %.2f ms", self.name, code, (time.perf_counter() - started) * 1000)
+
+
+def _code_of_abort(context: aio.ServicerContext[Any, Any]) -> str:
+    code = context.code()
+    return code_name(code) if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+
+
+def _wrap_unary(behavior: Callable[..., Awaitable[Any]], call: _Call) -> Callable[..., Awaitable[Any]]:
     async def wrapped(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        started, code = call.begin(context), "OK"
         try:
             return await behavior(request, context)
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
         except Exception as exc:
             if _passthrough(exc):
+                code = _code_of_abort(context)
                 raise
-            await abort_with(context, exc, method)
+            st = status_of(exc, call.method)
+            code = code_name(st.code)
+            await context.abort(st.code, st.message, st.trailing_metadata())
+        finally:
+            call.end(code, started)
 
     return wrapped
 
 
-def _wrap_streaming(behavior: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_streaming(behavior: Callable[..., AsyncIterator[Any]], call: _Call) -> Callable[..., AsyncIterator[Any]]:
     async def wrapped(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        started, code = call.begin(context), "OK"
         try:
             async for response in behavior(request, context):
                 yield response
+        except (asyncio.CancelledError, GeneratorExit):
+            code = "CANCELLED"
+            raise
         except Exception as exc:
             if _passthrough(exc):
+                code = _code_of_abort(context)
                 raise
-            await abort_with(context, exc, method)
+            st = status_of(exc, call.method)
+            code = code_name(st.code)
+            await context.abort(st.code, st.message, st.trailing_metadata())
+        finally:
+            call.end(code, started)
 
     return wrapped

@@ -23,14 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..config import Settings
 from ..engine.types import CompletionChunk
 from ..errors import InvalidInput, PreconditionFailed
+from ..logs import user_text
 from . import convert, validate
 from .pb import svc, types
+from .recorder import NULL_RECORDER, Recorder, ResponseTimer, code_name
 from .status import status_of
 
 if TYPE_CHECKING:
@@ -43,13 +46,19 @@ Job = Callable[["_Reply"], Awaitable[None]]
 
 
 class _Reply:
-    """The responses to one request, queued until the writer reaches this request."""
+    """The responses to one request, queued until the writer reaches this request. It reports
+    the request's outcome once (``Session.<op>`` and OK or the in-band error's code)."""
 
-    __slots__ = ("_queue", "handed_off", "request_id")
+    __slots__ = ("_code", "_queue", "_recorder", "append_chars", "handed_off", "method", "received", "request_id")
 
-    def __init__(self, request_id: int) -> None:
+    def __init__(self, request_id: int, op: str, recorder: Recorder) -> None:
         self.request_id = request_id
+        self.method = f"Session.{op}"  # op: a oneof name of the proto, never client text
+        self.received = time.perf_counter()
+        self.append_chars = 0  # an append's characters (its keystroke kind), set when validated
         self.handed_off = False  # True: a task of its own finishes it (completions)
+        self._recorder = recorder
+        self._code = "OK"
         self._queue: asyncio.Queue[svc.SessionResponse | None] = asyncio.Queue()
 
     def send(self, **result: Any) -> None:
@@ -60,10 +69,16 @@ class _Reply:
         err = svc.SessionResponse.Error(code=st.code.value[0], message=st.message, retry_after_ms=st.retry_after_ms)
         if st.expected_offset is not None:
             err.expected_offset = st.expected_offset
+        self._code = code_name(st.code)
         self.send(error=err)
 
     def finish(self) -> None:
+        self._recorder.request(self.method, self._code)
         self._queue.put_nowait(None)
+
+    def cancelled(self) -> None:
+        """The stream ended before this request was answered."""
+        self._recorder.request(self.method, "CANCELLED")
 
     async def responses(self) -> AsyncIterator[svc.SessionResponse]:
         while (item := await self._queue.get()) is not None:
@@ -72,13 +87,20 @@ class _Reply:
 
 class SessionStream:
     def __init__(
-        self, engine: Engine, settings: Settings, owner: str, model_msg: Callable[[str], types.ModelInfo]
+        self,
+        engine: Engine,
+        settings: Settings,
+        owner: str,
+        model_msg: Callable[[str], types.ModelInfo],
+        recorder: Recorder = NULL_RECORDER,
     ) -> None:
         self._engine = engine
         self._settings = settings
         self._owner = owner
         self._model_msg = model_msg
+        self._recorder = recorder
         self._session_id: str | None = None
+        self._model = ""  # the bound session's model: the keystroke-latency label
         self._outbox: asyncio.Queue[_Reply | None] = asyncio.Queue()
         self._window = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -99,8 +121,12 @@ class SessionStream:
         self._track(asyncio.create_task(self._submit()))
         try:
             while (reply := await self._outbox.get()) is not None:
+                timer = ResponseTimer(self._recorder, self._model, reply.received)
                 async for response in reply.responses():
                     yield response
+                    # Resumed once grpc has written the response: the client-visible latency,
+                    # including any wait behind earlier requests' responses on this stream.
+                    self._timed(timer, reply, response)
                 self._window.release()
             await self._reader  # re-raises a reader failure (not a clean end of input)
         finally:
@@ -108,6 +134,14 @@ class SessionStream:
             for t in pending:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+
+    @staticmethod
+    def _timed(timer: ResponseTimer, reply: _Reply, response: svc.SessionResponse) -> None:
+        kind = response.WhichOneof("result")
+        if kind == "prediction":
+            timer.prediction_sent(reply.append_chars)
+        elif kind == "completion_chunk":
+            timer.chunk_sent(response.completion_chunk.alternative, len(response.completion_chunk.text))
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -123,7 +157,7 @@ class SessionStream:
                 finally:
                     self._awaiting_input = False
                 await self._window.acquire()
-                reply = _Reply(request.request_id)
+                reply = _Reply(request.request_id, request.WhichOneof("op") or "unset", self._recorder)
                 self._outbox.put_nowait(reply)
                 self._dispatch(request, reply)
         except asyncio.CancelledError:
@@ -144,7 +178,7 @@ class SessionStream:
                 return
             sid = self._bound()
             if op == "append":
-                self._start(self._append_job(sid, request.append), reply, barrier=False)
+                self._start(self._append_job(sid, request.append, reply), reply, barrier=False)
             elif op == "complete":
                 self._start(self._complete_job(sid, request.complete), reply, barrier=True)
             else:
@@ -161,6 +195,7 @@ class SessionStream:
         else:
             info = self._engine.get_session(validate.session_id(request.attach.session_id), owner=self._owner)
         self._session_id = info.session_id
+        self._model = info.model
         reply.send(
             opened=svc.SessionResponse.Opened(session=convert.session_info(info), model=self._model_msg(info.model))
         )
@@ -197,6 +232,7 @@ class SessionStream:
         try:
             await job(reply)
         except asyncio.CancelledError:
+            reply.cancelled()
             raise
         except Exception as exc:  # noqa: BLE001 (answered in-band; status_of logs the unexpected)
             reply.fail(exc)
@@ -207,9 +243,11 @@ class SessionStream:
 
     # --- the operations --------------------------------------------------------------------
 
-    def _append_job(self, sid: str, msg: svc.SessionRequest.Append) -> Job:
+    def _append_job(self, sid: str, msg: svc.SessionRequest.Append, reply: _Reply) -> Job:
         text = validate.input_text(msg.input if msg.HasField("input") else None, "append.input", self._settings)
         options = validate.append_options(msg, self._settings, only_last=msg.only_last)
+        reply.append_chars = len(text)
+        log.debug("stream append %d at %d: %s", reply.request_id, msg.offset, user_text(text, self._settings))
 
         async def job(reply: _Reply) -> None:
             pred = await self._engine.append(sid, msg.offset, text, options, owner=self._owner)
@@ -237,6 +275,7 @@ class SessionStream:
             async for chunk in chunks:
                 reply.send(completion_chunk=convert.completion_chunk(chunk))
         except asyncio.CancelledError:
+            reply.cancelled()
             raise
         except Exception as exc:  # noqa: BLE001 (answered in-band; status_of logs the unexpected)
             reply.fail(exc)

@@ -1,0 +1,302 @@
+"""Prometheus metrics: the only module importing prometheus_client.
+
+Two feeds fill them, and neither ever waits on the other or on a scrape:
+
+- the engine's ``EngineStats`` (gauges, cumulative counters, drained observation lists), pulled
+  by ``Metrics.poll_engine`` on the asyncio loop every ``POLL_INTERVAL_S``. ``Engine.stats()``
+  drains its observation lists, so this poller must be its only caller;
+- the API layer, through the small ``Recorder`` interface (``cellserve.api.recorder``) that
+  ``Metrics`` implements: one call per finished request and per response a client waits on.
+
+Scrapes are answered by prometheus_client's HTTP server in a thread of its own on its own port
+(``settings.metrics_port``); they read the metric objects (which lock internally) and never call
+into the engine, so a slow or hostile scraper cannot stall an iteration. The price: engine
+gauges are up to ``POLL_INTERVAL_S`` old.
+
+Labels are closed sets chosen by the server (model names, kinds, phases, grpc method and code
+names, event reasons). Never a session id, owner or user text: those would be unbounded
+cardinality and private data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
+
+from .engine.types import EngineStats
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from .engine.engine import Engine
+
+log = logging.getLogger(__name__)
+
+# Names are spelled out whole ("cellserve_..."), so a grep for a metric (the HPA, the rules,
+# the dashboard) finds where it is made.
+
+# Engine gauges lag by at most this. Between two polls the engine keeps up to
+# settings.stats_max_observations of each observation list (oldest dropped beyond).
+POLL_INTERVAL_S = 0.5
+
+# 50 µs (a single step of a tiny model on a GPU) to 5 s (a keystroke stuck behind a huge paste
+# or an overloaded pod). Roughly 1-2.5-5 per decade so p99 interpolation stays within ~2x.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.00005, 0.0001, 0.00025, 0.0005,
+    0.001, 0.0025, 0.005,
+    0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0,
+)  # fmt: skip
+# Rows (sessions and completion alternatives) in one engine iteration: powers of two up to
+# beyond any realistic pod (max_sessions + max_running_completions).
+BATCH_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(15))  # 1 .. 16384
+
+# The kinds cellserve.api.recorder reports (not imported: this module stays free of grpc).
+KEYSTROKE_KINDS = ("append_single", "append_multi", "completion_first_chunk", "completion_char")
+PHASES = ("step", "prefill", "completion")
+SESSION_REASONS = ("opened", "closed", "expired", "evicted", "resumed", "rejected")
+# Engine event names that are not the label value operators see.
+_EVENT_REASON = {"rejected_sessions": "rejected"}
+_REJECTED_COMPLETIONS = "rejected_completion"
+_LABEL_SAFE = re.compile(r"[^a-z0-9_]")
+
+
+def _reason(event: str) -> str:
+    # Engine event names are code constants, but a label must never carry anything odd.
+    return _LABEL_SAFE.sub("_", _EVENT_REASON.get(event, event).lower())[:40]
+
+
+class Metrics:
+    """Every cellserve metric, in a registry of its own (tests build many side by side)."""
+
+    def __init__(
+        self,
+        models: Iterable[str] = (),
+        *,
+        sessions_max: int = 0,
+        device_memory: Callable[[], dict[str, int]] | None = None,
+    ) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        # The client library's process_*, python_gc_*, python_info collectors.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(collector)
+        # --- per request (from the API layer) ---------------------------------------------------
+        self.keystroke_latency = Histogram(
+            "cellserve_keystroke_latency_seconds",
+            "Time from receiving a request to sending the response the client waits for: an Append's "
+            "prediction (append_single: one character; append_multi: several), a completion's first "
+            "chunk (completion_first_chunk), or each later completion character (completion_char: "
+            "time since the alternative's previous chunk, per character).",
+            ["model", "kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.requests = Counter(
+            "cellserve_requests",
+            "Finished requests by gRPC method and status code. Unary calls and streams by method name; "
+            "each operation inside a Session stream as Session.<op>, in-band errors with their code.",
+            ["method", "code"],
+            registry=r,
+        )
+        # --- engine observations (drained from EngineStats) ------------------------------------
+        self.queue_wait = Histogram(
+            "cellserve_queue_wait_seconds",
+            "Time an operation waited in its session's queue before the engine iteration that ran it began.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.step_time = Histogram(
+            "cellserve_device_step_seconds",
+            "Device time of one engine iteration's work by phase (step: one character per row; "
+            "prefill: packed multi-character pieces; completion: decoding steps).",
+            ["phase"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "cellserve_batch_size",
+            "Rows (sessions and completion alternatives) processed together in one engine iteration.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        # --- engine counters (cumulative in EngineStats; exported as increments) ---------------
+        self.chars = Counter(
+            "cellserve_chars_processed", "Characters run through the model, by phase.", ["phase"], registry=r
+        )
+        self.iterations = Counter(
+            "cellserve_engine_iterations", "Engine iterations (batched device steps).", registry=r
+        )
+        self.session_events = Counter(
+            "cellserve_session_events",
+            "Session lifecycle events by reason: opened, resumed, closed (by the client), expired (idle TTL), "
+            "evicted, rejected (session limit reached).",
+            ["reason"],
+            registry=r,
+        )
+        self.completions_rejected = Counter(
+            "cellserve_completions_rejected",
+            "Completions refused because max_running_completions alternatives were already decoding.",
+            registry=r,
+        )
+        # --- engine gauges ---------------------------------------------------------------------
+        self.active_sessions = Gauge(
+            "cellserve_active_sessions", "Live sessions (the HPA's scaling metric).", registry=r
+        )
+        self.sessions_max = Gauge(
+            "cellserve_sessions_max",
+            "Configured session limit (max_sessions); beyond it opens are rejected.",
+            registry=r,
+        )
+        self.sessions_max.set(sessions_max)
+        self.slots_capacity = Gauge(
+            "cellserve_slots_capacity",
+            "State-pool slots allocated on the device (the pool grows in chunks).",
+            registry=r,
+        )
+        self.slots_max = Gauge(
+            "cellserve_slots_max", "State-pool slots the pool may grow to (sessions + running completions).", registry=r
+        )
+        self.slots_used = Gauge(
+            "cellserve_slots_used", "State-pool slots holding a session or a completion.", registry=r
+        )
+        self.state_bytes = Gauge("cellserve_state_bytes", "Bytes of the allocated state-pool tensors.", registry=r)
+        self.running_completions = Gauge(
+            "cellserve_running_completions", "Completion alternatives decoding right now.", registry=r
+        )
+        self._device_memory = device_memory
+        self.device_memory = (
+            Gauge(
+                "cellserve_device_memory_bytes",
+                "CUDA memory of this process's device: allocated by tensors, and reserved by the caching allocator.",
+                ["kind"],
+                registry=r,
+            )
+            if device_memory is not None
+            else None
+        )
+        self._last: dict[tuple[str, str], int] = {}  # previous cumulative engine counters
+        self._prime(models)
+
+    def _prime(self, models: Iterable[str]) -> None:
+        """Creates the label sets known up front at 0, so rate() and absent() work before the first
+        event, and every series the rules and dashboard name exists from the first scrape."""
+        for model in models:
+            for kind in KEYSTROKE_KINDS:
+                self.keystroke_latency.labels(model, kind)
+        for phase in PHASES:
+            self.step_time.labels(phase)
+            self.chars.labels(phase)
+        for reason in SESSION_REASONS:
+            self.session_events.labels(reason)
+
+    # --- the Recorder interface (cellserve.api.recorder) ---------------------------------------
+
+    # Called on the loop per request and per keystroke: about 2 µs each (measured).
+
+    def request(self, method: str, code: str) -> None:
+        self.requests.labels(method, code).inc()
+
+    def keystroke(self, model: str, kind: str, seconds: float) -> None:
+        self.keystroke_latency.labels(model, kind).observe(seconds)
+
+    # --- the engine feed ------------------------------------------------------------------------
+
+    def observe_stats(self, st: EngineStats) -> None:
+        """Folds one ``Engine.stats()`` reading in: gauges set, counter deltas added, drained
+        observations observed. Counters never go down: a smaller reading adds nothing."""
+        self.active_sessions.set(st.active_sessions)
+        self.slots_capacity.set(st.slots_capacity)
+        self.slots_max.set(st.slots_max)
+        self.slots_used.set(st.slots_used)
+        self.state_bytes.set(st.state_bytes)
+        self.running_completions.set(st.running_completions)
+        self._add("iterations", "", st.iterations, self.iterations.inc)
+        for phase, n in st.chars_processed.items():
+            self._add("chars", phase, n, self.chars.labels(_reason(phase)).inc)
+        for event, n in st.session_events.items():
+            if event == _REJECTED_COMPLETIONS:
+                self._add("events", event, n, self.completions_rejected.inc)
+            else:
+                self._add("events", event, n, self.session_events.labels(_reason(event)).inc)
+        for secs in st.queue_wait_s:
+            self.queue_wait.observe(secs)
+        for phase, values in st.step_time_s.items():
+            child = self.step_time.labels(_reason(phase))
+            for secs in values:
+                child.observe(secs)
+        for size in st.batch_sizes:
+            self.batch_size.observe(size)
+        if self._device_memory is not None and self.device_memory is not None:
+            for kind, nbytes in self._device_memory().items():
+                self.device_memory.labels(kind).set(nbytes)
+
+    def _add(self, family: str, key: str, total: int, inc: Callable[[float], None]) -> None:
+        previous = self._last.get((family, key), 0)
+        if total > previous:
+            inc(total - previous)
+        self._last[(family, key)] = max(total, previous)
+
+    async def poll_engine(self, engine: Engine, interval_s: float = POLL_INTERVAL_S) -> None:
+        """Runs until cancelled, on the loop that runs the engine (``stats()`` is not thread-safe
+        and drains). A failed reading is logged and skipped: metrics must never stop serving."""
+        while True:
+            self.poll_once(engine)
+            await asyncio.sleep(interval_s)
+
+    def poll_once(self, engine: Engine) -> None:
+        try:
+            self.observe_stats(engine.stats())
+        except Exception:
+            log.exception("reading engine statistics failed")
+
+    # --- serving --------------------------------------------------------------------------------
+
+    def serve(self, host: str, port: int) -> MetricsEndpoint:
+        """Starts the HTTP endpoint (``/metrics``) in a daemon thread; port 0 picks a free one.
+        Raises OSError when it cannot bind."""
+        httpd, thread = start_http_server(port, addr=host, registry=self.registry)
+        return MetricsEndpoint(httpd, thread.name)
+
+
+class MetricsEndpoint:
+    """The running HTTP endpoint; ``port`` is the bound one."""
+
+    def __init__(self, httpd: WSGIServer, thread_name: str) -> None:
+        self._httpd = httpd
+        self.thread_name = thread_name
+        self.port: int = httpd.server_address[1]
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def cuda_memory_reader(device: object) -> Callable[[], dict[str, int]] | None:
+    """A reader of the CUDA caching allocator's counters for ``device`` (a torch.device), or None
+    off CUDA. The counters are host-side bookkeeping: reading them does not synchronise the GPU."""
+    if getattr(device, "type", None) != "cuda":
+        return None
+    import torch  # only on CUDA; the engine has imported it already
+
+    def read() -> dict[str, int]:
+        return {
+            "allocated": int(torch.cuda.memory_allocated(device)),  # type: ignore[arg-type]
+            "reserved": int(torch.cuda.memory_reserved(device)),  # type: ignore[arg-type]
+        }
+
+    return read

@@ -28,6 +28,22 @@ def test_api_tour_runs(model_dir: Path, tmp_path: Path) -> None:
     assert lines[-1].startswith("ABORTED") and "expected offset 4" in lines[-1]
 
 
+def test_sdk_snippet_runs(model_dir: Path, tmp_path: Path) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    snippet = next(b for b in blocks if "from cellserve_client import Client" in b)
+    server = start_server(model_dir)
+    try:
+        script = tmp_path / "sdk.py"
+        script.write_text(snippet.replace("127.0.0.1:50051", server.target))
+        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False)
+    finally:
+        server.terminate()
+    assert out.returncode == 0, out.stderr
+    first, completion = out.stdout.splitlines()
+    assert first.startswith("8 (("), first
+    assert len(completion) <= 16
+
+
 def test_plain_torch_loading_snippet(model_dir: Path, tmp_path: Path) -> None:
     """The five-line loader in the README gives the same logits as cellserve's model."""
     import torch

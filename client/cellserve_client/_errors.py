@@ -163,11 +163,23 @@ def _metadata_int(metadata: Iterable[tuple[str, Any]] | None, key: str) -> int |
     return None
 
 
+# The one message cellserve's own INTERNAL answers carry (cellserve.api.status.INTERNAL_MESSAGE;
+# a test keeps the two equal). An INTERNAL with any other message did not come from the server's
+# handler but from the transport, e.g. gRPC core seeing a connection torn down mid-stream.
+SERVER_INTERNAL_MESSAGE = "internal error; the server logged the details"
+
+
 def from_rpc_error(err: grpc.RpcError, *, not_found: type[NotFound] = SessionNotFound) -> CellserveError:
     """The exception for a failed call; reads the retry hint and the expected offset from the
-    trailing metadata, where the server puts them."""
+    trailing metadata, where the server puts them.
+
+    INTERNAL raised by the transport rather than by the server (a killed server can surface as
+    "Internal error from Core") is a broken connection: ``Unavailable``, which fails over.
+    Offsets make the retry safe."""
     code: grpc.StatusCode = err.code() if callable(getattr(err, "code", None)) else grpc.StatusCode.UNKNOWN
     details = err.details() if callable(getattr(err, "details", None)) else None
+    if code == grpc.StatusCode.INTERNAL and details != SERVER_INTERNAL_MESSAGE:
+        return Unavailable(f"connection failed: {details or 'internal transport error'}", code=code.name)
     trailing = err.trailing_metadata() if callable(getattr(err, "trailing_metadata", None)) else None
     return from_code(
         code,

@@ -136,3 +136,30 @@ def test_status_table(code: grpc.StatusCode, cls: type[CellserveError]) -> None:
     if cls is CapacityExceeded:
         capacity = from_code(code, "m", retry_after_ms=1500)
         assert isinstance(capacity, CapacityExceeded) and capacity.retry_after == 1.5
+
+
+class _TransportError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> tuple[()]:
+        return ()
+
+
+def test_transport_internal_is_a_broken_connection() -> None:
+    """gRPC core reports some torn-down connections as INTERNAL; only the server's own INTERNAL
+    (its one fixed message) is a server bug."""
+    from cellserve.api.status import INTERNAL_MESSAGE
+    from cellserve_client._errors import SERVER_INTERNAL_MESSAGE, from_rpc_error
+
+    assert SERVER_INTERNAL_MESSAGE == INTERNAL_MESSAGE
+    core = from_rpc_error(_TransportError(grpc.StatusCode.INTERNAL, "Internal error from Core"))
+    assert isinstance(core, Unavailable)
+    server = from_rpc_error(_TransportError(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE))
+    assert isinstance(server, InternalError) and not isinstance(server, Unavailable)

@@ -46,6 +46,9 @@ class Row:
     logprobs: bool = False  # log-prob of every token given the state before it
     gates: bool = False  # run on the reference cells and return per-token gate traces (slow path)
     sample: SampleParams | None = None  # draw the next token from the distribution at the row's end
+    # multi-step decoding (a single-token sampling row only): feed each drawn token back and
+    # draw again, once per entry, in the same iteration; every row of such a plan has as many
+    more: list[SampleParams] = field(default_factory=list)
     checkpoint: bool = False  # return a copy of the final state (a rewind checkpoint)
 
 
@@ -70,6 +73,7 @@ class RowResult:
     gates: list[list[list[float]]]  # per token when asked for: [gate][layer] mean activation
     sampled: int | None  # the drawn token of a sampling row
     checkpoint: object | None  # state handle when asked for
+    sampled_more: list[int] = field(default_factory=list)  # the tokens drawn for ``Row.more``
 
 
 @dataclass

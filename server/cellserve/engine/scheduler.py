@@ -3,7 +3,10 @@ no torch here (the runner executes the plan; the engine delivers its result).
 
 Policy (cellular batching, re-formed at every iteration from whatever is waiting):
 
-- every running completion alternative takes one step (continuous batching);
+- every running completion alternative takes one step (continuous batching); when nothing
+  else waits (no session has queued work) and every alternative is past its first character,
+  they take up to ``decode_steps`` steps in this one iteration (multi-step decoding: the same
+  number for all, at most what the shortest has left to generate);
 - every session with queued work contributes its head: a run of consecutive appends (coalesced
   into one row), or one control operation (write / rewind / snapshot / completion start);
 - single characters go first (keystrokes are latency-bound and cheap); multi-character rows
@@ -70,10 +73,30 @@ class Scheduler:
         self._encode = encode
 
     def schedule(
-        self, sessions: Iterable[Session], completions: Iterable[Completion], budget: int, capacity: int
+        self,
+        sessions: Iterable[Session],
+        completions: Iterable[Completion],
+        budget: int,
+        capacity: int,
+        decode_steps: int = 1,
     ) -> Batch:
         batch = Batch(Plan(capacity=capacity))
         plan = batch.plan
+        sessions = [s for s in sessions if s.queue]
+        completions = list(completions)
+        if decode_steps > 1 and not sessions and completions:
+            alts = [(c, a) for c in completions for a in c.running()]
+            if alts and all(a.last_token is not None for _, a in alts):
+                k = min(decode_steps, min(c.request.max_chars - len(a.text) for c, a in alts))
+                if k > 1:
+                    for c, alt in alts:
+                        src = alt.slot if alt.forked else c.session.slot
+                        first = sample_params(c, alt)  # drawn in step order: seeded runs repeat
+                        more = [sample_params(c, alt) for _ in range(k - 1)]
+                        plan.rows.append(Row([alt.last_token], src=src, dst=alt.slot, sample=first, more=more))  # type: ignore[list-item]
+                        batch.chars += k
+                        batch.steps.append(StepWork(c, alt, len(plan.rows) - 1))
+                    return batch
         for c in completions:  # started completions: one step per running alternative
             for alt in c.running():
                 if batch.chars >= budget and plan.rows:

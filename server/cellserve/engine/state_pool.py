@@ -10,6 +10,14 @@ only touched by the device worker thread (``ensure_capacity``, ``gather``, ``sca
 Growth happens in the worker at the start of an iteration, so it never races a running step:
 ``alloc`` only promises an index below ``slots_max`` and the next plan's ``capacity`` asks the
 worker to grow first.
+
+Growth is geometric (by half the capacity, at least a chunk): growing copies the whole pool,
+so growing by a fixed chunk made opening n sessions cost O(n^2) bytes copied (100k sessions of
+a 2x512 LSTM: ~390 copies of up to 800 MB, tens of seconds of stalled iterations, measured
+with ``cellserve bench``). The new tail is left uninitialised (``torch.empty``): every slot is
+written before it is read (a new owner's first iteration writes its start state), and pages
+never written stay out of the process's resident memory, so spare capacity costs address
+space, not RSS.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ class SlotAllocator:
         self.reserved = 0  # indices [0, reserved) have been handed out at least once
         self._free: list[int] = []  # a stack: freed indices, reused LIFO
         self.used = 0
+        self._capacity = 0  # the capacity last asked for (never shrinks)
 
     def alloc(self) -> int:
         if self._free:
@@ -50,9 +59,12 @@ class SlotAllocator:
         return len(self._free) + (self.slots_max - self.reserved)
 
     def wanted_capacity(self) -> int:
-        """Capacity the tensors need: ``reserved`` rounded up to a whole chunk, capped."""
-        chunks = -(-self.reserved // self.chunk)
-        return min(max(chunks, 1) * self.chunk, self.slots_max)
+        """Capacity the tensors need: at least ``reserved``; when that outgrows the current
+        capacity, 1.5x the current capacity or more, rounded up to a whole chunk, capped."""
+        if self._capacity == 0 or self.reserved > self._capacity:
+            grown = max(self.reserved, self._capacity + self._capacity // 2, 1)
+            self._capacity = min(-(-grown // self.chunk) * self.chunk, self.slots_max)
+        return self._capacity
 
 
 class StatePool:
@@ -68,6 +80,9 @@ class StatePool:
     def _zeros(self, slots: int) -> torch.Tensor:
         return torch.zeros(self.layers, slots, self.hidden, device=self.device, dtype=self.dtype)
 
+    def _empty(self, slots: int) -> torch.Tensor:
+        return torch.empty(self.layers, slots, self.hidden, device=self.device, dtype=self.dtype)
+
     @property
     def capacity(self) -> int:
         return self.tensors[0].shape[1]
@@ -77,11 +92,16 @@ class StatePool:
         return sum(t.numel() * t.element_size() for t in self.tensors)
 
     def ensure_capacity(self, slots: int) -> None:
-        """Grows to ``slots`` (already rounded to a chunk by the allocator); never shrinks,
-        so a slot index stays valid for its owner."""
+        """Grows to ``slots`` (the allocator's ``wanted_capacity``); never shrinks, so a slot
+        index stays valid for its owner. Existing slots keep their state; new ones are
+        uninitialised until written."""
         if slots > self.capacity:
-            extra = slots - self.capacity
-            self.tensors = [torch.cat([t, self._zeros(extra)], dim=1) for t in self.tensors]
+            grown = []
+            for t in self.tensors:
+                g = self._empty(slots)
+                g[:, : t.shape[1]].copy_(t)
+                grown.append(g)
+            self.tensors = grown
 
     def gather(self, slots: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """slots [B] int64 (on the device) -> state: ``arity`` tensors of [L, B, H] (copies)."""

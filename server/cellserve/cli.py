@@ -155,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .serve import add_serve_parser
 
     add_serve_parser(sub)
+    __import__("cellserve.bench.cli", fromlist=["add_bench_parser"]).add_bench_parser(sub)
     return parser
 
 

@@ -1,0 +1,99 @@
+"""The compute ceiling: the model alone, batched, in this process. No gRPC, no sessions, no
+pool gather/scatter: only what a server must compute per keystroke.
+
+- keystrokes: one step [B, 1] -> head -> log-softmax -> top-5 -> host, from a state held in
+  plain tensors; the better of oneDNN on and off (the ceiling, whatever the kernel rule);
+- completions: greedy decoding at batch B: step -> head -> argmax -> host -> next input.
+
+Timing: median of repeated calls (robust to the machine's noise) after a warm-up.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ..nn.checkpoint import load_model
+from ..nn.kernels import onednn
+from .model import ModelRef
+
+
+def _median_time(fn: Callable[[], None], seconds: float, sync: Callable[[], None], min_reps: int = 5) -> float:
+    for _ in range(2):
+        fn()
+    sync()
+    times: list[float] = []
+    stop = time.perf_counter() + seconds
+    while len(times) < min_reps or time.perf_counter() < stop:
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 10_000:
+            break
+    return statistics.median(times)
+
+
+class Ceiling:
+    def __init__(self, ref: ModelRef, device: str, threads: int) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = torch.device(device)
+        self.model = load_model(ref.folder).model.to(self.device).eval()
+        self.threads = torch.get_num_threads()
+        self.on_cpu = self.device.type == "cpu"
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def keystrokes(self, batch: int, seconds: float) -> dict[str, Any]:
+        """Keystrokes/s at ``batch`` sessions per step."""
+        m = self.model
+        tok = torch.randint(1, m.vocab_size, (batch, 1), device=self.device)
+        st = m.init_state(batch, self.device)
+
+        def step() -> None:
+            x = m.embed(tok)
+            out, _ = m.rnn_forward(x, st)
+            lsm = torch.log_softmax(m.head(out[:, 0]), dim=-1)
+            v, i = lsm.topk(5, dim=-1)
+            torch.cat([v.exp().flatten(), i.to(v.dtype).flatten()]).cpu().tolist()
+
+        best: dict[str, Any] = {}
+        with torch.inference_mode():
+            for kernel in [True, False] if self.on_cpu else [True]:
+                with onednn(kernel):
+                    t = _median_time(step, seconds / 2, self._sync)
+                if not best or t < best["step_s"]:
+                    best = {"step_s": t, "kernel": ("onednn" if kernel else "native") if self.on_cpu else "cuda"}
+        best["batch"] = batch
+        best["throughput_rps"] = batch / best["step_s"]
+        return best
+
+    def completions(self, batch: int, chars: int, seconds: float) -> dict[str, Any]:
+        """Generated characters/s when ``batch`` greedy completions of ``chars`` run together."""
+        m = self.model
+
+        def decode() -> None:
+            tok = torch.ones(batch, 1, dtype=torch.long, device=self.device)
+            st = m.init_state(batch, self.device)
+            for _ in range(chars):
+                out, st = m.rnn_forward(m.embed(tok), st)
+                nxt = m.head(out[:, 0]).argmax(dim=-1)
+                nxt.cpu().tolist()  # the server must see every character
+                tok = nxt.view(batch, 1)
+
+        best: dict[str, Any] = {}
+        with torch.inference_mode():
+            for kernel in [True, False] if self.on_cpu else [True]:
+                with onednn(kernel):
+                    t = _median_time(decode, seconds / 2, self._sync, min_reps=3)
+                if not best or t < best["decode_s"]:
+                    best = {"decode_s": t, "kernel": ("onednn" if kernel else "native") if self.on_cpu else "cuda"}
+        best.update(batch=batch, chars=chars, chars_per_s=batch * chars / best["decode_s"])
+        return best

@@ -1,0 +1,214 @@
+"""results.json, results.md (tables + ratios + the command) and PNG plots (matplotlib)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+PEER_ORDER = ("cellserve", "naive", "echo")
+COLORS = {"cellserve": "tab:blue", "naive": "tab:red", "echo": "tab:gray", "ceiling": "tab:green"}
+
+
+def _f(v: float | None, fmt: str = "{:.0f}") -> str:
+    return "–" if v is None else fmt.format(v)
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}×" if a and b else "–"
+
+
+def markdown(res: dict[str, Any]) -> str:
+    m = res["meta"]
+    cfg = m["config"]
+    ks = res["keystrokes_closed"]
+    lines = [
+        "# cellserve benchmark results",
+        "",
+        f"Produced by `{m['command']}` on {m['date_utc']} ({m['seconds']:.0f} s).",
+        f"Model: {m['model']}. Device: {cfg['device']}. Machine: {m['machine']['cpus']} CPUs, "
+        f"torch {m['machine']['torch']}, grpcio {m['machine']['grpcio']}, Python {m['machine']['python']}"
+        + (f", GPU {m['machine']['cuda']}" if m["machine"].get("cuda") else "")
+        + ".",
+        f"Load: {cfg['workers']} load-generator processes on the same machine; {cfg['warmup_s']:g} s warm-up, "
+        f"{cfg['window_s']:g} s measured per workload. How to read this: benchmarks/README.md.",
+        "",
+    ]
+    if m.get("notes"):
+        lines += [m["notes"], ""]
+    lines += ["## Targets", "", "| target | measured | goal | met |", "|---|---|---|---|"]
+    for t in res["targets"]:
+        v = t["value"]
+        lines.append(
+            f"| {t['target']} | {'–' if v is None else f'{v:.3g}'} | {t['goal']} | "
+            f"{ {True: 'yes', False: '**no**', None: '–'}[t['met']] } |"
+        )
+    ceil = (res.get("ceiling") or {}).get("keystrokes", {})
+    lines += [
+        "",
+        "## Keystrokes, closed loop (each session sends one character and awaits its prediction)",
+        "",
+        "| N | peer | keystrokes/s | p50 ms | p90 ms | p99 ms | p99.9 ms | starved | errors | server CPU ms/req "
+        "| client CPU ms/req | vs echo | vs naive |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    ns = sorted({int(n) for p in ks.values() for n in p})
+    for n in ns:
+        echo = (ks.get("echo") or {}).get(str(n), {}).get("throughput_rps")
+        naive = (ks.get("naive") or {}).get(str(n), {}).get("throughput_rps")
+        for peer in PEER_ORDER:
+            r = (ks.get(peer) or {}).get(str(n))
+            if r is None:
+                continue
+            lat = r["latency_ms"]
+            lines.append(
+                f"| {n} | {peer} | {r['throughput_rps']:.0f} | {_f(lat.get('p50'), '{:.2f}')} | "
+                f"{_f(lat.get('p90'), '{:.2f}')} | {_f(lat.get('p99'), '{:.2f}')} | {_f(lat.get('p99.9'), '{:.2f}')} | "
+                f"{r['sessions_starved']} | {r['errors']} | {_f(r['server_cpu_ms_per_request'], '{:.3f}')} | "
+                f"{_f(r['client_cpu_ms_per_request'], '{:.3f}')} | {_ratio(r['throughput_rps'], echo)} | "
+                f"{_ratio(r['throughput_rps'], naive)} |"
+            )
+        c = ceil.get(str(n))
+        if c:
+            lines.append(
+                f"| {n} | model ceiling (in-process, {c['kernel']}) | {c['throughput_rps']:.0f} | "
+                f"{c['step_s'] * 1e3:.2f} (step) | | | | | | | | {_ratio(c['throughput_rps'], echo)} | "
+                f"{_ratio(c['throughput_rps'], naive)} |"
+            )
+    op = res.get("keystrokes_open") or {}
+    if op:
+        any_r = next(iter(op.values()))["workload"]
+        lines += [
+            "",
+            f"## Keystrokes, open loop ({any_r['sessions']} sessions, each {any_r['rate']:g} pieces/s on average "
+            f"with exponential think time; {any_r['paste_prob'] * 100:g}% of pieces are pastes of "
+            f"{any_r['paste_min']}-{any_r['paste_max']} characters; latency from the scheduled send time)",
+            "",
+            "| peer | answered/s | chars/s | key p50 ms | key p99 ms | paste p50 ms | paste p99 ms | starved "
+            "| longest wait s | unanswered at end | errors | server CPU ms/req |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for peer in PEER_ORDER:
+            r = op.get(peer)
+            if r is None:
+                continue
+            k, pa = r["latency_ms_by_kind"].get("key", {}), r["latency_ms_by_kind"].get("paste", {})
+            lines.append(
+                f"| {peer} | {r['throughput_rps']:.0f} | {r['chars_per_s']:.0f} | {_f(k.get('p50'), '{:.2f}')} | "
+                f"{_f(k.get('p99'), '{:.2f}')} | {_f(pa.get('p50'), '{:.2f}')} | {_f(pa.get('p99'), '{:.2f}')} | "
+                f"{r['sessions_starved']} | {r['max_gap_s']:.2f} | {r['unanswered_at_end']} | {r['errors']} | "
+                f"{_f(r['server_cpu_ms_per_request'], '{:.3f}')} |"
+            )
+    cs = res.get("completions") or {}
+    if cs:
+        cc = (res.get("ceiling") or {}).get("completions", {})
+        lines += [
+            "",
+            f"## Completions (B sessions each asking for a greedy {cfg['completion_chars']}-character completion, "
+            "reading it to the end, asking again)",
+            "",
+            "| B | peer | generated chars/s | completion p50 ms | completion p99 ms | first char p50 ms | starved "
+            "| errors | vs model ceiling |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        bs = sorted({int(b) for p in cs.values() for b in p})
+        for b in bs:
+            ceil_cps = cc.get(str(b), {}).get("chars_per_s")
+            for peer in PEER_ORDER:
+                r = (cs.get(peer) or {}).get(str(b))
+                if r is None:
+                    continue
+                lk = r["latency_ms_by_kind"]
+                lines.append(
+                    f"| {b} | {peer} | {r['chars_per_s']:.0f} | {_f(lk.get('completion', {}).get('p50'), '{:.1f}')} | "
+                    f"{_f(lk.get('completion', {}).get('p99'), '{:.1f}')} | "
+                    f"{_f(lk.get('first_char', {}).get('p50'), '{:.2f}')} | {r['sessions_starved']} | {r['errors']} | "
+                    f"{_ratio(r['chars_per_s'], ceil_cps)} |"
+                )
+            if ceil_cps:
+                lines.append(
+                    f"| {b} | model ceiling (in-process, {cc[str(b)]['kernel']}) | {ceil_cps:.0f} | "
+                    f"{cc[str(b)]['decode_s'] * 1e3:.1f} | | | | | 1.00× |"
+                )
+    mem = res.get("memory")
+    if mem:
+        lines += [
+            "",
+            "## Memory per idle session (cellserve server RSS, sessions opened with OpenSession and left idle)",
+            "",
+            f"Baseline RSS (server started, one session opened and closed): {mem['baseline_rss_bytes'] / 2**20:.0f} MiB. "
+            f"Raw state per session: {mem['raw_state_bytes_per_session']} bytes (layers × hidden × (h, c) × fp32).",
+            "",
+            "| sessions | RSS MiB | RSS growth MiB | RSS per session KiB | raw state KiB | ratio | open failures |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for p in mem["points"]:
+            lines.append(
+                f"| {p['sessions']} | {p['rss_bytes'] / 2**20:.0f} | {p['rss_delta_bytes'] / 2**20:.0f} | "
+                f"{p['rss_per_session_bytes'] / 1024:.2f} | {p['raw_state_bytes'] / 1024:.2f} | "
+                f"{p['overhead_ratio']:.2f}× | {p['open_failures']} |"
+            )
+    lines += ["", "Plots: ![throughput](throughput.png) ![latency](latency.png)", ""]
+    return "\n".join(lines)
+
+
+def plots(res: dict[str, Any], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = res["keystrokes_closed"]
+    ceil = (res.get("ceiling") or {}).get("keystrokes", {})
+    title = f"{res['meta']['model']} — {res['meta']['config']['device']}, {res['meta']['date_utc']}"
+    written = []
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for peer in PEER_ORDER:
+        pts = sorted((int(n), r["throughput_rps"]) for n, r in (ks.get(peer) or {}).items())
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", label=peer, color=COLORS[peer])
+    if ceil:
+        pts = sorted((int(n), c["throughput_rps"]) for n, c in ceil.items())
+        ax.plot(
+            *zip(*pts, strict=True), marker="s", ls="--", label="model ceiling (in-process)", color=COLORS["ceiling"]
+        )
+    ax.set(xscale="log", yscale="log", xlabel="concurrent sessions (closed loop)", ylabel="keystrokes/s")
+    ax.set_title("Throughput vs sessions\n" + title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    written.append(out / "throughput.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for peer in PEER_ORDER:
+        lat_pts: list[tuple[int, float, float]] = sorted(
+            (int(n), r["latency_ms"].get("p50"), r["latency_ms"].get("p99"))
+            for n, r in (ks.get(peer) or {}).items()
+            if r["latency_ms"]
+        )
+        if lat_pts:
+            ns, p50, p99 = zip(*lat_pts, strict=True)
+            ax.plot(ns, p50, marker="o", label=f"{peer} p50", color=COLORS[peer])
+            ax.plot(ns, p99, marker="^", ls=":", label=f"{peer} p99", color=COLORS[peer])
+    ax.set(xscale="log", yscale="log", xlabel="concurrent sessions (closed loop)", ylabel="keystroke latency, ms")
+    ax.set_title("Latency vs sessions\n" + title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    written.append(out / "latency.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+    return written
+
+
+def write_report(res: dict[str, Any], out: Path, *, with_plots: bool = True) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "results.json", out / "results.md"]
+    paths[0].write_text(json.dumps(res, indent=1, sort_keys=False) + "\n")
+    paths[1].write_text(markdown(res))
+    if with_plots:
+        paths += plots(res, out)
+    return paths

@@ -1,0 +1,270 @@
+"""Runs the whole suite: every peer under the same workloads, the compute ceiling, memory.
+
+Order: the echo peer, cellserve, the naive peer (one server process at a time, each serving
+all its workloads), then the in-process ceiling with no server running, then memory on a fresh
+cellserve server. Every ratio compares figures from this one run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .loadgen import Workload, run_load
+from .model import ModelRef, resolve_model
+from .procs import ServerProc, cellserve_cmd, peer_cmd
+
+PEERS = ("cellserve", "naive", "echo")
+
+
+@dataclass
+class BenchConfig:
+    sessions: list[int] = field(default_factory=lambda: [1, 16, 64, 256])
+    warmup_s: float = 1.5
+    window_s: float = 6.0
+    peers: list[str] = field(default_factory=lambda: list(PEERS))
+    open_sessions: int = 256  # open loop: sessions ...
+    open_rate: float = 4.0  # ... each typing this many pieces per second on average
+    paste_prob: float = 0.005  # share of open-loop pieces that are pastes (100-300 chars)
+    completion_batches: list[int] = field(default_factory=lambda: [16, 64])
+    completion_chars: int = 32
+    memory_sessions: list[int] = field(default_factory=lambda: [10_000, 100_000])
+    ceiling_s: float = 3.0
+    workers: int = 2
+    device: str = "cpu"
+    server_threads: int = 1  # cellserve's --cpu-threads and the ceiling's threads (0: torch's default)
+    model: str | None = None
+    skip: list[str] = field(default_factory=list)  # of: open, completions, memory, ceiling
+    quick: bool = False
+
+    @classmethod
+    def quick_config(cls) -> BenchConfig:
+        return cls(
+            sessions=[1, 16],
+            warmup_s=0.5,
+            window_s=2.0,
+            open_sessions=16,
+            open_rate=5.0,
+            completion_batches=[4],
+            completion_chars=16,
+            memory_sessions=[1000],
+            ceiling_s=0.5,
+            quick=True,
+        )
+
+
+def _log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _summary(r: dict[str, Any]) -> str:
+    lat = r.get("latency_ms") or {}
+    return (
+        f"{r['throughput_rps']:.0f} req/s, {r['chars_per_s']:.0f} chars/s, p50 {lat.get('p50', float('nan')):.2f} ms, "
+        f"p99 {lat.get('p99', float('nan')):.2f} ms, errors {r['errors']}, starved {r['sessions_starved']}"
+    )
+
+
+def _settle(server: ServerProc, idle_util: float = 0.1, sample_s: float = 0.3, max_s: float = 30.0) -> None:
+    """Waits until the server is idle (CPU below ``idle_util`` of a core over ``sample_s``):
+    work queued by the previous workload (an overloaded peer's backlog: cancelled streams'
+    appends are still applied, exactly once) must not leak into the next window."""
+    deadline = time.monotonic() + max_s
+    while time.monotonic() < deadline:
+        c0 = server.cpu_seconds()
+        time.sleep(sample_s)
+        if server.cpu_seconds() - c0 < idle_util * sample_s:
+            return
+    _log(f"{server.name} still busy after {max_s:.0f} s; measuring anyway")
+
+
+def _start(peer: str, ref: ModelRef, cfg: BenchConfig, max_sessions: int = 10_000) -> ServerProc:
+    if peer == "cellserve":
+        cmd = cellserve_cmd(str(ref.model_dir), ref.name, cfg.device, cfg.server_threads, max_sessions)
+    else:
+        cmd = peer_cmd(peer, str(ref.model_dir), ref.name, cfg.device)
+    return ServerProc(peer, cmd)
+
+
+def run_suite(cfg: BenchConfig, argv: list[str] | None = None) -> dict[str, Any]:
+    started = dt.datetime.now(dt.UTC)
+    with tempfile.TemporaryDirectory(prefix="cellserve-bench-") as scratch:
+        ref = resolve_model(cfg.model, Path(scratch))
+        _log(f"model: {ref.description} ({ref.folder})")
+        results: dict[str, Any] = {
+            "meta": _meta(cfg, ref, started, argv),
+            "keystrokes_closed": {},
+            "keystrokes_open": {},
+            "completions": {},
+            "ceiling": {},
+            "memory": None,
+        }
+        for peer in [p for p in ("echo", "cellserve", "naive") if p in cfg.peers]:
+            server = _start(peer, ref, cfg)
+            _log(f"{peer} listening on {server.target} (pid {server.pid})")
+            try:
+                ks: dict[str, Any] = {}
+                for n in cfg.sessions:
+                    _settle(server)
+                    w = Workload("closed", n, cfg.warmup_s, cfg.window_s)
+                    ks[str(n)] = run_load(server.target, w, cfg.workers, server.cpu_seconds)
+                    _log(f"{peer} closed N={n}: {_summary(ks[str(n)])}")
+                results["keystrokes_closed"][peer] = ks
+                if "completions" not in cfg.skip:
+                    cs: dict[str, Any] = {}
+                    for b in cfg.completion_batches:
+                        _settle(server)
+                        w = Workload("complete", b, cfg.warmup_s, cfg.window_s, complete_chars=cfg.completion_chars)
+                        cs[str(b)] = run_load(server.target, w, cfg.workers, server.cpu_seconds)
+                        _log(f"{peer} completions B={b}: {cs[str(b)]['chars_per_s']:.0f} chars/s")
+                    results["completions"][peer] = cs
+                if "open" not in cfg.skip:  # last: a peer it overloads keeps working off a backlog
+                    _settle(server)
+                    w = Workload(
+                        "open", cfg.open_sessions, cfg.warmup_s, cfg.window_s, rate=cfg.open_rate,
+                        paste_prob=cfg.paste_prob,
+                    )  # fmt: skip
+                    r = run_load(server.target, w, cfg.workers, server.cpu_seconds)
+                    results["keystrokes_open"][peer] = r
+                    _log(f"{peer} open loop N={cfg.open_sessions} at {cfg.open_rate}/s: {_summary(r)}")
+                if not server.alive():
+                    raise RuntimeError(f"{peer} server died:\n" + "".join(server.stderr_tail))
+            finally:
+                server.stop()
+        if "ceiling" not in cfg.skip:
+            results["ceiling"] = _ceiling(cfg, ref)
+        if "memory" not in cfg.skip and "cellserve" in cfg.peers:
+            from .memory import measure
+
+            server = _start("cellserve", ref, cfg, max_sessions=max(cfg.memory_sessions) + 16)
+            try:
+                results["memory"] = measure(server, ref, cfg.memory_sessions, cfg.workers)
+                for p in results["memory"]["points"]:
+                    _log(
+                        f"memory: {p['sessions']} sessions, {p['rss_per_session_bytes'] / 1024:.1f} KiB RSS per "
+                        f"session vs {p['raw_state_bytes'] / 1024:.1f} KiB raw state"
+                    )
+            finally:
+                server.stop()
+    results["meta"]["seconds"] = (dt.datetime.now(dt.UTC) - started).total_seconds()
+    results["targets"] = targets(results)
+    return results
+
+
+def _ceiling(cfg: BenchConfig, ref: ModelRef) -> dict[str, Any]:
+    from .ceiling import Ceiling
+
+    c = Ceiling(ref, cfg.device, cfg.server_threads)
+    out: dict[str, Any] = {"threads": c.threads, "keystrokes": {}, "completions": {}}
+    for n in cfg.sessions:
+        out["keystrokes"][str(n)] = c.keystrokes(n, cfg.ceiling_s)
+        _log(f"ceiling keystrokes B={n}: {out['keystrokes'][str(n)]['throughput_rps']:.0f}/s")
+    if "completions" not in cfg.skip:
+        for b in cfg.completion_batches:
+            out["completions"][str(b)] = c.completions(b, cfg.completion_chars, cfg.ceiling_s)
+            _log(f"ceiling completions B={b}: {out['completions'][str(b)]['chars_per_s']:.0f} chars/s")
+    return out
+
+
+def _meta(cfg: BenchConfig, ref: ModelRef, started: dt.datetime, argv: list[str] | None) -> dict[str, Any]:
+    import os
+
+    import grpc
+    import torch
+
+    cmd = "cellserve bench" + ("" if not argv else " " + shlex.join(argv))
+    return {
+        "command": cmd,
+        "date_utc": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "model": ref.description,
+        "config": asdict(cfg),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "grpcio": grpc.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+    }
+
+
+def _get(d: dict[str, Any], *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def cpu_bound(res: dict[str, Any], n: str) -> float | None:
+    """The best cellserve/echo throughput ratio possible when the machine's CPUs are the limit
+    (load generator and server share them): echo spends c_e CPU per keystroke (client +
+    server); any server that computes the model spends at least c_e + m, m being the model's
+    own batched step time per row at this N (the ceiling). Ratio <= c_e / (c_e + m)."""
+    e = _get(res, "keystrokes_closed", "echo", n)
+    step = _get(res, "ceiling", "keystrokes", n, "step_s")
+    if not e or step is None or e["server_cpu_ms_per_request"] is None:
+        return None
+    c_e = (e["server_cpu_ms_per_request"] + e["client_cpu_ms_per_request"]) / 1e3
+    m = float(step) / int(n)
+    return float(c_e / (c_e + m))
+
+
+def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured value and whether it was met (None: not
+    measured in this run)."""
+    ks = res["keystrokes_closed"]
+    out: list[dict[str, Any]] = []
+    ns = sorted(int(n) for n in (ks.get("cellserve") or {}))
+
+    def add(name: str, value: float | None, goal: str, met: bool | None) -> None:
+        out.append({"target": name, "value": value, "goal": goal, "met": met})
+
+    n_hi = "256" if 256 in ns else (str(ns[-1]) if ns else None)
+    if n_hi is not None:
+        c, e = _get(ks, "cellserve", n_hi, "throughput_rps"), _get(ks, "echo", n_hi, "throughput_rps")
+        v = c / e if c and e else None
+        add(f"throughput vs echo at N={n_hi}", v, ">= 0.8x", None if v is None else v >= 0.8)
+        b = cpu_bound(res, n_hi)
+        if b is not None:
+            add(f"  context: CPU-additive bound on that ratio at N={n_hi}", b, "(not a target)", None)
+    n_mid = "64" if 64 in ns else (str(ns[-1]) if ns else None)
+    if n_mid is not None:
+        c, nv = _get(ks, "cellserve", n_mid, "throughput_rps"), _get(ks, "naive", n_mid, "throughput_rps")
+        v = c / nv if c and nv else None
+        add(f"throughput vs naive at N={n_mid}", v, ">= 20x", None if v is None else v >= 20)
+    starved = [
+        r["sessions_starved"]
+        for group in ("keystrokes_closed", "completions")
+        for r in (res[group].get("cellserve") or {}).values()
+    ] + ([res["keystrokes_open"]["cellserve"]["sessions_starved"]] if "cellserve" in res["keystrokes_open"] else [])
+    add("starved sessions (all cellserve runs)", float(sum(starved)), "0", sum(starved) == 0 if starved else None)
+    if 1 in ns:
+        c, e = _get(ks, "cellserve", "1", "latency_ms", "p50"), _get(ks, "echo", "1", "latency_ms", "p50")
+        v = c - e if c is not None and e is not None else None
+        add("p50 at N=1 minus echo's, ms", v, "<= 1 ms", None if v is None else v <= 1.0)
+        step = _get(res, "ceiling", "keystrokes", "1", "step_s")
+        if step is not None:
+            add("  context: the model's own batch-1 step, ms", step * 1e3, "(not a target)", None)
+    for b, r in (res["completions"].get("cellserve") or {}).items():
+        ceil = _get(res, "ceiling", "completions", b, "chars_per_s")
+        v = r["chars_per_s"] / ceil if ceil else None
+        add(f"completion chars/s vs model ceiling at B={b}", v, ">= 0.7x", None if v is None else v >= 0.7)
+    mem = res.get("memory")
+    if mem:
+        for p in mem["points"]:
+            add(
+                f"RSS per idle session at {p['sessions']} sessions / raw state bytes",
+                p["overhead_ratio"],
+                "report",
+                None,
+            )
+    return out

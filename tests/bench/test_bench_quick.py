@@ -1,0 +1,52 @@
+"""CI smoke test of `cellserve bench --quick`: it runs end to end and writes its results.
+
+Never a timing threshold: CI machines are shared and noisy. What is asserted is that every
+peer answered in every workload without errors, and that the report files exist and agree.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+QUICK_BUDGET_S = 240  # the quick mode targets < 2 minutes; this only bounds a hang
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(QUICK_BUDGET_S + 30)
+def test_bench_quick_runs_and_writes_results(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cellserve.cli", "bench", "--quick", "--model", "random", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=QUICK_BUDGET_S,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    res = json.loads((out / "results.json").read_text())
+    sessions = res["meta"]["config"]["sessions"]
+    for peer in ("cellserve", "naive", "echo"):
+        closed = res["keystrokes_closed"][peer]
+        assert sorted(int(n) for n in closed) == sorted(sessions)
+        for r in closed.values():
+            assert r["requests"] > 0 and r["errors"] == 0, (peer, r["error_samples"])
+            assert {"p50", "p90", "p99", "p99.9"} <= set(r["latency_ms"])
+            assert r["server_cpu_ms_per_request"] is not None and r["client_cpu_ms_per_request"] is not None
+        assert res["keystrokes_open"][peer]["requests"] > 0
+        assert all(r["chars_per_s"] > 0 and r["errors"] == 0 for r in res["completions"][peer].values())
+    assert set(res["ceiling"]["keystrokes"]) == {str(n) for n in sessions}
+    assert all(c["throughput_rps"] > 0 for c in res["ceiling"]["keystrokes"].values())
+    mem = res["memory"]["points"]
+    assert mem and all(p["open_failures"] == 0 and p["raw_state_bytes"] == 2 * 512 * 2 * 4 for p in mem)
+    assert {t["target"].split(" at ")[0] for t in res["targets"]} >= {"throughput vs echo", "throughput vs naive"}
+
+    md = (out / "results.md").read_text()
+    assert "cellserve bench --quick" in md and "| cellserve |" in md
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (out / "throughput.png").stat().st_size > 0 and (out / "latency.png").stat().st_size > 0

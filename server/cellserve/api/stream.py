@@ -1,18 +1,19 @@
 """One bidirectional ``Session`` stream: read requests, run them against the Engine, write the
 responses in request order.
 
-Pipelining: the reader never waits for the engine. Each request becomes a task, so appends
-typed faster than the round trip are all queued in the engine at once (and coalesced there);
-at most ``MAX_IN_FLIGHT`` requests per stream are unanswered at a time (then the reader waits,
-and HTTP/2 flow control pushes back on the client).
+Pipelining: the reader never waits for the engine. An append (the per-keystroke request) is
+queued in the engine by the reader itself (``Engine.submit_append``) and the writer awaits its
+future: no task or queue per keystroke, which is most of this layer's cost per request. So
+appends typed faster than the round trip are all queued in the engine at once (and coalesced
+there); at most ``MAX_IN_FLIGHT`` requests per stream are unanswered at a time (then the reader
+waits, and HTTP/2 flow control pushes back on the client).
 
 Ordering: the writer sends each request's responses completely before the next request's, so
-responses come in request order. Engine calls are ordered by one submitter task per stream:
-appends are started in request order without waiting for each other (each engine call is a
-task, and tasks take their first step in creation order, which is when the engine queues the
-piece), while every other operation (rewind, reset, snapshot, close, complete) is a barrier:
-it starts after every earlier request has been answered, and later requests start after it
-(for a completion: after it has forked the session's state).
+responses come in request order. Appends are started in request order without waiting for each
+other, while every other operation (rewind, reset, snapshot, close, complete) is a barrier: it
+starts after every earlier append has been answered, and later requests start after it (for a
+completion: after it has forked the session's state). Barriers, and whatever is read while one
+is pending, go through one submitter task per stream, each request as a task of its own.
 
 A failed request is answered with an in-band Error (mapped by ``status.status_of``) and the
 stream goes on. When the stream ends or is cancelled, its running tasks (and so its running
@@ -28,12 +29,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..config import Settings
-from ..engine.types import CompletionChunk
+from ..engine.types import AppendOptions, CompletionChunk, Prediction
 from ..errors import InvalidInput, PreconditionFailed
 from ..logs import user_text
 from . import convert, validate
 from .pb import svc, types
-from .recorder import NULL_RECORDER, Recorder, ResponseTimer, code_name
+from .recorder import APPEND_MULTI, APPEND_SINGLE, NULL_RECORDER, Recorder, ResponseTimer, code_name
 from .status import status_of
 
 if TYPE_CHECKING:
@@ -45,43 +46,74 @@ MAX_IN_FLIGHT = 64  # unanswered requests per stream; bounds the memory one clie
 Job = Callable[["_Reply"], Awaitable[None]]
 
 
+_METHODS: dict[str | None, str] = {}  # op -> "Session.<op>": built once per op, not per request
+
+
+def _method(op: str | None) -> str:
+    name = _METHODS.get(op)
+    if name is None:  # op: a oneof name of the proto (or None), never client text
+        name = _METHODS[op] = f"Session.{op or 'unset'}"
+    return name
+
+
 class _Reply:
-    """The responses to one request, queued until the writer reaches this request. It reports
-    the request's outcome once (``Session.<op>`` and OK or the in-band error's code)."""
+    """The responses to one request, until the writer reaches this request: either the engine
+    future of an append started directly (``prediction``), or a queue that the request's task
+    fills. It reports the request's outcome once (``Session.<op>`` and OK or the error's code)."""
 
-    __slots__ = ("_code", "_queue", "_recorder", "append_chars", "handed_off", "method", "received", "request_id")
+    __slots__ = (
+        "_code", "_queue", "_recorder", "append_chars", "handed_off", "method", "prediction", "received",
+        "recorded", "request_id",
+    )  # fmt: skip
 
-    def __init__(self, request_id: int, op: str, recorder: Recorder) -> None:
+    def __init__(self, request_id: int, op: str | None, recorder: Recorder) -> None:
         self.request_id = request_id
-        self.method = f"Session.{op}"  # op: a oneof name of the proto, never client text
+        self.method = _method(op)
         self.received = time.perf_counter()
         self.append_chars = 0  # an append's characters (its keystroke kind), set when validated
         self.handed_off = False  # True: a task of its own finishes it (completions)
+        self.prediction: asyncio.Future[Prediction] | None = None  # a directly started append
+        self.recorded = False
         self._recorder = recorder
         self._code = "OK"
-        self._queue: asyncio.Queue[svc.SessionResponse | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[svc.SessionResponse | None] | None = None
+
+    @property
+    def queue(self) -> asyncio.Queue[svc.SessionResponse | None]:
+        if self._queue is None:  # only requests answered from a task need one
+            self._queue = asyncio.Queue()
+        return self._queue
 
     def send(self, **result: Any) -> None:
-        self._queue.put_nowait(svc.SessionResponse(request_id=self.request_id, **result))
+        self.queue.put_nowait(svc.SessionResponse(request_id=self.request_id, **result))
 
-    def fail(self, exc: BaseException) -> None:
+    def error(self, exc: BaseException) -> svc.SessionResponse:
         st = status_of(exc, "/cellserve.v1.CellserveService/Session")
         err = svc.SessionResponse.Error(code=st.code.value[0], message=st.message, retry_after_ms=st.retry_after_ms)
         if st.expected_offset is not None:
             err.expected_offset = st.expected_offset
         self._code = code_name(st.code)
-        self.send(error=err)
+        return svc.SessionResponse(request_id=self.request_id, error=err)
+
+    def fail(self, exc: BaseException) -> None:
+        self.queue.put_nowait(self.error(exc))
+
+    def record(self) -> None:
+        self.recorded = True
+        self._recorder.request(self.method, self._code)
 
     def finish(self) -> None:
-        self._recorder.request(self.method, self._code)
-        self._queue.put_nowait(None)
+        self.record()
+        self.queue.put_nowait(None)
 
     def cancelled(self) -> None:
         """The stream ended before this request was answered."""
+        self.recorded = True
         self._recorder.request(self.method, "CANCELLED")
 
     async def responses(self) -> AsyncIterator[svc.SessionResponse]:
-        while (item := await self._queue.get()) is not None:
+        queue = self.queue
+        while (item := await queue.get()) is not None:
             yield item
 
 
@@ -105,6 +137,8 @@ class SessionStream:
         self._window = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._tasks: set[asyncio.Task[None]] = set()
         self._jobs: asyncio.Queue[tuple[Job, _Reply, bool] | None] = asyncio.Queue()  # for the submitter
+        self._backlog = 0  # jobs given to the submitter and not yet started (barriers: not done)
+        self._appends: list[asyncio.Future[Prediction]] = []  # started appends a barrier waits for
         self._reader: asyncio.Task[None] | None = None
         self._stop = False
         self._awaiting_input = False
@@ -119,21 +153,60 @@ class SessionStream:
     async def run(self, requests: AsyncIterator[svc.SessionRequest]) -> AsyncIterator[svc.SessionResponse]:
         self._reader = asyncio.create_task(self._read(requests))
         self._track(asyncio.create_task(self._submit()))
+        reply: _Reply | None = None
         try:
             while (reply := await self._outbox.get()) is not None:
-                timer = ResponseTimer(self._recorder, self._model, reply.received)
-                async for response in reply.responses():
-                    yield response
+                if reply.prediction is not None:
+                    yield await self._answer(reply, reply.prediction)
                     # Resumed once grpc has written the response: the client-visible latency,
                     # including any wait behind earlier requests' responses on this stream.
-                    self._timed(timer, reply, response)
+                    if reply._code == "OK":
+                        self._recorder.keystroke(
+                            self._model,
+                            APPEND_SINGLE if reply.append_chars == 1 else APPEND_MULTI,
+                            time.perf_counter() - reply.received,
+                        )
+                else:
+                    timer = ResponseTimer(self._recorder, self._model, reply.received)
+                    async for response in reply.responses():
+                        yield response
+                        self._timed(timer, reply, response)
                 self._window.release()
             await self._reader  # re-raises a reader failure (not a clean end of input)
         finally:
+            # Appends started directly that were never answered: the engine still applies them
+            # (exactly once), but their outcome is reported here, as a task's would have been.
+            while reply is not None:
+                fut = reply.prediction
+                if fut is not None and not reply.recorded:
+                    if fut.done() and not fut.cancelled():
+                        if fut.exception() is not None:
+                            reply.error(fut.exception())  # type: ignore[arg-type]
+                        reply.record()
+                    else:
+                        reply.cancelled()
+                reply = self._outbox.get_nowait() if not self._outbox.empty() else None
             pending = [t for t in (self._reader, *self._tasks) if not t.done()]
             for t in pending:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+
+    @staticmethod
+    async def _answer(reply: _Reply, fut: asyncio.Future[Prediction]) -> svc.SessionResponse:
+        """The response to a directly started append, once its engine future is done."""
+        if not fut.done():
+            try:
+                await asyncio.shield(fut)  # shield: the future is the engine's, never cancel it
+            except Exception:  # noqa: BLE001 (read from the future below)
+                pass
+        exc = fut.exception()
+        response = (
+            reply.error(exc)
+            if exc is not None
+            else svc.SessionResponse(request_id=reply.request_id, prediction=convert.prediction(fut.result()))
+        )
+        reply.record()
+        return response
 
     @staticmethod
     def _timed(timer: ResponseTimer, reply: _Reply, response: svc.SessionResponse) -> None:
@@ -157,9 +230,10 @@ class SessionStream:
                 finally:
                     self._awaiting_input = False
                 await self._window.acquire()
-                reply = _Reply(request.request_id, request.WhichOneof("op") or "unset", self._recorder)
+                op = request.WhichOneof("op")
+                reply = _Reply(request.request_id, op, self._recorder)
                 self._outbox.put_nowait(reply)
-                self._dispatch(request, reply)
+                self._dispatch(op, request, reply)
         except asyncio.CancelledError:
             if not self._stop:
                 raise
@@ -167,9 +241,8 @@ class SessionStream:
             self._jobs.put_nowait(None)
             self._outbox.put_nowait(None)
 
-    def _dispatch(self, request: svc.SessionRequest, reply: _Reply) -> None:
+    def _dispatch(self, op: str | None, request: svc.SessionRequest, reply: _Reply) -> None:
         """Validates synchronously (errors answer at once) and starts the engine call."""
-        op = request.WhichOneof("op")
         try:
             if op is None:
                 raise InvalidInput("request has no operation: set one of open, attach, append, complete, ...")
@@ -178,7 +251,10 @@ class SessionStream:
                 return
             sid = self._bound()
             if op == "append":
-                self._start(self._append_job(sid, request.append, reply), reply, barrier=False)
+                if self._backlog:  # behind a barrier: started in order by the submitter
+                    self._start(self._append_job(sid, request.append, reply), reply, barrier=False)
+                else:
+                    self._append_now(sid, request.append, reply)
             elif op == "complete":
                 self._start(self._complete_job(sid, request.complete), reply, barrier=True)
             else:
@@ -207,6 +283,7 @@ class SessionStream:
         return self._session_id
 
     def _start(self, job: Job, reply: _Reply, *, barrier: bool) -> None:
+        self._backlog += 1
         self._jobs.put_nowait((job, reply, barrier))
 
     def _track(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
@@ -219,13 +296,16 @@ class SessionStream:
         appends: list[asyncio.Task[None]] = []
         while (item := await self._jobs.get()) is not None:
             job, reply, barrier = item
-            if not barrier:
+            if not barrier:  # the task takes the backlog count off once the engine queued it
                 appends.append(self._track(asyncio.create_task(self._run(job, reply))))
                 continue
-            if appends:
-                await asyncio.wait(appends)
-                appends.clear()
+            waiting = [*appends, *(f for f in self._appends if not f.done())]
+            if waiting:
+                await asyncio.wait(waiting)
+            appends.clear()
+            self._appends.clear()
             await self._run(job, reply)
+            self._backlog -= 1
 
     @staticmethod
     async def _run(job: Job, reply: _Reply) -> None:
@@ -243,14 +323,34 @@ class SessionStream:
 
     # --- the operations --------------------------------------------------------------------
 
-    def _append_job(self, sid: str, msg: svc.SessionRequest.Append, reply: _Reply) -> Job:
+    def _append_now(self, sid: str, msg: svc.SessionRequest.Append, reply: _Reply) -> None:
+        text, options = self._append_args(msg, reply)
+        fut = self._engine.submit_append(sid, msg.offset, text, options, owner=self._owner)
+        reply.prediction = fut
+        appends = self._appends
+        if len(appends) >= MAX_IN_FLIGHT:  # the window bounds the unfinished ones: prune the rest
+            appends[:] = [f for f in appends if not f.done()]
+        appends.append(fut)
+
+    def _append_args(self, msg: svc.SessionRequest.Append, reply: _Reply) -> tuple[str, AppendOptions]:
         text = validate.input_text(msg.input if msg.HasField("input") else None, "append.input", self._settings)
         options = validate.append_options(msg, self._settings, only_last=msg.only_last)
         reply.append_chars = len(text)
-        log.debug("stream append %d at %d: %s", reply.request_id, msg.offset, user_text(text, self._settings))
+        if log.isEnabledFor(logging.DEBUG):  # user_text is not free
+            log.debug("stream append %d at %d: %s", reply.request_id, msg.offset, user_text(text, self._settings))
+        return text, options
+
+    def _append_job(self, sid: str, msg: svc.SessionRequest.Append, reply: _Reply) -> Job:
+        text, options = self._append_args(msg, reply)
 
         async def job(reply: _Reply) -> None:
-            pred = await self._engine.append(sid, msg.offset, text, options, owner=self._owner)
+            try:
+                fut = self._engine.submit_append(sid, msg.offset, text, options, owner=self._owner)
+            finally:
+                # Queued in the engine (or refused): the reader may start later appends itself
+                # once the backlog is empty, and they land after this one.
+                self._backlog -= 1
+            pred = await asyncio.shield(fut)
             reply.send(prediction=convert.prediction(pred))
 
         return job

@@ -216,6 +216,14 @@ class Engine:
         cache with ``replayed=True`` and applies nothing. When several appends of a session wait
         for the same iteration they run as one prefill; each gets its own Prediction, or with
         ``only_last`` the earlier ones get ``superseded=True`` and no top-k."""
+        return await asyncio.shield(self.submit_append(session_id, offset, text, options, owner))
+
+    def submit_append(
+        self, session_id: str, offset: int, text: str, options: AppendOptions = _DEFAULT_OPTIONS, owner: str = ""
+    ) -> asyncio.Future[Prediction]:
+        """``append`` without the coroutine: queues the piece now (or raises now) and returns the
+        future of its Prediction, so a caller can pipeline appends without a task per call. The
+        future is shared engine state: await it through ``asyncio.shield``, never cancel it."""
         s = self._get(session_id, owner)
         if not text:
             raise InvalidInput("append text is empty")
@@ -224,19 +232,20 @@ class Engine:
         if not 0 <= options.top_k <= self.settings.max_top_k:
             raise InvalidInput(f"top_k must be between 0 and {self.settings.max_top_k}")
         s.last_used_at = time.time()
+        loop = asyncio.get_running_loop()
         if offset != s.queued_end:
             lp = s.last_piece
             if lp is not None and lp[0] == offset and lp[1] == text:
-                return replace(await asyncio.shield(lp[2]), replayed=True)
+                return _replayed(lp[2], loop.create_future())
             raise OffsetConflict(expected=s.queued_end, got=offset)
         self._cancel_session_completions(s)
         rt = self._runtimes[s.model]
-        fut: asyncio.Future[Prediction] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Prediction] = loop.create_future()
         s.queue.append(AppendOp(offset, text, rt.loaded.vocab.encode(text), options, fut, time.perf_counter()))
         s.queued_end += len(text)
         s.last_piece = (offset, text, fut)
         self._submit(rt, s)
-        return await asyncio.shield(fut)
+        return fut
 
     def complete(self, session_id: str, request: CompletionRequest, owner: str = "") -> CompletionStream:
         """Starts a completion forked from the session's state once the operations accepted
@@ -651,6 +660,26 @@ def _decode_steps(rt: _Runtime) -> int:
 def _execute_all(jobs: Sequence[tuple[ModelRunner, Plan]]) -> list[RunResult]:
     """Runs in the device worker thread."""
     return [runner.execute(plan) for runner, plan in jobs]
+
+
+def _replayed(original: asyncio.Future[Prediction], out: asyncio.Future[Prediction]) -> asyncio.Future[Prediction]:
+    """``out`` answers like ``original`` (the cached piece's future), marked ``replayed``."""
+
+    def copy(f: asyncio.Future[Prediction]) -> None:
+        if out.done():
+            return
+        if f.cancelled():
+            out.cancel()
+        elif (exc := f.exception()) is not None:
+            out.set_exception(exc)
+        else:
+            out.set_result(replace(f.result(), replayed=True))
+
+    if original.done():
+        copy(original)
+    else:
+        original.add_done_callback(copy)
+    return out
 
 
 def _resolve(op: ControlOp, value: object) -> None:

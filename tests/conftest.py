@@ -5,10 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
-from cellserve.nn.charlm import CharLM
-from cellserve.nn.checkpoint import save_model
-from cellserve.nn.spec import ModelSpec, Provenance, Quality
+from cellserve.nn.random_model import save_random_model
 
 # A vocabulary with ASCII printables, newline and a few non-ASCII letters, so tests can append
 # text both inside and outside the vocabulary (emoji and CJK map to the unknown entry 0).
@@ -26,32 +23,19 @@ def write_random_model(
     seed: int = 0,
     bits_per_char: float = 3.0,
 ) -> Path:
-    torch.manual_seed(seed)
-    model = CharLM(cell, len(TEST_VOCAB), embedding, hidden, layers)  # type: ignore[arg-type]
-    with torch.no_grad():  # larger weights than the default init, so states and gates move visibly
-        for p in model.parameters():
-            p.mul_(3.0)
-    spec = ModelSpec(
-        name=name,
-        cell=cell,
+    # 3x the default init, so states and gates move visibly
+    return save_random_model(
+        folder,
+        name,
+        cell,
+        TEST_VOCAB,
         layers=layers,
         hidden=hidden,
-        embedding=embedding,  # type: ignore[arg-type]
-        vocabulary=TEST_VOCAB,
-        provenance=Provenance(
-            corpus="random weights (tests)",
-            train_chars=0,
-            validation_chars=0,
-            steps=0,
-            wall_seconds=0.0,
-            seed=seed,
-            device="cpu",
-            git_commit="unknown",
-        ),
-        quality=Quality(validation_bits_per_char=bits_per_char),
+        embedding=embedding,
+        seed=seed,
+        weight_scale=3.0,
+        bits_per_char=bits_per_char,
     )
-    save_model(folder / name, spec, model)
-    return folder / name
 
 
 @pytest.fixture(scope="session")

@@ -45,35 +45,12 @@ def write_random_model(
     vocab_size: int = 192,
     seed: int = 0,
 ) -> ModelRef:
-    import torch
+    from ..nn.random_model import save_random_model
 
-    from ..nn.charlm import CharLM
-    from ..nn.checkpoint import save_model
-    from ..nn.spec import ModelSpec, Provenance, Quality
-
-    torch.manual_seed(seed)
     vocab = random_vocabulary(vocab_size)
-    model = CharLM(cell, len(vocab), embedding, hidden, layers)  # type: ignore[arg-type]
-    spec = ModelSpec(
-        name=name,
-        cell=cell,  # type: ignore[arg-type]
-        layers=layers,
-        hidden=hidden,
-        embedding=embedding,
-        vocabulary=vocab,
-        provenance=Provenance(
-            corpus="random weights (benchmark)",
-            train_chars=0,
-            validation_chars=0,
-            steps=0,
-            wall_seconds=0.0,
-            seed=seed,
-            device="cpu",
-            git_commit="unknown",
-        ),
-        quality=Quality(validation_bits_per_char=8.0),
+    save_random_model(
+        folder, name, cell, vocab, layers=layers, hidden=hidden, embedding=embedding, seed=seed, purpose="benchmark"
     )
-    save_model(folder / name, spec, model)
     return ModelRef(folder, name, f"random weights, {cell} {layers}x{hidden}, E={embedding}, V={len(vocab)}")
 
 

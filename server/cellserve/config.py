@@ -52,6 +52,10 @@ class Settings(BaseModel):
     """grpc.health.v1 service name that reports readiness ("" reports liveness)."""
     drain_grace_s: float = Field(default=20.0, ge=0, le=3600)
     """On SIGTERM: seconds in-flight work may take before the server stops."""
+    drain_refusal_s: float = Field(default=0.5, ge=0, le=60)
+    """After draining, how long the server keeps answering new calls itself (UNAVAILABLE, so
+    clients go elsewhere) before gRPC stops; calls arriving once gRPC is stopping can only be
+    cancelled by the transport. Taken out of the drain grace."""
 
     # --- capacity and limits -------------------------------------------------------------
     max_sessions: int = Field(default=10_000, ge=1, le=10_000_000)

@@ -66,6 +66,11 @@ async def _scenario(target: str, pid: int) -> Outcome:
             try:
                 await stub.OpenSession(svc.OpenSessionRequest(), timeout=5)
             except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.CANCELLED:
+                    # a call that raced gRPC's own stop is cancelled by the transport, not
+                    # refused by the server: try again; the refusal itself must be UNAVAILABLE
+                    await asyncio.sleep(0.02)
+                    continue
                 refusals.append(e.code())
                 break
             await asyncio.sleep(0.02)

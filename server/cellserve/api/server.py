@@ -59,8 +59,9 @@ class ApiServer:
 
     async def shutdown(self) -> None:
         """Drain, bounded by settings.drain_grace_s: health NOT_SERVING; streams stop reading;
-        the engine refuses new sessions and finishes in-flight work; then grpc stops (calls
-        still running after the rest of the grace are cancelled)."""
+        the engine refuses new sessions and finishes in-flight work; new calls keep being refused
+        with UNAVAILABLE for drain_refusal_s; then grpc stops (calls still running after the rest
+        of the grace are cancelled)."""
         deadline = time.monotonic() + self._settings.drain_grace_s
         await self.health.not_serving()
         self.servicer.begin_drain()
@@ -68,4 +69,7 @@ class ApiServer:
             await asyncio.wait_for(self._engine.drain(), timeout=self._settings.drain_grace_s)
         except TimeoutError:
             log.warning("engine drain did not finish within drain_grace_s=%s", self._settings.drain_grace_s)
+        # New calls still get a clean UNAVAILABLE from the servicer for a moment; once gRPC is
+        # stopping, a late call would see the transport's CANCELLED instead.
+        await asyncio.sleep(min(self._settings.drain_refusal_s, max(0.0, deadline - time.monotonic())))
         await self._server.stop(max(0.0, deadline - time.monotonic()))

@@ -155,6 +155,15 @@ def _code_of_abort(context: aio.ServicerContext[Any, Any]) -> str:
     return code_name(code) if isinstance(code, grpc.StatusCode) else "UNKNOWN"
 
 
+def _failure(exc: Exception, context: aio.ServicerContext[Any, Any], method: str) -> tuple[str, Status | None]:
+    """The code to record for a handler's exception, and the status to abort with (None: the
+    exception is gRPC's own abort and passes through)."""
+    if _passthrough(exc):
+        return _code_of_abort(context), None
+    st = status_of(exc, method)
+    return code_name(st.code), st
+
+
 def _wrap_unary(behavior: Callable[..., Awaitable[Any]], call: _Call) -> Callable[..., Awaitable[Any]]:
     async def wrapped(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         started, code = call.begin(context), "OK"
@@ -164,11 +173,9 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], call: _Call) -> Callabl
             code = "CANCELLED"
             raise
         except Exception as exc:
-            if _passthrough(exc):
-                code = _code_of_abort(context)
+            code, st = _failure(exc, context, call.method)
+            if st is None:
                 raise
-            st = status_of(exc, call.method)
-            code = code_name(st.code)
             await context.abort(st.code, st.message, st.trailing_metadata())
         finally:
             call.end(code, started)
@@ -186,11 +193,9 @@ def _wrap_streaming(behavior: Callable[..., AsyncIterator[Any]], call: _Call) ->
             code = "CANCELLED"
             raise
         except Exception as exc:
-            if _passthrough(exc):
-                code = _code_of_abort(context)
+            code, st = _failure(exc, context, call.method)
+            if st is None:
                 raise
-            st = status_of(exc, call.method)
-            code = code_name(st.code)
             await context.abort(st.code, st.message, st.trailing_metadata())
         finally:
             call.end(code, started)

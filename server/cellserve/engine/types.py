@@ -8,6 +8,33 @@ produces them. ``EngineStats`` is what the metrics module exports.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Phase(StrEnum):
+    """What kind of device work a character went through (the ``phase`` metric label)."""
+
+    STEP = "step"  # one character of a session's keystroke, batched with others
+    PREFILL = "prefill"  # a chunk of a multi-character piece (or a rewind replay)
+    COMPLETION = "completion"  # a completion's decoding step
+
+
+class SessionEvent(StrEnum):
+    """Engine events counted in ``EngineStats.session_events`` (the ``reason`` metric label
+    is the value; ``metrics`` maps the two rejections to their own series)."""
+
+    OPENED = "opened"
+    RESUMED = "resumed"
+    CLOSED = "closed"  # by the client
+    EXPIRED = "expired"  # idle longer than session_idle_ttl_s
+    REJECTED_SESSIONS = "rejected_sessions"  # max_sessions reached
+    REJECTED_COMPLETION = "rejected_completion"  # max_running_completions reached
+
+
+class FinishReason(StrEnum):
+    LENGTH = "length"
+    STOP = "stop"
+    CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True)
@@ -81,6 +108,25 @@ class CompletionChunk:
     text: str  # new characters since the previous chunk of this alternative
     done: bool  # last chunk of this alternative
     finish_reason: str = ""  # when done: "length" | "stop" | "cancelled"
+
+
+@dataclass(frozen=True)
+class IterationStats:
+    """What one engine iteration did; pushed to stats listeners once per iteration."""
+
+    rows: int  # rows (sessions and completion alternatives) in the iteration's batches
+    queue_wait_s: tuple[float, ...]  # per operation started: seconds since it was submitted
+    step_time_s: tuple[tuple[Phase, float], ...]  # device seconds per phase that ran
+    chars: tuple[tuple[Phase, int], ...]  # characters run through the model per phase
+
+
+@dataclass(frozen=True)
+class EngineHealth:
+    serving: bool  # False once draining or stopped: new sessions are refused
+    active_sessions: int
+    slots_used: int
+    slots_max: int
+    running_completions: int
 
 
 @dataclass

@@ -85,10 +85,6 @@ class Settings(BaseModel):
     session_sweep_interval_s: float = Field(default=5.0, gt=0, le=3600)
     """How often the engine looks for sessions idle longer than ``session_idle_ttl_s`` (one
     pass over the session table; eviction happens within TTL + this interval)."""
-    stats_max_observations: int = Field(default=10_000, ge=1, le=10_000_000)
-    """Recent observations (queue waits, step times, batch sizes) kept between two reads of
-    the engine statistics; older ones are dropped."""
-
     # --- exactly-once, rewind, snapshots -------------------------------------------------
     checkpoint_every: int = Field(default=64, ge=1, le=100_000)
     """Rewind checkpoints: the state is saved every this many characters."""

@@ -120,20 +120,6 @@ def test_coalescing_each_append_gets_its_answer(model_dir: Path) -> None:
     run(body)
 
 
-def test_budget_defers_big_pieces_but_not_keystrokes(model_dir: Path) -> None:
-    async def body() -> None:
-        async with engine(model_dir, max_batch_tokens=100, max_append_chars=400) as eng:
-            big = [eng.open_session().session_id for _ in range(3)]
-            keys = [eng.open_session().session_id for _ in range(4)]
-            await asyncio.sleep(0.05)  # let the loop write the new sessions' zero states first
-            before = eng.stats().iterations
-            await asyncio.gather(*(eng.append(s, 0, "y" * 300) for s in big), *(eng.append(s, 0, "k") for s in keys))
-            # each 300-char paste is over the budget: one per iteration; the keystrokes ride along
-            assert eng.stats().iterations - before == 3
-
-    run(body)
-
-
 def test_drain_and_stop(model_dir: Path) -> None:
     async def body() -> None:
         async with engine(model_dir) as eng:

@@ -24,7 +24,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from ..nn.cells import GRUCellRef, LSTMCellRef, reference_cell
 from ..nn.charlm import CharLM
 from ..nn.kernels import onednn
-from .plan import ZERO, Plan, Row, RowResult, RunResult, SampleParams
+from .plan import ZERO, HostState, Plan, Row, RowResult, RunResult, SampleParams
 from .sampling import choose
 from .state_pool import StatePool
 
@@ -275,7 +275,7 @@ class ModelRunner:
                 if src is ZERO:
                     pt[:, slot].zero_()
                 else:
-                    pt[:, slot].copy_(src[a])  # type: ignore[index]
+                    pt[:, slot].copy_(self._tensors(src)[a])
         reads = [  # little-endian fp32 bytes, [layers, hidden] per state tensor
             [t[:, slot].float().contiguous().cpu().numpy().astype("<f4").tobytes() for t in pool.tensors]
             for slot in plan.reads
@@ -292,8 +292,17 @@ class ModelRunner:
                     if r.init is ZERO:
                         s[:, p].zero_()
                     else:
-                        s[:, p].copy_(r.init[a])  # type: ignore[index]
+                        s[:, p].copy_(self._tensors(r.init)[a])
         return start
+
+    def _tensors(self, handle: object) -> tuple[torch.Tensor, ...]:
+        """A state handle as tensors: a checkpoint already is; a ``HostState`` is converted
+        here (worker thread) once and cached on it."""
+        if isinstance(handle, HostState):
+            if handle.device is None:
+                handle.device = state_from_bytes(handle.raw, handle.layers, handle.hidden, self.device)
+            return handle.device  # type: ignore[return-value]
+        return handle  # type: ignore[return-value]
 
     def _run_gates(
         self, tokens: list[int], state: tuple[torch.Tensor, ...]

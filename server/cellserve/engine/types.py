@@ -131,18 +131,16 @@ class EngineHealth:
 
 @dataclass
 class EngineStats:
-    """A point-in-time view for the metrics module; counters are cumulative since start."""
+    """Cumulative counters and gauges for the metrics module; reading them changes nothing.
+    Per-iteration observations (queue waits, step times, batch sizes) are pushed as
+    ``IterationStats`` instead."""
 
     active_sessions: int = 0
     slots_capacity: int = 0  # allocated slots (grows in chunks)
     slots_max: int = 0
     slots_used: int = 0
-    state_bytes: int = 0  # bytes of the allocated state pool tensors
+    state_bytes: int = 0  # bytes of the state pool tensors plus the rewind checkpoints held
     running_completions: int = 0
     iterations: int = 0
-    chars_processed: dict[str, int] = field(default_factory=dict)  # phase ("step"|"prefill"|"completion") -> chars
-    session_events: dict[str, int] = field(default_factory=dict)  # reason -> count
-    # recent observations drained by the metrics module (each a list of floats, seconds or sizes)
-    queue_wait_s: list[float] = field(default_factory=list)
-    step_time_s: dict[str, list[float]] = field(default_factory=dict)  # phase -> durations
-    batch_sizes: list[int] = field(default_factory=list)
+    chars_processed: dict[str, int] = field(default_factory=dict)  # Phase -> chars
+    session_events: dict[str, int] = field(default_factory=dict)  # SessionEvent -> count

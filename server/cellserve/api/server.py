@@ -6,21 +6,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
 
 from grpc import aio
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ..config import Settings
+from ..engine.client import EngineClient
 from .health import Health
 from .pb import SERVICE_NAME, rpc
 from .recorder import NULL_RECORDER, Recorder
 from .servicer import CellserveServicer
 from .status import ErrorMappingInterceptor
-
-if TYPE_CHECKING:
-    from ..engine.engine import Engine
 
 log = logging.getLogger("cellserve.api")
 
@@ -30,7 +27,7 @@ def format_address(host: str, port: int) -> str:
 
 
 class ApiServer:
-    def __init__(self, settings: Settings, engine: Engine, recorder: Recorder = NULL_RECORDER) -> None:
+    def __init__(self, settings: Settings, engine: EngineClient, recorder: Recorder = NULL_RECORDER) -> None:
         self._settings = settings
         self._engine = engine
         self.servicer = CellserveServicer(engine, settings, recorder)

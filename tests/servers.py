@@ -41,20 +41,31 @@ class ServerProcess:
         self.stderr_lines: list[str] = []
         self.metrics_target = ""
         self._stdout: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._pump, args=(self.proc.stdout, self._stdout), daemon=True).start()
-        threading.Thread(target=self._collect_stderr, daemon=True).start()
+        self._readers = [
+            threading.Thread(target=self._pump, args=(self.proc.stdout, self._stdout), daemon=True),
+            threading.Thread(target=self._collect_stderr, daemon=True),
+        ]
+        for t in self._readers:
+            t.start()
         self.target = self._wait_listening()
 
     @staticmethod
     def _pump(stream: object, out: queue.Queue[str | None]) -> None:
-        for line in stream:  # type: ignore[attr-defined]
-            out.put(line)
+        with stream:  # type: ignore[attr-defined]  # closed at EOF: no unclosed-file warning
+            for line in stream:  # type: ignore[attr-defined]
+                out.put(line)
         out.put(None)
 
     def _collect_stderr(self) -> None:
         assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.stderr_lines.append(line)
+        with self.proc.stderr:
+            for line in self.proc.stderr:
+                self.stderr_lines.append(line)
+
+    def _join_readers(self) -> None:
+        """The process has exited: its pipes reach EOF and the reader threads close them."""
+        for t in self._readers:
+            t.join(timeout=STOP_TIMEOUT_S)
 
     def _wait_listening(self) -> str:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -82,15 +93,18 @@ class ServerProcess:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGTERM)
         try:
-            return self.proc.wait(timeout=timeout)
+            code = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
             raise
+        self._join_readers()
+        return code
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=STOP_TIMEOUT_S)
+        self._join_readers()
 
 
 def start_server(model_dir: Path, *args: str, env: dict[str, str] | None = None) -> ServerProcess:

@@ -33,6 +33,7 @@ from ..nn.checkpoint import LoadedModel
 from ..repository import ModelRepository
 from . import snapshot as snap
 from .completions import Alternative, Completion, CompletionStream
+from .limits import check_completion
 from .plan import ZERO, HostState, Plan, RunResult
 from .rewind import RewindLog
 from .runner import ModelRunner
@@ -276,7 +277,7 @@ class Engine:
         before it are applied. The session is never changed; an Append, Reset, Rewind or Close
         of the session, or closing the returned iterator, cancels it."""
         s = self._get(session_id, owner)
-        self._check_completion(request)
+        check_completion(request, self.settings)
         rt = self._runtimes[s.model]
         if self._running_alternatives + request.n > self.settings.max_running_completions:
             self._event(SessionEvent.REJECTED_COMPLETION)
@@ -439,21 +440,6 @@ class Engine:
 
     def _event(self, name: SessionEvent) -> None:
         self._events[name] = self._events.get(name, 0) + 1
-
-    def _check_completion(self, r: CompletionRequest) -> None:
-        st = self.settings
-        if not 1 <= r.max_chars <= st.max_completion_chars:
-            raise InvalidInput(f"max_chars must be between 1 and {st.max_completion_chars}")
-        if not 1 <= r.n <= st.max_completion_alternatives:
-            raise InvalidInput(f"n must be between 1 and {st.max_completion_alternatives}")
-        if not r.temperature >= 0 or r.temperature > 100:
-            raise InvalidInput("temperature must be between 0 and 100")
-        if r.top_k < 0:
-            raise InvalidInput("top_k must not be negative")
-        if not 0 < r.top_p <= 1:
-            raise InvalidInput("top_p must be in (0, 1]")
-        if any(not stop for stop in r.stop) or len(r.stop) > 16 or any(len(x) > 64 for x in r.stop):
-            raise InvalidInput("stop strings must be 1 to 64 characters, at most 16 of them")
 
     def _close(self, s: Session, reason: SessionEvent) -> None:
         if not s.mark_closed():

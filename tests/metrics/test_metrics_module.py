@@ -121,21 +121,24 @@ def test_device_memory_only_with_a_reader() -> None:
 def test_a_failing_reading_is_skipped_not_raised() -> None:
     class Broken:
         calls = 0
+        third = asyncio.Event()
 
         async def stats(self, owner: str) -> EngineStats:
             self.calls += 1
+            if self.calls == 3:
+                self.third.set()
             raise RuntimeError("boom")
 
     m, engine = Metrics(), Broken()
 
     async def run() -> None:
-        task = asyncio.create_task(m.poll_engine(engine, interval_s=0.01))  # type: ignore[arg-type]
-        await asyncio.sleep(0.1)
-        assert not task.done()  # still polling after failures
+        task = asyncio.create_task(m.poll_engine(engine, interval_s=0.001))  # type: ignore[arg-type]
+        await asyncio.wait_for(engine.third.wait(), 30)  # polled again after two failures
+        assert not task.done()
         task.cancel()
 
     asyncio.run(run())
-    assert engine.calls >= 2
+    assert engine.calls >= 3
 
 
 def test_requests_and_keystrokes_from_the_recorder() -> None:

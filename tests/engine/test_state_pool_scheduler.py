@@ -10,6 +10,7 @@ from pathlib import Path
 import cellserve.engine.scheduler as scheduler_mod
 import pytest
 import torch
+from cellserve.engine.buffers import InputBuffers
 from cellserve.engine.plan import ZERO
 from cellserve.engine.rewind import RewindLog
 from cellserve.engine.scheduler import Scheduler
@@ -135,3 +136,15 @@ def test_scheduler_and_plan_do_not_import_torch() -> None:
         names = {n.names[0].name for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Import)}
         froms = {n.module for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ImportFrom)}
         assert not any(x and x.split(".")[0] in ("torch", "grpc") for x in names | froms), mod
+
+
+def test_input_buffers_are_reused_and_grow() -> None:
+    buf = InputBuffers(torch.device("cpu"))
+    a = buf.ints("src", [3, 1, 2])
+    assert a.tolist() == [3, 1, 2] and a.dtype == torch.int64
+    b = buf.ints("src", [7, 8])  # the same call site next iteration: the same storage
+    assert b.tolist() == [7, 8] and b.data_ptr() == a.data_ptr()
+    c = buf.ints("src", list(range(100)))  # grown: a new buffer, then reused again
+    assert c.tolist() == list(range(100))
+    assert buf.ints("src", [5]).data_ptr() == c.data_ptr()
+    assert buf.ints("dst", [5]).data_ptr() != c.data_ptr()  # call sites never share

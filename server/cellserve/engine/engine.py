@@ -3,7 +3,11 @@
 Everything here runs on the asyncio loop except ``ModelRunner.execute``, which runs in the
 one device worker thread, so gRPC I/O goes on while the device works. The loop re-forms the
 batch at every iteration from whatever is waiting (no ticks, no waiting for a batch to fill):
-an iteration starts as soon as the previous one ended and work exists.
+an iteration starts as soon as the previous one ended and work exists. One iteration:
+``_schedule`` (the scheduler plans each model's batch within the character budget; what needs
+no device work, rejected offsets and closes, is answered there), ``execute`` in the worker,
+then ``_deliver`` (futures, sessions, rewind logs) and one ``IterationStats`` pushed to the
+stats listeners.
 
 Error behaviour (``cellserve.errors``): unknown, closed, expired and other owners' sessions are
 all ``NotFound("session not found")``; caps raise ``CapacityExceeded`` with a retry hint;

@@ -83,7 +83,7 @@ class Settings(BaseModel):
     engine iteration may run beside the keystrokes and completion steps (which always run).
     A longer piece is applied in chunks over several iterations, so a keystroke waits at most
     about one iteration of this size. Default measured on the 2-core dev box (2x512 LSTM, one
-    thread, /tmp micro-measurement in docs/design-notes.md): a 64-character prefill chunk took
+    thread, ``scripts/measure_budget.py``): a 64-character prefill chunk took
     15.6 ms quiet and 98 ms with the cores shared by a training job (load 6.5); each chunk
     also pays a fixed ~20 ms there, so much smaller chunks buy little latency and cost
     throughput. Raise it on a GPU, where a chunk of thousands costs about as much as one."""

@@ -148,3 +148,26 @@ def test_input_buffers_are_reused_and_grow() -> None:
     assert c.tolist() == list(range(100))
     assert buf.ints("src", [5]).data_ptr() == c.data_ptr()
     assert buf.ints("dst", [5]).data_ptr() != c.data_ptr()  # call sites never share
+
+
+def test_prefill_budget_is_shared_by_tenant_first() -> None:
+    sch = Scheduler(lambda t: [1] * len(t), scratch=lambda: 9)
+    alice = [_session(i) for i in range(4)]
+    bob = _session(4)
+    bob.owner = "bob"
+    for s in alice:
+        s.owner = "alice"
+        _append(s, "a" * 500)
+    _append(bob, "b" * 500)
+    batch = sch.schedule([*alice, bob], [], budget=96, capacity=8)
+    got = {r.session.session_id: len(batch.plan.rows[r.row].tokens) for r in batch.appends}
+    # two tenants: half the budget each; alice's half split between her sessions in turn
+    assert got["s4"] == 48 and sum(v for k, v in got.items() if k != "s4") == 48
+    assert len(got) == 4  # alice's 48 between four sessions, at least MIN_CHUNK (16) each: three served
+    served = {k for k in got if k != "s4"}
+    for s in alice:  # as the engine notes delivered chunks
+        if s.session_id in served:
+            s.queue[0].done += got[s.session_id]
+    batch = sch.schedule([*alice, bob], [], budget=96, capacity=8)
+    again = {r.session.session_id for r in batch.appends}
+    assert {s.session_id for s in alice} - served <= again  # the one left out goes first now

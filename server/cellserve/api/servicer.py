@@ -18,6 +18,7 @@ from ..config import Settings
 from ..errors import CapacityExceeded, InvalidInput, Unavailable
 from ..logs import user_text
 from . import convert, validate
+from .gates import GateInspector
 from .owner import owner_of
 from .pb import rpc, svc, types
 from .recorder import NULL_RECORDER, Recorder, ResponseTimer
@@ -39,6 +40,8 @@ class CellserveServicer(rpc.CellserveServiceServicer):  # type: ignore[misc]
         self._streams: set[SessionStream] = set()
         self._draining = False
         self._model_msgs: dict[str, types.ModelInfo] = {}
+        # Looked up per call: the gates read the weights only, never the engine's sessions.
+        self._gates = GateInspector(lambda name: engine.repository.get(name), settings)
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -146,3 +149,6 @@ class CellserveServicer(rpc.CellserveServiceServicer):  # type: ignore[misc]
 
     async def ListModels(self, request: svc.ListModelsRequest, context: Context) -> svc.ListModelsResponse:
         return svc.ListModelsResponse(models=[convert.model_info(m) for m in self._engine.models()])
+
+    async def InspectGates(self, request: svc.InspectGatesRequest, context: Context) -> svc.InspectGatesResponse:
+        return await self._gates.inspect(request)

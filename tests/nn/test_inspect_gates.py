@@ -95,3 +95,18 @@ def test_top_units_are_the_units_that_moved_most(model_dir: Path) -> None:
             for u in got:
                 assert u.value == pytest.approx(float(cur[u.unit]), abs=1e-6)
                 assert u.change == pytest.approx(float(cur[u.unit] - prev[u.unit]), abs=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["tiny-lstm", "tiny-gru"])
+def test_inspection_on_cuda_equals_cpu(model_dir: Path, name: str) -> None:
+    """A served model lives on the GPU: the inspection runs there and agrees with the CPU."""
+    cpu = inspect_gates(load_model(model_dir / name), TEXT, last_chars=9, top_units=2)
+    gpu = inspect_gates(load_model(model_dir / name, "cuda"), TEXT, last_chars=9, top_units=2)
+    assert cpu[0] == gpu[0]
+    for a, b in zip(cpu[1], gpu[1], strict=True):
+        assert [c for c, _ in a.top] == [c for c, _ in b.top]
+        for la, lb in zip(a.layers, b.layers, strict=True):
+            for ga, gb in zip(la, lb, strict=True):
+                assert ga.mean == pytest.approx(gb.mean, abs=1e-4)

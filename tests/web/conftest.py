@@ -27,15 +27,16 @@ START_TIMEOUT_S = 60.0
 class WebProcess:
     """`cellserve-client web --port 0` in front of ``target``; ``url`` once it listens."""
 
-    def __init__(self, target: str) -> None:
-        cmd = [sys.executable, "-m", "cellserve_client._cli", "web", "--target", target, "--port", "0"]
+    def __init__(self, target: str, port: int = 0) -> None:
+        cmd = [sys.executable, "-m", "cellserve_client._cli", "web", "--target", target, "--port", str(port)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
         )
         self.lines: list[str] = []
         found: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._pump, args=(found,), daemon=True).start()
+        self._reader = threading.Thread(target=self._pump, args=(found,), daemon=True)
+        self._reader.start()
         try:
             url = found.get(timeout=START_TIMEOUT_S)
         except queue.Empty:
@@ -65,6 +66,9 @@ class WebProcess:
             except subprocess.TimeoutExpired:
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=30)
+        self._reader.join(timeout=5)  # the pipe is at EOF once the process is gone
+        if self.proc.stdout is not None and not self._reader.is_alive():
+            self.proc.stdout.close()
 
 
 @pytest.fixture(scope="session")

@@ -33,18 +33,27 @@ WAIT_MS = 60_000
 
 
 @pytest.fixture(scope="module")
-def page(web: WebProcess) -> Iterator[Any]:
+def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
         pytest.skip("chromium is not installed (apt-get install chromium)")
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
         try:
-            pg = browser.new_page(viewport={"width": 1280, "height": 720})
-            pg.set_default_timeout(WAIT_MS)
-            pg.goto(web.url)
-            yield pg
+            yield b
         finally:
-            browser.close()
+            b.close()
+
+
+def new_page(browser: Any, url: str) -> Any:
+    pg = browser.new_page(viewport={"width": 1280, "height": 720})
+    pg.set_default_timeout(WAIT_MS)
+    pg.goto(url)
+    return pg
+
+
+@pytest.fixture(scope="module")
+def page(browser: Any, web: WebProcess) -> Any:
+    return new_page(browser, web.url)
 
 
 def settled(page: Any, text: str) -> str:
@@ -142,3 +151,29 @@ def test_gru_gates_and_screenshot(page: Any, tmp_path: Path) -> None:
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if os.environ.get("CELLSERVE_UPDATE_SCREENSHOT"):
         shutil.copyfile(shot, SCREENSHOT)
+
+
+def test_web_backend_restart_keeps_the_page_text(browser: Any, shipped_server: ServerProcess) -> None:
+    """The backend goes away under an open page and comes back on the same port: the page
+    reconnects, sends its text with the new open, and answers as a fresh session would."""
+    first = WebProcess(shipped_server.target)
+    port = int(first.url.rsplit(":", 1)[1].strip("/"))
+    second: WebProcess | None = None
+    pg = new_page(browser, first.url)
+    try:
+        editor = pg.get_by_test_id("editor")
+        editor.click()
+        pg.keyboard.type("while True:", delay=5)
+        settled(pg, "while True:")
+        first.stop()
+        pg.wait_for_function("() => document.querySelector('[data-testid=status]').textContent.includes('unreachable')")
+        pg.keyboard.type("\n    ")  # typed while the backend is away
+        second = WebProcess(shipped_server.target, port=port)
+        text = "while True:\n    "
+        assert settled(pg, text) == fresh_suggestion(shipped_server.target, text)
+        assert editor.input_value() == text
+    finally:
+        pg.close()
+        first.stop()
+        if second is not None:
+            second.stop()

@@ -82,6 +82,23 @@ def test_open_edit_ranked(web: WebProcess, shipped_server: ServerProcess) -> Non
     assert items[0]["text"] == best
 
 
+def test_rewind_beyond_the_window_starts_over(web: WebProcess, shipped_server: ServerProcess) -> None:
+    """Deleting more than the server's rewind window (256 characters) resets and re-appends."""
+    long = "x = [" + ", ".join(str(i) for i in range(80)) + "]\n"
+    got: dict[str, Any] = {}
+
+    async def body(ws: aiohttp.ClientWebSocketResponse) -> None:
+        await send(ws, type="open", seq=1, text=long)
+        await until(ws, "suggestion", 1)
+        await send(ws, type="edit", seq=2, text="x = [1")
+        got["short"] = await until(ws, "suggestion", 2)
+
+    assert len(long) > 300
+    run(web.url, body)
+    assert got["short"]["position"] == len("x = [1")
+    assert got["short"]["text"] == fresh_suggestion(shipped_server.target, "x = [1")
+
+
 BAD = [
     ("not json", "bad_json", "not JSON"),
     ("[1, 2]", "bad_message", "JSON object"),
@@ -191,6 +208,7 @@ def test_server_restart_keeps_the_text(model_dir: Path) -> None:
             got["suggestion"] = await until(ws, "suggestion", 2)
 
         run(web.url, body)
+        print("".join(web.lines))  # shown on failure: how the tab got over (failover or rebuild)
         assert second is not None and second.target == first.target
         assert got["suggestion"]["position"] == len("for i in range(")
         assert got["suggestion"]["text"] == fresh_suggestion(second.target, "for i in range(")

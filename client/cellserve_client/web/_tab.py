@@ -57,6 +57,7 @@ class Tab:
         self._seq = -1
         self._text = ""
         self._broken = False
+        self._rebuilding: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._gates_lock = asyncio.Lock()
 
@@ -88,7 +89,13 @@ class Tab:
     # --- open and edit ------------------------------------------------------------------------
 
     async def _open(self, msg: Open) -> None:
-        await self._drop_session()
+        if self._rebuilding is not None:
+            self._rebuilding.cancel()  # the page asks for a session of its own choice now
+            self._rebuilding = None
+        if self._broken:
+            self._drop_lost_session()
+        else:
+            await self._drop_session()
         self._broken = False
         session = await self._client.open(msg.model)
         models = await self._client.models()
@@ -106,12 +113,12 @@ class Tab:
         await self._follow(msg.seq, msg.text, session)
 
     async def _edit(self, msg: Edit) -> None:
-        if self._session is None:
+        if self._session is None and not self._broken:
             raise ProtocolError("not_open", "send an 'open' message first")
         if msg.seq <= self._seq:
             raise ProtocolError("bad_field", f"'seq' must grow with every message; the last one was {self._seq}")
         self._seq, self._text = msg.seq, msg.text
-        if not self._broken:  # else the rebuilt session takes the newest text
+        if not self._broken and self._session is not None:  # else the rebuilt session takes the newest text
             await self._follow(msg.seq, msg.text, self._session)
 
     async def _follow(self, seq: int, text: str, session: AsyncSession) -> None:
@@ -216,7 +223,7 @@ class Tab:
             return
         self._broken = True
         await self._send({"type": "status", "state": "reconnecting", "message": exc.message})
-        self._spawn(self._rebuild())
+        self._rebuilding = self._spawn(self._rebuild())
 
     async def _rebuild(self) -> None:
         attempt = 0
@@ -230,13 +237,15 @@ class Tab:
                     await append
                 break
             except (InvalidInput, NotFound) as exc:
+                # Trying again would fail the same way: the next edit (or open) tries afresh.
+                self._broken, self._synced, self._rebuilding = False, None, None
                 await self._server_error(exc, self._seq)
                 return
             except CellserveError as exc:
                 log.info("tab: rebuilding the session: %s", exc)
             await asyncio.sleep(RECOVER_DELAYS_S[min(attempt, len(RECOVER_DELAYS_S) - 1)])
             attempt += 1
-        self._broken = False
+        self._broken, self._rebuilding = False, None
         await self._send({"type": "status", "state": "ok", "message": "reconnected"})
         if self._synced != self._text:  # edits came while the session was rebuilt
             await self._follow(self._seq, self._text, session)
@@ -263,10 +272,11 @@ class Tab:
 
     # --- plumbing -----------------------------------------------------------------------------
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(self._guarded(coro))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _guarded(self, coro: Coroutine[Any, Any, None]) -> None:
         try:

@@ -72,6 +72,7 @@
         failovers = msg.failovers;
         if (sentAt.has(msg.seq)) latency = performance.now() - sentAt.get(msg.seq);
         serverState = "ok";
+        errorText = ""; // the newest edit was answered: earlier errors are over
         render();
         break;
       case "gates":

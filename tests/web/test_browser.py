@@ -30,6 +30,14 @@ ARGS = [
 ]
 SCREENSHOT = ROOT / "docs" / "web-editor.png"
 WAIT_MS = 60_000
+# Records (editor text, ghost text, state) every time the page redraws the ghost.
+RECORD_GHOSTS = """() => {
+  window.ghosts = [];
+  const g = document.querySelector('[data-testid=suggestion]');
+  const t = document.querySelector('[data-testid=editor]');
+  new MutationObserver(() => window.ghosts.push([t.value, g.textContent, g.dataset.state]))
+    .observe(g, {childList: true, characterData: true, subtree: true, attributes: true});
+}"""
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +80,22 @@ def test_type_accept_rewind_and_gates(page: Any, web: WebProcess, shipped_server
     editor = page.get_by_test_id("editor")
     editor.click()
     settled(page, "")
+    page.evaluate(RECORD_GHOSTS)
     page.keyboard.type("import o", delay=15)  # fast typing: appends pipeline and coalesce
     ghost = settled(page, "import o")
     assert ghost and ghost == fresh_suggestion(target, "import o")
+    # No stale suggestion was ever shown: every ghost shown as an answer is the answer for the
+    # text it was shown after, and meanwhile only the rest of the last answer was shown.
+    shown: list[tuple[str, str, str]] = [tuple(r) for r in page.evaluate("window.ghosts")]
+    assert ("import o", ghost, "fresh") in shown
+    last = ""
+    for value, text, state in shown:
+        if state == "fresh":
+            if text:
+                assert text == fresh_suggestion(target, value), (value, text)
+            last = value + text
+        elif text:
+            assert value + text == last, (value, text)
 
     page.keyboard.press("Tab")  # accepts the suggestion
     accepted = "import o" + ghost

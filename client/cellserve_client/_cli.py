@@ -160,7 +160,8 @@ def _web(args: argparse.Namespace, targets: list[str]) -> int:
         async with AsyncClient(
             targets, token=args.token, tls=args.tls, timeout=args.timeout, transport=args.transport, failover=policy
         ) as client:
-            await serve(client, args.host, args.port, TabSettings(suggest_chars=args.suggest_chars))
+            settings = TabSettings(suggest_chars=args.suggest_chars, default_model=args.model)
+            await serve(client, args.host, args.port, settings)
 
     try:
         asyncio.run(run())

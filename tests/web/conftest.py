@@ -27,8 +27,8 @@ START_TIMEOUT_S = 60.0
 class WebProcess:
     """`cellserve-client web --port 0` in front of ``target``; ``url`` once it listens."""
 
-    def __init__(self, target: str, port: int = 0) -> None:
-        cmd = [sys.executable, "-m", "cellserve_client._cli", "web", "--target", target, "--port", str(port)]
+    def __init__(self, target: str, *args: str, port: int = 0) -> None:
+        cmd = [sys.executable, "-m", "cellserve_client._cli", "web", "--target", target, "--port", str(port), *args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True

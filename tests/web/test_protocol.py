@@ -99,6 +99,23 @@ def test_rewind_beyond_the_window_starts_over(web: WebProcess, shipped_server: S
     assert got["short"]["text"] == fresh_suggestion(shipped_server.target, "x = [1")
 
 
+def test_model_flag_is_the_pages_default(shipped_server: ServerProcess) -> None:
+    web = WebProcess(shipped_server.target, "--model", "stdlib-gru")
+    got: dict[str, Any] = {}
+
+    async def body(ws: aiohttp.ClientWebSocketResponse) -> None:
+        await send(ws, type="open", seq=1, model=None, text="x = ")
+        got["opened"] = await until(ws, "opened", 1)
+        got["suggestion"] = await until(ws, "suggestion", 1)
+
+    try:
+        run(web.url, body)
+    finally:
+        web.stop()
+    assert got["opened"]["model"]["name"] == "stdlib-gru" and got["opened"]["model"]["gates"] == ["r", "z"]
+    assert got["suggestion"]["text"] == fresh_suggestion(shipped_server.target, "x = ", "stdlib-gru")
+
+
 BAD = [
     ("not json", "bad_json", "not JSON"),
     ("[1, 2]", "bad_message", "JSON object"),

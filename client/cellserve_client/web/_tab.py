@@ -44,6 +44,7 @@ class TabSettings:
     gate_chars: int = 64  # characters shown in the gate viewer (the end of the text)
     top_units: int = 3  # units per gate shown on hover
     ranked: int = 8  # entries of the ranked list
+    default_model: str | None = None  # what an open without a model gets (None: the server's default)
 
 
 class Tab:
@@ -97,9 +98,10 @@ class Tab:
         else:
             await self._drop_session()
         self._broken = False
-        session = await self._client.open(msg.model)
+        model = msg.model or self._settings.default_model
+        session = await self._client.open(model)
         models = await self._client.models()
-        self._session, self._model = session, msg.model
+        self._session, self._model = session, model
         self._synced, self._seq, self._text = "", msg.seq, msg.text
         await self._send(
             {

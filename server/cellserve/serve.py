@@ -167,7 +167,7 @@ async def serve(settings: Settings) -> int:
     print(f"cellserve metrics on {format_address(settings.metrics_host, endpoint.port)} (http)", flush=True)
     client.add_stats_listener(metrics.observe_iteration)  # observations: pushed per iteration
     poller = asyncio.create_task(metrics.poll_engine(client))  # gauges and counters
-    api = ApiServer(settings, client, recorder=metrics)
+    api = ApiServer(settings, client, recorder=metrics, gate_models=engine.repository.get)
     try:
         port = await api.start()
     except (OSError, RuntimeError) as e:  # grpc raises RuntimeError when it cannot bind

@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ..config import Settings
 from ..engine.client import EngineClient
+from .gates import ModelLookup
 from .health import Health
 from .pb import SERVICE_NAME, rpc
 from .recorder import NULL_RECORDER, Recorder
@@ -27,10 +28,16 @@ def format_address(host: str, port: int) -> str:
 
 
 class ApiServer:
-    def __init__(self, settings: Settings, engine: EngineClient, recorder: Recorder = NULL_RECORDER) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: EngineClient,
+        recorder: Recorder = NULL_RECORDER,
+        gate_models: ModelLookup | None = None,
+    ) -> None:
         self._settings = settings
         self._engine = engine
-        self.servicer = CellserveServicer(engine, settings, recorder)
+        self.servicer = CellserveServicer(engine, settings, recorder, gate_models)
         self.health = Health(settings.readiness_service)
         self._server = aio.server(
             interceptors=[ErrorMappingInterceptor(recorder)],

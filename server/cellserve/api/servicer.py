@@ -20,6 +20,7 @@ from ..engine.client import EngineClient
 from ..errors import CapacityExceeded, InvalidInput, Unavailable
 from ..logs import user_text
 from . import convert, validate
+from .gates import GateInspector, ModelLookup
 from .owner import owner_of
 from .pb import rpc, svc, types
 from .recorder import NULL_RECORDER, Recorder, ResponseTimer
@@ -31,13 +32,22 @@ STREAM_RETRY_AFTER_S = 1.0  # streams are long-lived: a slot frees up on the ord
 
 
 class CellserveServicer(rpc.CellserveServiceServicer):  # type: ignore[misc]
-    def __init__(self, engine: EngineClient, settings: Settings, recorder: Recorder = NULL_RECORDER) -> None:
+    def __init__(
+        self,
+        engine: EngineClient,
+        settings: Settings,
+        recorder: Recorder = NULL_RECORDER,
+        gate_models: ModelLookup | None = None,
+    ) -> None:
         self._engine = engine
         self._settings = settings
         self._recorder = recorder
         self._streams: set[SessionStream] = set()
         self._draining = False
         self._model_msgs: dict[str, types.ModelInfo] = {}
+        # The gates read the weights only, never the engine's sessions: the process that loaded
+        # the models passes their lookup; a server without one refuses the call plainly.
+        self._gates = GateInspector(gate_models, settings) if gate_models is not None else None
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -145,3 +155,8 @@ class CellserveServicer(rpc.CellserveServiceServicer):  # type: ignore[misc]
         return svc.ListModelsResponse(
             models=[convert.model_info(m) for m in await self._engine.models(owner_of(context))]
         )
+
+    async def InspectGates(self, request: svc.InspectGatesRequest, context: Context) -> svc.InspectGatesResponse:
+        if self._gates is None:
+            raise Unavailable("gate inspection is not served by this server process")
+        return await self._gates.inspect(request)

@@ -59,7 +59,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         default=d.fresh_fraction,
         help="per chunk and row, the chance to restart at a file start from the zero state",
     )
-    p.add_argument("--init-from", type=Path, help="model folder to warm-start from (same architecture; its vocabulary is kept)")
+    p.add_argument(
+        "--init-from", type=Path, help="model folder to warm-start from (same architecture; its vocabulary is kept)"
+    )
     p.add_argument("--dry-run", action="store_true", help="print the corpus list and sizes, and exit")
     p.set_defaults(handler=_run_train)
 

@@ -113,9 +113,7 @@ class StreamSampler:
     their length (a uniform character, snapped back to the start of its file).
     """
 
-    def __init__(
-        self, ids: torch.Tensor, starts: list[int], batch: int, seq_len: int, fresh: float, seed: int
-    ) -> None:
+    def __init__(self, ids: torch.Tensor, starts: list[int], batch: int, seq_len: int, fresh: float, seed: int) -> None:
         if ids.numel() < seq_len + 2:
             raise ValueError(f"corpus too small for seq_len {seq_len}")
         self.ids, self.batch, self.seq_len, self.fresh = ids, batch, seq_len, fresh
@@ -298,7 +296,9 @@ def _initial_model(cfg: TrainConfig, corpus: Corpus, device: torch.device) -> tu
         mine = (cfg.cell, cfg.layers, cfg.hidden, cfg.embedding)
         theirs = (sp.cell, sp.layers, sp.hidden, sp.embedding)
         if mine != theirs:
-            raise ValueError(f"--init-from {cfg.init_from}: model is {theirs} (cell, layers, hidden, embedding), asked for {mine}")
+            raise ValueError(
+                f"--init-from {cfg.init_from}: model is {theirs} (cell, layers, hidden, embedding), asked for {mine}"
+            )
         model = CharLM(cfg.cell, len(loaded.vocab), cfg.embedding, cfg.hidden, cfg.layers, cfg.dropout)  # type: ignore[arg-type]
         model.load_state_dict(loaded.model.state_dict())
         return model.to(device), loaded.vocab, f"{sp.name} (weights sha256 {loaded.weights_sha256[:12]})"
@@ -335,7 +335,7 @@ def train(cfg: TrainConfig) -> ModelSpec | None:
     state: State = model.init_state(cfg.batch, device)
     if cfg.resume:
         state, meta_in = _load_train_state(train_state_dir, model, opt, sampler, device)
-        step, elapsed_before = int(meta_in["step"]), float(meta_in["elapsed"])  # type: ignore[arg-type]
+        step, elapsed_before = int(meta_in["step"]), float(meta_in["elapsed"])  # type: ignore[call-overload, arg-type]
         init_desc = str(meta_in.get("init_from", init_desc))
     by_steps = cfg.steps > 0 and cfg.time_budget <= 0
     bar = (
@@ -382,7 +382,7 @@ def train(cfg: TrainConfig) -> ModelSpec | None:
         logits, state = model(x.to(device), tuple(s.detach() * keep for s in state))
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.to(device).reshape(-1))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
         opt.step()
         step += 1
@@ -412,7 +412,10 @@ def train(cfg: TrainConfig) -> ModelSpec | None:
         val_bpc = sum(h.bits_per_char * h.chars for h in heldout) / sum(h.chars for h in heldout)
     else:
         heldout, val_bpc = [], evaluate(model, val_ids, device)
-    print(f"done: {step} steps in {wall:.0f}s; validation {val_bpc:.4f} bits/char over {val_ids.numel():,} chars", file=sys.stderr)
+    print(
+        f"done: {step} steps in {wall:.0f}s; validation {val_bpc:.4f} bits/char over {val_ids.numel():,} chars",
+        file=sys.stderr,
+    )
     for h in heldout:
         print(
             f"  held-out {h.package:<12} {h.chars:>9,} chars: model {h.bits_per_char:.4f}, "

@@ -68,7 +68,9 @@ def default_heldout_sources() -> list[Source]:
     out = [Source(name, root) for name, imp in HELDOUT_PACKAGES if (root := _package_root(imp)) is not None]
     if not out:
         wanted = ", ".join(n for n, _ in HELDOUT_PACKAGES)
-        raise FileNotFoundError(f"no held-out package is installed ({wanted}); install the dev extra: pip install -e '.[dev]'")
+        raise FileNotFoundError(
+            f"no held-out package is installed ({wanted}); install the dev extra: pip install -e '.[dev]'"
+        )
     return out
 
 

@@ -116,10 +116,11 @@ def test_eval_command(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFix
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["eval", "missing.py", "--baseline-corpus", "missing.py"], "does not exist"),
+        (["eval", "--model", "tiny-lstm", "missing.py", "--baseline-corpus", "missing.py"], "does not exist"),
+        (["eval", "x.py"], "not valid JSON"),  # the default model is chosen among all folders
         (["eval", "--model", "nope", "x.py"], "no model 'nope'"),
         (["inspect", "--model", "broken", "abc"], "model.json"),
-        (["inspect", "abc", "--png", "no/such/folder/gates.png"], "cannot write"),
+        (["inspect", "--model", "tiny-gru", "abc", "--png", "no/such/folder/gates.png"], "cannot write"),
     ],
 )
 def test_commands_fail_in_one_line(model_dir: Path, tmp_path: Path, argv: list[str], message: str) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from _engine_helpers import make_settings
 from cellserve.engine.core import ChunkOut, EngineCore, Outcome, StepOutput
-from cellserve.engine.plan import ZERO, Plan, RowResult, RunResult
+from cellserve.engine.plan import ZERO, CheckpointRef, Plan, RowResult, RunResult
 from cellserve.engine.types import AppendOptions, CompletionRequest, Prediction
 from cellserve.errors import OffsetConflict, PreconditionFailed
 from cellserve.nn.checkpoint import LoadedModel
@@ -28,9 +28,10 @@ State = tuple[int, ...]
 
 
 class FakeRunner:
-    def __init__(self, lm: LoadedModel, pool: object) -> None:
+    def __init__(self, lm: LoadedModel) -> None:
         self.vocab_size = lm.model.vocab_size
         self.slots: dict[int, State] = {}
+        self.checkpoints: dict[int, State] = {}  # the checkpoint pool
         self.plans: list[Plan] = []
         self.fail_next = False
         self.during: Callable[[], None] | None = None  # runs inside the next execute (the lock is free)
@@ -50,7 +51,7 @@ class FakeRunner:
         for r in plan.rows:
             start: State = self.slots.get(r.src, ()) if r.src is not None else self._handle(r.init)
             end = start + tuple(r.tokens)
-            res = RowResult([], [], [], None, None)
+            res = RowResult([], [], [], None)
             for e, k in r.ends:
                 res.top_k.append([(self.top1(start + tuple(r.tokens[:e])), 1.0)][:k])
             if r.logprobs:
@@ -62,8 +63,8 @@ class FakeRunner:
                     drawn.append(self.top1(end + tuple(drawn)))
                 res.sampled_more = drawn[1:]
                 end = end + tuple(drawn[:-1])
-            if r.checkpoint:
-                res.checkpoint = end
+            if r.checkpoint is not None:
+                self.checkpoints[r.checkpoint] = end
             results.append(res)
             finals.append((r.dst, end))
         for dst, end in finals:  # write-back after every row read its start state
@@ -76,6 +77,8 @@ class FakeRunner:
     def _handle(self, h: object) -> State:
         if h is ZERO:
             return ()
+        if isinstance(h, CheckpointRef):
+            return self.checkpoints[h.slot]
         assert isinstance(h, tuple)
         return h
 
@@ -87,8 +90,8 @@ class Driver:
         st = make_settings(model_dir, **kw)
         self.runners: list[FakeRunner] = []
 
-        def factory(lm: LoadedModel, pool: object) -> FakeRunner:
-            self.runners.append(FakeRunner(lm, pool))
+        def factory(lm: LoadedModel, pool: object, checkpoints: object) -> FakeRunner:
+            self.runners.append(FakeRunner(lm))
             return self.runners[-1]
 
         self.core = EngineCore(st, ModelRepository.load(st), runner_factory=factory)
@@ -227,10 +230,15 @@ def test_rewind_and_completion_through_steps(model_dir: Path) -> None:
         for i, ch in enumerate("abcdefgh"):
             d.append(sid, i, ch)
             d.core.step()
+        rt = d.core._runtimes[d.core.repository.default]
+        assert rt.ck_alloc.used == 2  # checkpoints at 4 and 8, in the checkpoint pool
+        assert sorted(d.runner.checkpoints.values()) == [tuple(d.lm.vocab.encode(t)) for t in ("abcd", "abcdefgh")]
         fr = d.future()
         d.core.submit_rewind(sid, 3, "", fr)
         info = outcomes(d.core.step())[fr].value
         assert info.position == 5 and d.state(sid) == "abcde"  # type: ignore[union-attr]
+        assert d.runner.plans[-1].rows[0].init == CheckpointRef(0) and len(d.runner.plans[-1].rows[0].tokens) == 1
+        assert rt.ck_alloc.used == 1  # the one past the target was dropped and its slot freed
         c = d.core.complete(sid, CompletionRequest(max_chars=3, temperature=0.0), "")
         chunks = []
         for _ in range(10):
@@ -246,6 +254,8 @@ def test_rewind_and_completion_through_steps(model_dir: Path) -> None:
         assert text == want
         assert d.state(sid) == "abcde"  # a completion never changes its session
         assert d.core.stats().running_completions == 0
+        d.core.submit_close(sid, "", d.future())
+        assert rt.ck_alloc.used == 0  # closing frees the session's checkpoints
 
 
 def test_close_and_expiry_are_answered_through_the_outbox(model_dir: Path) -> None:
@@ -263,3 +273,36 @@ def test_close_and_expiry_are_answered_through_the_outbox(model_dir: Path) -> No
         assert d.core.session_ids() == {busy}
         with pytest.raises(Exception, match="session not found"):
             d.append(idle, 0, "a")
+
+
+def test_real_runner_keeps_pool_addresses_across_steps(model_dir: Path) -> None:
+    """The state and checkpoint pools reallocate only when they grow (geometrically, when the
+    slot high-water mark passes their capacity): steady-state steps keep every address, so a
+    captured CUDA graph can replay on them."""
+    st = make_settings(model_dir, checkpoint_every=2, rewind_window=8)
+    core = EngineCore(st, ModelRepository.load(st))  # the real ModelRunner, driven synchronously
+    loop = asyncio.new_event_loop()
+    try:
+        sids = [core.open_session().session_id for _ in range(3)]
+        core.step()
+        rt = core._runtimes[core.repository.default]
+
+        def addresses() -> list[int]:
+            return [t.data_ptr() for t in (*rt.pool.tensors, *rt.ck_pool.tensors)]
+
+        for i in range(2):  # the first checkpoints size the checkpoint pool
+            for sid in sids:
+                core.submit_append(sid, i, "x", AppendOptions(), "", loop.create_future())
+            core.step()
+        before = addresses()
+        for i in range(2, 40):
+            for sid in sids:
+                core.submit_append(sid, i, "xy"[i % 2], AppendOptions(), "", loop.create_future())
+            assert core.step().stats is not None
+            assert addresses() == before
+        assert rt.ck_alloc.used <= 3 * (8 // 2 + 2) and rt.pool.generation == 1 == rt.ck_pool.generation
+        assert core.stats().state_bytes == rt.pool.nbytes + rt.ck_pool.nbytes + sum(
+            r.pool.nbytes + r.ck_pool.nbytes for r in core._runtimes.values() if r is not rt
+        )
+    finally:
+        loop.close()

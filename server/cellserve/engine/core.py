@@ -41,7 +41,7 @@ from ..repository import ModelRepository
 from . import snapshot as snap
 from .completions import Alternative, Completion
 from .limits import check_completion
-from .plan import ZERO, HostState, Plan, RunResult
+from .plan import ZERO, CheckpointRef, HostState, Plan, RunResult
 from .rewind import RewindLog
 from .runner import ModelRunner
 from .scheduler import AppendRun, Batch, Scheduler
@@ -88,6 +88,8 @@ class _Runtime:
     info: ModelInfo
     alloc: SlotAllocator
     pool: StatePool
+    ck_alloc: SlotAllocator  # the checkpoint pool (rewind checkpoints), slot-indexed like ``pool``
+    ck_pool: StatePool
     runner: ModelRunner
     scheduler: Scheduler
     gate_names: tuple[str, ...]
@@ -105,6 +107,18 @@ class _Runtime:
             return None
         self.scratch_used += 1
         return slot
+
+    def take_checkpoint(self) -> int | None:
+        try:
+            return self.ck_alloc.alloc()
+        except CapacityExceeded:  # not reached: slots_max covers every log's bound
+            return None
+
+    def release_checkpoint(self, handle: object) -> None:
+        """A ``RewindLog`` dropped ``handle``: its checkpoint slot is free again (a read of it
+        in the running step lands before any new owner's write, as for state slots)."""
+        if isinstance(handle, CheckpointRef):
+            self.ck_alloc.free(handle.slot)
 
     def free_scratch(self, op: AppendOp) -> None:
         if op.scratch is not None:
@@ -158,9 +172,9 @@ class EngineCore:
         self,
         settings: Settings,
         repository: ModelRepository,
-        runner_factory: Callable[[LoadedModel, StatePool], Any] | None = None,
+        runner_factory: Callable[[LoadedModel, StatePool, StatePool], Any] | None = None,
     ) -> None:
-        """``runner_factory(loaded, pool)`` builds each model's runner (anything with
+        """``runner_factory(loaded, pool, checkpoint_pool)`` builds each model's runner (anything with
         ``execute(plan) -> RunResult``); the default is ``ModelRunner``."""
         self.settings = settings
         self.repository = repository
@@ -171,23 +185,30 @@ class EngineCore:
             settings.snapshot_key.get_secret_value().encode() if settings.snapshot_key else secrets.token_bytes(32)
         )
         slots_max = settings.max_sessions + settings.max_running_completions + CHUNK_SLOTS
-        make_runner = runner_factory or (lambda lm, pool: ModelRunner(lm.model, pool))
+        # a session's log holds at most window / every + 2 checkpoints, plus one planned per step
+        ck_max = settings.max_sessions * (settings.rewind_window // settings.checkpoint_every + 3)
+        if settings.rewind_window == 0:
+            ck_max = 0
+        make_runner = runner_factory or (lambda lm, pool, ck: ModelRunner(lm.model, pool, ck))
         self._runtimes: dict[str, _Runtime] = {}
         for name in repository.names():
             lm = repository.get(name)
             m = lm.model
             pool = StatePool(m.layers, m.hidden, m.state_arity, self.device)
+            ck_pool = StatePool(m.layers, m.hidden, m.state_arity, self.device)
             rt = _Runtime(
                 name,
                 lm,
                 repository.info(name),
                 SlotAllocator(settings.pool_chunk, slots_max),
                 pool,
-                make_runner(lm, pool),
+                SlotAllocator(settings.pool_chunk, ck_max),
+                ck_pool,
+                make_runner(lm, pool, ck_pool),
                 Scheduler(lm.vocab.encode),
                 LSTM_GATES if m.cell == "lstm" else GRU_GATES,
             )
-            rt.scheduler = Scheduler(lm.vocab.encode, rt.take_scratch)
+            rt.scheduler = Scheduler(lm.vocab.encode, rt.take_scratch, rt.take_checkpoint)
             self._runtimes[name] = rt
         self._sessions: dict[str, Session] = {}
         self._running_alternatives = 0
@@ -220,7 +241,7 @@ class EngineCore:
             slots_capacity=sum(rt.pool.capacity for rt in self._runtimes.values()),
             slots_max=sum(rt.alloc.slots_max for rt in self._runtimes.values()),
             slots_used=sum(rt.alloc.used for rt in self._runtimes.values()),
-            state_bytes=sum(rt.pool.nbytes for rt in self._runtimes.values()) + self._checkpoint_bytes(),
+            state_bytes=sum(rt.pool.nbytes + rt.ck_pool.nbytes for rt in self._runtimes.values()),
             running_completions=self._running_alternatives,
             iterations=self._iterations,
             chars_processed=dict(self._chars),
@@ -417,16 +438,6 @@ class EngineCore:
             op.answered = True
             self._outbox.append(Outcome(op.future, None, err))
 
-    def _checkpoint_bytes(self) -> int:
-        """Bytes of the rewind checkpoints held (each a copy of one slot's state)."""
-        total = 0
-        for s in self._sessions.values():
-            n = sum(1 for _, c in s.history.checkpoints if isinstance(c, tuple))
-            if n:
-                m = self._runtimes[s.model].loaded.model
-                total += n * m.state_arity * m.layers * m.hidden * 4
-        return total
-
     # ---- internals: admission and bookkeeping ------------------------------------------------
     def _runtime(self, model: str | None) -> _Runtime:
         rt = self._runtimes.get(model or self.repository.default)
@@ -446,7 +457,9 @@ class EngineCore:
         slot = rt.alloc.alloc()
         now = time.time()
         sid = secrets.token_hex(16)
-        s = Session(sid, rt.name, owner, slot, now, now, self._history(position, state), position, position, position)
+        s = Session(
+            sid, rt.name, owner, slot, now, now, self._history(rt, position, state), position, position, position
+        )
         # the slot holds a previous owner's state: the first iteration writes this session's
         # start state (folded into the first append's row when one is waiting by then)
         s.queue.append(ControlOp("write", None, time.perf_counter(), state=state, position=position))
@@ -455,8 +468,9 @@ class EngineCore:
         self._event(event)
         return s
 
-    def _history(self, position: int, state: object) -> RewindLog:
-        return RewindLog(self.settings.checkpoint_every, self.settings.rewind_window, position, state)
+    def _history(self, rt: _Runtime, position: int, state: object) -> RewindLog:
+        st = self.settings
+        return RewindLog(st.checkpoint_every, st.rewind_window, position, state, rt.release_checkpoint)
 
     def _get(self, session_id: str, owner: str) -> Session:
         s = self._sessions.get(session_id)
@@ -484,6 +498,7 @@ class EngineCore:
         for c in list(s.completions):
             self._cancel_completion(c)
         rt.work.pop(s, None)
+        s.history.release_all()
         rt.alloc.free(s.slot)  # an in-flight write-back to it lands before any new owner's first write
         self._event(reason)
 
@@ -568,6 +583,7 @@ class EngineCore:
                 continue
             b = rt.scheduler.schedule(list(rt.work), list(rt.completions), budget, 0, _decode_steps(rt))
             b.plan.capacity = rt.alloc.wanted_capacity()  # after the scheduler took scratch slots
+            b.plan.checkpoint_capacity = rt.ck_alloc.wanted_capacity()
             for s in _sessions_of(b):
                 s.begin_iteration()
             self._deliver_failures(b)
@@ -622,6 +638,7 @@ class EngineCore:
                 run.session.queue.remove(run.ops[0])
             if run.leading_write is not None:
                 self._fail_write(rt, run.session, run.leading_write, err)
+            rt.release_checkpoint(_checkpoint_of(b, run))  # it was never recorded
             self._after_failure(run.session, run.ops[-1])
         for cw in b.controls:
             if cw.op.kind == "write":
@@ -727,17 +744,19 @@ class EngineCore:
             self._resolve(op, pred)
         self._chars[Phase.STEP if tok_at == 1 and not run.first_done else Phase.PREFILL] += tok_at
         if s.closed:
+            rt.release_checkpoint(_checkpoint_of(b, run))
             return
         if run.leading_write is not None:
             self._apply_write(s, run.leading_write)
         s.apply(pos)
-        s.history.record("".join(op.text for op in run.ops), pos, row.checkpoint)
+        s.history.record("".join(op.text for op in run.ops), pos, _checkpoint_of(b, run))
         s.last_applied = (run.ops[-1].offset, run.ops[-1].text, run.ops[-1].future)
         s.last_used_at = now
 
     def _apply_write(self, s: Session, op: ControlOp) -> None:
         s.apply(op.position)
-        s.history = self._history(op.position, op.state)
+        s.history.release_all()
+        s.history = self._history(self._runtimes[s.model], op.position, op.state)
         s.last_applied = None
         self._resolve(op, s.info())
 
@@ -773,6 +792,11 @@ def _decode_steps(rt: _Runtime) -> int:
     if rt.decode_step_s <= 0:
         return 2
     return max(1, min(MAX_DECODE_STEPS, int(DECODE_BURST_S / rt.decode_step_s)))
+
+
+def _checkpoint_of(b: Batch, run: AppendRun) -> CheckpointRef | None:
+    slot = b.plan.rows[run.row].checkpoint
+    return CheckpointRef(slot) if slot is not None else None
 
 
 def _sessions_of(b: Batch) -> set[Session]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from _engine_helpers import make_settings
 from cellserve.engine.core import ChunkOut, EngineCore, Outcome, StepOutput
 from cellserve.engine.plan import ZERO, CheckpointRef, Plan, RowResult, RunResult
@@ -275,11 +276,15 @@ def test_close_and_expiry_are_answered_through_the_outbox(model_dir: Path) -> No
             d.append(idle, 0, "a")
 
 
-def test_real_runner_keeps_pool_addresses_across_steps(model_dir: Path) -> None:
+_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, _CUDA])])
+def test_real_runner_keeps_pool_addresses_across_steps(model_dir: Path, device: str) -> None:
     """The state and checkpoint pools reallocate only when they grow (geometrically, when the
     slot high-water mark passes their capacity): steady-state steps keep every address, so a
     captured CUDA graph can replay on them."""
-    st = make_settings(model_dir, checkpoint_every=2, rewind_window=8)
+    st = make_settings(model_dir, checkpoint_every=2, rewind_window=8, device=device)
     core = EngineCore(st, ModelRepository.load(st))  # the real ModelRunner, driven synchronously
     loop = asyncio.new_event_loop()
     try:

@@ -138,6 +138,16 @@ def test_requested_outputs_only(triton: tg.InferenceServerClient) -> None:
         outputs=[tg.InferRequestedOutput("POSITION")],
     )
     assert [o.name for o in r.get_response().outputs] == ["POSITION"] and position(r) == 1
+    # COMPLETION without a completion (load tools ask for every output the config lists): empty.
+    r = triton.infer(
+        MODEL,
+        [text_input("a")],
+        sequence_id=next(_ids),
+        sequence_start=True,
+        sequence_end=True,
+        outputs=[tg.InferRequestedOutput("COMPLETION"), tg.InferRequestedOutput("TOP_CHARS")],
+    )
+    assert r.as_numpy("COMPLETION").shape == (0,) and len(r.as_numpy("TOP_CHARS")) == 5
 
 
 def _tensor(name: str, dtype: str, shape: list[int]) -> tg.InferInput:

@@ -54,7 +54,7 @@ class Inference:
             raise NotFound(f"model '{name}' has no version '{version}'; it has version {VERSION} only")
         return info
 
-    async def submit(self, request: kpb.ModelInferRequest, owner: str) -> Awaitable[kpb.ModelInferResponse]:
+    async def submit(self, request: kpb.ModelInferRequest, owner: str) -> asyncio.Future[kpb.ModelInferResponse]:
         started = time.perf_counter_ns()
         model = await self.model(request.model_name, request.model_version)
         try:

@@ -7,6 +7,7 @@ Errors are raised as ``cellserve.errors`` and become gRPC statuses in the shared
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
@@ -129,7 +130,8 @@ class KServeServicer(krpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
 
     async def ModelInfer(self, request: kpb.ModelInferRequest, context: Context) -> kpb.ModelInferResponse:
         self._check_serving()
-        return await (await self.inference.submit(request, caller(context)))
+        # Shielded: a cancelled call must not cancel the request's task (an END still closes).
+        return await asyncio.shield(await self.inference.submit(request, caller(context)))
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[kpb.ModelInferRequest], context: Context

@@ -10,7 +10,7 @@ is read, so later requests of the sequence find it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 
 from ..recorder import code_name
 from ..status import status_of
@@ -20,7 +20,7 @@ from .pb import kpb
 MAX_IN_FLIGHT = 64  # unanswered requests per stream; bounds the memory one client can pin
 _METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
 
-Pending = tuple[kpb.ModelInferRequest, Awaitable[kpb.ModelInferResponse] | Exception]
+Pending = tuple[kpb.ModelInferRequest, "asyncio.Future[kpb.ModelInferResponse] | Exception"]
 
 
 def error_response(request: kpb.ModelInferRequest, exc: BaseException) -> kpb.ModelStreamInferResponse:
@@ -64,7 +64,7 @@ class InferStream:
                     yield error_response(request, pending)
                 else:
                     try:
-                        response = await pending
+                        response = await asyncio.shield(pending)  # an ended stream leaves it be
                     except Exception as exc:  # noqa: BLE001 (answered in-band; status_of logs the unexpected)
                         yield error_response(request, exc)
                     else:
@@ -88,7 +88,7 @@ class InferStream:
                 finally:
                     self._awaiting_input = False
                 await self._window.acquire()
-                pending: Awaitable[kpb.ModelInferResponse] | Exception
+                pending: asyncio.Future[kpb.ModelInferResponse] | Exception
                 try:
                     pending = await self._inference.submit(request, self._owner)
                 except Exception as exc:  # noqa: BLE001 (answered in-band, in order)

@@ -233,3 +233,17 @@ def test_unary_errors_are_grpc_statuses(kserver: object) -> None:
         with pytest.raises(grpc.RpcError) as info:
             stub.ModelInfer(kpb.ModelInferRequest(model_name=MODEL), timeout=10)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+
+
+def test_a_start_whose_append_fails_leaves_nothing(triton: tg.InferenceServerClient) -> None:
+    """The START's session opened, its append was refused (offset 3 of a new sequence): the
+    session is closed again, so the START can be retried as is."""
+    seq = next(_ids)
+    e = error_of(triton.infer, MODEL, [text_input("ab"), offset_input(3)], sequence_id=seq, sequence_start=True)
+    assert e.status() == "StatusCode.ABORTED" and "expected offset 0" in e.message()
+    e = error_of(triton.infer, MODEL, [text_input("ab")], sequence_id=seq)
+    assert "must specify the START flag" in e.message()
+    r = triton.infer(
+        MODEL, [text_input("ab"), offset_input(0)], sequence_id=seq, sequence_start=True, sequence_end=True
+    )
+    assert position(r) == 2

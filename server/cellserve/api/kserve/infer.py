@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
+from typing import Any
 
 from ...config import Settings
 from ...engine.types import AppendOptions, CompletionRequest, ModelInfo, Prediction
@@ -64,6 +65,7 @@ class Inference:
             seq = await self._sequence(owner, model.name, params)
             offset = inputs.offset if inputs.offset is not None else seq.next_offset
             submitted = time.perf_counter_ns()
+            pred: Awaitable[Prediction] | None = None
             try:
                 pred = self._backend.append(
                     owner, seq.session_id, offset, inputs.text, AppendOptions(top_k=params.top_k)
@@ -72,6 +74,8 @@ class Inference:
                 # Submitted now, so the completion forks the state right after this append.
                 texts = self._complete(owner, seq.session_id, params.completion) if params.completion else None
             except Exception as exc:
+                if pred is not None:  # the append went in but the completion was refused
+                    asyncio.ensure_future(pred).add_done_callback(_retrieve)
                 raise await self._failed(owner, model.name, seq, params, exc) from None
             if params.end:
                 self.sequences.forget(seq)  # the id may START again at once
@@ -87,8 +91,7 @@ class Inference:
 
     def _settled(self, task: asyncio.Task[kpb.ModelInferResponse]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled():
-            task.exception()  # retrieved: a stream that ended early never reads it
+        _retrieve(task)  # a stream that ended early never reads it
 
     async def _sequence(self, owner: str, model: str, params: Params) -> Sequence:
         if params.start:
@@ -147,3 +150,9 @@ class Inference:
             return texts
 
         return asyncio.ensure_future(collect())
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """Marks an outcome nobody will read as read (asyncio would log it as never retrieved)."""
+    if not fut.cancelled():
+        fut.exception()

@@ -207,18 +207,33 @@ def test_health_metadata_config_and_index(triton: tg.InferenceServerClient) -> N
 
 
 def test_statistics_count_this_models_requests(triton: tg.InferenceServerClient) -> None:
-    def counts() -> tuple[int, int]:
-        (s,) = triton.get_inference_statistics("tiny-gru", as_json=True)["model_stats"]
-        stats = s.get("inference_stats", {})
-        return int(s.get("inference_count", 0)), int(stats.get("fail", {}).get("count", 0))
+    """Requests are counted at the front; executions, queue and compute from the engine's
+    per-iteration statistics of the same model (the other model's stay as they were)."""
 
-    before = counts()
+    def counts(model: str) -> dict[str, int]:
+        (s,) = triton.get_inference_statistics(model, as_json=True)["model_stats"]
+        stats = s.get("inference_stats", {})
+        return {
+            "inferences": int(s.get("inference_count", 0)),
+            "executions": int(s.get("execution_count", 0)),
+            "fails": int(stats.get("fail", {}).get("count", 0)),
+            "queued": int(stats.get("queue", {}).get("count", 0)),
+            "rows": int(stats.get("compute_infer", {}).get("count", 0)),
+            "compute_ns": int(stats.get("compute_infer", {}).get("ns", 0)),
+        }
+
+    before, other_before = counts("tiny-gru"), counts(MODEL)
     seq = next(_ids)
     for i in range(3):
         triton.infer("tiny-gru", [text_input("a")], sequence_id=seq, sequence_start=i == 0, sequence_end=i == 2)
     error_of(triton.infer, "tiny-gru", [text_input("a")], sequence_id=seq)
-    after = counts()
-    assert (after[0] - before[0], after[1] - before[1]) == (3, 1)
+    after = counts("tiny-gru")
+    delta = {k: after[k] - before[k] for k in after}
+    assert (delta["inferences"], delta["fails"]) == (3, 1)
+    # Each unary append waits for its answer, so the three ran in one to three engine batches.
+    assert 1 <= delta["executions"] <= 3
+    assert delta["queued"] >= 3 and delta["rows"] >= 3 and delta["compute_ns"] > 0
+    assert counts(MODEL) == other_before
     all_models = triton.get_inference_statistics(as_json=True)["model_stats"]
     assert {s["name"] for s in all_models} == {"tiny-lstm", "tiny-gru"}
 

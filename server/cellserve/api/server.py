@@ -6,24 +6,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
 
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from ..config import Settings
+from ..engine.client import EngineClient
+from .gates import ModelLookup
 from .health import Health
-from .kserve import KSERVE_SERVICE_NAME, Backend, KServeServicer
+from .kserve import KSERVE_SERVICE_NAME, KServeServicer
 from .kserve.pb import kpb, krpc
 from .pb import SERVICE_NAME, rpc, svc
 from .recorder import NULL_RECORDER, Recorder
 from .reflection_pool import reflection_pool
 from .servicer import CellserveServicer
 from .status import ErrorMappingInterceptor
-
-if TYPE_CHECKING:
-    from ..engine.engine import Engine
 
 log = logging.getLogger("cellserve.api")
 
@@ -33,11 +31,17 @@ def format_address(host: str, port: int) -> str:
 
 
 class ApiServer:
-    def __init__(self, settings: Settings, engine: Engine, recorder: Recorder = NULL_RECORDER) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: EngineClient,
+        recorder: Recorder = NULL_RECORDER,
+        gate_models: ModelLookup | None = None,
+    ) -> None:
         self._settings = settings
         self._engine = engine
-        self.servicer = CellserveServicer(engine, settings, recorder)
-        self.kserve = KServeServicer(Backend(engine), settings)
+        self.servicer = CellserveServicer(engine, settings, recorder, gate_models)
+        self.kserve = KServeServicer(engine, settings)
         self.health = Health(settings.readiness_service)
         self._server = aio.server(
             interceptors=[ErrorMappingInterceptor(recorder, (SERVICE_NAME, KSERVE_SERVICE_NAME))],
@@ -83,3 +87,4 @@ class ApiServer:
         # stopping, a late call would see the transport's CANCELLED instead.
         await asyncio.sleep(min(self._settings.drain_refusal_s, max(0.0, deadline - time.monotonic())))
         await self._server.stop(max(0.0, deadline - time.monotonic()))
+        self.kserve.close()

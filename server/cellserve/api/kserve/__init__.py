@@ -3,7 +3,6 @@ lets tritonclient, perf_analyzer and other Triton/KServe clients drive cellserve
 
 Modules:
     pb          the generated ``inference`` modules, imported once
-    backend     the only way to the engine (mirrors the ``EngineClient`` protocol)
     params      request parameters: sequence id and flags, top_k, completion
     tensors     the tensor contract: TEXT/OFFSET in, TOP_CHARS/TOP_PROBS/POSITION/COMPLETION out
     sequences   Triton sequences as sessions of the caller's owner (START/END rules)
@@ -15,8 +14,7 @@ Modules:
 
 from __future__ import annotations
 
-from .backend import Backend
 from .pb import KSERVE_SERVICE_NAME
 from .servicer import KServeServicer
 
-__all__ = ["KSERVE_SERVICE_NAME", "Backend", "KServeServicer"]
+__all__ = ["KSERVE_SERVICE_NAME", "KServeServicer"]

@@ -6,6 +6,10 @@ so the engine applies a sequence's requests in the order they were sent. It retu
 awaitable of the response; the rest (waiting for the prediction and any completion, closing
 an ended sequence) runs in a task, so a stream's requests of other sequences do not wait.
 
+An END's close is submitted with the request's append: the engine applies a session's
+operations in call order, so it closes after the append is answered. Only with a completion
+does the close wait for the completion's text (a close cancels a running completion).
+
 Nothing changes unless a request succeeds: bad tensors or parameters are refused before any
 session is touched, and a START whose first append fails closes its new session again.
 """
@@ -18,9 +22,9 @@ from collections.abc import Awaitable
 from typing import Any
 
 from ...config import Settings
+from ...engine.client import EngineClient
 from ...engine.types import AppendOptions, CompletionRequest, ModelInfo, Prediction
 from ...errors import InvalidInput, NotFound
-from .backend import Backend
 from .params import Params, parse
 from .pb import kpb
 from .sequences import Sequence, SequenceTable, not_live
@@ -31,18 +35,18 @@ VERSION = "1"  # each model has one version; "" selects it too
 
 
 class Inference:
-    def __init__(self, backend: Backend, settings: Settings, statistics: Statistics) -> None:
-        self._backend = backend
+    def __init__(self, engine: EngineClient, settings: Settings, statistics: Statistics) -> None:
+        self._engine = engine
         self._settings = settings
         self.statistics = statistics
-        self.sequences = SequenceTable(backend, settings.session_idle_ttl_s, settings.max_sessions)
+        self.sequences = SequenceTable(engine, settings.session_idle_ttl_s, settings.max_sessions)
         self._models: dict[str, ModelInfo] = {}
         self._tasks: set[asyncio.Task[kpb.ModelInferResponse]] = set()
 
     async def models(self) -> dict[str, ModelInfo]:
         """The served models by name (the set never changes while the server runs)."""
         if not self._models:
-            self._models = {m.name: m for m in await self._backend.models("")}
+            self._models = {m.name: m for m in await self._engine.models("")}
         return self._models
 
     async def model(self, name: str, version: str) -> ModelInfo:
@@ -64,10 +68,9 @@ class Inference:
             outputs = requested_outputs(request, params.completion is not None)
             seq = await self._sequence(owner, model.name, params)
             offset = inputs.offset if inputs.offset is not None else seq.next_offset
-            submitted = time.perf_counter_ns()
             pred: Awaitable[Prediction] | None = None
             try:
-                pred = self._backend.append(
+                pred = self._engine.append(
                     owner, seq.session_id, offset, inputs.text, AppendOptions(top_k=params.top_k)
                 )
                 seq.submitted(offset, inputs.text)
@@ -77,13 +80,16 @@ class Inference:
                 if pred is not None:  # the append went in but the completion was refused
                     asyncio.ensure_future(pred).add_done_callback(_retrieve)
                 raise await self._failed(owner, model.name, seq, params, exc) from None
+            closed: Awaitable[None] | None = None
             if params.end:
                 self.sequences.forget(seq)  # the id may START again at once
+                if texts is None:
+                    closed = self.sequences.close(owner, seq)
         except Exception:
             self.statistics.fail(model.name, started)
             raise
         task = asyncio.create_task(
-            self._finish(request, owner, model.name, seq, params, outputs, pred, texts, (started, submitted))
+            self._finish(request, owner, model.name, seq, params, outputs, (pred, texts, closed), started)
         )
         self._tasks.add(task)  # held until done: an ended stream does not cancel an END's close
         task.add_done_callback(self._settled)
@@ -115,11 +121,10 @@ class Inference:
         seq: Sequence,
         params: Params,
         outputs: list[str],
-        pred: Awaitable[Prediction],
-        texts: Awaitable[list[str]] | None,
-        times: tuple[int, int],
+        answers: tuple[Awaitable[Prediction], Awaitable[list[str]] | None, Awaitable[None] | None],
+        started: int,
     ) -> kpb.ModelInferResponse:
-        started, submitted = times
+        pred, texts, closed = answers
         try:
             try:
                 prediction = await pred
@@ -127,18 +132,20 @@ class Inference:
             except Exception as exc:
                 raise await self._failed(owner, model, seq, params, exc) from None
             finally:
-                if params.end:
+                if closed is not None:
+                    await closed
+                elif params.end:  # after the completion: a close would cancel it
                     await self.sequences.close(owner, seq)
         except Exception:
             self.statistics.fail(model, started)
             raise
-        self.statistics.success(model, started, time.perf_counter_ns() - submitted)
+        self.statistics.success(model, started)
         response = kpb.ModelInferResponse(model_name=model, model_version=VERSION, id=request.id)
         add_outputs(response, outputs, prediction, completions)
         return response
 
     def _complete(self, owner: str, session_id: str, req: CompletionRequest) -> Awaitable[list[str]]:
-        chunks = self._backend.complete(owner, session_id, req)
+        chunks = self._engine.complete(owner, session_id, req)
 
         async def collect() -> list[str]:
             texts = [""] * req.n

@@ -10,9 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ...config import Settings
+from ...engine.limits import MAX_STOP_CHARS, MAX_TEMPERATURE
 from ...engine.types import CompletionRequest
 from ...errors import InvalidInput
-from ..validate import DEFAULT_TOP_K, MAX_STOP_CHARS, MAX_TEMPERATURE
+from ..validate import DEFAULT_TOP_K
 from .pb import kpb
 
 SequenceKey = tuple[str, int | str]  # ("u", 7) for integer ids, ("s", "abc") for string ids

@@ -16,11 +16,13 @@ by the caller's owner, so another owner's ids never meet it. The rules:
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
+from ...engine.client import EngineClient
 from ...errors import InvalidInput, NotFound, PreconditionFailed
-from .backend import Backend
 from .params import SequenceKey
 
 Key = tuple[str, str, SequenceKey]  # (owner, model, sequence id)
@@ -49,8 +51,8 @@ def not_live(model: str, name: str) -> InvalidInput:
 
 
 class SequenceTable:
-    def __init__(self, backend: Backend, idle_ttl_s: float, max_entries: int) -> None:
-        self._backend = backend
+    def __init__(self, engine: EngineClient, idle_ttl_s: float, max_entries: int) -> None:
+        self._engine = engine
         self._ttl_s = idle_ttl_s
         self._max_entries = max_entries
         self._live: dict[Key, Sequence] = {}
@@ -71,7 +73,7 @@ class SequenceTable:
             self._prune()
         self._opening.add(key)
         try:
-            info = await self._backend.open_session(owner, model)
+            info = await self._engine.open_session(owner, model)
         finally:
             self._opening.discard(key)
         entry = self._live[key] = Sequence(key, name, info.session_id, info.position, time.monotonic())
@@ -92,15 +94,21 @@ class SequenceTable:
         self.forget(entry)
         await self.close(owner, entry)
 
-    async def close(self, owner: str, entry: Sequence) -> None:
-        try:
-            await self._backend.close_session(owner, entry.session_id)
-        except NotFound:
-            pass  # expired meanwhile: closed already
+    def close(self, owner: str, entry: Sequence) -> Awaitable[None]:
+        """Submits the close now: it applies after the operations submitted before it."""
+        closed = self._engine.close_session(owner, entry.session_id)
+
+        async def settled() -> None:
+            try:
+                await closed
+            except NotFound:
+                pass  # expired meanwhile: closed already
+
+        return asyncio.ensure_future(settled())
 
     async def _alive(self, owner: str, entry: Sequence) -> bool:
         try:
-            await self._backend.get_session(owner, entry.session_id)
+            await self._engine.get_session(owner, entry.session_id)
         except NotFound:
             return False
         return True

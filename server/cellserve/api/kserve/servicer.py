@@ -15,11 +15,11 @@ from grpc import aio
 
 from ... import __version__
 from ...config import Settings
+from ...engine.client import EngineClient
 from ...engine.types import ModelInfo
 from ...errors import NotFound, Unavailable
 from ..admission import admit_stream
 from ..owner import owner_of
-from .backend import Backend
 from .infer import VERSION, Inference
 from .pb import kpb, krpc, mc
 from .statistics import Statistics
@@ -41,11 +41,17 @@ def platform(m: ModelInfo) -> str:
 
 
 class KServeServicer(krpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
-    def __init__(self, backend: Backend, settings: Settings) -> None:
+    def __init__(self, engine: EngineClient, settings: Settings) -> None:
         self._settings = settings
-        self.inference = Inference(backend, settings, Statistics())
+        statistics = Statistics()
+        self.inference = Inference(engine, settings, statistics)
+        self._unsubscribe = engine.add_stats_listener(statistics.observe)
         self._streams: set[InferStream] = set()
         self._draining = False
+
+    def close(self) -> None:
+        """Stops taking the engine's statistics (the server has stopped)."""
+        self._unsubscribe()
 
     def begin_drain(self) -> None:
         """Not ready from now on; streams stop reading and answer what they have read."""

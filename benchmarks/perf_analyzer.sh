@@ -5,6 +5,8 @@
 #   benchmarks/perf_analyzer.sh                      # starts `cellserve serve` on a free port
 #   benchmarks/perf_analyzer.sh --target HOST:PORT   # an already running server
 #   benchmarks/perf_analyzer.sh --model stdlib-gru -- --concurrency-range 1:8:2   # more args
+#   benchmarks/perf_analyzer.sh --text 'x = [i for i in ys]'   # the keystrokes (first 20 used)
+#   benchmarks/compare_perf_analyzer.py   # perf_analyzer and our load generator, same sequences
 #
 # Setup (offline-capable, no GPU needed), done once into $PA_VENV
 # (default ~/.cache/cellserve-perf-analyzer):
@@ -30,6 +32,7 @@ while [[ $# -gt 0 ]]; do
     case "$1" in
         --target) TARGET="$2"; shift 2 ;;
         --model) MODEL="$2"; shift 2 ;;
+        --text) TYPED="$2"; shift 2 ;;
         --setup-only) SETUP_ONLY=1; shift ;;
         --) shift; break ;;
         *) echo "unknown argument $1 (see the header of $0)" >&2; exit 2 ;;

@@ -19,8 +19,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
     d = TrainConfig(out=Path("."), name="")
     p = sub.add_parser("train", help="train a character LSTM/GRU and write a model folder")
-    p.add_argument("corpus", nargs="*", type=Path, help="corpus files or folders (default: the Python stdlib source)")
-    p.add_argument("--out", type=Path, required=True, help="model folder to write, e.g. models/my-lstm")
+    p.add_argument(
+        "corpus",
+        nargs="*",
+        type=Path,
+        help="corpus files or folders, split by file (default: stdlib + the server's dependencies, "
+        "validated on held-out packages; see --dry-run)",
+    )
+    p.add_argument("--out", type=Path, help="model folder to write, e.g. models/my-lstm (required unless --dry-run)")
     p.add_argument("--name", help="model name (default: the folder name)")
     p.add_argument("--cell", choices=["lstm", "gru"], default=d.cell)
     p.add_argument("--layers", type=int, default=d.layers)
@@ -47,6 +53,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--eval-chars", type=int, default=d.eval_chars)
     p.add_argument("--checkpoint-every", type=float, default=d.checkpoint_every, help="seconds")
     p.add_argument("--resume", action="store_true", help="continue from <out>/.train/")
+    p.add_argument(
+        "--fresh-fraction",
+        type=float,
+        default=d.fresh_fraction,
+        help="per chunk and row, the chance to restart at a file start from the zero state",
+    )
+    p.add_argument(
+        "--init-from", type=Path, help="model folder to warm-start from (same architecture; its vocabulary is kept)"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the corpus list and sizes, and exit")
     p.set_defaults(handler=_run_train)
 
 
@@ -55,7 +71,11 @@ def _run_train(a: argparse.Namespace) -> int:
 
     fields = TrainConfig.__dataclass_fields__
     kw = {k: v for k, v in vars(a).items() if k in fields and k not in ("out", "name")}
-    train(TrainConfig(out=a.out, name=a.name or a.out.name, **kw))
+    if a.out is None and not a.dry_run:
+        print("cellserve train: --out is required (or --dry-run to list the corpus)", file=sys.stderr)
+        return 2
+    out = a.out or Path(".")
+    train(TrainConfig(out=out, name=a.name or out.name or "model", **kw))
     return 0
 
 

@@ -59,6 +59,14 @@ def test_session_cap_refuses_a_start(small: tg.InferenceServerClient) -> None:
             small.infer(MODEL, [text_input("b")], sequence_id=seq, sequence_end=True)
 
 
+def test_an_end_frees_its_session_by_the_time_it_is_answered(small: tg.InferenceServerClient) -> None:
+    """The END's close is submitted with its append and applied right after it, before the
+    answer is read: back-to-back one-request sequences never meet the session cap."""
+    for _ in range(3 * MAX_SESSIONS):
+        r = small.infer(MODEL, [text_input("a")], sequence_id=next(_ids), sequence_start=True, sequence_end=True)
+        assert int(r.as_numpy("POSITION")[0]) == 1
+
+
 def test_stream_cap(small: tg.InferenceServerClient, small_target: str) -> None:
     first: queue.Queue[tuple[Any, Any]] = queue.Queue()
     small.start_stream(callback=lambda result, error: first.put((result, error)))

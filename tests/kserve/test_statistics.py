@@ -28,6 +28,9 @@ def test_each_model_counts_its_own_batches_queue_and_device_time() -> None:
     # every row of a batch is charged the batch's device time: 2 x 2 ms + 1 x 4 ms
     assert (a.inference_stats.compute_infer.count, a.inference_stats.compute_infer.ns) == (3, 8_000_000)
     assert a.inference_count == 0  # requests are counted at the front, not per engine row
+    # perf_analyzer aborts unless the three compute counts are equal
+    s = a.inference_stats
+    assert s.compute_input.count == s.compute_infer.count == s.compute_output.count == 3
     b = stats.message("b", "1")
     assert (b.execution_count, b.inference_stats.queue.count, b.inference_stats.compute_infer.count) == (1, 1, 1)
     assert stats.message("c", "1").execution_count == 0

@@ -17,7 +17,9 @@ counters cover a model whatever the client):
   request of a batch the batch's execution), so ns / count is the device time a row waited for.
 
 ``compute_input`` and ``compute_output`` are not measured (tensor decoding and encoding run on
-the event loop, outside the engine) and are reported as zero with the success count.
+the event loop, outside the engine): zero time, with ``compute_infer``'s count, because
+perf_analyzer refuses statistics whose three compute counts differ ("Server side statistics
+compute counts must be the same") and divides each by its own count.
 """
 
 from __future__ import annotations
@@ -87,8 +89,8 @@ class Statistics:
                 success=kpb.StatisticDuration(count=ok, ns=c.success_ns),
                 fail=kpb.StatisticDuration(count=c.fail_count, ns=c.fail_ns),
                 queue=kpb.StatisticDuration(count=c.queued, ns=c.queue_ns),
-                compute_input=kpb.StatisticDuration(count=ok, ns=0),
+                compute_input=kpb.StatisticDuration(count=c.rows, ns=0),
                 compute_infer=kpb.StatisticDuration(count=c.rows, ns=c.row_device_ns),
-                compute_output=kpb.StatisticDuration(count=ok, ns=0),
+                compute_output=kpb.StatisticDuration(count=c.rows, ns=0),
             ),
         )

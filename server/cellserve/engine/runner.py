@@ -23,7 +23,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..nn.cells import GRUCellRef, LSTMCellRef, reference_cell
 from ..nn.charlm import CharLM
-from ..nn.kernels import onednn
+from ..nn.kernels import ONEDNN_MIN_STEP_BATCH, onednn
 from .buffers import InputBuffers
 from .plan import ZERO, HostState, Plan, Row, RowResult, RunResult, SampleParams
 from .sampling import choose
@@ -44,7 +44,7 @@ from .state_pool import StatePool
 # Rule: native kernels for single steps below ONEDNN_MIN_STEP_BATCH rows, oneDNN for larger
 # steps and for unpadded sequence calls (all prefill rows of one length, including the common
 # single paste); mixed lengths go packed (native on CPU, cuDNN on GPU) to keep final states exact.
-ONEDNN_MIN_STEP_BATCH = 128
+# (ONEDNN_MIN_STEP_BATCH lives in nn.kernels: the offline decoders follow the same rule.)
 
 
 class ModelRunner:

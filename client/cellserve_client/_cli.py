@@ -31,8 +31,11 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         help="server host:port; repeat for replicas (default: $CELLSERVE_TARGET or localhost:50051)",
     )
-    p.add_argument("--token", default=os.environ.get("CELLSERVE_TOKEN"), help="sent as 'authorization: Bearer ...'")
+    p.add_argument("--token", default=None, help="sent as 'authorization: Bearer ...' (default: $CELLSERVE_TOKEN)")
     p.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
+    p.add_argument("--tls-ca", metavar="PEM", help="use TLS trusting this CA bundle (instead of the system roots)")
+    p.add_argument("--tls-cert", metavar="PEM", help="client certificate (mTLS); with --tls-key")
+    p.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
     p.add_argument("--transport", choices=("stream", "unary"), default="stream")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer")
     p.add_argument("--model", default=None, help="model name (default: the server's default)")
@@ -56,7 +59,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     targets = args.target or [os.environ.get("CELLSERVE_TARGET", "localhost:50051")]
     try:
-        with Client(targets, token=args.token, tls=args.tls, timeout=args.timeout, transport=args.transport) as client:
+        tls = args.tls_ca or args.tls or args.tls_cert is not None
+        with Client(
+            targets,
+            token=args.token,
+            tls=tls,
+            client_cert=args.tls_cert,
+            client_key=args.tls_key,
+            timeout=args.timeout,
+            transport=args.transport,
+        ) as client:
             if args.command == "models":
                 for m in client.models():
                     bpc = f"{m.validation_bits_per_char:.3f}" if m.validation_bits_per_char is not None else "-"
@@ -81,6 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CellserveError as exc:
         print(f"cellserve-client: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # a credential argument that cannot be used
+        print(f"cellserve-client: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     return 0

@@ -55,6 +55,13 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--log-level", "log_level", {"choices": ["debug", "info", "warning", "error"]}),
     ("--log-json", "log_json", {"action": "store_const", "const": True}),
     ("--log-user-text", "log_user_text", {"action": "store_const", "const": True}),
+    ("--auth-tokens-file", "auth_tokens_file", {"metavar": "FILE"}),
+    ("--insecure-no-auth", "insecure_no_auth", {"action": "store_const", "const": True}),
+    ("--tls-cert", "tls_cert", {"metavar": "PEM"}),
+    ("--tls-key", "tls_key", {"metavar": "PEM"}),
+    ("--tls-client-ca", "tls_client_ca", {"metavar": "PEM"}),
+    ("--snapshot-ttl", "snapshot_ttl_s", {"metavar": "SECONDS"}),
+    ("--stream-idle-timeout", "stream_idle_timeout_s", {"metavar": "SECONDS"}),
 ]
 
 
@@ -127,6 +134,13 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"cellserve serve: {e}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(settings)
+    if settings.insecure_no_auth and not settings.auth_enabled:
+        log.warning(
+            "serving WITHOUT authentication on %s (grpc) and %s (metrics): anyone who can reach them "
+            "can use every session; use --auth-tokens-file (README: Security)",
+            settings.host,
+            settings.metrics_host,
+        )
     return asyncio.run(serve(settings))
 
 
@@ -144,6 +158,8 @@ async def start_engine(settings: Settings) -> Engine:
 async def serve(settings: Settings) -> int:
     from .api import ApiServer
     from .api.server import format_address
+    from .api.tokens import TokensFileError
+    from .api.transport import TlsFileError
 
     try:
         engine = await start_engine(settings)
@@ -160,7 +176,13 @@ async def serve(settings: Settings) -> int:
     print(f"cellserve metrics on {format_address(settings.metrics_host, endpoint.port)} (http)", flush=True)
     # On the engine's loop: Engine.stats() is loop-only and drains (see cellserve.metrics).
     poller = asyncio.create_task(metrics.poll_engine(engine))
-    api = ApiServer(settings, engine, recorder=metrics)
+    try:
+        api = ApiServer(settings, engine, recorder=metrics)
+    except (TokensFileError, TlsFileError) as e:  # names the file and the problem
+        print(f"cellserve serve: cannot start: {e}", file=sys.stderr)
+        await _stop_metrics(poller, endpoint)
+        await engine.stop()
+        return EXIT_CONFIG
     try:
         port = await api.start()
     except (OSError, RuntimeError) as e:  # grpc raises RuntimeError when it cannot bind
@@ -169,11 +191,18 @@ async def serve(settings: Settings) -> int:
         await engine.stop()
         return EXIT_CONFIG
     print(f"cellserve listening on {format_address(settings.host, port)} (grpc)", flush=True)
+    log.info(
+        "grpc transport: %s; authentication: %s",
+        "TLS" + (" with client certificates" if settings.tls_client_ca else "") if settings.tls_cert else "plaintext",
+        "on" if settings.auth_enabled else "OFF",
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if api.tokens is not None:  # SIGHUP: re-read the tokens file now (it is also watched)
+        loop.add_signal_handler(signal.SIGHUP, api.tokens.reload)
     await stop.wait()
     log.info("shutting down: draining for at most %.1f s", settings.drain_grace_s)
     await api.shutdown()  # metrics stay up while draining: operators watch the drain
@@ -193,7 +222,7 @@ def start_metrics(settings: Settings, engine: Engine) -> tuple[Metrics, MetricsE
         sessions_max=settings.max_sessions,
         device_memory=cuda_memory_reader(engine.device),
     )
-    return metrics, metrics.serve(settings.metrics_host, settings.metrics_port)
+    return metrics, metrics.serve(settings.metrics_host, settings.metrics_port, settings.metrics_max_threads)
 
 
 async def _stop_metrics(poller: asyncio.Task[None], endpoint: MetricsEndpoint) -> None:

@@ -13,11 +13,15 @@ from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ..config import Settings
+from .auth import AuthInterceptor, TokenStore
 from .health import Health
+from .malformed import MalformedCounter
 from .pb import SERVICE_NAME, rpc
+from .quota import Limits, Quotas
 from .recorder import NULL_RECORDER, Recorder
 from .servicer import CellserveServicer
 from .status import ErrorMappingInterceptor
+from .transport import server_credentials, server_options
 
 if TYPE_CHECKING:
     from ..engine.engine import Engine
@@ -35,14 +39,16 @@ class ApiServer:
         self._engine = engine
         self.servicer = CellserveServicer(engine, settings, recorder)
         self.health = Health(settings.readiness_service)
-        self._server = aio.server(
-            interceptors=[ErrorMappingInterceptor(recorder)],
-            options=[
-                ("grpc.max_receive_message_length", settings.max_message_bytes),
-                ("grpc.max_send_message_length", settings.max_message_bytes),
-                ("grpc.so_reuseport", 0),  # port 0 must yield a port nobody else holds
-            ],
+        # Raises TokensFileError / TlsFileError: the server does not start on a bad file.
+        self.tokens = (
+            TokenStore(settings.auth_tokens_file, Limits.defaults(settings)) if settings.auth_tokens_file else None
         )
+        self._credentials = server_credentials(settings)
+        malformed = MalformedCounter(settings.malformed_log_interval_s, getattr(recorder, "malformed", lambda m: None))
+        interceptors: list[aio.ServerInterceptor] = [ErrorMappingInterceptor(recorder, malformed)]
+        if settings.auth_enabled:  # first: a call is authenticated before anything else runs
+            interceptors.insert(0, AuthInterceptor(settings, self.tokens, Quotas(engine.sessions_of), recorder))
+        self._server = aio.server(interceptors=interceptors, options=server_options(settings))
         rpc.add_CellserveServiceServicer_to_server(self.servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
@@ -50,7 +56,11 @@ class ApiServer:
 
     async def start(self) -> int:
         """Binds and starts; returns the port (the chosen one when settings.port is 0)."""
-        self.port = self._server.add_insecure_port(format_address(self._settings.host, self._settings.port))
+        address = format_address(self._settings.host, self._settings.port)
+        if self._credentials is None:
+            self.port = self._server.add_insecure_port(address)
+        else:
+            self.port = self._server.add_secure_port(address, self._credentials)
         if self.port == 0:
             raise OSError(f"cannot listen on {format_address(self._settings.host, self._settings.port)}")
         await self._server.start()

@@ -28,10 +28,12 @@ from ..errors import (
     InvalidInput,
     NotFound,
     OffsetConflict,
+    PermissionDenied,
     PreconditionFailed,
     Unavailable,
 )
 from ..logs import REQUEST_ID_MD, new_request_id, set_request_id
+from .malformed import MalformedCounter, RejectedRequest, guard
 from .pb import SERVICE_NAME
 from .recorder import NULL_RECORDER, Recorder, code_name
 
@@ -47,6 +49,7 @@ _CODES: dict[type[CellserveError], grpc.StatusCode] = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     OffsetConflict: grpc.StatusCode.ABORTED,
     PreconditionFailed: grpc.StatusCode.FAILED_PRECONDITION,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     CapacityExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
@@ -95,8 +98,9 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
     the final status is decided, it also tags the call's logs with a request id and reports
     the call's method and code to the recorder."""
 
-    def __init__(self, recorder: Recorder = NULL_RECORDER) -> None:
+    def __init__(self, recorder: Recorder = NULL_RECORDER, malformed: MalformedCounter | None = None) -> None:
         self._recorder = recorder
+        self._malformed = malformed or MalformedCounter(60.0)
 
     async def intercept_service(
         self,
@@ -109,22 +113,24 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         # context.write() style that an async-generator wrapper must not mix with.
         if handler is None or not method.startswith(f"/{SERVICE_NAME}/"):
             return handler
+        # Undecodable bytes become a RejectedRequest (INVALID_ARGUMENT), never a raise in grpc.
+        deserializer = guard(handler.request_deserializer, method.rsplit("/", 1)[-1], self._malformed)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(handler.unary_unary, _Call(method, self._recorder)),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 _wrap_streaming(handler.unary_stream, _Call(method, self._recorder)),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
                 _wrap_streaming(handler.stream_stream, _Call(method, self._recorder)),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler  # stream-unary: none in this API
@@ -168,6 +174,8 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], call: _Call) -> Callabl
     async def wrapped(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         started, code = call.begin(context), "OK"
         try:
+            if isinstance(request, RejectedRequest):
+                raise request.error
             return await behavior(request, context)
         except asyncio.CancelledError:
             code = "CANCELLED"
@@ -187,6 +195,8 @@ def _wrap_streaming(behavior: Callable[..., AsyncIterator[Any]], call: _Call) ->
     async def wrapped(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         started, code = call.begin(context), "OK"
         try:
+            if isinstance(request, RejectedRequest):  # unary-stream (Complete); a stream's: in-band
+                raise request.error
             async for response in behavior(request, context):
                 yield response
         except (asyncio.CancelledError, GeneratorExit):

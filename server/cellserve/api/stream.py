@@ -33,7 +33,10 @@ from ..engine.types import AppendOptions, CompletionChunk, Prediction
 from ..errors import InvalidInput, PreconditionFailed
 from ..logs import user_text
 from . import convert, validate
+from .auth import completion_lease
+from .malformed import RejectedRequest
 from .pb import svc, types
+from .quota import Lease
 from .recorder import APPEND_MULTI, APPEND_SINGLE, NULL_RECORDER, Recorder, ResponseTimer, code_name
 from .status import status_of
 
@@ -244,6 +247,8 @@ class SessionStream:
     def _dispatch(self, op: str | None, request: svc.SessionRequest, reply: _Reply) -> None:
         """Validates synchronously (errors answer at once) and starts the engine call."""
         try:
+            if isinstance(request, RejectedRequest):  # undecodable, or over the tenant's quota
+                raise request.error
             if op is None:
                 raise InvalidInput("request has no operation: set one of open, attach, append, complete, ...")
             if op in ("open", "attach"):
@@ -279,7 +284,7 @@ class SessionStream:
 
     def _bound(self) -> str:
         if self._session_id is None:
-            raise PreconditionFailed("no session on this stream yet: the first request must be open or attach")
+            raise InvalidInput("no session on this stream yet: the first request must be open or attach")
         return self._session_id
 
     def _start(self, job: Job, reply: _Reply, *, barrier: bool) -> None:
@@ -359,7 +364,13 @@ class SessionStream:
         req = validate.completion_request(msg, self._settings)
 
         async def job(reply: _Reply) -> None:
-            chunks = self._engine.complete(sid, req, owner=self._owner)
+            lease = completion_lease(req.n)  # the tenant's quota; released when the chunks end
+            try:
+                stream = self._engine.complete(sid, req, owner=self._owner)
+            except BaseException:
+                lease.release()
+                raise
+            chunks = _released_at_end(stream, lease)
             reply.handed_off = True
             # The chunks go out from a task of their own so that later requests (an Append
             # cancels the completion) are not held up until the completion ends.
@@ -405,3 +416,14 @@ class SessionStream:
                 raise InvalidInput(f"operation {op!r} is not supported by this server")
 
         return job
+
+
+async def _released_at_end(chunks: AsyncIterator[CompletionChunk], lease: Lease) -> AsyncIterator[CompletionChunk]:
+    try:
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        lease.release()
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()

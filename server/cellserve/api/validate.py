@@ -80,6 +80,10 @@ def completion_request(msg: Any, settings: Settings) -> CompletionRequest:
     temperature = float(msg.temperature)
     if not (math.isfinite(temperature) and 0 <= temperature <= MAX_TEMPERATURE):
         raise InvalidInput(f"temperature is {temperature}; it must be in [0, {MAX_TEMPERATURE:g}]")
+    if temperature < settings.min_temperature:
+        # Below the floor, logits / temperature overflow float32 and sampling degenerates to
+        # one repeated character; greedy decoding is what such a temperature means.
+        temperature = 0.0
     if msg.top_k > settings.max_top_k:
         raise InvalidInput(f"top_k is {msg.top_k}; the limit is {settings.max_top_k} (max_top_k)")
     top_p = float(msg.top_p) if msg.HasField("top_p") else 1.0

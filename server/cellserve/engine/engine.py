@@ -115,6 +115,7 @@ class Engine:
                 LSTM_GATES if m.cell == "lstm" else GRU_GATES,
             )
         self._sessions: dict[str, Session] = {}
+        self._owner_sessions: dict[str, int] = {}  # live sessions per owner (tenant quotas)
         self._running_alternatives = 0
         self._executor: ThreadPoolExecutor | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -174,6 +175,10 @@ class Engine:
     # ---- queries -----------------------------------------------------------------------------
     def models(self) -> list[ModelInfo]:
         return [rt.info for rt in self._runtimes.values()]
+
+    def sessions_of(self, owner: str) -> int:
+        """Live sessions of ``owner`` (the per-tenant session quota reads this)."""
+        return self._owner_sessions.get(owner, 0)
 
     def get_session(self, session_id: str, owner: str = "") -> SessionInfo:
         return self._get(session_id, owner).info()
@@ -322,7 +327,7 @@ class Engine:
         ``replay`` is appended and its Prediction returned. Bad or tampered blob: InvalidInput;
         a model or weights this server does not serve: PreconditionFailed."""
         self._check_open()
-        data = snap.decode(blob, self._key)
+        data = snap.decode(blob, self._key, tenant=owner, now=time.time())
         rt = self._runtimes.get(data.model)
         if rt is None or rt.loaded.weights_sha256 != data.weights_sha256:
             raise PreconditionFailed("the snapshot was taken with model weights this server does not serve")
@@ -365,6 +370,7 @@ class Engine:
         # start state (folded into the first append's row when one is waiting by then)
         s.queue.append(ControlOp("write", None, time.perf_counter(), state=state, position=position))
         self._sessions[sid] = s
+        self._owner_sessions[owner] = self._owner_sessions.get(owner, 0) + 1
         self._submit(rt, s)
         self._event(event)
         return s
@@ -405,6 +411,8 @@ class Engine:
             return
         s.closed = True
         del self._sessions[s.session_id]
+        if (left := self._owner_sessions.pop(s.owner, 1) - 1) > 0:
+            self._owner_sessions[s.owner] = left
         gone = NotFound(_NOT_FOUND)
         for op in s.queue:
             _fail(op, gone)
@@ -606,6 +614,8 @@ class Engine:
                     now,
                     tuple((m.layers, m.hidden) for _ in range(m.state_arity)),
                     tuple(res.reads[cw.read]),
+                    tenant=s.owner,
+                    expires_at=time.time() + self.settings.snapshot_ttl_s,
                 )
                 _resolve(cop, snap.encode(data, self._key))
             elif cop.kind == "complete" and cop.completion is not None:

@@ -82,7 +82,13 @@ class Pki:
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     d = tmp_path_factory.mktemp("pki")
     ca, other = CA(d, "test-ca"), CA(d, "other-ca")
-    return Pki(ca.pem, ca.server("server"), ca.client("carol", "carol"), ca.client("bob", "bob"), other.client("mallory", "mallory"))
+    return Pki(
+        ca.pem,
+        ca.server("server"),
+        ca.client("carol", "carol"),
+        ca.client("bob", "bob"),
+        other.client("mallory", "mallory"),
+    )
 
 
 @pytest.fixture(scope="session")

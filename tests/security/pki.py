@@ -61,7 +61,9 @@ class CA:
 
     def server(self, name: str) -> Pair:
         key = _key()
-        san = x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+        san = x509.SubjectAlternativeName(
+            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        )
         cert = (
             _builder(name, self.name, key.public_key())
             .add_extension(san, critical=False)

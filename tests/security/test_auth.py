@@ -84,7 +84,9 @@ def test_sessions_belong_to_the_tenant(auth_server: ServerProcess, tokens: Token
             assert session.append("d").position == 4  # nothing of dave's attempt landed
 
 
-def test_sdk_token_from_environment(auth_server: ServerProcess, tokens: Tokens, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sdk_token_from_environment(
+    auth_server: ServerProcess, tokens: Tokens, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CELLSERVE_TOKEN", tokens.tokens["alice"])
     with Client(auth_server.target) as client:
         assert client.models()
@@ -96,7 +98,9 @@ def test_sdk_token_from_environment(auth_server: ServerProcess, tokens: Tokens, 
 def test_sdk_cli_token(auth_server: ServerProcess, tokens: Tokens) -> None:
     base = [sys.executable, "-m", "cellserve_client._cli", "--target", auth_server.target]
     env = {k: v for k, v in os.environ.items() if k != "CELLSERVE_TOKEN"}
-    ok = subprocess.run([*base, "--token", tokens.tokens["alice"], "models"], capture_output=True, text=True, env=env, timeout=60)
+    ok = subprocess.run(
+        [*base, "--token", tokens.tokens["alice"], "models"], capture_output=True, text=True, env=env, timeout=60
+    )
     assert ok.returncode == 0, ok.stderr
     assert "tiny-lstm" in ok.stdout
     refused = subprocess.run([*base, "models"], capture_output=True, text=True, env=env, timeout=60)

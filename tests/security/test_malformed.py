@@ -73,7 +73,10 @@ def test_bad_message_on_a_stream_is_answered_in_band_and_the_stream_goes_on(
         assert "open or attach" in first.error.message
         assert ask(req(2, open={})).WhichOneof("result") == "opened"
         assert ask(req(3, append={"offset": 0, "input": {"text": "abc"}})).prediction.position == 3
-        for payload in [*GARBAGE, invalid_utf8(svc.SessionRequest(request_id=9, append={"offset": 3, "input": {"text": "ZZZZ"}}))]:
+        for payload in [
+            *GARBAGE,
+            invalid_utf8(svc.SessionRequest(request_id=9, append={"offset": 3, "input": {"text": "ZZZZ"}})),
+        ]:
             r = ask(payload)
             assert r.WhichOneof("result") == "error"
             assert r.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]

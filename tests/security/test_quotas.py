@@ -42,13 +42,18 @@ class Stream:
 def test_session_quota_is_per_tenant(channel: grpc.Channel, tokens: Tokens) -> None:
     s = stub(channel)
     bob, alice = bearer(tokens.tokens["bob"]), bearer(tokens.tokens["alice"])
-    held = [s.OpenSession(svc.OpenSessionRequest(), metadata=bob).session.session_id for _ in range(BOB_QUOTA["max_sessions"])]
+    held = [
+        s.OpenSession(svc.OpenSessionRequest(), metadata=bob).session.session_id
+        for _ in range(BOB_QUOTA["max_sessions"])
+    ]
     try:
         err = rpc_error(s.OpenSession, svc.OpenSessionRequest(), metadata=bob)
         assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "max_sessions=3" in (err.details() or "") and int(trailing(err)["retry-after-ms"]) > 0
         blob = s.Snapshot(svc.SnapshotRequest(session_id=held[0]), metadata=bob).blob
-        assert rpc_error(s.Resume, svc.ResumeRequest(blob=blob), metadata=bob).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert (
+            rpc_error(s.Resume, svc.ResumeRequest(blob=blob), metadata=bob).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        )
         # alice is not bob: she opens sessions while bob is at his quota.
         mine = [s.OpenSession(svc.OpenSessionRequest(), metadata=alice).session.session_id for _ in range(5)]
         for sid in mine:
@@ -112,7 +117,14 @@ def test_unary_append_over_the_rate_is_refused_with_a_hint(channel: grpc.Channel
         codes = []
         for _ in range(3):  # whatever the bucket holds now, the third 4000 chars cannot fit
             try:
-                s.Append(svc.AppendRequest(session_id=sid, offset=s.GetSession(svc.GetSessionRequest(session_id=sid), metadata=bob).session.position, input={"text": BIG}), metadata=bob)
+                s.Append(
+                    svc.AppendRequest(
+                        session_id=sid,
+                        offset=s.GetSession(svc.GetSessionRequest(session_id=sid), metadata=bob).session.position,
+                        input={"text": BIG},
+                    ),
+                    metadata=bob,
+                )
                 codes.append(grpc.StatusCode.OK)
             except grpc.RpcError as e:
                 codes.append(e.code())
@@ -131,7 +143,9 @@ def test_completion_quota(channel: grpc.Channel, tokens: Tokens) -> None:
         s.Append(svc.AppendRequest(session_id=sid, offset=0, input={"text": "a"}), metadata=bob)
         err = rpc_error(lambda: list(s.Complete(svc.CompleteRequest(session_id=sid, n=3), metadata=bob, timeout=60)))
         assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_completions=2" in (err.details() or "")
-        assert len(list(s.Complete(svc.CompleteRequest(session_id=sid, n=2, max_chars=4), metadata=bob, timeout=60))) > 0
+        assert (
+            len(list(s.Complete(svc.CompleteRequest(session_id=sid, n=2, max_chars=4), metadata=bob, timeout=60))) > 0
+        )
         st = Stream(channel, tokens.tokens["bob"])
         st.ask(attach={"session_id": sid})
         r = st.ask(complete={"n": 3})

@@ -65,7 +65,9 @@ def test_tenant_may_resume_a_blob_twice_as_a_fork(s: object, tokens: Tokens) -> 
     assert a.prediction.top_characters == b.prediction.top_characters  # the same state: the same answer
     assert a.prediction.HasField("top_characters")
     # The forks are independent: one moving on does not move the other.
-    s.Append(svc.AppendRequest(session_id=a.session.session_id, offset=len(TEXT) + 1, input={"text": "yz"}), metadata=md)  # type: ignore[attr-defined]
+    s.Append(
+        svc.AppendRequest(session_id=a.session.session_id, offset=len(TEXT) + 1, input={"text": "yz"}), metadata=md
+    )  # type: ignore[attr-defined]
     got = s.GetSession(svc.GetSessionRequest(session_id=b.session.session_id), metadata=md)  # type: ignore[attr-defined]
     assert got.session.position == len(TEXT) + 1
 

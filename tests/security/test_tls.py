@@ -20,7 +20,9 @@ def test_plaintext_client_cannot_talk_to_a_tls_server(tls_server: ServerProcess,
             client.models()
 
 
-def test_tls_client_without_a_certificate_is_refused_by_mtls(tls_server: ServerProcess, pki: Pki, tokens: Tokens) -> None:
+def test_tls_client_without_a_certificate_is_refused_by_mtls(
+    tls_server: ServerProcess, pki: Pki, tokens: Tokens
+) -> None:
     with Client(tls_server.target, tls=pki.ca, token=tokens.tokens["alice"], timeout=TIMEOUT_S) as client:
         with pytest.raises(Unavailable):  # the handshake fails: no call is made at all
             client.models()

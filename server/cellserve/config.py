@@ -166,8 +166,9 @@ class Settings(BaseModel):
     rewind_window: int = Field(default=256, ge=0, le=100_000)
     """Characters back that Rewind can reach; beyond: FAILED_PRECONDITION."""
     snapshot_key: SecretStr | None = Field(default=None)
-    """HMAC-SHA256 key for snapshot blobs (shared by all replicas so a session resumes on any
-    of them). Unset: a random per-process key; snapshots then resume on this process only."""
+    """Secret of snapshot blobs: their AES-256-GCM key is derived from it with HKDF (shared by
+    all replicas so a session resumes on any of them). Unset: a random per-process key;
+    snapshots then resume on this process only."""
 
     # --- logging -------------------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -168,3 +168,15 @@ def test_token_new_cli_prints_a_usable_entry() -> None:
         [sys.executable, "-m", "cellserve.cli", "token", "new", "no spaces"], capture_output=True, text=True, timeout=60
     )
     assert bad.returncode != 0 and "not a valid tenant name" in bad.stderr
+
+
+def test_reflection_needs_a_token(channel: grpc.Channel, tokens: Tokens) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    s = reflection_pb2_grpc.ServerReflectionStub(channel)
+    ask = [reflection_pb2.ServerReflectionRequest(list_services="")]
+    answer = next(s.ServerReflectionInfo(iter(ask), metadata=bearer(tokens.tokens["alice"]), timeout=30))
+    assert "cellserve.v1.CellserveService" in {x.name for x in answer.list_services_response.service}
+    with pytest.raises(grpc.RpcError) as info:
+        next(s.ServerReflectionInfo(iter(ask), timeout=30))
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]

@@ -67,3 +67,21 @@ def test_certificate_tenant_gets_its_quota_from_the_tokens_file(tls_server: Serv
         assert "max_sessions=3" in str(info.value) and info.value.retry_after > 0
         for s in sessions:
             s.close()
+
+
+def test_sdk_cli_with_tls_and_a_client_certificate(tls_server: ServerProcess, pki: Pki) -> None:
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "cellserve_client._cli", "--target", tls_server.target, "--tls-ca", str(pki.ca)]
+    env = {k: v for k, v in os.environ.items() if k != "CELLSERVE_TOKEN"}
+    ok = subprocess.run(
+        [*cmd, "--tls-cert", str(pki.carol.cert), "--tls-key", str(pki.carol.key), "predict", "de"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    half = subprocess.run(
+        [*cmd, "--tls-cert", str(pki.carol.cert), "models"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert half.returncode == 2 and "client_cert and client_key go together" in half.stderr

@@ -47,7 +47,9 @@ class ApiServer:
         malformed = MalformedCounter(settings.malformed_log_interval_s, getattr(recorder, "malformed", lambda m: None))
         interceptors: list[aio.ServerInterceptor] = [ErrorMappingInterceptor(recorder, malformed)]
         if settings.auth_enabled:  # first: a call is authenticated before anything else runs
-            interceptors.insert(0, AuthInterceptor(settings, self.tokens, Quotas(engine.sessions_of), recorder))
+            interceptors.insert(
+                0, AuthInterceptor(settings, self.tokens, Quotas(lambda owner: engine.sessions_of(owner)), recorder)
+            )
         self._server = aio.server(interceptors=interceptors, options=server_options(settings))
         rpc.add_CellserveServiceServicer_to_server(self.servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._server)

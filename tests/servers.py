@@ -41,8 +41,12 @@ class ServerProcess:
         self.stderr_lines: list[str] = []
         self.metrics_target = ""
         self._stdout: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._pump, args=(self.proc.stdout, self._stdout), daemon=True).start()
-        threading.Thread(target=self._collect_stderr, daemon=True).start()
+        self._readers = [
+            threading.Thread(target=self._pump, args=(self.proc.stdout, self._stdout), daemon=True),
+            threading.Thread(target=self._collect_stderr, daemon=True),
+        ]
+        for t in self._readers:
+            t.start()
         self.target = self._wait_listening()
 
     @staticmethod
@@ -82,15 +86,26 @@ class ServerProcess:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGTERM)
         try:
-            return self.proc.wait(timeout=timeout)
+            code = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
             raise
+        self._close_pipes()
+        return code
+
+    def _close_pipes(self) -> None:
+        """Once the process is gone its pipes reach EOF: let the readers finish, then close."""
+        for t in self._readers:
+            t.join(timeout=STOP_TIMEOUT_S)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=STOP_TIMEOUT_S)
+        self._close_pipes()
 
 
 def start_server(model_dir: Path, *args: str, env: dict[str, str] | None = None) -> ServerProcess:

@@ -123,10 +123,8 @@ class Settings(BaseModel):
     max_metadata_bytes: int = Field(default=16_384, ge=1024, le=1 << 20)
     """Largest request header block (metadata) accepted."""
     stream_idle_timeout_s: float = Field(default=600.0, gt=0, le=7 * 86400)
-    """A Session stream with no request and nothing owed for this long is closed."""
-    stream_max_unread: int = Field(default=1024, ge=1, le=1_000_000)
-    """Answers a stream may have queued that the client has not read; beyond: the stream ends
-    with RESOURCE_EXHAUSTED "client is not reading" (the session is kept)."""
+    """A Session stream that sends no request for this long is closed (UNAVAILABLE); its slot
+    comes back and its session is kept (attach again)."""
 
     # --- capacity and limits -------------------------------------------------------------
     max_sessions: int = Field(default=10_000, ge=1, le=10_000_000)

@@ -58,12 +58,12 @@ def test_health_needs_no_token(channel: grpc.Channel) -> None:
     assert resp.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_sessions_belong_to_the_tenant(auth_server: ServerProcess, tokens: Tokens) -> None:
+def test_sessions_belong_to_the_tenant(auth_server: ServerProcess, channel: grpc.Channel, tokens: Tokens) -> None:
     with Client(auth_server.target, token=tokens.tokens["alice"]) as alice:
         with alice.open() as session:
             session.append("abc")
             sid = session.session_id
-            s = stub(grpc.insecure_channel(auth_server.target))
+            s = stub(channel)
             mine = s.GetSession(svc.GetSessionRequest(session_id=sid), metadata=bearer(tokens.tokens["alice"]))
             assert mine.session.position == 3
             foreign = rpc_error(

@@ -45,7 +45,9 @@ class ApiServer:
         )
         self._credentials = server_credentials(settings)
         malformed = MalformedCounter(settings.malformed_log_interval_s, getattr(recorder, "malformed", lambda m: None))
-        interceptors: list[aio.ServerInterceptor] = [ErrorMappingInterceptor(recorder, malformed)]
+        interceptors: list[aio.ServerInterceptor] = [
+            ErrorMappingInterceptor(recorder, malformed, settings.stream_idle_timeout_s)
+        ]
         if settings.auth_enabled:  # first: a call is authenticated before anything else runs
             interceptors.insert(
                 0, AuthInterceptor(settings, self.tokens, Quotas(lambda owner: engine.sessions_of(owner)), recorder)

@@ -36,6 +36,7 @@ from ..logs import REQUEST_ID_MD, new_request_id, set_request_id
 from .malformed import MalformedCounter, RejectedRequest, guard
 from .pb import SERVICE_NAME
 from .recorder import NULL_RECORDER, Recorder, code_name
+from .stream_guard import idle_guarded
 
 log = logging.getLogger("cellserve.api")
 
@@ -98,9 +99,15 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
     the final status is decided, it also tags the call's logs with a request id and reports
     the call's method and code to the recorder."""
 
-    def __init__(self, recorder: Recorder = NULL_RECORDER, malformed: MalformedCounter | None = None) -> None:
+    def __init__(
+        self,
+        recorder: Recorder = NULL_RECORDER,
+        malformed: MalformedCounter | None = None,
+        stream_idle_timeout_s: float | None = None,
+    ) -> None:
         self._recorder = recorder
         self._malformed = malformed or MalformedCounter(60.0)
+        self._idle_s = stream_idle_timeout_s
 
     async def intercept_service(
         self,
@@ -128,8 +135,11 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream is not None:
+            behavior = handler.stream_stream
+            if self._idle_s is not None:  # a silent stream ends (StreamIdle) and frees its slot
+                behavior = _idle_limited(behavior, self._idle_s)
             return grpc.stream_stream_rpc_method_handler(
-                _wrap_streaming(handler.stream_stream, _Call(method, self._recorder)),
+                _wrap_streaming(behavior, _Call(method, self._recorder)),
                 request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -168,6 +178,13 @@ def _failure(exc: Exception, context: aio.ServicerContext[Any, Any], method: str
         return _code_of_abort(context), None
     st = status_of(exc, method)
     return code_name(st.code), st
+
+
+def _idle_limited(behavior: Callable[..., AsyncIterator[Any]], timeout_s: float) -> Callable[..., AsyncIterator[Any]]:
+    def limited(requests: AsyncIterator[Any], context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        return behavior(idle_guarded(requests, timeout_s), context)
+
+    return limited
 
 
 def _wrap_unary(behavior: Callable[..., Awaitable[Any]], call: _Call) -> Callable[..., Awaitable[Any]]:

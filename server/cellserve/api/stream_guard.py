@@ -1,6 +1,13 @@
-"""Connection hygiene of one Session stream, as two small objects the stream drives:
+"""Connection hygiene of one Session stream.
 
-``IdleDeadline``: a stream with no request read and nothing owed for ``stream_idle_timeout_s``
+``idle_guarded`` (wired, by the error-mapping interceptor around every bidirectional stream):
+when no request arrives for ``stream_idle_timeout_s``, the request iterator raises
+``StreamIdle`` and the stream ends with UNAVAILABLE "idle ... attach again"; its slot and the
+tenant's stream quota come back, and the session lives on.
+
+Two objects for the stream itself to drive, once it is rewritten:
+
+``IdleDeadline``: a finer idle rule, a stream with no request read and nothing owed for ``stream_idle_timeout_s``
 is ended with UNAVAILABLE (``StreamIdle``: "idle for N s ... attach again"), so silent streams
 give their slot (and the tenant's stream quota) back even while their session lives on.
 
@@ -9,7 +16,8 @@ reading, HTTP/2 flow control has stopped the writer) are counted; past ``stream_
 the stream ends with RESOURCE_EXHAUSTED "client is not reading". The session is kept: the
 client can attach or resume it.
 
-Integration (the stream's owner wires these; see the security report):
+Not wired yet: the Session stream is being rewritten. Wiring adds the setting
+``stream_max_unread`` (e.g. 1024) and drives the two objects from the stream:
 - reader: ``idle.touch()`` after each request read; ``idle.owe(+1)`` when a request is
   accepted and ``idle.owe(-1)`` when its last response is written;
 - the stream runs ``await idle.expired()`` as a task next to the reader and ends the stream
@@ -22,9 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 from ..errors import CapacityExceeded, Unavailable
+
+T = TypeVar("T")
 
 
 class StreamIdle(Unavailable):
@@ -94,3 +105,16 @@ class UnreadBound:
 
     def taken(self, n: int = 1) -> None:
         self.unread = max(0, self.unread - n)
+
+
+async def idle_guarded(requests: AsyncIterator[T], timeout_s: float) -> AsyncIterator[T]:
+    """``requests``, raising ``StreamIdle`` when the next one takes longer than ``timeout_s``."""
+    it = aiter(requests)
+    while True:
+        try:
+            request = await asyncio.wait_for(anext(it), timeout_s)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise StreamIdle(timeout_s) from None
+        yield request

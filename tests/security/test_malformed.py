@@ -8,6 +8,7 @@ import queue
 import re
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -90,7 +91,7 @@ def test_bad_message_on_a_stream_is_answered_in_band_and_the_stream_goes_on(
 
 
 def _rss_mib(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status").read().splitlines():
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS line")

@@ -51,14 +51,21 @@ class ServerProcess:
 
     @staticmethod
     def _pump(stream: object, out: queue.Queue[str | None]) -> None:
-        for line in stream:  # type: ignore[attr-defined]
-            out.put(line)
+        with stream:  # type: ignore[attr-defined]  # closed at EOF: no unclosed-file warning
+            for line in stream:  # type: ignore[attr-defined]
+                out.put(line)
         out.put(None)
 
     def _collect_stderr(self) -> None:
         assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.stderr_lines.append(line)
+        with self.proc.stderr:
+            for line in self.proc.stderr:
+                self.stderr_lines.append(line)
+
+    def _join_readers(self) -> None:
+        """The process has exited: its pipes reach EOF and the reader threads close them."""
+        for t in self._readers:
+            t.join(timeout=STOP_TIMEOUT_S)
 
     def _wait_listening(self) -> str:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -90,22 +97,14 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.kill()
             raise
-        self._close_pipes()
+        self._join_readers()
         return code
-
-    def _close_pipes(self) -> None:
-        """Once the process is gone its pipes reach EOF: let the readers finish, then close."""
-        for t in self._readers:
-            t.join(timeout=STOP_TIMEOUT_S)
-        for pipe in (self.proc.stdout, self.proc.stderr):
-            if pipe is not None:
-                pipe.close()
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=STOP_TIMEOUT_S)
-        self._close_pipes()
+        self._join_readers()
 
 
 def start_server(model_dir: Path, *args: str, env: dict[str, str] | None = None) -> ServerProcess:

@@ -90,8 +90,32 @@ def test_inspect_command_and_png(model_dir: Path, tmp_path: Path, capsys: pytest
     assert main(["inspect", "--model-dir", str(model_dir), "def f(x):", "--png", str(png)]) == 0
     out = capsys.readouterr().out
     assert "tiny-lstm" in out  # the default: lowest bits/char
-    assert len(out.strip().splitlines()) == 2 + len("def f(x):") + 1  # header lines, one per char, "wrote"
+    lines = out.strip().splitlines()
+    assert lines[1].split()[:7] == ["char", "L0", "f", "L0", "i", "L0", "o"]  # every gate, not f alone
+    # header lines, one per char, a blank line, the legend (f, i, o), "wrote"
+    assert len(lines) == 2 + len("def f(x):") + 1 + 3 + 1
+    assert any(line.startswith("f  forget gate: near 0 the cell forgets") for line in lines)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(("name", "gates"), [("tiny-lstm", 6), ("tiny-gru", 4)])
+def test_heatmap_shows_every_gate_and_a_whole_title_for_short_text(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, gates: int
+) -> None:
+    """Two characters: the figure is narrow, yet the title lies inside it; one row per layer and gate."""
+    plt = pytest.importorskip("matplotlib.pyplot")
+    from cellserve.inspection import write_heatmap
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to measure it
+    loaded = load_model(model_dir / name)
+    write_heatmap(trace(loaded, "ab"), loaded.spec.cell, name, tmp_path / "g.png")
+    (fig,) = figures
+    renderer = fig.canvas.get_renderer()
+    title = fig._suptitle.get_window_extent(renderer)
+    box = fig.bbox
+    assert box.x0 <= title.x0 and title.x1 <= box.x1 and title.y1 <= box.y1
+    assert len(fig.axes[0].get_yticklabels()) == gates  # [L0 f, L0 i, L0 o, L1 ...] or [L0 r, L0 z, ...]
 
 
 @pytest.mark.parametrize("name", ["tiny-lstm", "tiny-gru"])
@@ -99,6 +123,7 @@ def test_trace_gates_are_probabilities(model_dir: Path, name: str) -> None:
     rows = trace(load_model(model_dir / name), "x = 1\n", top_k=4)
     assert [r.char for r in rows] == list("x = 1\n")
     for r in rows:
-        assert len(r.keep) == 2 and all(0.0 < v < 1.0 for v in r.keep)
+        assert len(r.layers) == 2
+        assert all(0.0 < g.mean < 1.0 for layer in r.layers for g in layer)
         probs = [p for _, p in r.top]
         assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6

@@ -147,17 +147,19 @@ class Settings(BaseModel):
     """Largest top_k a Prediction may ask for."""
     session_idle_ttl_s: float = Field(default=900.0, gt=0, le=7 * 86400)
     """A session untouched this long is closed and its slot freed."""
-    max_batch_tokens: int = Field(default=16_384, ge=1, le=10_000_000)
-    """Characters one engine iteration may process (keeps one huge paste from stalling
-    everyone's keystrokes: the rest waits for the next iteration)."""
+    max_batch_tokens: int = Field(default=64, ge=1, le=10_000_000)
+    """The per-iteration character budget: prefill characters (pastes, coalesced appends) one
+    engine iteration may run beside the keystrokes and completion steps (which always run).
+    A longer piece is applied in chunks over several iterations, so a keystroke waits at most
+    about one iteration of this size. Default measured on the 2-core dev box (2x512 LSTM, one
+    thread, ``scripts/measure_budget.py``): a 64-character prefill chunk took
+    15.6 ms quiet and 98 ms with the cores shared by a training job (load 6.5); each chunk
+    also pays a fixed ~20 ms there, so much smaller chunks buy little latency and cost
+    throughput. Raise it on a GPU, where a chunk of thousands costs about as much as one."""
 
     session_sweep_interval_s: float = Field(default=5.0, gt=0, le=3600)
     """How often the engine looks for sessions idle longer than ``session_idle_ttl_s`` (one
     pass over the session table; eviction happens within TTL + this interval)."""
-    stats_max_observations: int = Field(default=10_000, ge=1, le=10_000_000)
-    """Recent observations (queue waits, step times, batch sizes) kept between two reads of
-    the engine statistics; older ones are dropped."""
-
     # --- exactly-once, rewind, snapshots -------------------------------------------------
     checkpoint_every: int = Field(default=64, ge=1, le=100_000)
     """Rewind checkpoints: the state is saved every this many characters."""

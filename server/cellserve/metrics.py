@@ -2,9 +2,10 @@
 
 Two feeds fill them, and neither ever waits on the other or on a scrape:
 
-- the engine's ``EngineStats`` (gauges, cumulative counters, drained observation lists), pulled
-  by ``Metrics.poll_engine`` on the asyncio loop every ``POLL_INTERVAL_S``. ``Engine.stats()``
-  drains its observation lists, so this poller must be its only caller;
+- the engine: its ``IterationStats`` pushed once per iteration (``Metrics.observe_iteration``,
+  registered as a stats listener: queue waits, step times, batch sizes), and its ``EngineStats``
+  (gauges and cumulative counters; reading them changes nothing) pulled by
+  ``Metrics.poll_engine`` every ``POLL_INTERVAL_S``;
 - the API layer, through the small ``Recorder`` interface (``cellserve.api.recorder``) that
   ``Metrics`` implements: one call per finished request and per response a client waits on.
 
@@ -36,20 +37,19 @@ from prometheus_client import (
     Histogram,
 )
 
-from .engine.types import EngineStats
+from .engine.types import EngineStats, IterationStats, Phase, SessionEvent
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from .engine.engine import Engine
+    from .engine.client import EngineClient
 
 log = logging.getLogger(__name__)
 
 # Names are spelled out whole ("cellserve_..."), so a grep for a metric (the HPA, the rules,
 # the dashboard) finds where it is made.
 
-# Engine gauges lag by at most this. Between two polls the engine keeps up to
-# settings.stats_max_observations of each observation list (oldest dropped beyond).
+# Engine gauges and counters lag by at most this (observations are pushed per iteration).
 POLL_INTERVAL_S = 0.5
 
 # 50 µs (a single step of a tiny model on a GPU) to 5 s (a keystroke stuck behind a huge paste
@@ -67,11 +67,11 @@ BATCH_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(15))  # 1 ..
 
 # The kinds cellserve.api.recorder reports (not imported: this module stays free of grpc).
 KEYSTROKE_KINDS = ("append_single", "append_multi", "completion_first_chunk", "completion_char")
-PHASES = ("step", "prefill", "completion")
-SESSION_REASONS = ("opened", "closed", "expired", "evicted", "resumed", "rejected")
+PHASES = tuple(p.value for p in Phase)
+SESSION_REASONS = ("opened", "closed", "expired", "resumed", "rejected")
 # Engine event names that are not the label value operators see.
-_EVENT_REASON = {"rejected_sessions": "rejected"}
-_REJECTED_COMPLETIONS = "rejected_completion"
+_EVENT_REASON = {SessionEvent.REJECTED_SESSIONS.value: "rejected"}
+_REJECTED_COMPLETIONS = SessionEvent.REJECTED_COMPLETION.value
 _LABEL_SAFE = re.compile(r"[^a-z0-9_]")
 
 
@@ -119,7 +119,7 @@ class Metrics:
             ["method"],
             registry=r,
         )
-        # --- engine observations (drained from EngineStats) ------------------------------------
+        # --- engine observations (pushed per iteration as IterationStats) -------------------------
         self.queue_wait = Histogram(
             "cellserve_queue_wait_seconds",
             "Time an operation waited in its session's queue before the engine iteration that ran it began.",
@@ -150,7 +150,7 @@ class Metrics:
         self.session_events = Counter(
             "cellserve_session_events",
             "Session lifecycle events by reason: opened, resumed, closed (by the client), expired (idle TTL), "
-            "evicted, rejected (session limit reached).",
+            "rejected (session limit reached).",
             ["reason"],
             registry=r,
         )
@@ -234,9 +234,17 @@ class Metrics:
 
     # --- the engine feed ------------------------------------------------------------------------
 
+    def observe_iteration(self, st: IterationStats) -> None:
+        """One engine iteration's observations (a stats listener: called on the loop)."""
+        for secs in st.queue_wait_s:
+            self.queue_wait.observe(secs)
+        for phase, secs in st.step_time_s:
+            self.step_time.labels(_reason(phase)).observe(secs)
+        self.batch_size.observe(st.rows)
+
     def observe_stats(self, st: EngineStats) -> None:
-        """Folds one ``Engine.stats()`` reading in: gauges set, counter deltas added, drained
-        observations observed. Counters never go down: a smaller reading adds nothing."""
+        """Folds one ``EngineStats`` reading in: gauges set, counter deltas added. Counters never
+        go down: a smaller reading adds nothing."""
         self.active_sessions.set(st.active_sessions)
         self.slots_capacity.set(st.slots_capacity)
         self.slots_max.set(st.slots_max)
@@ -251,14 +259,6 @@ class Metrics:
                 self._add("events", event, n, self.completions_rejected.inc)
             else:
                 self._add("events", event, n, self.session_events.labels(_reason(event)).inc)
-        for secs in st.queue_wait_s:
-            self.queue_wait.observe(secs)
-        for phase, values in st.step_time_s.items():
-            child = self.step_time.labels(_reason(phase))
-            for secs in values:
-                child.observe(secs)
-        for size in st.batch_sizes:
-            self.batch_size.observe(size)
         if self._device_memory is not None and self.device_memory is not None:
             for kind, nbytes in self._device_memory().items():
                 self.device_memory.labels(kind).set(nbytes)
@@ -269,16 +269,16 @@ class Metrics:
             inc(total - previous)
         self._last[(family, key)] = max(total, previous)
 
-    async def poll_engine(self, engine: Engine, interval_s: float = POLL_INTERVAL_S) -> None:
-        """Runs until cancelled, on the loop that runs the engine (``stats()`` is not thread-safe
-        and drains). A failed reading is logged and skipped: metrics must never stop serving."""
+    async def poll_engine(self, engine: EngineClient, interval_s: float = POLL_INTERVAL_S) -> None:
+        """Runs until cancelled. A failed reading is logged and skipped: metrics must never stop
+        serving."""
         while True:
-            self.poll_once(engine)
+            await self.poll_once(engine)
             await asyncio.sleep(interval_s)
 
-    def poll_once(self, engine: Engine) -> None:
+    async def poll_once(self, engine: EngineClient) -> None:
         try:
-            self.observe_stats(engine.stats())
+            self.observe_stats(await engine.stats(""))
         except Exception:
             log.exception("reading engine statistics failed")
 

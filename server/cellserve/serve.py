@@ -141,6 +141,10 @@ def run_serve(args: argparse.Namespace) -> int:
             settings.host,
             settings.metrics_host,
         )
+    # Idle OpenMP threads sleep instead of spinning (read when torch loads, below): measured on
+    # the 2-core box shared with a training job, a one-row step took 28.6 ms with 2 spinning
+    # threads, 5.3 ms with them passive, 2.0 ms with one thread (docs/design-notes.md).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return asyncio.run(serve(settings))
 
 
@@ -166,6 +170,9 @@ async def serve(settings: Settings) -> int:
     except ModelFileError as e:  # names the file (or setting) and the field
         print(f"cellserve serve: cannot start: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    from .engine.inprocess import InProcessEngineClient
+
+    client = InProcessEngineClient(engine)
     try:
         metrics, endpoint = start_metrics(settings, engine)
     except OSError as e:
@@ -174,10 +181,10 @@ async def serve(settings: Settings) -> int:
         await engine.stop()
         return EXIT_CONFIG
     print(f"cellserve metrics on {format_address(settings.metrics_host, endpoint.port)} (http)", flush=True)
-    # On the engine's loop: Engine.stats() is loop-only and drains (see cellserve.metrics).
-    poller = asyncio.create_task(metrics.poll_engine(engine))
+    client.add_stats_listener(metrics.observe_iteration)  # observations: pushed per iteration
+    poller = asyncio.create_task(metrics.poll_engine(client))  # gauges and counters
     try:
-        api = ApiServer(settings, engine, recorder=metrics)
+        api = ApiServer(settings, client, recorder=metrics, gate_models=engine.repository.get)
     except (TokensFileError, TlsFileError) as e:  # names the file and the problem
         print(f"cellserve serve: cannot start: {e}", file=sys.stderr)
         await _stop_metrics(poller, endpoint)
@@ -207,7 +214,7 @@ async def serve(settings: Settings) -> int:
     log.info("shutting down: draining for at most %.1f s", settings.drain_grace_s)
     await api.shutdown()  # metrics stay up while draining: operators watch the drain
     await engine.stop()
-    metrics.poll_once(engine)  # the last observations, for a scrape that may still come
+    await metrics.poll_once(client)  # the last counters, for a scrape that may still come
     await _stop_metrics(poller, endpoint)
     log.info("stopped")
     return 0

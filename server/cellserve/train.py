@@ -168,7 +168,7 @@ def _save_train_state(
 
 def _load_train_state(
     folder: Path, model: CharLM, opt: torch.optim.Optimizer, device: torch.device
-) -> tuple[State, dict]:
+) -> tuple[State, dict[str, object]]:
     meta = json.loads((folder / "train_state.json").read_text())
     tensors = load_file(str(folder / "train_state.safetensors"))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
@@ -220,8 +220,8 @@ def train(cfg: TrainConfig) -> ModelSpec:
     step, elapsed_before, best_val = 0, 0.0, float("inf")
     state: State = model.init_state(cfg.batch, device)
     if cfg.resume:
-        state, meta = _load_train_state(train_state_dir, model, opt, device)
-        step, elapsed_before = int(meta["step"]), float(meta["elapsed"])  # type: ignore[arg-type]
+        state, saved = _load_train_state(train_state_dir, model, opt, device)
+        step, elapsed_before = int(saved["step"]), float(saved["elapsed"])  # type: ignore[call-overload, arg-type]
         progress.log(f"resumed at step {step} ({elapsed_before:.0f}s trained)")
     progress.log(f"model: {cfg.cell} {cfg.layers}x{cfg.hidden}, {model.num_parameters():,} parameters on {device}")
 
@@ -252,7 +252,7 @@ def train(cfg: TrainConfig) -> ModelSpec:
         logits, state = model(x, tuple(s.detach() for s in state))
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
         opt.step()
         step += 1

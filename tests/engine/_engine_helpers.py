@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -79,3 +80,41 @@ def offline_greedy(lm: LoadedModel, text: str, n: int) -> str:
         ids.append(nxt)
         out.append(lm.vocab.char(nxt))
     return "".join(out)
+
+
+class GatedRunner:
+    """Slows the device worker down at will: while ``closed``, every ``ModelRunner.execute``
+    call waits for a permit, and each call announces itself, so a test can act while an
+    iteration is running (no sleeps: it waits for the announcements)."""
+
+    def __init__(self) -> None:
+        self._permits = threading.Semaphore(0)
+        self._entered = threading.Semaphore(0)
+        self.closed = True
+
+    def install(self, monkeypatch: Any) -> None:
+        from cellserve.engine.runner import ModelRunner
+
+        real = ModelRunner.execute
+
+        def execute(runner: ModelRunner, plan: Any) -> Any:
+            if self.closed:
+                self._entered.release()
+                if not self._permits.acquire(timeout=60):
+                    raise RuntimeError("the test never let this iteration run")
+            return real(runner, plan)
+
+        monkeypatch.setattr(ModelRunner, "execute", execute)
+
+    async def running(self) -> None:
+        """Returns once an iteration is waiting in the device worker."""
+        if not await asyncio.to_thread(self._entered.acquire, True, 60):
+            raise TimeoutError("no iteration reached the device worker")
+
+    def release(self) -> None:
+        self._permits.release()
+
+    def open(self) -> None:
+        self.closed = False
+        for _ in range(64):
+            self._permits.release()

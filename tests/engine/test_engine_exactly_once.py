@@ -4,13 +4,14 @@ expected offset, a failed step leaves the session untouched."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
-from _engine_helpers import assert_prediction_matches, engine, offline_probs, run
+from _engine_helpers import GatedRunner, assert_prediction_matches, engine, offline_probs, run
 from cellserve.engine.runner import ModelRunner
 from cellserve.engine.types import AppendOptions
-from cellserve.errors import InvalidInput, NotFound, OffsetConflict
+from cellserve.errors import InvalidInput, NotFound, OffsetConflict, PreconditionFailed
 
 
 def test_duplicate_gap_reorder(model_dir: Path) -> None:
@@ -78,5 +79,68 @@ def test_failed_step_leaves_session_untouched(model_dir: Path, monkeypatch: pyte
             pred = await eng.append(s, 5, " world")  # the same piece again: applied once, now
             assert pred.position == 11 and not pred.replayed
             assert_prediction_matches(lm, pred, offline_probs(lm, "hello world")[-1], 5)
+
+    run(body)
+
+
+def test_offsets_count_appends_taken_into_the_running_batch(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: after a failed op, the expected offset used to be recomputed from the applied
+    position plus the queue, leaving out appends already taken into the running batch, so a
+    correctly pipelined append was ABORTED. Reproduced with a rewind past the window and
+    pipelined appends, on a slowed device worker."""
+
+    async def body() -> None:
+        async with engine(model_dir, rewind_window=256, max_append_chars=400) as eng:
+            s, y = eng.open_session().session_id, eng.open_session().session_id
+            await eng.append(s, 0, "x" * 300)
+            await eng.append(y, 0, "a")
+            gate = GatedRunner()
+            gate.install(monkeypatch)
+            fx = eng.submit_append(s, 300, "abc")
+            eng.submit_append(y, 1, "b")
+            await gate.running()  # iteration 1: s's "abc" and y's "b"
+            fr = eng.submit_rewind(s, 280)  # past the window: fails when reached
+            stale = [eng.submit_append(s, 23, "q"), eng.submit_append(s, 24, "r")]  # pipelined after it
+            eng.submit_append(y, 2, "c")
+            gate.release()
+            await gate.running()  # iteration 2: the rewind failed when scheduled; y's "c" runs
+            with pytest.raises(PreconditionFailed):
+                await fr
+            assert (await fx).position == 303
+            fb = eng.submit_append(s, 303, "hello")  # the client resends at the real position
+            gate.release()
+            await gate.running()  # iteration 3: the stale appends are refused, "hello" runs
+            assert eng.get_session_queued(s).position == 308  # accepted, not yet applied
+            fc = eng.submit_append(s, 308, "!")  # pipelined behind "hello": must be accepted
+            gate.open()
+            for f in stale:
+                with pytest.raises(OffsetConflict) as e:
+                    await f
+                assert e.value.expected == 303
+            assert (await fb).position == 308 and (await fc).position == 309
+            assert eng.get_session(s).position == 309
+
+    run(body)
+
+
+def test_ttl_never_expires_a_session_with_running_work(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def body() -> None:
+        async with engine(model_dir, session_idle_ttl_s=0.05, session_sweep_interval_s=0.01) as eng:
+            idle = eng.open_session().session_id
+            busy = eng.open_session().session_id
+            await eng.append(busy, 0, "a")
+            gate = GatedRunner()
+            gate.install(monkeypatch)
+            fut = eng.submit_append(busy, 1, "b")
+            await gate.running()  # the keystroke waits in a long iteration
+            since = time.time()
+            for _ in range(1000):  # until the idle one expired and a few sweeps passed the TTL
+                if idle not in eng._sessions and time.time() - since > 0.05 + 3 * 0.01:
+                    break
+                await asyncio.sleep(0.01)
+            assert idle not in eng._sessions
+            assert busy in eng._sessions
+            gate.open()
+            assert (await fut).position == 2
 
     run(body)

@@ -4,13 +4,15 @@ the Prometheus tools, which the tests skip without (CI installs Debian's prometh
 from __future__ import annotations
 
 import shutil
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from cellserve_client._proto.cellserve.v1 import service_pb2_grpc as rpc
+from prometheus_client.parser import text_string_to_metric_families
 from servers import ServerProcess, start_server
 
 
@@ -19,6 +21,26 @@ def scrape(metrics_target: str) -> str:
     with urllib.request.urlopen(f"http://{metrics_target}/metrics", timeout=10) as response:
         body: bytes = response.read()
     return body.decode()
+
+
+def sample(exposition: str, name: str, **labels: str) -> float | None:
+    """The value of one sample of an exposition, or None when it is absent."""
+    for family in text_string_to_metric_families(exposition):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return None
+
+
+def scrape_until(metrics_target: str, ready: Callable[[str], bool], timeout_s: float = 30.0) -> str:
+    """Scrapes until ``ready(exposition)`` holds (the engine's counters reach the metrics on a
+    poll): waits for the event, never a fixed sleep. Returns that exposition."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        body = scrape(metrics_target)
+        if ready(body) or time.monotonic() > deadline:
+            return body
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="session")

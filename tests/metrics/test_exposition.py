@@ -6,7 +6,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -20,11 +19,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from servers import START_TIMEOUT_S, ServerProcess
 
 from . import names
-from .conftest import scrape
+from .conftest import sample as sample_value
+from .conftest import scrape_until
 
 SECRET_TEXT = "Zq7 secret words"  # every character is in the test vocabulary
 CUDA_ONLY = {"cellserve_device_memory_bytes"}  # registered only when the engine runs on CUDA
-POLL_S = 0.5  # cellserve.metrics.POLL_INTERVAL_S
 
 
 def promtool_check_metrics(promtool: str, exposition: str) -> subprocess.CompletedProcess[str]:
@@ -42,8 +41,11 @@ def exposition(server: ServerProcess, stub: rpc.CellserveServiceStub) -> str:
     with pytest.raises(grpc.RpcError):
         stub.Append(svc.AppendRequest(session_id=sid, offset=99, input=types.Input(text=SECRET_TEXT)))
     list(stub.Complete(svc.CompleteRequest(session_id=sid, max_chars=4)))
-    time.sleep(3 * POLL_S)  # the engine's statistics reach the metrics on the next poll
-    return scrape(server.metrics_target)
+    # the engine's counters reach the metrics on a poll: wait until the completion's are there
+    return scrape_until(
+        server.metrics_target,
+        lambda body: (sample_value(body, "cellserve_chars_processed_total", phase="completion") or 0) > 0,
+    )
 
 
 def test_promtool_check_metrics_passes_on_the_live_exposition(promtool: str, exposition: str) -> None:
@@ -146,8 +148,7 @@ def test_labels_are_closed_sets_never_ids_or_text(exposition: str, server: Serve
 
 def test_session_ids_never_appear(server: ServerProcess, stub: rpc.CellserveServiceStub) -> None:
     ids = [stub.OpenSession(svc.OpenSessionRequest()).session.session_id for _ in range(3)]
-    time.sleep(3 * POLL_S)
-    body = scrape(server.metrics_target)
+    body = scrape_until(server.metrics_target, lambda b: (sample_value(b, "cellserve_active_sessions") or 0) >= 3)
     assert "cellserve_active_sessions" in body
     for sid in ids:
         assert sid not in body and sid[:12] not in body

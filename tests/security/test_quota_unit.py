@@ -3,11 +3,17 @@ token-bucket refill and hints, leases given back once."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from cellserve.api.quota import Limits, Quotas
 from cellserve.errors import CapacityExceeded
 
 LIMITS = Limits(max_sessions=2, max_streams=1, max_completions=3, chars_per_s=10.0, chars_burst=20)
+
+
+async def no_sessions(tenant: str) -> int:
+    return 0
 
 
 class Clock:
@@ -19,7 +25,7 @@ class Clock:
 
 def test_bucket_refills_and_hints() -> None:
     clock = Clock()
-    q = Quotas(lambda t: 0, clock)
+    q = Quotas(no_sessions, clock)
     q.take_chars("a", LIMITS, 20)
     with pytest.raises(CapacityExceeded) as info:
         q.take_chars("a", LIMITS, 5)
@@ -31,7 +37,7 @@ def test_bucket_refills_and_hints() -> None:
 
 def test_an_append_longer_than_the_bucket_goes_when_full_and_leaves_a_debt() -> None:
     clock = Clock()
-    q = Quotas(lambda t: 0, clock)
+    q = Quotas(no_sessions, clock)
     q.take_chars("a", LIMITS, 50)  # full bucket: allowed, 30 chars of debt
     with pytest.raises(CapacityExceeded) as info:
         q.take_chars("a", LIMITS, 1)
@@ -39,7 +45,7 @@ def test_an_append_longer_than_the_bucket_goes_when_full_and_leaves_a_debt() -> 
 
 
 def test_leases_are_per_tenant_and_released_once() -> None:
-    q = Quotas(lambda t: 0)
+    q = Quotas(no_sessions)
     lease = q.acquire_stream("a", LIMITS)
     with pytest.raises(CapacityExceeded):
         q.acquire_stream("a", LIMITS)
@@ -58,7 +64,11 @@ def test_leases_are_per_tenant_and_released_once() -> None:
 
 def test_sessions_come_from_the_engine_count() -> None:
     held = {"a": 2, "b": 1}
-    q = Quotas(lambda t: held.get(t, 0))
+
+    async def sessions_of(tenant: str) -> int:
+        return held.get(tenant, 0)
+
+    q = Quotas(sessions_of)
     with pytest.raises(CapacityExceeded, match="max_sessions=2"):
-        q.check_session("a", LIMITS)
-    q.check_session("b", LIMITS)
+        asyncio.run(q.check_session("a", LIMITS))
+    asyncio.run(q.check_session("b", LIMITS))

@@ -201,7 +201,7 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
             p = await self._admit(context, name, ours)
             try:
                 if name in ("OpenSession", "Resume"):
-                    self._quotas.check_session(p.tenant, p.limits)
+                    await self._quotas.check_session(p.tenant, p.limits)
                 if name == "Append" and not isinstance(request, RejectedRequest) and request.HasField("input"):
                     self._quotas.take_chars(p.tenant, p.limits, len(request.input.text))
             except CapacityExceeded as exc:
@@ -243,7 +243,7 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
             op = req.WhichOneof("op")
             try:
                 if op == "open":
-                    self._quotas.check_session(p.tenant, p.limits)
+                    await self._quotas.check_session(p.tenant, p.limits)
                 elif op == "append" and req.append.HasField("input"):
                     self._quotas.take_chars(p.tenant, p.limits, len(req.append.input.text))
             except CapacityExceeded as exc:

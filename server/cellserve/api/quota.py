@@ -8,13 +8,13 @@ to guarantee every tenant its quota, keep the sum of the tenants' quotas within 
 
 The interface is narrow on purpose (the engine and the streams call four methods): it holds
 no reference to sessions, only counts, and the live-session count comes from the engine
-(``sessions_of``) so that expiry and close need no bookkeeping here.
+(``sessions_of``, read through the ``EngineClient``) so that expiry and close need no bookkeeping here.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ..config import Settings
@@ -70,7 +70,9 @@ class Lease:
 
 
 class Quotas:
-    def __init__(self, sessions_of: Callable[[str], int], clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, sessions_of: Callable[[str], Awaitable[int]], clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._sessions_of = sessions_of
         self._clock = clock
         self._usage: dict[str, _Usage] = {}
@@ -89,9 +91,9 @@ class Quotas:
             if not u.streams and not u.completions and now - u.refilled > 60:
                 del self._usage[t]
 
-    def check_session(self, tenant: str, limits: Limits) -> None:
+    async def check_session(self, tenant: str, limits: Limits) -> None:
         """Before opening or resuming a session."""
-        held = self._sessions_of(tenant)
+        held = await self._sessions_of(tenant)
         if held >= limits.max_sessions:
             raise CapacityExceeded(
                 f"this tenant holds {held} sessions, its quota (max_sessions={limits.max_sessions}); "

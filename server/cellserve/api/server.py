@@ -6,14 +6,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
 
 from grpc import aio
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ..config import Settings
+from ..engine.client import EngineClient
 from .auth import AuthInterceptor, TokenStore
+from .gates import ModelLookup
 from .health import Health
 from .malformed import MalformedCounter
 from .pb import SERVICE_NAME, rpc
@@ -23,9 +24,6 @@ from .servicer import CellserveServicer
 from .status import ErrorMappingInterceptor
 from .transport import server_credentials, server_options
 
-if TYPE_CHECKING:
-    from ..engine.engine import Engine
-
 log = logging.getLogger("cellserve.api")
 
 
@@ -34,10 +32,16 @@ def format_address(host: str, port: int) -> str:
 
 
 class ApiServer:
-    def __init__(self, settings: Settings, engine: Engine, recorder: Recorder = NULL_RECORDER) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: EngineClient,
+        recorder: Recorder = NULL_RECORDER,
+        gate_models: ModelLookup | None = None,
+    ) -> None:
         self._settings = settings
         self._engine = engine
-        self.servicer = CellserveServicer(engine, settings, recorder)
+        self.servicer = CellserveServicer(engine, settings, recorder, gate_models)
         self.health = Health(settings.readiness_service)
         # Raises TokensFileError / TlsFileError: the server does not start on a bad file.
         self.tokens = (
@@ -49,14 +53,17 @@ class ApiServer:
             ErrorMappingInterceptor(recorder, malformed, settings.stream_idle_timeout_s)
         ]
         if settings.auth_enabled:  # first: a call is authenticated before anything else runs
-            interceptors.insert(
-                0, AuthInterceptor(settings, self.tokens, Quotas(lambda owner: engine.sessions_of(owner)), recorder)
-            )
+            interceptors.insert(0, AuthInterceptor(settings, self.tokens, Quotas(self._sessions_of), recorder))
         self._server = aio.server(interceptors=interceptors, options=server_options(settings))
         rpc.add_CellserveServiceServicer_to_server(self.servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
         self.port = 0
+
+    async def _sessions_of(self, owner: str) -> int:
+        """The tenant's live sessions, as the engine counts them (through the EngineClient, so
+        an engine in another process answers it too)."""
+        return (await self._engine.health(owner)).owner_sessions
 
     async def start(self) -> int:
         """Binds and starts; returns the port (the chosen one when settings.port is 0)."""

@@ -1,6 +1,6 @@
-"""The CellserveService servicer: thin translators between protobuf and the Engine.
+"""The CellserveService servicer: thin translators between protobuf and the ``EngineClient``.
 
-Each method validates its request (``validate``), calls one Engine method and converts the
+Each method validates its request (``validate``), calls one engine operation and converts the
 result (``convert``). Errors are raised, never turned into statuses here: the interceptor in
 ``status`` does that for every method. The bidirectional ``Session`` stream lives in
 ``stream``; this class only admits it (the concurrent-stream cap) and tracks it for draining.
@@ -9,22 +9,22 @@ result (``convert``). Errors are raised, never turned into statuses here: the in
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, TypeAlias
 
 from grpc import aio
 
 from ..config import Settings
+from ..engine.client import EngineClient
 from ..errors import CapacityExceeded, InvalidInput, Unavailable
 from ..logs import user_text
 from . import convert, validate
+from .gates import GateInspector, ModelLookup
 from .owner import owner_of
 from .pb import rpc, svc, types
 from .recorder import NULL_RECORDER, Recorder, ResponseTimer
 from .stream import SessionStream
-
-if TYPE_CHECKING:
-    from ..engine.engine import Engine
 
 log = logging.getLogger("cellserve.api")
 Context: TypeAlias = aio.ServicerContext[Any, Any]
@@ -32,20 +32,29 @@ STREAM_RETRY_AFTER_S = 1.0  # streams are long-lived: a slot frees up on the ord
 
 
 class CellserveServicer(rpc.CellserveServiceServicer):  # type: ignore[misc]
-    def __init__(self, engine: Engine, settings: Settings, recorder: Recorder = NULL_RECORDER) -> None:
+    def __init__(
+        self,
+        engine: EngineClient,
+        settings: Settings,
+        recorder: Recorder = NULL_RECORDER,
+        gate_models: ModelLookup | None = None,
+    ) -> None:
         self._engine = engine
         self._settings = settings
         self._recorder = recorder
         self._streams: set[SessionStream] = set()
         self._draining = False
         self._model_msgs: dict[str, types.ModelInfo] = {}
+        # The gates read the weights only, never the engine's sessions: the process that loaded
+        # the models passes their lookup; a server without one refuses the call plainly.
+        self._gates = GateInspector(gate_models, settings) if gate_models is not None else None
 
     # --- helpers ---------------------------------------------------------------------------
 
-    def model_msg(self, name: str) -> types.ModelInfo:
+    async def model_msg(self, name: str) -> types.ModelInfo:
         """The ModelInfo message of a loaded model (built once: the model set never changes)."""
         if not self._model_msgs:
-            self._model_msgs = {m.name: convert.model_info(m) for m in self._engine.models()}
+            self._model_msgs = {m.name: convert.model_info(m) for m in await self._engine.models("")}
         return self._model_msgs[name]
 
     def begin_drain(self) -> None:
@@ -79,11 +88,11 @@ class CellserveServicer(rpc.CellserveServiceServicer):  # type: ignore[misc]
     # --- unary calls -----------------------------------------------------------------------
 
     async def OpenSession(self, request: svc.OpenSessionRequest, context: Context) -> svc.OpenSessionResponse:
-        info = self._engine.open_session(validate.model_name(request.model), owner=owner_of(context))
-        return svc.OpenSessionResponse(session=convert.session_info(info), model=self.model_msg(info.model))
+        info = await self._engine.open_session(owner_of(context), validate.model_name(request.model))
+        return svc.OpenSessionResponse(session=convert.session_info(info), model=await self.model_msg(info.model))
 
     async def GetSession(self, request: svc.GetSessionRequest, context: Context) -> svc.GetSessionResponse:
-        info = self._engine.get_session(validate.session_id(request.session_id), owner=owner_of(context))
+        info = await self._engine.get_session(owner_of(context), validate.session_id(request.session_id))
         return svc.GetSessionResponse(session=convert.session_info(info))
 
     async def Append(self, request: svc.AppendRequest, context: Context) -> svc.AppendResponse:
@@ -91,40 +100,38 @@ class CellserveServicer(rpc.CellserveServiceServicer):  # type: ignore[misc]
         text = validate.input_text(request.input if request.HasField("input") else None, "input", self._settings)
         options = validate.append_options(request, self._settings)
         owner = owner_of(context)
-        timer = ResponseTimer(self._recorder, self._engine.get_session(sid, owner=owner).model)
+        received = time.perf_counter()
+        model = (await self._engine.get_session(owner, sid)).model  # the latency label
         log.debug("append at %d: %s", request.offset, user_text(text, self._settings))
-        pred = await self._engine.append(sid, request.offset, text, options, owner=owner)
+        pred = await self._engine.append(owner, sid, request.offset, text, options)
         response = svc.AppendResponse(prediction=convert.prediction(pred))
-        timer.prediction_sent(len(text))  # handed to grpc next; serialization is not counted
+        ResponseTimer(self._recorder, model, received).prediction_sent(len(text))  # serialization not counted
         return response
 
     async def Complete(self, request: svc.CompleteRequest, context: Context) -> AsyncIterator[svc.CompleteResponse]:
         sid = validate.session_id(request.session_id)
         req = validate.completion_request(request, self._settings)
         owner = owner_of(context)
-        timer = ResponseTimer(self._recorder, self._engine.get_session(sid, owner=owner).model)
-        chunks = self._engine.complete(sid, req, owner=owner)
+        timer = ResponseTimer(self._recorder, (await self._engine.get_session(owner, sid)).model)
+        chunks = self._engine.complete(owner, sid, req)
         try:
             async for chunk in chunks:
                 yield svc.CompleteResponse(chunk=convert.completion_chunk(chunk))
                 timer.chunk_sent(chunk.alternative, len(chunk.text))  # resumed once grpc has written it
         finally:
-            # A cancelled call stops the completion now, not when the generator is collected.
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await chunks.aclose()  # a cancelled call stops the completion now, not at collection
 
     async def Rewind(self, request: svc.RewindRequest, context: Context) -> svc.RewindResponse:
         sid = validate.session_id(request.session_id)
-        info = await self._engine.rewind(sid, request.chars, owner=owner_of(context))
+        info = await self._engine.rewind(owner_of(context), sid, request.chars)
         return svc.RewindResponse(session=convert.session_info(info))
 
     async def Reset(self, request: svc.ResetRequest, context: Context) -> svc.ResetResponse:
-        info = await self._engine.reset(validate.session_id(request.session_id), owner=owner_of(context))
+        info = await self._engine.reset(owner_of(context), validate.session_id(request.session_id))
         return svc.ResetResponse(session=convert.session_info(info))
 
     async def Snapshot(self, request: svc.SnapshotRequest, context: Context) -> svc.SnapshotResponse:
-        blob = await self._engine.snapshot(validate.session_id(request.session_id), owner=owner_of(context))
+        blob = await self._engine.snapshot(owner_of(context), validate.session_id(request.session_id))
         return svc.SnapshotResponse(blob=blob)
 
     async def Resume(self, request: svc.ResumeRequest, context: Context) -> svc.ResumeResponse:
@@ -134,15 +141,22 @@ class CellserveServicer(rpc.CellserveServiceServicer):  # type: ignore[misc]
             request.replay if request.HasField("replay") else None, "replay", self._settings, allow_empty=True
         )
         options = validate.append_options(request, self._settings)
-        info, pred = await self._engine.resume(request.blob, replay, options, owner=owner_of(context))
-        response = svc.ResumeResponse(session=convert.session_info(info), model=self.model_msg(info.model))
+        info, pred = await self._engine.resume(owner_of(context), request.blob, replay, options)
+        response = svc.ResumeResponse(session=convert.session_info(info), model=await self.model_msg(info.model))
         if pred is not None:
             response.prediction.CopyFrom(convert.prediction(pred))
         return response
 
     async def CloseSession(self, request: svc.CloseSessionRequest, context: Context) -> svc.CloseSessionResponse:
-        await self._engine.close_session(validate.session_id(request.session_id), owner=owner_of(context))
+        await self._engine.close_session(owner_of(context), validate.session_id(request.session_id))
         return svc.CloseSessionResponse()
 
     async def ListModels(self, request: svc.ListModelsRequest, context: Context) -> svc.ListModelsResponse:
-        return svc.ListModelsResponse(models=[convert.model_info(m) for m in self._engine.models()])
+        return svc.ListModelsResponse(
+            models=[convert.model_info(m) for m in await self._engine.models(owner_of(context))]
+        )
+
+    async def InspectGates(self, request: svc.InspectGatesRequest, context: Context) -> svc.InspectGatesResponse:
+        if self._gates is None:
+            raise Unavailable("gate inspection is not served by this server process")
+        return await self._gates.inspect(request)

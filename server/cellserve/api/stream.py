@@ -1,23 +1,21 @@
-"""One bidirectional ``Session`` stream: read requests, run them against the Engine, write the
-responses in request order.
+"""One bidirectional ``Session`` stream: a reader that submits each request to the engine as it
+arrives, and a writer that sends the responses in request order.
 
-Pipelining: the reader never waits for the engine. An append (the per-keystroke request) is
-queued in the engine by the reader itself (``Engine.submit_append``) and the writer awaits its
-future: no task or queue per keystroke, which is most of this layer's cost per request. So
-appends typed faster than the round trip are all queued in the engine at once (and coalesced
-there); at most ``MAX_IN_FLIGHT`` requests per stream are unanswered at a time (then the reader
-waits, and HTTP/2 flow control pushes back on the client).
+The engine (``EngineClient``) applies a session's operations in the order they were submitted,
+whatever their kind, so the stream needs no barriers of its own: the reader validates a request
+and submits it at once (an error answers it in-band), keeping the awaitable of its outcome; the
+writer awaits those outcomes one after the other. Appends typed faster than the round trip are
+all queued in the engine at once (and coalesced there). At most ``MAX_IN_FLIGHT`` requests per
+stream are unanswered at a time (then the reader waits, and HTTP/2 flow control pushes back on
+the client).
 
-Ordering: the writer sends each request's responses completely before the next request's, so
-responses come in request order. Appends are started in request order without waiting for each
-other, while every other operation (rewind, reset, snapshot, close, complete) is a barrier: it
-starts after every earlier append has been answered, and later requests start after it (for a
-completion: after it has forked the session's state). Barriers, and whatever is read while one
-is pending, go through one submitter task per stream, each request as a task of its own.
+Open and attach are awaited by the reader itself: later requests need the session id.
+A completion's chunks are written as they come; a later Append (or Rewind, Reset, Close)
+submitted meanwhile cancels it in the engine, which ends its chunks, so the writer moves on.
 
-A failed request is answered with an in-band Error (mapped by ``status.status_of``) and the
-stream goes on. When the stream ends or is cancelled, its running tasks (and so its running
-completions) are cancelled; the session itself lives on (attach again, or it expires).
+When the stream ends or is cancelled, completions not fully written are cancelled; operations
+already submitted still apply (exactly once) and are reported with their real outcome, or as
+CANCELLED when it is not known yet. The session itself lives on (attach again, or it expires).
 """
 
 from __future__ import annotations
@@ -26,10 +24,11 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..config import Settings
-from ..engine.types import AppendOptions, CompletionChunk, Prediction
+from ..engine.client import CompletionStream, EngineClient
+from ..engine.types import CompletionChunk
 from ..errors import InvalidInput, PreconditionFailed
 from ..logs import user_text
 from . import convert, validate
@@ -37,17 +36,13 @@ from .auth import completion_lease
 from .malformed import RejectedRequest
 from .pb import svc, types
 from .quota import Lease
-from .recorder import APPEND_MULTI, APPEND_SINGLE, NULL_RECORDER, Recorder, ResponseTimer, code_name
+from .recorder import NULL_RECORDER, Recorder, ResponseTimer, code_name
 from .status import status_of
-
-if TYPE_CHECKING:
-    from ..engine.engine import Engine
 
 log = logging.getLogger("cellserve.api")
 
 MAX_IN_FLIGHT = 64  # unanswered requests per stream; bounds the memory one client can pin
-Job = Callable[["_Reply"], Awaitable[None]]
-
+ModelMessage = Callable[[str], Awaitable[types.ModelInfo]]
 
 _METHODS: dict[str | None, str] = {}  # op -> "Session.<op>": built once per op, not per request
 
@@ -60,73 +55,31 @@ def _method(op: str | None) -> str:
 
 
 class _Reply:
-    """The responses to one request, until the writer reaches this request: either the engine
-    future of an append started directly (``prediction``), or a queue that the request's task
-    fills. It reports the request's outcome once (``Session.<op>`` and OK or the error's code)."""
+    """One request until the writer has answered it: exactly one of ``error`` (refused before
+    reaching the engine), ``outcome`` (the engine's awaitable; ``build`` turns its result into
+    the response) or ``chunks`` (a completion) is set."""
 
-    __slots__ = (
-        "_code", "_queue", "_recorder", "append_chars", "handed_off", "method", "prediction", "received",
-        "recorded", "request_id",
-    )  # fmt: skip
+    __slots__ = ("append_chars", "build", "chunks", "error", "method", "outcome", "received", "recorded", "request_id")
 
-    def __init__(self, request_id: int, op: str | None, recorder: Recorder) -> None:
+    def __init__(self, request_id: int, op: str | None) -> None:
         self.request_id = request_id
         self.method = _method(op)
         self.received = time.perf_counter()
         self.append_chars = 0  # an append's characters (its keystroke kind), set when validated
-        self.handed_off = False  # True: a task of its own finishes it (completions)
-        self.prediction: asyncio.Future[Prediction] | None = None  # a directly started append
+        self.error: BaseException | None = None
+        self.outcome: Awaitable[Any] | None = None
+        self.build: Callable[[Any], svc.SessionResponse] | None = None
+        self.chunks: CompletionStream | None = None
         self.recorded = False
-        self._recorder = recorder
-        self._code = "OK"
-        self._queue: asyncio.Queue[svc.SessionResponse | None] | None = None
-
-    @property
-    def queue(self) -> asyncio.Queue[svc.SessionResponse | None]:
-        if self._queue is None:  # only requests answered from a task need one
-            self._queue = asyncio.Queue()
-        return self._queue
-
-    def send(self, **result: Any) -> None:
-        self.queue.put_nowait(svc.SessionResponse(request_id=self.request_id, **result))
-
-    def error(self, exc: BaseException) -> svc.SessionResponse:
-        st = status_of(exc, "/cellserve.v1.CellserveService/Session")
-        err = svc.SessionResponse.Error(code=st.code.value[0], message=st.message, retry_after_ms=st.retry_after_ms)
-        if st.expected_offset is not None:
-            err.expected_offset = st.expected_offset
-        self._code = code_name(st.code)
-        return svc.SessionResponse(request_id=self.request_id, error=err)
-
-    def fail(self, exc: BaseException) -> None:
-        self.queue.put_nowait(self.error(exc))
-
-    def record(self) -> None:
-        self.recorded = True
-        self._recorder.request(self.method, self._code)
-
-    def finish(self) -> None:
-        self.record()
-        self.queue.put_nowait(None)
-
-    def cancelled(self) -> None:
-        """The stream ended before this request was answered."""
-        self.recorded = True
-        self._recorder.request(self.method, "CANCELLED")
-
-    async def responses(self) -> AsyncIterator[svc.SessionResponse]:
-        queue = self.queue
-        while (item := await queue.get()) is not None:
-            yield item
 
 
 class SessionStream:
     def __init__(
         self,
-        engine: Engine,
+        engine: EngineClient,
         settings: Settings,
         owner: str,
-        model_msg: Callable[[str], types.ModelInfo],
+        model_msg: ModelMessage,
         recorder: Recorder = NULL_RECORDER,
     ) -> None:
         self._engine = engine
@@ -138,10 +91,6 @@ class SessionStream:
         self._model = ""  # the bound session's model: the keystroke-latency label
         self._outbox: asyncio.Queue[_Reply | None] = asyncio.Queue()
         self._window = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._jobs: asyncio.Queue[tuple[Job, _Reply, bool] | None] = asyncio.Queue()  # for the submitter
-        self._backlog = 0  # jobs given to the submitter and not yet started (barriers: not done)
-        self._appends: list[asyncio.Future[Prediction]] = []  # started appends a barrier waits for
         self._reader: asyncio.Task[None] | None = None
         self._stop = False
         self._awaiting_input = False
@@ -153,73 +102,99 @@ class SessionStream:
         if self._reader is not None and self._awaiting_input:
             self._reader.cancel()
 
+    # --- the writer ------------------------------------------------------------------------
+
     async def run(self, requests: AsyncIterator[svc.SessionRequest]) -> AsyncIterator[svc.SessionResponse]:
         self._reader = asyncio.create_task(self._read(requests))
-        self._track(asyncio.create_task(self._submit()))
         reply: _Reply | None = None
         try:
             while (reply := await self._outbox.get()) is not None:
-                if reply.prediction is not None:
-                    yield await self._answer(reply, reply.prediction)
+                if reply.chunks is not None:
+                    async for response in self._relay(reply, reply.chunks):
+                        yield response
+                else:
+                    response = await self._answer(reply)
+                    yield response
                     # Resumed once grpc has written the response: the client-visible latency,
                     # including any wait behind earlier requests' responses on this stream.
-                    if reply._code == "OK":
-                        self._recorder.keystroke(
-                            self._model,
-                            APPEND_SINGLE if reply.append_chars == 1 else APPEND_MULTI,
-                            time.perf_counter() - reply.received,
-                        )
-                else:
-                    timer = ResponseTimer(self._recorder, self._model, reply.received)
-                    async for response in reply.responses():
-                        yield response
-                        self._timed(timer, reply, response)
+                    if reply.append_chars and response.WhichOneof("result") == "prediction":
+                        ResponseTimer(self._recorder, self._model, reply.received).prediction_sent(reply.append_chars)
                 self._window.release()
             await self._reader  # re-raises a reader failure (not a clean end of input)
         finally:
-            # Appends started directly that were never answered: the engine still applies them
-            # (exactly once), but their outcome is reported here, as a task's would have been.
-            while reply is not None:
-                fut = reply.prediction
-                if fut is not None and not reply.recorded:
-                    if fut.done() and not fut.cancelled():
-                        if fut.exception() is not None:
-                            reply.error(fut.exception())  # type: ignore[arg-type]
-                        reply.record()
-                    else:
-                        reply.cancelled()
-                reply = self._outbox.get_nowait() if not self._outbox.empty() else None
-            pending = [t for t in (self._reader, *self._tasks) if not t.done()]
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await self._abandon(reply)
 
-    @staticmethod
-    async def _answer(reply: _Reply, fut: asyncio.Future[Prediction]) -> svc.SessionResponse:
-        """The response to a directly started append, once its engine future is done."""
-        if not fut.done():
+    async def _answer(self, reply: _Reply) -> svc.SessionResponse:
+        if reply.error is None and reply.outcome is not None:
             try:
-                await asyncio.shield(fut)  # shield: the future is the engine's, never cancel it
-            except Exception:  # noqa: BLE001 (read from the future below)
-                pass
-        exc = fut.exception()
-        response = (
-            reply.error(exc)
-            if exc is not None
-            else svc.SessionResponse(request_id=reply.request_id, prediction=convert.prediction(fut.result()))
-        )
-        reply.record()
-        return response
+                result = await reply.outcome
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 (answered in-band; status_of logs the unexpected)
+                reply.error = exc
+            else:
+                assert reply.build is not None
+                self._record(reply, "OK")
+                return reply.build(result)
+        assert reply.error is not None
+        return self._error(reply, reply.error)
 
-    @staticmethod
-    def _timed(timer: ResponseTimer, reply: _Reply, response: svc.SessionResponse) -> None:
-        kind = response.WhichOneof("result")
-        if kind == "prediction":
-            timer.prediction_sent(reply.append_chars)
-        elif kind == "completion_chunk":
-            timer.chunk_sent(response.completion_chunk.alternative, len(response.completion_chunk.text))
+    async def _relay(self, reply: _Reply, chunks: CompletionStream) -> AsyncIterator[svc.SessionResponse]:
+        timer = ResponseTimer(self._recorder, self._model, reply.received)
+        reply.chunks = None  # written here from now on; closed by the finally below
+        try:
+            async for chunk in chunks:
+                yield svc.SessionResponse(request_id=reply.request_id, completion_chunk=convert.completion_chunk(chunk))
+                timer.chunk_sent(chunk.alternative, len(chunk.text))  # resumed once grpc has written it
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (answered in-band; status_of logs the unexpected)
+            yield self._error(reply, exc)
+        else:
+            self._record(reply, "OK")
+        finally:
+            await chunks.aclose()  # a cancelled stream stops the completion now, not at collection
 
-    # --- reading ---------------------------------------------------------------------------
+    def _error(self, reply: _Reply, exc: BaseException) -> svc.SessionResponse:
+        st = status_of(exc, "/cellserve.v1.CellserveService/Session")
+        err = svc.SessionResponse.Error(code=st.code.value[0], message=st.message, retry_after_ms=st.retry_after_ms)
+        if st.expected_offset is not None:
+            err.expected_offset = st.expected_offset
+        self._record(reply, code_name(st.code))
+        return svc.SessionResponse(request_id=reply.request_id, error=err)
+
+    def _record(self, reply: _Reply, code: str) -> None:
+        if not reply.recorded:
+            reply.recorded = True
+            self._recorder.request(reply.method, code)
+
+    async def _abandon(self, first: _Reply | None) -> None:
+        """The stream ended: report what was submitted but never written, stop the reader and
+        cancel completions nobody will read."""
+        reader = self._reader
+        if reader is not None and not reader.done():
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        reply = first
+        while reply is not None:
+            if not reply.recorded:
+                outcome = reply.outcome
+                if reply.chunks is not None:
+                    await reply.chunks.aclose()
+                    self._record(reply, "CANCELLED")
+                elif reply.error is not None:
+                    self._error(reply, reply.error)
+                elif isinstance(outcome, asyncio.Future) and outcome.done() and not outcome.cancelled():
+                    exc = outcome.exception()
+                    if exc is not None:
+                        self._error(reply, exc)
+                    else:
+                        self._record(reply, "OK")
+                else:
+                    self._record(reply, "CANCELLED")
+            reply = self._outbox.get_nowait() if not self._outbox.empty() else None
+
+    # --- the reader ------------------------------------------------------------------------
 
     async def _read(self, requests: AsyncIterator[svc.SessionRequest]) -> None:
         it = aiter(requests)
@@ -234,196 +209,100 @@ class SessionStream:
                     self._awaiting_input = False
                 await self._window.acquire()
                 op = request.WhichOneof("op")
-                reply = _Reply(request.request_id, op, self._recorder)
+                reply = _Reply(request.request_id, op)
+                try:
+                    if isinstance(request, RejectedRequest):  # undecodable, or over the tenant's quota
+                        raise request.error
+                    if op in ("open", "attach"):
+                        await self._bind(request, reply)
+                    else:
+                        self._submit(op, request, reply)
+                except Exception as exc:  # noqa: BLE001 (validation errors; status_of logs anything unexpected)
+                    reply.error = exc
                 self._outbox.put_nowait(reply)
-                self._dispatch(op, request, reply)
         except asyncio.CancelledError:
             if not self._stop:
                 raise
         finally:
-            self._jobs.put_nowait(None)
             self._outbox.put_nowait(None)
 
-    def _dispatch(self, op: str | None, request: svc.SessionRequest, reply: _Reply) -> None:
-        """Validates synchronously (errors answer at once) and starts the engine call."""
-        try:
-            if isinstance(request, RejectedRequest):  # undecodable, or over the tenant's quota
-                raise request.error
-            if op is None:
-                raise InvalidInput("request has no operation: set one of open, attach, append, complete, ...")
-            if op in ("open", "attach"):
-                self._bind(request, reply)
-                return
-            sid = self._bound()
-            if op == "append":
-                if self._backlog:  # behind a barrier: started in order by the submitter
-                    self._start(self._append_job(sid, request.append, reply), reply, barrier=False)
-                else:
-                    self._append_now(sid, request.append, reply)
-            elif op == "complete":
-                self._start(self._complete_job(sid, request.complete), reply, barrier=True)
-            else:
-                self._start(self._other_job(sid, op, request), reply, barrier=True)
-        except Exception as exc:  # noqa: BLE001 (validation errors; status_of logs anything unexpected)
-            reply.fail(exc)
-            reply.finish()
-
-    def _bind(self, request: svc.SessionRequest, reply: _Reply) -> None:
+    async def _bind(self, request: svc.SessionRequest, reply: _Reply) -> None:
         if self._session_id is not None:
             raise PreconditionFailed("this stream already has a session; open another stream for another session")
         if request.HasField("open"):
-            info = self._engine.open_session(validate.model_name(request.open.model), owner=self._owner)
+            info = await self._engine.open_session(self._owner, validate.model_name(request.open.model))
         else:
-            info = self._engine.get_session(validate.session_id(request.attach.session_id), owner=self._owner)
+            info = await self._engine.get_session(self._owner, validate.session_id(request.attach.session_id))
         self._session_id = info.session_id
         self._model = info.model
-        reply.send(
-            opened=svc.SessionResponse.Opened(session=convert.session_info(info), model=self._model_msg(info.model))
-        )
-        reply.finish()
+        opened = svc.SessionResponse.Opened(session=convert.session_info(info), model=await self._model_msg(info.model))
+        reply.outcome = _done(opened)
+        reply.build = lambda msg: svc.SessionResponse(request_id=reply.request_id, opened=msg)
 
-    def _bound(self) -> str:
+    def _submit(self, op: str | None, request: svc.SessionRequest, reply: _Reply) -> None:
+        """Validates synchronously and submits the operation to the engine."""
+        if op is None:
+            raise InvalidInput("request has no operation: set one of open, attach, append, complete, ...")
         if self._session_id is None:
             raise InvalidInput("no session on this stream yet: the first request must be open or attach")
-        return self._session_id
+        engine, owner, sid, rid = self._engine, self._owner, self._session_id, reply.request_id
+        if op == "append":
+            msg = request.append
+            text = validate.input_text(msg.input if msg.HasField("input") else None, "append.input", self._settings)
+            options = validate.append_options(msg, self._settings, only_last=msg.only_last)
+            reply.append_chars = len(text)
+            if log.isEnabledFor(logging.DEBUG):  # user_text is not free
+                log.debug("stream append %d at %d: %s", rid, msg.offset, user_text(text, self._settings))
+            reply.outcome = engine.append(owner, sid, msg.offset, text, options)
+            reply.build = lambda p: svc.SessionResponse(request_id=rid, prediction=convert.prediction(p))
+        elif op == "complete":
+            req = validate.completion_request(request.complete, self._settings)
+            lease = completion_lease(req.n)  # the tenant's quota (CapacityExceeded answers in-band)
+            reply.chunks = _LeasedChunks(engine.complete(owner, sid, req), lease)
+        elif op == "rewind":
+            reply.outcome = engine.rewind(owner, sid, request.rewind.chars)
+            reply.build = lambda i: svc.SessionResponse(
+                request_id=rid, rewound=svc.SessionResponse.Rewound(position=i.position)
+            )
+        elif op == "reset":
+            reply.outcome = engine.reset(owner, sid)
+            reply.build = lambda i: svc.SessionResponse(
+                request_id=rid, reset=svc.SessionResponse.Reset(position=i.position)
+            )
+        elif op == "snapshot":
+            reply.outcome = engine.snapshot(owner, sid)
+            reply.build = lambda b: svc.SessionResponse(request_id=rid, snapshot=svc.SessionResponse.Snapshot(blob=b))
+        elif op == "close":
+            reply.outcome = engine.close_session(owner, sid)
+            reply.build = lambda _: svc.SessionResponse(request_id=rid, closed=svc.SessionResponse.Closed())
+        else:  # a new op in the proto this server does not know yet
+            raise InvalidInput(f"operation {op!r} is not supported by this server")
 
-    def _start(self, job: Job, reply: _Reply, *, barrier: bool) -> None:
-        self._backlog += 1
-        self._jobs.put_nowait((job, reply, barrier))
 
-    def _track(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+class _LeasedChunks:
+    """A completion's chunks holding the tenant's completion lease until they end, fail or
+    are closed (a ``CompletionStream`` itself)."""
 
-    async def _submit(self) -> None:
-        """Starts the engine calls in request order (see the module docstring)."""
-        appends: list[asyncio.Task[None]] = []
-        while (item := await self._jobs.get()) is not None:
-            job, reply, barrier = item
-            if not barrier:  # the task takes the backlog count off once the engine queued it
-                appends.append(self._track(asyncio.create_task(self._run(job, reply))))
-                continue
-            waiting = [*appends, *(f for f in self._appends if not f.done())]
-            if waiting:
-                await asyncio.wait(waiting)
-            appends.clear()
-            self._appends.clear()
-            await self._run(job, reply)
-            self._backlog -= 1
+    def __init__(self, chunks: CompletionStream, lease: Lease) -> None:
+        self._chunks = chunks
+        self._lease = lease
 
-    @staticmethod
-    async def _run(job: Job, reply: _Reply) -> None:
+    def __aiter__(self) -> _LeasedChunks:
+        return self
+
+    async def __anext__(self) -> CompletionChunk:
         try:
-            await job(reply)
-        except asyncio.CancelledError:
-            reply.cancelled()
+            return await self._chunks.__anext__()
+        except BaseException:  # the end (StopAsyncIteration), an error, or cancellation
+            self._lease.release()
             raise
-        except Exception as exc:  # noqa: BLE001 (answered in-band; status_of logs the unexpected)
-            reply.fail(exc)
-            reply.finish()
-        else:
-            if not reply.handed_off:
-                reply.finish()
 
-    # --- the operations --------------------------------------------------------------------
-
-    def _append_now(self, sid: str, msg: svc.SessionRequest.Append, reply: _Reply) -> None:
-        text, options = self._append_args(msg, reply)
-        fut = self._engine.submit_append(sid, msg.offset, text, options, owner=self._owner)
-        reply.prediction = fut
-        appends = self._appends
-        if len(appends) >= MAX_IN_FLIGHT:  # the window bounds the unfinished ones: prune the rest
-            appends[:] = [f for f in appends if not f.done()]
-        appends.append(fut)
-
-    def _append_args(self, msg: svc.SessionRequest.Append, reply: _Reply) -> tuple[str, AppendOptions]:
-        text = validate.input_text(msg.input if msg.HasField("input") else None, "append.input", self._settings)
-        options = validate.append_options(msg, self._settings, only_last=msg.only_last)
-        reply.append_chars = len(text)
-        if log.isEnabledFor(logging.DEBUG):  # user_text is not free
-            log.debug("stream append %d at %d: %s", reply.request_id, msg.offset, user_text(text, self._settings))
-        return text, options
-
-    def _append_job(self, sid: str, msg: svc.SessionRequest.Append, reply: _Reply) -> Job:
-        text, options = self._append_args(msg, reply)
-
-        async def job(reply: _Reply) -> None:
-            try:
-                fut = self._engine.submit_append(sid, msg.offset, text, options, owner=self._owner)
-            finally:
-                # Queued in the engine (or refused): the reader may start later appends itself
-                # once the backlog is empty, and they land after this one.
-                self._backlog -= 1
-            pred = await asyncio.shield(fut)
-            reply.send(prediction=convert.prediction(pred))
-
-        return job
-
-    def _complete_job(self, sid: str, msg: svc.SessionRequest.Complete) -> Job:
-        req = validate.completion_request(msg, self._settings)
-
-        async def job(reply: _Reply) -> None:
-            lease = completion_lease(req.n)  # the tenant's quota; released when the chunks end
-            try:
-                stream = self._engine.complete(sid, req, owner=self._owner)
-            except BaseException:
-                lease.release()
-                raise
-            chunks = _released_at_end(stream, lease)
-            reply.handed_off = True
-            # The chunks go out from a task of their own so that later requests (an Append
-            # cancels the completion) are not held up until the completion ends.
-            self._track(asyncio.create_task(self._relay_chunks(chunks, reply)))
-            # No wait here: Engine.complete queues the fork in the session's ordered queue
-            # before it returns, so later appends cannot overtake it.
-
-        return job
-
-    @staticmethod
-    async def _relay_chunks(chunks: AsyncIterator[CompletionChunk], reply: _Reply) -> None:
-        try:
-            async for chunk in chunks:
-                reply.send(completion_chunk=convert.completion_chunk(chunk))
-        except asyncio.CancelledError:
-            reply.cancelled()
-            raise
-        except Exception as exc:  # noqa: BLE001 (answered in-band; status_of logs the unexpected)
-            reply.fail(exc)
-        finally:
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()  # a cancelled stream stops the completion now, not at collection
-        reply.finish()
-
-    def _other_job(self, sid: str, op: str, request: svc.SessionRequest) -> Job:
-        engine, owner = self._engine, self._owner
-
-        async def job(reply: _Reply) -> None:
-            if op == "rewind":
-                info = await engine.rewind(sid, request.rewind.chars, owner=owner)
-                reply.send(rewound=svc.SessionResponse.Rewound(position=info.position))
-            elif op == "reset":
-                info = await engine.reset(sid, owner=owner)
-                reply.send(reset=svc.SessionResponse.Reset(position=info.position))
-            elif op == "snapshot":
-                blob = await engine.snapshot(sid, owner=owner)
-                reply.send(snapshot=svc.SessionResponse.Snapshot(blob=blob))
-            elif op == "close":
-                await engine.close_session(sid, owner=owner)
-                reply.send(closed=svc.SessionResponse.Closed())
-            else:  # a new op in the proto this server does not know yet
-                raise InvalidInput(f"operation {op!r} is not supported by this server")
-
-        return job
+    async def aclose(self) -> None:
+        self._lease.release()
+        await self._chunks.aclose()
 
 
-async def _released_at_end(chunks: AsyncIterator[CompletionChunk], lease: Lease) -> AsyncIterator[CompletionChunk]:
-    try:
-        async for chunk in chunks:
-            yield chunk
-    finally:
-        lease.release()
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
+def _done(value: Any) -> asyncio.Future[Any]:
+    fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    fut.set_result(value)
+    return fut

@@ -44,7 +44,13 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument("--memory-sessions", type=_ints, help="idle session counts for RSS (default 10000,100000)")
     p.add_argument("--workers", type=int, help="load-generator processes (default 2)")
     p.add_argument("--server-threads", type=int, help="cellserve and ceiling torch threads (0: torch default)")
-    p.add_argument("--skip", type=_names, default=[], help="subset of open,completions,memory,ceiling")
+    p.add_argument("--skip", type=_names, default=[], help="subset of open,completions,memory,ceiling,headofline")
+    p.add_argument(
+        "--only",
+        choices=["headofline"],
+        help="run just this workload (headofline: 16 pipelined 4,096-char pastes and two want_gates appends "
+        "on one stream while a bystander types a character every 50 ms; its p99 and max)",
+    )
     p.add_argument("--no-plots", action="store_true", help="JSON and markdown only (no matplotlib needed)")
     p.add_argument("--note", default="", help="a remark printed under the header of results.md (e.g. the conditions)")
     p.set_defaults(handler=run_bench)
@@ -75,7 +81,7 @@ def run_bench(a: argparse.Namespace) -> int:
         v = getattr(a, arg)
         if v is not None:
             setattr(cfg, name, v)
-    cfg.device, cfg.model, cfg.skip = a.device, a.model, a.skip
+    cfg.device, cfg.model, cfg.skip, cfg.only = a.device, a.model, a.skip, a.only
     bad = [p for p in cfg.peers if p not in PEERS]
     if bad:
         raise SystemExit(f"cellserve bench: unknown peers {bad}; choose from {', '.join(PEERS)}")

@@ -43,6 +43,22 @@ def markdown(res: dict[str, Any]) -> str:
             f"| {t['target']} | {'–' if v is None else f'{v:.3g}'} | {t['goal']} | "
             f"{ {True: 'yes', False: '**no**', None: '–'}[t['met']] } |"
         )
+    hol = res.get("head_of_line")
+    if hol:
+        w, b, f = hol["workload"], hol["bystander"], hol["flood"]
+        lat, quiet = b["latency_ms"], b["quiet_latency_ms"]
+        lines += [
+            "",
+            f"## Head-of-line: {w['pastes']} pipelined {w['paste_chars']:,}-char pastes and {w['gate_pastes']} "
+            f"want_gates appends on one stream; a bystander types a character every {w['interval_s'] * 1e3:g} ms",
+            "",
+            "| bystander keystrokes | p50 ms | p99 ms | max ms | quiet p50 ms | flood chars | flood s "
+            "| server CPU s | errors |",
+            "|---|---|---|---|---|---|---|---|---|",
+            f"| {b['keystrokes']} | {_f(lat.get('p50'), '{:.1f}')} | {_f(lat.get('p99'), '{:.1f}')} | "
+            f"{_f(lat.get('max'), '{:.1f}')} | {_f(quiet.get('p50'), '{:.1f}')} | {f['chars']:,} | "
+            f"{f['seconds']:.1f} | {hol['server_cpu_s']:.1f} | {b['errors'] + f['errors']} |",
+        ]
     ceil = (res.get("ceiling") or {}).get("keystrokes", {})
     lines += [
         "",

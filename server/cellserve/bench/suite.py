@@ -41,7 +41,8 @@ class BenchConfig:
     device: str = "cpu"
     server_threads: int = 1  # cellserve's --cpu-threads and the ceiling's threads (0: torch's default)
     model: str | None = None
-    skip: list[str] = field(default_factory=list)  # of: open, completions, memory, ceiling
+    skip: list[str] = field(default_factory=list)  # of: open, completions, memory, ceiling, headofline
+    only: str | None = None  # "headofline": run just that workload (cellserve only)
     quick: bool = False
 
     @classmethod
@@ -105,57 +106,92 @@ def run_suite(cfg: BenchConfig, argv: list[str] | None = None) -> dict[str, Any]
             "completions": {},
             "ceiling": {},
             "memory": None,
+            "head_of_line": None,
         }
-        for peer in [p for p in ("echo", "cellserve", "naive") if p in cfg.peers]:
-            server = _start(peer, ref, cfg)
-            _log(f"{peer} listening on {server.target} (pid {server.pid})")
-            try:
-                ks: dict[str, Any] = {}
-                for n in cfg.sessions:
-                    _settle(server)
-                    w = Workload("closed", n, cfg.warmup_s, cfg.window_s)
-                    ks[str(n)] = run_load(server.target, w, cfg.workers, server.cpu_seconds)
-                    _log(f"{peer} closed N={n}: {_summary(ks[str(n)])}")
-                results["keystrokes_closed"][peer] = ks
-                if "completions" not in cfg.skip:
-                    cs: dict[str, Any] = {}
-                    for b in cfg.completion_batches:
-                        _settle(server)
-                        w = Workload("complete", b, cfg.warmup_s, cfg.window_s, complete_chars=cfg.completion_chars)
-                        cs[str(b)] = run_load(server.target, w, cfg.workers, server.cpu_seconds)
-                        _log(f"{peer} completions B={b}: {cs[str(b)]['chars_per_s']:.0f} chars/s")
-                    results["completions"][peer] = cs
-                if "open" not in cfg.skip:  # last: a peer it overloads keeps working off a backlog
-                    _settle(server)
-                    w = Workload(
-                        "open", cfg.open_sessions, cfg.warmup_s, cfg.window_s, rate=cfg.open_rate,
-                        paste_prob=cfg.paste_prob,
-                    )  # fmt: skip
-                    r = run_load(server.target, w, cfg.workers, server.cpu_seconds)
-                    results["keystrokes_open"][peer] = r
-                    _log(f"{peer} open loop N={cfg.open_sessions} at {cfg.open_rate}/s: {_summary(r)}")
-                if not server.alive():
-                    raise RuntimeError(f"{peer} server died:\n" + "".join(server.stderr_tail))
-            finally:
-                server.stop()
-        if "ceiling" not in cfg.skip:
-            results["ceiling"] = _ceiling(cfg, ref)
-        if "memory" not in cfg.skip and "cellserve" in cfg.peers:
-            from .memory import measure
-
-            server = _start("cellserve", ref, cfg, max_sessions=max(cfg.memory_sessions) + 16)
-            try:
-                results["memory"] = measure(server, ref, cfg.memory_sessions, cfg.workers)
-                for p in results["memory"]["points"]:
-                    _log(
-                        f"memory: {p['sessions']} sessions, {p['rss_per_session_bytes'] / 1024:.1f} KiB RSS per "
-                        f"session vs {p['raw_state_bytes'] / 1024:.1f} KiB raw state"
-                    )
-            finally:
-                server.stop()
+        if cfg.only != "headofline":
+            _peers(cfg, ref, results)
+        if "headofline" not in cfg.skip and "cellserve" in cfg.peers:
+            results["head_of_line"] = _head_of_line(cfg, ref)
+        if cfg.only is None:
+            _ceiling_and_memory(cfg, ref, results)
     results["meta"]["seconds"] = (dt.datetime.now(dt.UTC) - started).total_seconds()
     results["targets"] = targets(results)
     return results
+
+
+def _head_of_line(cfg: BenchConfig, ref: ModelRef) -> dict[str, Any]:
+    from .headofline import HeadOfLine, run_head_of_line
+
+    server = _start("cellserve", ref, cfg)
+    try:
+        _settle(server)
+        c0 = server.cpu_seconds()
+        r = run_head_of_line(server.target, HeadOfLine.quick() if cfg.quick else HeadOfLine())
+        r["server_cpu_s"] = server.cpu_seconds() - c0
+        lat = r["bystander"]["latency_ms"]
+        _log(
+            f"head-of-line: flood of {r['flood']['chars']} chars in {r['flood']['seconds']:.1f} s; bystander "
+            f"p99 {lat.get('p99', float('nan')):.1f} ms, max {lat.get('max', float('nan')):.1f} ms "
+            f"over {r['bystander']['keystrokes']} keystrokes"
+        )
+        if not server.alive():
+            raise RuntimeError("cellserve server died:\n" + "".join(server.stderr_tail))
+        return r
+    finally:
+        server.stop()
+
+
+def _peers(cfg: BenchConfig, ref: ModelRef, results: dict[str, Any]) -> None:
+    for peer in [p for p in ("echo", "cellserve", "naive") if p in cfg.peers]:
+        server = _start(peer, ref, cfg)
+        _log(f"{peer} listening on {server.target} (pid {server.pid})")
+        try:
+            ks: dict[str, Any] = {}
+            for n in cfg.sessions:
+                _settle(server)
+                w = Workload("closed", n, cfg.warmup_s, cfg.window_s)
+                ks[str(n)] = run_load(server.target, w, cfg.workers, server.cpu_seconds)
+                _log(f"{peer} closed N={n}: {_summary(ks[str(n)])}")
+            results["keystrokes_closed"][peer] = ks
+            if "completions" not in cfg.skip:
+                cs: dict[str, Any] = {}
+                for b in cfg.completion_batches:
+                    _settle(server)
+                    w = Workload("complete", b, cfg.warmup_s, cfg.window_s, complete_chars=cfg.completion_chars)
+                    cs[str(b)] = run_load(server.target, w, cfg.workers, server.cpu_seconds)
+                    _log(f"{peer} completions B={b}: {cs[str(b)]['chars_per_s']:.0f} chars/s")
+                results["completions"][peer] = cs
+            if "open" not in cfg.skip:  # last: a peer it overloads keeps working off a backlog
+                _settle(server)
+                w = Workload(
+                    "open", cfg.open_sessions, cfg.warmup_s, cfg.window_s, rate=cfg.open_rate,
+                    paste_prob=cfg.paste_prob,
+                )  # fmt: skip
+                r = run_load(server.target, w, cfg.workers, server.cpu_seconds)
+                results["keystrokes_open"][peer] = r
+                _log(f"{peer} open loop N={cfg.open_sessions} at {cfg.open_rate}/s: {_summary(r)}")
+            if not server.alive():
+                raise RuntimeError(f"{peer} server died:\n" + "".join(server.stderr_tail))
+        finally:
+            server.stop()
+
+
+def _ceiling_and_memory(cfg: BenchConfig, ref: ModelRef, results: dict[str, Any]) -> None:
+    if "ceiling" not in cfg.skip:
+        results["ceiling"] = _ceiling(cfg, ref)
+    if "memory" not in cfg.skip and "cellserve" in cfg.peers:
+        from .memory import measure
+
+        server = _start("cellserve", ref, cfg, max_sessions=max(cfg.memory_sessions) + 16)
+        try:
+            results["memory"] = measure(server, ref, cfg.memory_sessions, cfg.workers)
+            for p in results["memory"]["points"]:
+                _log(
+                    f"memory: {p['sessions']} sessions, {p['rss_per_session_bytes'] / 1024:.1f} KiB RSS per "
+                    f"session vs {p['raw_state_bytes'] / 1024:.1f} KiB raw state"
+                )
+        finally:
+            server.stop()
 
 
 def _ceiling(cfg: BenchConfig, ref: ModelRef) -> dict[str, Any]:
@@ -218,6 +254,18 @@ def cpu_bound(res: dict[str, Any], n: str) -> float | None:
     return float(c_e / (c_e + m))
 
 
+def efficiency(res: dict[str, Any], n: str) -> float | None:
+    """What an ideal server would spend per keystroke (the echo peer's server CPU per message
+    plus the model's own batched step per row at this N, from the ceiling) over what cellserve
+    spends (its server CPU per keystroke). 1.0: no overhead beyond transport and model."""
+    c = _get(res, "keystrokes_closed", "cellserve", n, "server_cpu_ms_per_request")
+    e = _get(res, "keystrokes_closed", "echo", n, "server_cpu_ms_per_request")
+    step = _get(res, "ceiling", "keystrokes", n, "step_s")
+    if not c or e is None or step is None:
+        return None
+    return float((e + float(step) / int(n) * 1e3) / c)
+
+
 def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's targets, each with the measured value and whether it was met (None: not
     measured in this run)."""
@@ -236,6 +284,16 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         b = cpu_bound(res, n_hi)
         if b is not None:
             add(f"  context: CPU-additive bound on that ratio at N={n_hi}", b, "(not a target)", None)
+    if n_hi is not None:
+        v = efficiency(res, n_hi)
+        add(f"server CPU efficiency at N={n_hi}: (echo CPU/msg + model CPU/keystroke) / cellserve CPU/keystroke",
+            v, ">= 0.8", None if v is None else v >= 0.8)  # fmt: skip
+    hol = res.get("head_of_line")
+    if hol:
+        lat = hol["bystander"]["latency_ms"]
+        p99, mx = lat.get("p99"), lat.get("max")
+        add("head-of-line: bystander keystroke p99, ms", p99, "<= 50 ms", None if p99 is None else p99 <= 50)
+        add("head-of-line: bystander keystroke max, ms", mx, "<= 150 ms", None if mx is None else mx <= 150)
     n_mid = "64" if 64 in ns else (str(ns[-1]) if ns else None)
     if n_mid is not None:
         c, nv = _get(ks, "cellserve", n_mid, "throughput_rps"), _get(ks, "naive", n_mid, "throughput_rps")

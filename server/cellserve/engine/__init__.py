@@ -1,21 +1,16 @@
 """The session engine: the part that makes cellserve fast. Nothing below here imports grpc.
 
-Contract with the API layer (``cellserve.api``), all on the asyncio loop of the server;
-errors are ``cellserve.errors`` exceptions, data are ``cellserve.engine.types`` dataclasses::
+The API layer depends only on the ``EngineClient`` protocol (``engine/client.py``): every
+session operation takes the caller's owner (tenant key) first and is submitted when called,
+returning an awaitable; one session's operations apply in call order. In one process::
 
     engine = Engine(settings, repository)        # repository: cellserve.repository.ModelRepository
-    await engine.start()                          # starts the loop and its one device worker thread
-    engine.models() -> list[ModelInfo]
-    engine.open_session(model: str | None, owner="") -> SessionInfo
-    engine.get_session(session_id, owner="") -> SessionInfo
-    await engine.append(session_id, offset, text, AppendOptions, owner="") -> Prediction
-    engine.complete(session_id, CompletionRequest, owner="") -> AsyncIterator[CompletionChunk]
-    await engine.rewind(session_id, chars, owner="") -> SessionInfo
-    await engine.reset(session_id, owner="") -> SessionInfo
-    await engine.snapshot(session_id, owner="") -> bytes
-    await engine.resume(blob, replay="", options=AppendOptions(), owner="") -> (SessionInfo, Prediction | None)
-    await engine.close_session(session_id, owner="") -> None
-    engine.stats() -> EngineStats
-    await engine.drain()                          # new sessions -> Unavailable; in-flight work finishes
-    await engine.stop()
+    client = InProcessEngineClient(engine)       # engine/inprocess.py: the EngineClient
+    await client.start()                          # the loop and its one device worker thread
+    pred = await client.append(owner, session_id, offset, text, AppendOptions())
+    await client.drain(); await client.stop()
+
+``Engine`` itself keeps the ``submit_*`` methods (future now, applied in order) and awaitable
+wrappers (``append``, ``rewind``...) the engine tests use; ``engine/scheduler.py`` plans each
+iteration within the character budget, ``engine/runner.py`` executes it.
 """

@@ -3,7 +3,11 @@
 Everything here runs on the asyncio loop except ``ModelRunner.execute``, which runs in the
 one device worker thread, so gRPC I/O goes on while the device works. The loop re-forms the
 batch at every iteration from whatever is waiting (no ticks, no waiting for a batch to fill):
-an iteration starts as soon as the previous one ended and work exists.
+an iteration starts as soon as the previous one ended and work exists. One iteration:
+``_schedule`` (the scheduler plans each model's batch within the character budget; what needs
+no device work, rejected offsets and closes, is answered there), ``execute`` in the worker,
+then ``_deliver`` (futures, sessions, rewind logs) and one ``IterationStats`` pushed to the
+stats listeners.
 
 Error behaviour (``cellserve.errors``): unknown, closed, expired and other owners' sessions are
 all ``NotFound("session not found")``; caps raise ``CapacityExceeded`` with a retry hint;
@@ -19,10 +23,10 @@ import logging
 import random
 import secrets
 import time
-from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
@@ -33,20 +37,26 @@ from ..nn.checkpoint import LoadedModel
 from ..repository import ModelRepository
 from . import snapshot as snap
 from .completions import Alternative, Completion, CompletionStream
-from .plan import ZERO, Plan, RunResult
+from .limits import completion_checked
+from .plan import ZERO, HostState, Plan, RunResult
 from .rewind import RewindLog
-from .runner import ModelRunner, state_from_bytes
-from .scheduler import Batch, Scheduler
-from .sessions import AppendOp, ControlOp, Op, Session
+from .runner import ModelRunner
+from .scheduler import AppendRun, Batch, Scheduler
+from .sessions import AppendOp, ControlOp, Op, Session, SessionState
 from .state_pool import SlotAllocator, StatePool
 from .types import (
     AppendOptions,
     CompletionChunk,
     CompletionRequest,
+    EngineHealth,
     EngineStats,
+    FinishReason,
     GateTrace,
+    IterationStats,
     ModelInfo,
+    Phase,
     Prediction,
+    SessionEvent,
     SessionInfo,
 )
 
@@ -60,6 +70,9 @@ _NOT_FOUND = "session not found"
 # completions at 0.35x (16 running) to 0.52x (64) of the model's own decoding speed.
 MAX_DECODE_STEPS = 8
 DECODE_BURST_S = 0.025
+# Scratch slots for chunked prefill (one per piece being applied in chunks at a time); beyond
+# this many, a long piece runs whole (over the iteration budget) rather than wait.
+CHUNK_SLOTS = 64
 _DEFAULT_OPTIONS = AppendOptions()  # frozen: safe to share as a default
 
 
@@ -78,15 +91,23 @@ class _Runtime:
     work: dict[Session, None] = field(default_factory=dict)  # sessions with queued ops (ordered set)
     completions: dict[Completion, None] = field(default_factory=dict)  # started, still running
     decode_step_s: float = 0.0  # the latest completion iteration's time per step
+    scratch_used: int = 0  # chunked-prefill scratch slots held (<= CHUNK_SLOTS)
 
+    def take_scratch(self) -> int | None:
+        if self.scratch_used >= CHUNK_SLOTS:
+            return None
+        try:
+            slot = self.alloc.alloc()
+        except CapacityExceeded:
+            return None
+        self.scratch_used += 1
+        return slot
 
-class _Observations:
-    """Bounded recent observations, drained by each ``Engine.stats()`` call."""
-
-    def __init__(self, cap: int) -> None:
-        self.queue_wait: deque[float] = deque(maxlen=cap)
-        self.batch_sizes: deque[int] = deque(maxlen=cap)
-        self.step_time: dict[str, deque[float]] = {p: deque(maxlen=cap) for p in ("step", "prefill", "completion")}
+    def free_scratch(self, op: AppendOp) -> None:
+        if op.scratch is not None:
+            self.alloc.free(op.scratch)
+            self.scratch_used -= 1
+            op.scratch = None
 
 
 class Engine:
@@ -98,13 +119,13 @@ class Engine:
         self._key = (
             settings.snapshot_key.get_secret_value().encode() if settings.snapshot_key else secrets.token_bytes(32)
         )
-        slots_max = settings.max_sessions + settings.max_running_completions
+        slots_max = settings.max_sessions + settings.max_running_completions + CHUNK_SLOTS
         self._runtimes: dict[str, _Runtime] = {}
         for name in repository.names():
             lm = repository.get(name)
             m = lm.model
             pool = StatePool(m.layers, m.hidden, m.state_arity, self.device)
-            self._runtimes[name] = _Runtime(
+            rt = _Runtime(
                 name,
                 lm,
                 repository.info(name),
@@ -114,6 +135,8 @@ class Engine:
                 Scheduler(lm.vocab.encode),
                 LSTM_GATES if m.cell == "lstm" else GRU_GATES,
             )
+            rt.scheduler = Scheduler(lm.vocab.encode, rt.take_scratch)
+            self._runtimes[name] = rt
         self._sessions: dict[str, Session] = {}
         self._owner_sessions: dict[str, int] = {}  # live sessions per owner (tenant quotas)
         self._running_alternatives = 0
@@ -125,9 +148,9 @@ class Engine:
         self._draining = False
         self._stopping = False
         self._iterations = 0
-        self._chars: dict[str, int] = {"step": 0, "prefill": 0, "completion": 0}
+        self._chars: dict[str, int] = {p: 0 for p in Phase}
         self._events: dict[str, int] = {}
-        self._obs = _Observations(settings.stats_max_observations)
+        self._listeners: list[Callable[[IterationStats], None]] = []
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -183,34 +206,43 @@ class Engine:
     def get_session(self, session_id: str, owner: str = "") -> SessionInfo:
         return self._get(session_id, owner).info()
 
+    def get_session_queued(self, session_id: str, owner: str = "") -> SessionInfo:
+        """The session with ``position`` = the offset the next append must carry."""
+        s = self._get(session_id, owner)
+        return s.info(s.queued_end)
+
     def stats(self) -> EngineStats:
-        """Counters are cumulative; the observation lists hold what happened since the previous
-        call (at most ``stats_max_observations`` each, oldest dropped) and are drained by it:
-        a single reader (the metrics module) should call this."""
-        o = self._obs
-        st = EngineStats(
+        """Cumulative counters and gauges now; reading changes nothing (any number of readers).
+        Per-iteration observations are pushed to ``add_stats_listener`` listeners."""
+        return EngineStats(
             active_sessions=len(self._sessions),
             slots_capacity=sum(rt.pool.capacity for rt in self._runtimes.values()),
             slots_max=sum(rt.alloc.slots_max for rt in self._runtimes.values()),
             slots_used=sum(rt.alloc.used for rt in self._runtimes.values()),
-            state_bytes=sum(rt.pool.nbytes for rt in self._runtimes.values()),
+            state_bytes=sum(rt.pool.nbytes for rt in self._runtimes.values()) + self._checkpoint_bytes(),
             running_completions=self._running_alternatives,
             iterations=self._iterations,
             chars_processed=dict(self._chars),
             session_events=dict(self._events),
-            queue_wait_s=list(o.queue_wait),
-            step_time_s={p: list(v) for p, v in o.step_time.items()},
-            batch_sizes=list(o.batch_sizes),
         )
-        o.queue_wait.clear()
-        o.batch_sizes.clear()
-        for v in o.step_time.values():
-            v.clear()
-        return st
+
+    def health(self, owner: str = "") -> EngineHealth:
+        return EngineHealth(
+            serving=not self._draining,
+            active_sessions=len(self._sessions),
+            slots_used=sum(rt.alloc.used for rt in self._runtimes.values()),
+            slots_max=sum(rt.alloc.slots_max for rt in self._runtimes.values()),
+            running_completions=self._running_alternatives,
+            owner_sessions=self.sessions_of(owner),
+        )
+
+    def add_stats_listener(self, listener: Callable[[IterationStats], None]) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
     # ---- sessions ----------------------------------------------------------------------------
     def open_session(self, model: str | None = None, owner: str = "") -> SessionInfo:
-        return self._new_session(self._runtime(model), owner, 0, ZERO, "opened").info()
+        return self._new_session(self._runtime(model), owner, 0, ZERO, SessionEvent.OPENED).info()
 
     async def append(
         self, session_id: str, offset: int, text: str, options: AppendOptions = _DEFAULT_OPTIONS, owner: str = ""
@@ -246,9 +278,7 @@ class Engine:
         self._cancel_session_completions(s)
         rt = self._runtimes[s.model]
         fut: asyncio.Future[Prediction] = loop.create_future()
-        s.queue.append(AppendOp(offset, text, rt.loaded.vocab.encode(text), options, fut, time.perf_counter()))
-        s.queued_end += len(text)
-        s.last_piece = (offset, text, fut)
+        s.accept_append(AppendOp(offset, text, rt.loaded.vocab.encode(text), options, fut, time.perf_counter()))
         self._submit(rt, s)
         return fut
 
@@ -257,10 +287,10 @@ class Engine:
         before it are applied. The session is never changed; an Append, Reset, Rewind or Close
         of the session, or closing the returned iterator, cancels it."""
         s = self._get(session_id, owner)
-        self._check_completion(request)
+        request = completion_checked(request, self.settings)
         rt = self._runtimes[s.model]
         if self._running_alternatives + request.n > self.settings.max_running_completions:
-            self._event("rejected_completion")
+            self._event(SessionEvent.REJECTED_COMPLETION)
             raise CapacityExceeded("too many completions are running", retry_after_s=0.5)
         slots: list[int] = []
         try:
@@ -283,42 +313,32 @@ class Engine:
     async def rewind(self, session_id: str, chars: int, owner: str = "") -> SessionInfo:
         """Restores exactly the state ``chars`` characters back (1 <= chars <= position);
         beyond the rewind window: PreconditionFailed."""
+        return await asyncio.shield(self.submit_rewind(session_id, chars, owner))
+
+    def submit_rewind(self, session_id: str, chars: int, owner: str = "") -> asyncio.Future[SessionInfo]:
         s = self._get(session_id, owner)
         if chars <= 0:
             raise InvalidInput("rewind chars must be positive")
-        if not s.queue:  # answer bad requests without an iteration
+        if not s.queue and not s.in_flight:  # answer bad requests without an iteration
             s.history.plan(s.position, chars)
         self._cancel_session_completions(s)
-        fut = asyncio.get_running_loop().create_future()
-        s.queue.append(ControlOp("rewind", fut, time.perf_counter(), chars=chars))
-        s.queued_end = max(0, s.queued_end - chars)
-        s.last_piece = None
-        self._submit(self._runtimes[s.model], s)
-        info = await asyncio.shield(fut)
-        assert isinstance(info, SessionInfo)
-        return info
+        return self._control(s, ControlOp("rewind", self._future(), time.perf_counter(), chars=chars))
 
     async def reset(self, session_id: str, owner: str = "") -> SessionInfo:
+        return await asyncio.shield(self.submit_reset(session_id, owner))
+
+    def submit_reset(self, session_id: str, owner: str = "") -> asyncio.Future[SessionInfo]:
         s = self._get(session_id, owner)
         self._cancel_session_completions(s)
-        fut = asyncio.get_running_loop().create_future()
-        s.queue.append(ControlOp("write", fut, time.perf_counter(), state=ZERO, position=0))
-        s.queued_end = 0
-        s.last_piece = None
-        self._submit(self._runtimes[s.model], s)
-        info = await asyncio.shield(fut)
-        assert isinstance(info, SessionInfo)
-        return info
+        return self._control(s, ControlOp("write", self._future(), time.perf_counter(), state=ZERO, position=0))
 
     async def snapshot(self, session_id: str, owner: str = "") -> bytes:
         """A signed blob of the state after the operations accepted before it."""
+        return await asyncio.shield(self.submit_snapshot(session_id, owner))
+
+    def submit_snapshot(self, session_id: str, owner: str = "") -> asyncio.Future[bytes]:
         s = self._get(session_id, owner)
-        fut = asyncio.get_running_loop().create_future()
-        s.queue.append(ControlOp("snapshot", fut, time.perf_counter()))
-        self._submit(self._runtimes[s.model], s)
-        blob = await asyncio.shield(fut)
-        assert isinstance(blob, bytes)
-        return blob
+        return self._control(s, ControlOp("snapshot", self._future(), time.perf_counter()))
 
     async def resume(
         self, blob: bytes, replay: str = "", options: AppendOptions = _DEFAULT_OPTIONS, owner: str = ""
@@ -326,6 +346,16 @@ class Engine:
         """A new session (new id) at the snapshot's position with its state, bit-exact; then
         ``replay`` is appended and its Prediction returned. Bad or tampered blob: InvalidInput;
         a model or weights this server does not serve: PreconditionFailed."""
+        s, fut = self.submit_resume(blob, replay, options, owner)
+        pred = await asyncio.shield(fut) if fut is not None else None
+        return s.info(), pred
+
+    def submit_resume(
+        self, blob: bytes, replay: str = "", options: AppendOptions = _DEFAULT_OPTIONS, owner: str = ""
+    ) -> tuple[Session, asyncio.Future[Prediction] | None]:
+        """The new session (its start state is written by the next iteration) and the future
+        of the replay's Prediction. The blob is checked here (HMAC and header: no torch); its
+        state bytes become tensors in the device worker (``HostState``)."""
         self._check_open()
         data = snap.decode(blob, self._key, tenant=owner, now=time.time())
         rt = self._runtimes.get(data.model)
@@ -336,15 +366,46 @@ class Engine:
             raise PreconditionFailed("the snapshot's state does not fit the model")
         if len(replay) > self.settings.max_append_chars:
             raise InvalidInput(f"replay has {len(replay)} characters; the limit is {self.settings.max_append_chars}")
-        state = state_from_bytes(data.tensors, m.layers, m.hidden, self.device)
-        s = self._new_session(rt, owner, data.position, state, "resumed")
+        state = HostState(tuple(data.tensors), m.layers, m.hidden)
+        s = self._new_session(rt, owner, data.position, state, SessionEvent.RESUMED)
         if not replay:
-            return s.info(), None
-        pred = await self.append(s.session_id, data.position, replay, options, owner)
-        return s.info(), pred
+            return s, None
+        return s, self.submit_append(s.session_id, data.position, replay, options, owner)
 
     async def close_session(self, session_id: str, owner: str = "") -> None:
-        self._close(self._get(session_id, owner), "closed")
+        await asyncio.shield(self.submit_close(session_id, owner))
+
+    def submit_close(self, session_id: str, owner: str = "") -> asyncio.Future[None]:
+        """Closes the session once the operations accepted before it are answered (at once
+        when none are waiting)."""
+        s = self._get(session_id, owner)
+        fut: asyncio.Future[Any] = self._future()
+        if not s.queue and not s.in_flight:
+            self._close(s, SessionEvent.CLOSED)
+            fut.set_result(None)
+            return fut
+        self._cancel_session_completions(s)
+        return self._control(s, ControlOp("close", fut, time.perf_counter()))
+
+    def _future(self) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().create_future()
+
+    def _control(self, s: Session, op: ControlOp) -> asyncio.Future[Any]:
+        s.accept_control(op)
+        s.last_used_at = time.time()
+        self._submit(self._runtimes[s.model], s)
+        assert op.future is not None
+        return op.future
+
+    def _checkpoint_bytes(self) -> int:
+        """Bytes of the rewind checkpoints held (each a copy of one slot's state)."""
+        total = 0
+        for s in self._sessions.values():
+            n = sum(1 for _, c in s.history.checkpoints if isinstance(c, tuple))
+            if n:
+                m = self._runtimes[s.model].loaded.model
+                total += n * m.state_arity * m.layers * m.hidden * 4
+        return total
 
     # ---- internals: admission and bookkeeping ------------------------------------------------
     def _runtime(self, model: str | None) -> _Runtime:
@@ -357,15 +418,15 @@ class Engine:
         if self._draining:
             raise Unavailable("server is draining; open a session on another replica")
 
-    def _new_session(self, rt: _Runtime, owner: str, position: int, state: object, event: str) -> Session:
+    def _new_session(self, rt: _Runtime, owner: str, position: int, state: object, event: SessionEvent) -> Session:
         self._check_open()
         if len(self._sessions) >= self.settings.max_sessions:
-            self._event("rejected_sessions")
+            self._event(SessionEvent.REJECTED_SESSIONS)
             raise CapacityExceeded("session limit reached", retry_after_s=min(5.0, self.settings.session_idle_ttl_s))
         slot = rt.alloc.alloc()
         now = time.time()
         sid = secrets.token_hex(16)
-        s = Session(sid, rt.name, owner, slot, now, now, self._history(position, state), position, position)
+        s = Session(sid, rt.name, owner, slot, now, now, self._history(position, state), position, position, position)
         # the slot holds a previous owner's state: the first iteration writes this session's
         # start state (folded into the first append's row when one is waiting by then)
         s.queue.append(ControlOp("write", None, time.perf_counter(), state=state, position=position))
@@ -388,38 +449,24 @@ class Engine:
         rt.work[s] = None
         self._wake.set()
 
-    def _event(self, name: str) -> None:
+    def _event(self, name: SessionEvent) -> None:
         self._events[name] = self._events.get(name, 0) + 1
 
-    def _check_completion(self, r: CompletionRequest) -> None:
-        st = self.settings
-        if not 1 <= r.max_chars <= st.max_completion_chars:
-            raise InvalidInput(f"max_chars must be between 1 and {st.max_completion_chars}")
-        if not 1 <= r.n <= st.max_completion_alternatives:
-            raise InvalidInput(f"n must be between 1 and {st.max_completion_alternatives}")
-        if not r.temperature >= 0 or r.temperature > 100:
-            raise InvalidInput("temperature must be between 0 and 100")
-        if r.top_k < 0:
-            raise InvalidInput("top_k must not be negative")
-        if not 0 < r.top_p <= 1:
-            raise InvalidInput("top_p must be in (0, 1]")
-        if any(not stop for stop in r.stop) or len(r.stop) > 16 or any(len(x) > 64 for x in r.stop):
-            raise InvalidInput("stop strings must be 1 to 64 characters, at most 16 of them")
-
-    def _close(self, s: Session, reason: str) -> None:
-        if s.closed:
+    def _close(self, s: Session, reason: SessionEvent) -> None:
+        if not s.mark_closed():
             return
-        s.closed = True
         del self._sessions[s.session_id]
         if (left := self._owner_sessions.pop(s.owner, 1) - 1) > 0:
             self._owner_sessions[s.owner] = left
         gone = NotFound(_NOT_FOUND)
+        rt = self._runtimes[s.model]
         for op in s.queue:
             _fail(op, gone)
+            if isinstance(op, AppendOp):
+                rt.free_scratch(op)  # an in-flight chunk's write-back lands before a new owner's write
         s.queue.clear()
         for c in list(s.completions):
             self._cancel_completion(c)
-        rt = self._runtimes[s.model]
         rt.work.pop(s, None)
         rt.alloc.free(s.slot)  # an in-flight write-back to it lands before any new owner's first write
         self._event(reason)
@@ -430,7 +477,7 @@ class Engine:
 
     def _cancel_completion(self, c: Completion) -> None:
         for alt in c.running():
-            self._end_alternative(c, alt, "cancelled")
+            self._end_alternative(c, alt, FinishReason.CANCELLED)
         if not c.started:
             try:
                 c.session.queue.remove(next(op for op in c.session.queue if getattr(op, "completion", None) is c))
@@ -456,35 +503,23 @@ class Engine:
             await asyncio.sleep(self.settings.session_sweep_interval_s)
             cutoff = time.time() - ttl
             for s in [s for s in self._sessions.values() if s.last_used_at < cutoff]:
-                if not s.queue and not s.completions:
-                    self._close(s, "expired")
+                if s.state is SessionState.IDLE:  # queued or running work is never expired
+                    self._close(s, SessionEvent.EXPIRED)
 
     # ---- the loop ------------------------------------------------------------------------------
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
-        budget = self.settings.max_batch_tokens
         while not self._stopping:
             self._wake.clear()
-            batches: list[tuple[_Runtime, Batch]] = []
-            for rt in self._runtimes.values():
-                if not (rt.work or rt.completions):
-                    continue
-                b = rt.scheduler.schedule(
-                    list(rt.work), list(rt.completions), budget, rt.alloc.wanted_capacity(), _decode_steps(rt)
-                )
-                for s in [s for s in rt.work if not s.queue]:
-                    del rt.work[s]
-                self._deliver_failures(b)
-                batches.append((rt, b))
-            jobs = [(rt, b) for rt, b in batches if not b.plan.is_empty()]
+            jobs = self._schedule()
             if not jobs:
                 if not self._has_pending():
                     self._idle.set()
                     await self._wake.wait()
                 continue
             started = time.perf_counter()
-            for _, b in jobs:
-                self._observe_waits(b, started)
+            waits = tuple(started - t for _, b in jobs for t in _submitted_times(b))
+            chars_before = dict(self._chars)
             plans = [(rt.runner, b.plan) for rt, b in jobs]
             try:
                 results = await loop.run_in_executor(self._executor, _execute_all, plans)
@@ -492,6 +527,7 @@ class Engine:
                 log.exception("engine iteration failed")
                 for rt, b in jobs:
                     self._fail_batch(rt, b, e)
+                results = []
             else:
                 for (rt, b), res in zip(jobs, results, strict=True):
                     try:
@@ -499,17 +535,60 @@ class Engine:
                     except Exception as e:
                         log.exception("delivering an iteration's results failed")
                         self._fail_batch(rt, b, e)
+            for _, b in jobs:
+                for s in _sessions_of(b):
+                    s.end_iteration()
             self._iterations += 1
-            self._obs.batch_sizes.append(sum(len(b.plan.rows) for _, b in jobs))
+            self._push_stats(jobs, results, waits, chars_before)
         self._idle.set()
 
-    def _observe_waits(self, b: Batch, now: float) -> None:
-        q = self._obs.queue_wait
-        for run in b.appends:
-            for op in run.ops:
-                q.append(now - op.submitted_at)
-        for cw in b.controls:
-            q.append(now - cw.op.submitted_at)
+    def _schedule(self) -> list[tuple[_Runtime, Batch]]:
+        """Plans this iteration for every model with work; answers what needs no device work
+        (rejected offsets, closes reached in a session's queue) right away."""
+        budget = self.settings.max_batch_tokens
+        jobs: list[tuple[_Runtime, Batch]] = []
+        for rt in self._runtimes.values():
+            if not (rt.work or rt.completions):
+                continue
+            b = rt.scheduler.schedule(list(rt.work), list(rt.completions), budget, 0, _decode_steps(rt))
+            b.plan.capacity = rt.alloc.wanted_capacity()  # after the scheduler took scratch slots
+            for s in _sessions_of(b):
+                s.begin_iteration()
+            self._deliver_failures(b)
+            for s, op in b.closes:
+                self._close(s, SessionEvent.CLOSED)
+                _resolve(op, None)
+            for s in [s for s in rt.work if not s.queue]:
+                del rt.work[s]
+            if not b.plan.is_empty():
+                jobs.append((rt, b))
+            else:
+                for s in _sessions_of(b):
+                    s.end_iteration()
+        return jobs
+
+    def _push_stats(
+        self,
+        jobs: list[tuple[_Runtime, Batch]],
+        results: list[RunResult],
+        waits: tuple[float, ...],
+        chars_before: dict[str, int],
+    ) -> None:
+        if not self._listeners:
+            return
+        st = IterationStats(
+            rows=sum(len(b.plan.rows) for _, b in jobs),
+            queue_wait_s=waits,
+            step_time_s=tuple((Phase(p), secs) for res in results for p, _n, secs in res.phases),
+            chars=tuple(
+                (Phase(p), n - chars_before.get(p, 0)) for p, n in self._chars.items() if n > chars_before.get(p, 0)
+            ),
+        )
+        for listener in list(self._listeners):
+            try:
+                listener(st)
+            except Exception:
+                log.exception("a statistics listener failed")
 
     # ---- delivery --------------------------------------------------------------------------------
     def _deliver_failures(self, b: Batch) -> None:
@@ -521,12 +600,17 @@ class Engine:
         """The session did not move: later offsets are checked against its real position."""
         if isinstance(op, AppendOp) and s.last_piece is not None and s.last_piece[2] is op.future:
             s.last_piece = s.last_applied
-        s.queued_end = _queued_end(s)
+        s.requeue_end()
 
     def _fail_batch(self, rt: _Runtime, b: Batch, err: Exception) -> None:
+        for s in _sessions_of(b):
+            s.end_iteration()  # nothing of this iteration landed
         for run in b.appends:
             for op in run.ops:
                 _fail(op, err)
+                rt.free_scratch(op)
+            if run.partial and run.ops[0] in run.session.queue:  # a chunk: the piece is still queued
+                run.session.queue.remove(run.ops[0])
             if run.leading_write is not None:
                 self._fail_write(rt, run.session, run.leading_write, err)
             self._after_failure(run.session, run.ops[-1])
@@ -540,7 +624,7 @@ class Engine:
             self._after_failure(cw.session, cw.op)
         for sw in b.steps:
             if not sw.alt.finish_reason:
-                self._end_alternative(sw.completion, sw.alt, "cancelled")
+                self._end_alternative(sw.completion, sw.alt, FinishReason.CANCELLED)
 
     def _fail_write(self, rt: _Runtime, s: Session, op: ControlOp, err: Exception) -> None:
         if op.future is None and not s.closed:  # a new session's start state: its slot still needs it
@@ -550,56 +634,25 @@ class Engine:
             _fail(op, err)
 
     def _deliver(self, rt: _Runtime, b: Batch, res: RunResult) -> None:
-        vocab = rt.loaded.vocab
         for phase, _chars, secs in res.phases:
-            self._obs.step_time[phase].append(secs)
-            if phase == "completion" and b.steps:
+            if phase == Phase.COMPLETION and b.steps:
                 rt.decode_step_s = secs / max(1, 1 + len(b.plan.rows[b.steps[0].row].more))
         now = time.time()
         for run in b.appends:
-            s = run.session
-            row = res.rows[run.row]
-            pos, tok_at = run.start, 0
-            last = len(run.ops) - 1
-            for k, op in enumerate(run.ops):
-                n = len(op.text)
-                pos += n
-                o = op.options
-                pred = Prediction(
-                    position=pos,
-                    top_k=tuple((vocab.char(i), p) for i, p in row.top_k[k][: o.top_k]),
-                    logprobs=tuple(row.logprobs[tok_at : tok_at + n]) if o.want_logprobs else (),
-                    gates=tuple(
-                        GateTrace(rt.gate_names, tuple(tuple(layer) for layer in g))
-                        for g in row.gates[tok_at : tok_at + n]
-                    )
-                    if o.want_gates
-                    else (),
-                    superseded=o.only_last and k < last,
-                )
-                tok_at += n
-                if not op.future.done():
-                    op.future.set_result(pred)
-            self._chars["step" if tok_at == 1 else "prefill"] += tok_at
-            if s.closed:
-                continue
-            if run.leading_write is not None:
-                w = run.leading_write
-                self._apply_write(s, w)
-            s.position = pos
-            s.history.record("".join(op.text for op in run.ops), pos, row.checkpoint)
-            s.last_applied = (run.ops[-1].offset, run.ops[-1].text, run.ops[-1].future)
-            s.last_used_at = now
+            if run.partial:
+                self._deliver_chunk(rt, b, run, res)
+            else:
+                self._deliver_run(rt, b, run, res, now)
         for cw in b.controls:
             s, cop = cw.session, cw.op
             if cw.row is not None:
-                self._chars["prefill"] += len(b.plan.rows[cw.row].tokens)
+                self._chars[Phase.PREFILL] += len(b.plan.rows[cw.row].tokens)
             if s.closed and cop.kind in ("write", "rewind"):
                 _fail(cop, NotFound(_NOT_FOUND))
             elif cop.kind == "write":
                 self._apply_write(s, cop)
             elif cop.kind == "rewind":
-                s.position = cw.target
+                s.apply(cw.target)
                 s.history.truncate(cw.target)
                 s.last_applied = None
                 _resolve(cop, s.info())
@@ -627,8 +680,57 @@ class Engine:
         for sw in b.steps:
             self._deliver_step(rt, b.plan, sw.completion, sw.alt, sw.row, res)
 
+    def _deliver_chunk(self, rt: _Runtime, b: Batch, run: AppendRun, res: RunResult) -> None:
+        """A chunk of a long piece landed in its scratch slot: note the progress; the piece
+        stays at the head of the session's queue (its Prediction comes with its last chunk)."""
+        op, row = run.ops[0], res.rows[run.row]
+        n = len(b.plan.rows[run.row].tokens)
+        self._chars[Phase.PREFILL] += n
+        if op.future.done():  # closed meanwhile: the close freed its scratch slot
+            return
+        op.done += n
+        if op.options.want_logprobs:
+            op.logprobs.extend(row.logprobs)
+        if op.options.want_gates:
+            op.gates.extend(row.gates)
+        run.session.last_used_at = time.time()
+
+    def _deliver_run(self, rt: _Runtime, b: Batch, run: AppendRun, res: RunResult, now: float) -> None:
+        """Pieces applied whole (the first one possibly finishing a chunked piece)."""
+        vocab = rt.loaded.vocab
+        s = run.session
+        row = res.rows[run.row]
+        pos, tok_at = run.start, 0
+        last = len(run.ops) - 1
+        for k, op in enumerate(run.ops):
+            n = len(op.text) - (run.first_done if k == 0 else 0)
+            pos += len(op.text)
+            o = op.options
+            logprobs = [*op.logprobs, *row.logprobs[tok_at : tok_at + n]] if o.want_logprobs else []
+            gates = [*op.gates, *row.gates[tok_at : tok_at + n]] if o.want_gates else []
+            pred = Prediction(
+                position=pos,
+                top_k=tuple((vocab.char(i), p) for i, p in row.top_k[k][: o.top_k]),
+                logprobs=tuple(logprobs),
+                gates=tuple(GateTrace(rt.gate_names, tuple(tuple(layer) for layer in g)) for g in gates),
+                superseded=o.only_last and k < last,
+            )
+            tok_at += n
+            rt.free_scratch(op)
+            if not op.future.done():
+                op.future.set_result(pred)
+        self._chars[Phase.STEP if tok_at == 1 and not run.first_done else Phase.PREFILL] += tok_at
+        if s.closed:
+            return
+        if run.leading_write is not None:
+            self._apply_write(s, run.leading_write)
+        s.apply(pos)
+        s.history.record("".join(op.text for op in run.ops), pos, row.checkpoint)
+        s.last_applied = (run.ops[-1].offset, run.ops[-1].text, run.ops[-1].future)
+        s.last_used_at = now
+
     def _apply_write(self, s: Session, op: ControlOp) -> None:
-        s.position = op.position
+        s.apply(op.position)
         s.history = self._history(op.position, op.state)
         s.last_applied = None
         _resolve(op, s.info())
@@ -650,10 +752,10 @@ class Engine:
             alt.text += ch
             alt.last_token = tok
             if any(alt.text.endswith(stop) for stop in c.request.stop):
-                self._end_alternative(c, alt, "stop", ch)
+                self._end_alternative(c, alt, FinishReason.STOP, ch)
                 return
             if len(alt.text) >= c.request.max_chars:
-                self._end_alternative(c, alt, "length", ch)
+                self._end_alternative(c, alt, FinishReason.LENGTH, ch)
                 return
             c.chunks.put_nowait(CompletionChunk(alt.index, ch, False))
 
@@ -665,6 +767,16 @@ def _decode_steps(rt: _Runtime) -> int:
     if rt.decode_step_s <= 0:
         return 2
     return max(1, min(MAX_DECODE_STEPS, int(DECODE_BURST_S / rt.decode_step_s)))
+
+
+def _sessions_of(b: Batch) -> set[Session]:
+    return {run.session for run in b.appends} | {cw.session for cw in b.controls}
+
+
+def _submitted_times(b: Batch) -> list[float]:
+    """Submission times of the operations this batch starts (a chunk counts once, its first)."""
+    times = [op.submitted_at for run in b.appends for op in run.ops if not (run.first_done and op is run.ops[0])]
+    return times + [cw.op.submitted_at for cw in b.controls]
 
 
 def _execute_all(jobs: Sequence[tuple[ModelRunner, Plan]]) -> list[RunResult]:
@@ -702,17 +814,3 @@ def _fail(op: Op, err: BaseException) -> None:
     if fut is not None and not fut.done():
         fut.set_exception(err)
         fut.exception()  # mark retrieved: nobody may be waiting (a write folded at open)
-
-
-def _queued_end(s: Session) -> int:
-    """Where the next append must start if every queued op succeeds."""
-    end = s.position
-    for op in s.queue:
-        if isinstance(op, AppendOp):
-            if op.offset == end:
-                end += len(op.text)
-        elif op.kind == "write":
-            end = op.position
-        elif op.kind == "rewind":
-            end = max(0, end - op.chars)
-    return end

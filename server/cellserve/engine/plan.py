@@ -21,6 +21,18 @@ class _Zero:
 ZERO: object = _Zero()
 
 
+@dataclass(eq=False)
+class HostState:
+    """A state handle still in host bytes (a resumed snapshot's little-endian fp32 state,
+    [layers, hidden] per state tensor). The runner turns it into tensors in the device worker,
+    so no torch work runs on the event loop; ``device`` caches that conversion."""
+
+    raw: tuple[bytes, ...]
+    layers: int
+    hidden: int
+    device: object | None = None  # set by the runner: the tensors, once converted
+
+
 @dataclass(frozen=True)
 class SampleParams:
     """How a completion step picks its next token from the row's final distribution."""

@@ -24,7 +24,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from ..nn.cells import GRUCellRef, LSTMCellRef, reference_cell
 from ..nn.charlm import CharLM
 from ..nn.kernels import onednn
-from .plan import ZERO, Plan, Row, RowResult, RunResult, SampleParams
+from .buffers import InputBuffers
+from .plan import ZERO, HostState, Plan, Row, RowResult, RunResult, SampleParams
 from .sampling import choose
 from .state_pool import StatePool
 
@@ -53,6 +54,7 @@ class ModelRunner:
         self.device = pool.device
         self.on_cpu = pool.device.type == "cpu"
         self._ref: LSTMCellRef | GRUCellRef | None = None  # built on the first gate request
+        self._in = InputBuffers(pool.device)  # persistent per-iteration index inputs
 
     def execute(self, plan: Plan) -> RunResult:
         with torch.inference_mode():
@@ -66,7 +68,7 @@ class ModelRunner:
         here, each drawn token fed straight back, with one host copy at the end: the per-
         iteration costs (scheduling, delivery, one chunk message per alternative) are paid
         once per k characters instead of once per character."""
-        rows, pool, dev = plan.rows, self.pool, self.device
+        rows, pool = plan.rows, self.pool
         k = 1 + len(rows[0].more)
         if (
             plan.writes
@@ -77,8 +79,9 @@ class ModelRunner:
         t0 = time.perf_counter()
         pool.ensure_capacity(plan.capacity)
         b = len(rows)
-        state = pool.gather(torch.tensor([r.src for r in rows], device=dev))  # [L, B, H] x arity
-        tok = torch.tensor([r.tokens[0] for r in rows], device=dev).view(b, 1)  # [B, 1]
+        src = self._in.ints("decode_src", [r.src for r in rows])  # type: ignore[misc]
+        state = pool.gather(src)  # [L, B, H] x arity
+        tok = self._in.ints("decode_tok", [r.tokens[0] for r in rows]).view(b, 1)  # [B, 1]
         drawn = []
         with onednn(not self.on_cpu or b >= ONEDNN_MIN_STEP_BATCH):
             for j in range(k):
@@ -88,7 +91,7 @@ class ModelRunner:
                 drawn.append(nxt)
                 tok = nxt.view(b, 1)
         host = torch.stack(drawn, dim=1).cpu().tolist()  # [B, k]: the one device->host copy
-        pool.scatter(torch.tensor([r.dst for r in rows], device=dev), state)
+        pool.scatter(self._in.ints("decode_dst", [r.dst for r in rows]), state)  # type: ignore[misc]
         results = [RowResult([], [], [], h[0], None, sampled_more=h[1:]) for h in host]
         return RunResult(results, [], [("completion", b * k, time.perf_counter() - t0)])
 
@@ -120,7 +123,7 @@ class ModelRunner:
             if steps:
                 t0 = time.perf_counter()
                 b = len(steps)
-                tok = torch.tensor([rows[i].tokens[0] for i in steps], device=dev).view(b, 1)  # [B1, 1]
+                tok = self._in.ints("step_tok", [rows[i].tokens[0] for i in steps]).view(b, 1)  # [B1, 1]
                 st = tuple(s[:, :b].contiguous() for s in start)
                 with onednn(not self.on_cpu or b >= ONEDNN_MIN_STEP_BATCH):
                     out, new = self.model.rnn_forward(self.model.embed(tok), st)  # out [B1, 1, H]
@@ -203,19 +206,19 @@ class ModelRunner:
         kmax = max((k for _, k in topk_pts), default=0)
         if pick:
             bank = torch.cat(bank_parts, dim=0)  # [N_bank, H]
-            hsel = bank.index_select(0, torch.tensor(pick, device=dev))  # [N, H]
+            hsel = bank.index_select(0, self._in.ints("pick", pick))  # [N, H]
             logits = self.model.head(hsel)  # [N, V]
             lsm = torch.log_softmax(logits, dim=-1)  # [N, V]
             if topk_pts:
                 kmax = min(kmax, lsm.shape[1])
-                vals, idx = lsm[torch.tensor([p for p, _ in topk_pts], device=dev)].topk(kmax, dim=-1)  # [P, K]
+                vals, idx = lsm[self._in.ints("topk_at", [p for p, _ in topk_pts])].topk(kmax, dim=-1)  # [P, K]
                 flat += [vals.exp().flatten(), idx.to(vals.dtype).flatten()]
             if lp_pts:
-                sel = lsm[torch.tensor([p for p, _ in lp_pts], device=dev)]  # [Q, V]
-                tok = torch.tensor([t for _, t in lp_pts], device=dev)
+                sel = lsm[self._in.ints("logprob_at", [p for p, _ in lp_pts])]  # [Q, V]
+                tok = self._in.ints("logprob_tok", [t for _, t in lp_pts])
                 flat.append(sel.gather(1, tok[:, None]).flatten())
             if sample_pts:
-                s_logits = logits[torch.tensor([p for p, _ in sample_pts], device=dev)]  # [S, V]
+                s_logits = logits[self._in.ints("sample_at", [p for p, _ in sample_pts])]  # [S, V]
                 flat.append(choose(s_logits.float(), [sp for _, sp in sample_pts]).to(logits.dtype))
         for i in gated:
             flat.append(gate_traces[i].flatten())  # [T, G, L]
@@ -261,11 +264,11 @@ class ModelRunner:
         if n_rows:
             keep = [p for p, i in enumerate(order) if rows[i].dst is not None]
             if keep:
-                dst = torch.tensor([rows[order[p]].dst for p in keep], device=dev)
+                dst = self._in.ints("dst", [rows[order[p]].dst for p in keep])  # type: ignore[misc]
                 if len(keep) == n_rows:
                     pool.scatter(dst, tuple(finals))
                 else:
-                    kp = torch.tensor(keep, device=dev)
+                    kp = self._in.ints("keep", keep)
                     pool.scatter(dst, tuple(f.index_select(1, kp) for f in finals))
             for p, i in enumerate(order):
                 if rows[i].checkpoint:
@@ -275,7 +278,7 @@ class ModelRunner:
                 if src is ZERO:
                     pt[:, slot].zero_()
                 else:
-                    pt[:, slot].copy_(src[a])  # type: ignore[index]
+                    pt[:, slot].copy_(self._tensors(src)[a])
         reads = [  # little-endian fp32 bytes, [layers, hidden] per state tensor
             [t[:, slot].float().contiguous().cpu().numpy().astype("<f4").tobytes() for t in pool.tensors]
             for slot in plan.reads
@@ -284,7 +287,7 @@ class ModelRunner:
 
     def _start_states(self, rows: Sequence[Row]) -> tuple[torch.Tensor, ...]:
         """Start state of each row ([L, R, H] x arity): its source slot, or ``init``."""
-        src = torch.tensor([r.src if r.src is not None else 0 for r in rows], device=self.device)
+        src = self._in.ints("src", [r.src if r.src is not None else 0 for r in rows])
         start = self.pool.gather(src)
         for p, r in enumerate(rows):
             if r.src is None:
@@ -292,8 +295,17 @@ class ModelRunner:
                     if r.init is ZERO:
                         s[:, p].zero_()
                     else:
-                        s[:, p].copy_(r.init[a])  # type: ignore[index]
+                        s[:, p].copy_(self._tensors(r.init)[a])
         return start
+
+    def _tensors(self, handle: object) -> tuple[torch.Tensor, ...]:
+        """A state handle as tensors: a checkpoint already is; a ``HostState`` is converted
+        here (worker thread) once and cached on it."""
+        if isinstance(handle, HostState):
+            if handle.device is None:
+                handle.device = state_from_bytes(handle.raw, handle.layers, handle.hidden, self.device)
+            return handle.device  # type: ignore[return-value]
+        return handle  # type: ignore[return-value]
 
     def _run_gates(
         self, tokens: list[int], state: tuple[torch.Tensor, ...]

@@ -1,18 +1,23 @@
 """Picks the work of one iteration for one model and turns it into a ``Plan``. Plain Python:
 no torch here (the runner executes the plan; the engine delivers its result).
 
-Policy (cellular batching, re-formed at every iteration from whatever is waiting):
+Policy (cellular batching, re-formed at every iteration from whatever is waiting), within a
+budget of ``max_batch_tokens`` characters per iteration:
 
-- every running completion alternative takes one step (continuous batching); when nothing
-  else waits (no session has queued work) and every alternative is past its first character,
-  they take up to ``decode_steps`` steps in this one iteration (multi-step decoding: the same
-  number for all, at most what the shortest has left to generate);
-- every session with queued work contributes its head: a run of consecutive appends (coalesced
-  into one row), or one control operation (write / rewind / snapshot / completion start);
-- single characters go first (keystrokes are latency-bound and cheap); multi-character rows
-  follow oldest first while the iteration stays within ``max_batch_tokens`` characters. The
-  first multi-character row is always admitted, so a piece larger than the budget still runs
-  (a piece is never split: ``max_append_chars`` bounds it); coalescing stops at the budget.
+1. keystrokes first: every session whose head is a single-character append takes one step
+   (latency-bound and cheap; bounded by the number of sessions, so always admitted);
+   control operations (write / rewind / snapshot / completion start / close) likewise;
+2. every running completion alternative takes one step (continuous batching); when nothing
+   else waits and every alternative is past its first character, they take up to
+   ``decode_steps`` steps in this one iteration (multi-step decoding);
+3. what is left of the budget goes to multi-character work (pastes, coalesced appends) in
+   chunks, round-robin: tenants (the session owner) in turn, then sessions within a tenant,
+   each given an equal share of what remains. A piece longer than its share is applied in
+   chunks over several iterations (chunked prefill) on a scratch slot: the session's own
+   slot, position and rewind history change only when its last chunk lands, so a failure
+   loses nothing and the Prediction answers the whole piece. ``want_gates`` work (the slow
+   reference cells) counts ``GATE_CHAR_COST`` per character, so it is chunked finer. Whoever
+   got nothing goes first in the next iteration, so no session starves.
 """
 
 from __future__ import annotations
@@ -25,14 +30,28 @@ from .completions import Alternative, Completion
 from .plan import Plan, Row, SampleParams
 from .sessions import AppendOp, ControlOp, Op, Session
 
+# A character on the reference cells (want_gates: one Python-level step per character, with
+# per-gate reductions) costs this many budget characters. Measured on the 2-core dev machine
+# (2x512 LSTM, one thread; scripts/measure_budget.py): 3.2-3.7 ms per gate character against
+# 1.2-1.3 ms per extra prefill character.
+GATE_CHAR_COST = 3
+# The smallest prefill chunk worth a row of its own: below it, per-row costs dominate.
+MIN_CHUNK = 16
+
 
 @dataclass
 class AppendRun:
+    """Appends applied by one row: ``ops[0]`` from character ``first_done`` on (chunked
+    prefill: the rest of a partly applied piece), the others whole. ``partial``: the row ends
+    inside ``ops[0]`` (its only op); its state goes to the op's scratch slot."""
+
     session: Session
     ops: list[AppendOp]
     row: int  # index into plan.rows
     start: int  # session position before the run
     leading_write: ControlOp | None = None  # an open/reset write folded into the row's start state
+    first_done: int = 0
+    partial: bool = False
 
 
 @dataclass
@@ -60,6 +79,7 @@ class Batch:
     controls: list[ControlWork] = field(default_factory=list)
     steps: list[StepWork] = field(default_factory=list)
     failures: list[tuple[Session, Op, CellserveError]] = field(default_factory=list)  # rejected when reached
+    closes: list[tuple[Session, ControlOp]] = field(default_factory=list)  # reached: no device work
     chars: int = 0
 
 
@@ -69,8 +89,11 @@ def sample_params(completion: Completion, alt: Alternative) -> SampleParams:
 
 
 class Scheduler:
-    def __init__(self, encode: Callable[[str], list[int]]) -> None:
+    def __init__(self, encode: Callable[[str], list[int]], scratch: Callable[[], int | None] | None = None) -> None:
         self._encode = encode
+        self._scratch = scratch or (lambda: None)  # a free slot for chunked prefill, or None
+        self._tick = 0
+        self._served: dict[str, int] = {}  # tenant -> tick it was last given prefill budget
 
     def schedule(
         self,
@@ -80,27 +103,46 @@ class Scheduler:
         capacity: int,
         decode_steps: int = 1,
     ) -> Batch:
+        self._tick += 1
         batch = Batch(Plan(capacity=capacity))
-        plan = batch.plan
         sessions = [s for s in sessions if s.queue]
         completions = list(completions)
-        if decode_steps > 1 and not sessions and completions:
-            alts = [(c, a) for c in completions for a in c.running()]
-            if alts and all(a.last_token is not None for _, a in alts):
-                k = min(decode_steps, min(c.request.max_chars - len(a.text) for c, a in alts))
-                if k > 1:
-                    for c, alt in alts:
-                        src = alt.slot if alt.forked else c.session.slot
-                        first = sample_params(c, alt)  # drawn in step order: seeded runs repeat
-                        more = [sample_params(c, alt) for _ in range(k - 1)]
-                        plan.rows.append(Row([alt.last_token], src=src, dst=alt.slot, sample=first, more=more))  # type: ignore[list-item]
-                        batch.chars += k
-                        batch.steps.append(StepWork(c, alt, len(plan.rows) - 1))
-                    return batch
+        if decode_steps > 1 and not sessions and completions and self._multi_step(batch, completions, decode_steps):
+            return batch
+        long: list[Session] = []
+        for s in sessions:  # 1. keystrokes and control operations
+            head = s.queue[0]
+            if isinstance(head, ControlOp) and not (head.kind == "write" and self._next_is_append(s)):
+                self._control(batch, s, head)
+                continue
+            if self._keystroke(batch, s):
+                continue
+            long.append(s)
+        self._steps(batch, completions)  # 2. completion steps
+        self._prefill(batch, long, budget)  # 3. multi-character work, round-robin, chunked
+        return batch
+
+    # ------------------------------------------------------------------------------------
+    def _multi_step(self, batch: Batch, completions: list[Completion], decode_steps: int) -> bool:
+        alts = [(c, a) for c in completions for a in c.running()]
+        if not alts or any(a.last_token is None for _, a in alts):
+            return False
+        k = min(decode_steps, min(c.request.max_chars - len(a.text) for c, a in alts))
+        if k <= 1:
+            return False
+        for c, alt in alts:
+            src = alt.slot if alt.forked else c.session.slot
+            first = sample_params(c, alt)  # drawn in step order: seeded runs repeat
+            more = [sample_params(c, alt) for _ in range(k - 1)]
+            batch.plan.rows.append(Row([alt.last_token], src=src, dst=alt.slot, sample=first, more=more))  # type: ignore[list-item]
+            batch.chars += k
+            batch.steps.append(StepWork(c, alt, len(batch.plan.rows) - 1))
+        return True
+
+    def _steps(self, batch: Batch, completions: list[Completion]) -> None:
+        plan = batch.plan
         for c in completions:  # started completions: one step per running alternative
             for alt in c.running():
-                if batch.chars >= budget and plan.rows:
-                    break
                 if alt.last_token is None:  # the first character: the session's own distribution
                     plan.rows.append(Row([], src=c.session.slot, sample=sample_params(c, alt)))
                 else:
@@ -109,41 +151,76 @@ class Scheduler:
                     batch.chars += 1
                 batch.steps.append(StepWork(c, alt, len(plan.rows) - 1))
 
-        deferred: list[tuple[float, Session, list[AppendOp], ControlOp | None]] = []
-        for s in sessions:
-            if not s.queue:
-                continue
-            head = s.queue[0]
-            if isinstance(head, ControlOp) and not (head.kind == "write" and self._next_is_append(s)):
-                self._control(batch, s, head)
-                continue
-            ops, write = self._run(batch, s, budget)
-            if not ops:
-                if write is not None:  # its appends were all rejected
-                    self._control(batch, s, write)
-                continue
-            chars = sum(len(o.text) for o in ops)
-            if chars == 1 and batch.chars < budget:
-                self._add_run(batch, s, ops, write)
-            else:
-                deferred.append((ops[0].submitted_at, s, ops, write))
-        admitted_long = False
-        for _, s, ops, write in sorted(deferred, key=lambda d: d[0]):  # oldest first
-            chars = sum(len(o.text) for o in ops)
-            if batch.chars + chars <= budget or not admitted_long:
-                self._add_run(batch, s, ops, write)
-                admitted_long = True
-        return batch
+    def _keystroke(self, batch: Batch, s: Session) -> bool:
+        """True when the session's head was dealt with here: a run of one character (a
+        keystroke, with a new session's start state folded in), or nothing left to run."""
+        ops, write = self._run(batch, s, 1 << 62)
+        if not ops:
+            if write is not None:  # its appends were all rejected
+                self._control(batch, s, write)
+            return True
+        if len(ops) == 1 and len(ops[0].text) == 1 and ops[0].done == 0:
+            self._add_run(batch, s, ops, write, 0, 1)
+            return True
+        return False
 
-    # ------------------------------------------------------------------------------------
+    def _prefill(self, batch: Batch, sessions: list[Session], budget: int) -> None:
+        """Shares what is left of the budget round-robin: tenants first, then sessions."""
+        by_tenant: dict[str, list[Session]] = {}
+        for s in sessions:
+            by_tenant.setdefault(s.owner, []).append(s)
+        order = sorted(by_tenant, key=lambda t: self._served.get(t, 0))  # least recently served first
+        left = max(budget - batch.chars, MIN_CHUNK)
+        for ti, tenant in enumerate(order):
+            share = max(left // (len(order) - ti), MIN_CHUNK)
+            members = sorted(by_tenant[tenant], key=lambda s: s.last_prefill)
+            given = 0
+            for si, s in enumerate(members):
+                if left < MIN_CHUNK or given >= share:
+                    break
+                mine = max((share - given) // (len(members) - si), MIN_CHUNK)
+                used = self._long_run(batch, s, min(mine, left))
+                if used:
+                    s.last_prefill = self._tick
+                    given += used
+                    left -= used
+            if given:
+                self._served[tenant] = self._tick
+        for tenant in [t for t in self._served if t not in by_tenant]:
+            del self._served[tenant]  # bounded by the tenants with work now
+
+    def _long_run(self, batch: Batch, s: Session, allowance: int) -> int:
+        """Up to ``allowance`` budget characters of the session's head run; returns those used."""
+        ops, write = self._run(batch, s, allowance)
+        if not ops:
+            if write is not None:
+                self._control(batch, s, write)
+            return 0
+        head = ops[0]
+        cost = GATE_CHAR_COST if any(o.options.want_gates for o in ops) else 1
+        room = max(1, allowance // cost)
+        rest = len(head.tokens) - head.done
+        if rest <= room:
+            return self._add_run(batch, s, ops, write, head.done, room) * cost
+        # the head piece does not fit: a chunk of it alone, on its scratch slot
+        if write is not None:  # a new session's start state: written first, on its own
+            self._control(batch, s, write)
+            return 0
+        if head.scratch is None:
+            head.scratch = self._scratch()
+        if head.scratch is None:  # no slot to spare: the piece runs whole, over the budget
+            return self._add_run(batch, s, [head], None, head.done, rest) * cost
+        return self._add_chunk(batch, s, head, room) * cost
+
     @staticmethod
     def _next_is_append(s: Session) -> bool:
         return len(s.queue) > 1 and isinstance(s.queue[1], AppendOp)
 
-    def _run(self, batch: Batch, s: Session, budget: int) -> tuple[list[AppendOp], ControlOp | None]:
+    def _run(self, batch: Batch, s: Session, allowance: int) -> tuple[list[AppendOp], ControlOp | None]:
         """The session's head run of appends (not yet popped), with offsets checked against the
         position the run starts at. A head whose offset no longer fits (an earlier op failed)
-        is rejected with the offset the session expects."""
+        is rejected with the offset the session expects. Whole pieces after the first are
+        coalesced while they fit in ``allowance`` characters."""
         write: ControlOp | None = None
         items = list(s.queue)
         start = s.position
@@ -162,37 +239,71 @@ class Scheduler:
         for op in items:
             if not isinstance(op, AppendOp) or op.offset != end:
                 break
-            if ops and batch.chars + chars + len(op.text) > budget:  # coalesce only within the budget
+            n = len(op.text) - op.done
+            if ops and chars + n > allowance:  # coalesce only within the allowance
                 break
             ops.append(op)
             end += len(op.text)
-            chars += len(op.text)
+            chars += n
         return ops, write
 
-    def _add_run(self, batch: Batch, s: Session, ops: list[AppendOp], write: ControlOp | None) -> None:
+    def _add_run(
+        self, batch: Batch, s: Session, ops: list[AppendOp], write: ControlOp | None, first_done: int, room: int
+    ) -> int:
+        """One row applying ``ops`` whole (the first from ``first_done``), coalesced while the
+        row stays within ``room`` characters (the first is always taken). Returns its length."""
+        taken = [ops[0]]
+        n = len(ops[0].tokens) - first_done
+        for op in ops[1:]:
+            if n + len(op.tokens) > room:
+                break
+            taken.append(op)
+            n += len(op.tokens)
         start = write.position if write is not None else s.position
-        for _ in range(len(ops) + (write is not None)):
+        for _ in range(len(taken) + (write is not None)):
             s.queue.popleft()
-        tokens: list[int] = []
+        head = taken[0]
+        tokens: list[int] = list(head.tokens[first_done:])
         ends: list[tuple[int, int]] = []
-        for k, op in enumerate(ops):
-            tokens.extend(op.tokens)
-            superseded = op.options.only_last and k < len(ops) - 1
+        for k, op in enumerate(taken):
+            if k:
+                tokens.extend(op.tokens)
+            superseded = op.options.only_last and k < len(taken) - 1
             ends.append((len(tokens), 0 if superseded else op.options.top_k))
-        end = start + len(tokens)
+        end = start + sum(len(op.text) for op in taken)
+        from_scratch = first_done > 0 and head.scratch is not None
         row = Row(
             tokens,
-            src=None if write is not None else s.slot,
+            src=head.scratch if from_scratch else (None if write is not None else s.slot),
             init=write.state if write is not None else None,
             dst=s.slot,
             ends=ends,
-            logprobs=any(op.options.want_logprobs for op in ops),
-            gates=any(op.options.want_gates for op in ops),
+            logprobs=any(op.options.want_logprobs for op in taken),
+            gates=any(op.options.want_gates for op in taken),
             checkpoint=s.history.wants_checkpoint(end),
         )
         batch.plan.rows.append(row)
-        batch.appends.append(AppendRun(s, ops, len(batch.plan.rows) - 1, start, write))
+        batch.appends.append(AppendRun(s, taken, len(batch.plan.rows) - 1, start, write, first_done))
         batch.chars += len(tokens)
+        s.planned_end = end
+        return len(tokens)
+
+    def _add_chunk(self, batch: Batch, s: Session, op: AppendOp, n: int) -> int:
+        """The next ``n`` characters of a piece too long for this iteration, into its scratch
+        slot; the op stays at the head of the queue until its last chunk."""
+        assert op.scratch is not None
+        tokens = op.tokens[op.done : op.done + n]
+        row = Row(
+            tokens,
+            src=op.scratch if op.done else s.slot,
+            dst=op.scratch,
+            logprobs=op.options.want_logprobs,
+            gates=op.options.want_gates,
+        )
+        batch.plan.rows.append(row)
+        batch.appends.append(AppendRun(s, [op], len(batch.plan.rows) - 1, s.position, None, op.done, partial=True))
+        batch.chars += len(tokens)
+        return len(tokens)
 
     def _control(self, batch: Batch, s: Session, op: ControlOp) -> None:
         plan = batch.plan
@@ -200,9 +311,12 @@ class Scheduler:
         if op.kind == "write":
             plan.writes.append((s.slot, op.state))
             batch.controls.append(ControlWork(s, op))
+            s.planned_end = op.position
         elif op.kind == "snapshot":
             plan.reads.append(s.slot)
             batch.controls.append(ControlWork(s, op, read=len(plan.reads) - 1))
+        elif op.kind == "close":
+            batch.closes.append((s, op))
         elif op.kind == "rewind":
             try:
                 target, state, replay = s.history.plan(s.position, op.chars)
@@ -216,6 +330,7 @@ class Scheduler:
             else:
                 plan.writes.append((s.slot, state))
                 batch.controls.append(ControlWork(s, op, target=target))
+            s.planned_end = target
         elif op.kind == "complete":
             c = op.completion
             assert c is not None

@@ -2,7 +2,18 @@
 
 A session's operations are applied strictly in the order they were accepted. They wait in
 the session's queue until the scheduler takes them; consecutive appends waiting together are
-taken as one run (coalescing).
+taken as one run (coalescing). A piece longer than an iteration's budget is applied in chunks
+over several iterations (chunked prefill): it stays at the head of the queue, its progress in
+``AppendOp.done`` and its partial state in a scratch slot, until its last chunk lands.
+
+Three positions describe a session, each at most the next:
+
+- ``position``: characters applied (the state in the session's slot);
+- ``planned_end``: where the session will be once the operations taken into the running
+  iteration succeed (= ``position`` between iterations);
+- ``queued_end``: where it will be once every accepted operation succeeds: the offset the
+  next Append must carry. Recomputed from ``planned_end`` plus the queue when an operation
+  fails, so operations already taken into a batch are never forgotten.
 """
 
 from __future__ import annotations
@@ -10,6 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import TYPE_CHECKING, Literal
 
 from .rewind import RewindLog
@@ -27,6 +39,13 @@ class AppendOp:
     options: AppendOptions
     future: asyncio.Future[Prediction]
     submitted_at: float  # perf_counter seconds, for the queue-wait statistic
+    # chunked prefill: characters applied so far into ``scratch`` (a slot of its own, so the
+    # session's slot changes only when the whole piece has landed), and what the applied
+    # chunks answered that the final Prediction carries
+    done: int = 0
+    scratch: int | None = None
+    logprobs: list[float] = field(default_factory=list)
+    gates: list[list[list[float]]] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -37,9 +56,10 @@ class ControlOp:
     - "rewind": go back ``chars`` characters
     - "snapshot": copy the state to the host
     - "complete": start ``completion`` (it forks the state as it is after the earlier ops)
+    - "close": end the session (after the earlier ops)
     """
 
-    kind: Literal["write", "rewind", "snapshot", "complete"]
+    kind: Literal["write", "rewind", "snapshot", "complete", "close"]
     future: asyncio.Future[object] | None
     submitted_at: float
     chars: int = 0  # rewind: characters back
@@ -49,6 +69,12 @@ class ControlOp:
 
 
 Op = AppendOp | ControlOp
+
+
+class SessionState(Enum):
+    IDLE = "idle"  # nothing queued, nothing in the running iteration, no completion
+    BUSY = "busy"  # work queued or running: never expired by the idle TTL
+    CLOSED = "closed"
 
 
 @dataclass(eq=False)
@@ -62,6 +88,9 @@ class Session:
     history: RewindLog
     position: int = 0  # characters applied
     queued_end: int = 0  # position once every queued op is applied: what the next Append must carry
+    planned_end: int = 0  # position once the ops taken into the running iteration are applied
+    in_flight: bool = False  # ops of this session are in the running iteration
+    last_prefill: int = 0  # the scheduler's tick when it last gave this session prefill budget
     queue: deque[Op] = field(default_factory=deque)
     # exactly-once: the latest accepted append (offset, text, its future) and the latest applied one
     last_piece: tuple[int, str, asyncio.Future[Prediction]] | None = None
@@ -69,11 +98,68 @@ class Session:
     completions: set[Completion] = field(default_factory=set)
     closed: bool = False
 
-    def info(self) -> SessionInfo:
+    @property
+    def state(self) -> SessionState:
+        if self.closed:
+            return SessionState.CLOSED
+        if self.queue or self.in_flight or self.completions:
+            return SessionState.BUSY
+        return SessionState.IDLE
+
+    # ---- transitions ---------------------------------------------------------------------
+    def accept_append(self, op: AppendOp) -> None:
+        """An append whose offset is ``queued_end``: queued, and the latest accepted piece."""
+        self.queue.append(op)
+        self.queued_end += len(op.text)
+        self.last_piece = (op.offset, op.text, op.future)
+
+    def accept_control(self, op: ControlOp) -> None:
+        self.queue.append(op)
+        if op.kind == "write":
+            self.queued_end = op.position
+        elif op.kind == "rewind":
+            self.queued_end = max(0, self.queued_end - op.chars)
+        if op.kind in ("write", "rewind"):
+            self.last_piece = None  # a retry of an earlier piece is no longer a retry
+
+    def begin_iteration(self) -> None:
+        self.in_flight = True
+
+    def end_iteration(self) -> None:
+        self.in_flight = False
+        self.planned_end = self.position
+
+    def apply(self, position: int) -> None:
+        """The session's slot now holds the state at ``position``."""
+        self.position = position
+
+    def mark_closed(self) -> bool:
+        """False when it already was closed."""
+        if self.closed:
+            return False
+        self.closed = True
+        return True
+
+    def requeue_end(self) -> None:
+        """After a failure: later offsets are checked against where the session will really be."""
+        end = self.planned_end
+        for op in self.queue:
+            if isinstance(op, AppendOp):
+                if op.offset == end:
+                    end += len(op.text)
+            elif op.kind == "write":
+                end = op.position
+            elif op.kind == "rewind":
+                end = max(0, end - op.chars)
+        self.queued_end = end
+
+    def info(self, position: int | None = None) -> SessionInfo:
+        """``position`` defaults to the applied one; ``GetSession`` passes ``queued_end``."""
+        pos = self.position if position is None else position
         return SessionInfo(
             self.session_id,
             self.model,
-            self.position,
+            pos,
             self.created_at,
             self.last_used_at,
             self.history.reach(self.position),

@@ -58,7 +58,7 @@ class StepGates:
 
 class _RefCell:
     def __init__(self, rnn: nn.LSTM | nn.GRU) -> None:
-        if not rnn.batch_first or rnn.bidirectional or getattr(rnn, "proj_size", 0):
+        if not rnn.batch_first or rnn.bidirectional or getattr(rnn, "proj_size", False):
             raise ValueError("reference cells support unidirectional, batch_first modules without projections")
         self.layers = rnn.num_layers
         # (w_ih [G*H, in], w_hh [G*H, H], b_ih [G*H], b_hh [G*H]) per layer; zeros where bias=False
@@ -129,7 +129,7 @@ class GRUCellRef(_RefCell):
 
 
 def reference_cell(model: CharLM) -> LSTMCellRef | GRUCellRef:
-    return LSTMCellRef(model.rnn) if model.cell == "lstm" else GRUCellRef(model.rnn)  # type: ignore[arg-type]
+    return LSTMCellRef(model.rnn) if model.cell == "lstm" else GRUCellRef(model.rnn)
 
 
 @torch.no_grad()

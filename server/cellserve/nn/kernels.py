@@ -23,8 +23,8 @@ def onednn(enabled: bool) -> Iterator[None]:
     if not mk.is_available() or prev == enabled:  # type: ignore[no-untyped-call]
         yield
         return
-    mk.enabled = enabled
+    mk.enabled = enabled  # type: ignore[assignment]  # a ContextProp: assigning sets the flag
     try:
         yield
     finally:
-        mk.enabled = prev
+        mk.enabled = prev  # type: ignore[assignment]

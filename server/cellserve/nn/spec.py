@@ -42,7 +42,7 @@ class ModelSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    format_version: Literal[1] = Field(default=FORMAT_VERSION, description="model.json schema version.")
+    format_version: Literal[1] = Field(default=1, description="model.json schema version (FORMAT_VERSION).")
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$", description="Model name; its folder name.")
     cell: Literal["lstm", "gru"] = Field(description="Recurrent cell type.")
     layers: int = Field(ge=1, le=16, description="Stacked recurrent layers.")

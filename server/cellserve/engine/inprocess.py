@@ -1,0 +1,144 @@
+"""The in-process ``EngineClient``: the API layer's view of an ``Engine`` on the same event loop.
+
+It only adapts calling conventions (the owner first, every result an awaitable, errors raised
+at call time delivered through the awaitable instead); ordering, exactly-once and admission
+are the engine's. Each awaitable is a shield over the engine's own future, so a caller that
+is cancelled never cancels engine state (an append submitted is applied exactly once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+from .client import DEFAULT_OPTIONS, CompletionStream, StatsListener
+from .engine import Engine
+from .types import (
+    AppendOptions,
+    CompletionChunk,
+    CompletionRequest,
+    EngineHealth,
+    EngineStats,
+    ModelInfo,
+    Prediction,
+    SessionInfo,
+)
+
+T = TypeVar("T")
+
+
+class InProcessEngineClient:
+    """Implements ``cellserve.engine.client.EngineClient`` over an ``Engine``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.engine.start()
+
+    async def drain(self) -> None:
+        await self.engine.drain()
+
+    async def stop(self) -> None:
+        await self.engine.stop()
+
+    # ---- queries ----------------------------------------------------------------------------
+    def models(self, owner: str) -> Awaitable[list[ModelInfo]]:
+        return _now(self.engine.models)
+
+    def get_session(self, owner: str, session_id: str) -> Awaitable[SessionInfo]:
+        return _now(lambda: self.engine.get_session_queued(session_id, owner))
+
+    def health(self, owner: str) -> Awaitable[EngineHealth]:
+        return _now(lambda: self.engine.health(owner))
+
+    def stats(self, owner: str) -> Awaitable[EngineStats]:
+        return _now(self.engine.stats)
+
+    def add_stats_listener(self, listener: StatsListener) -> Callable[[], None]:
+        return self.engine.add_stats_listener(listener)
+
+    # ---- session operations -----------------------------------------------------------------
+    def open_session(self, owner: str, model: str | None = None) -> Awaitable[SessionInfo]:
+        return _now(lambda: self.engine.open_session(model, owner))
+
+    def append(
+        self, owner: str, session_id: str, offset: int, text: str, options: AppendOptions = DEFAULT_OPTIONS
+    ) -> Awaitable[Prediction]:
+        return _submitted(lambda: self.engine.submit_append(session_id, offset, text, options, owner))
+
+    def rewind(self, owner: str, session_id: str, chars: int) -> Awaitable[SessionInfo]:
+        return _submitted(lambda: self.engine.submit_rewind(session_id, chars, owner))
+
+    def reset(self, owner: str, session_id: str) -> Awaitable[SessionInfo]:
+        return _submitted(lambda: self.engine.submit_reset(session_id, owner))
+
+    def snapshot(self, owner: str, session_id: str) -> Awaitable[bytes]:
+        return _submitted(lambda: self.engine.submit_snapshot(session_id, owner))
+
+    def resume(
+        self, owner: str, blob: bytes, replay: str = "", options: AppendOptions = DEFAULT_OPTIONS
+    ) -> Awaitable[tuple[SessionInfo, Prediction | None]]:
+        try:
+            session, fut = self.engine.submit_resume(blob, replay, options, owner)
+        except Exception as e:  # noqa: BLE001 (delivered through the awaitable, as the protocol says)
+            return _failed(e)
+
+        async def answer() -> tuple[SessionInfo, Prediction | None]:
+            pred = await asyncio.shield(fut) if fut is not None else None
+            return session.info(), pred
+
+        return asyncio.ensure_future(answer())
+
+    def complete(self, owner: str, session_id: str, request: CompletionRequest) -> CompletionStream:
+        try:
+            return self.engine.complete(session_id, request, owner)
+        except Exception as e:  # noqa: BLE001 (raised by the stream's first __anext__)
+            return FailedStream(e)
+
+    def close_session(self, owner: str, session_id: str) -> Awaitable[None]:
+        return _submitted(lambda: self.engine.submit_close(session_id, owner))
+
+
+class FailedStream(AsyncIterator[CompletionChunk]):
+    """A completion refused at submission: its first ``__anext__`` raises the error."""
+
+    def __init__(self, error: BaseException) -> None:
+        self._error: BaseException | None = error
+
+    def __aiter__(self) -> FailedStream:
+        return self
+
+    async def __anext__(self) -> CompletionChunk:
+        if self._error is None:
+            raise StopAsyncIteration
+        error, self._error = self._error, None
+        raise error
+
+    async def aclose(self) -> None:
+        self._error = None
+
+
+def _now(fn: Callable[[], T]) -> Awaitable[T]:
+    """A result (or error) known at call time, as an awaitable."""
+    fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    try:
+        fut.set_result(fn())
+    except Exception as e:  # noqa: BLE001 (delivered through the awaitable)
+        fut.set_exception(e)
+    return fut
+
+
+def _submitted(submit: Callable[[], asyncio.Future[T]]) -> Awaitable[T]:
+    try:
+        return asyncio.shield(submit())
+    except Exception as e:  # noqa: BLE001 (delivered through the awaitable)
+        return _failed(e)
+
+
+def _failed(e: BaseException) -> Awaitable[Any]:
+    fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    fut.set_exception(e)
+    return fut

@@ -125,6 +125,11 @@ class Settings(BaseModel):
     stream_idle_timeout_s: float = Field(default=600.0, gt=0, le=7 * 86400)
     """A Session stream that sends no request for this long is closed (UNAVAILABLE); its slot
     comes back and its session is kept (attach again)."""
+    stream_max_unread: int = Field(default=32, ge=1, le=63)
+    """A Session stream whose client stops reading is ended (RESOURCE_EXHAUSTED "client is not
+    reading") once more than this many answers are ready but not taken by gRPC (HTTP/2 flow
+    control holds the writer) and none is taken for a second; the session is kept (attach
+    again). Below the stream's window of 64 unanswered requests, or it could never trip."""
 
     # --- capacity and limits -------------------------------------------------------------
     max_sessions: int = Field(default=10_000, ge=1, le=10_000_000)

@@ -62,6 +62,7 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--tls-client-ca", "tls_client_ca", {"metavar": "PEM"}),
     ("--snapshot-ttl", "snapshot_ttl_s", {"metavar": "SECONDS"}),
     ("--stream-idle-timeout", "stream_idle_timeout_s", {"metavar": "SECONDS"}),
+    ("--stream-max-unread", "stream_max_unread", {"metavar": "N"}),
 ]
 
 

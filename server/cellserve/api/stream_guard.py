@@ -5,25 +5,15 @@ when no request arrives for ``stream_idle_timeout_s``, the request iterator rais
 ``StreamIdle`` and the stream ends with UNAVAILABLE "idle ... attach again"; its slot and the
 tenant's stream quota come back, and the session lives on.
 
-Two objects for the stream itself to drive, once it is rewritten:
+``UnreadBound`` (wired, by ``stream.SessionStream``): answers ready for the client but not yet
+taken by gRPC are counted (a client that stops reading makes HTTP/2 flow control hold the
+writer). Past ``stream_max_unread``, with no answer taken for ``stream.UNREAD_GRACE_S``, the
+stream ends with RESOURCE_EXHAUSTED "client is not reading" (the servicer aborts the call from
+outside the stuck writer, then cancels it). The session is kept: the client can attach again.
 
-``IdleDeadline``: a finer idle rule, a stream with no request read and nothing owed for ``stream_idle_timeout_s``
-is ended with UNAVAILABLE (``StreamIdle``: "idle for N s ... attach again"), so silent streams
-give their slot (and the tenant's stream quota) back even while their session lives on.
-
-``UnreadBound``: answers produced for the client but not yet taken by gRPC (the client is not
-reading, HTTP/2 flow control has stopped the writer) are counted; past ``stream_max_unread``
-the stream ends with RESOURCE_EXHAUSTED "client is not reading". The session is kept: the
-client can attach or resume it.
-
-Not wired yet: the Session stream is being rewritten. Wiring adds the setting
-``stream_max_unread`` (e.g. 1024) and drives the two objects from the stream:
-- reader: ``idle.touch()`` after each request read; ``idle.owe(+1)`` when a request is
-  accepted and ``idle.owe(-1)`` when its last response is written;
-- the stream runs ``await idle.expired()`` as a task next to the reader and ends the stream
-  with ``StreamIdle`` when it returns;
-- every response put in a reply queue: ``unread.produced()`` (raises ``ClientNotReading``);
-  every response yielded to gRPC: ``unread.taken()``.
+``IdleDeadline`` (not wired: ``idle_guarded`` does the job at the request iterator): a finer
+idle rule, a stream with no request read and nothing owed for ``stream_idle_timeout_s`` ends
+with ``StreamIdle``.
 """
 
 from __future__ import annotations

@@ -50,12 +50,16 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument("--memory-sessions", type=_ints, help="idle session counts for RSS (default 10000,100000)")
     p.add_argument("--workers", type=int, help="load-generator processes (default 2)")
     p.add_argument("--server-threads", type=int, help="cellserve and ceiling torch threads (0: torch default)")
-    p.add_argument("--skip", type=_names, default=[], help="subset of open,completions,memory,ceiling,headofline")
+    p.add_argument(
+        "--skip", type=_names, default=[], help="subset of open,completions,memory,ceiling,headofline,tenants"
+    )
     p.add_argument(
         "--only",
-        choices=["headofline"],
+        choices=["headofline", "tenants"],
         help="run just this workload (headofline: 16 pipelined 4,096-char pastes and two want_gates appends "
-        "on one stream while a bystander types a character every 50 ms; its p99 and max)",
+        "on one stream while a bystander types a character every 50 ms; its p99 and max. tenants: a server "
+        "with two tenants, one pasting at full speed on 4 streams while the other types; the typist's p99 "
+        "beside it against alone)",
     )
     p.add_argument("--no-plots", action="store_true", help="JSON and markdown only (no matplotlib needed)")
     p.add_argument("--note", default="", help="a remark printed under the header of results.md (e.g. the conditions)")

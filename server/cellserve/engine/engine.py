@@ -36,8 +36,9 @@ from ..nn.cells import GRU_GATES, LSTM_GATES
 from ..nn.checkpoint import LoadedModel
 from ..repository import ModelRepository
 from . import snapshot as snap
+from .beam import BeamSearches
 from .completions import Alternative, Completion, CompletionStream
-from .limits import check_completion
+from .limits import check_completion, check_suggest
 from .plan import ZERO, HostState, Plan, RunResult
 from .rewind import RewindLog
 from .runner import ModelRunner
@@ -58,6 +59,8 @@ from .types import (
     Prediction,
     SessionEvent,
     SessionInfo,
+    Suggestion,
+    SuggestRequest,
 )
 
 log = logging.getLogger(__name__)
@@ -90,6 +93,7 @@ class _Runtime:
     gate_names: tuple[str, ...]
     work: dict[Session, None] = field(default_factory=dict)  # sessions with queued ops (ordered set)
     completions: dict[Completion, None] = field(default_factory=dict)  # started, still running
+    beams: BeamSearches = field(init=False)  # ranked suggestions (engine/beam.py)
     decode_step_s: float = 0.0  # the latest completion iteration's time per step
     scratch_used: int = 0  # chunked-prefill scratch slots held (<= CHUNK_SLOTS)
 
@@ -136,6 +140,7 @@ class Engine:
                 LSTM_GATES if m.cell == "lstm" else GRU_GATES,
             )
             rt.scheduler = Scheduler(lm.vocab.encode, rt.take_scratch)
+            rt.beams = BeamSearches(m, lm.vocab)
             self._runtimes[name] = rt
         self._sessions: dict[str, Session] = {}
         self._running_alternatives = 0
@@ -190,6 +195,9 @@ class Engine:
             s.queue.clear()
             for c in list(s.completions):
                 self._cancel_completion(c)
+        for rt in self._runtimes.values():
+            rt.beams.fail_all(gone)
+        self._answer_beams()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
@@ -303,6 +311,43 @@ class Engine:
         s.last_used_at = time.time()
         self._submit(rt, s)
         return CompletionStream(c, self._cancel_completion)
+
+    # ---- ranked suggestions (engine/beam.py) ---------------------------------------------------
+    def submit_suggest(
+        self, session_id: str, request: SuggestRequest, owner: str = ""
+    ) -> asyncio.Future[list[Suggestion]]:
+        """The n most probable completions, by beam search on a copy of the session's state as
+        it is after the operations accepted before it; the session never changes."""
+        s = self._get(session_id, owner)
+        check_suggest(request)
+        return self._control(s, ControlOp("suggest", self._future(), time.perf_counter(), suggest=request))
+
+    def _run_iteration(self, plans: Sequence[tuple[ModelRunner, Plan]]) -> list[RunResult]:
+        """Worker thread: the planned rows, then one character of every running search."""
+        results = _execute_all(plans)
+        for rt in self._runtimes.values():
+            if rt.beams.running:
+                try:
+                    rt.beams.step()
+                except Exception as e:  # only the searches fail; sessions are untouched
+                    log.exception("a suggestion step failed")
+                    rt.beams.fail_all(e)
+        return results
+
+    def _answer_beams(self) -> None:
+        for rt in self._runtimes.values():
+            for q in rt.beams.take_finished():
+                if q.future.done():
+                    continue
+                if q.error is not None:
+                    q.future.set_exception(q.error)
+                else:
+                    q.future.set_result(q.result())
+
+    def _beams_running(self) -> bool:
+        return any(rt.beams.running for rt in self._runtimes.values())
+
+    # ---- end of ranked suggestions ----------------------------------------------------------------
 
     async def rewind(self, session_id: str, chars: int, owner: str = "") -> SessionInfo:
         """Restores exactly the state ``chars`` characters back (1 <= chars <= position);
@@ -485,7 +530,11 @@ class Engine:
             c.session.completions.discard(c)
 
     def _has_pending(self) -> bool:
-        return any(rt.work or rt.completions for rt in self._runtimes.values()) or self._running_alternatives > 0
+        return (
+            any(rt.work or rt.completions for rt in self._runtimes.values())
+            or self._running_alternatives > 0
+            or self._beams_running()
+        )
 
     async def _sweep(self) -> None:
         """Closes sessions idle longer than the TTL: one pass over the table per interval."""
@@ -503,7 +552,7 @@ class Engine:
         while not self._stopping:
             self._wake.clear()
             jobs = self._schedule()
-            if not jobs:
+            if not jobs and not self._beams_running():
                 if not self._has_pending():
                     self._idle.set()
                     await self._wake.wait()
@@ -513,7 +562,7 @@ class Engine:
             chars_before = dict(self._chars)
             plans = [(rt.runner, b.plan) for rt, b in jobs]
             try:
-                results = await loop.run_in_executor(self._executor, _execute_all, plans)
+                results = await loop.run_in_executor(self._executor, self._run_iteration, plans)
             except Exception as e:  # the device step failed: nothing was written back
                 log.exception("engine iteration failed")
                 for rt, b in jobs:
@@ -526,6 +575,7 @@ class Engine:
                     except Exception as e:
                         log.exception("delivering an iteration's results failed")
                         self._fail_batch(rt, b, e)
+            self._answer_beams()
             for _, b in jobs:
                 for s in _sessions_of(b):
                     s.end_iteration()
@@ -660,6 +710,9 @@ class Engine:
                     tuple(res.reads[cw.read]),
                 )
                 _resolve(cop, snap.encode(data, self._key))
+            elif cop.kind == "suggest" and cop.suggest is not None and cop.future is not None:
+                assert cw.read is not None
+                rt.beams.add(cop.suggest, cop.future, res.reads[cw.read])
             elif cop.kind == "complete" and cop.completion is not None:
                 c = cop.completion
                 c.started = True

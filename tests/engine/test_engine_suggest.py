@@ -1,0 +1,89 @@
+"""Ranked suggestions: equal the offline beam search, run on a fork, ordered with the session's ops."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from pathlib import Path
+
+import pytest
+from _engine_helpers import assert_prediction_matches, engine, offline_probs, run
+from cellserve.engine.inprocess import InProcessEngineClient
+from cellserve.engine.types import AppendOptions, Suggestion, SuggestRequest
+from cellserve.errors import InvalidInput, NotFound
+from cellserve.nn.checkpoint import LoadedModel
+from cellserve.nn.decode import beam_search
+
+
+def assert_same(lm: LoadedModel, got: list[Suggestion], context: str, r: SuggestRequest) -> None:
+    want = beam_search(lm.model, lm.vocab, context, n=r.n, until=r.scope, max_chars=r.max_chars)  # type: ignore[arg-type]
+    assert [s.text for s in got] == [s.text for s in want]
+    for g, w in zip(got, want, strict=True):
+        assert math.isclose(g.logprob, w.logprob, rel_tol=1e-4, abs_tol=1e-4)
+    assert got == sorted(got, key=lambda s: -s.logprob)
+
+
+@pytest.mark.parametrize("model", ["tiny-lstm", "tiny-gru"])
+@pytest.mark.parametrize("scope", ["word", "line"])
+def test_suggestions_equal_offline_beam_search(model_dir: Path, model: str, scope: str) -> None:
+    async def body() -> None:
+        async with engine(model_dir) as eng:
+            lm = eng.repository.get(model)
+            s = eng.open_session(model).session_id
+            other = eng.open_session(model).session_id
+            prompt = "def main(x):\n    ret"
+            await eng.append(s, 0, prompt)
+            # two searches of different shapes and a session typing share the same iterations
+            r1, r2 = SuggestRequest(n=3, scope=scope, max_chars=10), SuggestRequest(n=5, scope=scope, max_chars=4)
+            typing = [eng.append(other, i, "ab"[i % 2]) for i in range(6)]
+            got1, got2, _ = await asyncio.gather(
+                eng.submit_suggest(s, r1), eng.submit_suggest(s, r2), asyncio.gather(*typing)
+            )
+            assert got1 and got2
+            assert_same(lm, got1, prompt, r1)
+            assert_same(lm, got2, prompt, r2)
+            # the session continues exactly as if no search had run
+            pred = await eng.append(s, len(prompt), "u", AppendOptions(top_k=5))
+            assert_prediction_matches(lm, pred, offline_probs(lm, prompt + "u")[-1], 5)
+            assert eng.get_session(s).position == len(prompt) + 1
+
+    run(body)
+
+
+def test_suggest_is_ordered_after_earlier_appends_and_fresh_sessions(model_dir: Path) -> None:
+    async def body() -> None:
+        async with engine(model_dir) as eng:
+            lm = eng.repository.get("tiny-lstm")
+            s = eng.open_session("tiny-lstm").session_id
+            r = SuggestRequest(n=2, scope="word", max_chars=6)
+            fresh = eng.submit_suggest(s, r)  # before any text: the zero state
+            first = eng.submit_append(s, 0, "import o")
+            after = eng.submit_suggest(s, r)  # pipelined: sees "import o"
+            await first
+            assert_same(lm, await fresh, "", r)
+            assert_same(lm, await after, "import o", r)
+
+    run(body)
+
+
+def test_suggest_errors_through_the_client(model_dir: Path) -> None:
+    async def body() -> None:
+        async with engine(model_dir) as eng:
+            client = InProcessEngineClient(eng)
+            s = eng.open_session().session_id
+            for bad, msg in [
+                (SuggestRequest(n=0), "n is 0"),
+                (SuggestRequest(n=99), "n is 99"),
+                (SuggestRequest(scope="para"), "scope is 'para'"),
+                (SuggestRequest(max_chars=0), "max_chars is 0"),
+                (SuggestRequest(max_chars=10_000), "max_chars is 10000"),
+            ]:
+                with pytest.raises(InvalidInput, match=msg):
+                    await client.suggest("", s, bad)
+            with pytest.raises(NotFound):
+                await client.suggest("", "0" * 32, SuggestRequest())
+            with pytest.raises(NotFound):
+                await client.suggest("someone-else", s, SuggestRequest())
+            assert eng.get_session(s).position == 0
+
+    run(body)

@@ -1,11 +1,21 @@
 from cellserve_client._proto.cellserve.v1 import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class SuggestScope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SUGGEST_SCOPE_UNSPECIFIED: _ClassVar[SuggestScope]
+    SUGGEST_SCOPE_WORD: _ClassVar[SuggestScope]
+    SUGGEST_SCOPE_LINE: _ClassVar[SuggestScope]
+SUGGEST_SCOPE_UNSPECIFIED: SuggestScope
+SUGGEST_SCOPE_WORD: SuggestScope
+SUGGEST_SCOPE_LINE: SuggestScope
 
 class SessionRequest(_message.Message):
     __slots__ = ("request_id", "open", "attach", "append", "complete", "rewind", "snapshot", "reset", "close")
@@ -216,6 +226,24 @@ class CompleteResponse(_message.Message):
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     chunk: _types_pb2.CompletionChunk
     def __init__(self, chunk: _Optional[_Union[_types_pb2.CompletionChunk, _Mapping]] = ...) -> None: ...
+
+class SuggestRequest(_message.Message):
+    __slots__ = ("session_id", "n", "scope", "max_chars")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    MAX_CHARS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    n: int
+    scope: SuggestScope
+    max_chars: int
+    def __init__(self, session_id: _Optional[str] = ..., n: _Optional[int] = ..., scope: _Optional[_Union[SuggestScope, str]] = ..., max_chars: _Optional[int] = ...) -> None: ...
+
+class SuggestResponse(_message.Message):
+    __slots__ = ("suggestions",)
+    SUGGESTIONS_FIELD_NUMBER: _ClassVar[int]
+    suggestions: _containers.RepeatedCompositeFieldContainer[_types_pb2.Suggestion]
+    def __init__(self, suggestions: _Optional[_Iterable[_Union[_types_pb2.Suggestion, _Mapping]]] = ...) -> None: ...
 
 class RewindRequest(_message.Message):
     __slots__ = ("session_id", "chars")

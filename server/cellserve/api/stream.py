@@ -251,6 +251,11 @@ class SessionStream:
             reply.build = lambda p: svc.SessionResponse(request_id=rid, prediction=convert.prediction(p))
         elif op == "complete":
             reply.chunks = engine.complete(owner, sid, validate.completion_request(request.complete, self._settings))
+        elif op == "suggest":
+            reply.outcome = engine.suggest(owner, sid, validate.suggest_request(request.suggest))
+            reply.build = lambda items: svc.SessionResponse(
+                request_id=rid, suggestions=svc.SessionResponse.Suggestions(suggestions=convert.suggestions(items))
+            )
         elif op == "rewind":
             reply.outcome = engine.rewind(owner, sid, request.rewind.chars)
             reply.build = lambda i: svc.SessionResponse(

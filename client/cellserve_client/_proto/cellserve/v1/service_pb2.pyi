@@ -18,7 +18,7 @@ SUGGEST_SCOPE_WORD: SuggestScope
 SUGGEST_SCOPE_LINE: SuggestScope
 
 class SessionRequest(_message.Message):
-    __slots__ = ("request_id", "open", "attach", "append", "complete", "rewind", "snapshot", "reset", "close")
+    __slots__ = ("request_id", "open", "attach", "append", "complete", "rewind", "snapshot", "reset", "close", "suggest")
     class Open(_message.Message):
         __slots__ = ("model",)
         MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +61,15 @@ class SessionRequest(_message.Message):
         seed: int
         n: int
         def __init__(self, max_chars: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., n: _Optional[int] = ...) -> None: ...
+    class Suggest(_message.Message):
+        __slots__ = ("n", "scope", "max_chars")
+        N_FIELD_NUMBER: _ClassVar[int]
+        SCOPE_FIELD_NUMBER: _ClassVar[int]
+        MAX_CHARS_FIELD_NUMBER: _ClassVar[int]
+        n: int
+        scope: SuggestScope
+        max_chars: int
+        def __init__(self, n: _Optional[int] = ..., scope: _Optional[_Union[SuggestScope, str]] = ..., max_chars: _Optional[int] = ...) -> None: ...
     class Rewind(_message.Message):
         __slots__ = ("chars",)
         CHARS_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +93,7 @@ class SessionRequest(_message.Message):
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     RESET_FIELD_NUMBER: _ClassVar[int]
     CLOSE_FIELD_NUMBER: _ClassVar[int]
+    SUGGEST_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     open: SessionRequest.Open
     attach: SessionRequest.Attach
@@ -93,10 +103,16 @@ class SessionRequest(_message.Message):
     snapshot: SessionRequest.Snapshot
     reset: SessionRequest.Reset
     close: SessionRequest.Close
-    def __init__(self, request_id: _Optional[int] = ..., open: _Optional[_Union[SessionRequest.Open, _Mapping]] = ..., attach: _Optional[_Union[SessionRequest.Attach, _Mapping]] = ..., append: _Optional[_Union[SessionRequest.Append, _Mapping]] = ..., complete: _Optional[_Union[SessionRequest.Complete, _Mapping]] = ..., rewind: _Optional[_Union[SessionRequest.Rewind, _Mapping]] = ..., snapshot: _Optional[_Union[SessionRequest.Snapshot, _Mapping]] = ..., reset: _Optional[_Union[SessionRequest.Reset, _Mapping]] = ..., close: _Optional[_Union[SessionRequest.Close, _Mapping]] = ...) -> None: ...
+    suggest: SessionRequest.Suggest
+    def __init__(self, request_id: _Optional[int] = ..., open: _Optional[_Union[SessionRequest.Open, _Mapping]] = ..., attach: _Optional[_Union[SessionRequest.Attach, _Mapping]] = ..., append: _Optional[_Union[SessionRequest.Append, _Mapping]] = ..., complete: _Optional[_Union[SessionRequest.Complete, _Mapping]] = ..., rewind: _Optional[_Union[SessionRequest.Rewind, _Mapping]] = ..., snapshot: _Optional[_Union[SessionRequest.Snapshot, _Mapping]] = ..., reset: _Optional[_Union[SessionRequest.Reset, _Mapping]] = ..., close: _Optional[_Union[SessionRequest.Close, _Mapping]] = ..., suggest: _Optional[_Union[SessionRequest.Suggest, _Mapping]] = ...) -> None: ...
 
 class SessionResponse(_message.Message):
-    __slots__ = ("request_id", "opened", "prediction", "completion_chunk", "snapshot", "rewound", "reset", "closed", "error")
+    __slots__ = ("request_id", "opened", "prediction", "completion_chunk", "snapshot", "rewound", "reset", "closed", "error", "suggestions")
+    class Suggestions(_message.Message):
+        __slots__ = ("suggestions",)
+        SUGGESTIONS_FIELD_NUMBER: _ClassVar[int]
+        suggestions: _containers.RepeatedCompositeFieldContainer[_types_pb2.Suggestion]
+        def __init__(self, suggestions: _Optional[_Iterable[_Union[_types_pb2.Suggestion, _Mapping]]] = ...) -> None: ...
     class Opened(_message.Message):
         __slots__ = ("session", "model")
         SESSION_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +158,7 @@ class SessionResponse(_message.Message):
     RESET_FIELD_NUMBER: _ClassVar[int]
     CLOSED_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    SUGGESTIONS_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     opened: SessionResponse.Opened
     prediction: _types_pb2.Prediction
@@ -151,7 +168,8 @@ class SessionResponse(_message.Message):
     reset: SessionResponse.Reset
     closed: SessionResponse.Closed
     error: SessionResponse.Error
-    def __init__(self, request_id: _Optional[int] = ..., opened: _Optional[_Union[SessionResponse.Opened, _Mapping]] = ..., prediction: _Optional[_Union[_types_pb2.Prediction, _Mapping]] = ..., completion_chunk: _Optional[_Union[_types_pb2.CompletionChunk, _Mapping]] = ..., snapshot: _Optional[_Union[SessionResponse.Snapshot, _Mapping]] = ..., rewound: _Optional[_Union[SessionResponse.Rewound, _Mapping]] = ..., reset: _Optional[_Union[SessionResponse.Reset, _Mapping]] = ..., closed: _Optional[_Union[SessionResponse.Closed, _Mapping]] = ..., error: _Optional[_Union[SessionResponse.Error, _Mapping]] = ...) -> None: ...
+    suggestions: SessionResponse.Suggestions
+    def __init__(self, request_id: _Optional[int] = ..., opened: _Optional[_Union[SessionResponse.Opened, _Mapping]] = ..., prediction: _Optional[_Union[_types_pb2.Prediction, _Mapping]] = ..., completion_chunk: _Optional[_Union[_types_pb2.CompletionChunk, _Mapping]] = ..., snapshot: _Optional[_Union[SessionResponse.Snapshot, _Mapping]] = ..., rewound: _Optional[_Union[SessionResponse.Rewound, _Mapping]] = ..., reset: _Optional[_Union[SessionResponse.Reset, _Mapping]] = ..., closed: _Optional[_Union[SessionResponse.Closed, _Mapping]] = ..., error: _Optional[_Union[SessionResponse.Error, _Mapping]] = ..., suggestions: _Optional[_Union[SessionResponse.Suggestions, _Mapping]] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
     __slots__ = ("model",)

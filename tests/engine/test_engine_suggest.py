@@ -87,3 +87,39 @@ def test_suggest_errors_through_the_client(model_dir: Path) -> None:
             assert eng.get_session(s).position == 0
 
     run(body)
+
+
+def test_one_batched_step_per_iteration_alongside_keystrokes(model_dir: Path) -> None:
+    """A search advances one character per engine iteration (never a whole search inside one),
+    and a keystroke submitted while it runs is answered in between."""
+
+    async def body() -> None:
+        async with engine(model_dir) as eng:
+            lm = eng.repository.get("tiny-lstm")
+            rt = eng._runtimes["tiny-lstm"]
+            s = eng.open_session("tiny-lstm").session_id
+            other = eng.open_session("tiny-lstm").session_id
+            await eng.append(s, 0, "x = ")
+            loop = asyncio.get_running_loop()
+            steps: list[int] = []
+            typed: list[asyncio.Future[object]] = []
+            answered_before: list[int] = []  # steps taken when the keystroke was seen answered
+            real_step = rt.beams.step
+
+            def step() -> int:  # worker thread
+                if typed and typed[0].done() and not answered_before:
+                    answered_before.append(len(steps))  # steps already taken
+                steps.append(eng._iterations)
+                if len(steps) == 1:  # a keystroke arrives while the search runs
+                    loop.call_soon_threadsafe(lambda: typed.append(eng.submit_append(other, 0, "a")))  # type: ignore[arg-type]
+                return real_step()
+
+            rt.beams.step = step  # type: ignore[method-assign]
+            r = SuggestRequest(n=2, scope="line", max_chars=24)
+            got = await eng.submit_suggest(s, r)
+            assert_same(lm, got, "x = ", r)
+            assert len(steps) >= 3 and len(set(steps)) == len(steps)  # one step per iteration
+            assert answered_before and answered_before[0] < len(steps)  # answered while the search still ran
+            await typed[0]
+
+    run(body)

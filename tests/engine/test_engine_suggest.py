@@ -10,7 +10,7 @@ import pytest
 from _engine_helpers import assert_prediction_matches, engine, offline_probs, run
 from cellserve.engine.inprocess import InProcessEngineClient
 from cellserve.engine.types import AppendOptions, Suggestion, SuggestRequest
-from cellserve.errors import InvalidInput, NotFound
+from cellserve.errors import CapacityExceeded, InvalidInput, NotFound
 from cellserve.nn.checkpoint import LoadedModel
 from cellserve.nn.decode import beam_search
 
@@ -121,5 +121,21 @@ def test_one_batched_step_per_iteration_alongside_keystrokes(model_dir: Path) ->
             assert len(steps) >= 3 and len(set(steps)) == len(steps)  # one step per iteration
             assert answered_before and answered_before[0] < len(steps)  # answered while the search still ran
             await typed[0]
+
+    run(body)
+
+
+def test_pending_suggestions_are_capped(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("cellserve.engine.engine.MAX_PENDING_SUGGESTS", 2)
+
+    async def body() -> None:
+        async with engine(model_dir) as eng:
+            s = eng.open_session().session_id
+            r = SuggestRequest(n=2, max_chars=4)
+            first = [eng.submit_suggest(s, r), eng.submit_suggest(s, r)]
+            with pytest.raises(CapacityExceeded, match="too many suggestions"):
+                eng.submit_suggest(s, r)
+            assert all(await asyncio.gather(*first))
+            assert await eng.submit_suggest(s, r)  # answered ones no longer count
 
     run(body)

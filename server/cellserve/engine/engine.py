@@ -38,7 +38,7 @@ from ..repository import ModelRepository
 from . import snapshot as snap
 from .beam import BeamSearches
 from .completions import Alternative, Completion, CompletionStream
-from .limits import check_completion, check_suggest
+from .limits import MAX_PENDING_SUGGESTS, check_completion, check_suggest
 from .plan import ZERO, HostState, Plan, RunResult
 from .rewind import RewindLog
 from .runner import ModelRunner
@@ -144,6 +144,7 @@ class Engine:
             self._runtimes[name] = rt
         self._sessions: dict[str, Session] = {}
         self._running_alternatives = 0
+        self._pending_suggests = 0  # suggest ops submitted and not answered (MAX_PENDING_SUGGESTS)
         self._executor: ThreadPoolExecutor | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._sweep_task: asyncio.Task[None] | None = None
@@ -320,7 +321,15 @@ class Engine:
         it is after the operations accepted before it; the session never changes."""
         s = self._get(session_id, owner)
         check_suggest(request)
-        return self._control(s, ControlOp("suggest", self._future(), time.perf_counter(), suggest=request))
+        if self._pending_suggests >= MAX_PENDING_SUGGESTS:
+            raise CapacityExceeded("too many suggestions are waiting or running", retry_after_s=0.5)
+        self._pending_suggests += 1
+        fut = self._control(s, ControlOp("suggest", self._future(), time.perf_counter(), suggest=request))
+        fut.add_done_callback(self._suggest_answered)
+        return fut
+
+    def _suggest_answered(self, _: asyncio.Future[list[Suggestion]]) -> None:
+        self._pending_suggests -= 1
 
     def _run_iteration(self, plans: Sequence[tuple[ModelRunner, Plan]]) -> list[RunResult]:
         """Worker thread: the planned rows, then one character of every running search."""

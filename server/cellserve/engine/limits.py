@@ -18,6 +18,7 @@ MAX_MODEL_NAME_CHARS = 64  # Settings.default_model has the same bound
 MAX_SUGGESTIONS = 16  # a dropdown's worth; beam width (max(n, 4)) grows with it
 MAX_SUGGEST_CHARS = 128  # one beam step per character, each a batched forward
 SUGGEST_SCOPES = ("word", "line")
+MAX_PENDING_SUGGESTS = 256  # submitted, not yet answered (per engine): each runs max(n, 4) beam rows
 
 
 def check_suggest(r: SuggestRequest) -> None:

@@ -226,6 +226,9 @@ class Progress:
         )
 
     def update(self, value: float, postfix: str) -> None:
+        # never past the total: tqdm drops the total once n exceeds it, and the bar format
+        # (which formats the total) would then fail on the last step of a time budget
+        value = min(value, float(self.bar.total or value))
         self.bar.set_postfix_str(postfix, refresh=False)
         self.bar.update(max(value - self.bar.n, 0.0))
 

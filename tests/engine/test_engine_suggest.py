@@ -96,7 +96,7 @@ def test_one_batched_step_per_iteration_alongside_keystrokes(model_dir: Path) ->
     async def body() -> None:
         async with engine(model_dir) as eng:
             lm = eng.repository.get("tiny-lstm")
-            rt = eng._runtimes["tiny-lstm"]
+            rt = eng.core._runtimes["tiny-lstm"]
             s = eng.open_session("tiny-lstm").session_id
             other = eng.open_session("tiny-lstm").session_id
             await eng.append(s, 0, "x = ")
@@ -109,7 +109,7 @@ def test_one_batched_step_per_iteration_alongside_keystrokes(model_dir: Path) ->
             def step() -> int:  # worker thread
                 if typed and typed[0].done() and not answered_before:
                     answered_before.append(len(steps))  # steps already taken
-                steps.append(eng._iterations)
+                steps.append(eng.core._iterations)
                 if len(steps) == 1:  # a keystroke arrives while the search runs
                     loop.call_soon_threadsafe(lambda: typed.append(eng.submit_append(other, 0, "a")))  # type: ignore[arg-type]
                 return real_step()
@@ -126,7 +126,7 @@ def test_one_batched_step_per_iteration_alongside_keystrokes(model_dir: Path) ->
 
 
 def test_pending_suggestions_are_capped(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("cellserve.engine.engine.MAX_PENDING_SUGGESTS", 2)
+    monkeypatch.setattr("cellserve.engine.core.MAX_PENDING_SUGGESTS", 2)
 
     async def body() -> None:
         async with engine(model_dir) as eng:

@@ -131,3 +131,12 @@ def test_dry_run_lists_the_corpus_and_trains_nothing(
     assert train(TrainConfig(out=tmp_path / "x", name="x", corpus=[corpus], dry_run=True)) is None
     out = capsys.readouterr().out
     assert "train" in out and "validation" in out and not (tmp_path / "x").exists()
+
+
+def test_progress_bar_survives_an_update_past_its_total() -> None:
+    from cellserve.train import Progress
+
+    bar = Progress(10.0, "s")
+    bar.update(5.0, "half")
+    bar.update(10.7, "past the time budget")  # the last step of a time budget ends after it
+    bar.close()

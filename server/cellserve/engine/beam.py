@@ -4,7 +4,7 @@ A suggest op is ordered in its session's queue like any other op; when the sched
 it, the iteration copies the session's state to the host (a plan read, as a snapshot does), so
 the search runs on a fork and the session's slot is never written. From the next iteration
 on, every running search advances one character per engine iteration, all of them (all beams
-of all queries of one model) in one forward, in the same executor call as everyone's
+of all queries of one model) in one forward, in the same ``EngineCore.step()`` as everyone's
 keystrokes. So a search never holds up an iteration for more than one batched step.
 
 The rules are those of the offline reference ``cellserve.nn.decode.beam_search`` (its
@@ -14,13 +14,14 @@ the characters alone; never empty; the unknown character never continues. ``widt
 query (``max(n, 4)``, as the reference's default); a beam is dropped once it cannot reach the
 query's top n. The reference is kept separate on purpose: the tests compare the two.
 
-Threads: ``add`` and ``take_finished`` run on the event loop (no torch); ``step`` runs in the
-device worker thread.
+Owned by the engine core (``engine/core.py``): ``add`` and ``take_finished`` run under the
+core's lock, ``step`` in the device thread while the lock is free (only the device thread adds
+or removes searches, so the list does not change under it). ``future`` is the caller's ticket,
+opaque here as in the core: a finished search's answer leaves through the core's outbox.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -57,7 +58,7 @@ class BeamQuery:
     step turns it into tensors."""
 
     request: SuggestRequest
-    future: asyncio.Future[Any]  # answered with list[Suggestion] (a session op's future)
+    future: Any  # the op's ticket (opaque): the outbox answers it with list[Suggestion]
     raw: Sequence[bytes]
     step: int = 0
     done: bool = False
@@ -66,7 +67,7 @@ class BeamQuery:
     lp_all: torch.Tensor | None = None  # [B, V]: next-character log-probs of each live beam
     state: tuple[torch.Tensor, ...] = ()  # [L, B, H] each
     finished: list[tuple[float, str]] = field(default_factory=list)  # best first, at most n
-    error: Exception | None = None  # the search failed (answered with this)
+    error: BaseException | None = None  # the search failed (answered with this)
 
     def result(self) -> list[Suggestion]:
         return [Suggestion(t, lp) for lp, t in self.finished]
@@ -82,17 +83,17 @@ class BeamSearches:
         self.running: list[BeamQuery] = []
         self._classes: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def add(self, request: SuggestRequest, future: asyncio.Future[Any], raw: Sequence[bytes]) -> None:
+    def add(self, request: SuggestRequest, future: Any, raw: Sequence[bytes]) -> None:
         self.running.append(BeamQuery(request, future, raw))
 
-    def fail_all(self, error: Exception) -> None:
+    def fail_all(self, error: BaseException) -> None:
         for q in self.running:
             q.error, q.done = error, True
 
     def take_finished(self) -> list[BeamQuery]:
-        """Removes and returns the searches that are done (loop thread)."""
-        done = [q for q in self.running if q.done or q.future.done()]
-        self.running = [q for q in self.running if not (q.done or q.future.done())]
+        """Removes and returns the searches that are done."""
+        done = [q for q in self.running if q.done]
+        self.running = [q for q in self.running if not q.done]
         return done
 
     # ---- device worker thread --------------------------------------------------------------
@@ -105,7 +106,7 @@ class BeamSearches:
         toks: list[torch.Tensor] = []
         stepping: list[BeamQuery] = []
         for q in list(self.running):
-            if q.done or q.future.done():
+            if q.done:
                 continue
             if q.lp_all is None:
                 self._start(q)

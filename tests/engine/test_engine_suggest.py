@@ -7,12 +7,15 @@ import math
 from pathlib import Path
 
 import pytest
-from _engine_helpers import assert_prediction_matches, engine, offline_probs, run
+from _engine_helpers import assert_prediction_matches, engine, make_settings, offline_probs, run
+from cellserve.engine.beam import beam_width
+from cellserve.engine.core import EngineCore, Outcome
 from cellserve.engine.inprocess import InProcessEngineClient
 from cellserve.engine.types import AppendOptions, Suggestion, SuggestRequest
-from cellserve.errors import CapacityExceeded, InvalidInput, NotFound
+from cellserve.errors import CapacityExceeded, InvalidInput, NotFound, Unavailable
 from cellserve.nn.checkpoint import LoadedModel
 from cellserve.nn.decode import beam_search
+from cellserve.repository import ModelRepository
 
 
 def assert_same(lm: LoadedModel, got: list[Suggestion], context: str, r: SuggestRequest) -> None:
@@ -139,3 +142,47 @@ def test_pending_suggestions_are_capped(model_dir: Path, monkeypatch: pytest.Mon
             assert await eng.submit_suggest(s, r)  # answered ones no longer count
 
     run(body)
+
+
+def test_core_step_runs_searches_and_answers_through_the_outbox(model_dir: Path) -> None:
+    """Driven synchronously (no loop running, no device thread): each step advances the search
+    one character and counts its beam rows in the step's stats; the answer is an Outcome for the
+    op's ticket in the step that finished it; a search still running at stop fails through the
+    outbox."""
+    st = make_settings(model_dir)
+    core = EngineCore(st, ModelRepository.load(st))
+    loop = asyncio.new_event_loop()
+    try:
+        lm = core.repository.get(core.repository.default)
+        sid = core.open_session().session_id
+        core.submit_append(sid, 0, "x = ", AppendOptions(), "", loop.create_future())
+        r = SuggestRequest(n=2, scope="line", max_chars=5)
+        ticket, other = loop.create_future(), loop.create_future()
+        core.submit_suggest(sid, r, "", ticket)
+        got: list[Suggestion] | None = None
+        iterations, beam_rows = core.stats().iterations, []
+        for _ in range(r.max_chars + 4):  # the append, the read, at most max_chars searching steps
+            out = core.step()
+            answers = [d for d in out.deliveries if isinstance(d, Outcome) and d.future is ticket]
+            if answers:  # the search may end without a forward: then no device work ran
+                assert answers[0].error is None and out.idle
+                got = answers[0].value  # type: ignore[assignment]
+                break
+            assert core.stats().iterations == iterations + 1  # a beams-only step is an iteration
+            iterations += 1
+            assert out.stats is not None
+            if not out.stats.queue_wait_s:  # no op started: a step of the search alone
+                beam_rows.append(out.stats.rows)
+        assert got is not None and len(beam_rows) >= 2
+        assert all(1 <= n <= beam_width(r.n) for n in beam_rows)  # its beams, counted as rows
+        assert_same(lm, got, "x = ", r)
+        assert core._suggest_tickets == set()  # answered: no longer counted against the cap
+        core.submit_suggest(sid, r, "", other)
+        core.step()  # the read
+        core.step()  # the search starts
+        core.fail_all(Unavailable("server is stopping"))
+        failed = [d for d in core.take_outbox() if isinstance(d, Outcome) and d.future is other]
+        assert len(failed) == 1 and isinstance(failed[0].error, Unavailable)
+        assert not core.has_pending() and core._suggest_tickets == set()
+    finally:
+        loop.close()

@@ -20,6 +20,7 @@ RUN_BY_CI = (
     ".venv/bin/ruff ",
     ".venv/bin/mypy ",
     ".venv/bin/pytest",
+    "scripts/install_tritonclient.sh",
     "bash .ci/run",
 )
 

@@ -1,5 +1,5 @@
-"""The gRPC server: CellserveService, health and reflection on one grpc.aio server, and the
-drain sequence for a graceful stop."""
+"""The gRPC server: CellserveService, the KServe v2 GRPCInferenceService, health and reflection on
+one grpc.aio server, and the drain sequence for a graceful stop."""
 
 from __future__ import annotations
 
@@ -8,15 +8,18 @@ import logging
 import time
 
 from grpc import aio
-from grpc_health.v1 import health, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from ..config import Settings
 from ..engine.client import EngineClient
 from .gates import ModelLookup
 from .health import Health
-from .pb import SERVICE_NAME, rpc
+from .kserve import KSERVE_SERVICE_NAME, KServeServicer
+from .kserve.pb import kpb, krpc
+from .pb import SERVICE_NAME, rpc, svc
 from .recorder import NULL_RECORDER, Recorder
+from .reflection_pool import reflection_pool
 from .servicer import CellserveServicer
 from .status import ErrorMappingInterceptor
 
@@ -38,9 +41,10 @@ class ApiServer:
         self._settings = settings
         self._engine = engine
         self.servicer = CellserveServicer(engine, settings, recorder, gate_models)
+        self.kserve = KServeServicer(engine, settings)
         self.health = Health(settings.readiness_service)
         self._server = aio.server(
-            interceptors=[ErrorMappingInterceptor(recorder)],
+            interceptors=[ErrorMappingInterceptor(recorder, (SERVICE_NAME, KSERVE_SERVICE_NAME))],
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -48,8 +52,13 @@ class ApiServer:
             ],
         )
         rpc.add_CellserveServiceServicer_to_server(self.servicer, self._server)
+        krpc.add_GRPCInferenceServiceServicer_to_server(self.kserve, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._server)
-        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, KSERVE_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            self._server,
+            pool=reflection_pool((svc.DESCRIPTOR, kpb.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR)),
+        )
         self.port = 0
 
     async def start(self) -> int:
@@ -69,6 +78,7 @@ class ApiServer:
         deadline = time.monotonic() + self._settings.drain_grace_s
         await self.health.not_serving()
         self.servicer.begin_drain()
+        self.kserve.begin_drain()
         try:
             await asyncio.wait_for(self._engine.drain(), timeout=self._settings.drain_grace_s)
         except TimeoutError:
@@ -77,3 +87,4 @@ class ApiServer:
         # stopping, a late call would see the transport's CANCELLED instead.
         await asyncio.sleep(min(self._settings.drain_refusal_s, max(0.0, deadline - time.monotonic())))
         await self._server.stop(max(0.0, deadline - time.monotonic()))
+        self.kserve.close()

@@ -17,9 +17,10 @@ from grpc import aio
 
 from ..config import Settings
 from ..engine.client import EngineClient
-from ..errors import CapacityExceeded, InvalidInput, Unavailable
+from ..errors import InvalidInput, Unavailable
 from ..logs import user_text
 from . import convert, validate
+from .admission import admit_stream
 from .gates import GateInspector, ModelLookup
 from .owner import owner_of
 from .pb import rpc, svc, types
@@ -28,7 +29,6 @@ from .stream import SessionStream
 
 log = logging.getLogger("cellserve.api")
 Context: TypeAlias = aio.ServicerContext[Any, Any]
-STREAM_RETRY_AFTER_S = 1.0  # streams are long-lived: a slot frees up on the order of seconds
 
 
 class CellserveServicer(rpc.CellserveServiceServicer):  # type: ignore[misc]
@@ -68,13 +68,7 @@ class CellserveServicer(rpc.CellserveServiceServicer):  # type: ignore[misc]
     async def Session(
         self, requests: AsyncIterator[svc.SessionRequest], context: Context
     ) -> AsyncIterator[svc.SessionResponse]:
-        if self._draining:
-            raise Unavailable("the server is shutting down; connect to another replica")
-        if len(self._streams) >= self._settings.max_concurrent_streams:
-            raise CapacityExceeded(
-                f"too many concurrent streams (max_concurrent_streams={self._settings.max_concurrent_streams})",
-                retry_after_s=STREAM_RETRY_AFTER_S,
-            )
+        admit_stream(self._draining, len(self._streams), self._settings)
         stream = SessionStream(self._engine, self._settings, owner_of(context), self.model_msg, self._recorder)
         self._streams.add(stream)
         try:

@@ -58,6 +58,7 @@ from .types import (
     GateTrace,
     IterationStats,
     ModelInfo,
+    ModelIteration,
     Phase,
     Prediction,
     SessionEvent,
@@ -568,7 +569,7 @@ class EngineCore:
         with self.lock:
             jobs = self._schedule()
             started = time.perf_counter()
-            waits = tuple(started - t for _, b in jobs for t in _submitted_times(b))
+            waits = [tuple(started - t for t in _submitted_times(b)) for _, b in jobs]  # per job
             chars_before = dict(self._chars)
         results: list[RunResult] = []
         error: Exception | None = None
@@ -661,17 +662,22 @@ class EngineCore:
         self,
         jobs: list[tuple[_Runtime, Batch]],
         results: list[RunResult],
-        waits: tuple[float, ...],
+        waits: list[tuple[float, ...]],
         chars_before: dict[str, int],
         beam_rows: int = 0,
     ) -> IterationStats:
+        per_model = tuple(
+            ModelIteration(rt.name, len(b.plan.rows), w, sum(secs for _p, _n, secs in res.phases))
+            for (rt, b), w, res in zip(jobs, waits, results, strict=False)  # no results: the step failed
+        )
         return IterationStats(
             rows=sum(len(b.plan.rows) for _, b in jobs) + beam_rows,
-            queue_wait_s=waits,
+            queue_wait_s=tuple(t for w in waits for t in w),
             step_time_s=tuple((Phase(p), secs) for res in results for p, _n, secs in res.phases),
             chars=tuple(
                 (Phase(p), n - chars_before.get(p, 0)) for p, n in self._chars.items() if n > chars_before.get(p, 0)
             ),
+            models=per_model,
         )
 
     # ---- delivery --------------------------------------------------------------------------------

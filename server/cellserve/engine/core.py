@@ -417,8 +417,8 @@ class EngineCore:
         check_suggest(request)
         if len(self._suggest_tickets) >= MAX_PENDING_SUGGESTS:
             raise CapacityExceeded("too many suggestions are waiting or running", retry_after_s=0.5)
-        self._suggest_tickets.add(future)
         self._control(s, ControlOp("suggest", future, time.perf_counter(), suggest=request))
+        self._suggest_tickets.add(future)  # after it was queued: a refused op holds no ticket
 
     @_locked
     def submit_close(self, session_id: str, owner: str, future: asyncio.Future[Any]) -> None:

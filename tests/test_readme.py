@@ -44,6 +44,24 @@ def test_sdk_snippet_runs(model_dir: Path, tmp_path: Path) -> None:
     assert len(completion) <= 16
 
 
+def test_suggest_snippet_runs(model_dir: Path, tmp_path: Path) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    snippet = next(b for b in blocks if "# ranked suggestions" in b)
+    server = start_server(model_dir)
+    try:
+        script = tmp_path / "suggest.py"
+        script.write_text(snippet.replace("127.0.0.1:50051", server.target))
+        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False)
+    finally:
+        server.terminate()
+    assert out.returncode == 0, out.stderr
+    *ranked, line = out.stdout.splitlines()
+    assert 1 <= len(ranked) <= 3 and all(re.fullmatch(r"'\w+' -\d+\.\d\d", r) for r in ranked), ranked
+    logprobs = [float(r.rsplit(" ", 1)[1]) for r in ranked]
+    assert logprobs == sorted(logprobs, reverse=True)
+    assert line.startswith("[Suggestion(text="), line
+
+
 def test_plain_torch_loading_snippet(model_dir: Path, tmp_path: Path) -> None:
     """The five-line loader in the README gives the same logits as cellserve's model."""
     import torch

@@ -66,6 +66,7 @@ from ._types import (
     ModelInfo,
     Prediction,
     SessionInfo,
+    Suggestion,
     UnitGate,
 )
 
@@ -100,6 +101,7 @@ __all__ = [
     "Session",
     "SessionInfo",
     "SessionNotFound",
+    "Suggestion",
     "Timeout",
     "Unauthenticated",
     "Unavailable",

@@ -8,7 +8,9 @@
 
 ``type`` is a one-line-at-a-time editor: the session follows the line as it is edited (typed
 characters are appended, Backspace rewinds), and the model's greedy continuation is shown as
-dimmed ghost text after the cursor; Tab accepts it, Enter appends the line break, Ctrl-D ends.
+dimmed ghost text after the cursor; Ctrl-Space cycles the ghost through the ranked suggestions
+for the current word (``Session.suggest``, listed in the toolbar), Tab accepts what the ghost
+shows, Enter appends the line break, Ctrl-D ends.
 ``web`` serves the same editor, and a gate viewer, to a browser (``cellserve_client.web``).
 The connection options may come before the command or after it.
 """
@@ -25,6 +27,8 @@ from typing import Any
 from ._errors import CellserveError
 from ._sync import Client, Session
 from ._types import Prediction
+
+RANKED = 5  # ranked suggestions Ctrl-Space cycles through
 
 
 def _connection_options(p: argparse.ArgumentParser, defaults: bool) -> None:
@@ -125,6 +129,9 @@ class Typer:
         self.line = ""  # the part of the current line the session has consumed
         self.suggestion = ""
         self.prediction: Prediction | None = None
+        self.ranked: list[str] = []  # ranked word suggestions for ``ranked_for`` (on demand)
+        self.ranked_for: str | None = None
+        self.choice = -1  # index into ``ranked`` the ghost shows; -1: the greedy continuation
         self._lock = threading.Lock()
 
     def sync(self, text: str) -> str:
@@ -137,8 +144,21 @@ class Typer:
             if len(text) > len(common):
                 self.prediction = self.session.append(text[len(common) :])
             self.line = text
+            self.choice = -1
             stream = self.session.complete(max_chars=self.suggest_chars, stop=("\n",))
             self.suggestion = "".join(c.text for c in stream).split("\n")[0]
+            return self.suggestion
+
+    def cycle(self) -> str:
+        """The next ranked suggestion for the current word (asked for once per text), as the
+        new ghost; after the last one, back to the first."""
+        with self._lock:
+            if self.ranked_for != self.line:
+                found = self.session.suggest(n=RANKED, scope="word", max_chars=self.suggest_chars)
+                self.ranked, self.ranked_for, self.choice = [s.text for s in found], self.line, -1
+            if self.ranked:
+                self.choice = (self.choice + 1) % len(self.ranked)
+                self.suggestion = self.ranked[self.choice]
             return self.suggestion
 
     def newline(self) -> None:
@@ -221,6 +241,11 @@ def _type(session: Session, suggest_chars: int) -> int:
 
     bindings = KeyBindings()
 
+    @bindings.add("c-space")
+    def _cycle(event: KeyPressEvent) -> None:
+        if event.current_buffer.document.is_cursor_at_the_end:
+            _show(event.current_buffer, typer.cycle())
+
     @bindings.add("tab")
     def _accept(event: KeyPressEvent) -> None:
         buffer = event.current_buffer
@@ -230,7 +255,11 @@ def _type(session: Session, suggest_chars: int) -> int:
     def toolbar() -> Any:
         p = typer.prediction
         best = ", ".join(f"{c!r} {prob:.2f}" for c, prob in (p.top[:3] if p else ()))
-        return f" {session.model.name} · position {session.position} · next: {best}"
+        ranked = ""
+        if typer.ranked_for == typer.line and typer.ranked:
+            marked = [f"[{t}]" if i == typer.choice else t for i, t in enumerate(typer.ranked)]
+            ranked = " · ranked: " + " ".join(marked)
+        return f" {session.model.name} · position {session.position} · next: {best}{ranked}"
 
     prompt: Any = PromptSession(auto_suggest=Ghost(), key_bindings=bindings, bottom_toolbar=toolbar)
     prompt.default_buffer.on_text_changed += changed

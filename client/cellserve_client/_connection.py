@@ -25,7 +25,7 @@ from ._failover import moves_session
 from ._ops import Op, OpQueue
 from ._proto.cellserve.v1 import service_pb2 as svc
 from ._rpc import Channel, Metadata
-from ._types import Prediction
+from ._types import Prediction, Suggestion
 
 Ack = Callable[[Op, Any], None]
 Nack = Callable[[Op, BaseException], None]
@@ -86,6 +86,9 @@ class UnaryConnection:
             async for chunk in self._ch.complete(_convert.unary_complete(sid, op.completion), md):
                 op.deliver(_convert.completion_chunk(chunk.chunk))
             return None
+        if op.kind == "suggest":
+            req = _convert.unary_suggest(sid, op.suggest)
+            return _convert.suggestions((await self._ch.suggest(req, md, None)).suggestions)
         if op.kind == "rewind":
             return (await self._ch.rewind(svc.RewindRequest(session_id=sid, chars=op.chars), md, None)).session.position
         if op.kind == "reset":
@@ -175,6 +178,8 @@ class StreamConnection:
             return svc.SessionRequest(request_id=rid, append=_convert.stream_append(op.offset, op.text, op.append))
         if op.kind == "complete":
             return svc.SessionRequest(request_id=rid, complete=_convert.stream_complete(op.completion))
+        if op.kind == "suggest":
+            return svc.SessionRequest(request_id=rid, suggest=_convert.stream_suggest(op.suggest))
         if op.kind == "rewind":
             return svc.SessionRequest(request_id=rid, rewind=svc.SessionRequest.Rewind(chars=op.chars))
         if op.kind == "reset":
@@ -223,9 +228,11 @@ class StreamConnection:
                 ack(op, self._result(resp, kind))
 
     @staticmethod
-    def _result(resp: svc.SessionResponse, kind: str | None) -> Prediction | int | bytes | None:
+    def _result(resp: svc.SessionResponse, kind: str | None) -> Prediction | int | bytes | list[Suggestion] | None:
         if kind == "prediction":
             return _convert.prediction(resp.prediction)
+        if kind == "suggestions":
+            return _convert.suggestions(resp.suggestions.suggestions)
         if kind == "rewound":
             return resp.rewound.position
         if kind == "reset":

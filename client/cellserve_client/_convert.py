@@ -3,6 +3,7 @@ besides the transports that touches protobuf types."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -22,6 +23,8 @@ from ._types import (
     ModelInfo,
     Prediction,
     SessionInfo,
+    Suggestion,
+    SuggestOptions,
     UnitGate,
 )
 
@@ -181,3 +184,29 @@ def unary_complete(session_id: str, opts: CompletionOptions) -> svc.CompleteRequ
     msg = svc.CompleteRequest(session_id=session_id)
     _fill_completion(msg, opts)
     return msg
+
+
+SUGGEST_SCOPES = {"word": svc.SUGGEST_SCOPE_WORD, "line": svc.SUGGEST_SCOPE_LINE}
+
+
+def _fill_suggest(msg: svc.SessionRequest.Suggest | svc.SuggestRequest, opts: SuggestOptions) -> None:
+    msg.scope = SUGGEST_SCOPES[opts.scope]  # checked by Session.suggest
+    msg.n = opts.n
+    if opts.max_chars is not None:
+        msg.max_chars = opts.max_chars
+
+
+def stream_suggest(opts: SuggestOptions) -> svc.SessionRequest.Suggest:
+    msg = svc.SessionRequest.Suggest()
+    _fill_suggest(msg, opts)
+    return msg
+
+
+def unary_suggest(session_id: str, opts: SuggestOptions) -> svc.SuggestRequest:
+    msg = svc.SuggestRequest(session_id=session_id)
+    _fill_suggest(msg, opts)
+    return msg
+
+
+def suggestions(items: Iterable[types.Suggestion]) -> list[Suggestion]:
+    return [Suggestion(s.text, s.logprob) for s in items]

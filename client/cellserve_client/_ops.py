@@ -14,9 +14,9 @@ import collections
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ._types import AppendOptions, CompletionChunk, CompletionOptions
+from ._types import AppendOptions, CompletionChunk, CompletionOptions, SuggestOptions
 
-OpKind = Literal["append", "complete", "rewind", "reset", "snapshot", "close"]
+OpKind = Literal["append", "complete", "suggest", "rewind", "reset", "snapshot", "close"]
 
 
 @dataclass(eq=False)
@@ -27,6 +27,7 @@ class Op:
     text: str = ""
     append: AppendOptions = field(default_factory=AppendOptions)
     completion: CompletionOptions = field(default_factory=CompletionOptions)
+    suggest: SuggestOptions = field(default_factory=SuggestOptions)
     chars: int = 0
     internal: bool = False  # a snapshot the session takes for its own journal; nobody awaits it
     request_id: int = 0  # on the stream it was last sent on

@@ -61,6 +61,7 @@ class Channel:
         self._get = uu("GetSession", svc.GetSessionRequest, svc.GetSessionResponse)
         self._append = uu("Append", svc.AppendRequest, svc.AppendResponse)
         self._rewind = uu("Rewind", svc.RewindRequest, svc.RewindResponse)
+        self._suggest = uu("Suggest", svc.SuggestRequest, svc.SuggestResponse)
         self._reset = uu("Reset", svc.ResetRequest, svc.ResetResponse)
         self._snapshot = uu("Snapshot", svc.SnapshotRequest, svc.SnapshotResponse)
         self._resume = uu("Resume", svc.ResumeRequest, svc.ResumeResponse)
@@ -108,6 +109,10 @@ class Channel:
 
     async def append(self, req: svc.AppendRequest, md: Metadata, timeout: float | None) -> svc.AppendResponse:
         resp: svc.AppendResponse = await self._call(self._append, req, md, timeout)
+        return resp
+
+    async def suggest(self, req: svc.SuggestRequest, md: Metadata, timeout: float | None) -> svc.SuggestResponse:
+        resp: svc.SuggestResponse = await self._call(self._suggest, req, md, timeout)
         return resp
 
     async def rewind(self, req: svc.RewindRequest, md: Metadata, timeout: float | None) -> svc.RewindResponse:

@@ -36,6 +36,8 @@ from ._types import (
     ModelInfo,
     Prediction,
     SessionInfo,
+    Suggestion,
+    SuggestOptions,
 )
 
 log = logging.getLogger("cellserve_client")
@@ -268,6 +270,19 @@ class AsyncSession:
             self._check_open()
             op = self._submit("complete", completion=opts, chunks=asyncio.Queue())
         return AsyncCompletionStream(op, self._pool.timeout)
+
+    async def suggest(self, n: int = 3, scope: str = "word", max_chars: int | None = None) -> list[Suggestion]:
+        """The ``n`` most probable completions of the current word (``scope="word"``) or to the
+        end of the line (``"line"``), most probable first, each with its log-probability; found
+        by beam search on a fork of the state after everything sent before, so the session does
+        not change. ``max_chars`` (None: the server's 32) bounds each suggestion."""
+        if scope not in _convert.SUGGEST_SCOPES:
+            raise _errors.InvalidInput(f"scope is {scope!r}; it must be 'word' or 'line'")
+        async with self._lock:
+            self._check_open()
+            op = self._submit("suggest", suggest=SuggestOptions(n, scope, max_chars))
+        result: list[Suggestion] = await self._wait(op)
+        return result
 
     async def rewind(self, chars: int) -> int:
         """Goes back ``chars`` characters (backspace), restoring the state exactly; returns the

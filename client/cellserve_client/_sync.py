@@ -20,7 +20,16 @@ from ._client import DEFAULT_TARGET, AsyncClient
 from ._errors import ClosedError
 from ._security import PemArg, TlsArg
 from ._session import AsyncCompletionStream, AsyncSession, Transport
-from ._types import Completion, CompletionChunk, FailoverPolicy, GateInspection, ModelInfo, Prediction, SessionInfo
+from ._types import (
+    Completion,
+    CompletionChunk,
+    FailoverPolicy,
+    GateInspection,
+    ModelInfo,
+    Prediction,
+    SessionInfo,
+    Suggestion,
+)
 
 T = TypeVar("T")
 
@@ -219,6 +228,10 @@ class Session:
 
     def reset(self) -> int:
         return self._loop.run(self._async.reset())
+
+    def suggest(self, n: int = 3, scope: str = "word", max_chars: int | None = None) -> list[Suggestion]:
+        """See ``AsyncSession.suggest``."""
+        return self._loop.run(self._async.suggest(n, scope, max_chars))
 
     def snapshot(self) -> bytes:
         return self._loop.run(self._async.snapshot())

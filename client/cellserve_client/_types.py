@@ -140,6 +140,24 @@ class Completion:
 
 
 @dataclass(frozen=True)
+class Suggestion:
+    """One ranked suggestion (see ``Session.suggest``): the completion and its natural-log
+    probability, counting the end that follows it (a non-word character, or the newline)."""
+
+    text: str
+    logprob: float
+
+
+@dataclass(frozen=True)
+class SuggestOptions:
+    """What a suggest asks for (see ``Session.suggest``); None: the server default."""
+
+    n: int = 3
+    scope: str = "word"  # "word" | "line"
+    max_chars: int | None = None
+
+
+@dataclass(frozen=True)
 class AppendOptions:
     """What a prediction carries (see ``Session.append``)."""
 

@@ -19,6 +19,8 @@ from cellserve.engine.types import (
     ModelInfo,
     Prediction,
     SessionInfo,
+    Suggestion,
+    SuggestRequest,
 )
 
 MODEL = ModelInfo("fake", "lstm", 1, 4, ("", "a", "b"), "0" * 64, None, True)
@@ -127,6 +129,9 @@ class FakeEngine:
         chunks = FakeChunks()
         self.chunks.append(chunks)
         return chunks
+
+    def suggest(self, owner: str, session_id: str, request: SuggestRequest) -> Awaitable[list[Suggestion]]:
+        return self._call("suggest", owner, session_id, request)
 
     def close_session(self, owner: str, session_id: str) -> Awaitable[None]:
         return self._call("close", owner, session_id)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from cellserve_client import Client
+from cellserve_client._cli import RANKED
 from servers import ServerProcess
 
 CLI = [sys.executable, "-m", "cellserve_client._cli"]
@@ -118,5 +119,25 @@ def test_type_ghost_tab_and_backspace(server: ServerProcess, tmux: Callable[...,
 
     run("send-keys", "Tab")  # accepts the suggestion: the text now includes it, a new ghost follows
     accepted = typed + ghost
+    _wait_for(run, f"> {accepted}{_ghost_for(server, accepted)}")
+    run("send-keys", "C-d")
+
+
+def test_type_ctrl_space_cycles_ranked_suggestions(server: ServerProcess, tmux: Callable[..., str]) -> None:
+    run = tmux
+    typed = "def ma"
+    with Client(server.target) as c, c.open() as s:
+        s.append(typed)
+        ranked = [x.text for x in s.suggest(n=RANKED, scope="word", max_chars=SUGGEST)]
+    assert len(ranked) >= 2, "the model ranks fewer than two words here; pick another prefix"
+    _wait_for(run, f"> {_ghost_for(server, '')}")
+    run("send-keys", "-l", typed)
+    _wait_for(run, f"> {typed}{_ghost_for(server, typed)}")
+    run("send-keys", "C-Space")  # the most probable word completion
+    _wait_for(run, f"> {typed}{ranked[0]}")
+    run("send-keys", "C-Space")  # the next one
+    _wait_for(run, f"> {typed}{ranked[1]}")
+    run("send-keys", "Tab")  # accepts the one shown
+    accepted = typed + ranked[1]
     _wait_for(run, f"> {accepted}{_ghost_for(server, accepted)}")
     run("send-keys", "C-d")

@@ -1,6 +1,6 @@
 """The page in a real browser (Debian's chromium driven by playwright): suggestions as ghost
-text, Tab, Backspace and edits in the middle rewinding the session exactly, ranked next
-characters, and the gate viewer. Skips only where chromium or playwright is not installed."""
+text, Tab, Backspace and edits in the middle rewinding the session exactly, ranked word
+completions, and the gate viewer. Skips only where chromium or playwright is not installed."""
 
 from __future__ import annotations
 
@@ -139,12 +139,12 @@ def test_type_accept_rewind_and_gates(page: Any, web: WebProcess, shipped_server
     legend = page.get_by_test_id("legend").text_content()
     assert "forget gate: near 0 the cell forgets its previous content" in legend
 
-    # Ctrl+Space: the ranked next characters; Enter inserts the first.
+    # Ctrl+Space: the ranked word completions; Enter inserts the first.
     page.keyboard.press("Control+Space")
     ranked = page.get_by_test_id("ranked")
     ranked.wait_for(state="visible")
     first = ranked.locator("li").first.locator("span").first.text_content()
-    assert ranked.locator("li").count() == 8
+    assert ranked.locator("li").count() >= 2
     page.keyboard.press("Enter")
     assert ranked.is_hidden()
     assert editor.input_value() == edited + {"␣": " ", "↵": "\n", "⇥": "\t"}.get(first, first)

@@ -29,7 +29,7 @@ Backend -> page::
      "first_index": I, "characters": [{"char": "x", "top": [["y", p], ...],
                                         "layers": [{"f": [mean, [[unit, value, change|null], ...]], ...}, ...]}]}
         the gates of the last characters of the text of edit N (``first_index``: where they start).
-    {"type": "ranked", "seq": N, "source": "next-character", "items": [{"text", "logprob"}]}
+    {"type": "ranked", "seq": N, "source": "beam-word", "items": [{"text", "logprob"}]}
     {"type": "status", "state": "reconnecting" | "ok", "message": "..."}
         the session was lost and is being rebuilt (the server is down), or is back.
     {"type": "error", "code": C, "message": "...", "seq": N | null}

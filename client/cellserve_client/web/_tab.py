@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -199,20 +198,19 @@ class Tab:
                 await self._send(reply)
 
     async def _ranked(self, seq: int) -> None:
-        """Ranked suggestions (Ctrl+Space). Until the server has a ranked-completions call, the
-        entries are the most probable next characters, with their log-probabilities."""
-        text = self._text[-GATE_CONTEXT_CHARS:]
+        """Ranked suggestions (Ctrl+Space): the most probable completions of the current word,
+        by the server's beam search on the session (ordered after the edits sent before)."""
         items: list[dict[str, Any]] = []
-        if text and self._session is not None:
+        if self._session is not None and self._synced is not None:
             try:
-                r = await self._client.inspect_gates(
-                    text, model=self._session.model.name, last_chars=1, top_units=0, top_k=self._settings.ranked
+                found = await self._session.suggest(
+                    n=self._settings.ranked, scope="word", max_chars=self._settings.suggest_chars
                 )
             except CellserveError as exc:
                 await self._server_error(exc, seq)
                 return
-            items = [{"text": c, "logprob": math.log(p) if p > 0 else None} for c, p in r.characters[-1].top]
-        await self._send({"type": "ranked", "seq": seq, "source": "next-character", "items": items})
+            items = [{"text": s.text, "logprob": s.logprob} for s in found]
+        await self._send({"type": "ranked", "seq": seq, "source": "beam-word", "items": items})
 
     # --- losing and rebuilding the session ----------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from ..engine.types import CompletionChunk, GateTrace, ModelInfo, Prediction, SessionInfo
+from ..engine.types import CompletionChunk, GateTrace, ModelInfo, Prediction, SessionInfo, Suggestion
 from .pb import types
 
 _CELLS = {"lstm": types.CELL_LSTM, "gru": types.CELL_GRU}
@@ -64,6 +64,10 @@ def prediction(p: Prediction) -> types.Prediction:
     if p.top_k:
         msg.top_characters.entries.extend(types.CharProbability(character=c, probability=q) for c, q in p.top_k)
     return msg
+
+
+def suggestions(items: list[Suggestion]) -> list[types.Suggestion]:
+    return [types.Suggestion(text=s.text, logprob=s.logprob) for s in items]
 
 
 def completion_chunk(c: CompletionChunk) -> types.CompletionChunk:

@@ -149,6 +149,11 @@ class CellserveServicer(rpc.CellserveServiceServicer):  # type: ignore[misc]
         finally:
             await chunks.aclose()  # a cancelled call stops the completion now, not at collection
 
+    async def Suggest(self, request: svc.SuggestRequest, context: Context) -> svc.SuggestResponse:
+        sid = validate.session_id(request.session_id)
+        items = await self._engine.suggest(owner_of(context), sid, validate.suggest_request(request))
+        return svc.SuggestResponse(suggestions=convert.suggestions(items))
+
     async def Rewind(self, request: svc.RewindRequest, context: Context) -> svc.RewindResponse:
         sid = validate.session_id(request.session_id)
         info = await self._engine.rewind(owner_of(context), sid, request.chars)

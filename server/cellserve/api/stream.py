@@ -331,6 +331,11 @@ class SessionStream:
             req = validate.completion_request(request.complete, self._settings)
             lease = completion_lease(req.n)  # the tenant's quota (CapacityExceeded answers in-band)
             reply.chunks = _LeasedChunks(engine.complete(owner, sid, req), lease)
+        elif op == "suggest":
+            reply.outcome = engine.suggest(owner, sid, validate.suggest_request(request.suggest))
+            reply.build = lambda items: svc.SessionResponse(
+                request_id=rid, suggestions=svc.SessionResponse.Suggestions(suggestions=convert.suggestions(items))
+            )
         elif op == "rewind":
             reply.outcome = engine.rewind(owner, sid, request.rewind.chars)
             reply.build = lambda i: svc.SessionResponse(

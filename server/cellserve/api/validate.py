@@ -14,7 +14,7 @@ from typing import Any
 from ..config import Settings
 from ..engine import limits
 from ..engine.limits import MAX_MODEL_NAME_CHARS, MAX_SESSION_ID_CHARS
-from ..engine.types import AppendOptions, CompletionRequest
+from ..engine.types import AppendOptions, CompletionRequest, SuggestRequest
 from ..errors import InvalidInput
 
 DEFAULT_TOP_K = AppendOptions().top_k
@@ -73,3 +73,20 @@ def completion_request(msg: Any, settings: Settings) -> CompletionRequest:
         n=msg.n if msg.HasField("n") else 1,
     )
     return limits.completion_checked(req, settings)
+
+
+_SCOPES = {0: "word", 1: "word", 2: "line"}  # SuggestScope: unspecified, word, line
+
+
+def suggest_request(msg: Any) -> SuggestRequest:
+    """A SuggestRequest (or the stream's Suggest) -> the engine's request, checked."""
+    scope = _SCOPES.get(msg.scope)
+    if scope is None:
+        raise InvalidInput(f"scope is {msg.scope}; it must be SUGGEST_SCOPE_WORD or SUGGEST_SCOPE_LINE")
+    req = SuggestRequest(
+        n=msg.n if msg.HasField("n") else 3,
+        scope=scope,
+        max_chars=msg.max_chars if msg.HasField("max_chars") else 32,
+    )
+    limits.check_suggest(req)
+    return req

@@ -41,6 +41,8 @@ from .types import (
     ModelInfo,
     Prediction,
     SessionInfo,
+    Suggestion,
+    SuggestRequest,
 )
 
 DEFAULT_OPTIONS = AppendOptions()  # frozen: one shared default
@@ -145,6 +147,13 @@ class EngineClient(Protocol):
         submitted before it; the session itself never changes. A later append, rewind, reset
         or close of the session, or ``aclose()`` of the stream, cancels it. Errors (bad
         request, caps, unknown session) surface from the stream's first ``__anext__``."""
+        ...
+
+    def suggest(self, owner: str, session_id: str, request: SuggestRequest) -> Awaitable[list[Suggestion]]:
+        """The ``request.n`` most probable completions of the current word or line (most
+        probable first, possibly fewer), by beam search on a fork of the session's state as it
+        is after the operations submitted before it; the session itself never changes. Bad
+        request: ``InvalidInput``."""
         ...
 
     def close_session(self, owner: str, session_id: str) -> Awaitable[None]:

@@ -39,8 +39,9 @@ from ..nn.cells import GRU_GATES, LSTM_GATES
 from ..nn.checkpoint import LoadedModel
 from ..repository import ModelRepository
 from . import snapshot as snap
+from .beam import BeamSearches
 from .completions import Alternative, Completion
-from .limits import completion_checked
+from .limits import MAX_PENDING_SUGGESTS, check_suggest, completion_checked
 from .plan import ZERO, CheckpointRef, HostState, Plan, RunResult
 from .rewind import RewindLog
 from .runner import ModelRunner
@@ -62,6 +63,7 @@ from .types import (
     Prediction,
     SessionEvent,
     SessionInfo,
+    SuggestRequest,
 )
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,7 @@ class _Runtime:
     gate_names: tuple[str, ...]
     work: dict[Session, None] = field(default_factory=dict)  # sessions with queued ops (ordered set)
     completions: dict[Completion, None] = field(default_factory=dict)  # started, still running
+    beams: BeamSearches = field(init=False)  # ranked suggestions (engine/beam.py)
     decode_step_s: float = 0.0  # the latest completion iteration's time per step
     scratch_used: int = 0  # chunked-prefill scratch slots held (<= CHUNK_SLOTS)
 
@@ -210,6 +213,7 @@ class EngineCore:
                 LSTM_GATES if m.cell == "lstm" else GRU_GATES,
             )
             rt.scheduler = Scheduler(lm.vocab.encode, rt.take_scratch, rt.take_checkpoint)
+            rt.beams = BeamSearches(m, lm.vocab)
             self._runtimes[name] = rt
         self._sessions: dict[str, Session] = {}
         self._owner_sessions: dict[str, int] = {}  # live sessions per owner (tenant quotas)
@@ -219,6 +223,9 @@ class EngineCore:
         self._chars: dict[str, int] = {p: 0 for p in Phase}
         self._events: dict[str, int] = {}
         self._outbox: list[Outcome | ChunkOut] = []
+        # suggest ops submitted and not yet answered (MAX_PENDING_SUGGESTS): their tickets,
+        # dropped when their Outcome leaves the outbox, whichever path answered them
+        self._suggest_tickets: set[asyncio.Future[Any]] = set()
 
     # ---- queries -----------------------------------------------------------------------------
     def models(self) -> list[ModelInfo]:
@@ -274,7 +281,14 @@ class EngineCore:
     def take_outbox(self) -> list[Outcome | ChunkOut]:
         """What the calls since the last ``step()`` produced for callers (a close that failed
         queued ops, a cancelled completion): the frontend applies it after such a call."""
+        return self._take_outbox()
+
+    def _take_outbox(self) -> list[Outcome | ChunkOut]:
         out, self._outbox = self._outbox, []
+        if self._suggest_tickets:
+            for d in out:
+                if isinstance(d, Outcome):
+                    self._suggest_tickets.discard(d.future)
         return out
 
     # ---- sessions ----------------------------------------------------------------------------
@@ -397,6 +411,18 @@ class EngineCore:
         return self._new_session(rt, owner, data.position, state, SessionEvent.RESUMED)
 
     @_locked
+    def submit_suggest(self, session_id: str, request: SuggestRequest, owner: str, future: asyncio.Future[Any]) -> None:
+        """The n most probable completions (``list[Suggestion]`` through ``future``), by beam
+        search on a copy of the session's state as it is after the operations accepted before
+        it; the session never changes. Searches advance one character per ``step()``."""
+        s = self._get(session_id, owner)
+        check_suggest(request)
+        if len(self._suggest_tickets) >= MAX_PENDING_SUGGESTS:
+            raise CapacityExceeded("too many suggestions are waiting or running", retry_after_s=0.5)
+        self._control(s, ControlOp("suggest", future, time.perf_counter(), suggest=request))
+        self._suggest_tickets.add(future)  # after it was queued: a refused op holds no ticket
+
+    @_locked
     def submit_close(self, session_id: str, owner: str, future: asyncio.Future[Any]) -> None:
         """Closes the session once the operations accepted before it are answered (at once
         when none are waiting)."""
@@ -425,6 +451,9 @@ class EngineCore:
             s.queue.clear()
             for c in list(s.completions):
                 self._cancel_completion(c)
+        for rt in self._runtimes.values():
+            rt.beams.fail_all(err)
+            self._answer_beams(rt)
 
     def _control(self, s: Session, op: ControlOp) -> None:
         s.accept_control(op)
@@ -534,7 +563,10 @@ class EngineCore:
             c.session.completions.discard(c)
 
     def _has_pending(self) -> bool:
-        return any(rt.work or rt.completions for rt in self._runtimes.values()) or self._running_alternatives > 0
+        return (
+            any(rt.work or rt.completions or rt.beams.running for rt in self._runtimes.values())
+            or self._running_alternatives > 0
+        )
 
     # ---- the step ---------------------------------------------------------------------------------
     def step(self) -> StepOutput:
@@ -552,13 +584,39 @@ class EngineCore:
             except Exception as e:  # the device step failed: nothing was written back
                 log.exception("engine iteration failed")
                 error = e
+        beam_rows = self._step_beams()
         with self.lock:
             stats = None
             if jobs:
                 self._update_from_output(jobs, results, error)
-                stats = self._iteration_stats(jobs, results, waits, chars_before)
-            out, self._outbox = self._outbox, []
-            return StepOutput(out, stats, not self._has_pending())
+            elif beam_rows:
+                self._iterations += 1
+            if jobs or beam_rows:
+                stats = self._iteration_stats(jobs, results, waits, chars_before, beam_rows)
+            for rt in self._runtimes.values():
+                self._answer_beams(rt)
+            return StepOutput(self._take_outbox(), stats, not self._has_pending())
+
+    # ---- ranked suggestions (engine/beam.py) ----------------------------------------------------
+    def _step_beams(self) -> int:
+        """One character of every running search, after the planned rows (lock free: only this
+        thread adds or removes searches); returns the beam rows run."""
+        rows = 0
+        for rt in self._runtimes.values():
+            if rt.beams.running:
+                try:
+                    rows += rt.beams.step()
+                except Exception as e:  # only the searches fail; sessions are untouched
+                    log.exception("a suggestion step failed")
+                    rt.beams.fail_all(e)
+        return rows
+
+    def _answer_beams(self, rt: _Runtime) -> None:
+        for q in rt.beams.take_finished():
+            if q.error is not None:
+                self._outbox.append(Outcome(q.future, None, q.error))
+            else:
+                self._outbox.append(Outcome(q.future, q.result()))
 
     def _update_from_output(
         self, jobs: list[tuple[_Runtime, Batch]], results: list[RunResult], error: Exception | None
@@ -611,13 +669,14 @@ class EngineCore:
         results: list[RunResult],
         waits: list[tuple[float, ...]],
         chars_before: dict[str, int],
+        beam_rows: int = 0,
     ) -> IterationStats:
         per_model = tuple(
             ModelIteration(rt.name, len(b.plan.rows), w, sum(secs for _p, _n, secs in res.phases))
             for (rt, b), w, res in zip(jobs, waits, results, strict=False)  # no results: the step failed
         )
         return IterationStats(
-            rows=sum(len(b.plan.rows) for _, b in jobs),
+            rows=sum(len(b.plan.rows) for _, b in jobs) + beam_rows,
             queue_wait_s=tuple(t for w in waits for t in w),
             step_time_s=tuple((Phase(p), secs) for res in results for p, _n, secs in res.phases),
             chars=tuple(
@@ -708,6 +767,10 @@ class EngineCore:
                     expires_at=time.time() + self.settings.snapshot_ttl_s,
                 )
                 self._resolve(cop, snap.encode(data, self._key))
+            elif cop.kind == "suggest" and cop.suggest is not None and cop.future is not None:
+                assert cw.read is not None
+                rt.beams.add(cop.suggest, cop.future, res.reads[cw.read])
+                cop.answered = True  # the search answers it (through the outbox) when it ends
             elif cop.kind == "complete" and cop.completion is not None:
                 c = cop.completion
                 c.started = True

@@ -42,6 +42,8 @@ from .types import (
     ModelInfo,
     Prediction,
     SessionInfo,
+    Suggestion,
+    SuggestRequest,
 )
 
 log = logging.getLogger(__name__)
@@ -194,6 +196,13 @@ class Engine:
         if not replay:
             return s, None
         return s, self.submit_append(s.session_id, s.position, replay, options, owner)
+
+    def submit_suggest(
+        self, session_id: str, request: SuggestRequest, owner: str = ""
+    ) -> asyncio.Future[list[Suggestion]]:
+        """Ranked suggestions (see ``EngineCore.submit_suggest``), ordered with the session's
+        other operations; answered when the core's beam search ends."""
+        return self._submitted(lambda fut: self.core.submit_suggest(session_id, request, owner, fut))
 
     async def close_session(self, session_id: str, owner: str = "") -> None:
         await asyncio.shield(self.submit_close(session_id, owner))

@@ -23,6 +23,8 @@ from .types import (
     ModelInfo,
     Prediction,
     SessionInfo,
+    Suggestion,
+    SuggestRequest,
 )
 
 T = TypeVar("T")
@@ -97,6 +99,9 @@ class InProcessEngineClient:
             return self.engine.complete(session_id, request, owner)
         except Exception as e:  # noqa: BLE001 (raised by the stream's first __anext__)
             return FailedStream(e)
+
+    def suggest(self, owner: str, session_id: str, request: SuggestRequest) -> Awaitable[list[Suggestion]]:
+        return _submitted(lambda: self.engine.submit_suggest(session_id, request, owner))
 
     def close_session(self, owner: str, session_id: str) -> Awaitable[None]:
         return _submitted(lambda: self.engine.submit_close(session_id, owner))

@@ -9,13 +9,27 @@ from dataclasses import replace
 
 from ..config import Settings
 from ..errors import InvalidInput
-from .types import CompletionRequest
+from .types import CompletionRequest, SuggestRequest
 
 MAX_STOP_STRINGS = 16  # stop strings are matched after every generated character: keep it cheap
 MAX_STOP_CHARS = 64
 MAX_TEMPERATURE = 100.0  # far beyond any useful value (uniform sampling)
 MAX_SESSION_ID_CHARS = 64  # ids are 32 hex chars; anything far longer is not an id
 MAX_MODEL_NAME_CHARS = 64  # Settings.default_model has the same bound
+MAX_SUGGESTIONS = 16  # a dropdown's worth; beam width (max(n, 4)) grows with it
+MAX_SUGGEST_CHARS = 128  # one beam step per character, each a batched forward
+SUGGEST_SCOPES = ("word", "line")
+MAX_PENDING_SUGGESTS = 256  # submitted, not yet answered (per engine): each runs max(n, 4) beam rows
+
+
+def check_suggest(r: SuggestRequest) -> None:
+    """Raises ``InvalidInput`` naming the first field out of its bounds."""
+    if not 1 <= r.n <= MAX_SUGGESTIONS:
+        raise InvalidInput(f"n is {r.n}; it must be 1..{MAX_SUGGESTIONS}")
+    if r.scope not in SUGGEST_SCOPES:
+        raise InvalidInput(f"scope is {r.scope!r}; it must be one of {', '.join(SUGGEST_SCOPES)}")
+    if not 1 <= r.max_chars <= MAX_SUGGEST_CHARS:
+        raise InvalidInput(f"max_chars is {r.max_chars}; it must be 1..{MAX_SUGGEST_CHARS}")
 
 
 def check_completion(r: CompletionRequest, settings: Settings) -> None:

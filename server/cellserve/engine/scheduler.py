@@ -318,7 +318,7 @@ class Scheduler:
             plan.writes.append((s.slot, op.state))
             batch.controls.append(ControlWork(s, op))
             s.planned_end = op.position
-        elif op.kind == "snapshot":
+        elif op.kind in ("snapshot", "suggest"):  # a suggest searches on a copy of the state
             plan.reads.append(s.slot)
             batch.controls.append(ControlWork(s, op, read=len(plan.reads) - 1))
         elif op.kind == "close":

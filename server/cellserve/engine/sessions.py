@@ -28,7 +28,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Literal
 
 from .rewind import RewindLog
-from .types import AppendOptions, Prediction, SessionInfo
+from .types import AppendOptions, Prediction, SessionInfo, SuggestRequest
 
 if TYPE_CHECKING:
     from .completions import Completion
@@ -60,16 +60,18 @@ class ControlOp:
     - "rewind": go back ``chars`` characters
     - "snapshot": copy the state to the host
     - "complete": start ``completion`` (it forks the state as it is after the earlier ops)
+    - "suggest": copy the state to the host for a beam search on it (engine/beam.py)
     - "close": end the session (after the earlier ops)
     """
 
-    kind: Literal["write", "rewind", "snapshot", "complete", "close"]
+    kind: Literal["write", "rewind", "snapshot", "complete", "suggest", "close"]
     future: asyncio.Future[object] | None
     submitted_at: float
     chars: int = 0  # rewind: characters back
     position: int = 0  # write: the session position it sets (0 for open/reset)
     state: object | None = None  # write: ZERO or a state handle
     completion: Completion | None = None
+    suggest: SuggestRequest | None = None
     answered: bool = False
 
 

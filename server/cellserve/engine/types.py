@@ -103,6 +103,22 @@ class CompletionRequest:
 
 
 @dataclass(frozen=True)
+class SuggestRequest:
+    """Ranked suggestions: the ``n`` most probable completions of the current word
+    (``scope="word"``) or of the line (``"line"``), at most ``max_chars`` characters each."""
+
+    n: int = 3
+    scope: str = "word"  # "word" | "line" (limits.SUGGEST_SCOPES)
+    max_chars: int = 32
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    text: str
+    logprob: float  # natural log: its characters plus the end that follows them (see engine/beam.py)
+
+
+@dataclass(frozen=True)
 class CompletionChunk:
     alternative: int  # 0..n-1
     text: str  # new characters since the previous chunk of this alternative

@@ -1,5 +1,6 @@
 from cellserve_client._proto.cellserve.v1 import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -7,8 +8,17 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class SuggestScope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SUGGEST_SCOPE_UNSPECIFIED: _ClassVar[SuggestScope]
+    SUGGEST_SCOPE_WORD: _ClassVar[SuggestScope]
+    SUGGEST_SCOPE_LINE: _ClassVar[SuggestScope]
+SUGGEST_SCOPE_UNSPECIFIED: SuggestScope
+SUGGEST_SCOPE_WORD: SuggestScope
+SUGGEST_SCOPE_LINE: SuggestScope
+
 class SessionRequest(_message.Message):
-    __slots__ = ("request_id", "open", "attach", "append", "complete", "rewind", "snapshot", "reset", "close")
+    __slots__ = ("request_id", "open", "attach", "append", "complete", "rewind", "snapshot", "reset", "close", "suggest")
     class Open(_message.Message):
         __slots__ = ("model",)
         MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +61,15 @@ class SessionRequest(_message.Message):
         seed: int
         n: int
         def __init__(self, max_chars: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., n: _Optional[int] = ...) -> None: ...
+    class Suggest(_message.Message):
+        __slots__ = ("n", "scope", "max_chars")
+        N_FIELD_NUMBER: _ClassVar[int]
+        SCOPE_FIELD_NUMBER: _ClassVar[int]
+        MAX_CHARS_FIELD_NUMBER: _ClassVar[int]
+        n: int
+        scope: SuggestScope
+        max_chars: int
+        def __init__(self, n: _Optional[int] = ..., scope: _Optional[_Union[SuggestScope, str]] = ..., max_chars: _Optional[int] = ...) -> None: ...
     class Rewind(_message.Message):
         __slots__ = ("chars",)
         CHARS_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +93,7 @@ class SessionRequest(_message.Message):
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     RESET_FIELD_NUMBER: _ClassVar[int]
     CLOSE_FIELD_NUMBER: _ClassVar[int]
+    SUGGEST_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     open: SessionRequest.Open
     attach: SessionRequest.Attach
@@ -83,10 +103,16 @@ class SessionRequest(_message.Message):
     snapshot: SessionRequest.Snapshot
     reset: SessionRequest.Reset
     close: SessionRequest.Close
-    def __init__(self, request_id: _Optional[int] = ..., open: _Optional[_Union[SessionRequest.Open, _Mapping]] = ..., attach: _Optional[_Union[SessionRequest.Attach, _Mapping]] = ..., append: _Optional[_Union[SessionRequest.Append, _Mapping]] = ..., complete: _Optional[_Union[SessionRequest.Complete, _Mapping]] = ..., rewind: _Optional[_Union[SessionRequest.Rewind, _Mapping]] = ..., snapshot: _Optional[_Union[SessionRequest.Snapshot, _Mapping]] = ..., reset: _Optional[_Union[SessionRequest.Reset, _Mapping]] = ..., close: _Optional[_Union[SessionRequest.Close, _Mapping]] = ...) -> None: ...
+    suggest: SessionRequest.Suggest
+    def __init__(self, request_id: _Optional[int] = ..., open: _Optional[_Union[SessionRequest.Open, _Mapping]] = ..., attach: _Optional[_Union[SessionRequest.Attach, _Mapping]] = ..., append: _Optional[_Union[SessionRequest.Append, _Mapping]] = ..., complete: _Optional[_Union[SessionRequest.Complete, _Mapping]] = ..., rewind: _Optional[_Union[SessionRequest.Rewind, _Mapping]] = ..., snapshot: _Optional[_Union[SessionRequest.Snapshot, _Mapping]] = ..., reset: _Optional[_Union[SessionRequest.Reset, _Mapping]] = ..., close: _Optional[_Union[SessionRequest.Close, _Mapping]] = ..., suggest: _Optional[_Union[SessionRequest.Suggest, _Mapping]] = ...) -> None: ...
 
 class SessionResponse(_message.Message):
-    __slots__ = ("request_id", "opened", "prediction", "completion_chunk", "snapshot", "rewound", "reset", "closed", "error")
+    __slots__ = ("request_id", "opened", "prediction", "completion_chunk", "snapshot", "rewound", "reset", "closed", "error", "suggestions")
+    class Suggestions(_message.Message):
+        __slots__ = ("suggestions",)
+        SUGGESTIONS_FIELD_NUMBER: _ClassVar[int]
+        suggestions: _containers.RepeatedCompositeFieldContainer[_types_pb2.Suggestion]
+        def __init__(self, suggestions: _Optional[_Iterable[_Union[_types_pb2.Suggestion, _Mapping]]] = ...) -> None: ...
     class Opened(_message.Message):
         __slots__ = ("session", "model")
         SESSION_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +158,7 @@ class SessionResponse(_message.Message):
     RESET_FIELD_NUMBER: _ClassVar[int]
     CLOSED_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    SUGGESTIONS_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     opened: SessionResponse.Opened
     prediction: _types_pb2.Prediction
@@ -141,7 +168,8 @@ class SessionResponse(_message.Message):
     reset: SessionResponse.Reset
     closed: SessionResponse.Closed
     error: SessionResponse.Error
-    def __init__(self, request_id: _Optional[int] = ..., opened: _Optional[_Union[SessionResponse.Opened, _Mapping]] = ..., prediction: _Optional[_Union[_types_pb2.Prediction, _Mapping]] = ..., completion_chunk: _Optional[_Union[_types_pb2.CompletionChunk, _Mapping]] = ..., snapshot: _Optional[_Union[SessionResponse.Snapshot, _Mapping]] = ..., rewound: _Optional[_Union[SessionResponse.Rewound, _Mapping]] = ..., reset: _Optional[_Union[SessionResponse.Reset, _Mapping]] = ..., closed: _Optional[_Union[SessionResponse.Closed, _Mapping]] = ..., error: _Optional[_Union[SessionResponse.Error, _Mapping]] = ...) -> None: ...
+    suggestions: SessionResponse.Suggestions
+    def __init__(self, request_id: _Optional[int] = ..., opened: _Optional[_Union[SessionResponse.Opened, _Mapping]] = ..., prediction: _Optional[_Union[_types_pb2.Prediction, _Mapping]] = ..., completion_chunk: _Optional[_Union[_types_pb2.CompletionChunk, _Mapping]] = ..., snapshot: _Optional[_Union[SessionResponse.Snapshot, _Mapping]] = ..., rewound: _Optional[_Union[SessionResponse.Rewound, _Mapping]] = ..., reset: _Optional[_Union[SessionResponse.Reset, _Mapping]] = ..., closed: _Optional[_Union[SessionResponse.Closed, _Mapping]] = ..., error: _Optional[_Union[SessionResponse.Error, _Mapping]] = ..., suggestions: _Optional[_Union[SessionResponse.Suggestions, _Mapping]] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
     __slots__ = ("model",)
@@ -216,6 +244,24 @@ class CompleteResponse(_message.Message):
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     chunk: _types_pb2.CompletionChunk
     def __init__(self, chunk: _Optional[_Union[_types_pb2.CompletionChunk, _Mapping]] = ...) -> None: ...
+
+class SuggestRequest(_message.Message):
+    __slots__ = ("session_id", "n", "scope", "max_chars")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    MAX_CHARS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    n: int
+    scope: SuggestScope
+    max_chars: int
+    def __init__(self, session_id: _Optional[str] = ..., n: _Optional[int] = ..., scope: _Optional[_Union[SuggestScope, str]] = ..., max_chars: _Optional[int] = ...) -> None: ...
+
+class SuggestResponse(_message.Message):
+    __slots__ = ("suggestions",)
+    SUGGESTIONS_FIELD_NUMBER: _ClassVar[int]
+    suggestions: _containers.RepeatedCompositeFieldContainer[_types_pb2.Suggestion]
+    def __init__(self, suggestions: _Optional[_Iterable[_Union[_types_pb2.Suggestion, _Mapping]]] = ...) -> None: ...
 
 class RewindRequest(_message.Message):
     __slots__ = ("session_id", "chars")

@@ -60,6 +60,11 @@ class CellserveServiceStub:
                 request_serializer=cellserve_dot_v1_dot_service__pb2.CompleteRequest.SerializeToString,
                 response_deserializer=cellserve_dot_v1_dot_service__pb2.CompleteResponse.FromString,
                 _registered_method=True)
+        self.Suggest = channel.unary_unary(
+                '/cellserve.v1.CellserveService/Suggest',
+                request_serializer=cellserve_dot_v1_dot_service__pb2.SuggestRequest.SerializeToString,
+                response_deserializer=cellserve_dot_v1_dot_service__pb2.SuggestResponse.FromString,
+                _registered_method=True)
         self.Rewind = channel.unary_unary(
                 '/cellserve.v1.CellserveService/Rewind',
                 request_serializer=cellserve_dot_v1_dot_service__pb2.RewindRequest.SerializeToString,
@@ -131,6 +136,14 @@ class CellserveServiceServicer:
 
     def Complete(self, request, context):
         """Streams the chunks of every alternative, then ends.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Suggest(self, request, context):
+        """The n most probable completions of the current word or line, ranked, by beam search on a
+        fork of the session's state (after the operations sent before it); the session never changes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -209,6 +222,11 @@ def add_CellserveServiceServicer_to_server(servicer, server):
                     servicer.Complete,
                     request_deserializer=cellserve_dot_v1_dot_service__pb2.CompleteRequest.FromString,
                     response_serializer=cellserve_dot_v1_dot_service__pb2.CompleteResponse.SerializeToString,
+            ),
+            'Suggest': grpc.unary_unary_rpc_method_handler(
+                    servicer.Suggest,
+                    request_deserializer=cellserve_dot_v1_dot_service__pb2.SuggestRequest.FromString,
+                    response_serializer=cellserve_dot_v1_dot_service__pb2.SuggestResponse.SerializeToString,
             ),
             'Rewind': grpc.unary_unary_rpc_method_handler(
                     servicer.Rewind,
@@ -382,6 +400,33 @@ class CellserveService:
             '/cellserve.v1.CellserveService/Complete',
             cellserve_dot_v1_dot_service__pb2.CompleteRequest.SerializeToString,
             cellserve_dot_v1_dot_service__pb2.CompleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Suggest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cellserve.v1.CellserveService/Suggest',
+            cellserve_dot_v1_dot_service__pb2.SuggestRequest.SerializeToString,
+            cellserve_dot_v1_dot_service__pb2.SuggestResponse.FromString,
             options,
             channel_credentials,
             insecure,

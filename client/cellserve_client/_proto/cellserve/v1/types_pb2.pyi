@@ -131,3 +131,11 @@ class CompletionChunk(_message.Message):
     done: bool
     finish_reason: FinishReason
     def __init__(self, alternative: _Optional[int] = ..., text: _Optional[str] = ..., done: _Optional[bool] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ...) -> None: ...
+
+class Suggestion(_message.Message):
+    __slots__ = ("text", "logprob")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    LOGPROB_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    logprob: float
+    def __init__(self, text: _Optional[str] = ..., logprob: _Optional[float] = ...) -> None: ...

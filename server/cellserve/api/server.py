@@ -27,17 +27,28 @@ def format_address(host: str, port: int) -> str:
 
 
 class ApiServer:
-    def __init__(self, settings: Settings, engine: EngineClient, recorder: Recorder = NULL_RECORDER) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: EngineClient,
+        recorder: Recorder = NULL_RECORDER,
+        *,
+        reuse_port: bool = False,
+        frontend: str = "",
+    ) -> None:
+        """``reuse_port``: several frontend processes share the port (SO_REUSEPORT);
+        ``frontend``: this process's frontend number, sent as ``cellserve-frontend`` metadata."""
         self._settings = settings
         self._engine = engine
-        self.servicer = CellserveServicer(engine, settings, recorder)
+        self.servicer = CellserveServicer(engine, settings, recorder, frontend=frontend)
         self.health = Health(settings.readiness_service)
         self._server = aio.server(
             interceptors=[ErrorMappingInterceptor(recorder)],
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
-                ("grpc.so_reuseport", 0),  # port 0 must yield a port nobody else holds
+                # One process: port 0 must yield a port nobody else holds. Frontends share theirs.
+                ("grpc.so_reuseport", 1 if reuse_port else 0),
             ],
         )
         rpc.add_CellserveServiceServicer_to_server(self.servicer, self._server)

@@ -27,12 +27,18 @@ from .stream import SessionStream
 
 log = logging.getLogger("cellserve.api")
 Context: TypeAlias = aio.ServicerContext[Any, Any]
+FRONTEND_MD = "cellserve-frontend"
 STREAM_RETRY_AFTER_S = 1.0  # streams are long-lived: a slot frees up on the order of seconds
 
 
 class CellserveServicer(rpc.CellserveServiceServicer):  # type: ignore[misc]
-    def __init__(self, engine: EngineClient, settings: Settings, recorder: Recorder = NULL_RECORDER) -> None:
+    def __init__(
+        self, engine: EngineClient, settings: Settings, recorder: Recorder = NULL_RECORDER, frontend: str = ""
+    ) -> None:
         self._engine = engine
+        # Multi-process serving: which frontend answered (initial metadata of OpenSession and
+        # GetSession), so operators and tests can tell where a connection landed.
+        self._frontend_md = ((FRONTEND_MD, frontend),) if frontend else ()
         self._settings = settings
         self._recorder = recorder
         self._streams: set[SessionStream] = set()
@@ -78,10 +84,14 @@ class CellserveServicer(rpc.CellserveServiceServicer):  # type: ignore[misc]
     # --- unary calls -----------------------------------------------------------------------
 
     async def OpenSession(self, request: svc.OpenSessionRequest, context: Context) -> svc.OpenSessionResponse:
+        if self._frontend_md:
+            await context.send_initial_metadata(self._frontend_md)
         info = await self._engine.open_session(owner_of(context), validate.model_name(request.model))
         return svc.OpenSessionResponse(session=convert.session_info(info), model=await self.model_msg(info.model))
 
     async def GetSession(self, request: svc.GetSessionRequest, context: Context) -> svc.GetSessionResponse:
+        if self._frontend_md:
+            await context.send_initial_metadata(self._frontend_md)
         info = await self._engine.get_session(owner_of(context), validate.session_id(request.session_id))
         return svc.GetSessionResponse(session=convert.session_info(info))
 

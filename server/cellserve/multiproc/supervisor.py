@@ -120,10 +120,8 @@ class Supervisor:
             return EXIT_CONFIG
         s = self.settings
         print(f"cellserve metrics on {format_address(s.metrics_host, metrics_port)} (http)", flush=True)
-        print(
-            f"cellserve listening on {format_address(s.host, self.port)} (grpc; {len(self.frontends)} frontends)",
-            flush=True,
-        )
+        print(f"cellserve listening on {format_address(s.host, self.port)} (grpc)", flush=True)
+        log.info("serving with %d frontend processes and one engine core", len(self.frontends))
         return self.supervise()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:

@@ -133,7 +133,14 @@ async def _frontend_main(settings: Settings, index: int, address: str, conn: Con
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGUSR1, client.core_lost)
+
+    def core_lost() -> None:
+        log.error("frontend %d: the engine core is gone: health NOT_SERVING", index)
+        client.core_lost()
+        tasks.add(asyncio.create_task(api.health.set_serving(False)))
+
+    tasks: set[asyncio.Task[None]] = set()
+    loop.add_signal_handler(signal.SIGUSR1, core_lost)
     watcher = asyncio.create_task(_follow_core(client, api))
     await stop.wait()
     watcher.cancel()

@@ -65,7 +65,9 @@ class Supervisor:
         self._restarts: deque[float] = deque()
 
     # ---- starting ---------------------------------------------------------------------------
-    def _spawn(self, name: str, target: Callable[..., None], args: tuple[object, ...]) -> tuple[BaseProcess, Connection]:
+    def _spawn(
+        self, name: str, target: Callable[..., None], args: tuple[object, ...]
+    ) -> tuple[BaseProcess, Connection]:
         receive, send = self.ctx.Pipe(duplex=False)
         proc = self.ctx.Process(target=target, args=(*args, send, os.getpid()), name=name)
         proc.start()
@@ -94,12 +96,14 @@ class Supervisor:
 
     def start_core(self) -> int:
         self.core, conn = self._spawn("cellserve-core", run_core, (self.settings, self.address))
+        log.info("engine core started (pid %s)", self.core.pid)
         return self._await_report(self.core, conn, "ready", CORE_START_S)
 
     def start_frontend(self, index: int) -> int:
         settings = self.settings.model_copy(update={"port": self.port})
         proc, conn = self._spawn(f"cellserve-frontend-{index}", run_frontend, (settings, index, self.address))
         self.frontends[index] = proc
+        log.info("frontend %d started (pid %s)", index, proc.pid)
         return self._await_report(proc, conn, "listening", FRONTEND_START_S)
 
     # ---- running ----------------------------------------------------------------------------

@@ -45,8 +45,13 @@ def test_bench_quick_runs_and_writes_results(tmp_path: Path) -> None:
     mem = res["memory"]["points"]
     assert mem and all(p["open_failures"] == 0 and p["raw_state_bytes"] == 2 * 512 * 2 * 4 for p in mem)
     assert {t["target"].split(" at ")[0] for t in res["targets"]} >= {"throughput vs echo", "throughput vs naive"}
+    hol = res["head_of_line"]  # the flood was answered in full while the bystander typed
+    assert hol["flood"]["errors"] == 0 and hol["bystander"]["errors"] == 0 and hol["bystander"]["keystrokes"] > 0
+    assert {"p99", "max"} <= set(hol["bystander"]["latency_ms"])
+    assert any(t["target"].startswith("head-of-line: bystander keystroke p99") for t in res["targets"])
+    assert any(t["target"].startswith("server CPU efficiency") for t in res["targets"])
 
     md = (out / "results.md").read_text()
-    assert "cellserve bench --quick" in md and "| cellserve |" in md
+    assert "cellserve bench --quick" in md and "| cellserve |" in md and "## Head-of-line" in md
     if importlib.util.find_spec("matplotlib") is not None:
         assert (out / "throughput.png").stat().st_size > 0 and (out / "latency.png").stat().st_size > 0

@@ -44,13 +44,18 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument("--memory-sessions", type=_ints, help="idle session counts for RSS (default 10000,100000)")
     p.add_argument("--workers", type=int, help="load-generator processes (default 2)")
     p.add_argument("--server-threads", type=int, help="cellserve and ceiling torch threads (0: torch default)")
-    p.add_argument("--skip", type=_names, default=[], help="subset of open,completions,memory,ceiling,headofline")
+    p.add_argument(
+        "--skip", type=_names, default=[], help="subset of open,completions,memory,ceiling,headofline,scaling"
+    )
     p.add_argument(
         "--only",
-        choices=["headofline"],
+        choices=["headofline", "scaling"],
         help="run just this workload (headofline: 16 pipelined 4,096-char pastes and two want_gates appends "
-        "on one stream while a bystander types a character every 50 ms; its p99 and max)",
+        "on one stream while a bystander types a character every 50 ms; its p99 and max. scaling: cellserve "
+        "with 1 and 2 frontends and the echo peer with 1 and 2 processes on one port, CPU per keystroke by "
+        "process kind, and the predicted keystrokes/s for F frontends on C cores)",
     )
+    p.add_argument("--scaling-sessions", type=_ints, help="closed-loop sessions of the scaling workload (default 256)")
     p.add_argument("--no-plots", action="store_true", help="JSON and markdown only (no matplotlib needed)")
     p.add_argument("--note", default="", help="a remark printed under the header of results.md (e.g. the conditions)")
     p.set_defaults(handler=run_bench)
@@ -69,6 +74,7 @@ _FIELDS = {
     "memory_sessions": "memory_sessions",
     "workers": "workers",
     "server_threads": "server_threads",
+    "scaling_sessions": "scaling_sessions",
 }
 
 

@@ -8,6 +8,10 @@ in models/ (the default model: the one with the lowest validation bits/char).
 SIGTERM/SIGINT: health turns NOT_SERVING, streams stop reading and answer what they have read,
 the engine refuses new sessions (UNAVAILABLE) and finishes in-flight work, the gRPC server
 stops within ``drain_grace_s``, the engine stops, and the process exits 0.
+
+``--frontends N`` (N >= 1; ``CELLSERVE_FRONTENDS``) runs the same server as one engine-core
+process and N gRPC frontend processes on the port (``cellserve.multiproc``); 0 is the single
+process described above. The default follows the CPU count (``config.default_frontends``).
 """
 
 from __future__ import annotations

@@ -191,3 +191,52 @@ def test_malformed_messages_are_dropped_and_logged_once(tmp_path: Path, caplog: 
     run(test)
     dropped = [r for r in caplog.records if "malformed" in r.getMessage()]
     assert len(dropped) == 1  # rate-limited: one line for four bad messages
+
+
+def test_frontend_health_follows_the_core(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cellserve.api.health import Health
+    from cellserve.engine.types import EngineHealth
+    from cellserve.multiproc import processes
+    from grpc_health.v1 import health_pb2
+
+    monkeypatch.setattr(processes, "CORE_POLL_S", 0.01)
+    monkeypatch.setattr(processes, "CORE_ANSWER_S", 0.2)
+    SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+
+    async def test() -> None:
+        async with wired(tmp_path) as (engine, client, _):
+            health = Health("cellserve.v1.Ready")
+            await health.serving()
+            core: dict[str, Any] = {"answer": EngineHealth(True, 0, 0, 0, 0)}
+
+            def answer(owner: str) -> asyncio.Future[EngineHealth]:
+                fut: asyncio.Future[EngineHealth] = asyncio.get_running_loop().create_future()
+                if core["answer"] is not None:  # None: the core does not answer
+                    fut.set_result(core["answer"])
+                return fut
+
+            engine.health = answer  # type: ignore[method-assign]
+
+            async def status_becomes(want: int) -> None:
+                while True:
+                    statuses = {
+                        (await health.servicer.Check(health_pb2.HealthCheckRequest(service=name), None)).status
+                        for name in ("", "cellserve.v1.Ready")
+                    }
+                    if statuses == {want}:
+                        return
+                    await asyncio.sleep(0.01)
+
+            follower = asyncio.create_task(processes.follow_core(client, health))
+            try:
+                core["answer"] = EngineHealth(False, 0, 0, 0, 0)  # the core drains
+                await status_becomes(NOT_SERVING)
+                core["answer"] = EngineHealth(True, 0, 0, 0, 0)
+                await status_becomes(SERVING)
+                core["answer"] = None  # stuck
+                await status_becomes(NOT_SERVING)
+            finally:
+                follower.cancel()
+                await asyncio.gather(follower, return_exceptions=True)
+
+    run(test)

@@ -139,6 +139,8 @@ class ZmqEngineClient:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.IDENTITY, self._identity)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)  # never drop or block on a call: the caps bound them
+        sock.setsockopt(zmq.RCVHWM, 0)
         sock.connect(self._address)
         self._sock = sock
         self._reader = asyncio.create_task(self._read())

@@ -171,10 +171,9 @@ class CoreServer:
         self._flush_scheduled = False
         boxes, self._outboxes = self._outboxes, {}
         for who, replies in boxes.items():
-            try:
-                self._sock.send_multipart([who, m.encode(m.ToFrontend(replies))], flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:  # that frontend stopped reading (or is gone): it is restarted
-                log.warning("a frontend is not reading its answers; %d dropped", len(replies))
+            # The socket has no high-water mark (see processes): this never blocks; answers
+            # to a frontend that is gone are dropped by the ROUTER.
+            self._sock.send_multipart([who, m.encode(m.ToFrontend(replies))], copy=False)
 
     def _record(self, message: m.ToCore) -> None:
         metrics = self._metrics

@@ -20,11 +20,16 @@ import os
 import signal
 import sys
 from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
 
 from ..config import Settings
 from ..errors import ModelFileError
 from ..logs import configure_logging
 from .lifecycle import die_with_parent
+
+if TYPE_CHECKING:
+    from ..api.health import Health
+    from .client import ZmqEngineClient
 
 log = logging.getLogger("cellserve.supervisor")
 
@@ -73,6 +78,10 @@ async def _core_main(settings: Settings, address: str, conn: Connection) -> int:
     ctx = zmq.asyncio.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
+    # No high-water mark: at one a ROUTER drops answers silently. What is in flight is bounded
+    # by the frontends' own caps (streams, requests per stream).
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
     sock.bind(address)
     serving = asyncio.create_task(CoreServer(client, sock, metrics).serve())
     conn.send(("ready", endpoint.port))
@@ -141,7 +150,7 @@ async def _frontend_main(settings: Settings, index: int, address: str, conn: Con
 
     tasks: set[asyncio.Task[None]] = set()
     loop.add_signal_handler(signal.SIGUSR1, core_lost)
-    watcher = asyncio.create_task(_follow_core(client, api))
+    watcher = asyncio.create_task(follow_core(client, api.health))
     await stop.wait()
     watcher.cancel()
     await asyncio.gather(watcher, return_exceptions=True)
@@ -151,12 +160,9 @@ async def _frontend_main(settings: Settings, index: int, address: str, conn: Con
     return 0
 
 
-async def _follow_core(client: object, api: object) -> None:
-    """Health follows the core: SERVING while it answers and takes sessions."""
-    from ..api import ApiServer
-    from .client import ZmqEngineClient
-
-    assert isinstance(client, ZmqEngineClient) and isinstance(api, ApiServer)
+async def follow_core(client: ZmqEngineClient, health: Health) -> None:
+    """Health follows the core: SERVING while it answers and takes sessions. Runs until
+    cancelled; each poll also carries the frontend's metric events."""
     serving = True
     while True:
         await asyncio.sleep(CORE_POLL_S)
@@ -168,4 +174,4 @@ async def _follow_core(client: object, api: object) -> None:
         if now != serving:
             serving = now
             log.warning("engine core %s", "answers again" if now else "is not serving: health NOT_SERVING")
-            await api.health.set_serving(now)
+            await health.set_serving(now)

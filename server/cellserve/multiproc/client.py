@@ -46,6 +46,7 @@ log = logging.getLogger("cellserve.frontend")
 T = TypeVar("T")
 
 CORE_GONE = "the engine is unavailable; retry on another replica"
+STOP_LINGER_MS = 500
 _DECODERS: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
 
 
@@ -157,9 +158,12 @@ class ZmqEngineClient:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
             self._reader = None
+        # What was sent last (the final metric events) may still be queued: give it a moment,
+        # unless the core is known to be gone.
+        linger_ms = 0 if self._lost else STOP_LINGER_MS
         self.core_lost()
         if self._sock is not None:
-            self._sock.close(linger=0)
+            self._sock.close(linger=linger_ms)
             self._sock = None
         if self._ctx is not None:
             self._ctx.term()

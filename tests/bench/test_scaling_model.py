@@ -27,3 +27,9 @@ def test_the_model_uses_the_two_frontend_run_at_the_largest_n() -> None:
     assert m["keystrokes_per_s"]["2"] == {"1": pytest.approx(1000)}  # F + 1 <= C only
     assert m["keystrokes_per_s"]["16"]["8"] == pytest.approx(4000)
     assert model({}, [256]) is None
+
+
+def test_layouts_are_named_by_peer_and_process_count() -> None:
+    from cellserve.bench.scaling import layouts
+
+    assert [x.name for x in layouts([1, 4, 8], [2])] == ["cellserve-1f", "cellserve-4f", "cellserve-8f", "echo-2p"]

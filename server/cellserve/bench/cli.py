@@ -56,6 +56,10 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         "process kind, and the predicted keystrokes/s for F frontends on C cores)",
     )
     p.add_argument("--scaling-sessions", type=_ints, help="closed-loop sessions of the scaling workload (default 256)")
+    p.add_argument(
+        "--scaling-frontends", type=_ints, help="cellserve frontend counts of the scaling workload (default 1,2)"
+    )
+    p.add_argument("--scaling-echo", type=_ints, help="echo process counts of the scaling workload (default 1,2)")
     p.add_argument("--no-plots", action="store_true", help="JSON and markdown only (no matplotlib needed)")
     p.add_argument("--note", default="", help="a remark printed under the header of results.md (e.g. the conditions)")
     p.set_defaults(handler=run_bench)
@@ -75,6 +79,8 @@ _FIELDS = {
     "workers": "workers",
     "server_threads": "server_threads",
     "scaling_sessions": "scaling_sessions",
+    "scaling_frontends": "scaling_frontends",
+    "scaling_echo": "scaling_echo",
 }
 
 

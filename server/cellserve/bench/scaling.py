@@ -39,6 +39,10 @@ class Layout:
 LAYOUTS = (Layout("cellserve", 1), Layout("cellserve", 2), Layout("echo", 1), Layout("echo", 2))
 
 
+def layouts(frontends: list[int], echo: list[int]) -> list[Layout]:
+    return [Layout("cellserve", f) for f in frontends] + [Layout("echo", p) for p in echo]
+
+
 class Group:
     """The processes of one layout, by kind, and their CPU readings."""
 
@@ -134,9 +138,10 @@ def run_scaling(
     workers: int,
     ceiling_s: float,
     log: Any = print,
+    plan: list[Layout] | None = None,
 ) -> dict[str, Any]:
     runs: dict[str, dict[str, Any]] = {}
-    for layout in LAYOUTS:
+    for layout in plan or LAYOUTS:
         group = Group(layout, ref, device, threads)
         log(f"{layout.name} listening on {group.target} ({', '.join(f'{k}: {v}' for k, v in group.kinds.items())})")
         try:

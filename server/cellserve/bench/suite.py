@@ -44,6 +44,8 @@ class BenchConfig:
     skip: list[str] = field(default_factory=list)  # of: open, completions, memory, ceiling, headofline, scaling
     only: str | None = None  # "headofline" | "scaling": run just that workload
     scaling_sessions: list[int] = field(default_factory=lambda: [256])  # the multi-process workload's N
+    scaling_frontends: list[int] = field(default_factory=lambda: [1, 2])  # its cellserve layouts
+    scaling_echo: list[int] = field(default_factory=lambda: [1, 2])  # its echo layouts (processes)
     quick: bool = False
 
     @classmethod
@@ -116,11 +118,12 @@ def run_suite(cfg: BenchConfig, argv: list[str] | None = None) -> dict[str, Any]
         if cfg.only in (None, "headofline") and "headofline" not in cfg.skip and "cellserve" in cfg.peers:
             results["head_of_line"] = _head_of_line(cfg, ref)
         if cfg.only == "scaling" or (cfg.only is None and "scaling" not in cfg.skip):
-            from .scaling import run_scaling
+            from .scaling import layouts, run_scaling
 
             results["scaling"] = run_scaling(
                 ref, cfg.scaling_sessions, device=cfg.device, threads=cfg.server_threads, warmup_s=cfg.warmup_s,
                 window_s=cfg.window_s, workers=cfg.workers, ceiling_s=cfg.ceiling_s, log=_log,
+                plan=layouts(cfg.scaling_frontends, cfg.scaling_echo),
             )  # fmt: skip
         if cfg.only is None:
             _ceiling_and_memory(cfg, ref, results)

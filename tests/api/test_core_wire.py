@@ -43,14 +43,14 @@ class CountingDecoder:
 
 
 @asynccontextmanager
-async def wired(tmp_path: Path) -> AsyncIterator[tuple[FakeEngine, ZmqEngineClient, str]]:
+async def wired(tmp_path: Path, metrics: Any = None) -> AsyncIterator[tuple[FakeEngine, ZmqEngineClient, str]]:
     engine = FakeEngine()
     address = f"ipc://{tmp_path}/core.sock"
     ctx = zmq.asyncio.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.bind(address)
-    core = asyncio.create_task(CoreServer(engine, sock).serve())
+    core = asyncio.create_task(CoreServer(engine, sock, metrics).serve())
     client = ZmqEngineClient(address, frontend=0)
     await client.start()
     try:
@@ -240,3 +240,43 @@ def test_frontend_health_follows_the_core(tmp_path: Path, monkeypatch: pytest.Mo
                 await asyncio.gather(follower, return_exceptions=True)
 
     run(test)
+
+
+def test_forwarded_metric_events_keep_labels_closed(tmp_path: Path) -> None:
+    from cellserve.metrics import Metrics
+
+    metrics = Metrics(["fake"])
+
+    async def test() -> None:
+        async with wired(tmp_path, metrics) as (_, client, address):
+            client.recorder.request("Append", "OK")
+            client.recorder.request("Append", "OK")
+            client.recorder.keystroke("fake", "append_single", 0.01)
+            await client.health("")  # carries them
+            raw = zmq.asyncio.Context.instance().socket(zmq.DEALER)
+            raw.setsockopt(zmq.LINGER, 0)
+            raw.connect(address)
+            bad = messages.ToCore(
+                [messages.Health(1, "")],
+                requests=[("Evil{x}", "OK", 1), ("Append", "NOPE", 1), ("Append", "OK", -5)],
+                keystrokes=[("other-model", "append_single", 0.01), ("fake", "new_kind", 0.01)],
+            )
+            await raw.send(messages.encode(bad))
+            await raw.recv()  # the health answer: the whole message was handled
+            raw.close(linger=0)
+
+    run(test)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in metrics.registry.collect()
+        if family.name in ("cellserve_requests", "cellserve_keystroke_latency_seconds")
+        for s in family.samples
+    }
+    assert samples[("cellserve_requests_total", (("code", "OK"), ("method", "Append")))] == 2
+    requests = [k for k in samples if k[0] == "cellserve_requests_total"]
+    assert len(requests) == 1, requests
+    counts = {k[1]: v for k, v in samples.items() if k[0] == "cellserve_keystroke_latency_seconds_count"}
+    assert counts == {
+        (("kind", kind), ("model", "fake")): (1.0 if kind == "append_single" else 0.0)
+        for kind in ("append_single", "append_multi", "completion_first_chunk", "completion_char")
+    }

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -33,9 +32,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cellserve.core")
 
-_METHOD = re.compile(r"^[A-Za-z][A-Za-z.]{0,47}$")  # "Append", "Session.append"...
-_CODE = re.compile(r"^[A-Z_]{1,32}$")  # grpc status code names
 _KINDS = ("append_single", "append_multi", "completion_first_chunk", "completion_char")
+
+
+def known_labels() -> tuple[frozenset[str], frozenset[str]]:
+    """The method and code label values a frontend may report: the service's methods and
+    ``Session.<op>`` for every op of the stream (see ``api.stream``), and grpc's code names.
+    Labels are closed sets: anything else is a malformed message."""
+    import grpc
+
+    from ..api.pb import svc
+
+    service = svc.DESCRIPTOR.services_by_name["CellserveService"]
+    ops = [f.name for f in svc.SessionRequest.DESCRIPTOR.oneofs_by_name["op"].fields] + ["unset"]
+    methods = frozenset([m.name for m in service.methods] + [f"Session.{op}" for op in ops])
+    return methods, frozenset(c.name for c in grpc.StatusCode)
 
 
 class CoreServer:
@@ -50,6 +61,7 @@ class CoreServer:
         self._incarnation: dict[bytes, bytes] = {}  # frontend index -> identity now
         self._bad = RateLimitedLog(log, "dropped a malformed message on the internal socket")
         self._loop = asyncio.get_running_loop()
+        self._methods, self._codes = known_labels()
 
     async def serve(self) -> None:
         """Runs until cancelled."""
@@ -179,7 +191,7 @@ class CoreServer:
         metrics = self._metrics
         assert metrics is not None
         for method, code, count in message.requests:
-            if _METHOD.match(method) and _CODE.match(code) and 0 < count <= 1_000_000:
+            if method in self._methods and code in self._codes and 0 < count <= 1_000_000:
                 metrics.requests.labels(method, code).inc(count)
             else:
                 self._bad.warning()

@@ -267,7 +267,7 @@ class ZmqEngineClient:
         if self._sock is None or self._lost or not ops:
             return
         requests, keystrokes = self.recorder.take()
-        self._sock.send(m.encode(m.ToCore(ops, requests, keystrokes)), copy=False)
+        self._sock.send(m.encode(m.ToCore(ops, requests, keystrokes)))
 
     def flush_metrics(self) -> None:
         """Sends the metric events gathered so far even when no call is waiting to go."""
@@ -275,7 +275,7 @@ class ZmqEngineClient:
             return
         requests, keystrokes = self.recorder.take()
         if requests or keystrokes:
-            self._sock.send(m.encode(m.ToCore([], requests, keystrokes)), copy=False)
+            self._sock.send(m.encode(m.ToCore([], requests, keystrokes)))
 
     async def _read(self) -> None:
         assert self._sock is not None

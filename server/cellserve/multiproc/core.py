@@ -185,7 +185,7 @@ class CoreServer:
         for who, replies in boxes.items():
             # The socket has no high-water mark (see processes): this never blocks; answers
             # to a frontend that is gone are dropped by the ROUTER.
-            self._sock.send_multipart([who, m.encode(m.ToFrontend(replies))], copy=False)
+            self._sock.send_multipart([who, m.encode(m.ToFrontend(replies))])
 
     def _record(self, message: m.ToCore) -> None:
         metrics = self._metrics

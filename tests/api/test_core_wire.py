@@ -280,3 +280,34 @@ def test_forwarded_metric_events_keep_labels_closed(tmp_path: Path) -> None:
         (("kind", kind), ("model", "fake")): (1.0 if kind == "append_single" else 0.0)
         for kind in ("append_single", "append_multi", "completion_first_chunk", "completion_char")
     }
+
+
+def test_a_restarted_frontend_s_old_completions_are_cancelled(tmp_path: Path) -> None:
+    """Same frontend index, new pid: nobody reads the old incarnation's completions any more."""
+
+    def dealer(address: str, identity: bytes) -> zmq.asyncio.Socket:
+        sock = zmq.asyncio.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, identity)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(address)
+        return sock
+
+    async def test() -> None:
+        async with wired(tmp_path) as (engine, _, address):
+            old, new, other = dealer(address, b"7:100"), dealer(address, b"7:200"), dealer(address, b"8:100")
+            try:
+                for sock, sid in ((old, "a" * 32), (other, "b" * 32)):
+                    start = messages.ToCore([messages.Complete(1, "", sid, CompletionRequest(max_chars=4))])
+                    await sock.send(messages.encode(start))
+                calls = await engine.wait_calls(2)  # in arrival order, which ZMQ does not fix
+                chunks = {call.args[0]: c for call, c in zip(calls, engine.chunks, strict=True)}
+                await new.send(messages.encode(messages.ToCore([messages.Health(1, "")])))
+                await new.recv()  # the new incarnation was seen
+                while not chunks["a" * 32].closed:  # frontend 7's old completion is withdrawn
+                    await asyncio.sleep(0.01)
+                assert not chunks["b" * 32].closed  # frontend 8's goes on
+            finally:
+                for sock in (old, new, other):
+                    sock.close(linger=0)
+
+    run(test)

@@ -113,6 +113,26 @@ def two(model_dir: Path) -> Iterator[ServerProcess]:
         s.kill()
 
 
+def test_a_port_someone_listens_on_is_refused_not_shared(model_dir: Path) -> None:
+    """SO_REUSEPORT would let the frontends share a port another server still listens on."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "cellserve.cli", "serve", "--model-dir", str(model_dir), "--frontends", "2"]
+            + ["--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_session_opened_on_one_frontend_is_served_exactly_by_another(two: ServerProcess, model_dir: Path) -> None:
     oracle = Offline(model_dir, "tiny-lstm")
     with grpc.insecure_channel(two.target, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:

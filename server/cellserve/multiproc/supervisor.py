@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -112,6 +113,11 @@ class Supervisor:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
+        taken = port_taken(self.settings.host, self.settings.port)
+        if taken:
+            print(f"cellserve serve: cannot listen on {format_address(self.settings.host, self.settings.port)}: {taken}",
+                  file=sys.stderr)  # fmt: skip
+            return EXIT_CONFIG
         try:
             metrics_port = self.start_core()
             self.port = self.start_frontend(0)
@@ -210,6 +216,27 @@ class Supervisor:
             if proc is not None and proc.is_alive():
                 _signal(proc, signal.SIGKILL)
                 proc.join(STOP_SLACK_S)
+
+
+def port_taken(host: str, port: int) -> str:
+    """Why ``host:port`` cannot be ours ("" when it can). The frontends bind with SO_REUSEPORT,
+    which would silently share the port with another server of this user still listening
+    there; a plain bind (SO_REUSEADDR only: connections in TIME_WAIT do not count) fails
+    with EADDRINUSE while anybody listens."""
+    if port == 0:
+        return ""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as e:
+        return str(e)
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as e:
+            return e.strerror or str(e)
+    return ""
 
 
 def _signal(proc: BaseProcess, sig: signal.Signals) -> None:

@@ -48,7 +48,7 @@ def _child_setup(settings: Settings, parent_pid: int) -> None:
 def run_core(settings: Settings, address: str, conn: Connection, parent_pid: int) -> None:
     _child_setup(settings, parent_pid)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see serve.run_serve
-    sys.exit(asyncio.run(_core_main(settings, address, conn)))
+    _exit(asyncio.run(_core_main(settings, address, conn)))
 
 
 async def _core_main(settings: Settings, address: str, conn: Connection) -> int:
@@ -113,7 +113,16 @@ async def _core_main(settings: Settings, address: str, conn: Connection) -> int:
 
 def run_frontend(settings: Settings, index: int, address: str, conn: Connection, parent_pid: int) -> None:
     _child_setup(settings, parent_pid)
-    sys.exit(asyncio.run(_frontend_main(settings, index, address, conn)))
+    _exit(asyncio.run(_frontend_main(settings, index, address, conn)))
+
+
+def _exit(code: int) -> None:
+    """Everything was closed in order: leave without the interpreter's teardown, which can
+    take seconds (torch) or wait on library threads, while the parent counts the drain."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 async def _frontend_main(settings: Settings, index: int, address: str, conn: Connection) -> int:
@@ -157,6 +166,7 @@ async def _frontend_main(settings: Settings, index: int, address: str, conn: Con
     await api.shutdown()
     client.flush_metrics()
     await client.stop()
+    log.info("frontend %d: drained and stopped", index)
     return 0
 
 

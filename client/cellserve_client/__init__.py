@@ -55,14 +55,18 @@ from ._session import AsyncCompletionStream, AsyncSession
 from ._sync import Client, CompletionStream, Session
 from ._types import (
     Cell,
+    CharacterGates,
     Completion,
     CompletionChunk,
     FailoverPolicy,
     FinishReason,
     Gate,
+    GateInspection,
+    GateSummary,
     ModelInfo,
     Prediction,
     SessionInfo,
+    UnitGate,
 )
 
 __all__ = [
@@ -73,6 +77,7 @@ __all__ = [
     "CapacityExceeded",
     "Cell",
     "CellserveError",
+    "CharacterGates",
     "Client",
     "ClosedError",
     "Completion",
@@ -82,6 +87,8 @@ __all__ = [
     "FailoverPolicy",
     "FinishReason",
     "Gate",
+    "GateInspection",
+    "GateSummary",
     "InternalError",
     "InvalidInput",
     "ModelInfo",
@@ -96,6 +103,7 @@ __all__ = [
     "Timeout",
     "Unauthenticated",
     "Unavailable",
+    "UnitGate",
     "__version__",
 ]
 

@@ -4,10 +4,13 @@
     cellserve-client predict TEXT
     cellserve-client complete TEXT [--max-chars N] [--n N] [--temperature T]
     cellserve-client type          (needs the [cli] extra: prompt_toolkit)
+    cellserve-client web [--host 127.0.0.1] [--port 8080]   (needs the [web] extra: aiohttp)
 
 ``type`` is a one-line-at-a-time editor: the session follows the line as it is edited (typed
 characters are appended, Backspace rewinds), and the model's greedy continuation is shown as
 dimmed ghost text after the cursor; Tab accepts it, Enter appends the line break, Ctrl-D ends.
+``web`` serves the same editor, and a gate viewer, to a browser (``cellserve_client.web``).
+The connection options may come before the command or after it.
 """
 
 from __future__ import annotations
@@ -24,37 +27,56 @@ from ._sync import Client, Session
 from ._types import Prediction
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cellserve-client", description="Talk to a cellserve server.")
+def _connection_options(p: argparse.ArgumentParser, defaults: bool) -> None:
+    """Where and how to connect; accepted before the command and after it. After it, unset
+    options are left out (SUPPRESS), so they never override what came before the command."""
+
+    def d(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
     p.add_argument(
         "--target",
         action="append",
+        default=d(None),
         help="server host:port; repeat for replicas (default: $CELLSERVE_TARGET or localhost:50051)",
     )
-    p.add_argument("--token", default=os.environ.get("CELLSERVE_TOKEN"), help="sent as 'authorization: Bearer ...'")
-    p.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
-    p.add_argument("--transport", choices=("stream", "unary"), default="stream")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer")
-    p.add_argument("--model", default=None, help="model name (default: the server's default)")
+    p.add_argument("--token", default=d(os.environ.get("CELLSERVE_TOKEN")), help="sent as 'authorization: Bearer ...'")
+    p.add_argument("--tls", action="store_true", default=d(False), help="use TLS with the system's root certificates")
+    p.add_argument("--transport", choices=("stream", "unary"), default=d("stream"))
+    p.add_argument("--timeout", type=float, default=d(30.0), help="seconds to wait for an answer")
+    p.add_argument("--model", default=d(None), help="model name (default: the server's default)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cellserve-client", description="Talk to a cellserve server.")
+    _connection_options(p, defaults=True)
+    after = argparse.ArgumentParser(add_help=False)
+    _connection_options(after, defaults=False)
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("models", help="list the server's models")
-    pr = sub.add_parser("predict", help="the most probable next characters after TEXT")
+    sub.add_parser("models", help="list the server's models", parents=[after])
+    pr = sub.add_parser("predict", help="the most probable next characters after TEXT", parents=[after])
     pr.add_argument("text")
     pr.add_argument("--top-k", type=int, default=5)
-    co = sub.add_parser("complete", help="continue TEXT")
+    co = sub.add_parser("complete", help="continue TEXT", parents=[after])
     co.add_argument("text")
     co.add_argument("--max-chars", type=int, default=32)
     co.add_argument("--n", type=int, default=1)
     co.add_argument("--temperature", type=float, default=0.0)
     co.add_argument("--seed", type=int, default=None)
-    ty = sub.add_parser("type", help="interactive editor with ghost-text suggestions")
+    ty = sub.add_parser("type", help="interactive editor with ghost-text suggestions", parents=[after])
     ty.add_argument("--suggest-chars", type=int, default=16, help="length of the ghost suggestion")
+    we = sub.add_parser("web", help="serve a browser editor with suggestions and a gate viewer", parents=[after])
+    we.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    we.add_argument("--port", type=int, default=8080, help="port to listen on (0: any free port)")
+    we.add_argument("--suggest-chars", type=int, default=24, help="length of the ghost suggestion")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     targets = args.target or [os.environ.get("CELLSERVE_TARGET", "localhost:50051")]
+    if args.command == "web":
+        return _web(args, targets)
     try:
         with Client(targets, token=args.token, tls=args.tls, timeout=args.timeout, transport=args.transport) as client:
             if args.command == "models":
@@ -115,6 +137,40 @@ class Typer:
         with self._lock:
             self.prediction = self.session.append("\n")
             self.line = ""
+
+
+def _web(args: argparse.Namespace, targets: list[str]) -> int:
+    try:
+        from .web import TabSettings, serve
+    except ImportError:
+        print("cellserve-client web needs aiohttp: pip install 'cellserve-client[web]'", file=sys.stderr)
+        return 2
+    import asyncio
+    import logging
+
+    from ._client import AsyncClient
+    from ._types import FailoverPolicy
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # More attempts than the SDK's default: a restarting server is back after seconds, not
+    # milliseconds; a tab whose session still cannot move is rebuilt by the backend itself.
+    policy = FailoverPolicy(max_attempts=10, backoff_max_s=2.0)
+
+    async def run() -> None:
+        async with AsyncClient(
+            targets, token=args.token, tls=args.tls, timeout=args.timeout, transport=args.transport, failover=policy
+        ) as client:
+            settings = TabSettings(suggest_chars=args.suggest_chars, default_model=args.model)
+            await serve(client, args.host, args.port, settings)
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"cellserve-client web: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _type(session: Session, suggest_chars: int) -> int:

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
 from . import _convert, _errors
 from ._pool import Pool
+from ._rpc import Channel
 from ._session import AsyncSession, Transport
-from ._types import AppendOptions, FailoverPolicy, ModelInfo
+from ._types import AppendOptions, FailoverPolicy, GateInspection, ModelInfo
 
 DEFAULT_TARGET = "localhost:50051"
+T = TypeVar("T")
 
 
 class AsyncClient:
@@ -66,14 +68,36 @@ class AsyncClient:
     async def models(self) -> tuple[ModelInfo, ...]:
         """The models the server has loaded (the first target that answers)."""
         self._check_open()
+        resp = await self._first_answer(lambda ch: ch.list_models(self._pool.metadata(), self._pool.timeout))
+        return tuple(_convert.model_info(m) for m in resp.models)
+
+    async def inspect_gates(
+        self,
+        text: str,
+        *,
+        model: str | None = None,
+        last_chars: int | None = None,
+        top_units: int | None = None,
+        top_k: int | None = None,
+    ) -> GateInspection:
+        """The gates of ``text`` read from the initial state (no session): per reported
+        character and layer, each gate's mean, the ``top_units`` units that changed most (server
+        default 4) and the ``top_k`` next characters (default 5). ``last_chars``: report only
+        the last characters (the server reports at most 512 per call); the text before them
+        still builds up the state. Asks the targets in turn while they are unavailable."""
+        self._check_open()
+        req = _convert.inspect_gates_request(text, model, last_chars, top_units, top_k)
+        resp = await self._first_answer(lambda ch: ch.inspect_gates(req, self._pool.metadata(), self._pool.timeout))
+        return _convert.gate_inspection(resp)
+
+    async def _first_answer(self, call: Callable[[Channel], Awaitable[T]]) -> T:
+        """A session-less call on the targets in turn while they are unavailable."""
         last: _errors.CellserveError | None = None
         for index in range(len(self._pool.targets)):
             try:
-                resp = await self._pool.channel(index).list_models(self._pool.metadata(), self._pool.timeout)
+                return await call(self._pool.channel(index))
             except _errors.Unavailable as exc:
                 last = exc
-                continue
-            return tuple(_convert.model_info(m) for m in resp.models)
         assert last is not None
         raise last
 

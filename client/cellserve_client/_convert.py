@@ -12,13 +12,17 @@ from ._proto.cellserve.v1 import types_pb2 as types
 from ._types import (
     AppendOptions,
     Cell,
+    CharacterGates,
     CompletionChunk,
     CompletionOptions,
     FinishReason,
     Gate,
+    GateInspection,
+    GateSummary,
     ModelInfo,
     Prediction,
     SessionInfo,
+    UnitGate,
 )
 
 UNKNOWN_CHARACTER = "\ufffd"  # how the vocabulary's entry 0 ("" on the wire) is shown
@@ -58,10 +62,56 @@ def session_info(s: types.SessionInfo) -> SessionInfo:
     )
 
 
+def _top(t: types.TopCharacters) -> tuple[tuple[str, float], ...]:
+    return tuple((e.character or UNKNOWN_CHARACTER, e.probability) for e in t.entries)
+
+
+def gate_inspection(r: svc.InspectGatesResponse) -> GateInspection:
+    return GateInspection(
+        model=r.model,
+        cell=_CELLS.get(r.cell, Cell.UNSPECIFIED),
+        first_index=r.first_index,
+        characters=tuple(
+            CharacterGates(
+                character=c.character,
+                layers=tuple(
+                    tuple(
+                        GateSummary(
+                            g.name,
+                            g.mean,
+                            tuple(
+                                UnitGate(u.unit, u.value, u.change if u.HasField("change") else None)
+                                for u in g.top_units
+                            ),
+                        )
+                        for g in layer.gates
+                    )
+                    for layer in c.layers
+                ),
+                top=_top(c.next),
+            )
+            for c in r.characters
+        ),
+    )
+
+
+def inspect_gates_request(
+    text: str, model: str | None, last_chars: int | None, top_units: int | None, top_k: int | None
+) -> svc.InspectGatesRequest:
+    msg = svc.InspectGatesRequest(model=model or "", input=types.Input(text=text))
+    if last_chars is not None:
+        msg.last_chars = last_chars
+    if top_units is not None:
+        msg.top_units = top_units
+    if top_k is not None:
+        msg.top_k = top_k
+    return msg
+
+
 def prediction(p: types.Prediction) -> Prediction:
     top: tuple[tuple[str, float], ...] = ()
     if p.HasField("top_characters"):
-        top = tuple((e.character or UNKNOWN_CHARACTER, e.probability) for e in p.top_characters.entries)
+        top = _top(p.top_characters)
     return Prediction(
         position=p.position,
         top=top,

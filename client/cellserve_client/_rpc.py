@@ -66,6 +66,7 @@ class Channel:
         self._resume = uu("Resume", svc.ResumeRequest, svc.ResumeResponse)
         self._close = uu("CloseSession", svc.CloseSessionRequest, svc.CloseSessionResponse)
         self._models = uu("ListModels", svc.ListModelsRequest, svc.ListModelsResponse)
+        self._inspect = uu("InspectGates", svc.InspectGatesRequest, svc.InspectGatesResponse)
         self._complete = ch.unary_stream(
             SERVICE + "Complete",
             request_serializer=svc.CompleteRequest.SerializeToString,
@@ -131,6 +132,12 @@ class Channel:
 
     async def list_models(self, md: Metadata, timeout: float | None) -> svc.ListModelsResponse:
         resp: svc.ListModelsResponse = await self._call(self._models, svc.ListModelsRequest(), md, timeout)
+        return resp
+
+    async def inspect_gates(
+        self, req: svc.InspectGatesRequest, md: Metadata, timeout: float | None
+    ) -> svc.InspectGatesResponse:
+        resp: svc.InspectGatesResponse = await self._call(self._inspect, req, md, timeout, _errors.ModelNotFound)
         return resp
 
     async def complete(self, req: svc.CompleteRequest, md: Metadata) -> AsyncIterator[svc.CompleteResponse]:

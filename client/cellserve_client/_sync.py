@@ -19,7 +19,7 @@ import grpc
 from ._client import DEFAULT_TARGET, AsyncClient
 from ._errors import ClosedError
 from ._session import AsyncCompletionStream, AsyncSession, Transport
-from ._types import Completion, CompletionChunk, FailoverPolicy, ModelInfo, Prediction, SessionInfo
+from ._types import Completion, CompletionChunk, FailoverPolicy, GateInspection, ModelInfo, Prediction, SessionInfo
 
 T = TypeVar("T")
 
@@ -87,6 +87,19 @@ class Client:
 
     def models(self) -> tuple[ModelInfo, ...]:
         return self._loop.run(self._async.models())
+
+    def inspect_gates(
+        self,
+        text: str,
+        *,
+        model: str | None = None,
+        last_chars: int | None = None,
+        top_units: int | None = None,
+        top_k: int | None = None,
+    ) -> GateInspection:
+        """See ``AsyncClient.inspect_gates``."""
+        coro = self._async.inspect_gates(text, model=model, last_chars=last_chars, top_units=top_units, top_k=top_k)
+        return self._loop.run(coro)
 
     def open(self, model: str | None = None, *, transport: Transport | None = None) -> Session:
         return Session(self._loop, self._loop.run(self._async.open(model, transport=transport)))

@@ -58,6 +58,49 @@ class Gate:
 
 
 @dataclass(frozen=True)
+class UnitGate:
+    """One hidden unit's gate value, and its change since the previous character (None for the
+    text's first character)."""
+
+    unit: int
+    value: float
+    change: float | None
+
+
+@dataclass(frozen=True)
+class GateSummary:
+    """One gate of one layer after one character: the mean over the units, and the units that
+    changed most (largest ``|change|`` first; for the first character, those furthest from 0.5)."""
+
+    name: str
+    mean: float
+    top_units: tuple[UnitGate, ...]
+
+
+@dataclass(frozen=True)
+class CharacterGates:
+    """The gates after reading one character (``layers[layer]``: f, i, o or r, z) and the most
+    probable next characters."""
+
+    character: str
+    layers: tuple[tuple[GateSummary, ...], ...]
+    top: tuple[tuple[str, float], ...]
+
+    def gate(self, layer: int, name: str) -> GateSummary:
+        return next(g for g in self.layers[layer] if g.name == name)
+
+
+@dataclass(frozen=True)
+class GateInspection:
+    """``AsyncClient.inspect_gates``: the reported characters start at ``first_index`` of the text."""
+
+    model: str
+    cell: Cell
+    first_index: int
+    characters: tuple[CharacterGates, ...]
+
+
+@dataclass(frozen=True)
 class Prediction:
     """The model's answer after an append: the position and the most probable next characters.
 

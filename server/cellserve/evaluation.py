@@ -1,39 +1,48 @@
-"""`cellserve eval`: bits/char and keystroke savings of a model, against a word-trie baseline.
+"""`cellserve eval`: bits/char and keystroke savings of models, against a prefix-trie baseline.
 
 Keystroke savings simulate a user typing the text. At each position *inside* a word (an
-identifier: letters, digits, underscore; at least one of its characters already typed), the
-completer offers the rest of the current word. The model offers its greedy completion up to
-the first non-identifier character; the baseline offers the most frequent training-corpus word
-that starts with the typed prefix. The user accepts an offer (one keystroke, e.g. Tab) exactly
-when it equals the real rest of the word, then continues after the word; otherwise they type
-the next character themselves. Savings = keystrokes saved / characters in the text.
+identifier: letters, digits, underscore; at least one of its characters already typed), a
+completer offers the rest of the current word. The user accepts an offer when it is exactly the
+real rest of the word and accepting saves keystrokes, then continues after the word; otherwise
+they type the next character themselves. Savings = keystrokes saved / characters in the text.
 
-The model's offers depend only on the text before each position, so they are computed for
-every candidate position up front, in batches (states gathered from one stepwise pass); the
-simulation then walks the text and uses them.
+- greedy: the model's greedy completion of the word (``cellserve.nn.decode``), one key (Tab).
+- top-3: the model's 3 most probable word completions (beam search): the first costs one key,
+  the second or third two (a key to pick, Tab).
+- trie: the most frequent word of the training corpus with the typed prefix, one key.
+
+How it stays fast: the text is read once, in pieces, by fused full-sequence forwards that give
+the full state after every character (``cellserve.nn.along``); bits/char come from the same
+pass. A greedy offer equals the rest exactly when the argmax after each character of the rest is
+the next character of the rest, and the argmax after the last is not a word character: the
+greedy chain, while right, runs through the real text's states, so the pass answers it with no
+extra forward. Top-3 offers need beam searches: they fork the states of a piece in batches,
+one round per typed character of the words still unaccepted (a word accepted after its second
+character never asks at its third).
 """
 
 from __future__ import annotations
 
 import math
+import re
+import sys
+import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .nn.charlm import CharLM
+from .nn.along import Along, StatesAlong
 from .nn.checkpoint import LoadedModel
-from .nn.kernels import onednn
-from .nn.vocab import Vocab
+from .nn.decode import beam_search_batch, is_word_char
 
 LN2 = math.log(2.0)
 MAX_WORD = 32  # longest completion offered, in characters
-
-
-def is_word_char(ch: str) -> bool:
-    return ch == "_" or ch.isalnum()
+PIECE = 8192  # characters per forward pass (ends at a non-word character)
+WORD = re.compile(r"\w+")  # str patterns: alphanumerics (str.isalnum) and "_", as is_word_char
 
 
 def word_end(text: str, p: int) -> int:
@@ -48,32 +57,31 @@ def offer_positions(text: str) -> list[int]:
     return [p for p in range(1, len(text)) if is_word_char(text[p]) and is_word_char(text[p - 1])]
 
 
+def words_of(text: str) -> list[tuple[int, int]]:
+    """(start, end) of every word with at least two characters (the ones with offers)."""
+    return [(m.start(), m.end()) for m in WORD.finditer(text) if m.end() - m.start() >= 2]
+
+
 class WordTrie:
     """Most frequent word for every prefix (a trie flattened into a dict of prefixes)."""
 
-    def __init__(self, words: Counter[str]) -> None:
+    def __init__(self, words: Counter[str], only: set[str] | None = None) -> None:
+        """``only``: the prefixes that will be asked for (saves time and memory on big corpora)."""
         best: dict[str, tuple[int, str]] = {}
         for w, n in words.items():
             for k in range(1, min(len(w), MAX_WORD)):
-                cur = best.get(w[:k])
+                pre = w[:k]
+                if only is not None and pre not in only:
+                    continue
+                cur = best.get(pre)
                 if cur is None or (n, w) > cur:  # ties: the lexicographically larger, deterministic
-                    best[w[:k]] = (n, w)
+                    best[pre] = (n, w)
         self._best = {p: w for p, (_, w) in best.items()}
+        self.words = len(words)
 
     @classmethod
-    def from_text(cls, text: str) -> WordTrie:
-        words: Counter[str] = Counter()
-        start = None
-        for i, ch in enumerate(text):
-            if is_word_char(ch):
-                if start is None:
-                    start = i
-            elif start is not None:
-                words[text[start:i]] += 1
-                start = None
-        if start is not None:
-            words[text[start:]] += 1
-        return cls(words)
+    def from_text(cls, text: str, only: set[str] | None = None) -> WordTrie:
+        return cls(Counter(WORD.findall(text)), only)
 
     def complete(self, prefix: str) -> str:
         w = self._best.get(prefix)
@@ -82,7 +90,7 @@ class WordTrie:
 
 def simulate(text: str, offers: dict[int, str]) -> int:
     """Keystrokes saved when offers[p] (the rest of the word offered at p) is accepted exactly
-    when it equals the real rest of the word."""
+    when it equals the real rest of the word (one key)."""
     saved, p = 0, 0
     while p < len(text):
         rest = text[p : word_end(text, p)] if p in offers else ""
@@ -94,148 +102,287 @@ def simulate(text: str, offers: dict[int, str]) -> int:
     return saved
 
 
-@torch.no_grad()
-def bits_per_char(model: CharLM, ids: torch.Tensor, chunk: int = 1024) -> tuple[float, int]:
-    """Total bits and count of predicting ids[1:] from ids[:-1], from the zero state."""
-    state = None
-    total = 0.0
-    for k in range(0, ids.numel() - 1, chunk):
-        x = ids[k : k + chunk][None]
-        y = ids[k + 1 : k + 1 + chunk][None]
-        logits, state = model(x[:, : y.shape[1]], state)
-        total += F.cross_entropy(logits[0], y[0], reduction="sum").item() / LN2
-    return total, ids.numel() - 1
+def trie_prefixes(text: str) -> set[str]:
+    return {text[s:p] for s, e in words_of(text) for p in range(s + 1, e)}
+
+
+def trie_saved(text: str, trie: WordTrie) -> int:
+    offers = {}
+    for s, e in words_of(text):
+        for p in range(s + 1, e):
+            offers[p] = trie.complete(text[s:p])
+    return simulate(text, offers)
+
+
+@dataclass
+class PartResult:
+    part: str
+    model: str
+    chars: int
+    offers: int  # positions inside words
+    bits_per_char: float
+    bzip2_bits_per_char: float
+    xz_bits_per_char: float
+    saved_greedy: float  # fraction of characters
+    saved_top3: float
+    saved_trie: float
+
+
+@dataclass
+class _Tally:
+    bits: float = 0.0
+    scored: int = 0
+    greedy: int = 0
+    top: int = 0
+
+
+def pieces(text: str, size: int = PIECE) -> list[tuple[int, int]]:
+    """Consecutive [a, b) covering the text, each ending after a non-word character (or at the
+    end), so no word crosses a piece."""
+    out, a = [], 0
+    while a < len(text):
+        b = min(len(text), a + size)
+        while b < len(text) and is_word_char(text[b - 1]):
+            b += 1
+        out.append((a, b))
+        a = b
+    return out
 
 
 @torch.no_grad()
-def model_offers(model: CharLM, vocab: Vocab, text: str, positions: list[int], batch: int = 256) -> dict[int, str]:
-    """Greedy completion of the current word at each position.
-
-    One stepwise pass (batch 1) over the text collects the state at each wanted position; every
-    ``batch`` positions, their completions are decoded together, so memory stays bounded.
-    """
-    if not positions:
-        return {}
+def evaluate_model(
+    loaded: LoadedModel,
+    text: str,
+    *,
+    top_n: int = 3,
+    width: int = 4,
+    piece: int = PIECE,
+    progress: Callable[[int], None] | None = None,
+) -> _Tally:
+    """Bits and keystrokes saved (greedy, top-n) over ``text``, read from the zero state."""
+    model, vocab = loaded.model, loaded.vocab
     ids = vocab.encode_tensor(text)
-    wanted = set(positions)
     word_ids = torch.tensor([i > 0 and is_word_char(ch) for i, ch in enumerate(vocab.chars)])
-    out: dict[int, str] = {}
-    pending: list[tuple[int, tuple[torch.Tensor, ...], torch.Tensor]] = []  # (p, state [L,1,H]..., logits [V])
+    runner = StatesAlong(model)
+    tally = _Tally()
     state = model.init_state(1)
-    with onednn(False):  # oneDNN is slow for batch-1 single steps
-        for p in range(1, max(positions) + 1):
-            logits, state = model(ids[p - 1 : p][None], state)
-            if p in wanted:
-                pending.append((p, state, logits[0, -1]))
-            if len(pending) == batch or (pending and p == max(positions)):
-                out.update(_greedy_words(model, vocab, word_ids, pending))
-                pending = []
-    return out
+    for a, b in pieces(text, piece):
+        along = runner.run(ids[a:b], state)
+        state = along.final
+        targets = ids[a + 1 : b + 1]
+        tally.bits += F.cross_entropy(along.logits[: targets.numel()], targets, reduction="sum").item() / LN2
+        tally.scored += targets.numel()
+        words = words_of(text[a:b])  # positions within the piece
+        tally.greedy += _greedy_saved(along, ids[a:b], words, word_ids)
+        tally.top += _top_saved(loaded, along, text[a:b], words, top_n, width)
+        if progress:
+            progress(b - a)
+    return tally
 
 
-def _greedy_words(
-    model: CharLM,
-    vocab: Vocab,
-    word_ids: torch.Tensor,
-    pending: list[tuple[int, tuple[torch.Tensor, ...], torch.Tensor]],
-) -> dict[int, str]:
-    """Decodes, for all pending positions at once, characters until a non-word character."""
-    arity = len(pending[0][1])
-    cur = tuple(torch.cat([st[i] for _, st, _ in pending], dim=1) for i in range(arity))  # [L, B, H] each
-    tok = torch.stack([lg for _, _, lg in pending]).argmax(-1)  # [B]
-    alive = word_ids[tok]
-    gen = [torch.where(alive, tok, 0)]
-    for _ in range(MAX_WORD - 1):
-        if not alive.any():
+def _greedy_saved(along: Along, ids: torch.Tensor, words: list[tuple[int, int]], word_ids: torch.Tensor) -> int:
+    """Greedy offers, answered from the pass (module docstring). ok[t]: the argmax after
+    character t is character t + 1; stops[t]: the argmax after t is not a word character."""
+    top = along.logits.argmax(-1)  # [T]
+    ok = torch.zeros(ids.numel(), dtype=torch.bool)
+    ok[:-1] = top[:-1] == ids[1:]
+    stops = ~word_ids[top]
+    okl, stopl = ok.tolist(), stops.tolist()
+    saved = 0
+    for s, e in words:
+        # offered at p (after p - s typed characters): rest = [p, e); right iff ok on p-1..e-2
+        # and stops at e-1, within MAX_WORD characters; scan p from the end to know "all ok after"
+        good_tail = True  # ok[t] for every t in [p, e-2]
+        first = None
+        for p in range(e - 1, s, -1):
+            good_tail = good_tail and (p == e - 1 or okl[p])
+            rest = e - p
+            if rest <= MAX_WORD and okl[p - 1] and good_tail and (stopl[e - 1] or rest == MAX_WORD):
+                first = p  # keep the smallest p: the user accepts the first right offer
+        if first is not None:
+            saved += e - first - 1
+    return saved
+
+
+def _top_saved(loaded: LoadedModel, along: Along, text: str, words: list[tuple[int, int]], n: int, width: int) -> int:
+    """Top-n offers by beam search: round j asks at the (j+1)-th character of each word still
+    unaccepted. The first suggestion costs one key, the others two; accepted only if it saves."""
+    saved = 0
+    active = list(words)
+    j = 1
+    while active:
+        asking = [(s, e) for s, e in active if s + j < e]
+        if not asking:
             break
-        logits, cur = model(tok[:, None], cur)
-        tok = logits[:, -1].argmax(-1)
-        alive = alive & word_ids[tok]
-        gen.append(torch.where(alive, tok, 0))
-    rows = torch.stack(gen, 1).tolist()  # [B, steps]; 0 after the word ends
-    out = {}
-    for (p, _, _), row in zip(pending, rows, strict=True):
-        end = row.index(0) if 0 in row else len(row)
-        out[p] = "".join(vocab.chars[t] for t in row[:end])
-    return out
+        at = torch.tensor([s + j - 1 for s, _ in asking])  # state after the typed characters
+        found = beam_search_batch(
+            loaded.model,
+            loaded.vocab,
+            along.at(at),
+            n=n,
+            width=width,
+            until="word",
+            max_chars=MAX_WORD,
+            logits=along.logits[at],
+        )
+        active = []
+        for (s, e), sugg in zip(asking, found, strict=True):
+            rest = text[s + j : e]
+            rank = next((k for k, x in enumerate(sugg) if x.text == rest), None)
+            cost = None if rank is None else (1 if rank == 0 else 2)
+            if cost is not None and len(rest) > cost:
+                saved += len(rest) - cost
+            else:
+                active.append((s, e))
+        j += 1
+    return saved
 
 
 @dataclass
 class EvalReport:
-    model: str
-    files: int
-    chars: int
-    bits_per_char: float
-    model_keystrokes_saved: float  # fraction of characters
-    baseline_keystrokes_saved: float
-    ratio: float  # model / baseline
-    offers: int
+    rows: list[PartResult]
+    baseline: str  # what the trie was built from
+    trie_words: int
+    max_chars: int
+    seconds: float
+    top_n: int = 3
+    notes: list[str] = field(default_factory=list)
 
     def table(self) -> str:
-        rows = [
-            ("model", self.model),
-            ("files / characters", f"{self.files} / {self.chars:,}"),
-            ("bits/char", f"{self.bits_per_char:.4f}"),
-            ("keystrokes saved, model (greedy word completion)", f"{self.model_keystrokes_saved:.2%}"),
-            ("keystrokes saved, baseline (most frequent word with prefix)", f"{self.baseline_keystrokes_saved:.2%}"),
-            ("model / baseline", f"{self.ratio:.2f}x"),
+        head = (
+            "part",
+            "model",
+            "chars",
+            "bits/char",
+            "bzip2 -9",
+            "xz -9e",
+            "saved greedy",
+            f"saved top-{self.top_n}",
+            "saved trie",
+            "greedy/trie",
+            f"top-{self.top_n}/trie",
+        )
+        lines = [head]
+        for r in self.rows:
+            lines.append(
+                (
+                    r.part,
+                    r.model,
+                    f"{r.chars:,}",
+                    f"{r.bits_per_char:.3f}",
+                    f"{r.bzip2_bits_per_char:.3f}",
+                    f"{r.xz_bits_per_char:.3f}",
+                    f"{r.saved_greedy:.1%}",
+                    f"{r.saved_top3:.1%}",
+                    f"{r.saved_trie:.1%}",
+                    _ratio(r.saved_greedy, r.saved_trie),
+                    _ratio(r.saved_top3, r.saved_trie),
+                )
+            )
+        widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
+        out = [
+            "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+            for row in lines
         ]
-        w = max(len(k) for k, _ in rows)
-        return "\n".join(f"{k.ljust(w)}  {v}" for k, v in rows)
+        out.insert(1, "  ".join("-" * w for w in widths))
+        out.append("")
+        out.append(f"baseline: prefix trie of {self.trie_words:,} words from {self.baseline}")
+        out.append(
+            f"{self.seconds:.0f} s; text: the first {self.max_chars:,} characters of each part"
+            if self.max_chars
+            else f"{self.seconds:.0f} s"
+        )
+        out += self.notes
+        return "\n".join(out)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
-def evaluate_texts(loaded: LoadedModel, texts: list[str], trie: WordTrie) -> EvalReport:
-    model, vocab = loaded.model, loaded.vocab
-    bits = 0.0
-    count = chars = saved_m = saved_b = offers = 0
-    for text in texts:
-        if len(text) < 2:
-            continue
-        b, n = bits_per_char(model, vocab.encode_tensor(text))
-        bits += b
-        count += n
-        positions = offer_positions(text)
-        offers += len(positions)
-        m_off = model_offers(model, vocab, text, positions)
-        b_off = {p: trie.complete(text[_word_start(text, p) : p]) for p in positions}
-        saved_m += simulate(text, m_off)
-        saved_b += simulate(text, b_off)
-        chars += len(text)
-    sm = saved_m / max(chars, 1)
-    sb = saved_b / max(chars, 1)
-    return EvalReport(
-        model=loaded.spec.name,
-        files=len(texts),
-        chars=chars,
-        bits_per_char=bits / max(count, 1),
-        model_keystrokes_saved=sm,
-        baseline_keystrokes_saved=sb,
-        ratio=sm / sb if sb > 0 else float("inf"),
-        offers=offers,
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b > 0 else "-"
+
+
+def evaluate(
+    models: list[LoadedModel],
+    parts: dict[str, str],
+    trie: WordTrie,
+    baseline: str,
+    compressor_bits: Callable[[str], tuple[float, float]],
+    *,
+    max_chars: int = 0,
+    top_n: int = 3,
+    width: int = 4,
+    show_progress: bool = True,
+) -> EvalReport:
+    """One row per (part, model), then an "overall" row per model (totals over the parts)."""
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    rows: list[PartResult] = []
+    comp = {name: compressor_bits(text) for name, text in parts.items()}
+    trie_s = {name: trie_saved(text, trie) for name, text in parts.items()}
+    for loaded in models:
+        totals = _Tally()
+        offers = 0
+        for name, text in parts.items():
+            with tqdm(
+                total=len(text),
+                desc=f"{loaded.spec.name} {name}",
+                unit="char",
+                unit_scale=True,
+                disable=not show_progress,
+                file=sys.stderr,
+                leave=False,
+            ) as bar:
+                t = evaluate_model(loaded, text, top_n=top_n, width=width, progress=bar.update)
+            n_off = sum(e - s - 1 for s, e in words_of(text))
+            offers += n_off
+            rows.append(_row(name, loaded.spec.name, text, n_off, t, comp[name], trie_s[name]))
+            for k in ("bits", "scored", "greedy", "top"):
+                setattr(totals, k, getattr(totals, k) + getattr(t, k))
+        if len(parts) > 1:
+            chars = sum(len(t) for t in parts.values())
+            zb = sum(comp[n][0] * len(t) for n, t in parts.items()) / max(chars, 1)
+            zx = sum(comp[n][1] * len(t) for n, t in parts.items()) / max(chars, 1)
+            rows.append(
+                PartResult(
+                    "overall",
+                    loaded.spec.name,
+                    chars,
+                    offers,
+                    totals.bits / max(totals.scored, 1),
+                    zb,
+                    zx,
+                    totals.greedy / max(chars, 1),
+                    totals.top / max(chars, 1),
+                    sum(trie_s.values()) / max(chars, 1),
+                )
+            )
+    rows.sort(key=lambda r: (r.part == "overall", list(parts).index(r.part) if r.part in parts else 0))
+    return EvalReport(rows, baseline, trie.words, max_chars, time.perf_counter() - t0, top_n)
+
+
+def _row(part: str, model: str, text: str, offers: int, t: _Tally, comp: tuple[float, float], trie: int) -> PartResult:
+    n = max(len(text), 1)
+    return PartResult(
+        part, model, len(text), offers, t.bits / max(t.scored, 1), comp[0], comp[1], t.greedy / n, t.top / n, trie / n
     )
 
 
-def _word_start(text: str, p: int) -> int:
-    while p > 0 and is_word_char(text[p - 1]):
-        p -= 1
-    return p
-
-
-def read_texts(paths: list[Path], max_chars: int) -> list[str]:
-    """Reads files (folders: their *.py), stopping once ``max_chars`` characters are read."""
+def read_texts(paths: Iterable[Path], max_chars: int) -> str:
+    """The text of files (folders: their *.py, sorted), up to ``max_chars`` characters (0: all)."""
     from .nn.corpus import gather_files
 
-    texts: list[str] = []
+    out: list[str] = []
     total = 0
-    for _, p in gather_files(paths):
+    for _, p in gather_files(list(paths)):
         t = p.read_bytes().decode("utf-8", errors="replace")
-        if max_chars and total + len(t) > max_chars:
-            t = t[: max_chars - total]
-        texts.append(t)
+        if t and not t.endswith("\n"):
+            t += "\n"
+        out.append(t)
         total += len(t)
         if max_chars and total >= max_chars:
             break
-    return texts
+    text = "".join(out)
+    return text[:max_chars] if max_chars else text

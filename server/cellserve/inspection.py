@@ -1,9 +1,17 @@
-"""`cellserve inspect`: what the gates do on a piece of text.
+"""What the gates do on a piece of text: `cellserve inspect` and the InspectGates call.
 
-For every character it reports, per layer, the mean forget gate (LSTM) or the mean update gate
-z (GRU, PyTorch's convention: z near 1 keeps the old state, so it reads like a forget gate),
-plus the model's most probable next characters. Optionally writes a PNG heatmap (matplotlib,
-the ``plot`` extra): one column per character.
+For every character it reports, per layer, each gate's mean over the hidden units (the LSTM's
+forget, input and output gates f, i, o; the GRU's reset and update gates r, z), the units whose
+gate value changed most since the previous character, and the model's most probable next
+characters. The gates come from the reference cells (``nn.cells``), which equal nn.LSTM/nn.GRU.
+
+PyTorch's convention (see ``nn.cells``): an LSTM forget gate near 0 erases the cell's previous
+content, near 1 keeps it; a GRU update gate z near 1 keeps the previous state (like f near 1),
+near 0 replaces it with the new candidate; a reset gate r near 0 ignores the previous state when
+forming that candidate.
+
+Optionally writes a PNG heatmap (matplotlib, the ``plot`` extra): one column per character, one
+row per layer and gate.
 """
 
 from __future__ import annotations
@@ -16,33 +24,89 @@ import torch
 from .nn.cells import run_with_gates
 from .nn.checkpoint import LoadedModel
 
+SHOWN_GATES = {"lstm": ("f", "i", "o"), "gru": ("r", "z")}  # the gates proper: no candidates, no cell
+GATE_MEANINGS = {
+    "f": "forget gate: near 0 the cell forgets its previous content, near 1 it keeps it",
+    "i": "input gate: near 1 the new candidate is written into the cell",
+    "o": "output gate: near 1 the cell's content is shown in the hidden state",
+    "r": "reset gate: near 0 the previous state is ignored when forming the new candidate",
+    "z": "update gate: near 1 the state keeps its previous value, near 0 it takes the new candidate",
+}
 
-@dataclass
+
+@dataclass(frozen=True)
+class UnitGate:
+    unit: int
+    value: float
+    change: float | None  # since the previous character; None for the text's first character
+
+
+@dataclass(frozen=True)
+class GateSummary:
+    name: str
+    mean: float
+    top_units: tuple[UnitGate, ...]  # largest |change| first (first character: furthest from 0.5)
+
+
+@dataclass(frozen=True)
 class CharGates:
     char: str
-    keep: list[float]  # per layer: mean f (LSTM) or mean z (GRU)
-    top: list[tuple[str, float]]  # next-character (char, probability), most probable first
+    layers: tuple[tuple[GateSummary, ...], ...]  # [layer][gate], gates in SHOWN_GATES order
+    top: tuple[tuple[str, float], ...]  # next-character (char, probability), most probable first
 
-
-def gate_name(cell: str) -> str:
-    return "forget gate f" if cell == "lstm" else "update gate z"
+    def mean(self, layer: int, gate: str) -> float:
+        return next(g.mean for g in self.layers[layer] if g.name == gate)
 
 
 @torch.no_grad()
-def trace(loaded: LoadedModel, text: str, top_k: int = 3) -> list[CharGates]:
+def inspect_gates(
+    loaded: LoadedModel, text: str, *, last_chars: int | None = None, top_units: int = 4, top_k: int = 5
+) -> tuple[int, list[CharGates]]:
+    """The gates of the last ``last_chars`` characters of ``text`` (all when None), read from the
+    initial state. Returns the index of the first reported character and one entry per reported
+    character. The characters before it only build up the state, through the model's own
+    (fast) recurrent module; the reported ones, and the one before them (whose gates the first
+    change is measured against), go through the reference cells."""
     model, vocab = loaded.model, loaded.vocab
-    tokens = vocab.encode_tensor(text)[None]  # [1, T]
-    logits, _, steps = run_with_gates(model, tokens)
-    probs = logits[0].softmax(-1)  # [T, V]
-    key = "f" if model.cell == "lstm" else "z"
+    names = SHOWN_GATES[model.cell]
+    n = len(text) if last_chars is None else min(last_chars, len(text))
+    start = len(text) - n
+    ref_from = max(0, start - 1)  # one character of overlap: the previous gate values
+    tokens = vocab.encode_tensor(text).to(model.head.weight.device)[None]  # [1, T]
+    state = model(tokens[:, :ref_from])[1] if ref_from > 0 else None
+    logits, _, steps = run_with_gates(model, tokens[:, ref_from:], state)
+    probs = logits[0].softmax(-1)  # [T', V]
+    k = min(top_k, probs.shape[-1])
+    units = min(top_units, model.hidden)
     out = []
-    for t, ch in enumerate(text):
-        keep = steps[t].gates[key][:, 0].mean(-1).tolist()  # [L]
-        p, i = probs[t].topk(min(top_k, probs.shape[-1]))
-        out.append(
-            CharGates(ch, keep, [(vocab.char(j), float(q)) for q, j in zip(p.tolist(), i.tolist(), strict=True)])
-        )
-    return out
+    prev: dict[str, torch.Tensor] | None = None
+    for t, step in enumerate(steps):
+        cur = {g: step.gates[g][:, 0] for g in names}  # each [L, H]
+        if t + ref_from >= start:
+            layers = tuple(
+                tuple(_summary(g, cur[g][layer], None if prev is None else prev[g][layer], units) for g in names)
+                for layer in range(model.layers)
+            )
+            p, i = probs[t].topk(k)
+            top = tuple((vocab.char(j), q) for q, j in zip(p.tolist(), i.tolist(), strict=True))
+            out.append(CharGates(text[ref_from + t], layers, top))
+        prev = cur
+    return start, out
+
+
+def _summary(name: str, value: torch.Tensor, prev: torch.Tensor | None, k: int) -> GateSummary:
+    """value, prev: [H] -> the mean and the k units that moved most (or are most decided)."""
+    score = (value - 0.5).abs() if prev is None else (value - prev).abs()
+    idx = score.topk(k).indices.tolist() if k else []
+    vals = value.tolist()
+    changes = None if prev is None else (value - prev).tolist()
+    units = tuple(UnitGate(u, vals[u], None if changes is None else changes[u]) for u in idx)
+    return GateSummary(name, float(value.mean()), units)
+
+
+def trace(loaded: LoadedModel, text: str, top_k: int = 3) -> list[CharGates]:
+    """Every character of ``text``: gate means and the top next characters (no unit detail)."""
+    return inspect_gates(loaded, text, top_units=0, top_k=top_k)[1]
 
 
 def shown(ch: str) -> str:
@@ -50,17 +114,16 @@ def shown(ch: str) -> str:
 
 
 def format_table(rows: list[CharGates], cell: str) -> str:
-    layers = len(rows[0].keep) if rows else 0
-    head = (
-        "char  "
-        + "  ".join(f"L{k}" + (" f" if cell == "lstm" else " z") for k in range(layers))
-        + "   next (probability)"
-    )
-    lines = [head]
+    names = SHOWN_GATES[cell]
+    layers = len(rows[0].layers) if rows else 0
+    cols = [f"L{k} {g}" for k in range(layers) for g in names]
+    lines = ["char  " + "  ".join(c.rjust(4) for c in cols) + "   next (probability)"]
     for r in rows:
-        gates = "  ".join(f"{v:.2f}".rjust(4) for v in r.keep)
+        gates = "  ".join(f"{r.mean(k, g):.2f}".rjust(4) for k in range(layers) for g in names)
         nxt = "  ".join(f"{shown(c)!s} {p:.2f}" for c, p in r.top)
         lines.append(f"{shown(r.char):<4}  {gates}   {nxt}")
+    lines.append("")
+    lines += [f"{g}  {GATE_MEANINGS[g]}" for g in names]
     return "\n".join(lines)
 
 
@@ -74,20 +137,29 @@ def write_heatmap(rows: list[CharGates], cell: str, model_name: str, path: Path)
         raise RuntimeError("the PNG heatmap needs matplotlib: pip install 'cellserve[plot]'") from e
     import numpy as np
 
-    layers = len(rows[0].keep)
-    keep = np.array([r.keep for r in rows]).T  # [L, T]
+    names = SHOWN_GATES[cell]
+    layers = len(rows[0].layers)
+    labels = [f"L{k} {g}" for k in range(layers) for g in names]
+    gates = np.array([[r.mean(k, g) for k in range(layers) for g in names] for r in rows]).T  # [L*G, T]
     top = np.array([[p for _, p in r.top] for r in rows]).T  # [k, T]
-    width = max(6.0, 0.32 * len(rows) + 2)
+    # Wide enough for the columns and for the two title lines (the title never gets clipped).
+    width = max(7.0, 0.32 * len(rows) + 2.5)
     fig, (ax1, ax2) = plt.subplots(
         2,
         1,
-        figsize=(width, 1.2 + 0.5 * (layers + len(top))),
+        figsize=(width, 1.8 + 0.32 * (len(labels) + len(top))),
         sharex=True,
-        gridspec_kw={"height_ratios": [layers, len(top)]},
+        gridspec_kw={"height_ratios": [len(labels), len(top)]},
     )
-    im1 = ax1.imshow(keep, aspect="auto", cmap="viridis", vmin=0, vmax=1)
-    ax1.set_yticks(range(layers), [f"layer {k}" for k in range(layers)])
-    ax1.set_title(f"{model_name}: mean {gate_name(cell)} per layer (1 = keep state), and top next characters")
+    im1 = ax1.imshow(gates, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    ax1.set_yticks(range(len(labels)), labels, fontsize=8)
+    keep = "forget f" if cell == "lstm" else "update z"
+    fig.suptitle(
+        f"{model_name}: mean gate per layer (PyTorch convention: {keep} near 1 keeps the state)\n"
+        "and the top next characters",
+        fontsize=9,
+        wrap=True,
+    )
     fig.colorbar(im1, ax=ax1, fraction=0.02, pad=0.01)
     im2 = ax2.imshow(top, aspect="auto", cmap="magma", vmin=0, vmax=1)
     for t, r in enumerate(rows):
@@ -95,7 +167,7 @@ def write_heatmap(rows: list[CharGates], cell: str, model_name: str, path: Path)
             ax2.text(
                 t, k, shown(c), ha="center", va="center", fontsize=7, color="white" if top[k, t] < 0.6 else "black"
             )
-    ax2.set_yticks(range(len(top)), [f"top {k + 1}" for k in range(len(top))])
+    ax2.set_yticks(range(len(top)), [f"top {k + 1}" for k in range(len(top))], fontsize=8)
     ax2.set_xticks(range(len(rows)), [shown(r.char) for r in rows], fontsize=8)
     fig.colorbar(im2, ax=ax2, fraction=0.02, pad=0.01, label="probability")
     fig.tight_layout()

@@ -34,6 +34,7 @@ from .logs import configure_logging
 if TYPE_CHECKING:
     from .engine.engine import Engine
     from .metrics import Metrics, MetricsEndpoint
+    from .repository import ModelRepository
 
 log = logging.getLogger("cellserve.serve")
 
@@ -68,7 +69,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     fields = Settings.model_fields
     for flag, name, kw in _FLAGS:
         doc = " ".join((fields[name].description or "").split())
-        p.add_argument(flag, dest=name, default=None, help=f"{doc} [{ENV_PREFIX}{name.upper()}]", **kw)
+        # the flag's own default is None (unset: the environment, then the field, decides); show the field's
+        help_text = f"{doc} (default: {_default_of(name)}) [{ENV_PREFIX}{name.upper()}]".replace("%", "%%")
+        p.add_argument(flag, dest=name, default=None, help=help_text, **kw)
     p.add_argument(
         "--snapshot-key-file",
         type=Path,
@@ -84,6 +87,18 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         help="any other setting by its field name, e.g. --set max_top_k=16",
     )
     p.set_defaults(handler=run_serve)
+
+
+def _default_of(name: str) -> str:
+    field = Settings.model_fields[name]
+    if name == "model_dir":
+        return "the repository's models/"
+    if name == "models":
+        return "every model in --model-dir"
+    value = field.get_default(call_default_factory=True)
+    if value == "":
+        return "none"
+    return "off" if value is False else repr(value) if isinstance(value, str) else str(value)
 
 
 class SettingsError(Exception):
@@ -149,9 +164,28 @@ async def start_engine(settings: Settings) -> Engine:
     from .repository import ModelRepository
 
     repository = ModelRepository.load(settings)  # resolves settings.device ("auto": CUDA if available)
+    log_loaded(repository)
     engine = Engine(settings, repository)
     await engine.start()
     return engine
+
+
+def log_loaded(repository: ModelRepository) -> None:
+    """One line per model and one for the device: what this process actually serves."""
+    for name in repository.names():
+        lm = repository.get(name)
+        s = lm.spec
+        log.info(
+            "loaded model %s%s: %s %dx%d, %d symbols, weights sha256 %s",
+            name,
+            " (default)" if name == repository.default else "",
+            s.cell,
+            s.layers,
+            s.hidden,
+            len(s.vocabulary),
+            lm.weights_sha256[:12],
+        )
+    log.info("serving %d model(s) on device %s", len(repository.names()), repository.device)
 
 
 async def serve(settings: Settings) -> int:
@@ -176,7 +210,7 @@ async def serve(settings: Settings) -> int:
     print(f"cellserve metrics on {format_address(settings.metrics_host, endpoint.port)} (http)", flush=True)
     client.add_stats_listener(metrics.observe_iteration)  # observations: pushed per iteration
     poller = asyncio.create_task(metrics.poll_engine(client))  # gauges and counters
-    api = ApiServer(settings, client, recorder=metrics)
+    api = ApiServer(settings, client, recorder=metrics, gate_models=engine.repository.get)
     try:
         port = await api.start()
     except (OSError, RuntimeError) as e:  # grpc raises RuntimeError when it cannot bind

@@ -18,11 +18,22 @@ import msgspec
 import pytest
 import zmq
 import zmq.asyncio
-from cellserve.engine.types import AppendOptions, CompletionChunk, CompletionRequest, Prediction, SessionInfo
+from cellserve.api.pb import svc
+from cellserve.engine.types import (
+    AppendOptions,
+    CompletionChunk,
+    CompletionRequest,
+    IterationStats,
+    ModelIteration,
+    Phase,
+    Prediction,
+    SessionInfo,
+)
 from cellserve.errors import CapacityExceeded, InvalidInput, NotFound, OffsetConflict, Unavailable
 from cellserve.multiproc import messages
 from cellserve.multiproc.client import ZmqEngineClient
 from cellserve.multiproc.core import CoreServer
+from cellserve.multiproc.gates import CoreGates
 
 from .fake_engine import FakeEngine
 
@@ -43,14 +54,16 @@ class CountingDecoder:
 
 
 @asynccontextmanager
-async def wired(tmp_path: Path, metrics: Any = None) -> AsyncIterator[tuple[FakeEngine, ZmqEngineClient, str]]:
+async def wired(
+    tmp_path: Path, metrics: Any = None, gates: Any = None
+) -> AsyncIterator[tuple[FakeEngine, ZmqEngineClient, str]]:
     engine = FakeEngine()
     address = f"ipc://{tmp_path}/core.sock"
     ctx = zmq.asyncio.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.bind(address)
-    core = asyncio.create_task(CoreServer(engine, sock, metrics).serve())
+    core = asyncio.create_task(CoreServer(engine, sock, metrics, gates).serve())
     client = ZmqEngineClient(address, frontend=0)
     await client.start()
     try:
@@ -309,5 +322,53 @@ def test_a_restarted_frontend_s_old_completions_are_cancelled(tmp_path: Path) ->
             finally:
                 for sock in (old, new, other):
                     sock.close(linger=0)
+
+    run(test)
+
+
+def test_iteration_statistics_reach_a_frontends_listeners(tmp_path: Path) -> None:
+    """KServe's ModelStatistics in a frontend: the core forwards each iteration's per-model
+    share to frontends that listen (and to no one else)."""
+
+    async def test() -> None:
+        async with wired(tmp_path) as (engine, client, _):
+            got: list[IterationStats] = []
+            arrived = asyncio.Event()
+
+            def listener(it: IterationStats) -> None:
+                got.append(it)
+                arrived.set()
+
+            client.add_stats_listener(listener)
+            await client.health("")  # the WatchStats went out before this call
+            (core_listener,) = engine.stats_listeners
+            core_listener(IterationStats(1, (0.5,), (), (), ()))  # no model ran: nothing sent
+            share = ModelIteration("fake", 2, (0.001, 0.002), 0.004)
+            core_listener(IterationStats(2, (0.001, 0.002), ((Phase.STEP, 0.004),), ((Phase.STEP, 2),), (share,)))
+            await arrived.wait()
+            assert [it.models for it in got] == [(share,)] and got[0].rows == 2
+
+    run(test)
+
+
+class EchoGates:
+    """Stands in for GateInspector in the core: answers with the request's model name."""
+
+    async def inspect(self, request: svc.InspectGatesRequest) -> svc.InspectGatesResponse:
+        if request.model == "nope":
+            raise NotFound("unknown model 'nope'")
+        return svc.InspectGatesResponse(model=request.model)
+
+
+def test_inspect_gates_is_answered_by_the_core(tmp_path: Path) -> None:
+    async def test() -> None:
+        async with wired(tmp_path, gates=EchoGates()) as (_, client, _addr):
+            gates = CoreGates(client)
+            assert (await gates.inspect(svc.InspectGatesRequest(model="tiny"))).model == "tiny"
+            with pytest.raises(NotFound, match="unknown model"):
+                await gates.inspect(svc.InspectGatesRequest(model="nope"))
+        async with wired(tmp_path) as (_, client, _addr):  # a core without gates: UNAVAILABLE
+            with pytest.raises(Unavailable, match="gate inspection"):
+                await CoreGates(client).inspect(svc.InspectGatesRequest(model="tiny"))
 
     run(test)

@@ -14,7 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -249,6 +249,9 @@ def served_health(settings: Settings, names: Iterable[str]) -> dict[str, str]:
     class _NoEngine:  # the health service needs no engine; drain is what shutdown calls
         async def drain(self) -> None:
             return None
+
+        def add_stats_listener(self, listener: object) -> Callable[[], None]:  # KServe's statistics
+            return lambda: None
 
     async def ask() -> dict[str, str]:
         local = settings.model_copy(update={"host": "127.0.0.1", "port": 0, "drain_grace_s": 1.0})

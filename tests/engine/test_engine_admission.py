@@ -56,7 +56,7 @@ def test_idle_ttl_evicts_only_idle_sessions(model_dir: Path) -> None:
             await eng.append(idle, 0, "a")
             typed = 0
             for _ in range(1000):  # the busy one types (faster than the TTL) until the idle one expired
-                if idle not in eng._sessions:
+                if idle not in eng.core._sessions:
                     break
                 await eng.append(busy, typed, "b")
                 typed += 1
@@ -66,7 +66,7 @@ def test_idle_ttl_evicts_only_idle_sessions(model_dir: Path) -> None:
             assert eng.get_session(busy).position == typed
             assert eng.stats().session_events["expired"] == 1
             for _ in range(1000):  # now idle too: it expires in its turn
-                if not eng._sessions:
+                if not eng.core._sessions:
                     break
                 await asyncio.sleep(0.03)
             st = eng.stats()
@@ -90,7 +90,7 @@ def test_leak_accounting_after_everything(model_dir: Path) -> None:
                 await eng.close_session(s)
             st = eng.stats()
             assert st.active_sessions == 0 and st.slots_used == 0 and st.running_completions == 0
-            assert not any(rt.work or rt.completions for rt in eng._runtimes.values())
+            assert not any(rt.work or rt.completions for rt in eng.core._runtimes.values())
             with pytest.raises(NotFound):
                 await eng.append(ids[0], 5, "x")
             # a reused slot (and a reused scratch slot) starts from the zero state, not its last owner's
@@ -146,7 +146,7 @@ def test_drain_and_stop(model_dir: Path) -> None:
                 eng.open_session()
             assert (await eng.append(s, 200, "y")).position == 201  # existing sessions still work
             await eng.stop()
-            assert eng._executor is None
+            assert not eng.running
 
     run(body)
 

@@ -135,11 +135,11 @@ def test_ttl_never_expires_a_session_with_running_work(model_dir: Path, monkeypa
             await gate.running()  # the keystroke waits in a long iteration
             since = time.time()
             for _ in range(1000):  # until the idle one expired and a few sweeps passed the TTL
-                if idle not in eng._sessions and time.time() - since > 0.05 + 3 * 0.01:
+                if idle not in eng.core._sessions and time.time() - since > 0.05 + 3 * 0.01:
                     break
                 await asyncio.sleep(0.01)
-            assert idle not in eng._sessions
-            assert busy in eng._sessions
+            assert idle not in eng.core._sessions
+            assert busy in eng.core._sessions
             gate.open()
             assert (await fut).position == 2
 

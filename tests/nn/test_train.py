@@ -97,3 +97,46 @@ def test_evaluate_matches_direct_cross_entropy(tmp_path: Path) -> None:
         logits, _ = m(ids[None, :-1])
         want = F.cross_entropy(logits[0], ids[1:]).item() / math.log(2)
     assert abs(evaluate(m, ids, torch.device("cpu"), rows=1, chunk=64) - want) < 1e-4
+
+
+def test_warm_start_keeps_vocabulary_and_records_it(corpus: Path, tmp_path: Path) -> None:
+    base = dict(
+        corpus=[corpus],
+        cell="gru",
+        layers=1,
+        hidden=16,
+        embedding=4,
+        vocab_min_count=1,
+        seq_len=16,
+        batch=2,
+        steps=3,
+        warmup_steps=1,
+        validation_fraction=0.3,
+        eval_every=1e9,
+        checkpoint_every=1e9,
+    )
+    first = train(TrainConfig(out=tmp_path / "a", name="a", **base))  # type: ignore[arg-type]
+    second = train(TrainConfig(out=tmp_path / "b", name="b", init_from=tmp_path / "a", **base))  # type: ignore[arg-type]
+    assert first is not None and second is not None
+    assert second.vocabulary == first.vocabulary
+    assert second.provenance.init_from.startswith("a (weights sha256 ")
+    assert (tmp_path / "b" / "weights.safetensors").stat().st_mode & 0o777 == 0o644
+    with pytest.raises(ValueError, match="asked for"):
+        train(TrainConfig(out=tmp_path / "c", name="c", init_from=tmp_path / "a", **(base | {"hidden": 8})))  # type: ignore[arg-type]
+
+
+def test_dry_run_lists_the_corpus_and_trains_nothing(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert train(TrainConfig(out=tmp_path / "x", name="x", corpus=[corpus], dry_run=True)) is None
+    out = capsys.readouterr().out
+    assert "train" in out and "validation" in out and not (tmp_path / "x").exists()
+
+
+def test_progress_bar_survives_an_update_past_its_total() -> None:
+    from cellserve.train import Progress
+
+    bar = Progress(10.0, "s")
+    bar.update(5.0, "half")
+    bar.update(10.7, "past the time budget")  # the last step of a time budget ends after it
+    bar.close()

@@ -1,23 +1,30 @@
-"""The gRPC server: CellserveService, health and reflection on one grpc.aio server, and the
-drain sequence for a graceful stop."""
+"""The gRPC server: CellserveService, the KServe v2 GRPCInferenceService, health and reflection on
+one grpc.aio server, and the drain sequence for a graceful stop."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from grpc import aio
-from grpc_health.v1 import health, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from ..config import Settings
 from ..engine.client import EngineClient
 from .health import Health
-from .pb import SERVICE_NAME, rpc
+from .kserve import KSERVE_SERVICE_NAME, KServeServicer
+from .kserve.pb import kpb, krpc
+from .pb import SERVICE_NAME, rpc, svc
 from .recorder import NULL_RECORDER, Recorder
-from .servicer import CellserveServicer
+from .reflection_pool import reflection_pool
+from .servicer import CellserveServicer, Gates
 from .status import ErrorMappingInterceptor
+
+if TYPE_CHECKING:
+    from .gates import ModelLookup
 
 log = logging.getLogger("cellserve.api")
 
@@ -32,18 +39,27 @@ class ApiServer:
         settings: Settings,
         engine: EngineClient,
         recorder: Recorder = NULL_RECORDER,
+        gate_models: ModelLookup | None = None,
         *,
         reuse_port: bool = False,
         frontend: str = "",
+        gates: Gates | None = None,
     ) -> None:
-        """``reuse_port``: several frontend processes share the port (SO_REUSEPORT);
+        """``gate_models``: the loaded models, for InspectGates (only a process that loaded them);
+        ``gates``: what answers InspectGates otherwise (a frontend's forwarder to the core);
+        ``reuse_port``: several frontend processes share the port (SO_REUSEPORT);
         ``frontend``: this process's frontend number, sent as ``cellserve-frontend`` metadata."""
         self._settings = settings
         self._engine = engine
-        self.servicer = CellserveServicer(engine, settings, recorder, frontend=frontend)
+        if gate_models is not None:
+            from .gates import GateInspector  # imports torch: only where the models are loaded
+
+            gates = GateInspector(gate_models, settings)
+        self.servicer = CellserveServicer(engine, settings, recorder, gates, frontend=frontend)
+        self.kserve = KServeServicer(engine, settings)
         self.health = Health(settings.readiness_service)
         self._server = aio.server(
-            interceptors=[ErrorMappingInterceptor(recorder)],
+            interceptors=[ErrorMappingInterceptor(recorder, (SERVICE_NAME, KSERVE_SERVICE_NAME))],
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -52,8 +68,13 @@ class ApiServer:
             ],
         )
         rpc.add_CellserveServiceServicer_to_server(self.servicer, self._server)
+        krpc.add_GRPCInferenceServiceServicer_to_server(self.kserve, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._server)
-        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, KSERVE_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            self._server,
+            pool=reflection_pool((svc.DESCRIPTOR, kpb.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR)),
+        )
         self.port = 0
 
     async def start(self) -> int:
@@ -73,6 +94,7 @@ class ApiServer:
         deadline = time.monotonic() + self._settings.drain_grace_s
         await self.health.not_serving()
         self.servicer.begin_drain()
+        self.kserve.begin_drain()
         try:
             await asyncio.wait_for(self._engine.drain(), timeout=self._settings.drain_grace_s)
         except TimeoutError:
@@ -81,3 +103,4 @@ class ApiServer:
         # stopping, a late call would see the transport's CANCELLED instead.
         await asyncio.sleep(min(self._settings.drain_refusal_s, max(0.0, deadline - time.monotonic())))
         await self._server.stop(max(0.0, deadline - time.monotonic()))
+        self.kserve.close()

@@ -11,15 +11,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 from grpc import aio
 
 from ..config import Settings
 from ..engine.client import EngineClient
-from ..errors import CapacityExceeded, InvalidInput, Unavailable
+from ..errors import InvalidInput, Unavailable
 from ..logs import user_text
 from . import convert, validate
+from .admission import admit_stream
 from .owner import owner_of
 from .pb import rpc, svc, types
 from .recorder import NULL_RECORDER, Recorder, ResponseTimer
@@ -28,12 +29,23 @@ from .stream import SessionStream
 log = logging.getLogger("cellserve.api")
 Context: TypeAlias = aio.ServicerContext[Any, Any]
 FRONTEND_MD = "cellserve-frontend"
-STREAM_RETRY_AFTER_S = 1.0  # streams are long-lived: a slot frees up on the order of seconds
+
+
+class Gates(Protocol):
+    """Answers InspectGates: ``api.gates.GateInspector`` in the process that loaded the models,
+    or a frontend's forwarder to the engine core (frontends import no torch)."""
+
+    async def inspect(self, request: svc.InspectGatesRequest) -> svc.InspectGatesResponse: ...
 
 
 class CellserveServicer(rpc.CellserveServiceServicer):  # type: ignore[misc]
     def __init__(
-        self, engine: EngineClient, settings: Settings, recorder: Recorder = NULL_RECORDER, frontend: str = ""
+        self,
+        engine: EngineClient,
+        settings: Settings,
+        recorder: Recorder = NULL_RECORDER,
+        gates: Gates | None = None,
+        frontend: str = "",
     ) -> None:
         self._engine = engine
         # Multi-process serving: which frontend answered (initial metadata of OpenSession and
@@ -44,6 +56,9 @@ class CellserveServicer(rpc.CellserveServiceServicer):  # type: ignore[misc]
         self._streams: set[SessionStream] = set()
         self._draining = False
         self._model_msgs: dict[str, types.ModelInfo] = {}
+        # The gates read the weights only, never the engine's sessions: the process that loaded
+        # the models answers them (a frontend forwards to the core); without one, UNAVAILABLE.
+        self._gates = gates
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -64,13 +79,7 @@ class CellserveServicer(rpc.CellserveServiceServicer):  # type: ignore[misc]
     async def Session(
         self, requests: AsyncIterator[svc.SessionRequest], context: Context
     ) -> AsyncIterator[svc.SessionResponse]:
-        if self._draining:
-            raise Unavailable("the server is shutting down; connect to another replica")
-        if len(self._streams) >= self._settings.max_concurrent_streams:
-            raise CapacityExceeded(
-                f"too many concurrent streams (max_concurrent_streams={self._settings.max_concurrent_streams})",
-                retry_after_s=STREAM_RETRY_AFTER_S,
-            )
+        admit_stream(self._draining, len(self._streams), self._settings)
         stream = SessionStream(self._engine, self._settings, owner_of(context), self.model_msg, self._recorder)
         self._streams.add(stream)
         try:
@@ -155,3 +164,8 @@ class CellserveServicer(rpc.CellserveServiceServicer):  # type: ignore[misc]
         return svc.ListModelsResponse(
             models=[convert.model_info(m) for m in await self._engine.models(owner_of(context))]
         )
+
+    async def InspectGates(self, request: svc.InspectGatesRequest, context: Context) -> svc.InspectGatesResponse:
+        if self._gates is None:
+            raise Unavailable("gate inspection is not served by this server process")
+        return await self._gates.inspect(request)

@@ -95,8 +95,9 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
     the final status is decided, it also tags the call's logs with a request id and reports
     the call's method and code to the recorder."""
 
-    def __init__(self, recorder: Recorder = NULL_RECORDER) -> None:
+    def __init__(self, recorder: Recorder = NULL_RECORDER, services: tuple[str, ...] = (SERVICE_NAME,)) -> None:
         self._recorder = recorder
+        self._prefixes = tuple(f"/{name}/" for name in services)
 
     async def intercept_service(
         self,
@@ -105,9 +106,9 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
         method: str = details.method
-        # Only our own service: health and reflection are grpc's code, written in the
+        # Only our own services: health and reflection are grpc's code, written in the
         # context.write() style that an async-generator wrapper must not mix with.
-        if handler is None or not method.startswith(f"/{SERVICE_NAME}/"):
+        if handler is None or not method.startswith(self._prefixes):
             return handler
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(

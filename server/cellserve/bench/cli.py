@@ -27,7 +27,13 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         "the model ceiling, memory per idle session; ratios within one run. See benchmarks/README.md.",
     )
     p.add_argument("--quick", action="store_true", help="smoke-test sizes: N=1,16, 2 s windows (under 2 minutes)")
-    p.add_argument("--out", type=Path, default=Path("docs/benchmarks"), help="folder for results.json/.md and plots")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench-results"),
+        help="folder for results.json/.md and plots (default: ./bench-results; the committed results are "
+        "docs/benchmarks/, written only when named here)",
+    )
     p.add_argument(
         "--model", help="model folder or name in models/, or 'random' (default: stdlib-lstm if present, else random)"
     )

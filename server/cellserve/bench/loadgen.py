@@ -10,7 +10,9 @@ Workloads (``Workload.kind``):
   omission);
 - ``complete``: each session asks for a greedy completion of ``complete_chars`` characters,
   reads it to the end, and asks again (closed loop); the unit is a generated character;
-- ``open_sessions``: unary OpenSession calls only (the memory scenario).
+- ``open_sessions``: unary OpenSession calls only (the memory scenario);
+- ``sequences``: perf_analyzer's ``--streaming --sequence-length`` traffic, on the KServe or the
+  native surface (``bench/sequences.py``), to compare the two tools on the same sequences.
 
 A piece is one character, or with probability ``paste_prob`` a paste of ``paste_min`` to
 ``paste_max`` characters. Keystrokes come from a Python source text, every session at its own
@@ -29,7 +31,7 @@ import multiprocessing as mp
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -40,14 +42,16 @@ from cellserve_client._proto.cellserve.v1 import service_pb2 as svc
 from cellserve_client._proto.cellserve.v1 import service_pb2_grpc as rpc
 from cellserve_client._proto.cellserve.v1 import types_pb2 as types
 
+from .sequences import kserve_sequences, native_sequences
+
 OPEN_TIMEOUT_S = 60.0
 END_GRACE_S = 1.0  # after the window: sessions close cleanly; stragglers are cancelled then
-PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
 
 
 @dataclass(frozen=True)
 class Workload:
-    kind: str  # "closed" | "open" | "complete" | "open_sessions"
+    kind: str  # "closed" | "open" | "complete" | "open_sessions" | "sequences"
     sessions: int
     warmup_s: float = 1.0
     window_s: float = 5.0
@@ -58,6 +62,10 @@ class Workload:
     top_k: int = 5
     complete_chars: int = 32
     seed: int = 0
+    model: str = ""  # "": the server's default model
+    surface: str = "native"  # sequences: "native" | "kserve"
+    sequence_length: int = 20  # sequences: requests per sequence, one keystroke each
+    sequence_text: str = ""  # sequences: character i is request i's keystroke
 
 
 @dataclass
@@ -128,7 +136,7 @@ class _Session:
     async def open(self, stub: rpc.CellserveServiceStub) -> None:
         self.call = stub.Session()
         self.rid += 1
-        await self.call.write(svc.SessionRequest(request_id=self.rid, open=svc.SessionRequest.Open()))
+        await self.call.write(svc.SessionRequest(request_id=self.rid, open=svc.SessionRequest.Open(model=self.w.model)))
         r = await self.call.read()
         if r is grpc.aio.EOF or not r.HasField("opened"):
             raise RuntimeError(f"open failed: {r}")
@@ -148,6 +156,11 @@ class _Session:
             self.res.error_samples.append(f"{r.error.code}: {r.error.message}")
         if r.error.HasField("expected_offset"):
             self.offset = r.error.expected_offset
+
+    def error_text(self, message: str) -> None:
+        self.res.errors += 1
+        if len(self.res.error_samples) < 5:
+            self.res.error_samples.append(message)
 
     def finish(self) -> None:
         end = self.t_end
@@ -285,9 +298,10 @@ async def _worker(target: str, w: Workload, first: int, count: int, conn: Connec
             async with sem:
                 await s.open(stub)
 
-        await asyncio.wait_for(
-            asyncio.gather(*(open_one(s, stubs[i % n_channels]) for i, s in enumerate(sessions))), OPEN_TIMEOUT_S
-        )
+        if w.kind != "sequences":  # those open a session per sequence
+            await asyncio.wait_for(
+                asyncio.gather(*(open_one(s, stubs[i % n_channels]) for i, s in enumerate(sessions))), OPEN_TIMEOUT_S
+            )
         conn.send(("ready", None))
         t_start, t_measure, t_end = await loop.run_in_executor(None, conn.recv)
         for s in sessions:
@@ -297,11 +311,20 @@ async def _worker(target: str, w: Workload, first: int, count: int, conn: Connec
         cpu1 = [0.0]
         loop.call_at(t_end, lambda: cpu1.__setitem__(0, time.process_time()))
         await asyncio.sleep(max(0.0, t_start - clock()))
-        body = {"closed": _Session.closed, "open": _Session.open_loop, "complete": _Session.complete}[w.kind]
-        tasks = [asyncio.create_task(body(s)) for s in sessions]
+        body: dict[str, Callable[[_Session], Coroutine[Any, Any, None]]] = {
+            "closed": _Session.closed,
+            "open": _Session.open_loop,
+            "complete": _Session.complete,
+            "sequences": lambda s: (
+                kserve_sequences(s, channels[s.index % n_channels])
+                if w.surface == "kserve"
+                else native_sequences(s, stubs[s.index % n_channels])
+            ),
+        }
+        tasks = [asyncio.create_task(body[w.kind](s)) for s in sessions]
         done, pending = await asyncio.wait(tasks, timeout=max(0.0, t_end - clock()))
         # sessions still waiting for an answer at the end of the window
-        res.unanswered += sum(1 for t in pending) if w.kind != "open" else 0
+        res.unanswered += sum(1 for t in pending) if w.kind not in ("open", "sequences") else 0
         if pending:
             _, pending = await asyncio.wait(pending, timeout=END_GRACE_S)
         for t in pending:
@@ -317,7 +340,10 @@ async def _worker(target: str, w: Workload, first: int, count: int, conn: Connec
             s.finish()
         stragglers = {s.index for s, t in zip(sessions, tasks, strict=True) if t in pending}
         await asyncio.wait_for(
-            asyncio.gather(*(s.close() for s in sessions if s.index not in stragglers), return_exceptions=True),
+            asyncio.gather(
+                *(s.close() for s in sessions if s.index not in stragglers and w.surface == "native"),
+                return_exceptions=True,
+            ),
             10.0,
         )
         for s in sessions:
@@ -427,7 +453,7 @@ def _merge(w: Workload, results: list[dict[str, Any]], server_cpu_s: float | Non
     requests = sum(r["requests"] for r in results)
     chars = sum(r["chars"] for r in results)
     client_cpu = sum(r["cpu_s"] for r in results)
-    main = {"closed": "all", "open": "all", "complete": "completion"}[w.kind]
+    main = {"closed": "all", "open": "all", "complete": "completion", "sequences": "all"}[w.kind]
     all_lat = [x for k, v in lat.items() if k in ("key", "paste") for x in v] if main == "all" else lat.get(main, [])
     out: dict[str, Any] = {
         "workload": asdict(w),

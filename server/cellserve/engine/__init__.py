@@ -10,7 +10,10 @@ returning an awaitable; one session's operations apply in call order. In one pro
     pred = await client.append(owner, session_id, offset, text, AppendOptions())
     await client.drain(); await client.stop()
 
-``Engine`` itself keeps the ``submit_*`` methods (future now, applied in order) and awaitable
-wrappers (``append``, ``rewind``...) the engine tests use; ``engine/scheduler.py`` plans each
-iteration within the character budget, ``engine/runner.py`` executes it.
+``Engine`` (``engine/engine.py``) is the async frontend: futures, admission, the TTL sweep and
+the device thread, which calls ``EngineCore.step()`` (``engine/core.py``: schedule -> execute
+-> update_from_output, synchronous, plain dataclasses out) while work remains. It keeps the
+``submit_*`` methods (future now, applied in order) and awaitable wrappers (``append``,
+``rewind``...) the engine tests use; ``engine/scheduler.py`` plans each iteration within the
+character budget, ``engine/runner.py`` executes it.
 """

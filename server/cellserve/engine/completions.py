@@ -1,11 +1,13 @@
-"""A running completion and the async iterator its consumer reads (loop thread; no torch).
+"""A running completion and the async iterator its consumer reads (no torch). The core
+updates the alternatives (under its lock); ``chunks`` belongs to the event loop: the frontend
+puts there the chunks each ``step()`` emitted.
 
 Each alternative decodes on its own scratch slot of the pool, forked from the session's state:
 the first character comes from the session's own distribution (a "peek" row), the first step
 reads the session's slot and writes the scratch slot, later steps stay on the scratch slot.
 The session's slot is never written, so a completion never changes the session.
 
-The engine queues one chunk per character; the consumer's iterator hands over everything of an
+The core emits one chunk per character; the consumer's iterator hands over everything of an
 alternative that is already waiting as one chunk (its text concatenated). An idle consumer still
 gets every character as soon as it exists; a busy one (or a multi-step decoding iteration, which
 delivers several characters at once) gets fewer, longer chunks: one gRPC message per batch of
@@ -48,12 +50,6 @@ class Completion:
 
     def running(self) -> list[Alternative]:
         return [a for a in self.alternatives if not a.finish_reason]
-
-    def finish(self, alt: Alternative, reason: str, text: str = "") -> None:
-        alt.finish_reason = reason
-        self.chunks.put_nowait(CompletionChunk(alt.index, text, True, reason))
-        if not self.running():
-            self.chunks.put_nowait(None)
 
 
 class CompletionStream(AsyncIterator[CompletionChunk]):

@@ -1,234 +1,130 @@
-"""The engine: sessions, admission and the asyncio loop schedule -> run -> deliver.
+"""The async frontend of the engine: futures, admission, the TTL sweep and the device thread.
 
-Everything here runs on the asyncio loop except ``ModelRunner.execute``, which runs in the
-one device worker thread, so gRPC I/O goes on while the device works. The loop re-forms the
-batch at every iteration from whatever is waiting (no ticks, no waiting for a batch to fill):
-an iteration starts as soon as the previous one ended and work exists. One iteration:
-``_schedule`` (the scheduler plans each model's batch within the character budget; what needs
-no device work, rejected offsets and closes, is answered there), ``execute`` in the worker,
-then ``_deliver`` (futures, sessions, rewind logs) and one ``IterationStats`` pushed to the
-stats listeners.
+``Engine`` wraps an ``EngineCore`` (``engine/core.py``), which owns the sessions, the model
+runtimes and the synchronous ``step()``. What runs where:
 
-Error behaviour (``cellserve.errors``): unknown, closed, expired and other owners' sessions are
-all ``NotFound("session not found")``; caps raise ``CapacityExceeded`` with a retry hint;
-new sessions while draining raise ``Unavailable``. State is written back only when an iteration
-succeeded: if the device step raises, every operation of that iteration fails with that
-exception (the API reports INTERNAL) and the sessions are as they were before it.
+- the event loop: submissions (validated and queued by the core under its lock, each answered
+  through a future created here), the TTL sweep, completion cancellation, and applying each
+  ``StepOutput`` (futures resolved, completion chunks queued, stats pushed to listeners);
+- the one device thread (``cellserve-device``): ``while work: core.step()``, each step's output
+  handed to the loop with ONE ``call_soon_threadsafe``. A submission wakes the thread with a
+  ``threading.Event``; while work remains it steps back to back without a round trip through
+  the loop, so the loop never awaits the device and an idle loop costs the device nothing.
+
+Lifecycle: ``start`` starts the thread and the sweep; ``drain`` refuses new sessions and
+returns once queued work and running completions are answered; ``stop`` ends the thread after
+the step in flight and fails what is still queued with ``Unavailable``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import secrets
+import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from ..config import Settings
-from ..errors import CapacityExceeded, InvalidInput, NotFound, OffsetConflict, PreconditionFailed, Unavailable
-from ..nn.cells import GRU_GATES, LSTM_GATES
-from ..nn.checkpoint import LoadedModel
+from ..errors import Unavailable
 from ..repository import ModelRepository
-from . import snapshot as snap
-from .completions import Alternative, Completion, CompletionStream
-from .limits import check_completion
-from .plan import ZERO, HostState, Plan, RunResult
-from .rewind import RewindLog
-from .runner import ModelRunner
-from .scheduler import AppendRun, Batch, Scheduler
-from .sessions import AppendOp, ControlOp, Op, Session, SessionState
-from .state_pool import SlotAllocator, StatePool
+from .completions import Completion, CompletionStream
+from .core import ChunkOut, EngineCore, Outcome, StepOutput
 from .types import (
     AppendOptions,
-    CompletionChunk,
     CompletionRequest,
     EngineHealth,
     EngineStats,
-    FinishReason,
-    GateTrace,
     IterationStats,
     ModelInfo,
-    Phase,
     Prediction,
-    SessionEvent,
     SessionInfo,
 )
 
 log = logging.getLogger(__name__)
 
-_NOT_FOUND = "session not found"
-# Multi-step decoding (see the scheduler): when only completions run, an iteration takes up to
-# MAX_DECODE_STEPS steps, as many as fit in DECODE_BURST_S at the latest measured step time, so
-# a keystroke arriving meanwhile waits at most about that long. Measured with `cellserve bench`
-# (2-core CPU, 2x512 LSTM): one chunk message and one scheduling round per character bounded
-# completions at 0.35x (16 running) to 0.52x (64) of the model's own decoding speed.
-MAX_DECODE_STEPS = 8
-DECODE_BURST_S = 0.025
-# Scratch slots for chunked prefill (one per piece being applied in chunks at a time); beyond
-# this many, a long piece runs whole (over the iteration budget) rather than wait.
-CHUNK_SLOTS = 64
 _DEFAULT_OPTIONS = AppendOptions()  # frozen: safe to share as a default
 
 
-@dataclass(eq=False)
-class _Runtime:
-    """One served model: its pool, runner, scheduler and the work waiting for it."""
-
-    name: str
-    loaded: LoadedModel
-    info: ModelInfo
-    alloc: SlotAllocator
-    pool: StatePool
-    runner: ModelRunner
-    scheduler: Scheduler
-    gate_names: tuple[str, ...]
-    work: dict[Session, None] = field(default_factory=dict)  # sessions with queued ops (ordered set)
-    completions: dict[Completion, None] = field(default_factory=dict)  # started, still running
-    decode_step_s: float = 0.0  # the latest completion iteration's time per step
-    scratch_used: int = 0  # chunked-prefill scratch slots held (<= CHUNK_SLOTS)
-
-    def take_scratch(self) -> int | None:
-        if self.scratch_used >= CHUNK_SLOTS:
-            return None
-        try:
-            slot = self.alloc.alloc()
-        except CapacityExceeded:
-            return None
-        self.scratch_used += 1
-        return slot
-
-    def free_scratch(self, op: AppendOp) -> None:
-        if op.scratch is not None:
-            self.alloc.free(op.scratch)
-            self.scratch_used -= 1
-            op.scratch = None
-
-
 class Engine:
-    def __init__(self, settings: Settings, repository: ModelRepository) -> None:
+    def __init__(self, settings: Settings, repository: ModelRepository, core: EngineCore | None = None) -> None:
         self.settings = settings
         self.repository = repository
-        self.device = repository.device
-        # Unset key: a random per-process key; snapshots then resume on this process only.
-        self._key = (
-            settings.snapshot_key.get_secret_value().encode() if settings.snapshot_key else secrets.token_bytes(32)
-        )
-        slots_max = settings.max_sessions + settings.max_running_completions + CHUNK_SLOTS
-        self._runtimes: dict[str, _Runtime] = {}
-        for name in repository.names():
-            lm = repository.get(name)
-            m = lm.model
-            pool = StatePool(m.layers, m.hidden, m.state_arity, self.device)
-            rt = _Runtime(
-                name,
-                lm,
-                repository.info(name),
-                SlotAllocator(settings.pool_chunk, slots_max),
-                pool,
-                ModelRunner(m, pool),
-                Scheduler(lm.vocab.encode),
-                LSTM_GATES if m.cell == "lstm" else GRU_GATES,
-            )
-            rt.scheduler = Scheduler(lm.vocab.encode, rt.take_scratch)
-            self._runtimes[name] = rt
-        self._sessions: dict[str, Session] = {}
-        self._running_alternatives = 0
-        self._executor: ThreadPoolExecutor | None = None
-        self._loop_task: asyncio.Task[None] | None = None
-        self._sweep_task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._draining = False
+        self.core = core or EngineCore(settings, repository)
+        self.device = self.core.device
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._kick = threading.Event()  # work was submitted (or stop was asked)
         self._stopping = False
-        self._iterations = 0
-        self._chars: dict[str, int] = {p: 0 for p in Phase}
-        self._events: dict[str, int] = {}
+        self._idle = asyncio.Event()
+        self._sweep_task: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[IterationStats], None]] = []
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        if self._loop_task is not None:
+        if self._thread is not None:
             return
-        if self.settings.cpu_threads and self.device.type == "cpu":
+        if self.settings.cpu_threads and self.core.device.type == "cpu":
             torch.set_num_threads(self.settings.cpu_threads)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cellserve-device")
-        self._loop_task = asyncio.create_task(self._loop(), name="cellserve-engine")
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._device_loop, name="cellserve-device", daemon=True)
+        self._thread.start()
         self._sweep_task = asyncio.create_task(self._sweep(), name="cellserve-sweep")
 
     async def drain(self) -> None:
         """Refuses new sessions from now on; returns once queued work and running completions
         are done (their callers are answered)."""
-        self._draining = True
-        while self._has_pending() and self._loop_task is not None and not self._loop_task.done():
+        with self.core.lock:
+            self.core.draining = True
+        while self._thread is not None and self._thread.is_alive() and self.core.has_pending():
             self._idle.clear()
-            self._wake.set()
+            self._kick.set()
             await self._idle.wait()
 
     async def stop(self) -> None:
-        """Ends the loop after the iteration in flight; what is still queued fails with
-        ``Unavailable``; the worker thread exits."""
-        self._draining = self._stopping = True
-        self._wake.set()
-        for task in (self._loop_task, self._sweep_task):
-            if task is not None:
-                if task is self._sweep_task:
-                    task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
-        gone = Unavailable("server is stopping")
-        for s in list(self._sessions.values()):
-            for op in s.queue:
-                _fail(op, gone)
-            s.queue.clear()
-            for c in list(s.completions):
-                self._cancel_completion(c)
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        """Ends the device thread after the step in flight; what is still queued fails with
+        ``Unavailable``."""
+        with self.core.lock:
+            self.core.draining = True
+        self._stopping = True
+        self._kick.set()
+        if self._sweep_task is not None:
+            self._sweep_task.cancel()
+            try:
+                await self._sweep_task
+            except asyncio.CancelledError:
+                pass
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        await asyncio.sleep(0)  # the last step's output, already posted, is applied first
+        self.core.fail_all(Unavailable("server is stopping"))
+        self._apply(self.core.take_outbox())
+        self._idle.set()
+
+    @property
+    def running(self) -> bool:
+        """The device thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
 
     # ---- queries -----------------------------------------------------------------------------
     def models(self) -> list[ModelInfo]:
-        return [rt.info for rt in self._runtimes.values()]
+        return self.core.models()
 
     def get_session(self, session_id: str, owner: str = "") -> SessionInfo:
-        return self._get(session_id, owner).info()
+        return self.core.get_session(session_id, owner)
 
     def get_session_queued(self, session_id: str, owner: str = "") -> SessionInfo:
-        """The session with ``position`` = the offset the next append must carry."""
-        s = self._get(session_id, owner)
-        return s.info(s.queued_end)
+        return self.core.get_session_queued(session_id, owner)
 
     def stats(self) -> EngineStats:
-        """Cumulative counters and gauges now; reading changes nothing (any number of readers).
-        Per-iteration observations are pushed to ``add_stats_listener`` listeners."""
-        return EngineStats(
-            active_sessions=len(self._sessions),
-            slots_capacity=sum(rt.pool.capacity for rt in self._runtimes.values()),
-            slots_max=sum(rt.alloc.slots_max for rt in self._runtimes.values()),
-            slots_used=sum(rt.alloc.used for rt in self._runtimes.values()),
-            state_bytes=sum(rt.pool.nbytes for rt in self._runtimes.values()) + self._checkpoint_bytes(),
-            running_completions=self._running_alternatives,
-            iterations=self._iterations,
-            chars_processed=dict(self._chars),
-            session_events=dict(self._events),
-        )
+        return self.core.stats()
 
     def health(self) -> EngineHealth:
-        return EngineHealth(
-            serving=not self._draining,
-            active_sessions=len(self._sessions),
-            slots_used=sum(rt.alloc.used for rt in self._runtimes.values()),
-            slots_max=sum(rt.alloc.slots_max for rt in self._runtimes.values()),
-            running_completions=self._running_alternatives,
-        )
+        return self.core.health()
 
     def add_stats_listener(self, listener: Callable[[IterationStats], None]) -> Callable[[], None]:
         self._listeners.append(listener)
@@ -236,541 +132,145 @@ class Engine:
 
     # ---- sessions ----------------------------------------------------------------------------
     def open_session(self, model: str | None = None, owner: str = "") -> SessionInfo:
-        return self._new_session(self._runtime(model), owner, 0, ZERO, SessionEvent.OPENED).info()
+        info = self.core.open_session(model, owner)
+        self._kick.set()  # the new session's start-state write
+        return info
 
     async def append(
         self, session_id: str, offset: int, text: str, options: AppendOptions = _DEFAULT_OPTIONS, owner: str = ""
     ) -> Prediction:
-        """Applies ``text`` at ``offset`` exactly once and answers the next-character
-        distribution. ``offset`` must equal the session's position counting the appends already
-        accepted; a retry of the latest accepted piece (same offset, same text) is answered from
-        cache with ``replayed=True`` and applies nothing. When several appends of a session wait
-        for the same iteration they run as one prefill; each gets its own Prediction, or with
-        ``only_last`` the earlier ones get ``superseded=True`` and no top-k."""
         return await asyncio.shield(self.submit_append(session_id, offset, text, options, owner))
 
     def submit_append(
         self, session_id: str, offset: int, text: str, options: AppendOptions = _DEFAULT_OPTIONS, owner: str = ""
     ) -> asyncio.Future[Prediction]:
-        """``append`` without the coroutine: queues the piece now (or raises now) and returns the
-        future of its Prediction, so a caller can pipeline appends without a task per call. The
-        future is shared engine state: await it through ``asyncio.shield``, never cancel it."""
-        s = self._get(session_id, owner)
-        if not text:
-            raise InvalidInput("append text is empty")
-        if len(text) > self.settings.max_append_chars:
-            raise InvalidInput(f"append text has {len(text)} characters; the limit is {self.settings.max_append_chars}")
-        if not 0 <= options.top_k <= self.settings.max_top_k:
-            raise InvalidInput(f"top_k must be between 0 and {self.settings.max_top_k}")
-        s.last_used_at = time.time()
-        loop = asyncio.get_running_loop()
-        if offset != s.queued_end:
-            lp = s.last_piece
-            if lp is not None and lp[0] == offset and lp[1] == text:
-                return _replayed(lp[2], loop.create_future())
-            raise OffsetConflict(expected=s.queued_end, got=offset)
-        self._cancel_session_completions(s)
-        rt = self._runtimes[s.model]
-        fut: asyncio.Future[Prediction] = loop.create_future()
-        s.accept_append(AppendOp(offset, text, rt.loaded.vocab.encode(text), options, fut, time.perf_counter()))
-        self._submit(rt, s)
+        """Queues the piece now (or raises now) and returns the future of its Prediction (see
+        ``EngineCore.submit_append``). The future is shared engine state: await it through
+        ``asyncio.shield``, never cancel it."""
+        fut: asyncio.Future[Prediction] = asyncio.get_running_loop().create_future()
+        original = self.core.submit_append(session_id, offset, text, options, owner, fut)
+        if original is not None:
+            return _replayed(original, fut)
+        self._kick.set()
         return fut
 
     def complete(self, session_id: str, request: CompletionRequest, owner: str = "") -> CompletionStream:
-        """Starts a completion forked from the session's state once the operations accepted
-        before it are applied. The session is never changed; an Append, Reset, Rewind or Close
-        of the session, or closing the returned iterator, cancels it."""
-        s = self._get(session_id, owner)
-        check_completion(request, self.settings)
-        rt = self._runtimes[s.model]
-        if self._running_alternatives + request.n > self.settings.max_running_completions:
-            self._event(SessionEvent.REJECTED_COMPLETION)
-            raise CapacityExceeded("too many completions are running", retry_after_s=0.5)
-        slots: list[int] = []
-        try:
-            for _ in range(request.n):
-                slots.append(rt.alloc.alloc())
-        except CapacityExceeded:
-            for slot in slots:
-                rt.alloc.free(slot)
-            raise
-        seed = request.seed if request.seed is not None else secrets.randbits(64)
-        alts = [Alternative(i, slot, random.Random(f"{seed}/{i}")) for i, slot in enumerate(slots)]
-        c = Completion(s, request, alts)
-        self._running_alternatives += request.n
-        s.completions.add(c)
-        s.queue.append(ControlOp("complete", None, time.perf_counter(), completion=c))
-        s.last_used_at = time.time()
-        self._submit(rt, s)
+        c = self.core.complete(session_id, request, owner)
+        self._after_call()
         return CompletionStream(c, self._cancel_completion)
 
     async def rewind(self, session_id: str, chars: int, owner: str = "") -> SessionInfo:
-        """Restores exactly the state ``chars`` characters back (1 <= chars <= position);
-        beyond the rewind window: PreconditionFailed."""
         return await asyncio.shield(self.submit_rewind(session_id, chars, owner))
 
     def submit_rewind(self, session_id: str, chars: int, owner: str = "") -> asyncio.Future[SessionInfo]:
-        s = self._get(session_id, owner)
-        if chars <= 0:
-            raise InvalidInput("rewind chars must be positive")
-        if not s.queue and not s.in_flight:  # answer bad requests without an iteration
-            s.history.plan(s.position, chars)
-        self._cancel_session_completions(s)
-        return self._control(s, ControlOp("rewind", self._future(), time.perf_counter(), chars=chars))
+        return self._submitted(lambda fut: self.core.submit_rewind(session_id, chars, owner, fut))
 
     async def reset(self, session_id: str, owner: str = "") -> SessionInfo:
         return await asyncio.shield(self.submit_reset(session_id, owner))
 
     def submit_reset(self, session_id: str, owner: str = "") -> asyncio.Future[SessionInfo]:
-        s = self._get(session_id, owner)
-        self._cancel_session_completions(s)
-        return self._control(s, ControlOp("write", self._future(), time.perf_counter(), state=ZERO, position=0))
+        return self._submitted(lambda fut: self.core.submit_reset(session_id, owner, fut))
 
     async def snapshot(self, session_id: str, owner: str = "") -> bytes:
-        """A signed blob of the state after the operations accepted before it."""
         return await asyncio.shield(self.submit_snapshot(session_id, owner))
 
     def submit_snapshot(self, session_id: str, owner: str = "") -> asyncio.Future[bytes]:
-        s = self._get(session_id, owner)
-        return self._control(s, ControlOp("snapshot", self._future(), time.perf_counter()))
+        return self._submitted(lambda fut: self.core.submit_snapshot(session_id, owner, fut))
 
     async def resume(
         self, blob: bytes, replay: str = "", options: AppendOptions = _DEFAULT_OPTIONS, owner: str = ""
     ) -> tuple[SessionInfo, Prediction | None]:
-        """A new session (new id) at the snapshot's position with its state, bit-exact; then
-        ``replay`` is appended and its Prediction returned. Bad or tampered blob: InvalidInput;
-        a model or weights this server does not serve: PreconditionFailed."""
         s, fut = self.submit_resume(blob, replay, options, owner)
         pred = await asyncio.shield(fut) if fut is not None else None
         return s.info(), pred
 
     def submit_resume(
         self, blob: bytes, replay: str = "", options: AppendOptions = _DEFAULT_OPTIONS, owner: str = ""
-    ) -> tuple[Session, asyncio.Future[Prediction] | None]:
-        """The new session (its start state is written by the next iteration) and the future
-        of the replay's Prediction. The blob is checked here (HMAC and header: no torch); its
-        state bytes become tensors in the device worker (``HostState``)."""
-        self._check_open()
-        data = snap.decode(blob, self._key)
-        rt = self._runtimes.get(data.model)
-        if rt is None or rt.loaded.weights_sha256 != data.weights_sha256:
-            raise PreconditionFailed("the snapshot was taken with model weights this server does not serve")
-        m = rt.loaded.model
-        if data.shapes != tuple((m.layers, m.hidden) for _ in range(m.state_arity)):
-            raise PreconditionFailed("the snapshot's state does not fit the model")
-        if len(replay) > self.settings.max_append_chars:
-            raise InvalidInput(f"replay has {len(replay)} characters; the limit is {self.settings.max_append_chars}")
-        state = HostState(tuple(data.tensors), m.layers, m.hidden)
-        s = self._new_session(rt, owner, data.position, state, SessionEvent.RESUMED)
+    ) -> tuple[Any, asyncio.Future[Prediction] | None]:
+        """The new session and the future of the replay's Prediction (see
+        ``EngineCore.submit_resume``)."""
+        s = self.core.submit_resume(blob, replay, options, owner)
+        self._kick.set()
         if not replay:
             return s, None
-        return s, self.submit_append(s.session_id, data.position, replay, options, owner)
+        return s, self.submit_append(s.session_id, s.position, replay, options, owner)
 
     async def close_session(self, session_id: str, owner: str = "") -> None:
         await asyncio.shield(self.submit_close(session_id, owner))
 
     def submit_close(self, session_id: str, owner: str = "") -> asyncio.Future[None]:
-        """Closes the session once the operations accepted before it are answered (at once
-        when none are waiting)."""
-        s = self._get(session_id, owner)
-        fut: asyncio.Future[Any] = self._future()
-        if not s.queue and not s.in_flight:
-            self._close(s, SessionEvent.CLOSED)
-            fut.set_result(None)
-            return fut
-        self._cancel_session_completions(s)
-        return self._control(s, ControlOp("close", fut, time.perf_counter()))
+        return self._submitted(lambda fut: self.core.submit_close(session_id, owner, fut))
 
-    def _future(self) -> asyncio.Future[Any]:
-        return asyncio.get_running_loop().create_future()
+    # ---- internals ---------------------------------------------------------------------------
+    def _submitted(self, submit: Callable[[asyncio.Future[Any]], None]) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        submit(fut)
+        self._after_call()
+        return fut
 
-    def _control(self, s: Session, op: ControlOp) -> asyncio.Future[Any]:
-        s.accept_control(op)
-        s.last_used_at = time.time()
-        self._submit(self._runtimes[s.model], s)
-        assert op.future is not None
-        return op.future
-
-    def _checkpoint_bytes(self) -> int:
-        """Bytes of the rewind checkpoints held (each a copy of one slot's state)."""
-        total = 0
-        for s in self._sessions.values():
-            n = sum(1 for _, c in s.history.checkpoints if isinstance(c, tuple))
-            if n:
-                m = self._runtimes[s.model].loaded.model
-                total += n * m.state_arity * m.layers * m.hidden * 4
-        return total
-
-    # ---- internals: admission and bookkeeping ------------------------------------------------
-    def _runtime(self, model: str | None) -> _Runtime:
-        rt = self._runtimes.get(model or self.repository.default)
-        if rt is None:
-            raise NotFound("unknown model")
-        return rt
-
-    def _check_open(self) -> None:
-        if self._draining:
-            raise Unavailable("server is draining; open a session on another replica")
-
-    def _new_session(self, rt: _Runtime, owner: str, position: int, state: object, event: SessionEvent) -> Session:
-        self._check_open()
-        if len(self._sessions) >= self.settings.max_sessions:
-            self._event(SessionEvent.REJECTED_SESSIONS)
-            raise CapacityExceeded("session limit reached", retry_after_s=min(5.0, self.settings.session_idle_ttl_s))
-        slot = rt.alloc.alloc()
-        now = time.time()
-        sid = secrets.token_hex(16)
-        s = Session(sid, rt.name, owner, slot, now, now, self._history(position, state), position, position, position)
-        # the slot holds a previous owner's state: the first iteration writes this session's
-        # start state (folded into the first append's row when one is waiting by then)
-        s.queue.append(ControlOp("write", None, time.perf_counter(), state=state, position=position))
-        self._sessions[sid] = s
-        self._submit(rt, s)
-        self._event(event)
-        return s
-
-    def _history(self, position: int, state: object) -> RewindLog:
-        return RewindLog(self.settings.checkpoint_every, self.settings.rewind_window, position, state)
-
-    def _get(self, session_id: str, owner: str) -> Session:
-        s = self._sessions.get(session_id)
-        if s is None or s.owner != owner:
-            raise NotFound(_NOT_FOUND)
-        return s
-
-    def _submit(self, rt: _Runtime, s: Session) -> None:
-        rt.work[s] = None
-        self._wake.set()
-
-    def _event(self, name: SessionEvent) -> None:
-        self._events[name] = self._events.get(name, 0) + 1
-
-    def _close(self, s: Session, reason: SessionEvent) -> None:
-        if not s.mark_closed():
-            return
-        del self._sessions[s.session_id]
-        gone = NotFound(_NOT_FOUND)
-        rt = self._runtimes[s.model]
-        for op in s.queue:
-            _fail(op, gone)
-            if isinstance(op, AppendOp):
-                rt.free_scratch(op)  # an in-flight chunk's write-back lands before a new owner's write
-        s.queue.clear()
-        for c in list(s.completions):
-            self._cancel_completion(c)
-        rt.work.pop(s, None)
-        rt.alloc.free(s.slot)  # an in-flight write-back to it lands before any new owner's first write
-        self._event(reason)
-
-    def _cancel_session_completions(self, s: Session) -> None:
-        for c in list(s.completions):
-            self._cancel_completion(c)
+    def _after_call(self) -> None:
+        """Answers what a call settled at once (a close with nothing queued) and wakes the
+        device thread for what it queued."""
+        out = self.core.take_outbox()
+        if out:
+            self._apply(out)
+        self._kick.set()
 
     def _cancel_completion(self, c: Completion) -> None:
-        for alt in c.running():
-            self._end_alternative(c, alt, FinishReason.CANCELLED)
-        if not c.started:
-            try:
-                c.session.queue.remove(next(op for op in c.session.queue if getattr(op, "completion", None) is c))
-            except StopIteration:
-                pass
-
-    def _end_alternative(self, c: Completion, alt: Alternative, reason: str, text: str = "") -> None:
-        c.finish(alt, reason, text)
-        rt = self._runtimes[c.session.model]
-        rt.alloc.free(alt.slot)
-        self._running_alternatives -= 1
-        if not c.running():
-            rt.completions.pop(c, None)
-            c.session.completions.discard(c)
-
-    def _has_pending(self) -> bool:
-        return any(rt.work or rt.completions for rt in self._runtimes.values()) or self._running_alternatives > 0
+        self.core.cancel_completion(c)
+        self._apply(self.core.take_outbox())
 
     async def _sweep(self) -> None:
         """Closes sessions idle longer than the TTL: one pass over the table per interval."""
-        ttl = self.settings.session_idle_ttl_s
         while True:
             await asyncio.sleep(self.settings.session_sweep_interval_s)
-            cutoff = time.time() - ttl
-            for s in [s for s in self._sessions.values() if s.last_used_at < cutoff]:
-                if s.state is SessionState.IDLE:  # queued or running work is never expired
-                    self._close(s, SessionEvent.EXPIRED)
+            self.core.expire_idle(time.time() - self.settings.session_idle_ttl_s)
+            self._apply(self.core.take_outbox())
 
-    # ---- the loop ------------------------------------------------------------------------------
-    async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _device_loop(self) -> None:
+        """The device thread: sleeps until kicked, then steps while work remains."""
+        loop = self._loop
+        assert loop is not None
         while not self._stopping:
-            self._wake.clear()
-            jobs = self._schedule()
-            if not jobs:
-                if not self._has_pending():
-                    self._idle.set()
-                    await self._wake.wait()
+            self._kick.wait()
+            self._kick.clear()  # before stepping: work submitted from now on kicks again
+            while not self._stopping:
+                try:
+                    out = self.core.step()
+                except Exception:  # a bug in the core's own bookkeeping: keep serving
+                    log.exception("engine step failed")
+                    break
+                try:
+                    loop.call_soon_threadsafe(self._on_step, out)
+                except RuntimeError:  # the loop is closed: nobody is left to answer
+                    return
+                if out.idle:
+                    break
+
+    def _on_step(self, out: StepOutput) -> None:
+        self._apply(out.deliveries)
+        if out.stats is not None:
+            for listener in list(self._listeners):
+                try:
+                    listener(out.stats)
+                except Exception:
+                    log.exception("a statistics listener failed")
+        if out.idle:
+            self._idle.set()
+
+    def _apply(self, deliveries: list[Outcome | ChunkOut]) -> None:
+        for d in deliveries:
+            if isinstance(d, ChunkOut):
+                d.completion.chunks.put_nowait(d.chunk)
                 continue
-            started = time.perf_counter()
-            waits = tuple(started - t for _, b in jobs for t in _submitted_times(b))
-            chars_before = dict(self._chars)
-            plans = [(rt.runner, b.plan) for rt, b in jobs]
-            try:
-                results = await loop.run_in_executor(self._executor, _execute_all, plans)
-            except Exception as e:  # the device step failed: nothing was written back
-                log.exception("engine iteration failed")
-                for rt, b in jobs:
-                    self._fail_batch(rt, b, e)
-                results = []
-            else:
-                for (rt, b), res in zip(jobs, results, strict=True):
-                    try:
-                        self._deliver(rt, b, res)
-                    except Exception as e:
-                        log.exception("delivering an iteration's results failed")
-                        self._fail_batch(rt, b, e)
-            for _, b in jobs:
-                for s in _sessions_of(b):
-                    s.end_iteration()
-            self._iterations += 1
-            self._push_stats(jobs, results, waits, chars_before)
-        self._idle.set()
-
-    def _schedule(self) -> list[tuple[_Runtime, Batch]]:
-        """Plans this iteration for every model with work; answers what needs no device work
-        (rejected offsets, closes reached in a session's queue) right away."""
-        budget = self.settings.max_batch_tokens
-        jobs: list[tuple[_Runtime, Batch]] = []
-        for rt in self._runtimes.values():
-            if not (rt.work or rt.completions):
+            fut = d.future
+            if fut.done():
                 continue
-            b = rt.scheduler.schedule(list(rt.work), list(rt.completions), budget, 0, _decode_steps(rt))
-            b.plan.capacity = rt.alloc.wanted_capacity()  # after the scheduler took scratch slots
-            for s in _sessions_of(b):
-                s.begin_iteration()
-            self._deliver_failures(b)
-            for s, op in b.closes:
-                self._close(s, SessionEvent.CLOSED)
-                _resolve(op, None)
-            for s in [s for s in rt.work if not s.queue]:
-                del rt.work[s]
-            if not b.plan.is_empty():
-                jobs.append((rt, b))
+            if d.error is not None:
+                fut.set_exception(d.error)
+                fut.exception()  # mark retrieved: nobody may be waiting (a write folded at open)
             else:
-                for s in _sessions_of(b):
-                    s.end_iteration()
-        return jobs
-
-    def _push_stats(
-        self,
-        jobs: list[tuple[_Runtime, Batch]],
-        results: list[RunResult],
-        waits: tuple[float, ...],
-        chars_before: dict[str, int],
-    ) -> None:
-        if not self._listeners:
-            return
-        st = IterationStats(
-            rows=sum(len(b.plan.rows) for _, b in jobs),
-            queue_wait_s=waits,
-            step_time_s=tuple((Phase(p), secs) for res in results for p, _n, secs in res.phases),
-            chars=tuple(
-                (Phase(p), n - chars_before.get(p, 0)) for p, n in self._chars.items() if n > chars_before.get(p, 0)
-            ),
-        )
-        for listener in list(self._listeners):
-            try:
-                listener(st)
-            except Exception:
-                log.exception("a statistics listener failed")
-
-    # ---- delivery --------------------------------------------------------------------------------
-    def _deliver_failures(self, b: Batch) -> None:
-        for s, op, err in b.failures:
-            _fail(op, err)
-            self._after_failure(s, op)
-
-    def _after_failure(self, s: Session, op: Op) -> None:
-        """The session did not move: later offsets are checked against its real position."""
-        if isinstance(op, AppendOp) and s.last_piece is not None and s.last_piece[2] is op.future:
-            s.last_piece = s.last_applied
-        s.requeue_end()
-
-    def _fail_batch(self, rt: _Runtime, b: Batch, err: Exception) -> None:
-        for s in _sessions_of(b):
-            s.end_iteration()  # nothing of this iteration landed
-        for run in b.appends:
-            for op in run.ops:
-                _fail(op, err)
-                rt.free_scratch(op)
-            if run.partial and run.ops[0] in run.session.queue:  # a chunk: the piece is still queued
-                run.session.queue.remove(run.ops[0])
-            if run.leading_write is not None:
-                self._fail_write(rt, run.session, run.leading_write, err)
-            self._after_failure(run.session, run.ops[-1])
-        for cw in b.controls:
-            if cw.op.kind == "write":
-                self._fail_write(rt, cw.session, cw.op, err)
-            _fail(cw.op, err)
-            if cw.op.kind == "complete" and cw.op.completion is not None:
-                cw.op.completion.started = True
-                self._cancel_completion(cw.op.completion)
-            self._after_failure(cw.session, cw.op)
-        for sw in b.steps:
-            if not sw.alt.finish_reason:
-                self._end_alternative(sw.completion, sw.alt, FinishReason.CANCELLED)
-
-    def _fail_write(self, rt: _Runtime, s: Session, op: ControlOp, err: Exception) -> None:
-        if op.future is None and not s.closed:  # a new session's start state: its slot still needs it
-            s.queue.appendleft(op)
-            rt.work[s] = None
-        else:  # a reset: the session keeps its old state and position
-            _fail(op, err)
-
-    def _deliver(self, rt: _Runtime, b: Batch, res: RunResult) -> None:
-        for phase, _chars, secs in res.phases:
-            if phase == Phase.COMPLETION and b.steps:
-                rt.decode_step_s = secs / max(1, 1 + len(b.plan.rows[b.steps[0].row].more))
-        now = time.time()
-        for run in b.appends:
-            if run.partial:
-                self._deliver_chunk(rt, b, run, res)
-            else:
-                self._deliver_run(rt, b, run, res, now)
-        for cw in b.controls:
-            s, cop = cw.session, cw.op
-            if cw.row is not None:
-                self._chars[Phase.PREFILL] += len(b.plan.rows[cw.row].tokens)
-            if s.closed and cop.kind in ("write", "rewind"):
-                _fail(cop, NotFound(_NOT_FOUND))
-            elif cop.kind == "write":
-                self._apply_write(s, cop)
-            elif cop.kind == "rewind":
-                s.apply(cw.target)
-                s.history.truncate(cw.target)
-                s.last_applied = None
-                _resolve(cop, s.info())
-            elif cop.kind == "snapshot":
-                assert cw.read is not None
-                m = rt.loaded.model
-                data = snap.SnapshotData(
-                    rt.name,
-                    rt.loaded.weights_sha256,
-                    m.cell,
-                    s.position,
-                    now,
-                    tuple((m.layers, m.hidden) for _ in range(m.state_arity)),
-                    tuple(res.reads[cw.read]),
-                )
-                _resolve(cop, snap.encode(data, self._key))
-            elif cop.kind == "complete" and cop.completion is not None:
-                c = cop.completion
-                c.started = True
-                if c.running():
-                    rt.completions[c] = None
-            s.last_used_at = now
-        for sw in b.steps:
-            self._deliver_step(rt, b.plan, sw.completion, sw.alt, sw.row, res)
-
-    def _deliver_chunk(self, rt: _Runtime, b: Batch, run: AppendRun, res: RunResult) -> None:
-        """A chunk of a long piece landed in its scratch slot: note the progress; the piece
-        stays at the head of the session's queue (its Prediction comes with its last chunk)."""
-        op, row = run.ops[0], res.rows[run.row]
-        n = len(b.plan.rows[run.row].tokens)
-        self._chars[Phase.PREFILL] += n
-        if op.future.done():  # closed meanwhile: the close freed its scratch slot
-            return
-        op.done += n
-        if op.options.want_logprobs:
-            op.logprobs.extend(row.logprobs)
-        if op.options.want_gates:
-            op.gates.extend(row.gates)
-        run.session.last_used_at = time.time()
-
-    def _deliver_run(self, rt: _Runtime, b: Batch, run: AppendRun, res: RunResult, now: float) -> None:
-        """Pieces applied whole (the first one possibly finishing a chunked piece)."""
-        vocab = rt.loaded.vocab
-        s = run.session
-        row = res.rows[run.row]
-        pos, tok_at = run.start, 0
-        last = len(run.ops) - 1
-        for k, op in enumerate(run.ops):
-            n = len(op.text) - (run.first_done if k == 0 else 0)
-            pos += len(op.text)
-            o = op.options
-            logprobs = [*op.logprobs, *row.logprobs[tok_at : tok_at + n]] if o.want_logprobs else []
-            gates = [*op.gates, *row.gates[tok_at : tok_at + n]] if o.want_gates else []
-            pred = Prediction(
-                position=pos,
-                top_k=tuple((vocab.char(i), p) for i, p in row.top_k[k][: o.top_k]),
-                logprobs=tuple(logprobs),
-                gates=tuple(GateTrace(rt.gate_names, tuple(tuple(layer) for layer in g)) for g in gates),
-                superseded=o.only_last and k < last,
-            )
-            tok_at += n
-            rt.free_scratch(op)
-            if not op.future.done():
-                op.future.set_result(pred)
-        self._chars[Phase.STEP if tok_at == 1 and not run.first_done else Phase.PREFILL] += tok_at
-        if s.closed:
-            return
-        if run.leading_write is not None:
-            self._apply_write(s, run.leading_write)
-        s.apply(pos)
-        s.history.record("".join(op.text for op in run.ops), pos, row.checkpoint)
-        s.last_applied = (run.ops[-1].offset, run.ops[-1].text, run.ops[-1].future)
-        s.last_used_at = now
-
-    def _apply_write(self, s: Session, op: ControlOp) -> None:
-        s.apply(op.position)
-        s.history = self._history(op.position, op.state)
-        s.last_applied = None
-        _resolve(op, s.info())
-
-    def _deliver_step(
-        self, rt: _Runtime, plan: Plan, c: Completion, alt: Alternative, row: int, res: RunResult
-    ) -> None:
-        if alt.finish_reason:  # cancelled while the iteration ran
-            return
-        first = res.rows[row].sampled
-        assert first is not None
-        toks = [first, *res.rows[row].sampled_more]
-        if plan.rows[row].tokens:
-            alt.forked = True  # the scratch slot now holds the state after last_token
-            self._chars["completion"] += len(toks)
-        c.session.last_used_at = time.time()
-        for tok in toks:  # several with multi-step decoding; still one chunk per character
-            ch = rt.loaded.vocab.char(tok)
-            alt.text += ch
-            alt.last_token = tok
-            if any(alt.text.endswith(stop) for stop in c.request.stop):
-                self._end_alternative(c, alt, FinishReason.STOP, ch)
-                return
-            if len(alt.text) >= c.request.max_chars:
-                self._end_alternative(c, alt, FinishReason.LENGTH, ch)
-                return
-            c.chunks.put_nowait(CompletionChunk(alt.index, ch, False))
-
-
-def _decode_steps(rt: _Runtime) -> int:
-    """Steps the next completion-only iteration may take (see MAX_DECODE_STEPS)."""
-    if rt.work or not rt.completions:
-        return 1
-    if rt.decode_step_s <= 0:
-        return 2
-    return max(1, min(MAX_DECODE_STEPS, int(DECODE_BURST_S / rt.decode_step_s)))
-
-
-def _sessions_of(b: Batch) -> set[Session]:
-    return {run.session for run in b.appends} | {cw.session for cw in b.controls}
-
-
-def _submitted_times(b: Batch) -> list[float]:
-    """Submission times of the operations this batch starts (a chunk counts once, its first)."""
-    times = [op.submitted_at for run in b.appends for op in run.ops if not (run.first_done and op is run.ops[0])]
-    return times + [cw.op.submitted_at for cw in b.controls]
-
-
-def _execute_all(jobs: Sequence[tuple[ModelRunner, Plan]]) -> list[RunResult]:
-    """Runs in the device worker thread."""
-    return [runner.execute(plan) for runner, plan in jobs]
+                fut.set_result(d.value)
 
 
 def _replayed(original: asyncio.Future[Prediction], out: asyncio.Future[Prediction]) -> asyncio.Future[Prediction]:
@@ -791,15 +291,3 @@ def _replayed(original: asyncio.Future[Prediction], out: asyncio.Future[Predicti
     else:
         original.add_done_callback(copy)
     return out
-
-
-def _resolve(op: ControlOp, value: object) -> None:
-    if op.future is not None and not op.future.done():
-        op.future.set_result(value)
-
-
-def _fail(op: Op, err: BaseException) -> None:
-    fut = op.future
-    if fut is not None and not fut.done():
-        fut.set_exception(err)
-        fut.exception()  # mark retrieved: nobody may be waiting (a write folded at open)

@@ -21,6 +21,14 @@ class _Zero:
 ZERO: object = _Zero()
 
 
+@dataclass(frozen=True)
+class CheckpointRef:
+    """A state handle in the checkpoint pool: slot ``slot`` of the model's second, slot-indexed
+    pool (rewind checkpoints), owned by one session's ``RewindLog`` until it drops it."""
+
+    slot: int
+
+
 @dataclass(eq=False)
 class HostState:
     """A state handle still in host bytes (a resumed snapshot's little-endian fp32 state,
@@ -61,7 +69,7 @@ class Row:
     # multi-step decoding (a single-token sampling row only): feed each drawn token back and
     # draw again, once per entry, in the same iteration; every row of such a plan has as many
     more: list[SampleParams] = field(default_factory=list)
-    checkpoint: bool = False  # return a copy of the final state (a rewind checkpoint)
+    checkpoint: int | None = None  # checkpoint-pool slot that receives a copy of the final state
 
 
 @dataclass
@@ -73,6 +81,7 @@ class Plan:
     writes: list[tuple[int, object]] = field(default_factory=list)  # (slot, ZERO | state handle)
     reads: list[int] = field(default_factory=list)  # slots whose state is copied to the host (snapshots)
     capacity: int = 0  # slots the pool must hold (the highest slot in use + 1 at least)
+    checkpoint_capacity: int = 0  # likewise for the checkpoint pool
 
     def is_empty(self) -> bool:
         return not (self.rows or self.writes or self.reads)
@@ -84,7 +93,6 @@ class RowResult:
     logprobs: list[float]  # per token when asked for
     gates: list[list[list[float]]]  # per token when asked for: [gate][layer] mean activation
     sampled: int | None  # the drawn token of a sampling row
-    checkpoint: object | None  # state handle when asked for
     sampled_more: list[int] = field(default_factory=list)  # the tokens drawn for ``Row.more``
 
 

@@ -21,14 +21,25 @@ anchor (``reach()``; the API shows it as ``SessionInfo.rewindable``) until typin
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..errors import InvalidInput, PreconditionFailed
 from .plan import ZERO
 
 
 class RewindLog:
-    def __init__(self, every: int, window: int, base_position: int = 0, base_state: object = ZERO) -> None:
+    def __init__(
+        self,
+        every: int,
+        window: int,
+        base_position: int = 0,
+        base_state: object = ZERO,
+        release: Callable[[object], None] | None = None,
+    ) -> None:
         self.every = every
         self.window = window
+        # called with every checkpoint handle this log drops (the checkpoint pool frees its slot)
+        self._release = release or (lambda handle: None)
         self.text_start = base_position  # position of text[0]
         self.text = ""  # the characters applied since text_start
         # (position, state handle), ascending; the first is the anchor. The zero state of a new
@@ -41,6 +52,9 @@ class RewindLog:
     def record(self, piece: str, new_position: int, checkpoint: object | None) -> None:
         """Notes an applied piece ending at ``new_position`` (and the state there, if taken)."""
         if self.window == 0:  # rewind is off: keep nothing
+            self.release_all()
+            if checkpoint is not None:
+                self._release(checkpoint)
             self.text_start = new_position
             self.checkpoints = [(new_position, None)]
             return
@@ -52,6 +66,8 @@ class RewindLog:
         while drop + 1 < len(self.checkpoints) and self.checkpoints[drop + 1][0] <= limit:
             drop += 1
         if drop:
+            for _, handle in self.checkpoints[:drop]:
+                self._release(handle)
             del self.checkpoints[:drop]
             anchor = self.checkpoints[0][0]
             self.text = self.text[anchor - self.text_start :]
@@ -76,5 +92,14 @@ class RewindLog:
 
     def truncate(self, target: int) -> None:
         """After a rewind to ``target``: forget checkpoints and text beyond it."""
+        for pos, handle in self.checkpoints:
+            if pos > target:
+                self._release(handle)
         self.checkpoints = [c for c in self.checkpoints if c[0] <= target]
         self.text = self.text[: target - self.text_start]
+
+    def release_all(self) -> None:
+        """The session is closed or its state replaced: every checkpoint is dropped."""
+        for _, handle in self.checkpoints:
+            self._release(handle)
+        self.checkpoints = [(self.checkpoints[0][0], None)] if self.checkpoints else []

@@ -23,9 +23,9 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..nn.cells import GRUCellRef, LSTMCellRef, reference_cell
 from ..nn.charlm import CharLM
-from ..nn.kernels import onednn
+from ..nn.kernels import ONEDNN_MIN_STEP_BATCH, onednn
 from .buffers import InputBuffers
-from .plan import ZERO, HostState, Plan, Row, RowResult, RunResult, SampleParams
+from .plan import ZERO, CheckpointRef, HostState, Plan, Row, RowResult, RunResult, SampleParams
 from .sampling import choose
 from .state_pool import StatePool
 
@@ -44,13 +44,15 @@ from .state_pool import StatePool
 # Rule: native kernels for single steps below ONEDNN_MIN_STEP_BATCH rows, oneDNN for larger
 # steps and for unpadded sequence calls (all prefill rows of one length, including the common
 # single paste); mixed lengths go packed (native on CPU, cuDNN on GPU) to keep final states exact.
-ONEDNN_MIN_STEP_BATCH = 128
+# (ONEDNN_MIN_STEP_BATCH lives in nn.kernels: the offline decoders follow the same rule.)
 
 
 class ModelRunner:
-    def __init__(self, model: CharLM, pool: StatePool) -> None:
+    def __init__(self, model: CharLM, pool: StatePool, checkpoints: StatePool | None = None) -> None:
         self.model = model
         self.pool = pool
+        # rewind checkpoints: a second slot-indexed pool of the same shape
+        self.checkpoints = checkpoints or StatePool(pool.layers, pool.hidden, pool.arity, pool.device, pool.dtype)
         self.device = pool.device
         self.on_cpu = pool.device.type == "cpu"
         self._ref: LSTMCellRef | GRUCellRef | None = None  # built on the first gate request
@@ -92,13 +94,14 @@ class ModelRunner:
                 tok = nxt.view(b, 1)
         host = torch.stack(drawn, dim=1).cpu().tolist()  # [B, k]: the one device->host copy
         pool.scatter(self._in.ints("decode_dst", [r.dst for r in rows]), state)  # type: ignore[misc]
-        results = [RowResult([], [], [], h[0], None, sampled_more=h[1:]) for h in host]
+        results = [RowResult([], [], [], h[0], sampled_more=h[1:]) for h in host]
         return RunResult(results, [], [("completion", b * k, time.perf_counter() - t0)])
 
     # ------------------------------------------------------------------------------------
     def _execute(self, plan: Plan) -> RunResult:
-        pool, dev = self.pool, self.device
+        pool = self.pool
         pool.ensure_capacity(plan.capacity)
+        self.checkpoints.ensure_capacity(plan.checkpoint_capacity)
         rows = plan.rows
         phases: list[tuple[str, int, float]] = []
         # Row order inside the batch: steps, prefills, gate rows, peeks. Gathering in this order
@@ -123,11 +126,8 @@ class ModelRunner:
             if steps:
                 t0 = time.perf_counter()
                 b = len(steps)
-                tok = self._in.ints("step_tok", [rows[i].tokens[0] for i in steps]).view(b, 1)  # [B1, 1]
-                st = tuple(s[:, :b].contiguous() for s in start)
-                with onednn(not self.on_cpu or b >= ONEDNN_MIN_STEP_BATCH):
-                    out, new = self.model.rnn_forward(self.model.embed(tok), st)  # out [B1, 1, H]
-                bank_parts.append(out[:, 0])
+                out1, new = self._step([rows[i].tokens[0] for i in steps], tuple(s[:, :b] for s in start))
+                bank_parts.append(out1)
                 for k, i in enumerate(steps):
                     out_index[i] = [cursor + k]
                 cursor += b
@@ -139,19 +139,7 @@ class ModelRunner:
                 lo, hi = len(steps), len(steps) + len(pres)
                 lens = [len(rows[i].tokens) for i in pres]
                 t_max = max(lens)
-                padded = torch.zeros(len(pres), t_max, dtype=torch.long)
-                for k, i in enumerate(pres):
-                    padded[k, : lens[k]] = torch.tensor(rows[i].tokens)
-                x = self.model.embed(padded.to(dev))  # [B2, T, E]
-                st = tuple(s[:, lo:hi].contiguous() for s in start)
-                if len(set(lens)) == 1:  # no padding: a plain sequence call (oneDNN's fused kernel on CPU)
-                    with onednn(True):
-                        out, new = self.model.rnn_forward(x, st)  # out [B2, T, H]
-                else:  # packed: h_n is each row's own last step (never oneDNN on CPU: verified)
-                    packed = pack_padded_sequence(x, torch.tensor(lens), batch_first=True, enforce_sorted=False)
-                    # rnn_forward takes a PackedSequence too (its annotation says Tensor only)
-                    out_p, new = self.model.rnn_forward(packed, st)  # type: ignore[arg-type]
-                    out, _ = pad_packed_sequence(out_p, batch_first=True, total_length=t_max)  # type: ignore[arg-type]
+                out, new = self._prefill([rows[i].tokens for i in pres], tuple(s[:, lo:hi] for s in start))
                 bank_parts.append(out.reshape(-1, out.shape[-1]))
                 for k, i in enumerate(pres):
                     base = cursor + k * t_max
@@ -225,7 +213,7 @@ class ModelRunner:
         host = torch.cat(flat).float().cpu().tolist() if flat else []  # the one device->host copy
 
         # ---- unpack the host numbers per row ------------------------------------------------
-        results = [RowResult([], [], [], None, None) for _ in rows]
+        results = [RowResult([], [], [], None) for _ in rows]
         cur = 0
         n_tk = len(topk_pts)
         tk_vals, tk_idx = host[: n_tk * kmax], host[n_tk * kmax : 2 * n_tk * kmax]
@@ -270,9 +258,13 @@ class ModelRunner:
                 else:
                     kp = self._in.ints("keep", keep)
                     pool.scatter(dst, tuple(f.index_select(1, kp) for f in finals))
-            for p, i in enumerate(order):
-                if rows[i].checkpoint:
-                    results[i].checkpoint = tuple(f[:, p].clone() for f in finals)  # [L, H] x arity
+            ck = [(p, rows[i].checkpoint) for p, i in enumerate(order) if rows[i].checkpoint is not None]
+            if ck:
+                at = self._in.ints("ck_at", [p for p, _ in ck])
+                self.checkpoints.scatter(
+                    self._in.ints("ck_slot", [c for _, c in ck]),  # type: ignore[misc]
+                    tuple(f.index_select(1, at) for f in finals),
+                )
         for slot, src in plan.writes:
             for a, pt in enumerate(pool.tensors):
                 if src is ZERO:
@@ -284,6 +276,41 @@ class ModelRunner:
             for slot in plan.reads
         ]
         return RunResult(results, reads, phases)
+
+    def _step(
+        self, tokens: list[int], state: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """The single-step phase: B rows of one token each (keystrokes, completion steps) as ONE
+        batched step. tokens [B], state ([L, B, H] x arity) -> outputs [B, H], new state."""
+        b = len(tokens)
+        tok = self._in.ints("step_tok", tokens).view(b, 1)  # [B, 1]
+        st = tuple(s.contiguous() for s in state)
+        with onednn(not self.on_cpu or b >= ONEDNN_MIN_STEP_BATCH):
+            out, new = self.model.rnn_forward(self.model.embed(tok), st)  # out [B, 1, H]
+        return out[:, 0], new
+
+    def _prefill(
+        self, seqs: list[list[int]], state: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """The prefill phase: rows of several tokens (pastes, chunks, coalesced appends, rewind
+        replays) as ONE sequence call. -> outputs [B, T_max, H] (zero past a row's length),
+        final states ([L, B, H] x arity: each row's state after its own last token)."""
+        lens = [len(t) for t in seqs]
+        t_max = max(lens)
+        padded = torch.zeros(len(seqs), t_max, dtype=torch.long)
+        for k, toks in enumerate(seqs):
+            padded[k, : lens[k]] = torch.tensor(toks)
+        x = self.model.embed(padded.to(self.device))  # [B, T, E]
+        st = tuple(s.contiguous() for s in state)
+        if len(set(lens)) == 1:  # no padding: a plain sequence call (oneDNN's fused kernel on CPU)
+            with onednn(True):
+                return self.model.rnn_forward(x, st)
+        # packed: h_n is each row's own last step (never oneDNN on CPU: verified)
+        packed = pack_padded_sequence(x, torch.tensor(lens), batch_first=True, enforce_sorted=False)
+        # rnn_forward takes a PackedSequence too (its annotation says Tensor only)
+        out_p, new = self.model.rnn_forward(packed, st)  # type: ignore[arg-type]
+        out, _ = pad_packed_sequence(out_p, batch_first=True, total_length=t_max)  # type: ignore[arg-type]
+        return out, new
 
     def _start_states(self, rows: Sequence[Row]) -> tuple[torch.Tensor, ...]:
         """Start state of each row ([L, R, H] x arity): its source slot, or ``init``."""
@@ -299,8 +326,10 @@ class ModelRunner:
         return start
 
     def _tensors(self, handle: object) -> tuple[torch.Tensor, ...]:
-        """A state handle as tensors: a checkpoint already is; a ``HostState`` is converted
-        here (worker thread) once and cached on it."""
+        """A state handle as tensors: a checkpoint is a view of its checkpoint-pool slot; a
+        ``HostState`` is converted here (worker thread) once and cached on it."""
+        if isinstance(handle, CheckpointRef):
+            return tuple(t[:, handle.slot] for t in self.checkpoints.tensors)
         if isinstance(handle, HostState):
             if handle.device is None:
                 handle.device = state_from_bytes(handle.raw, handle.layers, handle.hidden, self.device)

@@ -13,18 +13,20 @@ from collections.abc import Sequence
 
 import torch
 
+from ..nn.decode import MIN_TEMPERATURE
 from .plan import SampleParams
 
 
 def choose(logits: torch.Tensor, params: Sequence[SampleParams]) -> torch.Tensor:
-    """logits [S, V] (fp32) -> token ids [S] int64: argmax where temperature == 0, else a draw
-    from the temperature-scaled distribution restricted to the top-k and the top-p nucleus."""
+    """logits [S, V] (fp32) -> token ids [S] int64: argmax where temperature < MIN_TEMPERATURE
+    (0 included; see cellserve.nn.decode, the reference), else a draw from the
+    temperature-scaled distribution restricted to the top-k and the top-p nucleus."""
     dev = logits.device
     greedy = logits.argmax(dim=-1)  # [S]
-    if all(p.temperature == 0.0 for p in params):
+    if all(p.temperature < MIN_TEMPERATURE for p in params):
         return greedy
     v = logits.shape[1]
-    temp = torch.tensor([p.temperature if p.temperature > 0 else 1.0 for p in params], device=dev)
+    temp = torch.tensor([p.temperature if p.temperature >= MIN_TEMPERATURE else 1.0 for p in params], device=dev)
     top_k = torch.tensor([p.top_k if 0 < p.top_k < v else v for p in params], device=dev)
     top_p = torch.tensor([p.top_p for p in params], device=dev)
     u = torch.tensor([p.uniform for p in params], device=dev)
@@ -43,5 +45,5 @@ def choose(logits: torch.Tensor, params: Sequence[SampleParams]) -> torch.Tensor
     last_kept = keep.sum(dim=-1, keepdim=True) - 1
     pick = torch.minimum(pick, last_kept)
     sampled = order.gather(1, pick).squeeze(1)  # [S]
-    is_greedy = torch.tensor([p.temperature == 0.0 for p in params], device=dev)
+    is_greedy = torch.tensor([p.temperature < MIN_TEMPERATURE for p in params], device=dev)
     return torch.where(is_greedy, greedy, sampled)

@@ -89,9 +89,15 @@ def sample_params(completion: Completion, alt: Alternative) -> SampleParams:
 
 
 class Scheduler:
-    def __init__(self, encode: Callable[[str], list[int]], scratch: Callable[[], int | None] | None = None) -> None:
+    def __init__(
+        self,
+        encode: Callable[[str], list[int]],
+        scratch: Callable[[], int | None] | None = None,
+        checkpoint: Callable[[], int | None] | None = None,
+    ) -> None:
         self._encode = encode
         self._scratch = scratch or (lambda: None)  # a free slot for chunked prefill, or None
+        self._checkpoint = checkpoint or (lambda: None)  # a free checkpoint-pool slot, or None
         self._tick = 0
         self._served: dict[str, int] = {}  # tenant -> tick it was last given prefill budget
 
@@ -280,7 +286,7 @@ class Scheduler:
             ends=ends,
             logprobs=any(op.options.want_logprobs for op in taken),
             gates=any(op.options.want_gates for op in taken),
-            checkpoint=s.history.wants_checkpoint(end),
+            checkpoint=self._checkpoint() if s.history.wants_checkpoint(end) else None,
         )
         batch.plan.rows.append(row)
         batch.appends.append(AppendRun(s, taken, len(batch.plan.rows) - 1, start, write, first_done))

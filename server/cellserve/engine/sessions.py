@@ -1,4 +1,7 @@
-"""Session records and their queued operations (asyncio loop thread only; no torch).
+"""Session records and their queued operations (the engine core, under its lock; no torch).
+
+An op's ``future`` is an opaque ticket to the core: it never resolves it, it emits an
+``Outcome`` for the frontend to apply on the event loop.
 
 A session's operations are applied strictly in the order they were accepted. They wait in
 the session's queue until the scheduler takes them; consecutive appends waiting together are
@@ -46,6 +49,7 @@ class AppendOp:
     scratch: int | None = None
     logprobs: list[float] = field(default_factory=list)
     gates: list[list[list[float]]] = field(default_factory=list)
+    answered: bool = False  # the core emitted this op's outcome (the future is the frontend's)
 
 
 @dataclass(eq=False)
@@ -66,6 +70,7 @@ class ControlOp:
     position: int = 0  # write: the session position it sets (0 for open/reset)
     state: object | None = None  # write: ZERO or a state handle
     completion: Completion | None = None
+    answered: bool = False
 
 
 Op = AppendOp | ControlOp

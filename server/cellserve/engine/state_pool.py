@@ -5,8 +5,16 @@ session (or a completion's scratch state) owns one slot index along dim 1. Gathe
 of a batch is one ``index_select`` per tensor and writing them back one ``index_copy_``: there
 are no per-session tensor objects, so a keystroke costs no allocation.
 
-Thread split: slot bookkeeping (``alloc``/``free``) runs on the asyncio loop; the tensors are
-only touched by the device worker thread (``ensure_capacity``, ``gather``, ``scatter``...).
+Thread split: slot bookkeeping (``alloc``/``free``) is the engine core's, under its lock; the
+tensors are only touched by the device worker thread (``ensure_capacity``, ``gather``,
+``scatter``...).
+
+Stable addresses: the tensors are reallocated only when the pool grows, which happens when the
+allocator's high-water mark passes the capacity (a few times in a server's life: growth is
+geometric, and freed slots are reused lowest-first). Steady-state iterations never reallocate,
+so a captured CUDA graph replays on the same storage; ``generation`` counts the growths, so a
+capture knows when it must be redone. Each model has two pools of this class: the sessions'
+states and the rewind checkpoints (``CheckpointRef`` slots), both counted in ``state_bytes``.
 Growth happens in the worker at the start of an iteration, so it never races a running step:
 ``alloc`` only promises an index below ``slots_max`` and the next plan's ``capacity`` asks the
 worker to grow first.
@@ -76,6 +84,7 @@ class StatePool:
         self.layers, self.hidden, self.arity = layers, hidden, arity
         self.device, self.dtype = device, dtype
         self.tensors: list[torch.Tensor] = [self._zeros(0) for _ in range(arity)]  # each [L, cap, H]
+        self.generation = 0  # bumped at every growth: tensor addresses changed
 
     def _zeros(self, slots: int) -> torch.Tensor:
         return torch.zeros(self.layers, slots, self.hidden, device=self.device, dtype=self.dtype)
@@ -102,6 +111,7 @@ class StatePool:
                 g[:, : t.shape[1]].copy_(t)
                 grown.append(g)
             self.tensors = grown
+            self.generation += 1
 
     def gather(self, slots: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """slots [B] int64 (on the device) -> state: ``arity`` tensors of [L, B, H] (copies)."""

@@ -111,6 +111,16 @@ class CompletionChunk:
 
 
 @dataclass(frozen=True)
+class ModelIteration:
+    """One model's share of an iteration: the iteration runs at most one batch per model."""
+
+    model: str
+    rows: int  # rows (sessions and completion alternatives) in the model's batch
+    queue_wait_s: tuple[float, ...]  # per operation started: seconds since it was submitted
+    device_s: float  # device seconds of the model's batch, all phases
+
+
+@dataclass(frozen=True)
 class IterationStats:
     """What one engine iteration did; pushed to stats listeners once per iteration."""
 
@@ -118,6 +128,7 @@ class IterationStats:
     queue_wait_s: tuple[float, ...]  # per operation started: seconds since it was submitted
     step_time_s: tuple[tuple[Phase, float], ...]  # device seconds per phase that ran
     chars: tuple[tuple[Phase, int], ...]  # characters run through the model per phase
+    models: tuple[ModelIteration, ...] = ()  # the same iteration per model (batches that ran)
 
 
 @dataclass(frozen=True)

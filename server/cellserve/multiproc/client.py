@@ -34,6 +34,7 @@ from ..engine.types import (
     CompletionRequest,
     EngineHealth,
     EngineStats,
+    IterationStats,
     ModelInfo,
     Prediction,
     SessionInfo,
@@ -131,6 +132,7 @@ class ZmqEngineClient:
         self._lost = False
         self._idle = asyncio.Event()
         self._bad = RateLimitedLog(log, "dropped a malformed message from the engine core")
+        self._stats_listeners: list[StatsListener] = []
 
     # ---- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -145,6 +147,8 @@ class ZmqEngineClient:
         sock.connect(self._address)
         self._sock = sock
         self._reader = asyncio.create_task(self._read())
+        if self._stats_listeners:
+            self._send(m.WatchStats(0))
 
     async def drain(self) -> None:
         """This frontend takes no new sessions; returns once its own calls and completions are
@@ -200,8 +204,17 @@ class ZmqEngineClient:
         return self._call(lambda i: m.Stats(i, owner), EngineStats)
 
     def add_stats_listener(self, listener: StatsListener) -> Callable[[], None]:
-        # Iteration statistics stay in the core, which exports them itself.
-        return lambda: None
+        """Listeners get each engine iteration's per-model share (``IterationStats.models``)
+        from the core; the engine-wide fields are empty here (the core exports those itself)."""
+        if not self._stats_listeners and self._sock is not None and not self._lost:
+            self._send(m.WatchStats(0))
+        self._stats_listeners.append(listener)
+        listeners = self._stats_listeners
+        return lambda: listeners.remove(listener) if listener in listeners else None
+
+    def inspect_gates(self, request: bytes) -> Awaitable[bytes]:
+        """InspectGates, run by the core (which holds the weights): serialized request and response."""
+        return self._call(lambda i: m.InspectGates(i, request), bytes)
 
     # ---- session operations -----------------------------------------------------------------
     def open_session(self, owner: str, model: str | None = None) -> Awaitable[SessionInfo]:
@@ -290,7 +303,14 @@ class ZmqEngineClient:
                 self._deliver(reply)
 
     def _deliver(self, reply: m.Reply) -> None:
-        if isinstance(reply, (m.Ok, m.Err)):
+        if isinstance(reply, m.Iteration):
+            models = tuple(reply.models)
+            it = IterationStats(
+                rows=sum(mi.rows for mi in models), queue_wait_s=(), step_time_s=(), chars=(), models=models
+            )
+            for listener in list(self._stats_listeners):
+                listener(it)
+        elif isinstance(reply, (m.Ok, m.Err)):
             entry = self._pending.pop(reply.id, None)
             if entry is None:
                 stream = self._streams.get(reply.id)

@@ -24,10 +24,12 @@ import zmq
 import zmq.asyncio
 
 from ..engine.client import CompletionStream, EngineClient
+from ..engine.types import IterationStats
 from . import messages as m
 from .ratelimit import RateLimitedLog
 
 if TYPE_CHECKING:
+    from ..api.servicer import Gates
     from ..metrics import Metrics
 
 log = logging.getLogger("cellserve.core")
@@ -50,8 +52,17 @@ def known_labels() -> tuple[frozenset[str], frozenset[str]]:
 
 
 class CoreServer:
-    def __init__(self, client: EngineClient, sock: zmq.asyncio.Socket, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        client: EngineClient,
+        sock: zmq.asyncio.Socket,
+        metrics: Metrics | None = None,
+        gates: Gates | None = None,
+    ) -> None:
         self._client = client
+        self._gates = gates
+        self._stats_watchers: set[bytes] = set()  # frontends that sent WatchStats
+        client.add_stats_listener(self._on_iteration)
         self._sock = sock
         self._metrics = metrics
         self._models: frozenset[str] = frozenset()
@@ -93,6 +104,7 @@ class CoreServer:
             for task in self._completions.pop(previous, {}).values():
                 task.cancel()
             self._outboxes.pop(previous, None)
+            self._stats_watchers.discard(previous)
 
     def _dispatch(self, who: bytes, op: m.Op) -> None:
         c = self._client
@@ -124,6 +136,29 @@ class CoreServer:
             self._answer(who, op.id, lambda: c.stats(op.owner))
         elif isinstance(op, m.Models):
             self._answer(who, op.id, lambda: c.models(op.owner))
+        elif isinstance(op, m.WatchStats):
+            self._stats_watchers.add(who)
+        elif isinstance(op, m.InspectGates):
+            self._answer(who, op.id, lambda: self._inspect_gates(op.request))
+
+    def _on_iteration(self, it: IterationStats) -> None:
+        # Rides in the same flush as the answers of that iteration: no message of its own.
+        if it.models:
+            for who in self._stats_watchers:
+                self._push(who, m.Iteration(0, list(it.models)))
+
+    async def _inspect_gates(self, data: bytes) -> bytes:
+        from ..api.pb import svc
+        from ..errors import InvalidInput, Unavailable
+
+        if self._gates is None:
+            raise Unavailable("gate inspection is not served by this server process")
+        try:
+            request = svc.InspectGatesRequest.FromString(data)
+        except Exception as e:  # noqa: BLE001 (a frontend serialized it: only a bug gets here)
+            raise InvalidInput("the gate inspection request could not be read") from e
+        response: svc.InspectGatesResponse = await self._gates.inspect(request)
+        return bytes(response.SerializeToString())
 
     def _answer(self, who: bytes, call_id: int, submit: Callable[[], Awaitable[Any]]) -> None:
         try:

@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from ..engine.types import AppendOptions, CompletionRequest
+from ..engine.types import AppendOptions, CompletionRequest, ModelIteration
 from ..errors import (
     CapacityExceeded,
     CellserveError,
@@ -105,6 +105,15 @@ class Close(_Op):
     session_id: str
 
 
+class WatchStats(_Op):
+    """From now on the core sends this frontend each engine iteration's per-model statistics
+    (``Iteration``), for the frontend's stats listeners (KServe's ModelStatistics)."""
+
+
+class InspectGates(_Op):
+    request: bytes  # a serialized cellserve.v1 InspectGatesRequest; the answer is its response
+
+
 Op = (
     Models
     | GetSession
@@ -119,6 +128,8 @@ Op = (
     | Complete
     | CloseCompletion
     | Close
+    | InspectGates
+    | WatchStats
 )
 
 
@@ -158,7 +169,13 @@ class End(_Reply):
     """The completion of call ``id`` has sent all its chunks."""
 
 
-Reply = Ok | Err | Chunk | End
+class Iteration(_Reply):
+    """One engine iteration's per-model share, to a frontend that sent ``WatchStats`` (id 0)."""
+
+    models: list[ModelIteration]
+
+
+Reply = Ok | Err | Chunk | End | Iteration
 
 
 class ToFrontend(msgspec.Struct, array_like=True):

@@ -55,6 +55,7 @@ async def _core_main(settings: Settings, address: str, conn: Connection) -> int:
     import zmq
     import zmq.asyncio
 
+    from ..api.gates import GateInspector
     from ..api.server import format_address
     from ..engine.inprocess import InProcessEngineClient
     from ..serve import start_engine, start_metrics, stop_metrics
@@ -83,7 +84,8 @@ async def _core_main(settings: Settings, address: str, conn: Connection) -> int:
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.RCVHWM, 0)
     sock.bind(address)
-    serving = asyncio.create_task(CoreServer(client, sock, metrics).serve())
+    gates = GateInspector(engine.repository.get, settings)
+    serving = asyncio.create_task(CoreServer(client, sock, metrics, gates).serve())
     conn.send(("ready", endpoint.port))
 
     stop = asyncio.Event()
@@ -129,6 +131,7 @@ async def _frontend_main(settings: Settings, index: int, address: str, conn: Con
     from ..api import ApiServer
     from ..api.server import format_address
     from .client import ForwardingRecorder, ZmqEngineClient
+    from .gates import CoreGates
 
     recorder = ForwardingRecorder()
     client = ZmqEngineClient(address, index, recorder)
@@ -139,7 +142,7 @@ async def _frontend_main(settings: Settings, index: int, address: str, conn: Con
         conn.send(("error", f"frontend {index}: the engine core does not answer ({type(e).__name__})"))
         await client.stop()
         return 1
-    api = ApiServer(settings, client, recorder=recorder, reuse_port=True, frontend=str(index))
+    api = ApiServer(settings, client, recorder=recorder, reuse_port=True, frontend=str(index), gates=CoreGates(client))
     try:
         port = await api.start()
     except (OSError, RuntimeError) as e:

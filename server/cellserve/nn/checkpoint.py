@@ -44,6 +44,10 @@ def save_model(folder: Path, spec: ModelSpec, model: CharLM) -> None:
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "cellserve-charlm", "name": spec.name})
     (folder / SPEC_FILE).write_text(json.dumps(spec.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n")
+    # safetensors writes 0600; model folders are shipped and read by other users (the container's
+    # non-root user), so both files are world-readable like any other source file.
+    for name in (WEIGHTS_FILE, SPEC_FILE):
+        (folder / name).chmod(0o644)
 
 
 def read_spec(folder: Path) -> ModelSpec:

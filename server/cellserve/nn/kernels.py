@@ -11,9 +11,18 @@ process-wide: use it from the one thread that runs torch.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
+
+# Single steps [B, 1] on CPU use the native kernel below this many rows, oneDNN from it on
+# (measured: engine/runner.py has the numbers).
+ONEDNN_MIN_STEP_BATCH = 128
+
+
+def step_kernel(model_device: torch.device, rows: int) -> AbstractContextManager[None]:
+    """The kernel choice for one single-step call of ``rows`` rows."""
+    return onednn(model_device.type != "cpu" or rows >= ONEDNN_MIN_STEP_BATCH)
 
 
 @contextmanager

@@ -29,12 +29,31 @@ class Provenance(BaseModel):
     device: str = Field(description="Device trained on, e.g. 'cpu' or 'cuda (NVIDIA H200)'.")
     git_commit: str = Field(description="Commit of the code that trained it ('unknown' outside git).")
     command: str = Field(default="", description="The command line that trained it.")
+    init_from: str = Field(
+        default="",
+        description="Model the weights were initialised from (name, weights sha256 prefix), '' for a fresh start.",
+    )
+
+
+class HeldOutScore(BaseModel):
+    """bits/char on one held-out package, beside general-purpose compressors on the same text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    package: str = Field(description="Held-out package name (never trained on).")
+    chars: int = Field(ge=1, description="Characters of its source measured.")
+    bits_per_char: float = Field(gt=0, description="The model's bits/char on that text.")
+    bzip2_bits_per_char: float = Field(gt=0, description="bzip2 -9 on the same text (UTF-8), bits per character.")
+    xz_bits_per_char: float = Field(gt=0, description="xz -9e on the same text (UTF-8), bits per character.")
 
 
 class Quality(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     validation_bits_per_char: float = Field(gt=0, description="Mean bits/char on the validation split.")
+    heldout: list[HeldOutScore] = Field(
+        default_factory=list, description="Per held-out package scores (empty for an explicit corpus)."
+    )
 
 
 class ModelSpec(BaseModel):

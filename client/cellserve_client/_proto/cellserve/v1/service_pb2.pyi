@@ -298,3 +298,65 @@ class ListModelsResponse(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[_types_pb2.ModelInfo]
     def __init__(self, models: _Optional[_Iterable[_Union[_types_pb2.ModelInfo, _Mapping]]] = ...) -> None: ...
+
+class InspectGatesRequest(_message.Message):
+    __slots__ = ("model", "input", "last_chars", "top_units", "top_k")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    LAST_CHARS_FIELD_NUMBER: _ClassVar[int]
+    TOP_UNITS_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    input: _types_pb2.Input
+    last_chars: int
+    top_units: int
+    top_k: int
+    def __init__(self, model: _Optional[str] = ..., input: _Optional[_Union[_types_pb2.Input, _Mapping]] = ..., last_chars: _Optional[int] = ..., top_units: _Optional[int] = ..., top_k: _Optional[int] = ...) -> None: ...
+
+class InspectGatesResponse(_message.Message):
+    __slots__ = ("model", "cell", "first_index", "characters")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CELL_FIELD_NUMBER: _ClassVar[int]
+    FIRST_INDEX_FIELD_NUMBER: _ClassVar[int]
+    CHARACTERS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    cell: _types_pb2.Cell
+    first_index: int
+    characters: _containers.RepeatedCompositeFieldContainer[CharacterGates]
+    def __init__(self, model: _Optional[str] = ..., cell: _Optional[_Union[_types_pb2.Cell, str]] = ..., first_index: _Optional[int] = ..., characters: _Optional[_Iterable[_Union[CharacterGates, _Mapping]]] = ...) -> None: ...
+
+class CharacterGates(_message.Message):
+    __slots__ = ("character", "layers", "next")
+    CHARACTER_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FIELD_NUMBER: _ClassVar[int]
+    character: str
+    layers: _containers.RepeatedCompositeFieldContainer[LayerGates]
+    next: _types_pb2.TopCharacters
+    def __init__(self, character: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerGates, _Mapping]]] = ..., next: _Optional[_Union[_types_pb2.TopCharacters, _Mapping]] = ...) -> None: ...
+
+class LayerGates(_message.Message):
+    __slots__ = ("gates",)
+    GATES_FIELD_NUMBER: _ClassVar[int]
+    gates: _containers.RepeatedCompositeFieldContainer[GateSummary]
+    def __init__(self, gates: _Optional[_Iterable[_Union[GateSummary, _Mapping]]] = ...) -> None: ...
+
+class GateSummary(_message.Message):
+    __slots__ = ("name", "mean", "top_units")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    TOP_UNITS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    mean: float
+    top_units: _containers.RepeatedCompositeFieldContainer[UnitGate]
+    def __init__(self, name: _Optional[str] = ..., mean: _Optional[float] = ..., top_units: _Optional[_Iterable[_Union[UnitGate, _Mapping]]] = ...) -> None: ...
+
+class UnitGate(_message.Message):
+    __slots__ = ("unit", "value", "change")
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
+    unit: int
+    value: float
+    change: float
+    def __init__(self, unit: _Optional[int] = ..., value: _Optional[float] = ..., change: _Optional[float] = ...) -> None: ...

@@ -90,6 +90,11 @@ class CellserveServiceStub:
                 request_serializer=cellserve_dot_v1_dot_service__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=cellserve_dot_v1_dot_service__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.InspectGates = channel.unary_unary(
+                '/cellserve.v1.CellserveService/InspectGates',
+                request_serializer=cellserve_dot_v1_dot_service__pb2.InspectGatesRequest.SerializeToString,
+                response_deserializer=cellserve_dot_v1_dot_service__pb2.InspectGatesResponse.FromString,
+                _registered_method=True)
 
 
 class CellserveServiceServicer:
@@ -169,6 +174,14 @@ class CellserveServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InspectGates(self, request, context):
+        """Per-character gate activations of a text run from the initial state, with the units whose
+        gates changed most and the next-character distribution. Stateless: no session is involved.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CellserveServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -226,6 +239,11 @@ def add_CellserveServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=cellserve_dot_v1_dot_service__pb2.ListModelsRequest.FromString,
                     response_serializer=cellserve_dot_v1_dot_service__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'InspectGates': grpc.unary_unary_rpc_method_handler(
+                    servicer.InspectGates,
+                    request_deserializer=cellserve_dot_v1_dot_service__pb2.InspectGatesRequest.FromString,
+                    response_serializer=cellserve_dot_v1_dot_service__pb2.InspectGatesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -526,6 +544,33 @@ class CellserveService:
             '/cellserve.v1.CellserveService/ListModels',
             cellserve_dot_v1_dot_service__pb2.ListModelsRequest.SerializeToString,
             cellserve_dot_v1_dot_service__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InspectGates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cellserve.v1.CellserveService/InspectGates',
+            cellserve_dot_v1_dot_service__pb2.InspectGatesRequest.SerializeToString,
+            cellserve_dot_v1_dot_service__pb2.InspectGatesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,815 @@
+"""The engine core: one synchronous ``step()`` (schedule -> execute -> update_from_output).
+
+``EngineCore`` owns the model runtimes (pool, runner, scheduler per model), the session table
+and the counters. ``step()`` runs entirely in the device worker thread: it plans one iteration
+for every model with work (``_schedule``), executes the plans on the runners, and applies the
+results to sessions, rewind logs and completions (``_update``). It never touches asyncio: the
+futures it is handed at submission are opaque tickets here, and everything meant for a caller
+(a result or an error for a future, a completion chunk) is appended to an outbox that
+``step()`` returns as a ``StepOutput`` of plain dataclasses, with the iteration's
+``IterationStats``. The async frontend (``engine/engine.py``) applies them on the event loop.
+
+Threads: submissions, the TTL sweep and cancellations come from the event loop, ``step()`` from
+the worker; every public method takes ``lock``. ``step()`` holds it while it plans and while it
+updates, never while the device runs, so submissions go on during an iteration (they queue for
+the next one) exactly as before. Driven directly (tests), the core needs no thread and no loop.
+
+Error behaviour (``cellserve.errors``): unknown, closed, expired and other owners' sessions are
+all ``NotFound("session not found")``; caps raise ``CapacityExceeded`` with a retry hint;
+new sessions while draining raise ``Unavailable``. State is written back only when an iteration
+succeeded: if the device step raises, every operation of that iteration fails with that
+exception (the API reports INTERNAL) and the sessions are as they were before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from ..config import Settings
+from ..errors import CapacityExceeded, InvalidInput, NotFound, OffsetConflict, PreconditionFailed, Unavailable
+from ..nn.cells import GRU_GATES, LSTM_GATES
+from ..nn.checkpoint import LoadedModel
+from ..repository import ModelRepository
+from . import snapshot as snap
+from .completions import Alternative, Completion
+from .limits import check_completion
+from .plan import ZERO, CheckpointRef, HostState, Plan, RunResult
+from .rewind import RewindLog
+from .runner import ModelRunner
+from .scheduler import AppendRun, Batch, Scheduler
+from .sessions import AppendOp, ControlOp, Op, Session, SessionState
+from .state_pool import SlotAllocator, StatePool
+from .types import (
+    AppendOptions,
+    CompletionChunk,
+    CompletionRequest,
+    EngineHealth,
+    EngineStats,
+    FinishReason,
+    GateTrace,
+    IterationStats,
+    ModelInfo,
+    ModelIteration,
+    Phase,
+    Prediction,
+    SessionEvent,
+    SessionInfo,
+)
+
+log = logging.getLogger(__name__)
+
+_NOT_FOUND = "session not found"
+# Multi-step decoding (see the scheduler): when only completions run, an iteration takes up to
+# MAX_DECODE_STEPS steps, as many as fit in DECODE_BURST_S at the latest measured step time, so
+# a keystroke arriving meanwhile waits at most about that long. Measured with `cellserve bench`
+# (2-core CPU, 2x512 LSTM): one chunk message and one scheduling round per character bounded
+# completions at 0.35x (16 running) to 0.52x (64) of the model's own decoding speed.
+MAX_DECODE_STEPS = 8
+DECODE_BURST_S = 0.025
+# Scratch slots for chunked prefill (one per piece being applied in chunks at a time); beyond
+# this many, a long piece runs whole (over the iteration budget) rather than wait.
+CHUNK_SLOTS = 64
+_DEFAULT_OPTIONS = AppendOptions()  # frozen: safe to share as a default
+
+
+@dataclass(eq=False)
+class _Runtime:
+    """One served model: its pool, runner, scheduler and the work waiting for it."""
+
+    name: str
+    loaded: LoadedModel
+    info: ModelInfo
+    alloc: SlotAllocator
+    pool: StatePool
+    ck_alloc: SlotAllocator  # the checkpoint pool (rewind checkpoints), slot-indexed like ``pool``
+    ck_pool: StatePool
+    runner: ModelRunner
+    scheduler: Scheduler
+    gate_names: tuple[str, ...]
+    work: dict[Session, None] = field(default_factory=dict)  # sessions with queued ops (ordered set)
+    completions: dict[Completion, None] = field(default_factory=dict)  # started, still running
+    decode_step_s: float = 0.0  # the latest completion iteration's time per step
+    scratch_used: int = 0  # chunked-prefill scratch slots held (<= CHUNK_SLOTS)
+
+    def take_scratch(self) -> int | None:
+        if self.scratch_used >= CHUNK_SLOTS:
+            return None
+        try:
+            slot = self.alloc.alloc()
+        except CapacityExceeded:
+            return None
+        self.scratch_used += 1
+        return slot
+
+    def take_checkpoint(self) -> int | None:
+        try:
+            return self.ck_alloc.alloc()
+        except CapacityExceeded:  # not reached: slots_max covers every log's bound
+            return None
+
+    def release_checkpoint(self, handle: object) -> None:
+        """A ``RewindLog`` dropped ``handle``: its checkpoint slot is free again (a read of it
+        in the running step lands before any new owner's write, as for state slots)."""
+        if isinstance(handle, CheckpointRef):
+            self.ck_alloc.free(handle.slot)
+
+    def free_scratch(self, op: AppendOp) -> None:
+        if op.scratch is not None:
+            self.alloc.free(op.scratch)
+            self.scratch_used -= 1
+            op.scratch = None
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _locked(fn: Callable[Concatenate[EngineCore, P], R]) -> Callable[Concatenate[EngineCore, P], R]:
+    def locked(self: EngineCore, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with self.lock:
+            return fn(self, *args, **kwargs)
+
+    locked.__name__, locked.__doc__ = fn.__name__, fn.__doc__
+    return locked
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A caller's answer: ``future`` (the ticket handed in at submission, opaque to the core)
+    gets ``value``, or ``error`` when set."""
+
+    future: asyncio.Future[Any]
+    value: object = None
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class ChunkOut:
+    """A completion's next chunk for its consumer; ``chunk`` None: the completion ended."""
+
+    completion: Completion
+    chunk: CompletionChunk | None
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """What one ``step()`` hands the frontend, in the order it happened."""
+
+    deliveries: list[Outcome | ChunkOut]
+    stats: IterationStats | None  # None when no device work ran
+    idle: bool  # nothing queued, running or completing after this step
+
+
+class EngineCore:
+    def __init__(
+        self,
+        settings: Settings,
+        repository: ModelRepository,
+        runner_factory: Callable[[LoadedModel, StatePool, StatePool], Any] | None = None,
+    ) -> None:
+        """``runner_factory(loaded, pool, checkpoint_pool)`` builds each model's runner (anything with
+        ``execute(plan) -> RunResult``); the default is ``ModelRunner``."""
+        self.settings = settings
+        self.repository = repository
+        self.device = repository.device
+        self.lock = threading.RLock()
+        # Unset key: a random per-process key; snapshots then resume on this process only.
+        self._key = (
+            settings.snapshot_key.get_secret_value().encode() if settings.snapshot_key else secrets.token_bytes(32)
+        )
+        slots_max = settings.max_sessions + settings.max_running_completions + CHUNK_SLOTS
+        # a session's log holds at most window / every + 2 checkpoints, plus one planned per step
+        ck_max = settings.max_sessions * (settings.rewind_window // settings.checkpoint_every + 3)
+        if settings.rewind_window == 0:
+            ck_max = 0
+        make_runner = runner_factory or (lambda lm, pool, ck: ModelRunner(lm.model, pool, ck))
+        self._runtimes: dict[str, _Runtime] = {}
+        for name in repository.names():
+            lm = repository.get(name)
+            m = lm.model
+            pool = StatePool(m.layers, m.hidden, m.state_arity, self.device)
+            ck_pool = StatePool(m.layers, m.hidden, m.state_arity, self.device)
+            rt = _Runtime(
+                name,
+                lm,
+                repository.info(name),
+                SlotAllocator(settings.pool_chunk, slots_max),
+                pool,
+                SlotAllocator(settings.pool_chunk, ck_max),
+                ck_pool,
+                make_runner(lm, pool, ck_pool),
+                Scheduler(lm.vocab.encode),
+                LSTM_GATES if m.cell == "lstm" else GRU_GATES,
+            )
+            rt.scheduler = Scheduler(lm.vocab.encode, rt.take_scratch, rt.take_checkpoint)
+            self._runtimes[name] = rt
+        self._sessions: dict[str, Session] = {}
+        self._running_alternatives = 0
+        self.draining = False
+        self._iterations = 0
+        self._chars: dict[str, int] = {p: 0 for p in Phase}
+        self._events: dict[str, int] = {}
+        self._outbox: list[Outcome | ChunkOut] = []
+
+    # ---- queries -----------------------------------------------------------------------------
+    def models(self) -> list[ModelInfo]:
+        return [rt.info for rt in self._runtimes.values()]
+
+    @_locked
+    def get_session(self, session_id: str, owner: str = "") -> SessionInfo:
+        return self._get(session_id, owner).info()
+
+    @_locked
+    def get_session_queued(self, session_id: str, owner: str = "") -> SessionInfo:
+        """The session with ``position`` = the offset the next append must carry."""
+        s = self._get(session_id, owner)
+        return s.info(s.queued_end)
+
+    @_locked
+    def stats(self) -> EngineStats:
+        """Cumulative counters and gauges now; reading changes nothing (any number of readers).
+        Per-iteration observations come out of ``step()`` (``StepOutput.stats``)."""
+        return EngineStats(
+            active_sessions=len(self._sessions),
+            slots_capacity=sum(rt.pool.capacity for rt in self._runtimes.values()),
+            slots_max=sum(rt.alloc.slots_max for rt in self._runtimes.values()),
+            slots_used=sum(rt.alloc.used for rt in self._runtimes.values()),
+            state_bytes=sum(rt.pool.nbytes + rt.ck_pool.nbytes for rt in self._runtimes.values()),
+            running_completions=self._running_alternatives,
+            iterations=self._iterations,
+            chars_processed=dict(self._chars),
+            session_events=dict(self._events),
+        )
+
+    @_locked
+    def health(self) -> EngineHealth:
+        return EngineHealth(
+            serving=not self.draining,
+            active_sessions=len(self._sessions),
+            slots_used=sum(rt.alloc.used for rt in self._runtimes.values()),
+            slots_max=sum(rt.alloc.slots_max for rt in self._runtimes.values()),
+            running_completions=self._running_alternatives,
+        )
+
+    @_locked
+    def has_pending(self) -> bool:
+        """Work is queued, running or completing."""
+        return self._has_pending()
+
+    @_locked
+    def session_ids(self) -> set[str]:
+        return set(self._sessions)
+
+    @_locked
+    def take_outbox(self) -> list[Outcome | ChunkOut]:
+        """What the calls since the last ``step()`` produced for callers (a close that failed
+        queued ops, a cancelled completion): the frontend applies it after such a call."""
+        out, self._outbox = self._outbox, []
+        return out
+
+    # ---- sessions ----------------------------------------------------------------------------
+    @_locked
+    def open_session(self, model: str | None = None, owner: str = "") -> SessionInfo:
+        return self._new_session(self._runtime(model), owner, 0, ZERO, SessionEvent.OPENED).info()
+
+    @_locked
+    def submit_append(
+        self,
+        session_id: str,
+        offset: int,
+        text: str,
+        options: AppendOptions,
+        owner: str,
+        future: asyncio.Future[Prediction],
+    ) -> asyncio.Future[Prediction] | None:
+        """Queues ``text`` at ``offset`` (exactly once), answered through ``future``; or raises
+        now. ``offset`` must equal the session's position counting the appends already accepted.
+        A retry of the latest accepted piece (same offset, same text) queues nothing: the
+        return value is then that piece's future, whose answer the caller repeats with
+        ``replayed=True``. When several appends of a session wait for the same iteration they
+        run as one prefill; each gets its own Prediction, or with ``only_last`` the earlier
+        ones get ``superseded=True`` and no top-k."""
+        s = self._get(session_id, owner)
+        if not text:
+            raise InvalidInput("append text is empty")
+        if len(text) > self.settings.max_append_chars:
+            raise InvalidInput(f"append text has {len(text)} characters; the limit is {self.settings.max_append_chars}")
+        if not 0 <= options.top_k <= self.settings.max_top_k:
+            raise InvalidInput(f"top_k must be between 0 and {self.settings.max_top_k}")
+        s.last_used_at = time.time()
+        if offset != s.queued_end:
+            lp = s.last_piece
+            if lp is not None and lp[0] == offset and lp[1] == text:
+                return lp[2]
+            raise OffsetConflict(expected=s.queued_end, got=offset)
+        self._cancel_session_completions(s)
+        rt = self._runtimes[s.model]
+        s.accept_append(AppendOp(offset, text, rt.loaded.vocab.encode(text), options, future, time.perf_counter()))
+        self._submit(rt, s)
+        return None
+
+    @_locked
+    def complete(self, session_id: str, request: CompletionRequest, owner: str = "") -> Completion:
+        """Starts a completion forked from the session's state once the operations accepted
+        before it are applied. The session is never changed; an Append, Reset, Rewind or Close
+        of the session, or ``cancel_completion``, cancels it. Create it on the event loop: its
+        chunk queue is the frontend's."""
+        s = self._get(session_id, owner)
+        check_completion(request, self.settings)
+        rt = self._runtimes[s.model]
+        if self._running_alternatives + request.n > self.settings.max_running_completions:
+            self._event(SessionEvent.REJECTED_COMPLETION)
+            raise CapacityExceeded("too many completions are running", retry_after_s=0.5)
+        slots: list[int] = []
+        try:
+            for _ in range(request.n):
+                slots.append(rt.alloc.alloc())
+        except CapacityExceeded:
+            for slot in slots:
+                rt.alloc.free(slot)
+            raise
+        seed = request.seed if request.seed is not None else secrets.randbits(64)
+        alts = [Alternative(i, slot, random.Random(f"{seed}/{i}")) for i, slot in enumerate(slots)]
+        c = Completion(s, request, alts)
+        self._running_alternatives += request.n
+        s.completions.add(c)
+        s.queue.append(ControlOp("complete", None, time.perf_counter(), completion=c))
+        s.last_used_at = time.time()
+        self._submit(rt, s)
+        return c
+
+    @_locked
+    def cancel_completion(self, c: Completion) -> None:
+        self._cancel_completion(c)
+
+    @_locked
+    def submit_rewind(self, session_id: str, chars: int, owner: str, future: asyncio.Future[Any]) -> None:
+        """Restores exactly the state ``chars`` characters back (1 <= chars <= position);
+        beyond the rewind window: PreconditionFailed."""
+        s = self._get(session_id, owner)
+        if chars <= 0:
+            raise InvalidInput("rewind chars must be positive")
+        if not s.queue and not s.in_flight:  # answer bad requests without an iteration
+            s.history.plan(s.position, chars)
+        self._cancel_session_completions(s)
+        self._control(s, ControlOp("rewind", future, time.perf_counter(), chars=chars))
+
+    @_locked
+    def submit_reset(self, session_id: str, owner: str, future: asyncio.Future[Any]) -> None:
+        s = self._get(session_id, owner)
+        self._cancel_session_completions(s)
+        self._control(s, ControlOp("write", future, time.perf_counter(), state=ZERO, position=0))
+
+    @_locked
+    def submit_snapshot(self, session_id: str, owner: str, future: asyncio.Future[Any]) -> None:
+        """A signed blob of the state after the operations accepted before it."""
+        s = self._get(session_id, owner)
+        self._control(s, ControlOp("snapshot", future, time.perf_counter()))
+
+    @_locked
+    def submit_resume(self, blob: bytes, replay: str, options: AppendOptions, owner: str) -> Session:
+        """A new session (new id) at the snapshot's position with its state, bit-exact (its
+        start state is written by the next iteration); the caller then appends ``replay``.
+        The blob is checked here (HMAC and header: no torch); its state bytes become tensors in
+        the device worker (``HostState``). Bad or tampered blob: InvalidInput; a model or
+        weights this server does not serve: PreconditionFailed."""
+        self._check_open()
+        data = snap.decode(blob, self._key)
+        rt = self._runtimes.get(data.model)
+        if rt is None or rt.loaded.weights_sha256 != data.weights_sha256:
+            raise PreconditionFailed("the snapshot was taken with model weights this server does not serve")
+        m = rt.loaded.model
+        if data.shapes != tuple((m.layers, m.hidden) for _ in range(m.state_arity)):
+            raise PreconditionFailed("the snapshot's state does not fit the model")
+        if len(replay) > self.settings.max_append_chars:
+            raise InvalidInput(f"replay has {len(replay)} characters; the limit is {self.settings.max_append_chars}")
+        state = HostState(tuple(data.tensors), m.layers, m.hidden)
+        return self._new_session(rt, owner, data.position, state, SessionEvent.RESUMED)
+
+    @_locked
+    def submit_close(self, session_id: str, owner: str, future: asyncio.Future[Any]) -> None:
+        """Closes the session once the operations accepted before it are answered (at once
+        when none are waiting)."""
+        s = self._get(session_id, owner)
+        if not s.queue and not s.in_flight:
+            self._close(s, SessionEvent.CLOSED)
+            self._outbox.append(Outcome(future))
+            return
+        self._cancel_session_completions(s)
+        self._control(s, ControlOp("close", future, time.perf_counter()))
+
+    @_locked
+    def expire_idle(self, cutoff: float) -> None:
+        """Closes sessions unused since ``cutoff`` (unix seconds) whose work is all done:
+        queued or running work is never expired."""
+        for s in [s for s in self._sessions.values() if s.last_used_at < cutoff]:
+            if s.state is SessionState.IDLE:
+                self._close(s, SessionEvent.EXPIRED)
+
+    @_locked
+    def fail_all(self, err: BaseException) -> None:
+        """At stop, after the last step: everything still queued fails with ``err``."""
+        for s in list(self._sessions.values()):
+            for op in s.queue:
+                self._fail(op, err)
+            s.queue.clear()
+            for c in list(s.completions):
+                self._cancel_completion(c)
+
+    def _control(self, s: Session, op: ControlOp) -> None:
+        s.accept_control(op)
+        s.last_used_at = time.time()
+        self._submit(self._runtimes[s.model], s)
+
+    def _resolve(self, op: Op, value: object) -> None:
+        if op.future is not None and not op.answered:
+            op.answered = True
+            self._outbox.append(Outcome(op.future, value))
+
+    def _fail(self, op: Op, err: BaseException) -> None:
+        if op.future is not None and not op.answered:
+            op.answered = True
+            self._outbox.append(Outcome(op.future, None, err))
+
+    # ---- internals: admission and bookkeeping ------------------------------------------------
+    def _runtime(self, model: str | None) -> _Runtime:
+        rt = self._runtimes.get(model or self.repository.default)
+        if rt is None:
+            raise NotFound("unknown model")
+        return rt
+
+    def _check_open(self) -> None:
+        if self.draining:
+            raise Unavailable("server is draining; open a session on another replica")
+
+    def _new_session(self, rt: _Runtime, owner: str, position: int, state: object, event: SessionEvent) -> Session:
+        self._check_open()
+        if len(self._sessions) >= self.settings.max_sessions:
+            self._event(SessionEvent.REJECTED_SESSIONS)
+            raise CapacityExceeded("session limit reached", retry_after_s=min(5.0, self.settings.session_idle_ttl_s))
+        slot = rt.alloc.alloc()
+        now = time.time()
+        sid = secrets.token_hex(16)
+        s = Session(
+            sid, rt.name, owner, slot, now, now, self._history(rt, position, state), position, position, position
+        )
+        # the slot holds a previous owner's state: the first iteration writes this session's
+        # start state (folded into the first append's row when one is waiting by then)
+        s.queue.append(ControlOp("write", None, time.perf_counter(), state=state, position=position))
+        self._sessions[sid] = s
+        self._submit(rt, s)
+        self._event(event)
+        return s
+
+    def _history(self, rt: _Runtime, position: int, state: object) -> RewindLog:
+        st = self.settings
+        return RewindLog(st.checkpoint_every, st.rewind_window, position, state, rt.release_checkpoint)
+
+    def _get(self, session_id: str, owner: str) -> Session:
+        s = self._sessions.get(session_id)
+        if s is None or s.owner != owner:
+            raise NotFound(_NOT_FOUND)
+        return s
+
+    def _submit(self, rt: _Runtime, s: Session) -> None:
+        rt.work[s] = None
+
+    def _event(self, name: SessionEvent) -> None:
+        self._events[name] = self._events.get(name, 0) + 1
+
+    def _close(self, s: Session, reason: SessionEvent) -> None:
+        if not s.mark_closed():
+            return
+        del self._sessions[s.session_id]
+        gone = NotFound(_NOT_FOUND)
+        rt = self._runtimes[s.model]
+        for op in s.queue:
+            self._fail(op, gone)
+            if isinstance(op, AppendOp):
+                rt.free_scratch(op)  # an in-flight chunk's write-back lands before a new owner's write
+        s.queue.clear()
+        for c in list(s.completions):
+            self._cancel_completion(c)
+        rt.work.pop(s, None)
+        s.history.release_all()
+        rt.alloc.free(s.slot)  # an in-flight write-back to it lands before any new owner's first write
+        self._event(reason)
+
+    def _cancel_session_completions(self, s: Session) -> None:
+        for c in list(s.completions):
+            self._cancel_completion(c)
+
+    def _cancel_completion(self, c: Completion) -> None:
+        for alt in c.running():
+            self._end_alternative(c, alt, FinishReason.CANCELLED)
+        if not c.started:
+            try:
+                c.session.queue.remove(next(op for op in c.session.queue if getattr(op, "completion", None) is c))
+            except StopIteration:
+                pass
+
+    def _end_alternative(self, c: Completion, alt: Alternative, reason: str, text: str = "") -> None:
+        alt.finish_reason = reason
+        self._outbox.append(ChunkOut(c, CompletionChunk(alt.index, text, True, reason)))
+        if not c.running():
+            self._outbox.append(ChunkOut(c, None))
+        rt = self._runtimes[c.session.model]
+        rt.alloc.free(alt.slot)
+        self._running_alternatives -= 1
+        if not c.running():
+            rt.completions.pop(c, None)
+            c.session.completions.discard(c)
+
+    def _has_pending(self) -> bool:
+        return any(rt.work or rt.completions for rt in self._runtimes.values()) or self._running_alternatives > 0
+
+    # ---- the step ---------------------------------------------------------------------------------
+    def step(self) -> StepOutput:
+        """One iteration: schedule -> execute -> update_from_output (device worker thread)."""
+        with self.lock:
+            jobs = self._schedule()
+            started = time.perf_counter()
+            waits = [tuple(started - t for t in _submitted_times(b)) for _, b in jobs]  # per job
+            chars_before = dict(self._chars)
+        results: list[RunResult] = []
+        error: Exception | None = None
+        if jobs:
+            try:
+                results = [rt.runner.execute(b.plan) for rt, b in jobs]
+            except Exception as e:  # the device step failed: nothing was written back
+                log.exception("engine iteration failed")
+                error = e
+        with self.lock:
+            stats = None
+            if jobs:
+                self._update_from_output(jobs, results, error)
+                stats = self._iteration_stats(jobs, results, waits, chars_before)
+            out, self._outbox = self._outbox, []
+            return StepOutput(out, stats, not self._has_pending())
+
+    def _update_from_output(
+        self, jobs: list[tuple[_Runtime, Batch]], results: list[RunResult], error: Exception | None
+    ) -> None:
+        if error is not None:
+            for rt, b in jobs:
+                self._fail_batch(rt, b, error)
+            results = []
+        else:
+            for (rt, b), res in zip(jobs, results, strict=True):
+                try:
+                    self._deliver(rt, b, res)
+                except Exception as e:
+                    log.exception("delivering an iteration's results failed")
+                    self._fail_batch(rt, b, e)
+        for _, b in jobs:
+            for s in _sessions_of(b):
+                s.end_iteration()
+        self._iterations += 1
+
+    def _schedule(self) -> list[tuple[_Runtime, Batch]]:
+        """Plans this iteration for every model with work; answers what needs no device work
+        (rejected offsets, closes reached in a session's queue) right away."""
+        budget = self.settings.max_batch_tokens
+        jobs: list[tuple[_Runtime, Batch]] = []
+        for rt in self._runtimes.values():
+            if not (rt.work or rt.completions):
+                continue
+            b = rt.scheduler.schedule(list(rt.work), list(rt.completions), budget, 0, _decode_steps(rt))
+            b.plan.capacity = rt.alloc.wanted_capacity()  # after the scheduler took scratch slots
+            b.plan.checkpoint_capacity = rt.ck_alloc.wanted_capacity()
+            for s in _sessions_of(b):
+                s.begin_iteration()
+            self._deliver_failures(b)
+            for s, op in b.closes:
+                self._close(s, SessionEvent.CLOSED)
+                self._resolve(op, None)
+            for s in [s for s in rt.work if not s.queue]:
+                del rt.work[s]
+            if not b.plan.is_empty():
+                jobs.append((rt, b))
+            else:
+                for s in _sessions_of(b):
+                    s.end_iteration()
+        return jobs
+
+    def _iteration_stats(
+        self,
+        jobs: list[tuple[_Runtime, Batch]],
+        results: list[RunResult],
+        waits: list[tuple[float, ...]],
+        chars_before: dict[str, int],
+    ) -> IterationStats:
+        per_model = tuple(
+            ModelIteration(rt.name, len(b.plan.rows), w, sum(secs for _p, _n, secs in res.phases))
+            for (rt, b), w, res in zip(jobs, waits, results, strict=False)  # no results: the step failed
+        )
+        return IterationStats(
+            rows=sum(len(b.plan.rows) for _, b in jobs),
+            queue_wait_s=tuple(t for w in waits for t in w),
+            step_time_s=tuple((Phase(p), secs) for res in results for p, _n, secs in res.phases),
+            chars=tuple(
+                (Phase(p), n - chars_before.get(p, 0)) for p, n in self._chars.items() if n > chars_before.get(p, 0)
+            ),
+            models=per_model,
+        )
+
+    # ---- delivery --------------------------------------------------------------------------------
+    def _deliver_failures(self, b: Batch) -> None:
+        for s, op, err in b.failures:
+            self._fail(op, err)
+            self._after_failure(s, op)
+
+    def _after_failure(self, s: Session, op: Op) -> None:
+        """The session did not move: later offsets are checked against its real position."""
+        if isinstance(op, AppendOp) and s.last_piece is not None and s.last_piece[2] is op.future:
+            s.last_piece = s.last_applied
+        s.requeue_end()
+
+    def _fail_batch(self, rt: _Runtime, b: Batch, err: Exception) -> None:
+        for s in _sessions_of(b):
+            s.end_iteration()  # nothing of this iteration landed
+        for run in b.appends:
+            for op in run.ops:
+                self._fail(op, err)
+                rt.free_scratch(op)
+            if run.partial and run.ops[0] in run.session.queue:  # a chunk: the piece is still queued
+                run.session.queue.remove(run.ops[0])
+            if run.leading_write is not None:
+                self._fail_write(rt, run.session, run.leading_write, err)
+            rt.release_checkpoint(_checkpoint_of(b, run))  # it was never recorded
+            self._after_failure(run.session, run.ops[-1])
+        for cw in b.controls:
+            if cw.op.kind == "write":
+                self._fail_write(rt, cw.session, cw.op, err)
+            self._fail(cw.op, err)
+            if cw.op.kind == "complete" and cw.op.completion is not None:
+                cw.op.completion.started = True
+                self._cancel_completion(cw.op.completion)
+            self._after_failure(cw.session, cw.op)
+        for sw in b.steps:
+            if not sw.alt.finish_reason:
+                self._end_alternative(sw.completion, sw.alt, FinishReason.CANCELLED)
+
+    def _fail_write(self, rt: _Runtime, s: Session, op: ControlOp, err: Exception) -> None:
+        if op.future is None and not s.closed:  # a new session's start state: its slot still needs it
+            s.queue.appendleft(op)
+            rt.work[s] = None
+        else:  # a reset: the session keeps its old state and position
+            self._fail(op, err)
+
+    def _deliver(self, rt: _Runtime, b: Batch, res: RunResult) -> None:
+        for phase, _chars, secs in res.phases:
+            if phase == Phase.COMPLETION and b.steps:
+                rt.decode_step_s = secs / max(1, 1 + len(b.plan.rows[b.steps[0].row].more))
+        now = time.time()
+        for run in b.appends:
+            if run.partial:
+                self._deliver_chunk(rt, b, run, res)
+            else:
+                self._deliver_run(rt, b, run, res, now)
+        for cw in b.controls:
+            s, cop = cw.session, cw.op
+            if cw.row is not None:
+                self._chars[Phase.PREFILL] += len(b.plan.rows[cw.row].tokens)
+            if s.closed and cop.kind in ("write", "rewind"):
+                self._fail(cop, NotFound(_NOT_FOUND))
+            elif cop.kind == "write":
+                self._apply_write(s, cop)
+            elif cop.kind == "rewind":
+                s.apply(cw.target)
+                s.history.truncate(cw.target)
+                s.last_applied = None
+                self._resolve(cop, s.info())
+            elif cop.kind == "snapshot":
+                assert cw.read is not None
+                m = rt.loaded.model
+                data = snap.SnapshotData(
+                    rt.name,
+                    rt.loaded.weights_sha256,
+                    m.cell,
+                    s.position,
+                    now,
+                    tuple((m.layers, m.hidden) for _ in range(m.state_arity)),
+                    tuple(res.reads[cw.read]),
+                )
+                self._resolve(cop, snap.encode(data, self._key))
+            elif cop.kind == "complete" and cop.completion is not None:
+                c = cop.completion
+                c.started = True
+                if c.running():
+                    rt.completions[c] = None
+            s.last_used_at = now
+        for sw in b.steps:
+            self._deliver_step(rt, b.plan, sw.completion, sw.alt, sw.row, res)
+
+    def _deliver_chunk(self, rt: _Runtime, b: Batch, run: AppendRun, res: RunResult) -> None:
+        """A chunk of a long piece landed in its scratch slot: note the progress; the piece
+        stays at the head of the session's queue (its Prediction comes with its last chunk)."""
+        op, row = run.ops[0], res.rows[run.row]
+        n = len(b.plan.rows[run.row].tokens)
+        self._chars[Phase.PREFILL] += n
+        if op.answered:  # closed meanwhile: the close freed its scratch slot
+            return
+        op.done += n
+        if op.options.want_logprobs:
+            op.logprobs.extend(row.logprobs)
+        if op.options.want_gates:
+            op.gates.extend(row.gates)
+        run.session.last_used_at = time.time()
+
+    def _deliver_run(self, rt: _Runtime, b: Batch, run: AppendRun, res: RunResult, now: float) -> None:
+        """Pieces applied whole (the first one possibly finishing a chunked piece)."""
+        vocab = rt.loaded.vocab
+        s = run.session
+        row = res.rows[run.row]
+        pos, tok_at = run.start, 0
+        last = len(run.ops) - 1
+        for k, op in enumerate(run.ops):
+            n = len(op.text) - (run.first_done if k == 0 else 0)
+            pos += len(op.text)
+            o = op.options
+            logprobs = [*op.logprobs, *row.logprobs[tok_at : tok_at + n]] if o.want_logprobs else []
+            gates = [*op.gates, *row.gates[tok_at : tok_at + n]] if o.want_gates else []
+            pred = Prediction(
+                position=pos,
+                top_k=tuple((vocab.char(i), p) for i, p in row.top_k[k][: o.top_k]),
+                logprobs=tuple(logprobs),
+                gates=tuple(GateTrace(rt.gate_names, tuple(tuple(layer) for layer in g)) for g in gates),
+                superseded=o.only_last and k < last,
+            )
+            tok_at += n
+            rt.free_scratch(op)
+            self._resolve(op, pred)
+        self._chars[Phase.STEP if tok_at == 1 and not run.first_done else Phase.PREFILL] += tok_at
+        if s.closed:
+            rt.release_checkpoint(_checkpoint_of(b, run))
+            return
+        if run.leading_write is not None:
+            self._apply_write(s, run.leading_write)
+        s.apply(pos)
+        s.history.record("".join(op.text for op in run.ops), pos, _checkpoint_of(b, run))
+        s.last_applied = (run.ops[-1].offset, run.ops[-1].text, run.ops[-1].future)
+        s.last_used_at = now
+
+    def _apply_write(self, s: Session, op: ControlOp) -> None:
+        s.apply(op.position)
+        s.history.release_all()
+        s.history = self._history(self._runtimes[s.model], op.position, op.state)
+        s.last_applied = None
+        self._resolve(op, s.info())
+
+    def _deliver_step(
+        self, rt: _Runtime, plan: Plan, c: Completion, alt: Alternative, row: int, res: RunResult
+    ) -> None:
+        if alt.finish_reason:  # cancelled while the iteration ran
+            return
+        first = res.rows[row].sampled
+        assert first is not None
+        toks = [first, *res.rows[row].sampled_more]
+        if plan.rows[row].tokens:
+            alt.forked = True  # the scratch slot now holds the state after last_token
+            self._chars["completion"] += len(toks)
+        c.session.last_used_at = time.time()
+        for tok in toks:  # several with multi-step decoding; still one chunk per character
+            ch = rt.loaded.vocab.char(tok)
+            alt.text += ch
+            alt.last_token = tok
+            if any(alt.text.endswith(stop) for stop in c.request.stop):
+                self._end_alternative(c, alt, FinishReason.STOP, ch)
+                return
+            if len(alt.text) >= c.request.max_chars:
+                self._end_alternative(c, alt, FinishReason.LENGTH, ch)
+                return
+            self._outbox.append(ChunkOut(c, CompletionChunk(alt.index, ch, False)))
+
+
+def _decode_steps(rt: _Runtime) -> int:
+    """Steps the next completion-only iteration may take (see MAX_DECODE_STEPS)."""
+    if rt.work or not rt.completions:
+        return 1
+    if rt.decode_step_s <= 0:
+        return 2
+    return max(1, min(MAX_DECODE_STEPS, int(DECODE_BURST_S / rt.decode_step_s)))
+
+
+def _checkpoint_of(b: Batch, run: AppendRun) -> CheckpointRef | None:
+    slot = b.plan.rows[run.row].checkpoint
+    return CheckpointRef(slot) if slot is not None else None
+
+
+def _sessions_of(b: Batch) -> set[Session]:
+    return {run.session for run in b.appends} | {cw.session for cw in b.controls}
+
+
+def _submitted_times(b: Batch) -> list[float]:
+    """Submission times of the operations this batch starts (a chunk counts once, its first)."""
+    times = [op.submitted_at for run in b.appends for op in run.ops if not (run.first_done and op is run.ops[0])]
+    return times + [cw.op.submitted_at for cw in b.controls]

@@ -216,7 +216,7 @@ def write_report(out: Path, meta: dict[str, Any], rows: list[dict[str, Any]]) ->
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", help="an already running server (host:port); default: start one")
-    p.add_argument("--model", default="stdlib-lstm")
+    p.add_argument("--model", default="python-lstm")
     p.add_argument("--text", default=DEFAULT_TEXT, help="the keystrokes; the first 20 make every sequence")
     p.add_argument("--concurrency", type=_ints, default=[1, 4], help="concurrent sequences (default 1,4)")
     p.add_argument("--window", type=float, default=5.0, help="measurement window, seconds (default 5)")

@@ -4,7 +4,7 @@
 #
 #   benchmarks/perf_analyzer.sh                      # starts `cellserve serve` on a free port
 #   benchmarks/perf_analyzer.sh --target HOST:PORT   # an already running server
-#   benchmarks/perf_analyzer.sh --model stdlib-gru -- --concurrency-range 1:8:2   # more args
+#   benchmarks/perf_analyzer.sh --model python-gru -- --concurrency-range 1:8:2   # more args
 #   benchmarks/perf_analyzer.sh --text 'x = [i for i in ys]'   # the keystrokes (first 20 used)
 #   benchmarks/compare_perf_analyzer.py   # perf_analyzer and our load generator, same sequences
 #
@@ -24,7 +24,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PA_VENV="${PA_VENV:-${HOME}/.cache/cellserve-perf-analyzer}"
 TARGET=""
-MODEL="stdlib-lstm"
+MODEL="python-lstm"
 PYTHON="${ROOT}/.venv/bin/python"
 TYPED='for name in sorted(os.listdir(path)):'
 

@@ -52,7 +52,7 @@ def test_plain_torch_loading_snippet(model_dir: Path, tmp_path: Path) -> None:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     snippet = next(b for b in blocks if "load_state_dict" in b)
     scope: dict[str, object] = {}
-    exec(snippet.replace("models/stdlib-lstm", str(model_dir / "tiny-lstm")), scope)  # noqa: S102
+    exec(snippet.replace("models/python-lstm", str(model_dir / "tiny-lstm")), scope)  # noqa: S102
     m = scope["m"]
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():

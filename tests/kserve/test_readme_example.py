@@ -19,7 +19,7 @@ def test_tritonclient_example_runs(kserver: ServerProcess, tmp_path: Path) -> No
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     example = next(b for b in blocks if "tritonclient.grpc" in b)
     script = tmp_path / "triton_example.py"
-    script.write_text(example.replace("127.0.0.1:50051", kserver.target).replace('"stdlib-lstm"', f'"{MODEL}"'))
+    script.write_text(example.replace("127.0.0.1:50051", kserver.target).replace('"python-lstm"', f'"{MODEL}"'))
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()

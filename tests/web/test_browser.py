@@ -119,7 +119,7 @@ def test_type_accept_rewind_and_gates(page: Any, web: WebProcess, shipped_server
         arg=len(edited),
     )
     status = page.get_by_test_id("status").text_content()
-    assert "stdlib-lstm (lstm 2×512)" in status and "round trip" in status and " ms" in status
+    assert "python-lstm (lstm 2×512)" in status and "round trip" in status and " ms" in status
 
     # The gate viewer: rows L0 f .. L1 o, one cell per character, and a hover with the detail.
     page.wait_for_function(
@@ -153,7 +153,7 @@ def test_type_accept_rewind_and_gates(page: Any, web: WebProcess, shipped_server
 def test_gru_gates_and_screenshot(page: Any, tmp_path: Path) -> None:
     """Switching to the GRU shows r and z rows and the update-gate legend; the page's picture
     goes to the README when CELLSERVE_UPDATE_SCREENSHOT is set."""
-    page.get_by_test_id("model").select_option("stdlib-gru")
+    page.get_by_test_id("model").select_option("python-gru")
     editor = page.get_by_test_id("editor")
     editor.fill("")
     editor.type("def area(r):\n    return 3.14 * r", delay=5)
@@ -162,7 +162,7 @@ def test_gru_gates_and_screenshot(page: Any, tmp_path: Path) -> None:
     legend = page.get_by_test_id("legend").text_content()
     assert "update gate: near 1 the state keeps its previous value" in legend
     settled(page, "def area(r):\n    return 3.14 * r")
-    page.get_by_test_id("model").select_option("stdlib-lstm")
+    page.get_by_test_id("model").select_option("python-lstm")
     page.wait_for_function("() => document.querySelectorAll('[data-testid=gates] .row[data-gate]').length === 6")
     settled(page, "def area(r):\n    return 3.14 * r")
     page.get_by_test_id("gates").locator(".row.chars .cell").nth(-3).hover()

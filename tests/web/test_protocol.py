@@ -65,7 +65,7 @@ def test_open_edit_ranked(web: WebProcess, shipped_server: ServerProcess) -> Non
         got["ranked"] = await until(ws, "ranked", 4)
 
     run(web.url, body)
-    assert got["opened"]["model"]["name"] == "stdlib-lstm" and got["opened"]["model"]["gates"] == ["f", "i", "o"]
+    assert got["opened"]["model"]["name"] == "python-lstm" and got["opened"]["model"]["gates"] == ["f", "i", "o"]
     assert got["first"]["text"] == fresh_suggestion(shipped_server.target, "import o")
     assert got["first"]["position"] == len("import o")
     assert got["rewound"]["text"] == fresh_suggestion(shipped_server.target, "import")
@@ -100,7 +100,7 @@ def test_rewind_beyond_the_window_starts_over(web: WebProcess, shipped_server: S
 
 
 def test_model_flag_is_the_pages_default(shipped_server: ServerProcess) -> None:
-    web = WebProcess(shipped_server.target, "--model", "stdlib-gru")
+    web = WebProcess(shipped_server.target, "--model", "python-gru")
     got: dict[str, Any] = {}
 
     async def body(ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -112,8 +112,8 @@ def test_model_flag_is_the_pages_default(shipped_server: ServerProcess) -> None:
         run(web.url, body)
     finally:
         web.stop()
-    assert got["opened"]["model"]["name"] == "stdlib-gru" and got["opened"]["model"]["gates"] == ["r", "z"]
-    assert got["suggestion"]["text"] == fresh_suggestion(shipped_server.target, "x = ", "stdlib-gru")
+    assert got["opened"]["model"]["name"] == "python-gru" and got["opened"]["model"]["gates"] == ["r", "z"]
+    assert got["suggestion"]["text"] == fresh_suggestion(shipped_server.target, "x = ", "python-gru")
 
 
 BAD = [

@@ -35,7 +35,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         "docs/benchmarks/, written only when named here)",
     )
     p.add_argument(
-        "--model", help="model folder or name in models/, or 'random' (default: stdlib-lstm if present, else random)"
+        "--model", help="model folder or name in models/, or 'random' (default: python-lstm if present, else random)"
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (servers and ceiling)")
     p.add_argument("--sessions", type=_ints, help="closed-loop session counts (default 1,16,64,256)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_MODEL = "stdlib-lstm"
+DEFAULT_MODEL = "python-lstm"
 RANDOM = "random"
 
 

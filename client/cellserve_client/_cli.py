@@ -40,8 +40,13 @@ def _connection_options(p: argparse.ArgumentParser, defaults: bool) -> None:
         default=d(None),
         help="server host:port; repeat for replicas (default: $CELLSERVE_TARGET or localhost:50051)",
     )
-    p.add_argument("--token", default=d(os.environ.get("CELLSERVE_TOKEN")), help="sent as 'authorization: Bearer ...'")
+    p.add_argument("--token", default=d(None), help="sent as 'authorization: Bearer ...' (default: $CELLSERVE_TOKEN)")
     p.add_argument("--tls", action="store_true", default=d(False), help="use TLS with the system's root certificates")
+    p.add_argument(
+        "--tls-ca", metavar="PEM", default=d(None), help="use TLS trusting this CA bundle (not the system roots)"
+    )
+    p.add_argument("--tls-cert", metavar="PEM", default=d(None), help="client certificate (mTLS); with --tls-key")
+    p.add_argument("--tls-key", metavar="PEM", default=d(None), help="private key of --tls-cert")
     p.add_argument("--transport", choices=("stream", "unary"), default=d("stream"))
     p.add_argument("--timeout", type=float, default=d(30.0), help="seconds to wait for an answer")
     p.add_argument("--model", default=d(None), help="model name (default: the server's default)")
@@ -78,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "web":
         return _web(args, targets)
     try:
-        with Client(targets, token=args.token, tls=args.tls, timeout=args.timeout, transport=args.transport) as client:
+        with Client(targets, **_connection(args)) as client:
             if args.command == "models":
                 for m in client.models():
                     bpc = f"{m.validation_bits_per_char:.3f}" if m.validation_bits_per_char is not None else "-"
@@ -103,6 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CellserveError as exc:
         print(f"cellserve-client: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # a credential argument that cannot be used
+        print(f"cellserve-client: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     return 0
@@ -157,9 +165,7 @@ def _web(args: argparse.Namespace, targets: list[str]) -> int:
     policy = FailoverPolicy(max_attempts=10, backoff_max_s=2.0)
 
     async def run() -> None:
-        async with AsyncClient(
-            targets, token=args.token, tls=args.tls, timeout=args.timeout, transport=args.transport, failover=policy
-        ) as client:
+        async with AsyncClient(targets, failover=policy, **_connection(args)) as client:
             settings = TabSettings(suggest_chars=args.suggest_chars, default_model=args.model)
             await serve(client, args.host, args.port, settings)
 
@@ -171,6 +177,20 @@ def _web(args: argparse.Namespace, targets: list[str]) -> int:
         print(f"cellserve-client web: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
         return 1
     return 0
+
+
+def _connection(args: argparse.Namespace) -> dict[str, Any]:
+    """The client's connection keywords from the options. ``tls``: a CA bundle path, or True
+    for the system roots (also implied by a client certificate)."""
+    tls: str | bool = str(args.tls_ca) if args.tls_ca else bool(args.tls or args.tls_cert is not None)
+    return {
+        "token": args.token,
+        "tls": tls,
+        "client_cert": args.tls_cert,
+        "client_key": args.tls_key,
+        "timeout": args.timeout,
+        "transport": args.transport,
+    }
 
 
 def _type(session: Session, suggest_chars: int) -> int:

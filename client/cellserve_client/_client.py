@@ -11,6 +11,7 @@ import grpc
 from . import _convert, _errors
 from ._pool import Pool
 from ._rpc import Channel
+from ._security import PemArg, TlsArg, channel_credentials, resolve_token
 from ._session import AsyncSession, Transport
 from ._types import AppendOptions, FailoverPolicy, GateInspection, ModelInfo
 
@@ -22,9 +23,11 @@ class AsyncClient:
     """A client of one cellserve service, reachable at one or more targets ("host:port").
 
     ``targets``: one target or several replicas sharing the snapshot key; sessions open on the
-    first that answers and fail over to the others. ``credentials`` (or ``tls=True`` for the
-    system roots) makes the channels secure. ``token`` is sent as ``authorization: Bearer
-    <token>``; the server keeps sessions private to the credential that opened them.
+    first that answers and fail over to the others. ``tls``: True trusts the system roots, a
+    path trusts that CA bundle (PEM); ``client_cert``/``client_key`` (paths or PEM bytes)
+    present a client certificate for mTLS; ``credentials`` overrides all three. ``token``
+    (default: ``$CELLSERVE_TOKEN``) is sent as ``authorization: Bearer <token>``; the server
+    keeps sessions private to the tenant that opened them.
     ``timeout`` (seconds, None: no limit) bounds every wait for an answer. ``options`` are
     extra gRPC channel options. ``transport``: "stream" (one bidirectional stream per session,
     at most ``max_outstanding`` unanswered requests) or "unary". ``failover`` configures
@@ -36,7 +39,9 @@ class AsyncClient:
         targets: str | Sequence[str] = DEFAULT_TARGET,
         *,
         credentials: grpc.ChannelCredentials | None = None,
-        tls: bool = False,
+        tls: TlsArg = False,
+        client_cert: PemArg = None,
+        client_key: PemArg = None,
         token: str | None = None,
         timeout: float | None = 30.0,
         options: Sequence[tuple[str, Any]] = (),
@@ -46,12 +51,12 @@ class AsyncClient:
     ) -> None:
         if transport not in ("stream", "unary"):
             raise ValueError(f"transport must be 'stream' or 'unary', not {transport!r}")
-        if credentials is None and tls:
-            credentials = grpc.ssl_channel_credentials()
+        if credentials is None:
+            credentials = channel_credentials(tls, client_cert, client_key)
         self._pool = Pool(
             [targets] if isinstance(targets, str) else list(targets),
             credentials=credentials,
-            token=token,
+            token=resolve_token(token),
             timeout=timeout,
             options=options,
             max_outstanding=max_outstanding,

@@ -18,6 +18,7 @@ import grpc
 
 from ._client import DEFAULT_TARGET, AsyncClient
 from ._errors import ClosedError
+from ._security import PemArg, TlsArg
 from ._session import AsyncCompletionStream, AsyncSession, Transport
 from ._types import Completion, CompletionChunk, FailoverPolicy, GateInspection, ModelInfo, Prediction, SessionInfo
 
@@ -52,7 +53,9 @@ class Client:
         targets: str | Sequence[str] = DEFAULT_TARGET,
         *,
         credentials: grpc.ChannelCredentials | None = None,
-        tls: bool = False,
+        tls: TlsArg = False,
+        client_cert: PemArg = None,
+        client_key: PemArg = None,
         token: str | None = None,
         timeout: float | None = 30.0,
         options: Sequence[tuple[str, Any]] = (),
@@ -67,6 +70,8 @@ class Client:
                 targets,
                 credentials=credentials,
                 tls=tls,
+                client_cert=client_cert,
+                client_key=client_key,
                 token=token,
                 timeout=timeout,
                 options=options,

@@ -1,4 +1,4 @@
-"""The `cellserve` command: train | eval | inspect | serve | bench."""
+"""The `cellserve` command: train | eval | inspect | token | serve | bench."""
 
 from __future__ import annotations
 
@@ -243,12 +243,35 @@ def _run_inspect(a: argparse.Namespace) -> int:
     return 0
 
 
+def _add_token(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("token", help="manage API tokens (README: Security)")
+    tsub = p.add_subparsers(dest="token_command", required=True)
+    n = tsub.add_parser("new", help="print a fresh random token for TENANT and the tokens-file entry holding its hash")
+    n.add_argument("tenant", help="tenant name (letters, digits, . _ @ -; at most 64)")
+    n.set_defaults(handler=_run_token_new)
+
+
+def _run_token_new(a: argparse.Namespace) -> int:
+    import re
+
+    from .api.tokens import TENANT_PATTERN, new_token
+
+    if not re.match(TENANT_PATTERN, a.tenant):
+        raise SystemExit(f"cellserve token new: {a.tenant!r} is not a valid tenant name (letters, digits, . _ @ -)")
+    token, stored = new_token()
+    print(f"token (give it to the tenant; it is shown only once): {token}")
+    print("add to the tokens file (under an existing tenant's tokens:, or as a new tenant):")
+    print(f"  - name: {a.tenant}\n    tokens:\n      - {stored}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cellserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_eval(sub)
     _add_inspect(sub)
+    _add_token(sub)
     from .serve import add_serve_parser
 
     add_serve_parser(sub)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 ENV_PREFIX = "CELLSERVE_"
 
@@ -27,6 +27,18 @@ def default_frontends() -> int:
     """0 on 2 CPUs or fewer, else CPUs - 1 (one for the core), at most 8."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return 0 if cpus <= 2 else min(cpus - 1, 8)
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 class Settings(BaseModel):
@@ -51,12 +63,15 @@ class Settings(BaseModel):
     may run on, which in a container is the node's: set it explicitly there)."""
 
     # --- network -------------------------------------------------------------------------
-    host: str = Field(default="0.0.0.0", min_length=1)
-    """Address the gRPC server binds."""
+    host: str = Field(default="127.0.0.1", min_length=1)
+    """Address the gRPC server binds. Anything but loopback needs authentication (a tokens file
+    or client certificates) or ``insecure_no_auth``."""
     port: int = Field(default=50051, ge=0, le=65535)
     """gRPC port; 0 picks a free one (printed at start)."""
-    metrics_host: str = Field(default="0.0.0.0", min_length=1)
-    """Address the Prometheus metrics endpoint binds."""
+    metrics_host: str = Field(default="127.0.0.1", min_length=1)
+    """Address the Prometheus metrics endpoint binds (same rule as ``host``)."""
+    metrics_max_threads: int = Field(default=8, ge=1, le=256)
+    """Requests the metrics endpoint serves at once; further connections wait in the backlog."""
     metrics_port: int = Field(default=9090, ge=0, le=65535)
     """Prometheus metrics port (served by the metrics module)."""
     readiness_service: str = Field(default="cellserve.v1.Ready", min_length=1)
@@ -67,6 +82,65 @@ class Settings(BaseModel):
     """After draining, how long the server keeps answering new calls itself (UNAVAILABLE, so
     clients go elsewhere) before gRPC stops; calls arriving once gRPC is stopping can only be
     cancelled by the transport. Taken out of the drain grace."""
+
+    # --- security (README "Security") --------------------------------------------------
+    auth_tokens_file: Path | None = None
+    """Tenants and their SHA-256 token hashes (YAML or JSON; ``cellserve token new``). Every
+    call must then carry ``authorization: Bearer <token>``. Re-read on change and on SIGHUP."""
+    insecure_no_auth: bool = False
+    """Allow a non-loopback ``host``/``metrics_host`` without authentication (logs a warning)."""
+    tls_cert: Path | None = None
+    """PEM certificate chain of the gRPC server; with ``tls_key``: TLS."""
+    tls_key: Path | None = None
+    """PEM private key of ``tls_cert``."""
+    tls_client_ca: Path | None = None
+    """PEM CA bundle; set: clients must present a certificate it signed (mTLS), and a call
+    without a token belongs to the tenant named by its certificate's CN."""
+    snapshot_ttl_s: float = Field(default=86_400.0, gt=0, le=365 * 86400)
+    """Snapshot blobs expire this long after they are taken (then FAILED_PRECONDITION)."""
+    min_temperature: float = Field(default=1e-3, ge=0, le=1)
+    """Temperatures in (0, min_temperature) decode greedily (as 0): below it sampling only
+    amplifies float error."""
+    malformed_log_interval_s: float = Field(default=60.0, gt=0, le=86400)
+    """Undecodable requests are counted always but logged at most once per this interval."""
+
+    # --- per-tenant quotas (defaults; a tenant in the tokens file may override each) ----
+    tenant_max_sessions: int = Field(default=1000, ge=1, le=10_000_000)
+    """Live sessions one tenant may hold. Beyond: RESOURCE_EXHAUSTED."""
+    tenant_max_streams: int = Field(default=256, ge=1, le=1_000_000)
+    """Open Session streams one tenant may hold."""
+    tenant_max_completions: int = Field(default=64, ge=1, le=100_000)
+    """Completion alternatives one tenant may run at once."""
+    tenant_chars_per_s: float = Field(default=20_000.0, gt=0, le=1e9)
+    """Characters per second one tenant may append (token bucket refill rate)."""
+    tenant_chars_burst: int = Field(default=8192, ge=1, le=1_000_000_000)
+    """Token bucket size: characters one tenant may append at once (at least max_append_chars
+    so that one full append always fits)."""
+
+    # --- connections (gRPC server options) ---------------------------------------------
+    keepalive_min_ping_interval_s: float = Field(default=10.0, ge=0, le=3600)
+    """Clients pinging more often than this (without data) are sent GOAWAY."""
+    keepalive_time_s: float = Field(default=60.0, gt=0, le=86400)
+    """The server pings an idle connection this often ..."""
+    keepalive_timeout_s: float = Field(default=20.0, gt=0, le=3600)
+    """... and closes it when the ping is not answered within this."""
+    max_connection_age_s: float = Field(default=0.0, ge=0, le=30 * 86400)
+    """Connections are closed (GOAWAY) after this long, spreading clients over replicas;
+    0: never."""
+    max_connection_age_grace_s: float = Field(default=30.0, ge=0, le=86400)
+    """Calls still open on an aged connection get this long before they are cancelled."""
+    http2_max_streams_per_connection: int = Field(default=256, ge=1, le=1_000_000)
+    """HTTP/2 concurrent streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS)."""
+    max_metadata_bytes: int = Field(default=16_384, ge=1024, le=1 << 20)
+    """Largest request header block (metadata) accepted."""
+    stream_idle_timeout_s: float = Field(default=600.0, gt=0, le=7 * 86400)
+    """A Session stream that sends no request for this long is closed (UNAVAILABLE); its slot
+    comes back and its session is kept (attach again)."""
+    stream_max_unread: int = Field(default=32, ge=1, le=63)
+    """A Session stream whose client stops reading is ended (RESOURCE_EXHAUSTED "client is not
+    reading") once more than this many answers are ready but not taken by gRPC (HTTP/2 flow
+    control holds the writer) and none is taken for a second; the session is kept (attach
+    again). Below the stream's window of 64 unanswered requests, or it could never trip."""
 
     # --- capacity and limits -------------------------------------------------------------
     max_sessions: int = Field(default=10_000, ge=1, le=10_000_000)
@@ -108,8 +182,9 @@ class Settings(BaseModel):
     rewind_window: int = Field(default=256, ge=0, le=100_000)
     """Characters back that Rewind can reach; beyond: FAILED_PRECONDITION."""
     snapshot_key: SecretStr | None = Field(default=None)
-    """HMAC-SHA256 key for snapshot blobs (shared by all replicas so a session resumes on any
-    of them). Unset: a random per-process key; snapshots then resume on this process only."""
+    """Secret of snapshot blobs: their AES-256-GCM key is derived from it with HKDF (shared by
+    all replicas so a session resumes on any of them). Unset: a random per-process key;
+    snapshots then resume on this process only."""
 
     # --- logging -------------------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -118,6 +193,26 @@ class Settings(BaseModel):
     """One JSON object per log line."""
     log_user_text: bool = False
     """Include user text in debug logs. Off by default: text is private."""
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Calls must prove a tenant: a bearer token, or (mTLS) a client certificate."""
+        return self.auth_tokens_file is not None or self.tls_client_ca is not None
+
+    @model_validator(mode="after")
+    def _check_security(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key (client certificates need TLS)")
+        if not (self.auth_enabled or self.insecure_no_auth):
+            exposed = [h for h in (self.host, self.metrics_host) if not is_loopback(h)]
+            if exposed:
+                raise ValueError(
+                    f"binding {exposed[0]} without authentication: set auth_tokens_file "
+                    "(--auth-tokens-file) or tls_client_ca, or accept the risk with --insecure-no-auth"
+                )
+        return self
 
     @classmethod
     def load(cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:

@@ -8,8 +8,9 @@ Hierarchy (each leaf maps to exactly one gRPC status code in ``cellserve.api``):
     ├── InvalidInput                INVALID_ARGUMENT: the request itself is malformed
     ├── NotFound                    NOT_FOUND: unknown, expired or foreign session; unknown model
     ├── OffsetConflict              ABORTED: Append.offset != session position (carries expected)
-    ├── PreconditionFailed          FAILED_PRECONDITION: e.g. snapshot of other weights, rewind
-    │                               beyond the checkpoint window
+    ├── PreconditionFailed          FAILED_PRECONDITION: e.g. snapshot of other weights or
+    │                               expired, rewind beyond the checkpoint window
+    ├── PermissionDenied            PERMISSION_DENIED: another tenant's snapshot blob
     ├── CapacityExceeded            RESOURCE_EXHAUSTED: a configured cap (carries a retry hint)
     └── Unavailable                 UNAVAILABLE: the server is draining
 
@@ -54,6 +55,10 @@ class OffsetConflict(CellserveError):
 
 class PreconditionFailed(CellserveError):
     """The request is valid but the system is not in a state to run it (FAILED_PRECONDITION)."""
+
+
+class PermissionDenied(CellserveError):
+    """The caller is authenticated but the object is another tenant's (PERMISSION_DENIED)."""
 
 
 class CapacityExceeded(CellserveError):

@@ -35,7 +35,6 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
-    start_http_server,
 )
 
 from .engine.types import EngineStats, IterationStats, Phase, SessionEvent
@@ -111,6 +110,13 @@ class Metrics:
             "Finished requests by gRPC method and status code. Unary calls and streams by method name; "
             "each operation inside a Session stream as Session.<op>, in-band errors with their code.",
             ["method", "code"],
+            registry=r,
+        )
+        self.malformed_requests = Counter(
+            "cellserve_malformed_requests",
+            "Requests whose bytes did not decode (corrupt protobuf, text that is not UTF-8), by method; "
+            "each answered INVALID_ARGUMENT.",
+            ["method"],
             registry=r,
         )
         # --- engine observations (pushed per iteration as IterationStats) -------------------------
@@ -217,6 +223,9 @@ class Metrics:
             child = self._request_children[(method, code)] = self.requests.labels(method, code)
         child.inc()
 
+    def malformed(self, method: str) -> None:
+        self.malformed_requests.labels(method).inc()
+
     def keystroke(self, model: str, kind: str, seconds: float) -> None:
         child = self._keystroke_children.get((model, kind))
         if child is None:
@@ -275,10 +284,13 @@ class Metrics:
 
     # --- serving --------------------------------------------------------------------------------
 
-    def serve(self, host: str, port: int) -> MetricsEndpoint:
-        """Starts the HTTP endpoint (``/metrics``) in a daemon thread; port 0 picks a free one.
-        Raises OSError when it cannot bind."""
-        httpd, thread = start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, host: str, port: int, max_threads: int = 8) -> MetricsEndpoint:
+        """Starts the HTTP endpoint (``/metrics``) in a daemon thread, serving at most
+        ``max_threads`` requests at once; port 0 picks a free one. Raises OSError when it
+        cannot bind."""
+        from .metrics_http import serve_metrics
+
+        httpd, thread = serve_metrics(host, port, self.registry, max_threads)
         return MetricsEndpoint(httpd, thread.name)
 
 

@@ -61,6 +61,14 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--log-level", "log_level", {"choices": ["debug", "info", "warning", "error"]}),
     ("--log-json", "log_json", {"action": "store_const", "const": True}),
     ("--log-user-text", "log_user_text", {"action": "store_const", "const": True}),
+    ("--auth-tokens-file", "auth_tokens_file", {"metavar": "FILE"}),
+    ("--insecure-no-auth", "insecure_no_auth", {"action": "store_const", "const": True}),
+    ("--tls-cert", "tls_cert", {"metavar": "PEM"}),
+    ("--tls-key", "tls_key", {"metavar": "PEM"}),
+    ("--tls-client-ca", "tls_client_ca", {"metavar": "PEM"}),
+    ("--snapshot-ttl", "snapshot_ttl_s", {"metavar": "SECONDS"}),
+    ("--stream-idle-timeout", "stream_idle_timeout_s", {"metavar": "SECONDS"}),
+    ("--stream-max-unread", "stream_max_unread", {"metavar": "N"}),
 ]
 
 
@@ -147,6 +155,13 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"cellserve serve: {e}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(settings)
+    if settings.insecure_no_auth and not settings.auth_enabled:
+        log.warning(
+            "serving WITHOUT authentication on %s (grpc) and %s (metrics): anyone who can reach them "
+            "can use every session; use --auth-tokens-file (README: Security)",
+            settings.host,
+            settings.metrics_host,
+        )
     # Idle OpenMP threads sleep instead of spinning (read when torch loads, below): measured on
     # the 2-core box shared with a training job, a one-row step took 28.6 ms with 2 spinning
     # threads, 5.3 ms with them passive, 2.0 ms with one thread (docs/design-notes.md).
@@ -191,6 +206,8 @@ def log_loaded(repository: ModelRepository) -> None:
 async def serve(settings: Settings) -> int:
     from .api import ApiServer
     from .api.server import format_address
+    from .api.tokens import TokensFileError
+    from .api.transport import TlsFileError
 
     try:
         engine = await start_engine(settings)
@@ -210,7 +227,13 @@ async def serve(settings: Settings) -> int:
     print(f"cellserve metrics on {format_address(settings.metrics_host, endpoint.port)} (http)", flush=True)
     client.add_stats_listener(metrics.observe_iteration)  # observations: pushed per iteration
     poller = asyncio.create_task(metrics.poll_engine(client))  # gauges and counters
-    api = ApiServer(settings, client, recorder=metrics, gate_models=engine.repository.get)
+    try:
+        api = ApiServer(settings, client, recorder=metrics, gate_models=engine.repository.get)
+    except (TokensFileError, TlsFileError) as e:  # names the file and the problem
+        print(f"cellserve serve: cannot start: {e}", file=sys.stderr)
+        await stop_metrics(poller, endpoint)
+        await engine.stop()
+        return EXIT_CONFIG
     try:
         port = await api.start()
     except (OSError, RuntimeError) as e:  # grpc raises RuntimeError when it cannot bind
@@ -219,11 +242,18 @@ async def serve(settings: Settings) -> int:
         await engine.stop()
         return EXIT_CONFIG
     print(f"cellserve listening on {format_address(settings.host, port)} (grpc)", flush=True)
+    log.info(
+        "grpc transport: %s; authentication: %s",
+        "TLS" + (" with client certificates" if settings.tls_client_ca else "") if settings.tls_cert else "plaintext",
+        "on" if settings.auth_enabled else "OFF",
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if api.tokens is not None:  # SIGHUP: re-read the tokens file now (it is also watched)
+        loop.add_signal_handler(signal.SIGHUP, api.tokens.reload)
     await stop.wait()
     log.info("shutting down: draining for at most %.1f s", settings.drain_grace_s)
     await api.shutdown()  # metrics stay up while draining: operators watch the drain
@@ -243,7 +273,7 @@ def start_metrics(settings: Settings, engine: Engine) -> tuple[Metrics, MetricsE
         sessions_max=settings.max_sessions,
         device_memory=cuda_memory_reader(engine.device),
     )
-    return metrics, metrics.serve(settings.metrics_host, settings.metrics_port)
+    return metrics, metrics.serve(settings.metrics_host, settings.metrics_port, settings.metrics_max_threads)
 
 
 async def stop_metrics(poller: asyncio.Task[None], endpoint: MetricsEndpoint) -> None:

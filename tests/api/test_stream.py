@@ -56,7 +56,7 @@ def test_every_operation(stream: SyncStream, stub: rpc.CellserveServiceStub, mod
 
 def test_in_band_errors_keep_the_stream_going(stream: SyncStream) -> None:
     code, msg = error_of(stream.append(0, "a"))
-    assert code == grpc.StatusCode.FAILED_PRECONDITION and "open or attach" in msg
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "open or attach" in msg
     code, _ = error_of(stream.ask(open=Req.Open(model="nope")))
     assert code == grpc.StatusCode.NOT_FOUND
     stream.open()

@@ -52,9 +52,11 @@ def test_bench_quick_runs_and_writes_results(tmp_path: Path) -> None:
     assert {"p99", "max"} <= set(hol["bystander"]["latency_ms"])
     assert any(t["target"].startswith("head-of-line: bystander keystroke p99") for t in res["targets"])
     assert any(t["target"].startswith("server CPU efficiency") for t in res["targets"])
+    _assert_tenants(res)
 
     md = (out / "results.md").read_text()
     assert "cellserve bench --quick" in md and "| cellserve |" in md and "## Head-of-line" in md
+    assert "## Tenants" in md
     if importlib.util.find_spec("matplotlib") is not None:
         assert (out / "throughput.png").stat().st_size > 0 and (out / "latency.png").stat().st_size > 0
 
@@ -94,3 +96,30 @@ def test_bench_quick_scaling_alone(tmp_path: Path) -> None:
     } <= targets
     md = (out / "results.md").read_text()
     assert "## Multi-process" in md and "### Scaling model" in md and "cannot show scaling" in md
+
+
+def _assert_tenants(res: dict[str, object]) -> None:
+    ten = res["tenants"]  # both tenants authenticated with the tokens file; every keystroke answered
+    assert isinstance(ten, dict)
+    assert ten["keystrokes"]["alone"] > 0 and ten["keystrokes"]["loaded"] > 0
+    assert ten["greedy_chars_per_s"] > 0 and ten["p99_ratio"] is not None
+    assert any(t["target"].startswith("tenants: typist p99") for t in res["targets"])  # type: ignore[attr-defined]
+
+
+@pytest.mark.timeout(QUICK_BUDGET_S + 30)
+def test_bench_only_tenants_quick_runs(tmp_path: Path) -> None:
+    """The two-tenant fairness workload alone (--only tenants): a server with a tokens file of
+    two tenants, a greedy one pasting while the other types."""
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cellserve.cli", "bench", "--quick", "--only", "tenants", "--model", "random"]
+        + ["--no-plots", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=QUICK_BUDGET_S,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    _assert_tenants(res)
+    assert res["head_of_line"] is None and not res["keystrokes_closed"]  # nothing else ran
+    assert "## Tenants" in (out / "results.md").read_text()

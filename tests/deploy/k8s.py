@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -180,13 +181,21 @@ def effective_settings(docs: list[Doc]) -> tuple[Settings | None, list[str]]:
         problems += check_key_file(deployment, str(args.snapshot_key_file))
         args.snapshot_key_file = None  # lives in the pod's Secret volume, checked above
     try:
-        return settings_from_args(args, environ=env), problems
+        settings = settings_from_args(args, environ=env)
     except SettingsError as e:
         return None, [*problems, f"the server rejects the settings: {e}"]
+    return settings, problems + check_auth(deployment, settings)
+
+
+def check_auth(deployment: Doc, settings: Settings) -> list[str]:
+    """The manifests run with authentication on, the tokens file from a Secret volume."""
+    if settings.auth_tokens_file is None:
+        return ["authentication is off: set CELLSERVE_AUTH_TOKENS_FILE (a file of a Secret volume)"]
+    return check_key_file(deployment, str(settings.auth_tokens_file))
 
 
 def check_key_file(deployment: Doc, path: str) -> list[str]:
-    """--snapshot-key-file must point at a key of a mounted Secret volume."""
+    """A secret file (--snapshot-key-file, the tokens file) must be a key of a mounted Secret volume."""
     spec = deployment["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
     for mount in container(deployment).get("volumeMounts", []):
@@ -195,13 +204,13 @@ def check_key_file(deployment: Doc, path: str) -> list[str]:
             continue
         secret = volumes.get(mount["name"], {}).get("secret")
         if secret is None:
-            return [f"snapshot key file {path} is not in a Secret volume"]
+            return [f"secret file {path} is not in a Secret volume"]
         items = {i["path"]: i["key"] for i in secret.get("items", [])}
         rel = path[len(prefix) :]
         if items and rel not in items:
-            return [f"snapshot key file {path}: Secret volume {mount['name']} projects no {rel!r}"]
+            return [f"secret file {path}: Secret volume {mount['name']} projects no {rel!r}"]
         return []
-    return [f"snapshot key file {path} is under no volume mount"]
+    return [f"secret file {path} is under no volume mount"]
 
 
 # --- ports, probes, drain -------------------------------------------------------------------
@@ -254,7 +263,11 @@ def served_health(settings: Settings, names: Iterable[str]) -> dict[str, str]:
             return lambda: None
 
     async def ask() -> dict[str, str]:
-        local = settings.model_copy(update={"host": "127.0.0.1", "port": 0, "drain_grace_s": 1.0})
+        # With authentication on, as in the pod (an empty tokens file): probes carry no token.
+        tokens = Path(tempfile.mkdtemp()) / "tokens.yaml"
+        tokens.write_text("tenants: []\n")
+        update = {"host": "127.0.0.1", "port": 0, "drain_grace_s": 1.0, "auth_tokens_file": tokens}
+        local = settings.model_copy(update=update)
         api = ApiServer(local, _NoEngine())
         port = await api.start()
         status: dict[str, str] = {}

@@ -174,6 +174,12 @@ MUTATIONS: dict[str, Callable[[list[Doc]], object]] = {
     "pdb selector": lambda d: only(d, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].update(app="x"),
     "monitor port": lambda d: only(d, "ServiceMonitor")["spec"]["endpoints"][0].update(port="http"),
     "writable root": lambda d: container(_deployment(d))["securityContext"].update(readOnlyRootFilesystem=False),
+    "auth off": lambda d: _cm(d).pop("CELLSERVE_AUTH_TOKENS_FILE"),
+    "tokens file outside the secret": lambda d: _cm(d).update(CELLSERVE_AUTH_TOKENS_FILE="/tmp/tokens.yaml"),
+    "exposed without auth": lambda d: (
+        _cm(d).pop("CELLSERVE_AUTH_TOKENS_FILE"),
+        _cm(d).update(CELLSERVE_INSECURE_NO_AUTH="false"),
+    ),
     "token mounted": lambda d: _deployment(d)["spec"]["template"]["spec"].pop("automountServiceAccountToken"),
 }
 

@@ -69,3 +69,24 @@ def test_owners_are_apart_and_a_cancelled_caller_withdraws_nothing(model_dir: Pa
                 await client.append("alice", sid, 4, "")
 
     run(body)
+
+
+def test_health_counts_the_asking_owners_sessions(model_dir: Path) -> None:
+    """The per-tenant session quota reads this count through the EngineClient."""
+
+    async def body() -> None:
+        async with engine(model_dir) as eng:
+            client = InProcessEngineClient(eng)
+            a1 = (await client.open_session("alice")).session_id
+            await client.open_session("alice")
+            await client.open_session("bob")
+            assert (await client.health("alice")).owner_sessions == 2
+            assert (await client.health("bob")).owner_sessions == 1
+            assert (await client.health("carol")).owner_sessions == 0
+            await client.close_session("alice", a1)
+            assert (await client.health("alice")).owner_sessions == 1
+            blob = await client.snapshot("bob", (await client.open_session("bob")).session_id)
+            await client.resume("bob", blob)
+            assert (await client.health("bob")).owner_sessions == 3
+
+    run(body)

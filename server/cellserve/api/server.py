@@ -14,14 +14,18 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from ..config import Settings
 from ..engine.client import EngineClient
+from .auth import AuthInterceptor, TokenStore
 from .health import Health
 from .kserve import KSERVE_SERVICE_NAME, KServeServicer
 from .kserve.pb import kpb, krpc
+from .malformed import MalformedCounter
 from .pb import SERVICE_NAME, rpc, svc
+from .quota import Limits, Quotas
 from .recorder import NULL_RECORDER, Recorder
 from .reflection_pool import reflection_pool
 from .servicer import CellserveServicer, Gates
 from .status import ErrorMappingInterceptor
+from .transport import server_credentials, server_options
 
 if TYPE_CHECKING:
     from .gates import ModelLookup
@@ -58,15 +62,20 @@ class ApiServer:
         self.servicer = CellserveServicer(engine, settings, recorder, gates, frontend=frontend)
         self.kserve = KServeServicer(engine, settings)
         self.health = Health(settings.readiness_service)
-        self._server = aio.server(
-            interceptors=[ErrorMappingInterceptor(recorder, (SERVICE_NAME, KSERVE_SERVICE_NAME))],
-            options=[
-                ("grpc.max_receive_message_length", settings.max_message_bytes),
-                ("grpc.max_send_message_length", settings.max_message_bytes),
-                # One process: port 0 must yield a port nobody else holds. Frontends share theirs.
-                ("grpc.so_reuseport", 1 if reuse_port else 0),
-            ],
+        # Raises TokensFileError / TlsFileError: the server does not start on a bad file.
+        self.tokens = (
+            TokenStore(settings.auth_tokens_file, Limits.defaults(settings)) if settings.auth_tokens_file else None
         )
+        self._credentials = server_credentials(settings)
+        malformed = MalformedCounter(settings.malformed_log_interval_s, getattr(recorder, "malformed", lambda m: None))
+        interceptors: list[aio.ServerInterceptor] = [
+            ErrorMappingInterceptor(
+                recorder, malformed, settings.stream_idle_timeout_s, services=(SERVICE_NAME, KSERVE_SERVICE_NAME)
+            )
+        ]
+        if settings.auth_enabled:  # first: a call is authenticated before anything else runs
+            interceptors.insert(0, AuthInterceptor(settings, self.tokens, Quotas(self._sessions_of), recorder))
+        self._server = aio.server(interceptors=interceptors, options=server_options(settings, reuse_port=reuse_port))
         rpc.add_CellserveServiceServicer_to_server(self.servicer, self._server)
         krpc.add_GRPCInferenceServiceServicer_to_server(self.kserve, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._server)
@@ -77,9 +86,18 @@ class ApiServer:
         )
         self.port = 0
 
+    async def _sessions_of(self, owner: str) -> int:
+        """The tenant's live sessions, as the engine counts them (through the EngineClient, so
+        an engine in another process answers it too)."""
+        return (await self._engine.health(owner)).owner_sessions
+
     async def start(self) -> int:
         """Binds and starts; returns the port (the chosen one when settings.port is 0)."""
-        self.port = self._server.add_insecure_port(format_address(self._settings.host, self._settings.port))
+        address = format_address(self._settings.host, self._settings.port)
+        if self._credentials is None:
+            self.port = self._server.add_insecure_port(address)
+        else:
+            self.port = self._server.add_secure_port(address, self._credentials)
         if self.port == 0:
             raise OSError(f"cannot listen on {format_address(self._settings.host, self._settings.port)}")
         await self._server.start()

@@ -8,22 +8,24 @@ result (``convert``). Errors are raised, never turned into statuses here: the in
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol, TypeAlias
 
 from grpc import aio
 
 from ..config import Settings
 from ..engine.client import EngineClient
-from ..errors import InvalidInput, Unavailable
+from ..errors import CellserveError, InvalidInput, Unavailable
 from ..logs import user_text
 from . import convert, validate
 from .admission import admit_stream
 from .owner import owner_of
 from .pb import rpc, svc, types
 from .recorder import NULL_RECORDER, Recorder, ResponseTimer
+from .status import status_of
 from .stream import SessionStream
 
 log = logging.getLogger("cellserve.api")
@@ -36,6 +38,33 @@ class Gates(Protocol):
     or a frontend's forwarder to the engine core (frontends import no torch)."""
 
     async def inspect(self, request: svc.InspectGatesRequest) -> svc.InspectGatesResponse: ...
+
+
+CUT_OFF_GRACE_S = 5.0  # a cut-off stream's status gets this long to go out; then the call is cancelled
+_cutting: set[asyncio.Task[None]] = set()  # cut-offs in progress (tasks need a reference)
+
+
+def _aborter(context: Context, call: asyncio.Task[Any] | None) -> Callable[[CellserveError], None]:
+    """Ends a Session stream from outside its writer (which is stuck in a write the client does
+    not take): the status is sent with ``abort``; if that cannot go out within the grace, the
+    call task is cancelled so that its slot, quota lease and memory come back all the same."""
+
+    def cut_off(exc: CellserveError) -> None:
+        st = status_of(exc, "/cellserve.v1.CellserveService/Session")
+
+        async def end() -> None:
+            try:
+                await asyncio.wait_for(context.abort(st.code, st.message, st.trailing_metadata()), CUT_OFF_GRACE_S)
+            except (Exception, asyncio.CancelledError):  # noqa: BLE001 (abort raises by design)
+                pass
+            if call is not None and not call.done():
+                call.cancel()
+
+        task = asyncio.get_running_loop().create_task(end())
+        _cutting.add(task)
+        task.add_done_callback(_cutting.discard)
+
+    return cut_off
 
 
 class CellserveServicer(rpc.CellserveServiceServicer):  # type: ignore[misc]
@@ -80,7 +109,14 @@ class CellserveServicer(rpc.CellserveServiceServicer):  # type: ignore[misc]
         self, requests: AsyncIterator[svc.SessionRequest], context: Context
     ) -> AsyncIterator[svc.SessionResponse]:
         admit_stream(self._draining, len(self._streams), self._settings)
-        stream = SessionStream(self._engine, self._settings, owner_of(context), self.model_msg, self._recorder)
+        stream = SessionStream(
+            self._engine,
+            self._settings,
+            owner_of(context),
+            self.model_msg,
+            self._recorder,
+            cut_off=_aborter(context, asyncio.current_task()),
+        )
         self._streams.add(stream)
         try:
             async for response in stream.run(requests):

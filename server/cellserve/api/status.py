@@ -28,12 +28,15 @@ from ..errors import (
     InvalidInput,
     NotFound,
     OffsetConflict,
+    PermissionDenied,
     PreconditionFailed,
     Unavailable,
 )
 from ..logs import REQUEST_ID_MD, new_request_id, set_request_id
+from .malformed import MalformedCounter, RejectedRequest, guard
 from .pb import SERVICE_NAME
 from .recorder import NULL_RECORDER, Recorder, code_name
+from .stream_guard import idle_guarded
 
 log = logging.getLogger("cellserve.api")
 
@@ -47,6 +50,7 @@ _CODES: dict[type[CellserveError], grpc.StatusCode] = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     OffsetConflict: grpc.StatusCode.ABORTED,
     PreconditionFailed: grpc.StatusCode.FAILED_PRECONDITION,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     CapacityExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
@@ -95,8 +99,16 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
     the final status is decided, it also tags the call's logs with a request id and reports
     the call's method and code to the recorder."""
 
-    def __init__(self, recorder: Recorder = NULL_RECORDER, services: tuple[str, ...] = (SERVICE_NAME,)) -> None:
+    def __init__(
+        self,
+        recorder: Recorder = NULL_RECORDER,
+        malformed: MalformedCounter | None = None,
+        stream_idle_timeout_s: float | None = None,
+        services: tuple[str, ...] = (SERVICE_NAME,),
+    ) -> None:
         self._recorder = recorder
+        self._malformed = malformed or MalformedCounter(60.0)
+        self._idle_s = stream_idle_timeout_s
         self._prefixes = tuple(f"/{name}/" for name in services)
 
     async def intercept_service(
@@ -110,22 +122,27 @@ class ErrorMappingInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         # context.write() style that an async-generator wrapper must not mix with.
         if handler is None or not method.startswith(self._prefixes):
             return handler
+        # Undecodable bytes become a RejectedRequest (INVALID_ARGUMENT), never a raise in grpc.
+        deserializer = guard(handler.request_deserializer, method.rsplit("/", 1)[-1], self._malformed)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(handler.unary_unary, _Call(method, self._recorder)),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 _wrap_streaming(handler.unary_stream, _Call(method, self._recorder)),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream is not None:
+            behavior = handler.stream_stream
+            if self._idle_s is not None:  # a silent stream ends (StreamIdle) and frees its slot
+                behavior = _idle_limited(behavior, self._idle_s)
             return grpc.stream_stream_rpc_method_handler(
-                _wrap_streaming(handler.stream_stream, _Call(method, self._recorder)),
-                request_deserializer=handler.request_deserializer,
+                _wrap_streaming(behavior, _Call(method, self._recorder)),
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler  # stream-unary: none in this API
@@ -165,10 +182,19 @@ def _failure(exc: Exception, context: aio.ServicerContext[Any, Any], method: str
     return code_name(st.code), st
 
 
+def _idle_limited(behavior: Callable[..., AsyncIterator[Any]], timeout_s: float) -> Callable[..., AsyncIterator[Any]]:
+    def limited(requests: AsyncIterator[Any], context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        return behavior(idle_guarded(requests, timeout_s), context)
+
+    return limited
+
+
 def _wrap_unary(behavior: Callable[..., Awaitable[Any]], call: _Call) -> Callable[..., Awaitable[Any]]:
     async def wrapped(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         started, code = call.begin(context), "OK"
         try:
+            if isinstance(request, RejectedRequest):
+                raise request.error
             return await behavior(request, context)
         except asyncio.CancelledError:
             code = "CANCELLED"
@@ -188,6 +214,8 @@ def _wrap_streaming(behavior: Callable[..., AsyncIterator[Any]], call: _Call) ->
     async def wrapped(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         started, code = call.begin(context), "OK"
         try:
+            if isinstance(request, RejectedRequest):  # unary-stream (Complete); a stream's: in-band
+                raise request.error
             async for response in behavior(request, context):
                 yield response
         except (asyncio.CancelledError, GeneratorExit):

@@ -21,6 +21,7 @@ CANCELLED when it is not known yet. The session itself lives on (attach again, o
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,16 +29,22 @@ from typing import Any
 
 from ..config import Settings
 from ..engine.client import CompletionStream, EngineClient
-from ..errors import InvalidInput, PreconditionFailed
+from ..engine.types import CompletionChunk
+from ..errors import CellserveError, InvalidInput, PreconditionFailed
 from ..logs import user_text
 from . import convert, validate
+from .auth import completion_lease
+from .malformed import RejectedRequest
 from .pb import svc, types
+from .quota import Lease
 from .recorder import NULL_RECORDER, Recorder, ResponseTimer, code_name
 from .status import status_of
+from .stream_guard import ClientNotReading, UnreadBound
 
 log = logging.getLogger("cellserve.api")
 
 MAX_IN_FLIGHT = 64  # unanswered requests per stream; bounds the memory one client can pin
+UNREAD_GRACE_S = 1.0  # past stream_max_unread, gRPC must take a response within this or the stream ends
 ModelMessage = Callable[[str], Awaitable[types.ModelInfo]]
 
 _METHODS: dict[str | None, str] = {}  # op -> "Session.<op>": built once per op, not per request
@@ -55,7 +62,19 @@ class _Reply:
     reaching the engine), ``outcome`` (the engine's awaitable; ``build`` turns its result into
     the response) or ``chunks`` (a completion) is set."""
 
-    __slots__ = ("append_chars", "build", "chunks", "error", "method", "outcome", "received", "recorded", "request_id")
+    __slots__ = (
+        "append_chars",
+        "build",
+        "chunks",
+        "error",
+        "method",
+        "outcome",
+        "received",
+        "recorded",
+        "request_id",
+        "unread",
+        "written",
+    )
 
     def __init__(self, request_id: int, op: str | None) -> None:
         self.request_id = request_id
@@ -67,6 +86,8 @@ class _Reply:
         self.build: Callable[[Any], svc.SessionResponse] | None = None
         self.chunks: CompletionStream | None = None
         self.recorded = False
+        self.unread = False  # its answer is ready and counted in the stream's UnreadBound
+        self.written = False
 
 
 class SessionStream:
@@ -77,6 +98,7 @@ class SessionStream:
         owner: str,
         model_msg: ModelMessage,
         recorder: Recorder = NULL_RECORDER,
+        cut_off: Callable[[CellserveError], None] = lambda exc: None,
     ) -> None:
         self._engine = engine
         self._settings = settings
@@ -91,6 +113,15 @@ class SessionStream:
         self._stop = False
         self._awaiting_input = False
         self.stopped_by_drain = False
+        # The "client is not reading" cutoff (stream_guard): answers ready but not yet taken by
+        # gRPC; past the bound, with no write finished for UNREAD_GRACE_S, ``cut_off`` ends the
+        # stream (the servicer aborts the call); the session is kept.
+        self._unread = UnreadBound(settings.stream_max_unread)
+        self._cut_off = cut_off
+        self._writing = False  # inside a yield: gRPC has not taken the response yet
+        self._writes = 0  # responses taken by gRPC so far
+        self._unread_timer: asyncio.TimerHandle | None = None
+        self.cut: CellserveError | None = None
 
     def stop_reading(self) -> None:
         """Drain: read nothing more; what was read is still answered."""
@@ -107,10 +138,14 @@ class SessionStream:
             while (reply := await self._outbox.get()) is not None:
                 if reply.chunks is not None:
                     async for response in self._relay(reply, reply.chunks):
+                        self._writing = True
                         yield response
+                        self._written()
                 else:
                     response = await self._answer(reply)
+                    self._writing = True
                     yield response
+                    self._written(reply)
                     # Resumed once grpc has written the response: the client-visible latency,
                     # including any wait behind earlier requests' responses on this stream.
                     if reply.append_chars and response.WhichOneof("result") == "prediction":
@@ -118,7 +153,43 @@ class SessionStream:
                 self._window.release()
             await self._reader  # re-raises a reader failure (not a clean end of input)
         finally:
+            if self._unread_timer is not None:
+                self._unread_timer.cancel()
             await self._abandon(reply)
+
+    def _written(self, reply: _Reply | None = None) -> None:
+        self._writing = False
+        self._writes += 1
+        if reply is not None:
+            reply.written = True
+            if reply.unread:
+                self._unread.taken()
+
+    def _ready(self, reply: _Reply, _outcome: object = None) -> None:
+        """``reply``'s answer is ready for the writer."""
+        if reply.written or reply.unread or self.cut is not None:
+            return
+        reply.unread = True
+        try:
+            self._unread.produced()
+        except ClientNotReading:
+            if self._unread_timer is None:
+                self._arm_unread_timer()
+
+    def _arm_unread_timer(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._unread_timer = loop.call_later(UNREAD_GRACE_S, self._unread_deadline, self._writes)
+
+    def _unread_deadline(self, writes_then: int) -> None:
+        self._unread_timer = None
+        if self._unread.unread <= self._unread.bound or self.cut is not None:
+            return
+        if self._writing and self._writes == writes_then:  # gRPC took nothing in the grace
+            self.cut = ClientNotReading(self._unread.bound)
+            self._stop = True
+            self._cut_off(self.cut)
+        else:  # slow, but reading: look again later
+            self._arm_unread_timer()
 
     async def _answer(self, reply: _Reply) -> svc.SessionResponse:
         if reply.error is None and reply.outcome is not None:
@@ -207,6 +278,8 @@ class SessionStream:
                 op = request.WhichOneof("op")
                 reply = _Reply(request.request_id, op)
                 try:
+                    if isinstance(request, RejectedRequest):  # undecodable, or over the tenant's quota
+                        raise request.error
                     if op in ("open", "attach"):
                         await self._bind(request, reply)
                     else:
@@ -214,6 +287,11 @@ class SessionStream:
                 except Exception as exc:  # noqa: BLE001 (validation errors; status_of logs anything unexpected)
                     reply.error = exc
                 self._outbox.put_nowait(reply)
+                outcome = reply.outcome
+                if reply.error is not None:
+                    self._ready(reply)
+                elif isinstance(outcome, asyncio.Future):
+                    outcome.add_done_callback(functools.partial(self._ready, reply))
         except asyncio.CancelledError:
             if not self._stop:
                 raise
@@ -238,7 +316,7 @@ class SessionStream:
         if op is None:
             raise InvalidInput("request has no operation: set one of open, attach, append, complete, ...")
         if self._session_id is None:
-            raise PreconditionFailed("no session on this stream yet: the first request must be open or attach")
+            raise InvalidInput("no session on this stream yet: the first request must be open or attach")
         engine, owner, sid, rid = self._engine, self._owner, self._session_id, reply.request_id
         if op == "append":
             msg = request.append
@@ -250,7 +328,9 @@ class SessionStream:
             reply.outcome = engine.append(owner, sid, msg.offset, text, options)
             reply.build = lambda p: svc.SessionResponse(request_id=rid, prediction=convert.prediction(p))
         elif op == "complete":
-            reply.chunks = engine.complete(owner, sid, validate.completion_request(request.complete, self._settings))
+            req = validate.completion_request(request.complete, self._settings)
+            lease = completion_lease(req.n)  # the tenant's quota (CapacityExceeded answers in-band)
+            reply.chunks = _LeasedChunks(engine.complete(owner, sid, req), lease)
         elif op == "rewind":
             reply.outcome = engine.rewind(owner, sid, request.rewind.chars)
             reply.build = lambda i: svc.SessionResponse(
@@ -269,6 +349,29 @@ class SessionStream:
             reply.build = lambda _: svc.SessionResponse(request_id=rid, closed=svc.SessionResponse.Closed())
         else:  # a new op in the proto this server does not know yet
             raise InvalidInput(f"operation {op!r} is not supported by this server")
+
+
+class _LeasedChunks:
+    """A completion's chunks holding the tenant's completion lease until they end, fail or
+    are closed (a ``CompletionStream`` itself)."""
+
+    def __init__(self, chunks: CompletionStream, lease: Lease) -> None:
+        self._chunks = chunks
+        self._lease = lease
+
+    def __aiter__(self) -> _LeasedChunks:
+        return self
+
+    async def __anext__(self) -> CompletionChunk:
+        try:
+            return await self._chunks.__anext__()
+        except BaseException:  # the end (StopAsyncIteration), an error, or cancellation
+            self._lease.release()
+            raise
+
+    async def aclose(self) -> None:
+        self._lease.release()
+        await self._chunks.aclose()
 
 
 def _done(value: Any) -> asyncio.Future[Any]:

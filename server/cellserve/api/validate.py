@@ -72,5 +72,4 @@ def completion_request(msg: Any, settings: Settings) -> CompletionRequest:
         seed=msg.seed if msg.HasField("seed") else None,
         n=msg.n if msg.HasField("n") else 1,
     )
-    limits.check_completion(req, settings)
-    return req
+    return limits.completion_checked(req, settings)

@@ -59,6 +59,22 @@ def markdown(res: dict[str, Any]) -> str:
             f"{_f(lat.get('max'), '{:.1f}')} | {_f(quiet.get('p50'), '{:.1f}')} | {f['chars']:,} | "
             f"{f['seconds']:.1f} | {hol['server_cpu_s']:.1f} | {b['errors'] + f['errors']} |",
         ]
+    ten = res.get("tenants")
+    if ten:
+        w, a, ld = ten["workload"], ten["typist_alone_ms"], ten["typist_loaded_ms"]
+        lines += [
+            "",
+            f"## Tenants: a greedy tenant keeps {w['greedy_streams']} streams x {w['depth']} pastes of "
+            f"{w['paste_chars']:,} chars in flight; another tenant types a character every {w['interval_s'] * 1e3:g} ms",
+            "",
+            "| typist | keystrokes | p50 ms | p99 ms | max ms |",
+            "|---|---|---|---|---|",
+            f"| alone | {ten['keystrokes']['alone']} | {_f(a.get('p50'), '{:.1f}')} | {_f(a.get('p99'), '{:.1f}')} "
+            f"| {_f(a.get('max'), '{:.1f}')} |",
+            f"| beside the greedy tenant ({_f(ten['greedy_chars_per_s'], '{:,.0f}')} chars/s) | "
+            f"{ten['keystrokes']['loaded']} | {_f(ld.get('p50'), '{:.1f}')} | {_f(ld.get('p99'), '{:.1f}')} "
+            f"| {_f(ld.get('max'), '{:.1f}')} |",
+        ]
     ceil = (res.get("ceiling") or {}).get("keystrokes", {})
     lines += [
         "",

@@ -13,6 +13,7 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,10 @@ class BenchConfig:
     device: str = "cpu"
     server_threads: int = 1  # cellserve's --cpu-threads and the ceiling's threads (0: torch's default)
     model: str | None = None
-    skip: list[str] = field(default_factory=list)  # of: open, completions, memory, ceiling, headofline, scaling
-    only: str | None = None  # "headofline" | "scaling": run just that workload
+    skip: list[str] = field(
+        default_factory=list
+    )  # of: open, completions, memory, ceiling, headofline, scaling, tenants
+    only: str | None = None  # "headofline" | "scaling" | "tenants": run just that workload
     scaling_sessions: list[int] = field(default_factory=lambda: [256])  # the multi-process workload's N
     scaling_frontends: list[int] = field(default_factory=lambda: [1, 2])  # its cellserve layouts
     scaling_echo: list[int] = field(default_factory=lambda: [1, 2])  # its echo layouts (processes)
@@ -90,9 +93,11 @@ def _settle(server: ServerProc, idle_util: float = 0.1, sample_s: float = 0.3, m
     _log(f"{server.name} still busy after {max_s:.0f} s; measuring anyway")
 
 
-def _start(peer: str, ref: ModelRef, cfg: BenchConfig, max_sessions: int = 10_000) -> ServerProc:
+def _start(
+    peer: str, ref: ModelRef, cfg: BenchConfig, max_sessions: int = 10_000, extra: tuple[str, ...] = ()
+) -> ServerProc:
     if peer == "cellserve":
-        cmd = cellserve_cmd(str(ref.model_dir), ref.name, cfg.device, cfg.server_threads, max_sessions)
+        cmd = cellserve_cmd(str(ref.model_dir), ref.name, cfg.device, cfg.server_threads, max_sessions) + list(extra)
     else:
         cmd = peer_cmd(peer, str(ref.model_dir), ref.name, cfg.device)
     return ServerProc(peer, cmd)
@@ -112,6 +117,7 @@ def run_suite(cfg: BenchConfig, argv: list[str] | None = None) -> dict[str, Any]
             "memory": None,
             "head_of_line": None,
             "scaling": None,
+            "tenants": None,
         }
         if cfg.only is None:
             _peers(cfg, ref, results)
@@ -125,6 +131,8 @@ def run_suite(cfg: BenchConfig, argv: list[str] | None = None) -> dict[str, Any]
                 window_s=cfg.window_s, workers=cfg.workers, ceiling_s=cfg.ceiling_s, log=_log,
                 plan=layouts(cfg.scaling_frontends, cfg.scaling_echo),
             )  # fmt: skip
+        if cfg.only in (None, "tenants") and "tenants" not in cfg.skip and "cellserve" in cfg.peers:
+            results["tenants"] = _tenants(cfg, ref, Path(scratch))
         if cfg.only is None:
             _ceiling_and_memory(cfg, ref, results)
     results["meta"]["seconds"] = (dt.datetime.now(dt.UTC) - started).total_seconds()
@@ -135,9 +143,7 @@ def run_suite(cfg: BenchConfig, argv: list[str] | None = None) -> dict[str, Any]
 def _head_of_line(cfg: BenchConfig, ref: ModelRef) -> dict[str, Any]:
     from .headofline import HeadOfLine, run_head_of_line
 
-    server = _start("cellserve", ref, cfg)
-    try:
-        _settle(server)
+    def run(server: ServerProc) -> dict[str, Any]:
         c0 = server.cpu_seconds()
         r = run_head_of_line(server.target, HeadOfLine.quick() if cfg.quick else HeadOfLine())
         r["server_cpu_s"] = server.cpu_seconds() - c0
@@ -147,6 +153,38 @@ def _head_of_line(cfg: BenchConfig, ref: ModelRef) -> dict[str, Any]:
             f"p99 {lat.get('p99', float('nan')):.1f} ms, max {lat.get('max', float('nan')):.1f} ms "
             f"over {r['bystander']['keystrokes']} keystrokes"
         )
+        return r
+
+    return _on_cellserve(cfg, ref, run)
+
+
+def _tenants(cfg: BenchConfig, ref: ModelRef, scratch: Path) -> dict[str, Any]:
+    from .tenants import Tenants, run_tenants, write_tokens_file
+
+    tokens_file = scratch / "tenants.json"
+    tokens = write_tokens_file(tokens_file)
+
+    def run(server: ServerProc) -> dict[str, Any]:
+        r = run_tenants(server.target, tokens, Tenants.quick() if cfg.quick else Tenants())
+        alone, loaded = r["typist_alone_ms"], r["typist_loaded_ms"]
+        _log(
+            f"tenants: typist p99 {alone.get('p99', float('nan')):.1f} ms alone, "
+            f"{loaded.get('p99', float('nan')):.1f} ms beside a greedy tenant pasting "
+            f"{r['greedy_chars_per_s'] or 0:.0f} chars/s"
+        )
+        return r
+
+    return _on_cellserve(cfg, ref, run, extra=("--auth-tokens-file", str(tokens_file)))
+
+
+def _on_cellserve(
+    cfg: BenchConfig, ref: ModelRef, run: Callable[[ServerProc], dict[str, Any]], extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """``run`` against a settled cellserve server of its own (started with ``extra`` flags)."""
+    server = _start("cellserve", ref, cfg, extra=extra)
+    try:
+        _settle(server)
+        r = run(server)
         if not server.alive():
             raise RuntimeError("cellserve server died:\n" + "".join(server.stderr_tail))
         return r
@@ -307,6 +345,10 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         p99, mx = lat.get("p99"), lat.get("max")
         add("head-of-line: bystander keystroke p99, ms", p99, "<= 50 ms", None if p99 is None else p99 <= 50)
         add("head-of-line: bystander keystroke max, ms", mx, "<= 150 ms", None if mx is None else mx <= 150)
+    ten = res.get("tenants")
+    if ten:
+        v = ten.get("p99_ratio")
+        add("tenants: typist p99 beside a greedy tenant / alone", v, "<= 2x", None if v is None else v <= 2.0)
     n_mid = "64" if 64 in ns else (str(ns[-1]) if ns else None)
     if n_mid is not None:
         c, nv = _get(ks, "cellserve", n_mid, "throughput_rps"), _get(ks, "naive", n_mid, "throughput_rps")

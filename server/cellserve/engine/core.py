@@ -40,7 +40,7 @@ from ..nn.checkpoint import LoadedModel
 from ..repository import ModelRepository
 from . import snapshot as snap
 from .completions import Alternative, Completion
-from .limits import check_completion
+from .limits import completion_checked
 from .plan import ZERO, CheckpointRef, HostState, Plan, RunResult
 from .rewind import RewindLog
 from .runner import ModelRunner
@@ -212,6 +212,7 @@ class EngineCore:
             rt.scheduler = Scheduler(lm.vocab.encode, rt.take_scratch, rt.take_checkpoint)
             self._runtimes[name] = rt
         self._sessions: dict[str, Session] = {}
+        self._owner_sessions: dict[str, int] = {}  # live sessions per owner (tenant quotas)
         self._running_alternatives = 0
         self.draining = False
         self._iterations = 0
@@ -250,13 +251,14 @@ class EngineCore:
         )
 
     @_locked
-    def health(self) -> EngineHealth:
+    def health(self, owner: str = "") -> EngineHealth:
         return EngineHealth(
             serving=not self.draining,
             active_sessions=len(self._sessions),
             slots_used=sum(rt.alloc.used for rt in self._runtimes.values()),
             slots_max=sum(rt.alloc.slots_max for rt in self._runtimes.values()),
             running_completions=self._running_alternatives,
+            owner_sessions=self._owner_sessions.get(owner, 0),
         )
 
     @_locked
@@ -323,7 +325,7 @@ class EngineCore:
         of the session, or ``cancel_completion``, cancels it. Create it on the event loop: its
         chunk queue is the frontend's."""
         s = self._get(session_id, owner)
-        check_completion(request, self.settings)
+        request = completion_checked(request, self.settings)
         rt = self._runtimes[s.model]
         if self._running_alternatives + request.n > self.settings.max_running_completions:
             self._event(SessionEvent.REJECTED_COMPLETION)
@@ -378,11 +380,11 @@ class EngineCore:
     def submit_resume(self, blob: bytes, replay: str, options: AppendOptions, owner: str) -> Session:
         """A new session (new id) at the snapshot's position with its state, bit-exact (its
         start state is written by the next iteration); the caller then appends ``replay``.
-        The blob is checked here (HMAC and header: no torch); its state bytes become tensors in
+        The blob is checked here (authentication, header, tenant and expiry: no torch); its state bytes become tensors in
         the device worker (``HostState``). Bad or tampered blob: InvalidInput; a model or
         weights this server does not serve: PreconditionFailed."""
         self._check_open()
-        data = snap.decode(blob, self._key)
+        data = snap.decode(blob, self._key, tenant=owner, now=time.time())
         rt = self._runtimes.get(data.model)
         if rt is None or rt.loaded.weights_sha256 != data.weights_sha256:
             raise PreconditionFailed("the snapshot was taken with model weights this server does not serve")
@@ -465,6 +467,7 @@ class EngineCore:
         # start state (folded into the first append's row when one is waiting by then)
         s.queue.append(ControlOp("write", None, time.perf_counter(), state=state, position=position))
         self._sessions[sid] = s
+        self._owner_sessions[owner] = self._owner_sessions.get(owner, 0) + 1
         self._submit(rt, s)
         self._event(event)
         return s
@@ -489,6 +492,8 @@ class EngineCore:
         if not s.mark_closed():
             return
         del self._sessions[s.session_id]
+        if (left := self._owner_sessions.pop(s.owner, 1) - 1) > 0:
+            self._owner_sessions[s.owner] = left
         gone = NotFound(_NOT_FOUND)
         rt = self._runtimes[s.model]
         for op in s.queue:
@@ -699,6 +704,8 @@ class EngineCore:
                     now,
                     tuple((m.layers, m.hidden) for _ in range(m.state_arity)),
                     tuple(res.reads[cw.read]),
+                    tenant=s.owner,
+                    expires_at=time.time() + self.settings.snapshot_ttl_s,
                 )
                 self._resolve(cop, snap.encode(data, self._key))
             elif cop.kind == "complete" and cop.completion is not None:

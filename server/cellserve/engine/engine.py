@@ -123,8 +123,8 @@ class Engine:
     def stats(self) -> EngineStats:
         return self.core.stats()
 
-    def health(self) -> EngineHealth:
-        return self.core.health()
+    def health(self, owner: str = "") -> EngineHealth:
+        return self.core.health(owner)
 
     def add_stats_listener(self, listener: Callable[[IterationStats], None]) -> Callable[[], None]:
         self._listeners.append(listener)

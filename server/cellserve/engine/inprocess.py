@@ -52,7 +52,7 @@ class InProcessEngineClient:
         return _now(lambda: self.engine.get_session_queued(session_id, owner))
 
     def health(self, owner: str) -> Awaitable[EngineHealth]:
-        return _now(self.engine.health)
+        return _now(lambda: self.engine.health(owner))
 
     def stats(self, owner: str) -> Awaitable[EngineStats]:
         return _now(self.engine.stats)

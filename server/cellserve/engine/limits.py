@@ -5,6 +5,7 @@ request fields in its messages) and the engine (which checks its own invariants 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from ..config import Settings
 from ..errors import InvalidInput
@@ -40,3 +41,13 @@ def check_completion(r: CompletionRequest, settings: Settings) -> None:
             raise InvalidInput(f"stop[{i}] is empty")
         if len(s) > MAX_STOP_CHARS:
             raise InvalidInput(f"stop[{i}] has {len(s)} characters; at most {MAX_STOP_CHARS}")
+
+
+def completion_checked(r: CompletionRequest, settings: Settings) -> CompletionRequest:
+    """``r`` checked (``check_completion``), with a temperature below ``min_temperature``
+    made greedy (0): below the floor, logits / temperature overflow float32 and sampling
+    degenerates to one repeated character; greedy decoding is what such a temperature means."""
+    check_completion(r, settings)
+    if 0 < r.temperature < settings.min_temperature:
+        return replace(r, temperature=0.0)
+    return r

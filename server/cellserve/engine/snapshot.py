@@ -1,37 +1,55 @@
-"""Snapshot blobs: a session's state, signed so that any replica with the key can trust it.
+"""Snapshot blobs: a session's state, encrypted and authenticated so that any replica with the
+key can trust it, and bound to the tenant that took it until it expires.
 
 Layout (all integers big-endian)::
 
     magic    8 bytes   b"CLSNAP\\r\\n" (the CR LF catches text-mode mangling, as in PNG)
-    version  u16       BLOB_VERSION
+    version  u16       BLOB_VERSION (2)
+    nonce    12 bytes  random, per blob
+    sealed   ...       AES-256-GCM(key, nonce, plaintext, aad = magic + version); 16-byte tag last
+
+    plaintext:
     hlen     u32       length of the header
     header   hlen      UTF-8 JSON: model, weights_sha256, cell, position, created_at,
-                       dtype ("float32"), shapes (one [layers, hidden] per state tensor)
+                       tenant, expires_at, dtype ("float32"), shapes ([layers, hidden] each)
     state    ...       raw little-endian fp32 bytes of each state tensor, in order
-    mac      32 bytes  HMAC-SHA256(key, everything above)
 
-Resume checks, in this order: size and magic, then the signature (``hmac.compare_digest``),
-then version and header. A blob that is malformed or whose signature does not verify (tampered,
-truncated, or signed with another key) is ``InvalidInput``: the request carries bytes this
-server cannot trust. A valid blob of a model this server does not serve with the same weights
-is ``PreconditionFailed`` (checked by the engine). The user's text is not in the blob: the
-blob is signed, not encrypted, and a resumed session can rewind only to its resume point.
+The AES key is derived from the configured snapshot key with HKDF-SHA256 (a fixed info label
+per blob version), so the operator's key is never used raw. A leaked blob reveals nothing:
+not the model, the position, the tenant or the state (from which typed text could be guessed).
+
+Resume checks, in this order: size and magic, then authentication (the GCM tag: tampered,
+truncated or sealed with another key -> ``InvalidInput``), then version and header, then the
+tenant (another tenant's blob -> ``PermissionDenied``) and the expiry (``PreconditionFailed``).
+A blob of a model this server does not serve with the same weights is ``PreconditionFailed``
+(checked by the engine).
+
+A blob is a fork, not a move: its tenant may resume it any number of times until it expires,
+and each resume is a new session. Failover relies on that (a retry resumes the same blob
+again after a resume whose answer was lost).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
+import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from ..errors import InvalidInput
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from ..errors import InvalidInput, PermissionDenied, PreconditionFailed
 
 MAGIC = b"CLSNAP\r\n"
-BLOB_VERSION = 1
-_MAC_LEN = 32
-_FIXED = struct.Struct(">HI")  # version, header length
+BLOB_VERSION = 2
+_NONCE_LEN = 12
+_TAG_LEN = 16
+_VERSION = struct.Struct(">H")
+_HLEN = struct.Struct(">I")
+_INFO = b"cellserve snapshot blob v2 aes-256-gcm"
 
 
 @dataclass(frozen=True)
@@ -43,6 +61,25 @@ class SnapshotData:
     created_at: float
     shapes: tuple[tuple[int, int], ...]  # [layers, hidden] per state tensor
     tensors: tuple[bytes, ...]  # raw little-endian fp32, one per state tensor
+    tenant: str = ""  # the session owner that took it; only it may resume the blob
+    expires_at: float = 0.0  # unix time; 0: never (tests of the format only)
+
+
+def derive_key(key: bytes) -> bytes:
+    """The AES-256 key of blob version 2, derived from the configured snapshot key."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_INFO).derive(key)
+
+
+_derived: dict[bytes, bytes] = {}  # HKDF per call would cost more than the AES itself
+
+
+def _aead(key: bytes) -> AESGCM:
+    k = _derived.get(key)
+    if k is None:
+        if len(_derived) > 8:
+            _derived.clear()
+        k = _derived[key] = derive_key(key)
+    return AESGCM(k)
 
 
 def encode(data: SnapshotData, key: bytes) -> bytes:
@@ -52,27 +89,37 @@ def encode(data: SnapshotData, key: bytes) -> bytes:
         "cell": data.cell,
         "position": data.position,
         "created_at": data.created_at,
+        "tenant": data.tenant,
+        "expires_at": data.expires_at,
         "dtype": "float32",
         "shapes": [list(s) for s in data.shapes],
     }
     hbytes = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
-    body = MAGIC + _FIXED.pack(BLOB_VERSION, len(hbytes)) + hbytes + b"".join(data.tensors)
-    return body + hmac.new(key, body, hashlib.sha256).digest()
+    plain = _HLEN.pack(len(hbytes)) + hbytes + b"".join(data.tensors)
+    aad = MAGIC + _VERSION.pack(BLOB_VERSION)
+    nonce = os.urandom(_NONCE_LEN)
+    return aad + nonce + _aead(key).encrypt(nonce, plain, aad)
 
 
-def decode(blob: bytes, key: bytes) -> SnapshotData:
-    bad = InvalidInput("snapshot blob is malformed or its signature does not verify")
-    if len(blob) < len(MAGIC) + _FIXED.size + _MAC_LEN or not blob.startswith(MAGIC):
+def decode(blob: bytes, key: bytes, *, tenant: str | None = None, now: float | None = None) -> SnapshotData:
+    """The blob's contents; ``tenant``/``now`` given: refused unless it is that tenant's and
+    not expired at ``now``."""
+    bad = InvalidInput("snapshot blob is malformed, or was not sealed by this service's snapshot key")
+    fixed = len(MAGIC) + _VERSION.size
+    if len(blob) < fixed + _NONCE_LEN + _TAG_LEN + _HLEN.size or not blob.startswith(MAGIC):
         raise bad
-    body, mac = blob[:-_MAC_LEN], blob[-_MAC_LEN:]
-    if not hmac.compare_digest(mac, hmac.new(key, body, hashlib.sha256).digest()):
-        raise bad
-    version, hlen = _FIXED.unpack_from(body, len(MAGIC))
+    (version,) = _VERSION.unpack_from(blob, len(MAGIC))
     if version != BLOB_VERSION:
         raise InvalidInput(f"snapshot blob version {version} is not supported (this server reads {BLOB_VERSION})")
-    start = len(MAGIC) + _FIXED.size
+    nonce = blob[fixed : fixed + _NONCE_LEN]
     try:
-        h = json.loads(body[start : start + hlen].decode())
+        plain = _aead(key).decrypt(nonce, blob[fixed + _NONCE_LEN :], blob[:fixed])
+    except InvalidTag:
+        raise bad from None
+    (hlen,) = _HLEN.unpack_from(plain, 0)
+    start = _HLEN.size
+    try:
+        h = json.loads(plain[start : start + hlen].decode())
         shapes = tuple((int(a), int(b)) for a, b in h["shapes"])
         data = SnapshotData(
             model=str(h["model"]),
@@ -82,19 +129,23 @@ def decode(blob: bytes, key: bytes) -> SnapshotData:
             created_at=float(h["created_at"]),
             shapes=shapes,
             tensors=(),
+            tenant=str(h["tenant"]),
+            expires_at=float(h["expires_at"]),
         )
         if h["dtype"] != "float32" or data.position < 0 or any(a <= 0 or b <= 0 for a, b in shapes):
             raise ValueError("header")
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         raise bad from None
-    raw = body[start + hlen :]
+    raw = plain[start + hlen :]
     sizes = [a * b * 4 for a, b in shapes]
     if sum(sizes) != len(raw):
         raise bad
+    if tenant is not None and data.tenant != tenant:
+        raise PermissionDenied("this snapshot belongs to another tenant; only the tenant that took it may resume it")
+    if now is not None and data.expires_at and now >= data.expires_at:
+        raise PreconditionFailed("this snapshot has expired (snapshot_ttl_s); take a new snapshot")
     tensors, at = [], 0
     for n in sizes:
         tensors.append(raw[at : at + n])
         at += n
-    return SnapshotData(
-        data.model, data.weights_sha256, data.cell, data.position, data.created_at, shapes, tuple(tensors)
-    )
+    return replace(data, tensors=tuple(tensors))

@@ -138,6 +138,7 @@ class EngineHealth:
     slots_used: int
     slots_max: int
     running_completions: int
+    owner_sessions: int = 0  # live sessions of the owner that asked (its session quota)
 
 
 @dataclass

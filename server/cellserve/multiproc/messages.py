@@ -26,6 +26,7 @@ from ..errors import (
     InvalidInput,
     NotFound,
     OffsetConflict,
+    PermissionDenied,
     PreconditionFailed,
     Unavailable,
 )
@@ -190,6 +191,7 @@ ERROR_CODES: dict[str, type[CellserveError]] = {
     "not_found": NotFound,
     "offset_conflict": OffsetConflict,
     "precondition_failed": PreconditionFailed,
+    "permission_denied": PermissionDenied,
     "capacity_exceeded": CapacityExceeded,
     "unavailable": Unavailable,
 }

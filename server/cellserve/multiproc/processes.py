@@ -130,6 +130,8 @@ def _exit(code: int) -> None:
 async def _frontend_main(settings: Settings, index: int, address: str, conn: Connection) -> int:
     from ..api import ApiServer
     from ..api.server import format_address
+    from ..api.tokens import TokensFileError
+    from ..api.transport import TlsFileError
     from .client import ForwardingRecorder, ZmqEngineClient
     from .gates import CoreGates
 
@@ -142,7 +144,14 @@ async def _frontend_main(settings: Settings, index: int, address: str, conn: Con
         conn.send(("error", f"frontend {index}: the engine core does not answer ({type(e).__name__})"))
         await client.stop()
         return 1
-    api = ApiServer(settings, client, recorder=recorder, reuse_port=True, frontend=str(index), gates=CoreGates(client))
+    try:
+        api = ApiServer(
+            settings, client, recorder=recorder, reuse_port=True, frontend=str(index), gates=CoreGates(client)
+        )
+    except (TokensFileError, TlsFileError) as e:  # names the file and the problem
+        conn.send(("error", f"cannot start: {e}"))
+        await client.stop()
+        return EXIT_CONFIG
     try:
         port = await api.start()
     except (OSError, RuntimeError) as e:
@@ -162,6 +171,8 @@ async def _frontend_main(settings: Settings, index: int, address: str, conn: Con
 
     tasks: set[asyncio.Task[None]] = set()
     loop.add_signal_handler(signal.SIGUSR1, core_lost)
+    if api.tokens is not None:  # SIGHUP (forwarded by the supervisor): re-read the tokens file now
+        loop.add_signal_handler(signal.SIGHUP, api.tokens.reload)
     watcher = asyncio.create_task(follow_core(client, api.health))
     await stop.wait()
     watcher.cancel()

@@ -20,6 +20,7 @@ parent-death signal (``lifecycle``), so even SIGKILL of the parent leaves no orp
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -113,6 +114,8 @@ class Supervisor:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
+        if self.settings.auth_tokens_file:  # SIGHUP: every frontend re-reads the tokens file now
+            signal.signal(signal.SIGHUP, self._forward_sighup)
         taken = port_taken(self.settings.host, self.settings.port)
         if taken:
             print(f"cellserve serve: cannot listen on {format_address(self.settings.host, self.settings.port)}: {taken}",
@@ -136,6 +139,12 @@ class Supervisor:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._stop_requested = True
+
+    def _forward_sighup(self, signum: int, frame: FrameType | None) -> None:
+        for proc in self.frontends:
+            if proc is not None and proc.pid is not None and proc.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGHUP)
 
     def supervise(self) -> int:
         assert self.core is not None

@@ -1,0 +1,110 @@
+"""Connection hygiene of one Session stream.
+
+``idle_guarded`` (wired, by the error-mapping interceptor around every bidirectional stream):
+when no request arrives for ``stream_idle_timeout_s``, the request iterator raises
+``StreamIdle`` and the stream ends with UNAVAILABLE "idle ... attach again"; its slot and the
+tenant's stream quota come back, and the session lives on.
+
+``UnreadBound`` (wired, by ``stream.SessionStream``): answers ready for the client but not yet
+taken by gRPC are counted (a client that stops reading makes HTTP/2 flow control hold the
+writer). Past ``stream_max_unread``, with no answer taken for ``stream.UNREAD_GRACE_S``, the
+stream ends with RESOURCE_EXHAUSTED "client is not reading" (the servicer aborts the call from
+outside the stuck writer, then cancels it). The session is kept: the client can attach again.
+
+``IdleDeadline`` (not wired: ``idle_guarded`` does the job at the request iterator): a finer
+idle rule, a stream with no request read and nothing owed for ``stream_idle_timeout_s`` ends
+with ``StreamIdle``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
+
+from ..errors import CapacityExceeded, Unavailable
+
+T = TypeVar("T")
+
+
+class StreamIdle(Unavailable):
+    """The stream was silent too long; the session lives on (UNAVAILABLE: reconnect)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(
+            f"the stream was idle for {timeout_s:g} s (stream_idle_timeout_s) and was closed; "
+            "the session is kept: attach to it again"
+        )
+
+
+class ClientNotReading(CapacityExceeded):
+    def __init__(self, bound: int) -> None:
+        super().__init__(
+            f"client is not reading: {bound} answers are waiting to be read (stream_max_unread); "
+            "the session is kept: attach to it again and read the answers",
+            retry_after_s=1.0,
+        )
+
+
+class IdleDeadline:
+    def __init__(self, timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.timeout_s = timeout_s
+        self._clock = clock
+        self._last = clock()
+        self._owed = 0
+        self._changed = asyncio.Event()
+
+    def touch(self) -> None:
+        self._last = self._clock()
+        self._changed.set()
+
+    def owe(self, delta: int) -> None:
+        self._owed += delta
+        self._last = self._clock()
+        self._changed.set()
+
+    def remaining(self) -> float | None:
+        """Seconds until the stream counts as idle; None while answers are owed."""
+        if self._owed > 0:
+            return None
+        return self.timeout_s - (self._clock() - self._last)
+
+    async def expired(self) -> None:
+        """Returns once the stream has been idle for the timeout."""
+        while True:
+            left = self.remaining()
+            if left is not None and left <= 0:
+                return
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=left)
+            except TimeoutError:
+                pass
+
+
+class UnreadBound:
+    def __init__(self, bound: int) -> None:
+        self.bound = bound
+        self.unread = 0
+
+    def produced(self, n: int = 1) -> None:
+        self.unread += n
+        if self.unread > self.bound:
+            raise ClientNotReading(self.bound)
+
+    def taken(self, n: int = 1) -> None:
+        self.unread = max(0, self.unread - n)
+
+
+async def idle_guarded(requests: AsyncIterator[T], timeout_s: float) -> AsyncIterator[T]:
+    """``requests``, raising ``StreamIdle`` when the next one takes longer than ``timeout_s``."""
+    it = aiter(requests)
+    while True:
+        try:
+            request = await asyncio.wait_for(anext(it), timeout_s)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise StreamIdle(timeout_s) from None
+        yield request

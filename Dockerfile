@@ -73,5 +73,8 @@ EXPOSE 50051 9090
 # Numeric, so Kubernetes can verify runAsNonRoot without reading /etc/passwd.
 USER ${UID}:${GID}
 
-# Exec form: cellserve is PID 1 and receives SIGTERM itself, and drains (see serve.py).
+# Exec form: cellserve is PID 1 and receives SIGTERM itself, and drains (see serve.py). With
+# CELLSERVE_FRONTENDS=N it is the supervisor of one engine core and N gRPC frontends; its
+# children die with it (parent-death signal), and it reaps them, so PID 1 leaves no zombies.
+# Unset, N follows the CPUs the container sees (the node's): the Kubernetes overlays set it.
 ENTRYPOINT ["/opt/venv/bin/cellserve", "serve"]

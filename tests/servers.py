@@ -34,7 +34,12 @@ class ServerProcess:
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
         # A free metrics port too: the default (9090) would collide between test servers.
         metrics = [] if "--metrics-port" in args else ["--metrics-host", "127.0.0.1", "--metrics-port", "0"]
-        cmd = [sys.executable, "-m", "cellserve.cli", "serve", "--host", "127.0.0.1", "--port", "0", *metrics, *args]
+        # One process unless the test asks for frontends: the default follows the machine's CPUs.
+        shape = [] if "--frontends" in args else ["--frontends", "0"]
+        cmd = [
+            sys.executable, "-m", "cellserve.cli", "serve", "--host", "127.0.0.1", "--port", "0",
+            *metrics, *shape, *args,
+        ]  # fmt: skip
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env, start_new_session=True
         )

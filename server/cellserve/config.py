@@ -23,6 +23,12 @@ def default_model_dir() -> Path:
     return repo_models if repo_models.is_dir() else Path("models")
 
 
+def default_frontends() -> int:
+    """0 on 2 CPUs or fewer, else CPUs - 1 (one for the core), at most 8."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 0 if cpus <= 2 else min(cpus - 1, 8)
+
+
 def is_loopback(host: str) -> bool:
     """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
     import ipaddress
@@ -50,6 +56,11 @@ class Settings(BaseModel):
     """'auto' picks CUDA when available, else CPU."""
     cpu_threads: int = Field(default=0, ge=0, le=256)
     """torch intra-op threads on CPU; 0 leaves torch's default."""
+    frontends: int = Field(default_factory=lambda: default_frontends(), ge=0, le=64)
+    """gRPC frontend processes in front of one engine-core process (sharing the port);
+    0: one process does everything. Default: 0 with 2 CPUs or fewer (a second process only
+    competes for them), else one per CPU beyond the core's, at most 8 (the CPUs this process
+    may run on, which in a container is the node's: set it explicitly there)."""
 
     # --- network -------------------------------------------------------------------------
     host: str = Field(default="127.0.0.1", min_length=1)

@@ -8,6 +8,10 @@ in models/ (the default model: the one with the lowest validation bits/char).
 SIGTERM/SIGINT: health turns NOT_SERVING, streams stop reading and answer what they have read,
 the engine refuses new sessions (UNAVAILABLE) and finishes in-flight work, the gRPC server
 stops within ``drain_grace_s``, the engine stops, and the process exits 0.
+
+``--frontends N`` (N >= 1; ``CELLSERVE_FRONTENDS``) runs the same server as one engine-core
+process and N gRPC frontend processes on the port (``cellserve.multiproc``); 0 is the single
+process described above. The default follows the CPU count (``config.default_frontends``).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--default-model", "default_model", {}),
     ("--device", "device", {}),
     ("--cpu-threads", "cpu_threads", {}),
+    ("--frontends", "frontends", {"metavar": "N"}),
     ("--host", "host", {}),
     ("--port", "port", {}),
     ("--metrics-host", "metrics_host", {}),
@@ -161,6 +166,10 @@ def run_serve(args: argparse.Namespace) -> int:
     # the 2-core box shared with a training job, a one-row step took 28.6 ms with 2 spinning
     # threads, 5.3 ms with them passive, 2.0 ms with one thread (docs/design-notes.md).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if settings.frontends > 0:
+        from .multiproc.supervisor import run_multiprocess
+
+        return run_multiprocess(settings)
     return asyncio.run(serve(settings))
 
 
@@ -222,14 +231,14 @@ async def serve(settings: Settings) -> int:
         api = ApiServer(settings, client, recorder=metrics, gate_models=engine.repository.get)
     except (TokensFileError, TlsFileError) as e:  # names the file and the problem
         print(f"cellserve serve: cannot start: {e}", file=sys.stderr)
-        await _stop_metrics(poller, endpoint)
+        await stop_metrics(poller, endpoint)
         await engine.stop()
         return EXIT_CONFIG
     try:
         port = await api.start()
     except (OSError, RuntimeError) as e:  # grpc raises RuntimeError when it cannot bind
         print(f"cellserve serve: cannot listen on {format_address(settings.host, settings.port)}: {e}", file=sys.stderr)
-        await _stop_metrics(poller, endpoint)
+        await stop_metrics(poller, endpoint)
         await engine.stop()
         return EXIT_CONFIG
     print(f"cellserve listening on {format_address(settings.host, port)} (grpc)", flush=True)
@@ -250,7 +259,7 @@ async def serve(settings: Settings) -> int:
     await api.shutdown()  # metrics stay up while draining: operators watch the drain
     await engine.stop()
     await metrics.poll_once(client)  # the last counters, for a scrape that may still come
-    await _stop_metrics(poller, endpoint)
+    await stop_metrics(poller, endpoint)
     log.info("stopped")
     return 0
 
@@ -267,7 +276,7 @@ def start_metrics(settings: Settings, engine: Engine) -> tuple[Metrics, MetricsE
     return metrics, metrics.serve(settings.metrics_host, settings.metrics_port, settings.metrics_max_threads)
 
 
-async def _stop_metrics(poller: asyncio.Task[None], endpoint: MetricsEndpoint) -> None:
+async def stop_metrics(poller: asyncio.Task[None], endpoint: MetricsEndpoint) -> None:
     poller.cancel()
     await asyncio.gather(poller, return_exceptions=True)
     await asyncio.to_thread(endpoint.close)  # shutdown() waits for the serving thread's loop

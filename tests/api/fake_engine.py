@@ -63,6 +63,7 @@ class FakeEngine:
         self.calls: list[Call] = []
         self.submitted = asyncio.Event()  # set at every call
         self.chunks: list[FakeChunks] = []
+        self.stats_listeners: list[StatsListener] = []
 
     def _call(self, op: str, owner: str, *args: Any) -> asyncio.Future[Any]:
         call = Call(op, owner, args)
@@ -100,7 +101,8 @@ class FakeEngine:
         return _now(EngineStats())
 
     def add_stats_listener(self, listener: StatsListener) -> Callable[[], None]:
-        return lambda: None
+        self.stats_listeners.append(listener)
+        return lambda: self.stats_listeners.remove(listener)
 
     def open_session(self, owner: str, model: str | None = None) -> Awaitable[SessionInfo]:
         return _now(SessionInfo("f" * 32, MODEL.name, 0, 0.0, 0.0))

@@ -30,6 +30,8 @@ def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
         (["--set", "no_such_knob=1"], {}, ["no_such_knob"]),
         (["--set", "max_top_k"], {}, ["FIELD=VALUE"]),
         (["--snapshot-key-file", "/nonexistent/key"], {}, ["--snapshot-key-file"]),
+        (["--frontends", "65"], {}, ["frontends", "--frontends"]),
+        ([], {"CELLSERVE_FRONTENDS": "-1"}, ["frontends", "CELLSERVE_FRONTENDS"]),
     ],
 )
 def test_bad_setting_exits_2_naming_it(args: list[str], env: dict[str, str], needles: list[str]) -> None:
@@ -51,3 +53,12 @@ def test_flags_override_environment(tmp_path: Path) -> None:
     assert s.snapshot_key is not None and s.snapshot_key.get_secret_value() == "s3cret"
     s = settings_from_args(build_parser().parse_args(["serve"]), {"CELLSERVE_SNAPSHOT_KEY": "env-key"})
     assert s.snapshot_key is not None and s.snapshot_key.get_secret_value() == "env-key" and not s.log_json
+
+
+@pytest.mark.parametrize(("cpus", "frontends"), [(1, 0), (2, 0), (3, 2), (4, 3), (16, 8), (64, 8)])
+def test_default_frontends_follow_the_cpus(monkeypatch: pytest.MonkeyPatch, cpus: int, frontends: int) -> None:
+    from cellserve.config import Settings
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    assert Settings.load(environ={}).frontends == frontends
+    assert Settings.load(environ={"CELLSERVE_FRONTENDS": "1"}).frontends == 1  # explicit wins

@@ -78,8 +78,9 @@ async def _scenario(target: str, pid: int) -> Outcome:
 
 
 @pytest.mark.slow
-def test_sigterm_drains_live_sessions(model_dir: Path) -> None:
-    server = start_server(model_dir, "--drain-grace", str(GRACE_S))
+@pytest.mark.parametrize("frontends", ["0", "2"], ids=["one-process", "two-frontends"])
+def test_sigterm_drains_live_sessions(model_dir: Path, frontends: str) -> None:
+    server = start_server(model_dir, "--drain-grace", str(GRACE_S), "--frontends", frontends)
     try:
         streams, refusals, sigterm_at = asyncio.run(_scenario(server.target, server.pid))
         assert refusals == [grpc.StatusCode.UNAVAILABLE]

@@ -22,7 +22,9 @@ QUICK_BUDGET_S = 240  # the quick mode targets < 2 minutes; this only bounds a h
 def test_bench_quick_runs_and_writes_results(tmp_path: Path) -> None:
     out = tmp_path / "results"
     proc = subprocess.run(
-        [sys.executable, "-m", "cellserve.cli", "bench", "--quick", "--model", "random", "--out", str(out)],
+        # the multi-process workload has a smoke test of its own (below)
+        [sys.executable, "-m", "cellserve.cli", "bench", "--quick", "--model", "random", "--out", str(out)]
+        + ["--skip", "scaling"],
         capture_output=True,
         text=True,
         timeout=QUICK_BUDGET_S,
@@ -57,6 +59,43 @@ def test_bench_quick_runs_and_writes_results(tmp_path: Path) -> None:
     assert "## Tenants" in md
     if importlib.util.find_spec("matplotlib") is not None:
         assert (out / "throughput.png").stat().st_size > 0 and (out / "latency.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(QUICK_BUDGET_S + 30)
+def test_bench_quick_scaling_alone(tmp_path: Path) -> None:
+    """`--only scaling`: cellserve with 1 and 2 frontends and echo with 1 and 2 processes, CPU
+    per keystroke by process kind, the prediction table; nothing else runs."""
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cellserve.cli", "bench", "--quick", "--only", "scaling", "--model", "random"]
+        + ["--out", str(out), "--no-plots"],
+        capture_output=True,
+        text=True,
+        timeout=QUICK_BUDGET_S,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert res["keystrokes_closed"] == {} and res["head_of_line"] is None and res["memory"] is None
+    sc = res["scaling"]
+    n = str(sc["sessions"][0])
+    assert set(sc["runs"]) == {"cellserve-1f", "cellserve-2f", "echo-1p", "echo-2p"}
+    for name, by_n in sc["runs"].items():
+        r = by_n[n]
+        assert r["requests"] > 0 and r["errors"] == 0 and r["sessions_starved"] == 0, (name, r["error_samples"])
+        kinds = {"frontend", "core", "supervisor"} if name.startswith("cellserve") else {"echo"}
+        assert set(r["cpu_ms_per_keystroke"]) == kinds
+        assert all(v >= 0 for v in r["cpu_ms_per_keystroke"].values())
+    model = sc["model"]
+    assert model["frontend_ms"] > 0 and model["core_ms"] > 0 and sc["ceiling_ms_per_row"][n] > 0
+    assert set(model["keystrokes_per_s"]) == {"2", "4", "8", "16"}
+    targets = {t["target"].split(" at ")[0] for t in res["targets"]}
+    assert {
+        "frontend CPU per keystroke / echo CPU per message",
+        "core CPU per keystroke / model ceiling per row",
+    } <= targets
+    md = (out / "results.md").read_text()
+    assert "## Multi-process" in md and "### Scaling model" in md and "cannot show scaling" in md
 
 
 def _assert_tenants(res: dict[str, object]) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 from cellserve.config import ENV_PREFIX, Settings
+from cellserve.multiproc.supervisor import STOP_SLACK_S
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
@@ -325,14 +326,44 @@ def check_drain(docs: list[Doc], settings: Settings) -> list[str]:
     if sleep <= 0:
         problems.append("no preStop sleep: SIGTERM would race the endpoint removal")
     grace = spec.get("terminationGracePeriodSeconds", 30)
-    if not grace > settings.drain_grace_s + sleep:
+    # Several processes: the frontends drain, then the core; each may take a bounded slack more.
+    slack = 2 * STOP_SLACK_S if settings.frontends else 0.0
+    if not grace > settings.drain_grace_s + sleep + slack:
         problems.append(
-            f"terminationGracePeriodSeconds {grace} <= preStop sleep {sleep} + drain_grace_s {settings.drain_grace_s}"
+            f"terminationGracePeriodSeconds {grace} <= preStop sleep {sleep} + drain_grace_s "
+            f"{settings.drain_grace_s} + stop slack {slack}"
         )
     live = c["livenessProbe"]
     window = (live.get("failureThreshold", 3) - 1) * live.get("periodSeconds", 10)
     if not window > settings.drain_grace_s:
         problems.append(f"liveness would restart a draining pod after {window} s < drain_grace_s")
+    return problems
+
+
+def cpu_quantity(value: object) -> float:
+    """A Kubernetes CPU quantity ("4", "500m", 2) in CPUs."""
+    text = str(value)
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def check_process_cpus(docs: list[Doc], settings: Settings) -> list[str]:
+    """Multi-process serving sizes the pod for its processes: one CPU for each of the
+    ``frontends`` gRPC processes and one for the engine core (whose torch threads, on CPU, need
+    ``cpu_threads`` in all). The count must be set explicitly: the default follows the CPUs the
+    container sees, which are the node's, not its limit."""
+    c = container(only(docs, "Deployment"))
+    env, _ = container_env(docs)
+    problems = []
+    if ENV_PREFIX + "FRONTENDS" not in env:
+        problems.append("CELLSERVE_FRONTENDS is not set (its default follows the node's CPUs, not the limit)")
+    core = max(1, settings.cpu_threads) if settings.device == "cpu" else 1
+    needed = settings.frontends + core
+    for kind in ("requests", "limits"):
+        have = cpu_quantity(c["resources"][kind]["cpu"])
+        if have < needed:
+            problems.append(
+                f"cpu {kind} {have:g} < {needed} ({settings.frontends} frontends + {core} for the engine core)"
+            )
     return problems
 
 

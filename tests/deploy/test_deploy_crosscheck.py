@@ -85,6 +85,21 @@ def test_device_and_gpu_resources(rendered: dict[str, list[Doc]], overlay: str) 
     assert resources["requests"] == resources["limits"], "requests = limits: Guaranteed QoS"
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_cpus_fit_the_processes(rendered: dict[str, list[Doc]], overlay: str) -> None:
+    settings = _settings(rendered[overlay])
+    assert k8s.check_process_cpus(rendered[overlay], settings) == []
+    if overlay in GPU_OVERLAYS:  # a GPU outruns one gRPC process: several frontends feed it
+        assert settings.frontends >= 2
+
+
+def test_the_cpu_check_catches_too_few_cpus(rendered: dict[str, list[Doc]]) -> None:
+    docs = copy.deepcopy(rendered["gpu"])
+    settings = _settings(docs)
+    container(only(docs, "Deployment"))["resources"]["limits"]["cpu"] = str(settings.frontends)
+    assert any("cpu limits" in p for p in k8s.check_process_cpus(docs, settings))
+
+
 def test_istio_hashes_sessions_onto_pods(rendered: dict[str, list[Doc]]) -> None:
     assert k8s.check_destination_rule(rendered["istio"]) == []
 

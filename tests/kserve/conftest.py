@@ -24,9 +24,14 @@ tg = pytest.importorskip(
 MODEL = "tiny-lstm"
 
 
-@pytest.fixture(scope="session")
-def kserver(model_dir: Path) -> Iterator[ServerProcess]:
-    s = start_server(model_dir)
+# As tests/api: every KServe test runs against one process and against an engine core with two
+# frontends (the surface goes through the ZMQ engine client, statistics included).
+SHAPES = {"one-process": "0", "two-frontends": "2"}
+
+
+@pytest.fixture(scope="session", params=list(SHAPES), ids=list(SHAPES))
+def kserver(model_dir: Path, request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+    s = start_server(model_dir, "--frontends", SHAPES[request.param])
     try:
         yield s
     finally:

@@ -19,7 +19,13 @@ SCRIPT = ROOT / "benchmarks" / "perf_analyzer.sh"
 PA_VENV = Path(os.environ.get("PA_VENV", Path.home() / ".cache" / "cellserve-perf-analyzer"))
 
 
-def test_perf_analyzer_streams_sequences(kserver: ServerProcess, tmp_path: Path) -> None:
+def test_perf_analyzer_streams_sequences(
+    kserver: ServerProcess, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if request.node.callspec.params["kserver"] == "two-frontends":
+        # perf_analyzer reads ModelStatistics on its own connection: request counters are each
+        # frontend's own (docs/design-notes.md), so its before/after may be another frontend's.
+        request.applymarker(pytest.mark.xfail(reason="per-frontend request counters", strict=False))
     if not (PA_VENV / "bin" / "perf_analyzer").exists():
         pytest.skip(f"perf_analyzer is not installed in {PA_VENV} (benchmarks/perf_analyzer.sh --setup-only)")
     client = tg.InferenceServerClient(kserver.target)

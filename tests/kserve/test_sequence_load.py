@@ -19,7 +19,9 @@ def _answered(triton: tg.InferenceServerClient) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("surface", ["kserve", "native"])
-def test_sequences_of_keystrokes_run_without_errors(kserver: ServerProcess, surface: str) -> None:
+def test_sequences_of_keystrokes_run_without_errors(
+    kserver: ServerProcess, surface: str, request: pytest.FixtureRequest
+) -> None:
     triton = tg.InferenceServerClient(kserver.target)
     before = _answered(triton)
     w = Workload(
@@ -37,7 +39,12 @@ def test_sequences_of_keystrokes_run_without_errors(kserver: ServerProcess, surf
     triton.close()
     assert report["errors"] == 0, report["error_samples"]
     assert report["requests"] > 0 and report["latency_ms"]["p50"] > 0
-    if surface == "kserve":
+    if request.node.callspec.params["kserver"] == "two-frontends":
+        # Request counters are each frontend's own (docs/design-notes.md): the generator's
+        # connections and this client's may land on different frontends. Failures would show
+        # on whichever counted them; none may appear on this one.
+        assert after[1] == before[1]
+    elif surface == "kserve":
         # every request the generator counted was answered (and counted) by the KServe front;
         # sequences finished after the window are counted there as well, never as failures
         assert after[0] - before[0] >= report["requests"] and after[1] == before[1]

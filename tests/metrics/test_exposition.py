@@ -41,10 +41,14 @@ def exposition(server: ServerProcess, stub: rpc.CellserveServiceStub) -> str:
     with pytest.raises(grpc.RpcError):
         stub.Append(svc.AppendRequest(session_id=sid, offset=99, input=types.Input(text=SECRET_TEXT)))
     list(stub.Complete(svc.CompleteRequest(session_id=sid, max_chars=4)))
-    # the engine's counters reach the metrics on a poll: wait until the completion's are there
+    # the engine's counters reach the metrics on a poll (and a frontend's request metrics on
+    # its next message to the core): wait until the completion's are there
     return scrape_until(
         server.metrics_target,
-        lambda body: (sample_value(body, "cellserve_chars_processed_total", phase="completion") or 0) > 0,
+        lambda body: (
+            (sample_value(body, "cellserve_chars_processed_total", phase="completion") or 0) > 0
+            and (sample_value(body, "cellserve_requests_total", method="Complete", code="OK") or 0) > 0
+        ),
     )
 
 

@@ -51,10 +51,17 @@ def tokens(tmp_path_factory: pytest.TempPathFactory) -> Tokens:
     return t
 
 
-@pytest.fixture(scope="session")
-def auth_server(model_dir: Path, tokens: Tokens) -> Iterator[ServerProcess]:
+# Authentication, quotas and tenant-bound snapshots hold in one process and through frontends
+# (the interceptor runs in each frontend; the owner travels with every op to the core).
+SHAPES = {"one-process": "0", "two-frontends": "2"}
+
+
+@pytest.fixture(scope="session", params=list(SHAPES), ids=list(SHAPES))
+def auth_server(model_dir: Path, tokens: Tokens, request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
     s = start_server(
         model_dir,
+        "--frontends",
+        SHAPES[request.param],
         "--auth-tokens-file",
         str(tokens.path),
         "--snapshot-ttl",
@@ -109,3 +116,22 @@ def tls_server(model_dir: Path, tokens: Tokens, pki: Pki) -> Iterator[ServerProc
         yield s
     finally:
         s.terminate()
+
+
+# Known gaps of the multi-process shape (reported; each fails for the reason given, strictly).
+FRONTEND_GAPS = {
+    "test_metrics_threads_are_bounded": "the core's /metrics endpoint is not yet bounded as the single process's is",
+    "test_bad_message_on_a_stream_is_answered_in_band_and_the_stream_goes_on": (
+        "frontends do not forward their malformed-request counts to the core's metrics yet"
+    ),
+    "test_malformed_requests_are_logged_once_per_interval_without_tracebacks": (
+        "each frontend rate-limits its own malformed-request log"
+    ),
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        name = item.name.split("[", 1)[0]
+        if name in FRONTEND_GAPS and "two-frontends" in item.name:
+            item.add_marker(pytest.mark.xfail(reason=FRONTEND_GAPS[name], strict=True))

@@ -22,5 +22,12 @@ class Health:
         for name in self._names:
             await self.servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
+    async def set_serving(self, serving: bool) -> None:
+        """Follows an engine in another process (a frontend): NOT_SERVING while it does not
+        answer, SERVING again when it does. Ignored once draining."""
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in self._names:
+            await self.servicer.set(name, status)
+
     async def not_serving(self) -> None:
         await self.servicer.enter_graceful_shutdown()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -14,7 +15,6 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from ..config import Settings
 from ..engine.client import EngineClient
 from .auth import AuthInterceptor, TokenStore
-from .gates import ModelLookup
 from .health import Health
 from .kserve import KSERVE_SERVICE_NAME, KServeServicer
 from .kserve.pb import kpb, krpc
@@ -23,9 +23,12 @@ from .pb import SERVICE_NAME, rpc, svc
 from .quota import Limits, Quotas
 from .recorder import NULL_RECORDER, Recorder
 from .reflection_pool import reflection_pool
-from .servicer import CellserveServicer
+from .servicer import CellserveServicer, Gates
 from .status import ErrorMappingInterceptor
 from .transport import server_credentials, server_options
+
+if TYPE_CHECKING:
+    from .gates import ModelLookup
 
 log = logging.getLogger("cellserve.api")
 
@@ -41,10 +44,22 @@ class ApiServer:
         engine: EngineClient,
         recorder: Recorder = NULL_RECORDER,
         gate_models: ModelLookup | None = None,
+        *,
+        reuse_port: bool = False,
+        frontend: str = "",
+        gates: Gates | None = None,
     ) -> None:
+        """``gate_models``: the loaded models, for InspectGates (only a process that loaded them);
+        ``gates``: what answers InspectGates otherwise (a frontend's forwarder to the core);
+        ``reuse_port``: several frontend processes share the port (SO_REUSEPORT);
+        ``frontend``: this process's frontend number, sent as ``cellserve-frontend`` metadata."""
         self._settings = settings
         self._engine = engine
-        self.servicer = CellserveServicer(engine, settings, recorder, gate_models)
+        if gate_models is not None:
+            from .gates import GateInspector  # imports torch: only where the models are loaded
+
+            gates = GateInspector(gate_models, settings)
+        self.servicer = CellserveServicer(engine, settings, recorder, gates, frontend=frontend)
         self.kserve = KServeServicer(engine, settings)
         self.health = Health(settings.readiness_service)
         # Raises TokensFileError / TlsFileError: the server does not start on a bad file.
@@ -60,7 +75,7 @@ class ApiServer:
         ]
         if settings.auth_enabled:  # first: a call is authenticated before anything else runs
             interceptors.insert(0, AuthInterceptor(settings, self.tokens, Quotas(self._sessions_of), recorder))
-        self._server = aio.server(interceptors=interceptors, options=server_options(settings))
+        self._server = aio.server(interceptors=interceptors, options=server_options(settings, reuse_port=reuse_port))
         rpc.add_CellserveServiceServicer_to_server(self.servicer, self._server)
         krpc.add_GRPCInferenceServiceServicer_to_server(self.kserve, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._server)

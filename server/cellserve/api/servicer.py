@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 from grpc import aio
 
@@ -22,7 +22,6 @@ from ..errors import CellserveError, InvalidInput, Unavailable
 from ..logs import user_text
 from . import convert, validate
 from .admission import admit_stream
-from .gates import GateInspector, ModelLookup
 from .owner import owner_of
 from .pb import rpc, svc, types
 from .recorder import NULL_RECORDER, Recorder, ResponseTimer
@@ -31,6 +30,16 @@ from .stream import SessionStream
 
 log = logging.getLogger("cellserve.api")
 Context: TypeAlias = aio.ServicerContext[Any, Any]
+FRONTEND_MD = "cellserve-frontend"
+
+
+class Gates(Protocol):
+    """Answers InspectGates: ``api.gates.GateInspector`` in the process that loaded the models,
+    or a frontend's forwarder to the engine core (frontends import no torch)."""
+
+    async def inspect(self, request: svc.InspectGatesRequest) -> svc.InspectGatesResponse: ...
+
+
 CUT_OFF_GRACE_S = 5.0  # a cut-off stream's status gets this long to go out; then the call is cancelled
 _cutting: set[asyncio.Task[None]] = set()  # cut-offs in progress (tasks need a reference)
 
@@ -64,17 +73,21 @@ class CellserveServicer(rpc.CellserveServiceServicer):  # type: ignore[misc]
         engine: EngineClient,
         settings: Settings,
         recorder: Recorder = NULL_RECORDER,
-        gate_models: ModelLookup | None = None,
+        gates: Gates | None = None,
+        frontend: str = "",
     ) -> None:
         self._engine = engine
+        # Multi-process serving: which frontend answered (initial metadata of OpenSession and
+        # GetSession), so operators and tests can tell where a connection landed.
+        self._frontend_md = ((FRONTEND_MD, frontend),) if frontend else ()
         self._settings = settings
         self._recorder = recorder
         self._streams: set[SessionStream] = set()
         self._draining = False
         self._model_msgs: dict[str, types.ModelInfo] = {}
         # The gates read the weights only, never the engine's sessions: the process that loaded
-        # the models passes their lookup; a server without one refuses the call plainly.
-        self._gates = GateInspector(gate_models, settings) if gate_models is not None else None
+        # the models answers them (a frontend forwards to the core); without one, UNAVAILABLE.
+        self._gates = gates
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -116,10 +129,14 @@ class CellserveServicer(rpc.CellserveServiceServicer):  # type: ignore[misc]
     # --- unary calls -----------------------------------------------------------------------
 
     async def OpenSession(self, request: svc.OpenSessionRequest, context: Context) -> svc.OpenSessionResponse:
+        if self._frontend_md:
+            await context.send_initial_metadata(self._frontend_md)
         info = await self._engine.open_session(owner_of(context), validate.model_name(request.model))
         return svc.OpenSessionResponse(session=convert.session_info(info), model=await self.model_msg(info.model))
 
     async def GetSession(self, request: svc.GetSessionRequest, context: Context) -> svc.GetSessionResponse:
+        if self._frontend_md:
+            await context.send_initial_metadata(self._frontend_md)
         info = await self._engine.get_session(owner_of(context), validate.session_id(request.session_id))
         return svc.GetSessionResponse(session=convert.session_info(info))
 

@@ -40,12 +40,14 @@ def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
-def server_options(settings: Settings) -> list[tuple[str, Any]]:
+def server_options(settings: Settings, reuse_port: bool = False) -> list[tuple[str, Any]]:
+    """``reuse_port``: several frontend processes share the port (multi-process serving)."""
     s = settings
     opts: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", s.max_message_bytes),
         ("grpc.max_send_message_length", s.max_message_bytes),
-        ("grpc.so_reuseport", 0),  # port 0 must yield a port nobody else holds
+        # One process: port 0 must yield a port nobody else holds. Frontends share theirs.
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
         # Keepalive: the server pings idle connections, so a dead client's streams (and their
         # quota slots) come back within keepalive_time + keepalive_timeout ...
         ("grpc.keepalive_time_ms", _ms(s.keepalive_time_s)),

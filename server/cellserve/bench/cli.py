@@ -51,16 +51,23 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument("--workers", type=int, help="load-generator processes (default 2)")
     p.add_argument("--server-threads", type=int, help="cellserve and ceiling torch threads (0: torch default)")
     p.add_argument(
-        "--skip", type=_names, default=[], help="subset of open,completions,memory,ceiling,headofline,tenants"
+        "--skip", type=_names, default=[], help="subset of open,completions,memory,ceiling,headofline,scaling,tenants"
     )
     p.add_argument(
         "--only",
-        choices=["headofline", "tenants"],
+        choices=["headofline", "scaling", "tenants"],
         help="run just this workload (headofline: 16 pipelined 4,096-char pastes and two want_gates appends "
-        "on one stream while a bystander types a character every 50 ms; its p99 and max. tenants: a server "
+        "on one stream while a bystander types a character every 50 ms; its p99 and max. scaling: cellserve "
+        "with 1 and 2 frontends and the echo peer with 1 and 2 processes on one port, CPU per keystroke by "
+        "process kind, and the predicted keystrokes/s for F frontends on C cores. tenants: a server "
         "with two tenants, one pasting at full speed on 4 streams while the other types; the typist's p99 "
         "beside it against alone)",
     )
+    p.add_argument("--scaling-sessions", type=_ints, help="closed-loop sessions of the scaling workload (default 256)")
+    p.add_argument(
+        "--scaling-frontends", type=_ints, help="cellserve frontend counts of the scaling workload (default 1,2)"
+    )
+    p.add_argument("--scaling-echo", type=_ints, help="echo process counts of the scaling workload (default 1,2)")
     p.add_argument("--no-plots", action="store_true", help="JSON and markdown only (no matplotlib needed)")
     p.add_argument("--note", default="", help="a remark printed under the header of results.md (e.g. the conditions)")
     p.set_defaults(handler=run_bench)
@@ -79,6 +86,9 @@ _FIELDS = {
     "memory_sessions": "memory_sessions",
     "workers": "workers",
     "server_threads": "server_threads",
+    "scaling_sessions": "scaling_sessions",
+    "scaling_frontends": "scaling_frontends",
+    "scaling_echo": "scaling_echo",
 }
 
 

@@ -155,8 +155,11 @@ class NaiveServicer(rpc.CellserveServiceServicer):  # type: ignore[misc]
         self.last.pop(sid, None)
 
 
-async def _serve(kind: str, host: str, port: int, model_folder: Path | None, device: str) -> None:
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+async def _serve(
+    kind: str, host: str, port: int, model_folder: Path | None, device: str, reuse_port: bool = False
+) -> None:
+    # reuse_port: several peer processes share one port (the bench's multi-process echo)
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if reuse_port else 0)])
     if kind == "echo":
         servicer: rpc.CellserveServiceServicer = EchoServicer()
     else:
@@ -182,11 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-dir", type=Path)
     p.add_argument("--model")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--reuse-port", action="store_true", help="share the port with other processes (SO_REUSEPORT)")
     a = p.parse_args(argv)
     folder = a.model_dir / a.model if a.model_dir and a.model else None
     if a.kind == "naive" and folder is None:
         p.error("naive needs --model-dir and --model")
-    asyncio.run(_serve(a.kind, a.host, a.port, folder, a.device))
+    asyncio.run(_serve(a.kind, a.host, a.port, folder, a.device, a.reuse_port))
     return 0
 
 

@@ -112,6 +112,9 @@ def cellserve_cmd(model_dir: str, model: str, device: str, threads: int, max_ses
         "--cpu-threads", str(threads), "--max-sessions", str(max_sessions),
         "--max-concurrent-streams", str(max(1024, max_sessions)),
         "--session-idle-ttl", "3600", "--log-level", "warning",
+        # One process unless a workload says otherwise (the scaling one appends --frontends F):
+        # the default follows the machine's CPUs, and server CPU is read from this one pid.
+        "--frontends", "0",
     ]  # fmt: skip
 
 

@@ -180,8 +180,56 @@ def markdown(res: dict[str, Any]) -> str:
                 f"{p['rss_per_session_bytes'] / 1024:.2f} | {p['raw_state_bytes'] / 1024:.2f} | "
                 f"{p['overhead_ratio']:.2f}× | {p['open_failures']} |"
             )
+    lines += _scaling_section(res.get("scaling"))
     lines += ["", "Plots: ![throughput](throughput.png) ![latency](latency.png)", ""]
     return "\n".join(lines)
+
+
+def _scaling_section(sc: dict[str, Any] | None) -> list[str]:
+    if not sc:
+        return []
+    lines = [
+        "",
+        "## Multi-process: CPU per keystroke by process kind (closed loop, same load for every layout)",
+        "",
+        "cellserve-Ff: one engine core and F gRPC frontends on one port; echo-Pp: P echo processes on one port.",
+        "",
+        "| layout | N | keystrokes/s | p50 ms | p99 ms | frontend ms | core ms | supervisor ms | echo ms | errors "
+        "| starved |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, by_n in sc["runs"].items():
+        for n, r in by_n.items():
+            cpu, lat = r.get("cpu_ms_per_keystroke") or {}, r["latency_ms"]
+            lines.append(
+                f"| {name} | {n} | {r['throughput_rps']:.0f} | {_f(lat.get('p50'), '{:.2f}')} | "
+                f"{_f(lat.get('p99'), '{:.2f}')} | "
+                + " | ".join(_f(cpu.get(k), "{:.3f}") for k in ("frontend", "core", "supervisor", "echo"))
+                + f" | {r['errors']} | {r['sessions_starved']} |"
+            )
+    for n, ms in (sc.get("ceiling_ms_per_row") or {}).items():
+        lines.append(f"| model ceiling (in-process step per row) | {n} | | | | | {ms:.3f} | | | | |")
+    model = sc.get("model")
+    if model:
+        cores = list(model["keystrokes_per_s"])
+        frontends = sorted({f for row in model["keystrokes_per_s"].values() for f in row}, key=int)
+        lines += [
+            "",
+            f"### Scaling model: predicted keystrokes/s for F frontends on C cores (N={model['sessions']})",
+            "",
+            f"From this run's figures: a frontend spends f = {model['frontend_ms']:.3f} ms CPU per keystroke, the core "
+            f"k = {model['core_ms']:.3f} ms. Each process uses at most one core, so "
+            "X(F, C) = min(F / f, 1 / k, C / (f + k)), with the load generator on other machines. "
+            "A machine whose load generator shares its 2 cores cannot show scaling: read the model, not "
+            "the measured throughput, there.",
+            "",
+            "| C \\ F | " + " | ".join(frontends) + " |",
+            "|---|" + "---|" * len(frontends),
+        ]
+        for c in cores:
+            row = model["keystrokes_per_s"][c]
+            lines.append(f"| {c} | " + " | ".join(_f(row.get(f)) for f in frontends) + " |")
+    return lines
 
 
 def plots(res: dict[str, Any], out: Path) -> list[Path]:
@@ -241,6 +289,6 @@ def write_report(res: dict[str, Any], out: Path, *, with_plots: bool = True) -> 
     paths = [out / "results.json", out / "results.md"]
     paths[0].write_text(json.dumps(res, indent=1, sort_keys=False) + "\n")
     paths[1].write_text(markdown(res))
-    if with_plots:
+    if with_plots and res["keystrokes_closed"]:
         paths += plots(res, out)
     return paths

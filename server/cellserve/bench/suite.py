@@ -42,8 +42,13 @@ class BenchConfig:
     device: str = "cpu"
     server_threads: int = 1  # cellserve's --cpu-threads and the ceiling's threads (0: torch's default)
     model: str | None = None
-    skip: list[str] = field(default_factory=list)  # of: open, completions, memory, ceiling, headofline, tenants
-    only: str | None = None  # "headofline" or "tenants": run just that workload (cellserve only)
+    skip: list[str] = field(
+        default_factory=list
+    )  # of: open, completions, memory, ceiling, headofline, scaling, tenants
+    only: str | None = None  # "headofline" | "scaling" | "tenants": run just that workload
+    scaling_sessions: list[int] = field(default_factory=lambda: [256])  # the multi-process workload's N
+    scaling_frontends: list[int] = field(default_factory=lambda: [1, 2])  # its cellserve layouts
+    scaling_echo: list[int] = field(default_factory=lambda: [1, 2])  # its echo layouts (processes)
     quick: bool = False
 
     @classmethod
@@ -58,6 +63,7 @@ class BenchConfig:
             completion_chars=16,
             memory_sessions=[1000],
             ceiling_s=0.5,
+            scaling_sessions=[16],
             quick=True,
         )
 
@@ -110,12 +116,21 @@ def run_suite(cfg: BenchConfig, argv: list[str] | None = None) -> dict[str, Any]
             "ceiling": {},
             "memory": None,
             "head_of_line": None,
+            "scaling": None,
             "tenants": None,
         }
         if cfg.only is None:
             _peers(cfg, ref, results)
         if cfg.only in (None, "headofline") and "headofline" not in cfg.skip and "cellserve" in cfg.peers:
             results["head_of_line"] = _head_of_line(cfg, ref)
+        if cfg.only == "scaling" or (cfg.only is None and "scaling" not in cfg.skip):
+            from .scaling import layouts, run_scaling
+
+            results["scaling"] = run_scaling(
+                ref, cfg.scaling_sessions, device=cfg.device, threads=cfg.server_threads, warmup_s=cfg.warmup_s,
+                window_s=cfg.window_s, workers=cfg.workers, ceiling_s=cfg.ceiling_s, log=_log,
+                plan=layouts(cfg.scaling_frontends, cfg.scaling_echo),
+            )  # fmt: skip
         if cfg.only in (None, "tenants") and "tenants" not in cfg.skip and "cellserve" in cfg.peers:
             results["tenants"] = _tenants(cfg, ref, Path(scratch))
         if cfg.only is None:
@@ -356,6 +371,7 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         ceil = _get(res, "ceiling", "completions", b, "chars_per_s")
         v = r["chars_per_s"] / ceil if ceil else None
         add(f"completion chars/s vs model ceiling at B={b}", v, ">= 0.7x", None if v is None else v >= 0.7)
+    out += scaling_targets(res.get("scaling"))
     mem = res.get("memory")
     if mem:
         for p in mem["points"]:
@@ -365,4 +381,28 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
                 "report",
                 None,
             )
+    return out
+
+
+def scaling_targets(sc: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The multi-process targets: a frontend's CPU per keystroke against the echo peer's per
+    message (both with two processes on the port), the core's against the model's own step per
+    row, and no errors or starved sessions in any layout."""
+    if not sc:
+        return []
+    out: list[dict[str, Any]] = []
+    n = str(max(sc["sessions"]))
+    f = _get(sc, "runs", "cellserve-2f", n, "cpu_ms_per_keystroke", "frontend")
+    e = _get(sc, "runs", "echo-2p", n, "cpu_ms_per_keystroke", "echo")
+    v = f / e if f and e else None
+    out.append({"target": f"frontend CPU per keystroke / echo CPU per message at N={n}", "value": v,
+                "goal": "<= 1.3x", "met": None if v is None else v <= 1.3})  # fmt: skip
+    k = _get(sc, "runs", "cellserve-2f", n, "cpu_ms_per_keystroke", "core")
+    m = _get(sc, "ceiling_ms_per_row", n)
+    v = k / m if k and m else None
+    out.append({"target": f"core CPU per keystroke / model ceiling per row at N={n}", "value": v,
+                "goal": "<= 1.5x", "met": None if v is None else v <= 1.5})  # fmt: skip
+    bad = sum(r["errors"] + r["sessions_starved"] for runs in sc["runs"].values() for r in runs.values())
+    out.append({"target": "multi-process runs: errors + starved sessions", "value": float(bad), "goal": "0",
+                "met": bad == 0})  # fmt: skip
     return out

@@ -1,0 +1,344 @@
+"""``ZmqEngineClient``: the ``EngineClient`` of a frontend process, talking to the engine core.
+
+Every call is submitted when made, as the protocol says: it gets a call number and a future,
+and its operation joins the outbox; the outbox is sent as one ``ToCore`` message once the
+event loop has run everything that was ready (``call_soon``), so what one loop pass gathered
+crosses in one message, in call order. The core applies each session's operations in the
+order it receives them, so one frontend's order is kept end to end.
+
+Cancelling the awaiting task does not withdraw anything (the operation is in the outbox or
+already sent); the answer, when it comes, is dropped. A completion is withdrawn by closing its
+stream (``CloseCompletion``).
+
+The API layer's metric events (``ForwardingRecorder``) ride along in the same messages, so the
+core's one ``/metrics`` endpoint counts every frontend's requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from ..engine.client import DEFAULT_OPTIONS, StatsListener
+from ..engine.types import (
+    AppendOptions,
+    CompletionChunk,
+    CompletionRequest,
+    EngineHealth,
+    EngineStats,
+    IterationStats,
+    ModelInfo,
+    Prediction,
+    SessionInfo,
+)
+from ..errors import Unavailable
+from . import messages as m
+from .ratelimit import RateLimitedLog
+
+log = logging.getLogger("cellserve.frontend")
+T = TypeVar("T")
+
+CORE_GONE = "the engine is unavailable; retry on another replica"
+STOP_LINGER_MS = 500
+_DECODERS: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
+
+
+def _decoder(tp: Any) -> msgspec.msgpack.Decoder[Any]:
+    d = _DECODERS.get(tp)
+    if d is None:
+        d = _DECODERS[tp] = msgspec.msgpack.Decoder(tp)
+    return d
+
+
+class ForwardingRecorder:
+    """A ``Recorder`` that keeps the API layer's events until the next message to the core."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str], int] = {}
+        self.keystrokes: list[tuple[str, str, float]] = []
+
+    def request(self, method: str, code: str) -> None:
+        key = (method, code)
+        self.requests[key] = self.requests.get(key, 0) + 1
+
+    def keystroke(self, model: str, kind: str, seconds: float) -> None:
+        self.keystrokes.append((model, kind, seconds))
+
+    def take(self) -> tuple[list[tuple[str, str, int]], list[tuple[str, str, float]]]:
+        requests = [(a, b, n) for (a, b), n in self.requests.items()]
+        keystrokes = self.keystrokes
+        self.requests, self.keystrokes = {}, []
+        return requests, keystrokes
+
+
+class _Completion:
+    """The chunk stream of one completion, fed by the client's reader."""
+
+    def __init__(self, client: ZmqEngineClient, call_id: int) -> None:
+        self._client = client
+        self._id = call_id
+        self.queue: asyncio.Queue[m.Chunk | m.End | m.Err] = asyncio.Queue()
+        self._finished = False
+
+    def __aiter__(self) -> _Completion:
+        return self
+
+    async def __anext__(self) -> CompletionChunk:
+        if self._finished:
+            raise StopAsyncIteration
+        item = await self.queue.get()
+        if isinstance(item, m.Chunk):
+            return CompletionChunk(item.alternative, item.text, item.done, item.finish_reason)
+        self._finish()
+        if isinstance(item, m.Err):
+            raise m.error_of(item)
+        raise StopAsyncIteration
+
+    def _finish(self) -> None:
+        self._finished = True
+        self._client._streams.pop(self._id, None)
+        self._client._check_idle()
+
+    async def aclose(self) -> None:
+        if not self._finished:
+            self._finish()
+            self._client._send(m.CloseCompletion(self._id))
+
+
+class ZmqEngineClient:
+    """Implements ``cellserve.engine.client.EngineClient`` over the core's ROUTER socket."""
+
+    def __init__(self, address: str, frontend: int, recorder: ForwardingRecorder | None = None) -> None:
+        self._address = address
+        self._identity = f"{frontend}:{os.getpid()}".encode()
+        self.recorder = recorder or ForwardingRecorder()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, tuple[asyncio.Future[Any], msgspec.msgpack.Decoder[Any]]] = {}
+        self._streams: dict[int, _Completion] = {}
+        self._outbox: list[m.Op] = []
+        self._flush_scheduled = False
+        self._ctx: zmq.asyncio.Context | None = None
+        self._sock: zmq.asyncio.Socket | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._draining = False
+        self._lost = False
+        self._idle = asyncio.Event()
+        self._bad = RateLimitedLog(log, "dropped a malformed message from the engine core")
+        self._stats_listeners: list[StatsListener] = []
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._sock is not None:
+            return
+        self._ctx = zmq.asyncio.Context()
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, self._identity)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)  # never drop or block on a call: the caps bound them
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.connect(self._address)
+        self._sock = sock
+        self._reader = asyncio.create_task(self._read())
+        if self._stats_listeners:
+            self._send(m.WatchStats(0))
+
+    async def drain(self) -> None:
+        """This frontend takes no new sessions; returns once its own calls and completions are
+        answered (the core and other frontends go on)."""
+        self._draining = True
+        self._check_idle()
+        await self._idle.wait()
+
+    async def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+            self._reader = None
+        # What was sent last (the final metric events) may still be queued: give it a moment,
+        # unless the core is known to be gone.
+        linger_ms = 0 if self._lost else STOP_LINGER_MS
+        self.core_lost()
+        if self._sock is not None:
+            self._sock.close(linger=linger_ms)
+            self._sock = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    def core_lost(self) -> None:
+        """The core is gone: every open call and completion fails with UNAVAILABLE, and so does
+        every later one."""
+        self._lost = True
+        pending, self._pending = self._pending, {}
+        for fut, _ in pending.values():
+            if not fut.done():
+                fut.set_exception(Unavailable(CORE_GONE))
+        streams, self._streams = self._streams, {}
+        for stream in streams.values():
+            stream.queue.put_nowait(m.Err(0, "unavailable", CORE_GONE))
+        self._check_idle()
+
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None and not self._lost
+
+    # ---- queries ----------------------------------------------------------------------------
+    def models(self, owner: str) -> Awaitable[list[ModelInfo]]:
+        return self._call(lambda i: m.Models(i, owner), list[ModelInfo])
+
+    def get_session(self, owner: str, session_id: str) -> Awaitable[SessionInfo]:
+        return self._call(lambda i: m.GetSession(i, owner, session_id), SessionInfo)
+
+    def health(self, owner: str) -> Awaitable[EngineHealth]:
+        return self._call(lambda i: m.Health(i, owner), EngineHealth)
+
+    def stats(self, owner: str) -> Awaitable[EngineStats]:
+        return self._call(lambda i: m.Stats(i, owner), EngineStats)
+
+    def add_stats_listener(self, listener: StatsListener) -> Callable[[], None]:
+        """Listeners get each engine iteration's per-model share (``IterationStats.models``)
+        from the core; the engine-wide fields are empty here (the core exports those itself)."""
+        if not self._stats_listeners and self._sock is not None and not self._lost:
+            self._send(m.WatchStats(0))
+        self._stats_listeners.append(listener)
+        listeners = self._stats_listeners
+        return lambda: listeners.remove(listener) if listener in listeners else None
+
+    def inspect_gates(self, request: bytes) -> Awaitable[bytes]:
+        """InspectGates, run by the core (which holds the weights): serialized request and response."""
+        return self._call(lambda i: m.InspectGates(i, request), bytes)
+
+    # ---- session operations -----------------------------------------------------------------
+    def open_session(self, owner: str, model: str | None = None) -> Awaitable[SessionInfo]:
+        if self._draining:
+            return _failed(Unavailable("the server is shutting down; connect to another replica"))
+        return self._call(lambda i: m.Open(i, owner, model), SessionInfo)
+
+    def append(
+        self, owner: str, session_id: str, offset: int, text: str, options: AppendOptions = DEFAULT_OPTIONS
+    ) -> Awaitable[Prediction]:
+        return self._call(lambda i: m.Append(i, owner, session_id, offset, text, options), Prediction)
+
+    def rewind(self, owner: str, session_id: str, chars: int) -> Awaitable[SessionInfo]:
+        return self._call(lambda i: m.Rewind(i, owner, session_id, chars), SessionInfo)
+
+    def reset(self, owner: str, session_id: str) -> Awaitable[SessionInfo]:
+        return self._call(lambda i: m.Reset(i, owner, session_id), SessionInfo)
+
+    def snapshot(self, owner: str, session_id: str) -> Awaitable[bytes]:
+        return self._call(lambda i: m.Snapshot(i, owner, session_id), bytes)
+
+    def resume(
+        self, owner: str, blob: bytes, replay: str = "", options: AppendOptions = DEFAULT_OPTIONS
+    ) -> Awaitable[tuple[SessionInfo, Prediction | None]]:
+        if self._draining:
+            return _failed(Unavailable("the server is shutting down; connect to another replica"))
+        return self._call(lambda i: m.Resume(i, owner, blob, replay, options), tuple[SessionInfo, Prediction | None])
+
+    def complete(self, owner: str, session_id: str, request: CompletionRequest) -> _Completion:
+        call_id = next(self._ids)
+        stream = _Completion(self, call_id)
+        if self._lost:
+            stream.queue.put_nowait(m.Err(call_id, "unavailable", CORE_GONE))
+            return stream
+        self._streams[call_id] = stream
+        self._send(m.Complete(call_id, owner, session_id, request))
+        return stream
+
+    def close_session(self, owner: str, session_id: str) -> Awaitable[None]:
+        return self._call(lambda i: m.Close(i, owner, session_id), None)
+
+    # ---- the wire ---------------------------------------------------------------------------
+    def _call(self, make: Callable[[int], m.Op], result_type: Any) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self._lost or self._sock is None:
+            fut.set_exception(Unavailable(CORE_GONE))
+            return fut
+        call_id = next(self._ids)
+        self._pending[call_id] = (fut, _decoder(result_type))
+        self._idle.clear()
+        self._send(make(call_id))
+        return fut
+
+    def _send(self, op: m.Op) -> None:
+        self._outbox.append(op)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        ops, self._outbox = self._outbox, []
+        if self._sock is None or self._lost or not ops:
+            return
+        requests, keystrokes = self.recorder.take()
+        self._sock.send(m.encode(m.ToCore(ops, requests, keystrokes)))
+
+    def flush_metrics(self) -> None:
+        """Sends the metric events gathered so far even when no call is waiting to go."""
+        if self._sock is None or self._lost or self._outbox:
+            return
+        requests, keystrokes = self.recorder.take()
+        if requests or keystrokes:
+            self._sock.send(m.encode(m.ToCore([], requests, keystrokes)))
+
+    async def _read(self) -> None:
+        assert self._sock is not None
+        while True:
+            data = await self._sock.recv(copy=False)
+            try:
+                message = m.to_frontend_decoder.decode(data.buffer)
+            except msgspec.DecodeError:
+                self._bad.warning()
+                continue
+            for reply in message.replies:
+                self._deliver(reply)
+
+    def _deliver(self, reply: m.Reply) -> None:
+        if isinstance(reply, m.Iteration):
+            models = tuple(reply.models)
+            it = IterationStats(
+                rows=sum(mi.rows for mi in models), queue_wait_s=(), step_time_s=(), chars=(), models=models
+            )
+            for listener in list(self._stats_listeners):
+                listener(it)
+        elif isinstance(reply, (m.Ok, m.Err)):
+            entry = self._pending.pop(reply.id, None)
+            if entry is None:
+                stream = self._streams.get(reply.id)
+                if stream is not None and isinstance(reply, m.Err):
+                    stream.queue.put_nowait(reply)
+                return
+            fut, decoder = entry
+            if not fut.done():  # the caller may have been cancelled: the answer is dropped
+                if isinstance(reply, m.Err):
+                    fut.set_exception(m.error_of(reply))
+                else:
+                    try:
+                        fut.set_result(decoder.decode(reply.value))
+                    except msgspec.DecodeError:
+                        self._bad.warning()
+                        fut.set_exception(m.CoreFailure("the engine core sent a malformed answer"))
+            self._check_idle()
+        else:
+            stream = self._streams.get(reply.id)
+            if stream is not None:
+                stream.queue.put_nowait(reply)
+
+    def _check_idle(self) -> None:
+        if not self._pending and not self._streams:
+            self._idle.set()
+
+
+def _failed(e: BaseException) -> asyncio.Future[Any]:
+    fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    fut.set_exception(e)
+    return fut

@@ -1,0 +1,201 @@
+"""The entry points of the child processes (started by ``supervisor`` with multiprocessing's
+spawn method; each reports to the parent over a one-way pipe).
+
+- ``run_core``: loads the models, starts the engine and the metrics endpoint, binds the
+  internal socket, reports ``("ready", metrics_port)``. SIGTERM: drain the engine, stop, exit 0.
+- ``run_frontend``: connects to the core, waits for its first answer, serves gRPC on the shared
+  port, reports ``("listening", port)``. Its health follows the core's (polled every
+  ``CORE_POLL_S``). SIGTERM: the usual drain of ``ApiServer.shutdown``. SIGUSR1 (sent by the
+  parent when the core died): every call fails with UNAVAILABLE and health is NOT_SERVING.
+
+Both ignore SIGINT (a terminal's Ctrl-C reaches the whole group; the parent decides) and die
+with the parent (``lifecycle.die_with_parent``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
+
+from ..config import Settings
+from ..errors import ModelFileError
+from ..logs import configure_logging
+from .lifecycle import die_with_parent
+
+if TYPE_CHECKING:
+    from ..api.health import Health
+    from .client import ZmqEngineClient
+
+log = logging.getLogger("cellserve.supervisor")
+
+EXIT_CONFIG = 2
+CORE_POLL_S = 0.5  # a frontend's health (and its metric events) follow the core this often
+CORE_ANSWER_S = 2.0  # the core not answering a health poll this long: NOT_SERVING
+FIRST_ANSWER_S = 60.0  # a new frontend waits this long for the core's first answer
+
+
+def _child_setup(settings: Settings, parent_pid: int) -> None:
+    die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    configure_logging(settings)
+
+
+def run_core(settings: Settings, address: str, conn: Connection, parent_pid: int) -> None:
+    _child_setup(settings, parent_pid)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see serve.run_serve
+    _exit(asyncio.run(_core_main(settings, address, conn)))
+
+
+async def _core_main(settings: Settings, address: str, conn: Connection) -> int:
+    import zmq
+    import zmq.asyncio
+
+    from ..api.gates import GateInspector
+    from ..api.server import format_address
+    from ..engine.inprocess import InProcessEngineClient
+    from ..serve import start_engine, start_metrics, stop_metrics
+    from .core import CoreServer
+
+    try:
+        engine = await start_engine(settings)
+    except ModelFileError as e:
+        conn.send(("error", f"cannot start: {e}"))
+        return EXIT_CONFIG
+    client = InProcessEngineClient(engine)
+    try:
+        metrics, endpoint = start_metrics(settings, engine)
+    except OSError as e:
+        where = format_address(settings.metrics_host, settings.metrics_port)
+        conn.send(("error", f"cannot serve metrics on {where}: {e}"))
+        await engine.stop()
+        return EXIT_CONFIG
+    client.add_stats_listener(metrics.observe_iteration)
+    poller = asyncio.create_task(metrics.poll_engine(client))
+    ctx = zmq.asyncio.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    # No high-water mark: at one a ROUTER drops answers silently. What is in flight is bounded
+    # by the frontends' own caps (streams, requests per stream).
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.bind(address)
+    gates = GateInspector(engine.repository.get, settings)
+    serving = asyncio.create_task(CoreServer(client, sock, metrics, gates).serve())
+    conn.send(("ready", endpoint.port))
+
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    waiter = asyncio.create_task(stop.wait())
+    await asyncio.wait((waiter, serving), return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if serving.done():  # the socket loop failed: a bug; exit so the parent restarts the pod
+        log.error("the engine core's socket loop stopped", exc_info=serving.exception())
+        code = 1
+    else:
+        log.info("engine core: draining for at most %.1f s", settings.drain_grace_s)
+        try:
+            await asyncio.wait_for(client.drain(), timeout=settings.drain_grace_s)
+        except TimeoutError:
+            log.warning("engine drain did not finish within drain_grace_s=%s", settings.drain_grace_s)
+    waiter.cancel()
+    await engine.stop()
+    serving.cancel()
+    await asyncio.gather(serving, return_exceptions=True)
+    sock.close(linger=0)
+    ctx.term()
+    await metrics.poll_once(client)
+    await stop_metrics(poller, endpoint)
+    return code
+
+
+def run_frontend(settings: Settings, index: int, address: str, conn: Connection, parent_pid: int) -> None:
+    _child_setup(settings, parent_pid)
+    _exit(asyncio.run(_frontend_main(settings, index, address, conn)))
+
+
+def _exit(code: int) -> None:
+    """Everything was closed in order: leave without the interpreter's teardown, which can
+    take seconds (torch) or wait on library threads, while the parent counts the drain."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+async def _frontend_main(settings: Settings, index: int, address: str, conn: Connection) -> int:
+    from ..api import ApiServer
+    from ..api.server import format_address
+    from ..api.tokens import TokensFileError
+    from ..api.transport import TlsFileError
+    from .client import ForwardingRecorder, ZmqEngineClient
+    from .gates import CoreGates
+
+    recorder = ForwardingRecorder()
+    client = ZmqEngineClient(address, index, recorder)
+    await client.start()
+    try:
+        await asyncio.wait_for(client.health(""), timeout=FIRST_ANSWER_S)
+    except (TimeoutError, Exception) as e:  # noqa: BLE001 (reported to the parent)
+        conn.send(("error", f"frontend {index}: the engine core does not answer ({type(e).__name__})"))
+        await client.stop()
+        return 1
+    try:
+        api = ApiServer(
+            settings, client, recorder=recorder, reuse_port=True, frontend=str(index), gates=CoreGates(client)
+        )
+    except (TokensFileError, TlsFileError) as e:  # names the file and the problem
+        conn.send(("error", f"cannot start: {e}"))
+        await client.stop()
+        return EXIT_CONFIG
+    try:
+        port = await api.start()
+    except (OSError, RuntimeError) as e:
+        conn.send(("error", f"cannot listen on {format_address(settings.host, settings.port)}: {e}"))
+        await client.stop()
+        return EXIT_CONFIG
+    conn.send(("listening", port))
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+
+    def core_lost() -> None:
+        log.error("frontend %d: the engine core is gone: health NOT_SERVING", index)
+        client.core_lost()
+        tasks.add(asyncio.create_task(api.health.set_serving(False)))
+
+    tasks: set[asyncio.Task[None]] = set()
+    loop.add_signal_handler(signal.SIGUSR1, core_lost)
+    if api.tokens is not None:  # SIGHUP (forwarded by the supervisor): re-read the tokens file now
+        loop.add_signal_handler(signal.SIGHUP, api.tokens.reload)
+    watcher = asyncio.create_task(follow_core(client, api.health))
+    await stop.wait()
+    watcher.cancel()
+    await asyncio.gather(watcher, return_exceptions=True)
+    await api.shutdown()
+    client.flush_metrics()
+    await client.stop()
+    log.info("frontend %d: drained and stopped", index)
+    return 0
+
+
+async def follow_core(client: ZmqEngineClient, health: Health) -> None:
+    """Health follows the core: SERVING while it answers and takes sessions. Runs until
+    cancelled; each poll also carries the frontend's metric events."""
+    serving = True
+    while True:
+        await asyncio.sleep(CORE_POLL_S)
+        client.flush_metrics()
+        try:
+            now = client.connected and (await asyncio.wait_for(client.health(""), CORE_ANSWER_S)).serving
+        except Exception:  # noqa: BLE001 (no answer, or the core is gone: not serving)
+            now = False
+        if now != serving:
+            serving = now
+            log.warning("engine core %s", "answers again" if now else "is not serving: health NOT_SERVING")
+            await health.set_serving(now)

@@ -38,6 +38,8 @@ from ..engine.types import (
     ModelInfo,
     Prediction,
     SessionInfo,
+    Suggestion,
+    SuggestRequest,
 )
 from ..errors import Unavailable
 from . import messages as m
@@ -252,6 +254,9 @@ class ZmqEngineClient:
         self._streams[call_id] = stream
         self._send(m.Complete(call_id, owner, session_id, request))
         return stream
+
+    def suggest(self, owner: str, session_id: str, request: SuggestRequest) -> Awaitable[list[Suggestion]]:
+        return self._call(lambda i: m.Suggest(i, owner, session_id, request), list[Suggestion])
 
     def close_session(self, owner: str, session_id: str) -> Awaitable[None]:
         return self._call(lambda i: m.Close(i, owner, session_id), None)

@@ -128,6 +128,8 @@ class CoreServer:
             self._answer(who, op.id, lambda: c.snapshot(op.owner, op.session_id))
         elif isinstance(op, m.Resume):
             self._answer(who, op.id, lambda: c.resume(op.owner, op.blob, op.replay, op.options))
+        elif isinstance(op, m.Suggest):
+            self._answer(who, op.id, lambda: c.suggest(op.owner, op.session_id, op.request))
         elif isinstance(op, m.Close):
             self._answer(who, op.id, lambda: c.close_session(op.owner, op.session_id))
         elif isinstance(op, m.Health):

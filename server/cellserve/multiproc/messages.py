@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from ..engine.types import AppendOptions, CompletionRequest, ModelIteration
+from ..engine.types import AppendOptions, CompletionRequest, ModelIteration, SuggestRequest
 from ..errors import (
     CapacityExceeded,
     CellserveError,
@@ -97,6 +97,12 @@ class Complete(_Op):
     request: CompletionRequest
 
 
+class Suggest(_Op):
+    owner: str
+    session_id: str
+    request: SuggestRequest
+
+
 class CloseCompletion(_Op):
     """Withdraws the completion started by the call numbered ``id`` (its stream was closed)."""
 
@@ -127,6 +133,7 @@ Op = (
     | Snapshot
     | Resume
     | Complete
+    | Suggest
     | CloseCompletion
     | Close
     | InspectGates

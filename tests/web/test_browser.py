@@ -113,7 +113,12 @@ def test_type_accept_rewind_and_gates(page: Any, web: WebProcess, shipped_server
     settled(page, edited)
     assert page.get_by_test_id("suggestion").text_content() == ""  # no ghost away from the end
     page.keyboard.press("End")
-    assert settled(page, edited) == fresh_suggestion(target, edited)
+    want = fresh_suggestion(target, edited)
+    # the ghost comes back after the caret event reaches the page's handler: wait for it to show
+    page.wait_for_function(
+        "(w) => document.querySelector('[data-testid=suggestion]').textContent === w", arg=want, timeout=15000
+    )
+    assert settled(page, edited) == want
     page.wait_for_function(
         "(n) => document.querySelector('[data-testid=status]').textContent.includes('position ' + n)",
         arg=len(edited),

@@ -12,16 +12,21 @@ from servers import start_server
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_api_tour_runs(model_dir: Path, tmp_path: Path) -> None:
+def run_snippet(marker: str, model_dir: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """Runs the README's python block containing ``marker`` against a real server."""
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    tour = next(b for b in blocks if "CellserveServiceStub" in b)
+    snippet = next(b for b in blocks if marker in b)
     server = start_server(model_dir)
     try:
-        script = tmp_path / "tour.py"
-        script.write_text(tour.replace("127.0.0.1:50051", server.target))
-        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False)
+        script = tmp_path / "snippet.py"
+        script.write_text(snippet.replace("127.0.0.1:50051", server.target))
+        return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False)
     finally:
         server.terminate()
+
+
+def test_api_tour_runs(model_dir: Path, tmp_path: Path) -> None:
+    out = run_snippet("CellserveServiceStub", model_dir, tmp_path)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].startswith("4 [(")  # position after "def " and the top-5 distribution
@@ -29,15 +34,7 @@ def test_api_tour_runs(model_dir: Path, tmp_path: Path) -> None:
 
 
 def test_sdk_snippet_runs(model_dir: Path, tmp_path: Path) -> None:
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    snippet = next(b for b in blocks if "from cellserve_client import Client" in b)
-    server = start_server(model_dir)
-    try:
-        script = tmp_path / "sdk.py"
-        script.write_text(snippet.replace("127.0.0.1:50051", server.target))
-        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False)
-    finally:
-        server.terminate()
+    out = run_snippet("from cellserve_client import Client", model_dir, tmp_path)
     assert out.returncode == 0, out.stderr
     first, completion = out.stdout.splitlines()
     assert first.startswith("8 (("), first
@@ -45,15 +42,7 @@ def test_sdk_snippet_runs(model_dir: Path, tmp_path: Path) -> None:
 
 
 def test_suggest_snippet_runs(model_dir: Path, tmp_path: Path) -> None:
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    snippet = next(b for b in blocks if "# ranked suggestions" in b)
-    server = start_server(model_dir)
-    try:
-        script = tmp_path / "suggest.py"
-        script.write_text(snippet.replace("127.0.0.1:50051", server.target))
-        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False)
-    finally:
-        server.terminate()
+    out = run_snippet("# ranked suggestions", model_dir, tmp_path)
     assert out.returncode == 0, out.stderr
     *ranked, line = out.stdout.splitlines()
     assert 1 <= len(ranked) <= 3 and all(re.fullmatch(r"'\w+' -\d+\.\d\d", r) for r in ranked), ranked

@@ -186,6 +186,25 @@ class Settings(BaseModel):
     all replicas so a session resumes on any of them). Unset: a random per-process key;
     snapshots then resume on this process only."""
 
+    # --- handoff between replicas (README "Many replicas") -------------------------------
+    session_store: SecretStr | None = Field(default=None)
+    """Where sessions move between replicas: ``redis://[:password@]host:port/db``,
+    ``rediss://...`` (TLS; redis-py URL options such as ``?ssl_ca_certs=/path``) or
+    ``unix:///path``. Set: a draining replica writes every live session there (sealed, as its
+    snapshot), and a replica asked for a session it does not hold takes it from there under the
+    same id. Unset: no handoff. Needs ``snapshot_key`` (shared by the replicas)."""
+    session_store_password_file: Path | None = None
+    """File holding the store's password (a mounted Secret), instead of one in the URL."""
+    session_store_deployment: str = Field(default="cellserve", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    """Key space of this deployment in the store: replicas that share it hand sessions to each
+    other; another deployment on the same Redis never sees them."""
+    session_store_timeout_s: float = Field(default=0.5, gt=0, le=60)
+    """Deadline of one store call. After a failure the store is skipped for a back-off
+    (0.5 s doubling to 30 s): serving goes on without handoff while it is down."""
+    session_store_sync_s: float = Field(default=0.0, ge=0, le=86_400)
+    """Sessions idle this long are also written to the store in the background, so a replica
+    that dies without draining loses at most the typing of this interval; 0: only on drain."""
+
     # --- logging -------------------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log verbosity."""
@@ -205,6 +224,11 @@ class Settings(BaseModel):
             raise ValueError("tls_cert and tls_key go together: set both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca needs tls_cert and tls_key (client certificates need TLS)")
+        if self.session_store is not None and self.snapshot_key is None:
+            raise ValueError(
+                "session_store needs snapshot_key: replicas can only take each other's sessions "
+                "when they share the key their records are sealed with"
+            )
         if not (self.auth_enabled or self.insecure_no_auth):
             exposed = [h for h in (self.host, self.metrics_host) if not is_loopback(h)]
             if exposed:

@@ -69,6 +69,8 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--snapshot-ttl", "snapshot_ttl_s", {"metavar": "SECONDS"}),
     ("--stream-idle-timeout", "stream_idle_timeout_s", {"metavar": "SECONDS"}),
     ("--stream-max-unread", "stream_max_unread", {"metavar": "N"}),
+    ("--session-store", "session_store", {"metavar": "URL"}),
+    ("--session-store-sync-s", "session_store_sync_s", {"metavar": "SECONDS"}),
 ]
 
 

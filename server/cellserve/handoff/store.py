@@ -20,7 +20,10 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +84,15 @@ class RedisSessionStore:
     and the other redis-py URL options apply), or ``unix:///path``.
     """
 
-    def __init__(self, url: str, deployment: str, timeout_s: float = 0.5) -> None:
+    def __init__(self, url: str, deployment: str, timeout_s: float = 0.5, password: str | None = None) -> None:
         import redis.asyncio as aioredis  # only servers that turn handoff on import redis
 
         self._timeout_s = timeout_s
         self._prefix = f"{KEY_PREFIX}:{deployment}:"
+        extra: dict[str, Any] = {} if password is None else {"password": password}
         self._redis: Any = aioredis.Redis.from_url(
             url,
+            **extra,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             retry_on_timeout=False,
@@ -172,3 +177,22 @@ class RedisSessionStore:
             await self._redis.aclose()
         except Exception:  # closing a client whose server is gone
             pass
+
+
+def open_store(settings: Settings) -> RedisSessionStore | None:
+    """The store ``settings`` name (None without ``session_store``); the password comes from
+    ``session_store_password_file`` when set (a mounted Secret), else from the URL."""
+    if settings.session_store is None:
+        return None
+    password = None
+    if settings.session_store_password_file is not None:
+        try:
+            password = settings.session_store_password_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"session_store_password_file: cannot read it ({type(e).__name__})") from None
+    return RedisSessionStore(
+        settings.session_store.get_secret_value(),
+        settings.session_store_deployment,
+        settings.session_store_timeout_s,
+        password,
+    )

@@ -212,8 +212,8 @@ def check_store_secret(deployment: Doc, settings: Settings) -> list[str]:
         return []
     url = urlsplit(settings.session_store.get_secret_value())
     problems = []
-    if url.password is not None or url.username is not None:
-        problems.append(f"{ENV_PREFIX}SESSION_STORE carries credentials: a committed secret (use the password file)")
+    if url.password is not None:
+        problems.append(f"{ENV_PREFIX}SESSION_STORE carries a password: a committed secret (use the password file)")
     if settings.session_store_password_file is None:
         problems.append("the session store has no password file (a Redis without a password is open to the pods)")
     else:

@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import yaml
 from cellserve.config import ENV_PREFIX, Settings
@@ -588,21 +588,26 @@ REDIS_DEFAULT_PORT = 6379
 DNS_PORT = 53
 
 
-def store_target(docs: list[Doc], settings: Settings) -> tuple[Doc, Doc, int] | str:
-    """The Service CELLSERVE_SESSION_STORE names (in the overlay), the workload it selects and
-    the port; or why there is none. A URL naming no Service of the overlay is an external
-    Redis, which this overlay does not describe."""
-    assert settings.session_store is not None
-    url = urlsplit(settings.session_store.get_secret_value())
-    if url.scheme not in ("redis", "rediss"):
-        return f"session store {url.scheme}:// is not a network address of the overlay"
-    name, _, rest = (url.hostname or "").partition(".")
+# redis-py URL options that name a file the pod must hold (TLS to an external Redis).
+STORE_URL_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+STORE_URL_SECRET_FILES = ("ssl_keyfile",)
+
+
+def is_in_cluster(host: str) -> bool:
+    """A bare name (a Service of the namespace) or a cluster DNS name; anything else is an
+    external Redis."""
+    return "." not in host or host.endswith((".svc", ".svc.cluster.local"))
+
+
+def store_target(docs: list[Doc], host: str, port: int) -> tuple[Doc, Doc] | str:
+    """The Service of the overlay that an in-cluster store URL names, and the workload it
+    selects; or why there is none."""
+    name, _, rest = host.partition(".")
     namespace = rest.split(".")[0] if rest else APP
     services = [d for d in docs if d.get("kind") == "Service" and d["metadata"]["name"] == name]
     if not services or services[0]["metadata"].get("namespace", APP) != namespace:
-        return f"session store host {url.hostname!r} is not a Service of the overlay"
+        return f"session store host {host!r} is not a Service of the overlay"
     service = services[0]
-    port = url.port or REDIS_DEFAULT_PORT
     selector = service["spec"].get("selector", {})
     workloads = [
         d
@@ -612,23 +617,68 @@ def store_target(docs: list[Doc], settings: Settings) -> tuple[Doc, Doc, int] | 
     ]
     if len(workloads) != 1:
         return f"Service {name} selects {len(workloads)} workloads, not the one Redis"
-    return service, workloads[0], port
+    return service, workloads[0]
 
 
 def check_handoff(docs: list[Doc], settings: Settings) -> list[str]:
-    """With a session store: the Redis of the overlay (check_store_service), reachable only by
-    cellserve (check_store_network), hardened like the cellserve pods. Without one: nothing."""
+    """With a session store: the files its URL names are mounted; an in-cluster Redis is the
+    overlay's own (check_store_service), reachable only by cellserve (check_store_network) and
+    hardened like the cellserve pods; an external one is reachable (check_external_store_network).
+    Without a store: nothing."""
     if settings.session_store is None:
         return []
-    target = store_target(docs, settings)
+    url = urlsplit(settings.session_store.get_secret_value())
+    if url.scheme not in ("redis", "rediss"):
+        return [f"session store {url.scheme}:// is not a network address"]
+    problems = check_store_url_files(only(docs, "Deployment"), url.query)
+    port = url.port or REDIS_DEFAULT_PORT
+    if not is_in_cluster(url.hostname or ""):
+        return problems + check_external_store_network(docs, port)
+    target = store_target(docs, url.hostname or "", port)
     if isinstance(target, str):
-        return [target]
-    service, redis, port = target
+        return [*problems, target]
+    service, redis = target
     return (
-        check_store_service(docs, settings, service, redis, port)
+        problems
+        + check_store_service(docs, settings, service, redis, port)
         + check_store_network(docs, redis, port)
         + check_pod_security(redis, only_container(redis)["name"], writable=["/data"])
     )
+
+
+def check_store_url_files(deployment: Doc, query: str) -> list[str]:
+    """The CA, certificate and key a rediss:// URL names are files of the pod's volumes (the key
+    of a Secret's)."""
+    problems = []
+    mounts = [m["mountPath"].rstrip("/") + "/" for m in container(deployment).get("volumeMounts", [])]
+    for option, values in parse_qs(query).items():
+        if option not in STORE_URL_FILES:
+            continue
+        for path in values:
+            if option in STORE_URL_SECRET_FILES:
+                problems += check_key_file(deployment, path)
+            elif not any(path.startswith(m) for m in mounts):
+                problems.append(f"session store {option}={path} is under no volume mount")
+    return problems
+
+
+def _dns_allowed(egress: list[Doc]) -> list[str]:
+    if any(p.get("port") == DNS_PORT for rule in egress for p in rule.get("ports", [])):
+        return []
+    return ["cellserve's NetworkPolicy blocks DNS: the store's name would not resolve"]
+
+
+def check_external_store_network(docs: list[Doc], port: int) -> list[str]:
+    """cellserve may reach an address range (the provider's) on the store's port, and DNS."""
+    egress = only(docs, "NetworkPolicy", APP)["spec"].get("egress", [])
+    reaches = any(
+        rule.get("to")
+        and all(set(peer) == {"ipBlock"} for peer in rule["to"])
+        and any(p.get("port") == port for p in rule.get("ports", []))
+        for rule in egress
+    )
+    problems = [] if reaches else [f"cellserve's NetworkPolicy lets it reach no address on the store's port {port}"]
+    return problems + _dns_allowed(egress)
 
 
 def check_store_service(docs: list[Doc], settings: Settings, service: Doc, redis: Doc, port: int) -> list[str]:
@@ -711,9 +761,7 @@ def check_store_network(docs: list[Doc], redis: Doc, port: int) -> list[str]:
     )
     if not to_redis:
         problems.append("cellserve's NetworkPolicy does not let it reach Redis")
-    if not any(p.get("port") == DNS_PORT for rule in egress for p in rule.get("ports", [])):
-        problems.append("cellserve's NetworkPolicy blocks DNS: the store's name would not resolve")
-    return problems
+    return problems + _dns_allowed(egress)
 
 
 # --- the Dockerfile --------------------------------------------------------------------------

@@ -23,8 +23,9 @@ from . import k8s
 from .k8s import Doc, container, only, overlays
 
 HANDOFF = "handoff"
+EXTERNAL = "handoff-external"
 REDIS = "cellserve-redis"
-STORE_OVERLAYS = [o for o in sorted(overlays()) if o == HANDOFF]
+STORE_OVERLAYS = [HANDOFF, EXTERNAL]
 
 
 def _settings(docs: list[Doc]) -> Settings:
@@ -34,28 +35,35 @@ def _settings(docs: list[Doc]) -> Settings:
     return settings
 
 
-def test_only_the_handoff_overlay_turns_the_store_on(rendered: dict[str, list[Doc]]) -> None:
-    assert STORE_OVERLAYS == [HANDOFF]
+def test_only_the_handoff_overlays_turn_the_store_on(rendered: dict[str, list[Doc]]) -> None:
+    assert set(STORE_OVERLAYS) <= set(overlays())
     for overlay, docs in rendered.items():
         assert k8s.all_problems(docs) == [], overlay
         settings = _settings(docs)
         has_redis = any(d["metadata"]["name"] == REDIS for d in docs)
-        if overlay == HANDOFF:
-            assert settings.session_store is not None and has_redis
-        else:
-            assert settings.session_store is None and not has_redis, overlay
+        assert (settings.session_store is not None) == (overlay in STORE_OVERLAYS), overlay
+        assert has_redis == (overlay == HANDOFF), overlay
 
 
-def test_the_store_settings(rendered: dict[str, list[Doc]]) -> None:
-    docs = rendered[HANDOFF]
-    settings = _settings(docs)
+@pytest.mark.parametrize("overlay", STORE_OVERLAYS)
+def test_the_store_settings(rendered: dict[str, list[Doc]], overlay: str) -> None:
+    settings = _settings(rendered[overlay])
     assert settings.session_store is not None
-    assert settings.session_store.get_secret_value() == "redis://cellserve-redis:6379/0"
-    assert settings.session_store_password_file is not None
+    url = settings.session_store.get_secret_value()
+    if overlay == HANDOFF:
+        assert url == "redis://cellserve-redis:6379/0"
+    else:  # TLS, with the provider's CA
+        assert url.startswith("rediss://") and "ssl_ca_certs=/etc/cellserve/redis-ca/" in url
     assert settings.session_store_sync_s > 0, "a crashed pod's idle sessions are in the store"
     # The drain also writes every live session to Redis: more time than the plain gpu overlay.
     assert settings.drain_grace_s > _settings(rendered["gpu"]).drain_grace_s
-    assert k8s.all_problems(docs) == []
+    # The password from the Secret both sides mount (the in-cluster Redis reads it too).
+    assert settings.session_store_password_file is not None
+    source = k8s.secret_file_source(
+        only(rendered[overlay], "Deployment"), "cellserve", str(settings.session_store_password_file)
+    )
+    assert source == ("cellserve-redis", "password")
+    assert k8s.check_handoff(rendered[overlay], settings) == []
 
 
 def test_redis_is_reachable_only_from_cellserve_pods(rendered: dict[str, list[Doc]]) -> None:
@@ -67,17 +75,12 @@ def test_redis_is_reachable_only_from_cellserve_pods(rendered: dict[str, list[Do
     ]
 
 
-def test_the_password_comes_from_one_secret(rendered: dict[str, list[Doc]]) -> None:
-    docs = rendered[HANDOFF]
-    settings = _settings(docs)
-    assert settings.session_store_password_file is not None
-    source = k8s.secret_file_source(only(docs, "Deployment"), "cellserve", str(settings.session_store_password_file))
-    assert source == ("cellserve-redis", "password")
-    redis = only(docs, "StatefulSet", REDIS)
-    assert k8s.secret_file_source(redis, "redis", "/etc/redis/auth/password") == source
-    assert not [d for d in docs if d["kind"] == "Secret"], "the Secret is created by kubectl, never committed"
+def test_the_redis_pod_reads_the_same_secret(rendered: dict[str, list[Doc]]) -> None:
+    redis = only(rendered[HANDOFF], "StatefulSet", REDIS)
+    assert k8s.secret_file_source(redis, "redis", "/etc/redis/auth/password") == ("cellserve-redis", "password")
+    assert not [d for d in rendered[HANDOFF] if d["kind"] == "Secret"], "created by kubectl, never committed"
     text = str(container(redis, "redis"))
-    assert "requirepass" not in text and "--requirepass" not in text
+    assert "requirepass" not in text, "a password in an argument shows in the process list"
 
 
 def test_the_redis_pod_is_hardened(rendered: dict[str, list[Doc]]) -> None:
@@ -143,11 +146,31 @@ MUTATIONS: dict[str, Callable[[list[Doc]], object]] = {
 }
 
 
-@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
-def test_a_broken_handoff_overlay_is_caught(rendered: dict[str, list[Doc]], mutation: str) -> None:
-    docs = copy.deepcopy(rendered[HANDOFF])
+EXTERNAL_URL = "rediss://redis.example.com:6380/0?ssl_ca_certs="
+
+EXTERNAL_MUTATIONS: dict[str, Callable[[list[Doc]], object]] = {
+    "external unreachable": lambda d: only(d, "NetworkPolicy", "cellserve")["spec"]["egress"].pop(0),
+    "external on another port": lambda d: _cm(d).update(CELLSERVE_SESSION_STORE=EXTERNAL_URL.replace("6380", "6379")),
+    "external to every pod": lambda d: only(d, "NetworkPolicy", "cellserve")["spec"]["egress"][0].update(
+        to=[{"podSelector": {}}]
+    ),
+    "external without dns": lambda d: only(d, "NetworkPolicy", "cellserve")["spec"]["egress"].pop(1),
+    "ca not mounted": lambda d: _cm(d).update(CELLSERVE_SESSION_STORE=EXTERNAL_URL + "/etc/ssl/other/ca.crt"),
+    "client key not a secret": lambda d: _cm(d).update(
+        CELLSERVE_SESSION_STORE=EXTERNAL_URL + "/etc/cellserve/redis-ca/ca.crt&ssl_keyfile=/etc/cellserve/redis-ca/k"
+    ),
+    "external password in the url": lambda d: _cm(d).update(
+        CELLSERVE_SESSION_STORE="rediss://:hunter2@redis.example.com:6380/0"
+    ),
+}
+BROKEN = [(HANDOFF, m) for m in sorted(MUTATIONS)] + [(EXTERNAL, m) for m in sorted(EXTERNAL_MUTATIONS)]
+
+
+@pytest.mark.parametrize(("overlay", "mutation"), BROKEN)
+def test_a_broken_handoff_overlay_is_caught(rendered: dict[str, list[Doc]], overlay: str, mutation: str) -> None:
+    docs = copy.deepcopy(rendered[overlay])
     assert k8s.all_problems(docs) == []
-    MUTATIONS[mutation](docs)
+    {**MUTATIONS, **EXTERNAL_MUTATIONS}[mutation](docs)
     assert k8s.all_problems(docs), f"{mutation}: not caught"
 
 

@@ -599,7 +599,7 @@ def is_in_cluster(host: str) -> bool:
     return "." not in host or host.endswith((".svc", ".svc.cluster.local"))
 
 
-def store_target(docs: list[Doc], host: str, port: int) -> tuple[Doc, Doc] | str:
+def store_target(docs: list[Doc], host: str) -> tuple[Doc, Doc] | str:
     """The Service of the overlay that an in-cluster store URL names, and the workload it
     selects; or why there is none."""
     name, _, rest = host.partition(".")
@@ -634,7 +634,7 @@ def check_handoff(docs: list[Doc], settings: Settings) -> list[str]:
     port = url.port or REDIS_DEFAULT_PORT
     if not is_in_cluster(url.hostname or ""):
         return problems + check_external_store_network(docs, port)
-    target = store_target(docs, url.hostname or "", port)
+    target = store_target(docs, url.hostname or "")
     if isinstance(target, str):
         return [*problems, target]
     service, redis = target
@@ -731,10 +731,13 @@ def check_store_network(docs: list[Doc], redis: Doc, port: int) -> list[str]:
     container_port = only_container(redis)["ports"][0]
     allowed_ports = {container_port["containerPort"], container_port.get("name")}
     problems = []
+    # Every policy that selects the Redis pods (an empty podSelector selects every pod): their
+    # rules add up, so each must admit only cellserve.
     policies = [
         d["spec"]
         for d in docs
-        if d.get("kind") == "NetworkPolicy" and _matches(d["spec"]["podSelector"].get("matchLabels", {}), redis_labels)
+        if d.get("kind") == "NetworkPolicy"
+        and (not d["spec"]["podSelector"] or _matches(d["spec"]["podSelector"].get("matchLabels", {}), redis_labels))
     ]
     if not policies:
         problems.append("no NetworkPolicy selects the Redis pods: every pod in the cluster may reach them")

@@ -121,6 +121,9 @@ MUTATIONS: dict[str, Callable[[list[Doc]], object]] = {
     "redis on every port": lambda d: _redis_policy(d)["ingress"][0].pop("ports"),
     "redis may connect out": lambda d: _redis_policy(d).update(egress=[{}]),
     "no redis policy": lambda d: d.remove(only(d, "NetworkPolicy", REDIS)),
+    "a namespace-wide allow": lambda d: d.append(
+        {"kind": "NetworkPolicy", "metadata": {"name": "allow-all"}, "spec": {"podSelector": {}, "ingress": [{}]}}
+    ),
     "cellserve cannot reach redis": lambda d: only(d, "NetworkPolicy", "cellserve")["spec"]["egress"].pop(0),
     "cellserve without dns": lambda d: only(d, "NetworkPolicy", "cellserve")["spec"]["egress"].pop(1),
     "password in the url": lambda d: _cm(d).update(CELLSERVE_SESSION_STORE="redis://:hunter2@cellserve-redis:6379/0"),

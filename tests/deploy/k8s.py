@@ -9,6 +9,7 @@ is read from the code: ``cellserve.config.Settings`` (names, defaults, validatio
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import shutil
@@ -18,6 +19,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import yaml
 from cellserve.config import ENV_PREFIX, Settings
@@ -31,6 +33,8 @@ DOCKERFILE = REPO / "Dockerfile"
 SESSIONS_METRIC = "cellserve_active_sessions"
 # The header the SDK sets on every call of a session (issue 4); Istio hashes on it.
 SESSION_HEADER = "x-session-id"
+# The name of cellserve's own objects (Deployment, Service, NetworkPolicy, ...) and pod label.
+APP = "cellserve"
 # Kinds that are not built into Kubernetes: kubernetes-validate has no schema for them.
 CRD_KINDS = {"ServiceMonitor", "DestinationRule"}
 
@@ -99,9 +103,11 @@ def render(command: list[str], path: Path) -> list[Doc]:
 # --- finding things in a rendered overlay ---------------------------------------------------
 
 
-def only(docs: Iterable[Doc], kind: str) -> Doc:
-    found = [d for d in docs if d.get("kind") == kind]
-    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+def only(docs: Iterable[Doc], kind: str, name: str | None = None) -> Doc:
+    """The one object of ``kind`` (named ``name``, where an overlay has several of that kind:
+    the handoff overlay adds Redis' own Service and NetworkPolicy)."""
+    found = [d for d in docs if d.get("kind") == kind and name in (None, d["metadata"]["name"])]
+    assert len(found) == 1, f"expected one {kind}{f' named {name}' if name else ''}, found {len(found)}"
     return found[0]
 
 
@@ -179,12 +185,40 @@ def effective_settings(docs: list[Doc]) -> tuple[Settings | None, list[str]]:
         return None, [*problems, f"`cellserve serve` rejects the container args {c.get('args')}"]
     if args.snapshot_key_file is not None:
         problems += check_key_file(deployment, str(args.snapshot_key_file))
-        args.snapshot_key_file = None  # lives in the pod's Secret volume, checked above
+        # The key lives in the pod's Secret volume (checked above); a stand-in file lets the
+        # server validate what depends on it being set (a session store needs a key).
+        args.snapshot_key_file = snapshot_key_stand_in()
     try:
         settings = settings_from_args(args, environ=env)
     except SettingsError as e:
         return None, [*problems, f"the server rejects the settings: {e}"]
-    return settings, problems + check_auth(deployment, settings)
+    return settings, problems + check_auth(deployment, settings) + check_store_secret(deployment, settings)
+
+
+SNAPSHOT_KEY_STAND_IN = "stand-in for the snapshot key the pod reads from its Secret"
+
+
+@functools.cache
+def snapshot_key_stand_in() -> Path:
+    path = Path(tempfile.mkdtemp()) / "snapshot-key"
+    path.write_text(SNAPSHOT_KEY_STAND_IN)
+    return path
+
+
+def check_store_secret(deployment: Doc, settings: Settings) -> list[str]:
+    """The session store's password comes from a Secret file, never from the ConfigMap: a
+    password in CELLSERVE_SESSION_STORE would be a secret committed to git."""
+    if settings.session_store is None:
+        return []
+    url = urlsplit(settings.session_store.get_secret_value())
+    problems = []
+    if url.password is not None:
+        problems.append(f"{ENV_PREFIX}SESSION_STORE carries a password: a committed secret (use the password file)")
+    if settings.session_store_password_file is None:
+        problems.append("the session store has no password file (a Redis without a password is open to the pods)")
+    else:
+        problems += check_key_file(deployment, str(settings.session_store_password_file))
+    return problems
 
 
 def check_auth(deployment: Doc, settings: Settings) -> list[str]:
@@ -196,21 +230,27 @@ def check_auth(deployment: Doc, settings: Settings) -> list[str]:
 
 def check_key_file(deployment: Doc, path: str) -> list[str]:
     """A secret file (--snapshot-key-file, the tokens file) must be a key of a mounted Secret volume."""
-    spec = deployment["spec"]["template"]["spec"]
+    source = secret_file_source(deployment, "cellserve", path)
+    return [source] if isinstance(source, str) else []
+
+
+def secret_file_source(workload: Doc, container_name: str, path: str) -> tuple[str, str] | str:
+    """(Secret name, key) of the file at ``path`` in a container, or why it is not a Secret's."""
+    spec = workload["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
-    for mount in container(deployment).get("volumeMounts", []):
+    for mount in container(workload, container_name).get("volumeMounts", []):
         prefix = mount["mountPath"].rstrip("/") + "/"
         if not path.startswith(prefix):
             continue
         secret = volumes.get(mount["name"], {}).get("secret")
         if secret is None:
-            return [f"secret file {path} is not in a Secret volume"]
+            return f"secret file {path} is not in a Secret volume"
         items = {i["path"]: i["key"] for i in secret.get("items", [])}
         rel = path[len(prefix) :]
         if items and rel not in items:
-            return [f"secret file {path}: Secret volume {mount['name']} projects no {rel!r}"]
-        return []
-    return [f"secret file {path} is under no volume mount"]
+            return f"secret file {path}: Secret volume {mount['name']} projects no {rel!r}"
+        return secret["secretName"], items.get(rel, rel)
+    return f"secret file {path} is under no volume mount"
 
 
 # --- ports, probes, drain -------------------------------------------------------------------
@@ -223,7 +263,7 @@ def check_ports(docs: list[Doc], settings: Settings) -> list[str]:
     expected = {"grpc": settings.port, "metrics": settings.metrics_port}
     if ports != expected:
         problems.append(f"container ports {ports} != the server's {expected}")
-    service = only(docs, "Service")
+    service = only(docs, "Service", APP)
     for sp in service["spec"]["ports"]:
         target = sp.get("targetPort", sp["port"])
         resolved = ports.get(target) if isinstance(target, str) else target
@@ -400,13 +440,13 @@ def _matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
 def check_selectors(docs: list[Doc]) -> list[str]:
     deployment = only(docs, "Deployment")
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
-    service = only(docs, "Service")
+    service = only(docs, "Service", APP)
     problems = []
     selectors = {
         "Deployment": deployment["spec"]["selector"]["matchLabels"],
         "Service": service["spec"]["selector"],
         "PodDisruptionBudget": only(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
-        "NetworkPolicy": only(docs, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"],
+        "NetworkPolicy": only(docs, "NetworkPolicy", APP)["spec"]["podSelector"]["matchLabels"],
     }
     for kind, selector in selectors.items():
         if not _matches(selector, pod_labels):
@@ -425,7 +465,7 @@ def check_selectors(docs: list[Doc]) -> list[str]:
 
 
 def check_network_policy(docs: list[Doc]) -> list[str]:
-    policy = only(docs, "NetworkPolicy")["spec"]
+    policy = only(docs, "NetworkPolicy", APP)["spec"]
     c = container(only(docs, "Deployment"))
     by_name = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
     names = set(by_name) | set(by_name.values())
@@ -468,9 +508,14 @@ def check_autoscaling(docs: list[Doc], settings: Settings) -> list[str]:
 
 
 def check_security(docs: list[Doc]) -> list[str]:
-    deployment = only(docs, "Deployment")
-    spec = deployment["spec"]["template"]["spec"]
-    c = container(deployment)
+    return check_pod_security(only(docs, "Deployment"), "cellserve", writable=["/tmp"])
+
+
+def check_pod_security(workload: Doc, container_name: str, writable: list[str]) -> list[str]:
+    """Non-root, read-only root filesystem with an emptyDir for each ``writable`` path, no
+    privilege escalation, no capabilities, seccomp RuntimeDefault, no API token, resources."""
+    spec = workload["spec"]["template"]["spec"]
+    c = container(workload, container_name)
     sc = c.get("securityContext", {})
     psc = spec.get("securityContext", {})
     problems = []
@@ -487,13 +532,33 @@ def check_security(docs: list[Doc]) -> list[str]:
     if (sc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
         problems.append("seccomp profile is not RuntimeDefault")
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
-    tmp = [m for m in c.get("volumeMounts", []) if m["mountPath"] == "/tmp"]
-    if not tmp or "emptyDir" not in volumes.get(tmp[0]["name"], {}):
-        problems.append("no writable emptyDir at /tmp")
+    for path in writable:
+        mount = [m for m in c.get("volumeMounts", []) if m["mountPath"] == path]
+        if not mount or "emptyDir" not in volumes.get(mount[0]["name"], {}):
+            problems.append(f"no writable emptyDir at {path}")
     resources = c.get("resources", {})
     if not resources.get("requests") or not resources.get("limits"):
         problems.append("resources lack requests or limits")
     return problems
+
+
+def all_problems(docs: list[Doc]) -> list[str]:
+    """Every cross-check of an overlay but the probes' (those start a server)."""
+    settings, problems = effective_settings(docs)
+    if settings is None:
+        return problems
+    return (
+        problems
+        + check_ports(docs, settings)
+        + check_drain(docs, settings)
+        + check_autoscaling(docs, settings)
+        + check_selectors(docs)
+        + check_network_policy(docs)
+        + check_service_links(docs)
+        + check_security(docs)
+        + check_no_committed_secret(docs)
+        + check_handoff(docs, settings)
+    )
 
 
 def check_no_committed_secret(docs: list[Doc]) -> list[str]:
@@ -505,7 +570,7 @@ def check_no_committed_secret(docs: list[Doc]) -> list[str]:
 
 
 def check_destination_rule(docs: list[Doc]) -> list[str]:
-    service = only(docs, "Service")
+    service = only(docs, "Service", APP)
     host = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local"
     rule = only(docs, "DestinationRule")["spec"]
     problems = []
@@ -515,6 +580,191 @@ def check_destination_rule(docs: list[Doc]) -> list[str]:
     if header != SESSION_HEADER:
         problems.append(f"DestinationRule hashes on {header!r}, not {SESSION_HEADER!r}")
     return problems
+
+
+# --- the session store (Redis handoff, issue 23) ---------------------------------------------
+
+REDIS_DEFAULT_PORT = 6379
+DNS_PORT = 53
+
+
+# redis-py URL options that name a file the pod must hold (TLS to an external Redis).
+STORE_URL_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+STORE_URL_SECRET_FILES = ("ssl_keyfile",)
+
+
+def is_in_cluster(host: str) -> bool:
+    """A bare name (a Service of the namespace) or a cluster DNS name; anything else is an
+    external Redis."""
+    return "." not in host or host.endswith((".svc", ".svc.cluster.local"))
+
+
+def store_target(docs: list[Doc], host: str) -> tuple[Doc, Doc] | str:
+    """The Service of the overlay that an in-cluster store URL names, and the workload it
+    selects; or why there is none."""
+    name, _, rest = host.partition(".")
+    namespace = rest.split(".")[0] if rest else APP
+    services = [d for d in docs if d.get("kind") == "Service" and d["metadata"]["name"] == name]
+    if not services or services[0]["metadata"].get("namespace", APP) != namespace:
+        return f"session store host {host!r} is not a Service of the overlay"
+    service = services[0]
+    selector = service["spec"].get("selector", {})
+    workloads = [
+        d
+        for d in docs
+        if d.get("kind") in ("StatefulSet", "Deployment")
+        and _matches(selector, d["spec"]["template"]["metadata"].get("labels", {}))
+    ]
+    if len(workloads) != 1:
+        return f"Service {name} selects {len(workloads)} workloads, not the one Redis"
+    return service, workloads[0]
+
+
+def check_handoff(docs: list[Doc], settings: Settings) -> list[str]:
+    """With a session store: the files its URL names are mounted; an in-cluster Redis is the
+    overlay's own (check_store_service), reachable only by cellserve (check_store_network) and
+    hardened like the cellserve pods; an external one is reachable (check_external_store_network).
+    Without a store: nothing."""
+    if settings.session_store is None:
+        return []
+    url = urlsplit(settings.session_store.get_secret_value())
+    if url.scheme not in ("redis", "rediss"):
+        return [f"session store {url.scheme}:// is not a network address"]
+    problems = check_store_url_files(only(docs, "Deployment"), url.query)
+    port = url.port or REDIS_DEFAULT_PORT
+    if not is_in_cluster(url.hostname or ""):
+        return problems + check_external_store_network(docs, port)
+    target = store_target(docs, url.hostname or "")
+    if isinstance(target, str):
+        return [*problems, target]
+    service, redis = target
+    return (
+        problems
+        + check_store_service(docs, settings, service, redis, port)
+        + check_store_network(docs, redis, port)
+        + check_pod_security(redis, only_container(redis)["name"], writable=["/data"])
+    )
+
+
+def check_store_url_files(deployment: Doc, query: str) -> list[str]:
+    """The CA, certificate and key a rediss:// URL names are files of the pod's volumes (the key
+    of a Secret's)."""
+    problems = []
+    mounts = [m["mountPath"].rstrip("/") + "/" for m in container(deployment).get("volumeMounts", [])]
+    for option, values in parse_qs(query).items():
+        if option not in STORE_URL_FILES:
+            continue
+        for path in values:
+            if option in STORE_URL_SECRET_FILES:
+                problems += check_key_file(deployment, path)
+            elif not any(path.startswith(m) for m in mounts):
+                problems.append(f"session store {option}={path} is under no volume mount")
+    return problems
+
+
+def _dns_allowed(egress: list[Doc]) -> list[str]:
+    if any(p.get("port") == DNS_PORT for rule in egress for p in rule.get("ports", [])):
+        return []
+    return ["cellserve's NetworkPolicy blocks DNS: the store's name would not resolve"]
+
+
+def check_external_store_network(docs: list[Doc], port: int) -> list[str]:
+    """cellserve may reach an address range (the provider's) on the store's port, and DNS."""
+    egress = only(docs, "NetworkPolicy", APP)["spec"].get("egress", [])
+    reaches = any(
+        rule.get("to")
+        and all(set(peer) == {"ipBlock"} for peer in rule["to"])
+        and any(p.get("port") == port for p in rule.get("ports", []))
+        for rule in egress
+    )
+    problems = [] if reaches else [f"cellserve's NetworkPolicy lets it reach no address on the store's port {port}"]
+    return problems + _dns_allowed(egress)
+
+
+def check_store_service(docs: list[Doc], settings: Settings, service: Doc, redis: Doc, port: int) -> list[str]:
+    """CELLSERVE_SESSION_STORE's port is one the Redis Service serves and it reaches the Redis
+    container; one Redis pod at most (a StatefulSet of 1: never two stores splitting a drain's
+    writes from the takes after it); Redis and cellserve read the password from one Secret key."""
+    problems = []
+    redis_container = only_container(redis)
+    container_ports = {p["name"]: p["containerPort"] for p in redis_container.get("ports", [])}
+    service_ports = [p for p in service["spec"]["ports"] if p["port"] == port]
+    if not service_ports:
+        problems.append(f"Service {service['metadata']['name']} has no port {port} (the store URL's)")
+    else:
+        target_port = service_ports[0].get("targetPort", port)
+        if container_ports.get(target_port, target_port) not in container_ports.values():
+            problems.append(
+                f"Service port {port} targets {target_port!r}, which the Redis container does not listen on"
+            )
+    if redis["kind"] != "StatefulSet" or redis["spec"].get("replicas", 1) != 1:
+        problems.append("Redis is not a StatefulSet of one pod (two stores would split the handoff)")
+    if settings.session_store_password_file is not None:
+        ours = secret_file_source(only(docs, "Deployment"), "cellserve", str(settings.session_store_password_file))
+        secrets = {
+            (v["secret"]["secretName"], i["key"])
+            for v in redis["spec"]["template"]["spec"].get("volumes", [])
+            if "secret" in v
+            for i in v["secret"].get("items", [])
+        }
+        if ours not in secrets:
+            problems.append(f"cellserve's store password {ours} is not a Secret key the Redis pod mounts {secrets}")
+    return problems
+
+
+def only_container(workload: Doc) -> Doc:
+    containers: list[Doc] = workload["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1, f"{workload['metadata']['name']}: expected one container"
+    return containers[0]
+
+
+def _selects(peer_selector: Doc, labels: Mapping[str, str]) -> bool:
+    """A podSelector of only matchLabels that selects ``labels`` (an empty one selects every pod)."""
+    return set(peer_selector) == {"matchLabels"} and _matches(peer_selector["matchLabels"], labels)
+
+
+def check_store_network(docs: list[Doc], redis: Doc, port: int) -> list[str]:
+    """Redis is reachable from the cellserve pods only, on its port, and opens no connections;
+    cellserve's own policy lets it reach Redis (and the DNS that resolves its name)."""
+    redis_labels = redis["spec"]["template"]["metadata"]["labels"]
+    cellserve_labels = only(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    container_port = only_container(redis)["ports"][0]
+    allowed_ports = {container_port["containerPort"], container_port.get("name")}
+    problems = []
+    # Every policy that selects the Redis pods (an empty podSelector selects every pod): their
+    # rules add up, so each must admit only cellserve.
+    policies = [
+        d["spec"]
+        for d in docs
+        if d.get("kind") == "NetworkPolicy"
+        and (not d["spec"]["podSelector"] or _matches(d["spec"]["podSelector"].get("matchLabels", {}), redis_labels))
+    ]
+    if not policies:
+        problems.append("no NetworkPolicy selects the Redis pods: every pod in the cluster may reach them")
+    for policy in policies:
+        if not {"Ingress", "Egress"} <= set(policy.get("policyTypes", [])):
+            problems.append(f"the Redis NetworkPolicy leaves {policy.get('policyTypes')} unrestricted")
+        if policy.get("egress"):
+            problems.append("the Redis NetworkPolicy lets Redis open connections")
+        for rule in policy.get("ingress", []):
+            peers = rule.get("from", [])
+            if not peers:
+                problems.append("the Redis NetworkPolicy admits every source")
+            for peer in peers:
+                if set(peer) != {"podSelector"} or not _selects(peer["podSelector"], cellserve_labels):
+                    problems.append(f"the Redis NetworkPolicy admits {peer}, not only the cellserve pods")
+            ports = [p.get("port") for p in rule.get("ports", [])]
+            if not ports or not set(ports) <= allowed_ports:
+                problems.append(f"the Redis NetworkPolicy admits ports {ports or 'all'}, not only {port}")
+    egress = only(docs, "NetworkPolicy", APP)["spec"].get("egress", [])
+    to_redis = any(
+        any(set(peer) == {"podSelector"} and _selects(peer["podSelector"], redis_labels) for peer in rule.get("to", []))
+        and (not rule.get("ports") or any(p.get("port") in allowed_ports for p in rule["ports"]))
+        for rule in egress
+    )
+    if not to_redis:
+        problems.append("cellserve's NetworkPolicy does not let it reach Redis")
+    return problems + _dns_allowed(egress)
 
 
 # --- the Dockerfile --------------------------------------------------------------------------

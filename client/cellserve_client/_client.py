@@ -16,6 +16,7 @@ from ._session import AsyncSession, Transport
 from ._types import AppendOptions, FailoverPolicy, GateInspection, ModelInfo
 
 DEFAULT_TARGET = "localhost:50051"
+DEFAULT_FAILOVER = FailoverPolicy()
 T = TypeVar("T")
 
 
@@ -31,7 +32,7 @@ class AsyncClient:
     ``timeout`` (seconds, None: no limit) bounds every wait for an answer. ``options`` are
     extra gRPC channel options. ``transport``: "stream" (one bidirectional stream per session,
     at most ``max_outstanding`` unanswered requests) or "unary". ``failover`` configures
-    snapshots and retries (``FailoverPolicy``).
+    snapshots and retries (``FailoverPolicy``); None turns both off.
     """
 
     def __init__(
@@ -46,7 +47,7 @@ class AsyncClient:
         timeout: float | None = 30.0,
         options: Sequence[tuple[str, Any]] = (),
         transport: Transport = "stream",
-        failover: FailoverPolicy | None = None,
+        failover: FailoverPolicy | None = DEFAULT_FAILOVER,
         max_outstanding: int = 32,
     ) -> None:
         if transport not in ("stream", "unary"):
@@ -62,7 +63,7 @@ class AsyncClient:
             max_outstanding=max_outstanding,
         )
         self._transport: Transport = transport
-        self._policy = failover or FailoverPolicy()
+        self._policy = FailoverPolicy.of(failover)
         self._sessions: set[AsyncSession] = set()
         self._closed = False
 

@@ -188,7 +188,10 @@ class FailoverPolicy:
     ``snapshot_every_s`` seconds (None disables that trigger; a snapshot costs one call and
     bounds how much text a failover replays). On failover it tries the targets in turn,
     starting with the current one, at most ``max_attempts`` times, sleeping an exponentially
-    growing, fully jittered delay between attempts.
+    growing, fully jittered delay between attempts (at least the server's retry hint, when
+    it sent one). Only failures another try can fix are retried: an unreachable or draining
+    server, a lost session, a model another replica has. ``enabled=False`` (or
+    ``failover=None`` on the client) turns all of it off.
     """
 
     enabled: bool = True
@@ -199,6 +202,12 @@ class FailoverPolicy:
     snapshot_every_s: float | None = 30.0
     snapshots_kept: int = 4  # older snapshots serve rewinds that go back past the newest one
     max_append_chars: int = 4096  # the server's max_append_chars: longer text goes in pieces
+
+    @classmethod
+    def of(cls, failover: FailoverPolicy | None) -> FailoverPolicy:
+        """The policy a client's ``failover`` argument names: None turns failover and every
+        retry off (one attempt, errors raised as they come)."""
+        return cls(enabled=False, max_attempts=1) if failover is None else failover
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:

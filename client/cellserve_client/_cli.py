@@ -139,15 +139,32 @@ class Typer:
         typed) and returns the new suggestion."""
         with self._lock:
             common = os.path.commonprefix([self.line, text])
-            if len(self.line) > len(common):
-                self.session.rewind(len(self.line) - len(common))
+            deleted = len(self.line) - len(common)
             if len(text) > len(common):
+                if deleted:
+                    self.session.rewind(deleted)
                 self.prediction = self.session.append(text[len(common) :])
+            elif deleted:
+                self._rewind_to(common, deleted)
             self.line = text
             self.choice = -1
             stream = self.session.complete(max_chars=self.suggest_chars, stop=("\n",))
             self.suggestion = "".join(c.text for c in stream).split("\n")[0]
             return self.suggestion
+
+    def _rewind_to(self, kept: str, deleted: int) -> None:
+        """A pure deletion: the rewind answers no prediction, so the last kept character is
+        rewound too and appended again (the rewind restores its state exactly), and the
+        toolbar shows the probabilities after the text now on screen, not the deleted text's.
+        Before the line comes the newline that ended the previous one; at the very start of
+        the session there is nothing to re-read, and no prediction to show."""
+        position = self.session.position - deleted
+        if position == 0:
+            self.session.rewind(deleted)
+            self.prediction = None
+            return
+        self.session.rewind(deleted + 1)
+        self.prediction = self.session.append(kept[-1] if kept else "\n")
 
     def cycle(self) -> str:
         """The next ranked suggestion for the current word (asked for once per text), as the

@@ -180,3 +180,31 @@ def test_trace_gates_are_probabilities(model_dir: Path, name: str) -> None:
         assert all(0.0 < g.mean < 1.0 for layer in r.layers for g in layer)
         probs = [p for _, p in r.top]
         assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
+
+
+def test_eval_says_what_it_does_and_times_the_whole_command(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each slow step before the first progress bar is announced on stderr, and the reported
+    time counts from the command's start (a slow model load counts)."""
+    import time
+
+    import cellserve.cli as cli
+
+    f = tmp_path / "sample.py"
+    f.write_text("import os\n" * 5)
+    slow_load = cli._load_models
+
+    def load(*args: object) -> object:
+        time.sleep(1.5)
+        return slow_load(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cli, "_load_models", load)
+    out_json = tmp_path / "report.json"
+    argv = ["eval", "--model-dir", str(model_dir), "--model", "tiny-lstm", str(f), "--baseline-corpus", str(f)]
+    assert main([*argv, "--json", str(out_json)]) == 0
+    err = capsys.readouterr().err
+    assert "eval: loading the models (0 s)" in err and "eval: building the trie baseline" in err
+    assert json.loads(out_json.read_text())["seconds"] >= 1.5
+    assert main([*argv, "--no-progress"]) == 0
+    assert "eval:" not in capsys.readouterr().err

@@ -151,8 +151,15 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
 
 def _run_eval(a: argparse.Namespace) -> int:
     import json
+    import time
 
     from .evaluation import WordTrie, evaluate, read_texts, trie_prefixes
+
+    started = time.perf_counter()  # the report's time is the command's, loading included
+
+    def stage(what: str) -> None:  # the slow steps before the first progress bar say so
+        if not a.no_progress:
+            print(f"eval: {what} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
 
     if a.top < 1 or a.beam_width < a.top:
         raise _fail("eval", "--top must be at least 1 and --beam-width at least --top")
@@ -162,6 +169,7 @@ def _run_eval(a: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(a.threads)
+    stage("loading the models")
     models = _load_models("eval", a.model_dir, a.model)
     parts: dict[str, str] = {}
     try:
@@ -171,6 +179,7 @@ def _run_eval(a: argparse.Namespace) -> int:
         if a.validation or not a.files or not a.baseline_corpus:
             from .nn.corpus import load_default_corpus
 
+            stage("reading the default corpus (the trie baseline and the held-out packages)")
             corpus = load_default_corpus()
         if a.validation or not a.files:
             assert corpus is not None
@@ -186,17 +195,21 @@ def _run_eval(a: argparse.Namespace) -> int:
         raise _fail("eval", str(e)) from None
     from .train import compressor_bits
 
+    stage("building the trie baseline")
     wanted = set().union(*(trie_prefixes(t) for t in parts.values()))
+    trie = WordTrie.from_text(trie_text, only=wanted)
+    stage("compressing with bzip2 and xz, then scoring")
     report = evaluate(
         models,
         parts,
-        WordTrie.from_text(trie_text, only=wanted),
+        trie,
         baseline,
         compressor_bits,
         max_chars=a.max_chars,
         top_n=a.top,
         width=a.beam_width,
         show_progress=not a.no_progress,
+        started=started,
     )
     as_json = json.dumps(report.as_dict(), indent=2)
     if a.json is not None and str(a.json) == "-":

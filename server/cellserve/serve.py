@@ -84,7 +84,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         "--snapshot-key-file",
         type=Path,
         default=None,
-        help=f"file holding the HMAC key for snapshot blobs (or set {SNAPSHOT_KEY_ENV}); unset: a per-process key",
+        help=f"file holding the key that seals snapshot blobs (AES-256-GCM; HKDF-derived) (or set {SNAPSHOT_KEY_ENV}); unset: a per-process key",
     )
     p.add_argument(
         "--set",

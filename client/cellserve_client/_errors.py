@@ -197,6 +197,34 @@ def _metadata_int(metadata: Iterable[tuple[str, Any]] | None, key: str) -> int |
 SERVER_INTERNAL_MESSAGE = "internal error; the server logged the details"
 
 
+# What gRPC core reports when the two ends disagree about TLS, and what it means. Neither end
+# can tell the other in words (no call exists yet), so the client reads the handshake error.
+_TLS_HINTS: tuple[tuple[str, str], ...] = (
+    (
+        "WRONG_VERSION_NUMBER",
+        "this client speaks TLS but the server answered in plaintext: connect without tls= (or "
+        "start the server with --tls-cert/--tls-key)",
+    ),
+    (
+        "CERTIFICATE_VERIFY_FAILED",
+        "the server's certificate is not signed by a CA this client trusts: pass that CA as tls='ca.pem'",
+    ),
+    (
+        "Socket closed",
+        "the server closed the connection while it was being set up: a TLS server does that to a "
+        "plaintext client (pass tls='ca.pem'), an mTLS server to a client without a certificate "
+        "(pass client_cert= and client_key=); or the server went away",
+    ),
+)
+
+
+def connection_hint(details: str) -> str | None:
+    """The likely cause of a failed connection, read from gRPC core's words (TLS mismatches)."""
+    if "failed to connect" not in details:
+        return None
+    return next((hint for marker, hint in _TLS_HINTS if marker in details), None)
+
+
 def from_rpc_error(err: grpc.RpcError, *, not_found: type[NotFound] = SessionNotFound) -> CellserveError:
     """The exception for a failed call; reads the retry hint and the expected offset from the
     trailing metadata, where the server puts them.
@@ -208,6 +236,9 @@ def from_rpc_error(err: grpc.RpcError, *, not_found: type[NotFound] = SessionNot
     details = err.details() if callable(getattr(err, "details", None)) else None
     if code == grpc.StatusCode.INTERNAL and details != SERVER_INTERNAL_MESSAGE:
         return Unavailable(f"connection failed: {details or 'internal transport error'}", code=code.name)
+    hint = connection_hint(details or "") if code == grpc.StatusCode.UNAVAILABLE else None
+    if hint is not None:
+        details = f"{hint} ({details})"
     trailing = err.trailing_metadata() if callable(getattr(err, "trailing_metadata", None)) else None
     return from_code(
         code,

@@ -84,8 +84,9 @@
         if (msg.seq !== rankedSeq) return;
         showRanked(msg.items);
         break;
-      case "status":
-        serverState = msg.state === "ok" ? "ok" : "server lost, reconnecting: " + msg.message;
+      case "status": // the backend lost cellserve (or never reached it) and retries with backoff
+        serverState = msg.state === "ok" ? "ok" : "reconnecting · " + msg.message;
+        if (msg.state === "ok") errorText = "";
         break;
       case "error":
         errorText = msg.code + ": " + msg.message;

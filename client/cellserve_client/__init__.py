@@ -73,6 +73,7 @@ from ._types import (
     Prediction,
     SessionInfo,
     Suggestion,
+    TrackedUnit,
     UnitGate,
 )
 
@@ -110,6 +111,7 @@ __all__ = [
     "SessionNotFound",
     "Suggestion",
     "Timeout",
+    "TrackedUnit",
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",

@@ -25,6 +25,7 @@ from ._types import (
     SessionInfo,
     Suggestion,
     SuggestOptions,
+    TrackedUnit,
     UnitGate,
 )
 
@@ -94,6 +95,9 @@ def gate_inspection(r: svc.InspectGatesResponse) -> GateInspection:
                 top=_top(c.next),
             )
             for c in r.characters
+        ),
+        tracked=tuple(
+            TrackedUnit(u.layer, u.unit, u.feature, u.label, u.correlation, tuple(u.values)) for u in r.tracked_units
         ),
     )
 

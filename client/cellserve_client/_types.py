@@ -91,13 +91,31 @@ class CharacterGates:
 
 
 @dataclass(frozen=True)
+class TrackedUnit:
+    """A unit whose state tracks something readable in the text (``feature``: "in_string",
+    "in_comment", "bracket_depth", "indent" or "column"; ``label`` says it in words), found
+    offline on the training corpus (Pearson's ``correlation`` there), and its state after each
+    reported character (LSTM: cell state c; GRU: hidden state h)."""
+
+    layer: int
+    unit: int
+    feature: str
+    label: str
+    correlation: float
+    values: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class GateInspection:
-    """``AsyncClient.inspect_gates``: the reported characters start at ``first_index`` of the text."""
+    """``AsyncClient.inspect_gates``: the reported characters start at ``first_index`` of the
+    text; ``tracked`` are the model's units that track the text (empty when the server has
+    none stored for the model: ``cellserve units`` writes them)."""
 
     model: str
     cell: Cell
     first_index: int
     characters: tuple[CharacterGates, ...]
+    tracked: tuple[TrackedUnit, ...] = ()
 
 
 @dataclass(frozen=True)

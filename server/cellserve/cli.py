@@ -236,6 +236,7 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
 def _run_inspect(a: argparse.Namespace) -> int:
     from .inspection import format_table, trace, write_heatmap
+    from .units import format_units, read_units, unit_traces
 
     if not a.text:
         raise _fail("inspect", "the text is empty")
@@ -243,11 +244,15 @@ def _run_inspect(a: argparse.Namespace) -> int:
         raise _fail("inspect", "--top-k must be at least 1")
     (loaded,) = _load_models("inspect", a.model_dir, [a.model] if a.model else [])
     rows = trace(loaded, a.text, a.top_k)
+    units = read_units(loaded)  # models/<name>/units.json, written by `cellserve units`
+    tracked = list(zip(units, unit_traces(loaded, a.text, 0, units), strict=True))
     print(f"model {loaded.spec.name} ({loaded.spec.cell}, {loaded.spec.layers}x{loaded.spec.hidden})")
     print(format_table(rows, loaded.spec.cell))
+    if units:
+        print("\nunits that track the text (state along it in the PNG):\n" + format_units(units))
     if a.png:
         try:
-            write_heatmap(rows, loaded.spec.cell, loaded.spec.name, a.png)
+            write_heatmap(rows, loaded.spec.cell, loaded.spec.name, a.png, tracked)
         except RuntimeError as e:
             raise _fail("inspect", str(e)) from None
         except (OSError, ValueError) as e:  # ValueError: an image format matplotlib does not write
@@ -284,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_inspect(sub)
+    __import__("cellserve.units_cli", fromlist=["add_units_parser"]).add_units_parser(sub)
     _add_token(sub)
     from .serve import add_serve_parser
 

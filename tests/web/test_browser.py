@@ -245,3 +245,23 @@ def test_page_opened_while_cellserve_is_down_shows_why_and_recovers(browser: Any
         web.stop()
         if server is not None:
             server.terminate()
+
+
+def test_tracked_units_are_shown_and_readable_at_1280(page: Any) -> None:
+    """Beside the gate means, one row per tracked unit (labelled), the newest characters in view
+    and the labels kept at the left of the viewer at 1280 px."""
+    editor = page.get_by_test_id("editor")
+    editor.fill("")
+    editor.click()
+    page.keyboard.type('def f(x):\n    return [x, ("a", 1)]  # done\n' * 2, delay=2)
+    page.wait_for_selector("[data-testid=tracked]")
+    rows = page.locator("[data-testid=tracked] .row .label").all_text_contents()
+    assert sorted(rows) == ["brackets", "column", "comment", "indent", "string"]
+    box = page.get_by_test_id("gates").bounding_box()
+    assert box["x"] + box["width"] <= 1280  # the viewer fits the window
+    label = page.locator("[data-testid=tracked] .row .label").first.bounding_box()
+    assert box["x"] <= label["x"] < box["x"] + 20  # the labels stay in view after scrolling to the end
+    last = page.locator(".row.chars .cell").last.bounding_box()
+    assert last["x"] + last["width"] <= box["x"] + box["width"]  # the newest character is in view
+    page.locator("[data-testid=tracked] .row .cell").last.hover()
+    assert "bracket depth" in page.get_by_test_id("gate-detail").text_content()

@@ -315,3 +315,19 @@ def test_a_refused_open_is_retried_by_edits_with_its_real_cause(web: WebProcess)
     run(web.url, body)
     assert [e["code"] for e in errors] == ["not_found", "not_found"], errors
     assert errors[1]["message"] == errors[0]["message"]  # the same real cause, not "not_open"
+
+
+def test_gates_carry_the_units_that_track_the_text(web: WebProcess) -> None:
+    """The shipped models have units.json (``cellserve units``): the gates message carries each
+    tracked unit's label and its state for every character shown."""
+    got: dict[str, Any] = {}
+
+    async def body(ws: aiohttp.ClientWebSocketResponse) -> None:
+        await send(ws, type="open", seq=1, model=None, text='x = ("a", [1])')
+        got["gates"] = await until(ws, "gates", 1)
+
+    run(web.url, body)
+    tracked = got["gates"]["tracked"]
+    assert {t["feature"] for t in tracked} == {"in_string", "in_comment", "bracket_depth", "indent", "column"}
+    for t in tracked:
+        assert len(t["values"]) == len('x = ("a", [1])') and t["label"] and -1 <= t["correlation"] <= 1

@@ -214,7 +214,7 @@ class Tab:
             shown = min(len(text), self._settings.gate_chars)
             reply: dict[str, Any] = {"type": "gates", "seq": seq, "cell": model.cell.value, "first_index": 0}
             reply["gate_names"] = list(GATE_NAMES.get(model.cell.value, ()))
-            reply["characters"] = []
+            reply["characters"], reply["tracked"] = [], []
             if shown:
                 try:
                     r = await self._client.inspect_gates(
@@ -353,5 +353,17 @@ def _gates_json(r: GateInspection, offset: int) -> dict[str, Any]:
                 "top": [[ch, p] for ch, p in c.top],
             }
             for c in r.characters
+        ],
+        # units whose state tracks the text: [{label, feature, layer, unit, correlation, values}]
+        "tracked": [
+            {
+                "label": u.label,
+                "feature": u.feature,
+                "layer": u.layer,
+                "unit": u.unit,
+                "correlation": u.correlation,
+                "values": list(u.values),
+            }
+            for u in r.tracked
         ],
     }

@@ -31,6 +31,7 @@ class LoadedModel:
     model: CharLM
     vocab: Vocab
     weights_sha256: str  # identifies the weights: snapshots only resume on the same hash
+    folder: Path | None = None  # where it was loaded from (files stored beside it, e.g. units.json)
 
 
 def build_model(spec: ModelSpec) -> CharLM:
@@ -102,4 +103,4 @@ def load_model(folder: Path | str, device: torch.device | str = "cpu") -> Loaded
             raise ModelFileError(str(wpath), name, "contains NaN or infinite values")
     model.load_state_dict({k: v.float() for k, v in tensors.items()})
     model.to(device).eval()
-    return LoadedModel(spec, model, Vocab(spec.vocabulary), hashlib.sha256(blob).hexdigest())
+    return LoadedModel(spec, model, Vocab(spec.vocabulary), hashlib.sha256(blob).hexdigest(), folder)

@@ -9,6 +9,11 @@ import pytest
 INSTALL_TOOLS = "sudo scripts/install_test_tools.sh"
 
 
+def _wants_a_tool(reason: str) -> bool:
+    """A skip for a missing tool (its reason says how to install it), not a known gap or CUDA."""
+    return "install" in reason or "no kustomize renderer" in reason
+
+
 def _skip_reason(report: pytest.TestReport) -> str:
     longrepr = report.longrepr
     reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
@@ -29,7 +34,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for reason, files in sorted(groups.items(), key=lambda kv: -sum(kv[1].values())):
         where = ", ".join(f"{p} ({n})" for p, n in sorted(files.items()))
         tw.write_line(f"{sum(files.values()):4d}  {reason}: {where}")
-    if any("CUDA" not in reason for reason in groups):
+    if any(_wants_a_tool(reason) for reason in groups):
         tw.write_line(
             f"Tools pip does not install: `{INSTALL_TOOLS}` installs them (apt, npm, venvs of their own), "
             "`sudo bash .ci/run` installs and runs everything; tests marked gpu need CUDA."

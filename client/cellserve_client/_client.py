@@ -97,9 +97,10 @@ class AsyncClient:
         return _convert.gate_inspection(resp)
 
     async def _first_answer(self, call: Callable[[Channel], Awaitable[T]]) -> T:
-        """A session-less call on the targets in turn while they are unavailable."""
+        """A session-less call on the targets in turn while they are unavailable (failover on)."""
         last: _errors.CellserveError | None = None
-        for index in range(len(self._pool.targets)):
+        # With failover off (failover=None), one target: no call is tried twice.
+        for index in range(len(self._pool.targets) if self._policy.enabled else 1):
             try:
                 return await call(self._pool.channel(index))
             except _errors.Unavailable as exc:

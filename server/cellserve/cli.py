@@ -1,4 +1,4 @@
-"""The `cellserve` command: train | eval | inspect | token | serve | bench."""
+"""The `cellserve` command: train | eval | inspect | units | token | serve | bench."""
 
 from __future__ import annotations
 

@@ -140,6 +140,15 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON to FILE ('-': stdout)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
+        "--precision",
+        default="auto",
+        help="serving precisions to measure beside fp32, comma-separated (int8, fp16, bf16); auto: those the "
+        "device may serve (CPU: int8; CUDA: fp16, bf16); none: skip (docs/precision.md)",
+    )
+    p.add_argument("--record", action="store_true", help="write the precision measurements into each model.json")
+    p.add_argument("--precision-only", action="store_true", help="measure the precisions only (no keystroke savings)")
+    p.add_argument("--device", default="cpu", help="device of the precision measurements (cpu, cuda, cuda:N)")
+    p.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -184,6 +193,8 @@ def _run_eval(a: argparse.Namespace) -> int:
             trie_text, baseline = corpus.train, "the default corpus's training text"
     except (OSError, ValueError) as e:  # a missing or unreadable file: gather_files names it
         raise _fail("eval", str(e)) from None
+    if _eval_precisions(a, models, parts) and a.precision_only:
+        return 0
     from .train import compressor_bits
 
     wanted = set().union(*(trie_prefixes(t) for t in parts.values()))
@@ -210,6 +221,43 @@ def _run_eval(a: argparse.Namespace) -> int:
             raise _fail("eval", f"cannot write {a.json}: {e.strerror or e}") from None
         print(f"wrote {a.json}")
     return 0
+
+
+def _eval_precisions(a: argparse.Namespace, models: list[LoadedModel], parts: dict[str, str]) -> bool:
+    """``--precision``: measures (and with ``--record`` records) each precision; False: none asked."""
+    import torch
+
+    from .config import default_model_dir
+    from .nn.precision import PRECISIONS
+    from .precision_eval import default_precisions, measure, record, table
+
+    try:
+        device = torch.device(a.device)
+    except RuntimeError as e:
+        raise _fail("eval", f"--device {a.device!r}: {e}") from None
+    asked = [p.strip() for p in a.precision.split(",") if p.strip()]
+    names = default_precisions(device) if asked == ["auto"] else [] if asked == ["none"] else asked
+    bad = [p for p in names if p not in PRECISIONS or p in ("auto", "fp32")]
+    if bad:
+        raise _fail("eval", f"--precision {bad[0]!r}: expected int8, fp16 or bf16 (comma-separated), auto or none")
+    if not names:
+        return False
+    rows = []
+    for loaded in models:
+        try:
+            measured = measure(loaded, parts, names, device)
+        except ValueError as e:  # a precision this device cannot run (PrecisionUnavailable)
+            raise _fail("eval", str(e)) from None
+        rows += [(loaded.spec.name, q) for q in measured]
+        if a.record:
+            folder = (a.model_dir or default_model_dir()) / loaded.spec.name
+            try:
+                record(folder, loaded, measured)
+            except (OSError, ValueError) as e:
+                raise _fail("eval", str(e)) from None
+            print(f"recorded {', '.join(names)} in {folder / 'model.json'}")
+    print(table(rows))
+    return True
 
 
 def _add_inspect(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

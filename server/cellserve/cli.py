@@ -255,8 +255,9 @@ def _eval_precisions(a: argparse.Namespace, models: list[LoadedModel], parts: di
                 record(folder, loaded, measured)
             except (OSError, ValueError) as e:
                 raise _fail("eval", str(e)) from None
-            print(f"recorded {', '.join(names)} in {folder / 'model.json'}")
-    print(table(rows))
+            print(f"recorded {', '.join(names)} in {folder / 'model.json'}", file=sys.stderr)
+    # stdout may be the JSON report (--json -): the precision table goes beside it, not into it
+    print(table(rows), file=sys.stderr if a.json is not None and str(a.json) == "-" else sys.stdout)
     return True
 
 

@@ -50,6 +50,12 @@ def test_eval_records_int8_and_auto_reads_it(
     if loss > 0:
         repo = ModelRepository.load(Settings(model_dir=d, device="cpu", precision_max_loss=loss / 2))
         assert repo.info("tiny-lstm").precision == "fp32"
+    # `cellserve models` shows the same choice, from model.json alone
+    capsys.readouterr()
+    assert main(["models", "--model-dir", str(d), "--precision-max-loss", str(max(loss, 0.0) + 1e-9)]) == 0
+    lines = {line.split("\t")[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "served at int8" in lines["tiny-lstm"] and f"int8 {loss:+.2%}" in lines["tiny-lstm"]
+    assert "served at fp32" in lines["tiny-gru"] and "recorded: none" in lines["tiny-gru"]
     # measuring again replaces the entry rather than adding a second one
     assert main([*argv, "--precision-only", "--record", "--no-progress"]) == 0
     assert len(json.loads((d / "tiny-lstm" / "model.json").read_text())["quality"]["precisions"]) == 1

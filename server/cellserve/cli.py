@@ -1,4 +1,4 @@
-"""The `cellserve` command: train | eval | inspect | token | serve | bench."""
+"""The `cellserve` command: train | eval | inspect | models | token | serve | bench."""
 
 from __future__ import annotations
 
@@ -292,6 +292,57 @@ def _run_inspect(a: argparse.Namespace) -> int:
     return 0
 
 
+def _add_models(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "models",
+        help="list the model folders and the precision each would be served at",
+        description="Each model folder's shape, validation bits/char, recorded precision losses and the precision "
+        "`cellserve serve` with these settings would serve it at (docs/precision.md); reads model.json only.",
+    )
+    p.add_argument("--model-dir", type=Path, help="folder of model folders (default: the repository's models/)")
+    p.add_argument("--device", default="cpu", help="the serving device: cpu, cuda, cuda:N")
+    p.add_argument("--precision", default="auto", help="the server's precision setting: auto|fp32|int8|bf16|fp16")
+    p.add_argument("--precision-max-loss", type=float, default=None, help="the bound auto applies (default: Settings')")
+    p.set_defaults(handler=_run_models)
+
+
+def _run_models(a: argparse.Namespace) -> int:
+    import torch
+    from pydantic import ValidationError
+
+    from .config import Settings, default_model_dir
+    from .errors import ModelFileError
+    from .nn import precision as prec
+    from .nn.checkpoint import read_spec
+
+    try:
+        extra = {} if a.precision_max_loss is None else {"precision_max_loss": a.precision_max_loss}
+        settings = Settings(precision=a.precision, **extra)
+        device = torch.device(a.device)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise _fail("models", f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+    except RuntimeError as e:
+        raise _fail("models", f"--device {a.device!r}: {e}") from None
+    root: Path = a.model_dir or default_model_dir()
+    folders = [d for d in sorted(root.iterdir()) if (d / "model.json").is_file()] if root.is_dir() else []
+    if not folders:
+        raise _fail("models", f"no models in {root}")
+    for folder in folders:
+        try:
+            spec = read_spec(folder)
+            asked = settings.precision if settings.precision != "auto" else spec.precision
+            served = prec.resolve(asked, device, spec.quality, settings.precision_max_loss)
+        except (ModelFileError, prec.PrecisionUnavailable) as e:
+            raise _fail("models", str(e)) from None
+        q = spec.quality
+        bpc = f"{q.validation_bits_per_char:.3f}" if q else "-"
+        losses = ", ".join(f"{m.precision} {m.relative_loss:+.2%}" for m in q.precisions) if q else ""
+        print(f"{spec.name}\t{spec.cell} {spec.layers}x{spec.hidden}\tbits/char {bpc}\tserved at {served}"
+              f"\trecorded: {losses or 'none'}")  # fmt: skip
+    return 0
+
+
 def _add_token(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("token", help="manage API tokens (README: Security)")
     tsub = p.add_subparsers(dest="token_command", required=True)
@@ -320,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_inspect(sub)
+    _add_models(sub)
     _add_token(sub)
     from .serve import add_serve_parser
 

@@ -69,7 +69,10 @@ def resolve(requested: Precision, device: torch.device, quality: Quality | None,
     can = available(device)
     if requested != "auto":
         if requested not in can:
-            where = "CPU-only (dynamic quantization)" if requested == "int8" else f"not available on {device.type}"
+            if requested == "int8":
+                where = "CPU-only (dynamic quantization)" if device.type != "cpu" else "not built into this torch"
+            else:
+                where = f"not available on {device.type}"
             raise PrecisionUnavailable(f"{requested} is {where}; this device serves {', '.join(can)}")
         return requested
     if device.type == "cpu":

@@ -211,3 +211,37 @@ def test_bound_setting_and_unavailable_precision(model_dir: Path, tmp_path: Path
     else:  # pragma: no cover - a torch without a quantized engine
         with pytest.raises(ModelFileError, match="precision"):
             ModelRepository.load(make_settings(d))
+
+
+@pytest.mark.parametrize("model", ["tiny-lstm", "tiny-gru"])
+@pytest.mark.parametrize("name", REDUCED_CPU)
+def test_keystrokes_chunks_and_one_call_agree_within_the_precision(model_dir: Path, model: str, name: str) -> None:
+    """The same text typed one keystroke at a time (single steps, batched with the other
+    sessions), pasted over the budget (chunked prefill) and pasted whole (one call) ends in the
+    same distribution, within twice the precision's own distance to fp32 on that text."""
+    text = "for i in range(10):\n    total += i * (i + 1)\n"
+
+    async def body() -> None:
+        async with engine(model_dir, precision=name, max_batch_tokens=16, max_top_k=4096) as eng:
+            lm = eng.repository.get(model)
+            typed, chunked = eng.open_session(model).session_id, eng.open_session(model).session_id
+            opts = AppendOptions(top_k=len(lm.vocab.chars))
+            keys = [eng.append(typed, i, ch, opts) for i, ch in enumerate(text)]
+            *_, by_keys = await asyncio.gather(*keys)
+            by_chunks = await eng.append(chunked, 0, text, opts)  # 16-character chunks
+        async with engine(model_dir, precision=name, max_batch_tokens=4096, max_top_k=4096) as eng:
+            whole = eng.open_session(model).session_id
+            by_call = await eng.append(whole, 0, text, opts)
+        noise = (log_probs(lm.serving, lm, text) - log_probs(lm.model, lm, text)).abs().max().item()
+
+        def lp(pred: object) -> torch.Tensor:
+            out = torch.zeros(len(lm.vocab.chars), dtype=torch.float64)
+            for ch, p in pred.top_k:  # type: ignore[attr-defined]
+                out[lm.vocab.id(ch)] = math.log(max(p, 1e-30))
+            return out
+
+        ref = lp(by_call)
+        for other in (by_keys, by_chunks):
+            assert (lp(other) - ref).abs().max().item() < 2 * noise + 1e-3
+
+    run(body)

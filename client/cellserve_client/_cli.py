@@ -92,7 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for m in client.models():
                     bpc = f"{m.validation_bits_per_char:.3f}" if m.validation_bits_per_char is not None else "-"
                     star = " (default)" if m.is_default else ""
-                    print(f"{m.name}{star}\t{m.cell.value}\t{m.layers}x{m.hidden}\tbits/char {bpc}")
+                    loss = "" if m.precision_loss is None else f" ({m.precision_loss:+.2%} bits/char)"
+                    print(
+                        f"{m.name}{star}\t{m.cell.value}\t{m.layers}x{m.hidden}\tbits/char {bpc}\t{m.precision}{loss}"
+                    )
             elif args.command == "predict":
                 with client.open(args.model) as session:
                     pred = session.append(args.text, top_k=args.top_k)

@@ -53,6 +53,8 @@ def model_info(m: types.ModelInfo) -> ModelInfo:
         weights_sha256=m.weights_sha256,
         validation_bits_per_char=m.validation_bits_per_char if m.HasField("validation_bits_per_char") else None,
         is_default=m.is_default,
+        precision=m.precision or "fp32",
+        precision_loss=m.precision_loss if m.HasField("precision_loss") else None,
     )
 
 

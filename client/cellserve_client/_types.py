@@ -36,6 +36,10 @@ class ModelInfo:
     weights_sha256: str
     validation_bits_per_char: float | None
     is_default: bool
+    # The precision the server runs its steps at ("fp32", "int8", "fp16", "bf16"); gates are
+    # always fp32. precision_loss: its measured held-out bits/char loss relative to fp32.
+    precision: str = "fp32"
+    precision_loss: float | None = None
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The `cellserve` command: train | eval | inspect | units | token | serve | bench."""
+"""The `cellserve` command: train | eval | inspect | units | models | token | serve | bench."""
 
 from __future__ import annotations
 
@@ -140,6 +140,15 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON to FILE ('-': stdout)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
+        "--precision",
+        default="auto",
+        help="serving precisions to measure beside fp32, comma-separated (int8, fp16, bf16); auto: those the "
+        "device may serve (CPU: int8; CUDA: fp16, bf16); none: skip (docs/precision.md)",
+    )
+    p.add_argument("--record", action="store_true", help="write the precision measurements into each model.json")
+    p.add_argument("--precision-only", action="store_true", help="measure the precisions only (no keystroke savings)")
+    p.add_argument("--device", default="cpu", help="device of the precision measurements (cpu, cuda, cuda:N)")
+    p.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -193,6 +202,8 @@ def _run_eval(a: argparse.Namespace) -> int:
             trie_text, baseline = corpus.train, "the default corpus's training text"
     except (OSError, ValueError) as e:  # a missing or unreadable file: gather_files names it
         raise _fail("eval", str(e)) from None
+    if _eval_precisions(a, models, parts) and a.precision_only:
+        return 0
     from .train import compressor_bits
 
     stage("building the trie baseline")
@@ -223,6 +234,44 @@ def _run_eval(a: argparse.Namespace) -> int:
             raise _fail("eval", f"cannot write {a.json}: {e.strerror or e}") from None
         print(f"wrote {a.json}")
     return 0
+
+
+def _eval_precisions(a: argparse.Namespace, models: list[LoadedModel], parts: dict[str, str]) -> bool:
+    """``--precision``: measures (and with ``--record`` records) each precision; False: none asked."""
+    import torch
+
+    from .config import default_model_dir
+    from .nn.precision import PRECISIONS
+    from .precision_eval import default_precisions, measure, record, table
+
+    try:
+        device = torch.device(a.device)
+    except RuntimeError as e:
+        raise _fail("eval", f"--device {a.device!r}: {e}") from None
+    asked = [p.strip() for p in a.precision.split(",") if p.strip()]
+    names = default_precisions(device) if asked == ["auto"] else [] if asked == ["none"] else asked
+    bad = [p for p in names if p not in PRECISIONS or p in ("auto", "fp32")]
+    if bad:
+        raise _fail("eval", f"--precision {bad[0]!r}: expected int8, fp16 or bf16 (comma-separated), auto or none")
+    if not names:
+        return False
+    rows = []
+    for loaded in models:
+        try:
+            measured = measure(loaded, parts, names, device)
+        except ValueError as e:  # a precision this device cannot run (PrecisionUnavailable)
+            raise _fail("eval", str(e)) from None
+        rows += [(loaded.spec.name, q) for q in measured]
+        if a.record:
+            folder = (a.model_dir or default_model_dir()) / loaded.spec.name
+            try:
+                record(folder, loaded, measured)
+            except (OSError, ValueError) as e:
+                raise _fail("eval", str(e)) from None
+            print(f"recorded {', '.join(names)} in {folder / 'model.json'}", file=sys.stderr)
+    # stdout may be the JSON report (--json -): the precision table goes beside it, not into it
+    print(table(rows), file=sys.stderr if a.json is not None and str(a.json) == "-" else sys.stdout)
+    return True
 
 
 def _add_inspect(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -261,6 +310,57 @@ def _run_inspect(a: argparse.Namespace) -> int:
     return 0
 
 
+def _add_models(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "models",
+        help="list the model folders and the precision each would be served at",
+        description="Each model folder's shape, validation bits/char, recorded precision losses and the precision "
+        "`cellserve serve` with these settings would serve it at (docs/precision.md); reads model.json only.",
+    )
+    p.add_argument("--model-dir", type=Path, help="folder of model folders (default: the repository's models/)")
+    p.add_argument("--device", default="cpu", help="the serving device: cpu, cuda, cuda:N")
+    p.add_argument("--precision", default="auto", help="the server's precision setting: auto|fp32|int8|bf16|fp16")
+    p.add_argument("--precision-max-loss", type=float, default=None, help="the bound auto applies (default: Settings')")
+    p.set_defaults(handler=_run_models)
+
+
+def _run_models(a: argparse.Namespace) -> int:
+    import torch
+    from pydantic import ValidationError
+
+    from .config import Settings, default_model_dir
+    from .errors import ModelFileError
+    from .nn import precision as prec
+    from .nn.checkpoint import read_spec
+
+    try:
+        extra = {} if a.precision_max_loss is None else {"precision_max_loss": a.precision_max_loss}
+        settings = Settings(precision=a.precision, **extra)
+        device = torch.device(a.device)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise _fail("models", f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+    except RuntimeError as e:
+        raise _fail("models", f"--device {a.device!r}: {e}") from None
+    root: Path = a.model_dir or default_model_dir()
+    folders = [d for d in sorted(root.iterdir()) if (d / "model.json").is_file()] if root.is_dir() else []
+    if not folders:
+        raise _fail("models", f"no models in {root}")
+    for folder in folders:
+        try:
+            spec = read_spec(folder)
+            asked = settings.precision if settings.precision != "auto" else spec.precision
+            served = prec.resolve(asked, device, spec.quality, settings.precision_max_loss)
+        except (ModelFileError, prec.PrecisionUnavailable) as e:
+            raise _fail("models", str(e)) from None
+        q = spec.quality
+        bpc = f"{q.validation_bits_per_char:.3f}" if q else "-"
+        losses = ", ".join(f"{m.precision} {m.relative_loss:+.2%}" for m in q.precisions) if q else ""
+        print(f"{spec.name}\t{spec.cell} {spec.layers}x{spec.hidden}\tbits/char {bpc}\tserved at {served}"
+              f"\trecorded: {losses or 'none'}")  # fmt: skip
+    return 0
+
+
 def _add_token(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("token", help="manage API tokens (README: Security)")
     tsub = p.add_subparsers(dest="token_command", required=True)
@@ -290,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_inspect(sub)
     __import__("cellserve.units_cli", fromlist=["add_units_parser"]).add_units_parser(sub)
+    _add_models(sub)
     _add_token(sub)
     from .serve import add_serve_parser
 

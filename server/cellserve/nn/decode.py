@@ -109,7 +109,7 @@ def complete(
             text += vocab.char(tok)
             if any(text.endswith(s) for s in stop) or len(text) >= max_chars:
                 break
-            with step_kernel(model.head.weight.device, 1):
+            with step_kernel(model.device, 1):
                 out, state = model(torch.tensor([[tok]]), state)
             logits = out[0, -1]
         texts.append(text)
@@ -197,7 +197,7 @@ def beam_search_batch(
                 _offer(finished[q], float(beam_lp[b]), texts[b], vocab, n)
             break
         par_state = tuple(s[:, parent] for s in state)
-        with step_kernel(model.head.weight.device, tok.numel()):
+        with step_kernel(model.device, tok.numel()):
             out, state = model(tok[:, None], par_state)
         lp_all = torch.log_softmax(out[:, -1].float(), dim=-1)
     return [[Suggestion(t, lp) for lp, t in f] for f in finished]

@@ -1,4 +1,4 @@
-"""The `cellserve` command: train | eval | inspect | token | serve | bench."""
+"""The `cellserve` command: train | train-mixer | eval | inspect | token | serve | bench."""
 
 from __future__ import annotations
 
@@ -272,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_inspect(sub)
     _add_token(sub)
+    __import__("cellserve.memory.cli", fromlist=["add_train_mixer_parser"]).add_train_mixer_parser(sub)
     from .serve import add_serve_parser
 
     add_serve_parser(sub)

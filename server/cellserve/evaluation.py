@@ -370,6 +370,34 @@ def _row(part: str, model: str, text: str, offers: int, t: _Tally, comp: tuple[f
     )
 
 
+def zpaq_bits(text: str) -> float | None:
+    """zpaq -m5 bits per character of ``text`` (UTF-8); None when zpaq is not installed.
+
+    The archive's fixed part (block header with the -m5 model, file name, dates) is taken off:
+    the size counted is that of the text's archive minus that of a one-byte file's, plus one
+    byte, so short texts are not charged for the header (in zpaq's favour)."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    exe = shutil.which("zpaq")
+    if exe is None:
+        return None
+
+    def size(data: bytes, d: Path) -> int:
+        (d / "t").write_bytes(data)
+        arc = d / "t.zpaq"
+        arc.unlink(missing_ok=True)
+        subprocess.run([exe, "a", str(arc), "t", "-m5"], cwd=d, check=True, capture_output=True)
+        return arc.stat().st_size
+
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        raw = text.encode()
+        n = size(raw, d) - size(b"x", d) + 1
+    return 8 * n / max(len(text), 1)
+
+
 def read_texts(paths: Iterable[Path], max_chars: int) -> str:
     """The text of files (folders: their *.py, sorted), up to ``max_chars`` characters (0: all)."""
     from .nn.corpus import gather_files

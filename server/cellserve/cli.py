@@ -140,6 +140,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON to FILE ('-': stdout)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
+        "--no-memory", action="store_true", help="skip the session-memory columns (models with a mixer.safetensors)"
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -187,6 +190,15 @@ def _run_eval(a: argparse.Namespace) -> int:
     from .train import compressor_bits
 
     wanted = set().union(*(trie_prefixes(t) for t in parts.values()))
+    from .evaluation import zpaq_bits
+    from .memory.mixer import MIXER_FILE, Mixer
+
+    root = a.model_dir or __import__("cellserve.config", fromlist=["default_model_dir"]).default_model_dir()
+    mixers = {
+        m.spec.name: Mixer.load(root / m.spec.name)
+        for m in models
+        if not a.no_memory and (root / m.spec.name / MIXER_FILE).is_file()
+    }
     report = evaluate(
         models,
         parts,
@@ -197,6 +209,8 @@ def _run_eval(a: argparse.Namespace) -> int:
         top_n=a.top,
         width=a.beam_width,
         show_progress=not a.no_progress,
+        mixers=mixers,
+        zpaq=zpaq_bits,
     )
     as_json = json.dumps(report.as_dict(), indent=2)
     if a.json is not None and str(a.json) == "-":

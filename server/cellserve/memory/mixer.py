@@ -61,6 +61,7 @@ class Mixer(nn.Module):
         keep = torch.cat([torch.ones_like(present[:, :1]), present], dim=-1) > 0
         return torch.softmax(logits.masked_fill(~keep, float("-inf")), dim=-1)
 
+    @torch.no_grad()
     def mix(self, logprobs: torch.Tensor, dists: torch.Tensor, host: torch.Tensor) -> torch.Tensor:
         """Mixed log-probabilities [B, V] (float32) from the model's logprobs [B, V] and the
         memory's arrays (dists [B, E, V], host [B, HOST_FEATURES]) on the same device."""

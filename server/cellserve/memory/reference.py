@@ -54,20 +54,29 @@ def arrays_of(preds: Sequence[MemoryFork | SessionMemory], vocab_size: int) -> t
 
 
 @torch.no_grad()
+def mix_along(mem: SessionMemory, ids: Sequence[int], model_lp: torch.Tensor, mixer: Mixer) -> torch.Tensor:
+    """Reads ``ids`` into ``mem`` one character at a time; returns [T, V], the mixed
+    distribution after each (model_lp [T, V]: the model's after each, on any device)."""
+    v = model_lp.shape[1]
+    out = torch.empty_like(model_lp, dtype=torch.float32)
+    for a in range(0, len(ids), BATCH):
+        b = min(len(ids), a + BATCH)
+        dists = np.empty((b - a, EXPERTS, v), dtype=np.float32)
+        host = np.empty((b - a, HOST_FEATURES), dtype=np.float32)
+        for r, c in enumerate(ids[a:b]):
+            mem.push((c,))
+            dists[r], host[r] = memory_arrays(mem.predict(), v)
+        dev = model_lp.device
+        out[a:b] = mixer.mix(model_lp[a:b], torch.from_numpy(dists).to(dev), torch.from_numpy(host).to(dev))
+    return out
+
+
 def mixed_logprobs(
     model_lp: torch.Tensor, ids: Sequence[int], mixer: Mixer, settings: MemorySettings | None = None
 ) -> torch.Tensor:
-    """[T, V]: the mixed distribution after each character (model_lp from ``model_logprobs``)."""
-    v = model_lp.shape[1]
-    out = torch.empty_like(model_lp)
-    along = memory_along(ids, v, settings)
-    for a in range(0, len(ids), BATCH):
-        b = min(len(ids), a + BATCH)
-        rows = [next(along) for _ in range(a, b)]
-        dists = torch.from_numpy(np.stack([r[0] for r in rows]))
-        host = torch.from_numpy(np.stack([r[1] for r in rows]))
-        out[a:b] = mixer.mix(model_lp[a:b], dists, host)
-    return out
+    """[T, V]: the mixed distribution after each character of a text read by a fresh memory
+    (model_lp from ``model_logprobs``)."""
+    return mix_along(SessionMemory(settings), ids, model_lp, mixer)
 
 
 class ForkMixing:

@@ -26,12 +26,18 @@ def memory_arrays(pred: MemoryPrediction, vocab_size: int) -> tuple[np.ndarray, 
     then for the match model (present, log1p(length) scaled, length/16 capped at 1)."""
     dists = np.zeros((EXPERTS, vocab_size), dtype=np.float32)
     host = np.zeros(HOST_FEATURES, dtype=np.float32)
-    for j, nx in enumerate(pred.nexts):
-        n = len(nx)
-        if n:
-            counts = np.bincount(np.frombuffer(nx, dtype=np.uint8), minlength=vocab_size)[:vocab_size]
-            dists[j] = counts / n
-            host[3 * j : 3 * j + 3] = (1.0, math.log1p(n) / _LOG_OCC, counts.max() / n)
+    lens = [len(nx) for nx in pred.nexts]
+    if any(lens):  # one bincount for every order: code = order * V + character
+        chars = np.frombuffer(b"".join(pred.nexts), dtype=np.uint8).astype(np.int64)
+        n = np.array(lens, dtype=np.float64)
+        codes = chars + np.repeat(np.arange(len(lens)) * vocab_size, lens)
+        weights = np.repeat(1.0 / np.maximum(n, 1.0), lens)
+        dists[:-1] = np.bincount(codes, weights, minlength=len(lens) * vocab_size).reshape(len(lens), vocab_size)
+        seen = n > 0
+        per = host[: 3 * len(lens)].reshape(len(lens), 3)
+        per[:, 0] = seen
+        per[:, 1] = np.log1p(n) / _LOG_OCC
+        per[:, 2] = np.where(seen, dists[:-1].max(axis=1), 0.0)
     if pred.match_char >= 0:
         dists[-1, pred.match_char] = 1.0
         m = pred.match_len

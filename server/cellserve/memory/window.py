@@ -193,9 +193,11 @@ class SessionMemory:
 
         nexts: list[bytes] = []
         best_pos, best_k = -1, 0
+        occ, max_links, startswith = self._occ, self._links, buf.startswith
+        none_longer = False  # a shorter context never occurs: no longer one can
         for j, k in enumerate(ORDERS):
             lo = start + k  # an event at p counts when its context p-k.. lies in the window
-            if end - k < start or end < k:
+            if none_longer or end - k < start or end < k:
                 nexts.append(b"")
                 continue
             ctx = local[end - k - local0 : end - local0]
@@ -203,30 +205,33 @@ class SessionMemory:
             newest = -1
             # the fork's own characters first (newest), then the parent's chain
             p = end - 1
-            while p >= base_len and p >= lo and len(found) < self._occ:
+            while p >= base_len and p >= lo and len(found) < occ:
                 if local[p - k - local0 : p - local0] == ctx:
                     found.append(local[p - local0])
                     newest = p if newest < 0 else newest
                 p -= 1
-            if len(found) < self._occ:
-                head, prev, cap = self._head[j], self._prev[j], self._cap
-                p = head[zlib.crc32(ctx, _SEEDS[j]) & self._mask]
+            complete = True  # the walk saw every occurrence (no cap cut it short)
+            if len(found) < occ:
+                prev, cap = self._prev[j], self._cap
+                p = self._head[j][zlib.crc32(ctx, _SEEDS[j]) & self._mask]
                 links = 0
-                while p >= lo and links < self._links:
-                    if p >= base_len:
-                        p = prev[p % cap]
-                        continue
-                    i = p - off
-                    if buf[i - k : i] == ctx:
-                        found.append(buf[i])
-                        newest = p if newest < 0 else newest
-                        if len(found) >= self._occ:
+                while p >= lo:
+                    if p < base_len:  # events at or after base_len: not in this text (a fork's past)
+                        if links >= max_links:
+                            complete = False
                             break
+                        links += 1
+                        if startswith(ctx, p - k - off):
+                            found.append(buf[p - off])
+                            newest = p if newest < 0 else newest
+                            if len(found) >= occ:
+                                break
                     p = prev[p % cap]
-                    links += 1
             nexts.append(bytes(found))
             if newest >= 0:
                 best_pos, best_k = newest, k
+            elif complete:
+                none_longer = True
         if best_pos < 0:
             return MemoryPrediction(tuple(nexts), -1, 0)
         m = best_k

@@ -107,6 +107,25 @@ def simulate(text: str, offers: dict[int, str]) -> int:
     return saved
 
 
+def simulate_top(text: str, positions: Iterable[int], suggest: Callable[[int], list[str]]) -> int:
+    """Keystrokes saved with ranked offers, typing position by position (the naive reference of
+    the batched top-n count): at an offer position, ``suggest(p)`` lists the word completions;
+    the first costs one key, the others two, and one is taken only if it saves."""
+    at = set(positions)
+    saved, p = 0, 0
+    while p < len(text):
+        if p in at:
+            rest = text[p : word_end(text, p)]
+            sugg = suggest(p)
+            cost = 1 if sugg[:1] == [rest] else 2 if rest in sugg else None
+            if cost is not None and len(rest) > cost:
+                saved += len(rest) - cost
+                p += len(rest)
+                continue
+        p += 1
+    return saved
+
+
 def trie_prefixes(text: str) -> set[str]:
     return {text[s:p] for s, e in words_of(text) for p in range(s + 1, e)}
 

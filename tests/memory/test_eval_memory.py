@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 from cellserve.config import default_model_dir
-from cellserve.evaluation import MAX_WORD, evaluate_model, offer_positions, simulate, word_end
+from cellserve.evaluation import MAX_WORD, evaluate_model, offer_positions, simulate, simulate_top
 from cellserve.memory.mixer import Mixer
 from cellserve.memory.reference import ForkMixing, mixed_logprobs, model_logprobs
 from cellserve.memory.settings import MemorySettings
@@ -63,20 +63,13 @@ def test_eval_with_memory_equals_the_reference(gru: tuple[LoadedModel, Mixer]) -
 
     offers = {p: greedy_word(lm, mixer, TEXT[:p]) for p in offer_positions(TEXT)}
     assert got.greedy == simulate(TEXT, offers)
-    saved, p = 0, 0
-    while p < len(TEXT):
-        if p in offers:
-            rest = TEXT[p : word_end(TEXT, p)]
-            prefix_ids = lm.vocab.encode(TEXT[:p])
-            mixing = ForkMixing(mixer, [SessionMemory.rebuild(prefix_ids).fork()], len(lm.vocab))
-            state = state_after(lm.model, lm.vocab, TEXT[:p])
-            (found,) = beam_search_batch(lm.model, lm.vocab, state, n=3, width=4, max_chars=MAX_WORD, mix=mixing)
-            sugg = [s.text for s in found]
-            cost = 1 if sugg[:1] == [rest] else 2 if rest in sugg else None
-            if cost is not None and len(rest) > cost:
-                saved += len(rest) - cost
-                p += len(rest)
-                continue
-        p += 1
+
+    def beams(p: int) -> list[str]:
+        mixing = ForkMixing(mixer, [SessionMemory.rebuild(lm.vocab.encode(TEXT[:p])).fork()], len(lm.vocab))
+        state = state_after(lm.model, lm.vocab, TEXT[:p])
+        (found,) = beam_search_batch(lm.model, lm.vocab, state, n=3, width=4, max_chars=MAX_WORD, mix=mixing)
+        return [s.text for s in found]
+
+    saved = simulate_top(TEXT, offers, beams)
     assert got.top == saved
     assert got.greedy > plain.greedy and got.top >= plain.top

@@ -104,3 +104,15 @@ def test_reference_equals_per_keystroke_path_and_beam_mixing(tmp_path: Path) -> 
     end_ids = [i for i, ch in enumerate(loaded.vocab.chars) if not (i > 0 and (ch == "_" or ch.isalnum()))]
     want += float(torch.logsumexp(ref2[len(full) - 1, end_ids], 0))
     assert found[0].logprob == pytest.approx(want, abs=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_mixing_on_cuda_equals_cpu() -> None:
+    """On a GPU the mixing runs where the distribution is: same result as on the CPU."""
+    mixer = Mixer.load(default_model_dir() / "python-gru")
+    lp, dists, host = random_inputs(64, 3)
+    cpu = mixer.mix(lp, dists, host)
+    gpu = Mixer.load(default_model_dir() / "python-gru", "cuda").mix(lp.cuda(), dists.cuda(), host.cuda())
+    assert gpu.device.type == "cuda"
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-5, rtol=1e-5)

@@ -202,7 +202,9 @@ def evaluate_model(
     mem = None
     if mixer is not None:
         piece = min(piece, MEMORY_PIECE)
-        base = memory or MemorySettings()
+        # the window the mixer was trained with, unless the caller says otherwise
+        trained = loaded.spec.memory
+        base = memory or (MemorySettings(window=trained.window) if trained else MemorySettings())
         mem = SessionMemory(base.model_copy(update={"max_rewind": max(base.max_rewind, piece + 2 * MAX_WORD)}))
     ids_list = ids.tolist()
     for a, b in pieces(text, piece):

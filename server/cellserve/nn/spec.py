@@ -68,6 +68,11 @@ class MemoryHeldOut(BaseModel):
     zpaq_bits_per_char: float | None = Field(
         default=None, description="zpaq -m5 on the same text (UTF-8), bits per character; None without zpaq."
     )
+    saved_greedy_off: float | None = Field(default=None, description="`cellserve eval`: greedy savings, model alone.")
+    saved_greedy_on: float | None = Field(default=None, description="`cellserve eval`: greedy savings with memory.")
+    saved_top3_off: float | None = Field(default=None, description="`cellserve eval`: top-3 savings, model alone.")
+    saved_top3_on: float | None = Field(default=None, description="`cellserve eval`: top-3 savings with memory.")
+    saved_trie: float | None = Field(default=None, description="`cellserve eval`: the prefix trie's savings.")
 
 
 class MemoryMixer(BaseModel):
@@ -86,6 +91,7 @@ class MemoryMixer(BaseModel):
     git_commit: str = Field(description="Commit of the code that trained it.")
     wall_seconds: float = Field(ge=0, description="Wall-clock time of the run.")
     heldout: list[MemoryHeldOut] = Field(default_factory=list, description="Per held-out package.")
+    eval_command: str = Field(default="", description="The `cellserve eval` run whose savings are recorded here.")
 
 
 class ModelSpec(BaseModel):

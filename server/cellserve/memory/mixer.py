@@ -104,11 +104,11 @@ class Mixer(nn.Module):
         save_file(tensors, str(folder / MIXER_FILE), metadata={"format": "cellserve-mixer"})
 
     @classmethod
-    def load(cls, folder: Path, device: torch.device | str = "cpu") -> Mixer:
+    def load(cls, folder: Path | str, device: torch.device | str = "cpu") -> Mixer:
         from safetensors.torch import load_file
 
         m = cls()
-        m.load_state_dict(load_file(str(folder / MIXER_FILE)))
+        m.load_state_dict(load_file(str(Path(folder) / MIXER_FILE)))
         return m.to(device).eval()
 
 

@@ -58,6 +58,8 @@ def run_train_mixer(a: argparse.Namespace) -> int:
     if not corpus.train:
         raise _fail("train-mixer", "the corpus has no training text")
 
+    commit = git_commit()  # the code that trains (taken before: the tree may move during a long run)
+
     def say(msg: str) -> None:
         print(f"train-mixer {a.model}: {msg}", file=sys.stderr, flush=True)
 
@@ -101,7 +103,7 @@ def run_train_mixer(a: argparse.Namespace) -> int:
                 train_chars=res.rows,
                 train_bits_per_char=round(res.train_bits, 4),
                 date=res.date,
-                git_commit=git_commit(),
+                git_commit=commit,
                 wall_seconds=round(res.seconds, 1),
                 heldout=held,
             )

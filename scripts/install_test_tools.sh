@@ -43,6 +43,12 @@ if ! command -v tmux >/dev/null 2>&1; then
     { apt-get update -qq && apt-get install -y -qq tmux >/dev/null; } || echo "install_test_tools: tmux not installed; the cellserve-client type test will skip"
 fi
 
+# zpaq (-m5: the strongest compressor here) for `cellserve eval`'s zpaq column and the memory
+# tests' comparisons; eval shows "-" and those checks skip without it.
+if ! command -v zpaq >/dev/null 2>&1; then
+    { apt-get update -qq && apt-get install -y -qq zpaq >/dev/null; } || echo "install_test_tools: zpaq not installed; eval's zpaq column stays empty"
+fi
+
 # Debian's chromium for the browser tests of `cellserve-client web` (tests/web), driven by pip's
 # playwright (the dev extra) with executable_path=/usr/bin/chromium: `playwright install`
 # downloads a browser build of its own, which fails here. The tests skip without chromium.

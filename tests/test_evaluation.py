@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from cellserve.cli import main
-from cellserve.evaluation import MAX_WORD, WordTrie, evaluate_model, offer_positions, simulate, word_end
+from cellserve.evaluation import MAX_WORD, WordTrie, evaluate_model, offer_positions, simulate, simulate_top
 from cellserve.inspection import trace
 from cellserve.nn.along import StatesAlong
 from cellserve.nn.checkpoint import LoadedModel, load_model
@@ -79,17 +79,11 @@ def test_keystroke_savings_equal_naive_simulation(model_dir: Path, name: str) ->
     got = evaluate_model(lm, text, top_n=3, width=4, piece=16)  # many pieces: the state carries over
     offers = {p: naive_word_greedy(lm, text[:p]) for p in offer_positions(text)}
     assert got.greedy == simulate(text, offers)
-    saved, p = 0, 0
-    while p < len(text):
-        if p in offers:
-            rest = text[p : word_end(text, p)]
-            sugg = [s.text for s in beam_search(lm.model, lm.vocab, text[:p], n=3, width=4, max_chars=MAX_WORD)]
-            cost = 1 if sugg[:1] == [rest] else 2 if rest in sugg else None
-            if cost is not None and len(rest) > cost:
-                saved += len(rest) - cost
-                p += len(rest)
-                continue
-        p += 1
+    saved = simulate_top(
+        text,
+        offers,
+        lambda p: [s.text for s in beam_search(lm.model, lm.vocab, text[:p], n=3, width=4, max_chars=MAX_WORD)],
+    )
     assert got.top == saved
     assert got.greedy > 0 or got.top > 0  # the constructed text gives the model something to get right
 

@@ -1,4 +1,4 @@
-"""The `cellserve` command: train | eval | inspect | units | models | token | serve | bench."""
+"""The `cellserve` command: train | train-mixer | eval | inspect | units | models | token | serve | bench."""
 
 from __future__ import annotations
 
@@ -149,6 +149,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     p.add_argument("--precision-only", action="store_true", help="measure the precisions only (no keystroke savings)")
     p.add_argument("--device", default="cpu", help="device of the precision measurements (cpu, cuda, cuda:N)")
     p.add_argument(
+        "--no-memory", action="store_true", help="skip the session-memory columns (models with a mixer.safetensors)"
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -209,7 +212,16 @@ def _run_eval(a: argparse.Namespace) -> int:
     stage("building the trie baseline")
     wanted = set().union(*(trie_prefixes(t) for t in parts.values()))
     trie = WordTrie.from_text(trie_text, only=wanted)
-    stage("compressing with bzip2 and xz, then scoring")
+    from .evaluation import zpaq_bits
+    from .memory.mixer import MIXER_FILE, Mixer
+
+    root = a.model_dir or __import__("cellserve.config", fromlist=["default_model_dir"]).default_model_dir()
+    mixers = {
+        m.spec.name: Mixer.load(root / m.spec.name)
+        for m in models
+        if not a.no_memory and (root / m.spec.name / MIXER_FILE).is_file()
+    }
+    stage("compressing with bzip2, xz and zpaq, then scoring")
     report = evaluate(
         models,
         parts,
@@ -221,6 +233,8 @@ def _run_eval(a: argparse.Namespace) -> int:
         width=a.beam_width,
         show_progress=not a.no_progress,
         started=started,
+        mixers=mixers,
+        zpaq=zpaq_bits,
     )
     as_json = json.dumps(report.as_dict(), indent=2)
     if a.json is not None and str(a.json) == "-":
@@ -392,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     __import__("cellserve.units_cli", fromlist=["add_units_parser"]).add_units_parser(sub)
     _add_models(sub)
     _add_token(sub)
+    __import__("cellserve.memory.cli", fromlist=["add_train_mixer_parser"]).add_train_mixer_parser(sub)
     from .serve import add_serve_parser
 
     add_serve_parser(sub)

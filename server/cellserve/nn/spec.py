@@ -105,6 +105,44 @@ class Quality(BaseModel):
         return next((q for q in self.precisions if q.precision == name), None)
 
 
+class MemoryHeldOut(BaseModel):
+    """bits/char on one held-out package with the session memory off and on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    package: str = Field(description="Held-out package name (never trained on).")
+    chars: int = Field(ge=1, description="Characters measured (read as one session from its start).")
+    bits_per_char_off: float = Field(gt=0, description="The model alone.")
+    bits_per_char_on: float = Field(gt=0, description="The model mixed with the session memory.")
+    zpaq_bits_per_char: float | None = Field(
+        default=None, description="zpaq -m5 on the same text (UTF-8), bits per character; None without zpaq."
+    )
+    saved_greedy_off: float | None = Field(default=None, description="`cellserve eval`: greedy savings, model alone.")
+    saved_greedy_on: float | None = Field(default=None, description="`cellserve eval`: greedy savings with memory.")
+    saved_top3_off: float | None = Field(default=None, description="`cellserve eval`: top-3 savings, model alone.")
+    saved_top3_on: float | None = Field(default=None, description="`cellserve eval`: top-3 savings with memory.")
+    saved_trie: float | None = Field(default=None, description="`cellserve eval`: the prefix trie's savings.")
+
+
+class MemoryMixer(BaseModel):
+    """The session memory's mixer of this model (``mixer.safetensors``): how it was trained and
+    how it does held out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: str = Field(default="mixer.safetensors", description="Weights file in the model folder.")
+    window: int = Field(ge=1, description="Memory window (characters) it was trained and measured with.")
+    command: str = Field(description="The command line that trained it.")
+    corpus: str = Field(description="What it was trained on (training corpus only).")
+    train_chars: int = Field(ge=0, description="Characters of training text read (rows).")
+    train_bits_per_char: float = Field(ge=0, description="bits/char of the mixed distribution on those rows.")
+    date: str = Field(description="When it was trained (UTC, ISO 8601).")
+    git_commit: str = Field(description="Commit of the code that trained it.")
+    wall_seconds: float = Field(ge=0, description="Wall-clock time of the run.")
+    heldout: list[MemoryHeldOut] = Field(default_factory=list, description="Per held-out package.")
+    eval_command: str = Field(default="", description="The `cellserve eval` run whose savings are recorded here.")
+
+
 class ModelSpec(BaseModel):
     """Architecture, vocabulary, provenance and quality of one model."""
 
@@ -128,6 +166,7 @@ class ModelSpec(BaseModel):
     )
     provenance: Provenance
     quality: Quality | None = Field(default=None, description="Absent until the model was evaluated.")
+    memory: MemoryMixer | None = Field(default=None, description="The session memory's mixer; absent: memory off.")
 
     @field_validator("vocabulary")
     @classmethod

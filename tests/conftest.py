@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from cellserve.nn.random_model import save_random_model
+from skip_summary import pytest_terminal_summary  # noqa: F401  (a pytest hook: names each skipped group)
 
 # A vocabulary with ASCII printables, newline and a few non-ASCII letters, so tests can append
 # text both inside and outside the vocabulary (emoji and CJK map to the unknown entry 0).

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from cellserve.cli import main
-from cellserve.evaluation import MAX_WORD, WordTrie, evaluate_model, offer_positions, simulate, word_end
+from cellserve.evaluation import MAX_WORD, WordTrie, evaluate_model, offer_positions, simulate, simulate_top
 from cellserve.inspection import trace
 from cellserve.nn.along import StatesAlong
 from cellserve.nn.checkpoint import LoadedModel, load_model
@@ -79,17 +79,11 @@ def test_keystroke_savings_equal_naive_simulation(model_dir: Path, name: str) ->
     got = evaluate_model(lm, text, top_n=3, width=4, piece=16)  # many pieces: the state carries over
     offers = {p: naive_word_greedy(lm, text[:p]) for p in offer_positions(text)}
     assert got.greedy == simulate(text, offers)
-    saved, p = 0, 0
-    while p < len(text):
-        if p in offers:
-            rest = text[p : word_end(text, p)]
-            sugg = [s.text for s in beam_search(lm.model, lm.vocab, text[:p], n=3, width=4, max_chars=MAX_WORD)]
-            cost = 1 if sugg[:1] == [rest] else 2 if rest in sugg else None
-            if cost is not None and len(rest) > cost:
-                saved += len(rest) - cost
-                p += len(rest)
-                continue
-        p += 1
+    saved = simulate_top(
+        text,
+        offers,
+        lambda p: [s.text for s in beam_search(lm.model, lm.vocab, text[:p], n=3, width=4, max_chars=MAX_WORD)],
+    )
     assert got.top == saved
     assert got.greedy > 0 or got.top > 0  # the constructed text gives the model something to get right
 
@@ -180,3 +174,31 @@ def test_trace_gates_are_probabilities(model_dir: Path, name: str) -> None:
         assert all(0.0 < g.mean < 1.0 for layer in r.layers for g in layer)
         probs = [p for _, p in r.top]
         assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
+
+
+def test_eval_says_what_it_does_and_times_the_whole_command(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each slow step before the first progress bar is announced on stderr, and the reported
+    time counts from the command's start (a slow model load counts)."""
+    import time
+
+    import cellserve.cli as cli
+
+    f = tmp_path / "sample.py"
+    f.write_text("import os\n" * 5)
+    slow_load = cli._load_models
+
+    def load(*args: object) -> object:
+        time.sleep(1.5)
+        return slow_load(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cli, "_load_models", load)
+    out_json = tmp_path / "report.json"
+    argv = ["eval", "--model-dir", str(model_dir), "--model", "tiny-lstm", str(f), "--baseline-corpus", str(f)]
+    assert main([*argv, "--json", str(out_json)]) == 0
+    err = capsys.readouterr().err
+    assert "eval: loading the models (0 s)" in err and "eval: building the trie baseline" in err
+    assert json.loads(out_json.read_text())["seconds"] >= 1.5
+    assert main([*argv, "--no-progress"]) == 0
+    assert "eval:" not in capsys.readouterr().err

@@ -22,6 +22,7 @@ RUN_BY_CI = (
     ".venv/bin/pytest",
     "scripts/install_tritonclient.sh",
     "bash .ci/run",
+    "sudo scripts/install_test_tools.sh",
 )
 
 
@@ -67,6 +68,13 @@ def test_readme_command_is_correct(command: str) -> None:
         parsers[argv[0]]().parse_args(argv[1:])
     except SystemExit as e:  # argparse: 0 after --help, 2 for a flag it does not know
         assert e.code == 0, f"{argv[0]} rejects the README's command: {command}"
+
+
+def test_ci_installs_the_tools_the_readme_names() -> None:
+    """The README's one command for the tools that skipped tests need is the one CI runs."""
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert "\nscripts/install_test_tools.sh\n" in ci
+    assert "sudo scripts/install_test_tools.sh" in shell_commands(README.read_text())
 
 
 def test_bench_writes_committed_results_only_when_asked() -> None:

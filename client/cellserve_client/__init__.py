@@ -9,26 +9,30 @@
 ``AsyncClient``/``AsyncSession`` have the same shape with ``await``. Sessions survive the loss
 of their server: they snapshot themselves, and on UNAVAILABLE, a broken connection or a
 NOT_FOUND for a lost session they resume elsewhere (``FailoverPolicy``) without the caller
-noticing. Every call of a session carries the ``x-session-id`` routing header.
+noticing; errors another server cannot fix (a quota, a refused credential, bad input) are
+raised at once, never retried. ``failover=None`` turns failover and retries off. Every call of
+a session carries the ``x-session-id`` routing header.
 
 Exceptions (all ``CellserveError``; mapped from gRPC status codes and from in-band stream
 errors alike)::
 
     CellserveError
-    ├── InvalidInput               INVALID_ARGUMENT
+    ├── InvalidInput               INVALID_ARGUMENT, OUT_OF_RANGE
     ├── NotFound                   NOT_FOUND
     │   ├── SessionNotFound        unknown, expired or another owner's session
     │   └── ModelNotFound          unknown model
     ├── OffsetConflict             ABORTED (.expected_offset)
     ├── PreconditionFailed         FAILED_PRECONDITION (other weights, rewind beyond the window)
     ├── CapacityExceeded           RESOURCE_EXHAUSTED (.retry_after, seconds)
-    ├── Unavailable                UNAVAILABLE
+    ├── Unavailable                UNAVAILABLE, a broken connection (.retry_after)
     │   └── FailoverFailed         no target could take the session over
     ├── Timeout                    DEADLINE_EXCEEDED, or no answer within the client's timeout
-    ├── Unauthenticated            UNAUTHENTICATED, PERMISSION_DENIED
+    ├── Unauthenticated            UNAUTHENTICATED (no credentials, or refused ones)
+    ├── PermissionDenied           PERMISSION_DENIED (another tenant's object, e.g. snapshot)
+    ├── Unimplemented              UNIMPLEMENTED (the server is older than this SDK)
     ├── CancelledError             CANCELLED
     ├── ClosedError                the session or client was closed by this process
-    └── InternalError              INTERNAL, UNKNOWN, anything else
+    └── InternalError              INTERNAL, UNKNOWN, DATA_LOSS, anything else
 """
 
 from __future__ import annotations
@@ -45,11 +49,13 @@ from ._errors import (
     ModelNotFound,
     NotFound,
     OffsetConflict,
+    PermissionDenied,
     PreconditionFailed,
     SessionNotFound,
     Timeout,
     Unauthenticated,
     Unavailable,
+    Unimplemented,
 )
 from ._session import AsyncCompletionStream, AsyncSession
 from ._sync import Client, CompletionStream, Session
@@ -67,6 +73,7 @@ from ._types import (
     Prediction,
     SessionInfo,
     Suggestion,
+    TrackedUnit,
     UnitGate,
 )
 
@@ -96,6 +103,7 @@ __all__ = [
     "ModelNotFound",
     "NotFound",
     "OffsetConflict",
+    "PermissionDenied",
     "PreconditionFailed",
     "Prediction",
     "Session",
@@ -103,8 +111,10 @@ __all__ = [
     "SessionNotFound",
     "Suggestion",
     "Timeout",
+    "TrackedUnit",
     "Unauthenticated",
     "Unavailable",
+    "Unimplemented",
     "UnitGate",
     "__version__",
 ]

@@ -92,7 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for m in client.models():
                     bpc = f"{m.validation_bits_per_char:.3f}" if m.validation_bits_per_char is not None else "-"
                     star = " (default)" if m.is_default else ""
-                    print(f"{m.name}{star}\t{m.cell.value}\t{m.layers}x{m.hidden}\tbits/char {bpc}")
+                    loss = "" if m.precision_loss is None else f" ({m.precision_loss:+.2%} bits/char)"
+                    print(
+                        f"{m.name}{star}\t{m.cell.value}\t{m.layers}x{m.hidden}\tbits/char {bpc}\t{m.precision}{loss}"
+                    )
             elif args.command == "predict":
                 with client.open(args.model) as session:
                     pred = session.append(args.text, top_k=args.top_k)
@@ -139,15 +142,32 @@ class Typer:
         typed) and returns the new suggestion."""
         with self._lock:
             common = os.path.commonprefix([self.line, text])
-            if len(self.line) > len(common):
-                self.session.rewind(len(self.line) - len(common))
+            deleted = len(self.line) - len(common)
             if len(text) > len(common):
+                if deleted:
+                    self.session.rewind(deleted)
                 self.prediction = self.session.append(text[len(common) :])
+            elif deleted:
+                self._rewind_to(common, deleted)
             self.line = text
             self.choice = -1
             stream = self.session.complete(max_chars=self.suggest_chars, stop=("\n",))
             self.suggestion = "".join(c.text for c in stream).split("\n")[0]
             return self.suggestion
+
+    def _rewind_to(self, kept: str, deleted: int) -> None:
+        """A pure deletion: the rewind answers no prediction, so the last kept character is
+        rewound too and appended again (the rewind restores its state exactly), and the
+        toolbar shows the probabilities after the text now on screen, not the deleted text's.
+        Before the line comes the newline that ended the previous one; at the very start of
+        the session there is nothing to re-read, and no prediction to show."""
+        position = self.session.position - deleted
+        if position == 0:
+            self.session.rewind(deleted)
+            self.prediction = None
+            return
+        self.session.rewind(deleted + 1)
+        self.prediction = self.session.append(kept[-1] if kept else "\n")
 
     def cycle(self) -> str:
         """The next ranked suggestion for the current word (asked for once per text), as the

@@ -16,6 +16,7 @@ from ._session import AsyncSession, Transport
 from ._types import AppendOptions, FailoverPolicy, GateInspection, ModelInfo
 
 DEFAULT_TARGET = "localhost:50051"
+DEFAULT_FAILOVER = FailoverPolicy()
 T = TypeVar("T")
 
 
@@ -31,7 +32,7 @@ class AsyncClient:
     ``timeout`` (seconds, None: no limit) bounds every wait for an answer. ``options`` are
     extra gRPC channel options. ``transport``: "stream" (one bidirectional stream per session,
     at most ``max_outstanding`` unanswered requests) or "unary". ``failover`` configures
-    snapshots and retries (``FailoverPolicy``).
+    snapshots and retries (``FailoverPolicy``); None turns both off.
     """
 
     def __init__(
@@ -46,7 +47,7 @@ class AsyncClient:
         timeout: float | None = 30.0,
         options: Sequence[tuple[str, Any]] = (),
         transport: Transport = "stream",
-        failover: FailoverPolicy | None = None,
+        failover: FailoverPolicy | None = DEFAULT_FAILOVER,
         max_outstanding: int = 32,
     ) -> None:
         if transport not in ("stream", "unary"):
@@ -62,7 +63,7 @@ class AsyncClient:
             max_outstanding=max_outstanding,
         )
         self._transport: Transport = transport
-        self._policy = failover or FailoverPolicy()
+        self._policy = FailoverPolicy.of(failover)
         self._sessions: set[AsyncSession] = set()
         self._closed = False
 
@@ -96,9 +97,10 @@ class AsyncClient:
         return _convert.gate_inspection(resp)
 
     async def _first_answer(self, call: Callable[[Channel], Awaitable[T]]) -> T:
-        """A session-less call on the targets in turn while they are unavailable."""
+        """A session-less call on the targets in turn while they are unavailable (failover on)."""
         last: _errors.CellserveError | None = None
-        for index in range(len(self._pool.targets)):
+        # With failover off (failover=None), one target: no call is tried twice.
+        for index in range(len(self._pool.targets) if self._policy.enabled else 1):
             try:
                 return await call(self._pool.channel(index))
             except _errors.Unavailable as exc:

@@ -25,6 +25,7 @@ from ._types import (
     SessionInfo,
     Suggestion,
     SuggestOptions,
+    TrackedUnit,
     UnitGate,
 )
 
@@ -52,6 +53,8 @@ def model_info(m: types.ModelInfo) -> ModelInfo:
         weights_sha256=m.weights_sha256,
         validation_bits_per_char=m.validation_bits_per_char if m.HasField("validation_bits_per_char") else None,
         is_default=m.is_default,
+        precision=m.precision or "fp32",
+        precision_loss=m.precision_loss if m.HasField("precision_loss") else None,
     )
 
 
@@ -94,6 +97,9 @@ def gate_inspection(r: svc.InspectGatesResponse) -> GateInspection:
                 top=_top(c.next),
             )
             for c in r.characters
+        ),
+        tracked=tuple(
+            TrackedUnit(u.layer, u.unit, u.feature, u.label, u.correlation, tuple(u.values)) for u in r.tracked_units
         ),
     )
 

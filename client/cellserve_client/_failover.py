@@ -31,6 +31,20 @@ def moves_session(err: BaseException) -> bool:
     )
 
 
+def another_try_can_fix(err: BaseException) -> bool:
+    """True for failures that a retry, on the same target later or on another replica, can
+    fix: the server is unreachable or draining, it lost the session, or (on another replica)
+    it lacks the model. Everything else is the server's definite answer and is raised at
+    once: a cap or the tenant's quota (``CapacityExceeded``: retrying would only spend the
+    quota, the caller waits ``retry_after``), bad input, refused credentials, a timeout."""
+    return isinstance(err, _errors.Unavailable | _errors.NotFound) and not isinstance(err, _errors.FailoverFailed)
+
+
+def retry_hint(err: BaseException) -> float:
+    """The server's own retry delay (seconds) carried by ``err``; 0 when it gave none."""
+    return float(getattr(err, "retry_after", 0.0) or 0.0)
+
+
 def backoff_delays(policy: FailoverPolicy, rng: random.Random | None = None) -> list[float]:
     """The sleep before each attempt: none before the first, then exponential with full jitter
     (a uniform draw below the cap), so sessions of a dead server do not retry in lockstep."""

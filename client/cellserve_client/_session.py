@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from . import _convert, _errors
 from ._connection import Connection, StreamConnection, UnaryConnection
-from ._failover import Journal, backoff_delays, moves_session, pieces
+from ._failover import Journal, another_try_can_fix, backoff_delays, moves_session, pieces, retry_hint
 from ._ops import Op, OpKind, OpQueue
 from ._pool import Pool
 from ._proto.cellserve.v1 import service_pb2 as svc
@@ -532,21 +532,29 @@ async def _with_failover(
     pool: Pool, policy: FailoverPolicy, start: int, attempt: Any, cause: BaseException | None = None
 ) -> Any:
     """``await attempt(target_index)`` on the targets in turn, from ``start``, with backoff;
-    returns (its result, the index). Errors that another try cannot fix end it at once."""
+    returns (its result, the index). Only failures another try can fix are retried
+    (``another_try_can_fix``); a server's retry hint lengthens the wait before the next try,
+    and a target that lacks the model is not asked again. With failover off: one attempt."""
     last: BaseException | None = cause
     n = len(pool.targets)
     delays = backoff_delays(policy) if policy.enabled else [0.0]
+    lacks_model: set[int] = set()  # targets that answered ModelNotFound: a definite answer
+    hint = 0.0
     for i, delay in enumerate(delays):
-        await asyncio.sleep(delay)
-        index = (start + i) % n
+        await asyncio.sleep(max(delay, hint) if i else 0.0)
+        index = next(((start + i + k) % n for k in range(n) if (start + i + k) % n not in lacks_model), None)
+        if index is None:
+            break
         try:
             return await attempt(index), index
-        except (_errors.InvalidInput, _errors.Unauthenticated, _errors.ClosedError):
-            raise
         except _errors.CellserveError as exc:
-            if isinstance(exc, _errors.ModelNotFound) and n == 1:
+            if not policy.enabled or not another_try_can_fix(exc):
                 raise
-            last = exc
+            if isinstance(exc, _errors.ModelNotFound):
+                lacks_model.add(index)
+                if len(lacks_model) == n:
+                    raise
+            last, hint = exc, retry_hint(exc)
             log.debug("target %s: %s", pool.targets[index], exc)
     assert last is not None
     if len(delays) == 1 and isinstance(last, _errors.CellserveError):

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from ._client import DEFAULT_TARGET, AsyncClient
+from ._client import DEFAULT_FAILOVER, DEFAULT_TARGET, AsyncClient
 from ._errors import ClosedError
 from ._security import PemArg, TlsArg
 from ._session import AsyncCompletionStream, AsyncSession, Transport
@@ -69,7 +69,7 @@ class Client:
         timeout: float | None = 30.0,
         options: Sequence[tuple[str, Any]] = (),
         transport: Transport = "stream",
-        failover: FailoverPolicy | None = None,
+        failover: FailoverPolicy | None = DEFAULT_FAILOVER,
         max_outstanding: int = 32,
     ) -> None:
         self._loop = _LoopThread()

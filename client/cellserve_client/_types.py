@@ -36,6 +36,10 @@ class ModelInfo:
     weights_sha256: str
     validation_bits_per_char: float | None
     is_default: bool
+    # The precision the server runs its steps at ("fp32", "int8", "fp16", "bf16"); gates are
+    # always fp32. precision_loss: its measured held-out bits/char loss relative to fp32.
+    precision: str = "fp32"
+    precision_loss: float | None = None
 
 
 @dataclass(frozen=True)
@@ -91,13 +95,31 @@ class CharacterGates:
 
 
 @dataclass(frozen=True)
+class TrackedUnit:
+    """A unit whose state tracks something readable in the text (``feature``: "in_string",
+    "in_comment", "bracket_depth", "indent" or "column"; ``label`` says it in words), found
+    offline on the training corpus (Pearson's ``correlation`` there), and its state after each
+    reported character (LSTM: cell state c; GRU: hidden state h)."""
+
+    layer: int
+    unit: int
+    feature: str
+    label: str
+    correlation: float
+    values: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class GateInspection:
-    """``AsyncClient.inspect_gates``: the reported characters start at ``first_index`` of the text."""
+    """``AsyncClient.inspect_gates``: the reported characters start at ``first_index`` of the
+    text; ``tracked`` are the model's units that track the text (empty when the server has
+    none stored for the model: ``cellserve units`` writes them)."""
 
     model: str
     cell: Cell
     first_index: int
     characters: tuple[CharacterGates, ...]
+    tracked: tuple[TrackedUnit, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -188,7 +210,10 @@ class FailoverPolicy:
     ``snapshot_every_s`` seconds (None disables that trigger; a snapshot costs one call and
     bounds how much text a failover replays). On failover it tries the targets in turn,
     starting with the current one, at most ``max_attempts`` times, sleeping an exponentially
-    growing, fully jittered delay between attempts.
+    growing, fully jittered delay between attempts (at least the server's retry hint, when
+    it sent one). Only failures another try can fix are retried: an unreachable or draining
+    server, a lost session, a model another replica has. ``enabled=False`` (or
+    ``failover=None`` on the client) turns all of it off.
     """
 
     enabled: bool = True
@@ -199,6 +224,12 @@ class FailoverPolicy:
     snapshot_every_s: float | None = 30.0
     snapshots_kept: int = 4  # older snapshots serve rewinds that go back past the newest one
     max_append_chars: int = 4096  # the server's max_append_chars: longer text goes in pieces
+
+    @classmethod
+    def of(cls, failover: FailoverPolicy | None) -> FailoverPolicy:
+        """The policy a client's ``failover`` argument names: None turns failover and every
+        retry off (one attempt, errors raised as they come)."""
+        return cls(enabled=False, max_attempts=1) if failover is None else failover
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:

@@ -1,4 +1,4 @@
-"""The `cellserve` command: train | eval | inspect | token | serve | bench."""
+"""The `cellserve` command: train | train-mixer | eval | inspect | units | models | token | serve | bench."""
 
 from __future__ import annotations
 
@@ -140,6 +140,18 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON to FILE ('-': stdout)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
+        "--precision",
+        default="auto",
+        help="serving precisions to measure beside fp32, comma-separated (int8, fp16, bf16); auto: those the "
+        "device may serve (CPU: int8; CUDA: fp16, bf16); none: skip (docs/precision.md)",
+    )
+    p.add_argument("--record", action="store_true", help="write the precision measurements into each model.json")
+    p.add_argument("--precision-only", action="store_true", help="measure the precisions only (no keystroke savings)")
+    p.add_argument("--device", default="cpu", help="device of the precision measurements (cpu, cuda, cuda:N)")
+    p.add_argument(
+        "--no-memory", action="store_true", help="skip the session-memory columns (models with a mixer.safetensors)"
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -151,8 +163,15 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
 
 def _run_eval(a: argparse.Namespace) -> int:
     import json
+    import time
 
     from .evaluation import WordTrie, evaluate, read_texts, trie_prefixes
+
+    started = time.perf_counter()  # the report's time is the command's, loading included
+
+    def stage(what: str) -> None:  # the slow steps before the first progress bar say so
+        if not a.no_progress:
+            print(f"eval: {what} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
 
     if a.top < 1 or a.beam_width < a.top:
         raise _fail("eval", "--top must be at least 1 and --beam-width at least --top")
@@ -162,6 +181,7 @@ def _run_eval(a: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(a.threads)
+    stage("loading the models")
     models = _load_models("eval", a.model_dir, a.model)
     parts: dict[str, str] = {}
     try:
@@ -171,6 +191,7 @@ def _run_eval(a: argparse.Namespace) -> int:
         if a.validation or not a.files or not a.baseline_corpus:
             from .nn.corpus import load_default_corpus
 
+            stage("reading the default corpus (the trie baseline and the held-out packages)")
             corpus = load_default_corpus()
         if a.validation or not a.files:
             assert corpus is not None
@@ -184,19 +205,36 @@ def _run_eval(a: argparse.Namespace) -> int:
             trie_text, baseline = corpus.train, "the default corpus's training text"
     except (OSError, ValueError) as e:  # a missing or unreadable file: gather_files names it
         raise _fail("eval", str(e)) from None
+    if _eval_precisions(a, models, parts) and a.precision_only:
+        return 0
     from .train import compressor_bits
 
+    stage("building the trie baseline")
     wanted = set().union(*(trie_prefixes(t) for t in parts.values()))
+    trie = WordTrie.from_text(trie_text, only=wanted)
+    from .evaluation import zpaq_bits
+    from .memory.mixer import MIXER_FILE, Mixer
+
+    root = a.model_dir or __import__("cellserve.config", fromlist=["default_model_dir"]).default_model_dir()
+    mixers = {
+        m.spec.name: Mixer.load(root / m.spec.name)
+        for m in models
+        if not a.no_memory and (root / m.spec.name / MIXER_FILE).is_file()
+    }
+    stage("compressing with bzip2, xz and zpaq, then scoring")
     report = evaluate(
         models,
         parts,
-        WordTrie.from_text(trie_text, only=wanted),
+        trie,
         baseline,
         compressor_bits,
         max_chars=a.max_chars,
         top_n=a.top,
         width=a.beam_width,
         show_progress=not a.no_progress,
+        started=started,
+        mixers=mixers,
+        zpaq=zpaq_bits,
     )
     as_json = json.dumps(report.as_dict(), indent=2)
     if a.json is not None and str(a.json) == "-":
@@ -212,6 +250,44 @@ def _run_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_precisions(a: argparse.Namespace, models: list[LoadedModel], parts: dict[str, str]) -> bool:
+    """``--precision``: measures (and with ``--record`` records) each precision; False: none asked."""
+    import torch
+
+    from .config import default_model_dir
+    from .nn.precision import PRECISIONS
+    from .precision_eval import default_precisions, measure, record, table
+
+    try:
+        device = torch.device(a.device)
+    except RuntimeError as e:
+        raise _fail("eval", f"--device {a.device!r}: {e}") from None
+    asked = [p.strip() for p in a.precision.split(",") if p.strip()]
+    names = default_precisions(device) if asked == ["auto"] else [] if asked == ["none"] else asked
+    bad = [p for p in names if p not in PRECISIONS or p in ("auto", "fp32")]
+    if bad:
+        raise _fail("eval", f"--precision {bad[0]!r}: expected int8, fp16 or bf16 (comma-separated), auto or none")
+    if not names:
+        return False
+    rows = []
+    for loaded in models:
+        try:
+            measured = measure(loaded, parts, names, device)
+        except ValueError as e:  # a precision this device cannot run (PrecisionUnavailable)
+            raise _fail("eval", str(e)) from None
+        rows += [(loaded.spec.name, q) for q in measured]
+        if a.record:
+            folder = (a.model_dir or default_model_dir()) / loaded.spec.name
+            try:
+                record(folder, loaded, measured)
+            except (OSError, ValueError) as e:
+                raise _fail("eval", str(e)) from None
+            print(f"recorded {', '.join(names)} in {folder / 'model.json'}", file=sys.stderr)
+    # stdout may be the JSON report (--json -): the precision table goes beside it, not into it
+    print(table(rows), file=sys.stderr if a.json is not None and str(a.json) == "-" else sys.stdout)
+    return True
+
+
 def _add_inspect(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("inspect", help="per-character gate activations and next-character predictions")
     p.add_argument("text", help="the text to run through the model")
@@ -223,6 +299,7 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
 def _run_inspect(a: argparse.Namespace) -> int:
     from .inspection import format_table, trace, write_heatmap
+    from .units import format_units, read_units, unit_traces
 
     if not a.text:
         raise _fail("inspect", "the text is empty")
@@ -230,16 +307,71 @@ def _run_inspect(a: argparse.Namespace) -> int:
         raise _fail("inspect", "--top-k must be at least 1")
     (loaded,) = _load_models("inspect", a.model_dir, [a.model] if a.model else [])
     rows = trace(loaded, a.text, a.top_k)
+    units = read_units(loaded)  # models/<name>/units.json, written by `cellserve units`
+    tracked = list(zip(units, unit_traces(loaded, a.text, 0, units), strict=True))
     print(f"model {loaded.spec.name} ({loaded.spec.cell}, {loaded.spec.layers}x{loaded.spec.hidden})")
     print(format_table(rows, loaded.spec.cell))
+    if units:
+        print("\nunits that track the text (state along it in the PNG):\n" + format_units(units))
     if a.png:
         try:
-            write_heatmap(rows, loaded.spec.cell, loaded.spec.name, a.png)
+            write_heatmap(rows, loaded.spec.cell, loaded.spec.name, a.png, tracked)
         except RuntimeError as e:
             raise _fail("inspect", str(e)) from None
         except (OSError, ValueError) as e:  # ValueError: an image format matplotlib does not write
             raise _fail("inspect", f"cannot write {a.png}: {getattr(e, 'strerror', None) or e}") from None
         print(f"wrote {a.png}")
+    return 0
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "models",
+        help="list the model folders and the precision each would be served at",
+        description="Each model folder's shape, validation bits/char, recorded precision losses and the precision "
+        "`cellserve serve` with these settings would serve it at (docs/precision.md); reads model.json only.",
+    )
+    p.add_argument("--model-dir", type=Path, help="folder of model folders (default: the repository's models/)")
+    p.add_argument("--device", default="cpu", help="the serving device: cpu, cuda, cuda:N")
+    p.add_argument("--precision", default="auto", help="the server's precision setting: auto|fp32|int8|bf16|fp16")
+    p.add_argument("--precision-max-loss", type=float, default=None, help="the bound auto applies (default: Settings')")
+    p.set_defaults(handler=_run_models)
+
+
+def _run_models(a: argparse.Namespace) -> int:
+    import torch
+    from pydantic import ValidationError
+
+    from .config import Settings, default_model_dir
+    from .errors import ModelFileError
+    from .nn import precision as prec
+    from .nn.checkpoint import read_spec
+
+    try:
+        extra = {} if a.precision_max_loss is None else {"precision_max_loss": a.precision_max_loss}
+        settings = Settings(precision=a.precision, **extra)
+        device = torch.device(a.device)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise _fail("models", f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+    except RuntimeError as e:
+        raise _fail("models", f"--device {a.device!r}: {e}") from None
+    root: Path = a.model_dir or default_model_dir()
+    folders = [d for d in sorted(root.iterdir()) if (d / "model.json").is_file()] if root.is_dir() else []
+    if not folders:
+        raise _fail("models", f"no models in {root}")
+    for folder in folders:
+        try:
+            spec = read_spec(folder)
+            asked = settings.precision if settings.precision != "auto" else spec.precision
+            served = prec.resolve(asked, device, spec.quality, settings.precision_max_loss)
+        except (ModelFileError, prec.PrecisionUnavailable) as e:
+            raise _fail("models", str(e)) from None
+        q = spec.quality
+        bpc = f"{q.validation_bits_per_char:.3f}" if q else "-"
+        losses = ", ".join(f"{m.precision} {m.relative_loss:+.2%}" for m in q.precisions) if q else ""
+        print(f"{spec.name}\t{spec.cell} {spec.layers}x{spec.hidden}\tbits/char {bpc}\tserved at {served}"
+              f"\trecorded: {losses or 'none'}")  # fmt: skip
     return 0
 
 
@@ -271,7 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_inspect(sub)
+    __import__("cellserve.units_cli", fromlist=["add_units_parser"]).add_units_parser(sub)
+    _add_models(sub)
     _add_token(sub)
+    __import__("cellserve.memory.cli", fromlist=["add_train_mixer_parser"]).add_train_mixer_parser(sub)
     from .serve import add_serve_parser
 
     add_serve_parser(sub)

@@ -54,6 +54,13 @@ class Settings(BaseModel):
     validation bits/char."""
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     """'auto' picks CUDA when available, else CPU."""
+    precision: Literal["auto", "fp32", "int8", "bf16", "fp16"] = "auto"
+    """Serving precision of every model's steps (gates are always fp32; docs/precision.md).
+    auto: each model's model.json ``precision``, whose own auto is int8 on CPU when the model's
+    recorded int8 loss is within ``precision_max_loss`` (else fp32), fp16/bf16 on CUDA."""
+    precision_max_loss: float = Field(default=0.005, ge=0, le=1)
+    """The largest held-out bits/char loss, relative to fp32 (worst package, as ``cellserve eval``
+    records it), at which auto serves a reduced precision; 0.005 = 0.5%."""
     cpu_threads: int = Field(default=0, ge=0, le=256)
     """torch intra-op threads on CPU; 0 leaves torch's default."""
     frontends: int = Field(default_factory=lambda: default_frontends(), ge=0, le=64)

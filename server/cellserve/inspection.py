@@ -16,13 +16,18 @@ row per layer and gate.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .nn.cells import run_with_gates
 from .nn.checkpoint import LoadedModel
+
+if TYPE_CHECKING:
+    from .units import TrackedUnitSpec
 
 SHOWN_GATES = {"lstm": ("f", "i", "o"), "gru": ("r", "z")}  # the gates proper: no candidates, no cell
 GATE_MEANINGS = {
@@ -127,7 +132,16 @@ def format_table(rows: list[CharGates], cell: str) -> str:
     return "\n".join(lines)
 
 
-def write_heatmap(rows: list[CharGates], cell: str, model_name: str, path: Path) -> None:
+def write_heatmap(
+    rows: list[CharGates],
+    cell: str,
+    model_name: str,
+    path: Path,
+    tracked: Sequence[tuple[TrackedUnitSpec, list[float]]] = (),
+) -> None:
+    """Gate means (one row per layer and gate), then the tracked units' states (one row each,
+    scaled to the unit's largest value along the text, red positive, blue negative), then the
+    top next characters; one column per character."""
     try:
         import matplotlib
 
@@ -143,24 +157,34 @@ def write_heatmap(rows: list[CharGates], cell: str, model_name: str, path: Path)
     gates = np.array([[r.mean(k, g) for k in range(layers) for g in names] for r in rows]).T  # [L*G, T]
     top = np.array([[p for _, p in r.top] for r in rows]).T  # [k, T]
     # Wide enough for the columns and for the two title lines (the title never gets clipped).
-    width = max(7.0, 0.32 * len(rows) + 2.5)
-    fig, (ax1, ax2) = plt.subplots(
-        2,
+    width = max(7.0, 0.32 * len(rows) + 3.5)
+    panels = [len(labels)] + ([len(tracked)] if tracked else []) + [len(top)]
+    fig, axes = plt.subplots(
+        len(panels),
         1,
-        figsize=(width, 1.8 + 0.32 * (len(labels) + len(top))),
+        figsize=(width, 1.8 + 0.32 * sum(panels) + 0.2 * len(panels)),
         sharex=True,
-        gridspec_kw={"height_ratios": [len(labels), len(top)]},
+        gridspec_kw={"height_ratios": panels},
     )
+    ax1, ax2 = axes[0], axes[-1]
     im1 = ax1.imshow(gates, aspect="auto", cmap="viridis", vmin=0, vmax=1)
     ax1.set_yticks(range(len(labels)), labels, fontsize=8)
     keep = "forget f" if cell == "lstm" else "update z"
     fig.suptitle(
-        f"{model_name}: mean gate per layer (PyTorch convention: {keep} near 1 keeps the state)\n"
-        "and the top next characters",
+        f"{model_name}: mean gate per layer (PyTorch convention: {keep} near 1 keeps the state),\n"
+        + ("units whose state tracks the text, " if tracked else "")
+        + "and the top next characters",
         fontsize=9,
         wrap=True,
     )
     fig.colorbar(im1, ax=ax1, fraction=0.02, pad=0.01)
+    if tracked:
+        values = np.array([v for _, v in tracked], dtype=np.float64)  # [U, T]
+        scale = np.maximum(np.abs(values).max(axis=1, keepdims=True), 1e-6)
+        im3 = axes[1].imshow(values / scale, aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1)
+        unit_labels = [f"L{u.layer} #{u.unit} {u.label} (r={u.correlation:+.2f})" for u, _ in tracked]
+        axes[1].set_yticks(range(len(tracked)), unit_labels, fontsize=8)
+        fig.colorbar(im3, ax=axes[1], fraction=0.02, pad=0.01, label="state / max")
     im2 = ax2.imshow(top, aspect="auto", cmap="magma", vmin=0, vmax=1)
     for t, r in enumerate(rows):
         for k, (c, _) in enumerate(r.top):

@@ -4,6 +4,10 @@
 see ``cellserve.nn.spec``). Every folder is loaded at start (or only ``settings.models``), so
 a broken model fails the start with ``ModelFileError`` naming the file and field, never a
 request later. Lookups by clients raise ``NotFound`` without any path in the message.
+
+Each model is served at the precision ``settings.precision`` (or, when that is auto, its
+model.json ``precision``) resolves to on the device (``cellserve.nn.precision``): the loaded
+model's ``served`` module, built once here.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import torch
 from .config import Settings
 from .engine.types import ModelInfo
 from .errors import ModelFileError, NotFound
+from .nn import precision
 from .nn.checkpoint import LoadedModel, load_model
 from .nn.spec import SPEC_FILE
 
@@ -60,7 +65,7 @@ class ModelRepository:
                 raise ModelFileError(
                     str(root / n / SPEC_FILE), "name", f"{lm.spec.name!r} differs from the folder name {n!r}"
                 )
-            models[n] = lm
+            models[n] = at_precision(lm, settings, dev, root / n / SPEC_FILE)
         if settings.default_model:
             if settings.default_model not in models:
                 raise ModelFileError(
@@ -97,7 +102,23 @@ class ModelRepository:
             weights_sha256=lm.weights_sha256,
             validation_bits_per_char=s.quality.validation_bits_per_char if s.quality else None,
             is_default=s.name == self.default,
+            precision=lm.precision,
+            precision_loss=precision.recorded_loss(s.quality, lm.precision),
         )
+
+
+def at_precision(lm: LoadedModel, settings: Settings, device: torch.device, spec_path: Path) -> LoadedModel:
+    """Sets ``lm.precision`` and builds ``lm.served``: the setting, or the model's own choice
+    when the setting is auto. A precision the device cannot run fails the start, naming where
+    it was asked for."""
+    requested = settings.precision if settings.precision != "auto" else lm.spec.precision
+    try:
+        lm.precision = precision.resolve(requested, device, lm.spec.quality, settings.precision_max_loss)
+    except precision.PrecisionUnavailable as e:
+        where = ("settings", "precision") if settings.precision != "auto" else (str(spec_path), "precision")
+        raise ModelFileError(*where, str(e)) from None
+    lm.served = precision.convert(lm.model, lm.precision)
+    return lm
 
 
 def _bits(lm: LoadedModel) -> float:

@@ -48,6 +48,7 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--model", "models", {"action": "append", "metavar": "NAME"}),
     ("--default-model", "default_model", {}),
     ("--device", "device", {}),
+    ("--precision", "precision", {"metavar": "auto|fp32|int8|bf16|fp16"}),
     ("--cpu-threads", "cpu_threads", {}),
     ("--frontends", "frontends", {"metavar": "N"}),
     ("--host", "host", {}),
@@ -86,7 +87,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         "--snapshot-key-file",
         type=Path,
         default=None,
-        help=f"file holding the HMAC key for snapshot blobs (or set {SNAPSHOT_KEY_ENV}); unset: a per-process key",
+        help=f"file holding the key that seals snapshot blobs (AES-256-GCM; HKDF-derived) (or set {SNAPSHOT_KEY_ENV}); unset: a per-process key",
     )
     p.add_argument(
         "--set",
@@ -192,8 +193,9 @@ def log_loaded(repository: ModelRepository) -> None:
     for name in repository.names():
         lm = repository.get(name)
         s = lm.spec
+        loss = repository.info(name).precision_loss
         log.info(
-            "loaded model %s%s: %s %dx%d, %d symbols, weights sha256 %s",
+            "loaded model %s%s: %s %dx%d, %d symbols, weights sha256 %s, served at %s%s",
             name,
             " (default)" if name == repository.default else "",
             s.cell,
@@ -201,6 +203,8 @@ def log_loaded(repository: ModelRepository) -> None:
             s.hidden,
             len(s.vocabulary),
             lm.weights_sha256[:12],
+            lm.precision,
+            "" if loss is None else f" (recorded held-out loss {loss:+.2%} bits/char)",
         )
     log.info("serving %d model(s) on device %s", len(repository.names()), repository.device)
 

@@ -316,7 +316,8 @@ def _initial_model(cfg: TrainConfig, corpus: Corpus, device: torch.device) -> tu
 def train(cfg: TrainConfig) -> ModelSpec | None:
     """Trains and writes ``cfg.out``; with ``dry_run`` prints the corpus and returns None."""
     corpus, corpus_desc = _load_training_corpus(cfg)
-    if cfg.dry_run:
+    if cfg.dry_run:  # every file, then the per-source totals (last, so they stay on screen)
+        print(corpus.describe_files())
         print(corpus.describe())
         return None
     if cfg.steps <= 0 and cfg.time_budget <= 0:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from cellserve_client import Client
-from cellserve_client._cli import RANKED
+from cellserve_client._cli import RANKED, Typer
 from servers import ServerProcess
 
 CLI = [sys.executable, "-m", "cellserve_client._cli"]
@@ -49,6 +49,31 @@ def test_complete_matches_the_sdk(server: ServerProcess) -> None:
 def test_errors_are_one_line(server: ServerProcess) -> None:
     out = cli(server, "--model", "nope", "predict", "x")
     assert out.returncode == 1 and out.stderr.startswith("cellserve-client: ModelNotFound:")
+
+
+def _top(server: ServerProcess, text: str) -> list[str]:
+    with Client(server.target) as c, c.open() as s:
+        return [ch for ch, _ in s.append(text).top]
+
+
+def test_backspace_refreshes_the_probabilities(server: ServerProcess) -> None:
+    """After a pure deletion the toolbar's probabilities are those of the text left on screen,
+    on the first line and on a later one, and none at the very start."""
+    with Client(server.target) as c, c.open() as s:
+        typer = Typer(s, SUGGEST)
+        typer.sync("hello")
+        typer.sync("helloq")
+        assert typer.prediction is not None and [ch for ch, _ in typer.prediction.top] == _top(server, "helloq")
+        typer.sync("hel")  # Backspace x3: nothing appended
+        assert s.position == 3
+        assert [ch for ch, _ in typer.prediction.top] == _top(server, "hel")
+        typer.sync("")
+        assert s.position == 0 and typer.prediction is None
+        typer.sync("ab")
+        typer.newline()
+        typer.sync("cd")
+        typer.sync("")  # back to the start of the second line: the prediction after "ab\n"
+        assert s.position == 3 and [ch for ch, _ in typer.prediction.top] == _top(server, "ab\n")
 
 
 # --- type, in tmux ------------------------------------------------------------------------------

@@ -20,10 +20,12 @@ from cellserve_client import (
     ModelNotFound,
     NotFound,
     OffsetConflict,
+    PermissionDenied,
     PreconditionFailed,
     SessionNotFound,
     Unauthenticated,
     Unavailable,
+    Unimplemented,
 )
 from cellserve_client._errors import from_code
 from servers import ServerProcess, start_server
@@ -120,7 +122,8 @@ def test_unreachable_server() -> None:
         (grpc.StatusCode.RESOURCE_EXHAUSTED, CapacityExceeded),
         (grpc.StatusCode.UNAVAILABLE, Unavailable),
         (grpc.StatusCode.UNAUTHENTICATED, Unauthenticated),
-        (grpc.StatusCode.PERMISSION_DENIED, Unauthenticated),
+        (grpc.StatusCode.PERMISSION_DENIED, PermissionDenied),
+        (grpc.StatusCode.UNIMPLEMENTED, Unimplemented),
         (grpc.StatusCode.INTERNAL, InternalError),
         (grpc.StatusCode.DATA_LOSS, InternalError),
     ],

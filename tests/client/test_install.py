@@ -52,6 +52,6 @@ def test_web_extra_ships_the_page_without_torch(tmp_path: Path) -> None:
     )
     out = subprocess.run([py, "-c", check], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "['app.js', 'index.html', 'style.css']"
+    assert out.stdout.strip() == "['app.js', 'icon.svg', 'index.html', 'style.css']"
     helped = subprocess.run([str(venv / "bin" / "cellserve-client"), "web", "--help"], capture_output=True, text=True)
     assert helped.returncode == 0 and "--port" in helped.stdout and "--target" in helped.stdout

@@ -131,6 +131,9 @@ def test_dry_run_lists_the_corpus_and_trains_nothing(
     assert train(TrainConfig(out=tmp_path / "x", name="x", corpus=[corpus], dry_run=True)) is None
     out = capsys.readouterr().out
     assert "train" in out and "validation" in out and not (tmp_path / "x").exists()
+    listed = [line.split()[-1] for line in out.splitlines() if line.split()[-1].endswith(".py")]
+    assert sorted(listed) == [k for k, _ in gather_files([corpus])]  # every file, by name, once
+    assert "test_x.py" not in out
 
 
 def test_progress_bar_survives_an_update_past_its_total() -> None:

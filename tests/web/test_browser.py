@@ -203,3 +203,65 @@ def test_web_backend_restart_keeps_the_page_text(browser: Any, shipped_server: S
         first.stop()
         if second is not None:
             second.stop()
+
+
+def test_page_opened_while_cellserve_is_down_shows_why_and_recovers(browser: Any, model_dir: Path) -> None:
+    """cellserve is down as the tab opens: the status line shows the real cause (never
+    "not_open"), the text typed meanwhile stays, and once cellserve is up the ghost for that
+    text appears by itself, with no reload. Every request of the page succeeds (favicon too)."""
+    from servers import start_server
+
+    from .conftest import KEY_ENV
+    from .test_protocol import _free_port
+
+    port = _free_port()
+    web = WebProcess(f"127.0.0.1:{port}")
+    server: ServerProcess | None = None
+    failed: list[str] = []
+    pg = browser.new_page(viewport={"width": 1280, "height": 720})
+    pg.set_default_timeout(WAIT_MS)
+    pg.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    try:
+        pg.goto(web.url)
+        status = pg.get_by_test_id("status")
+        pg.wait_for_function(
+            "() => document.querySelector('[data-testid=status]').textContent.includes('reconnecting · cellserve at')"
+        )
+        editor = pg.get_by_test_id("editor")
+        editor.click()
+        pg.keyboard.type("import o", delay=5)
+        assert "not_open" not in status.text_content()
+        assert "Connection refused" in status.text_content() or "failed to connect" in status.text_content()
+        server = start_server(model_dir, "--port", str(port), env=KEY_ENV)
+        assert settled(pg, "import o") == fresh_suggestion(server.target, "import o")
+        pg.wait_for_function(
+            "() => !document.querySelector('[data-testid=status]').textContent.includes('reconnecting')"
+        )
+        assert "tiny-lstm" in status.text_content() and editor.input_value() == "import o"
+        pg.wait_for_timeout(500)  # the browser asks for the favicon after the load
+        assert failed == [], failed
+    finally:
+        pg.close()
+        web.stop()
+        if server is not None:
+            server.terminate()
+
+
+def test_tracked_units_are_shown_and_readable_at_1280(page: Any) -> None:
+    """Beside the gate means, one row per tracked unit (labelled), the newest characters in view
+    and the labels kept at the left of the viewer at 1280 px."""
+    editor = page.get_by_test_id("editor")
+    editor.fill("")
+    editor.click()
+    page.keyboard.type('def f(x):\n    return [x, ("a", 1)]  # done\n' * 2, delay=2)
+    page.wait_for_selector("[data-testid=tracked]")
+    rows = page.locator("[data-testid=tracked] .row .label").all_text_contents()
+    assert sorted(rows) == ["brackets", "column", "comment", "indent", "string"]
+    box = page.get_by_test_id("gates").bounding_box()
+    assert box["x"] + box["width"] <= 1280  # the viewer fits the window
+    label = page.locator("[data-testid=tracked] .row .label").first.bounding_box()
+    assert box["x"] <= label["x"] < box["x"] + 20  # the labels stay in view after scrolling to the end
+    last = page.locator(".row.chars .cell").last.bounding_box()
+    assert last["x"] + last["width"] <= box["x"] + box["width"]  # the newest character is in view
+    page.locator("[data-testid=tracked] .row .cell").last.hover()
+    assert "bracket depth" in page.get_by_test_id("gate-detail").text_content()

@@ -237,3 +237,97 @@ def test_server_restart_keeps_the_text(model_dir: Path) -> None:
         first.kill()
         if second is not None:
             second.terminate()
+
+
+def test_backend_says_at_start_whether_cellserve_answers(web: WebProcess) -> None:
+    assert any("answers; models: python-gru, python-lstm (default)" in line for line in web.lines), web.lines
+
+
+def test_favicon_is_served(web: WebProcess) -> None:
+    async def main() -> tuple[int, str, str]:
+        async with aiohttp.ClientSession() as http, http.get(web.url + "favicon.ico") as r:
+            return r.status, r.content_type, await r.text()
+
+    status, kind, body = asyncio.run(main())
+    assert status == 200 and kind == "image/svg+xml" and body.startswith("<svg")
+
+
+def test_tab_opened_while_cellserve_is_down_connects_when_it_comes_up(model_dir: Path) -> None:
+    """The real cause is shown (never "not_open"), edits typed meanwhile are kept, and the tab
+    opens by itself once cellserve is up: "opened", then the answer for the newest text."""
+    port = _free_port()
+    target = f"127.0.0.1:{port}"
+    web = WebProcess(target)
+    server: ServerProcess | None = None
+    got: dict[str, Any] = {"statuses": [], "errors": []}
+    try:
+        assert any(f"cellserve at {target} is NOT reachable now" in line for line in web.lines), web.lines
+
+        async def body(ws: aiohttp.ClientWebSocketResponse) -> None:
+            nonlocal server
+            await send(ws, type="open", seq=1, model=None, text="def ")
+            got["statuses"].append(await until(ws, "status"))
+            await send(ws, type="edit", seq=2, text="def main(")  # typed while cellserve is down
+            server = await asyncio.to_thread(start_server, model_dir, "--port", str(port), env=KEY_ENV)
+            while True:
+                msg = await ws.receive_json(timeout=TIMEOUT_S)
+                if msg["type"] in ("error", "status"):
+                    got[msg["type"] + "s" if msg["type"] == "error" else "statuses"].append(msg)
+                else:
+                    got[msg["type"]] = msg
+                if msg["type"] == "suggestion" and msg["seq"] == 2:
+                    return
+
+        run(web.url, body)
+        first = got["statuses"][0]
+        assert first["state"] == "reconnecting" and f"cellserve at {target}" in first["message"]
+        assert "failed to connect" in first["message"] or "Connection refused" in first["message"]
+        assert got["errors"] == [], got["errors"]
+        assert got["statuses"][-1]["state"] == "ok"  # said once it is back
+        assert got["opened"]["model"]["name"] == "tiny-lstm"
+        assert server is not None
+        assert got["suggestion"]["position"] == len("def main(")
+        assert got["suggestion"]["text"] == fresh_suggestion(server.target, "def main(")
+    finally:
+        web.stop()
+        if server is not None:
+            server.terminate()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_a_refused_open_is_retried_by_edits_with_its_real_cause(web: WebProcess) -> None:
+    errors: list[dict[str, Any]] = []
+
+    async def body(ws: aiohttp.ClientWebSocketResponse) -> None:
+        await send(ws, type="open", seq=1, model="no-such-model", text="x")
+        errors.append(await until(ws, "error", 1))
+        await send(ws, type="edit", seq=2, text="xy")
+        errors.append(await until(ws, "error", 2))
+
+    run(web.url, body)
+    assert [e["code"] for e in errors] == ["not_found", "not_found"], errors
+    assert errors[1]["message"] == errors[0]["message"]  # the same real cause, not "not_open"
+
+
+def test_gates_carry_the_units_that_track_the_text(web: WebProcess) -> None:
+    """The shipped models have units.json (``cellserve units``): the gates message carries each
+    tracked unit's label and its state for every character shown."""
+    got: dict[str, Any] = {}
+
+    async def body(ws: aiohttp.ClientWebSocketResponse) -> None:
+        await send(ws, type="open", seq=1, model=None, text='x = ("a", [1])')
+        got["gates"] = await until(ws, "gates", 1)
+
+    run(web.url, body)
+    tracked = got["gates"]["tracked"]
+    assert {t["feature"] for t in tracked} == {"in_string", "in_comment", "bracket_depth", "indent", "column"}
+    for t in tracked:
+        assert len(t["values"]) == len('x = ("a", [1])') and t["label"] and -1 <= t["correlation"] <= 1

@@ -31,12 +31,17 @@ Backend -> page::
         the gates of the last characters of the text of edit N (``first_index``: where they start).
     {"type": "ranked", "seq": N, "source": "beam-word", "items": [{"text", "logprob"}]}
     {"type": "status", "state": "reconnecting" | "ok", "message": "..."}
-        the session was lost and is being rebuilt (the server is down), or is back.
+        cellserve cannot be reached (the tab opened while it was down, or its session was lost):
+        the message is the real cause ("cellserve at HOST:PORT: ...; next attempt in N s"),
+        sent again on every failed attempt (backing off to every 5 s); "ok" once it is back.
+        A tab whose open failed that way gets "opened" when cellserve is up, then the answers
+        for its newest text; its edits meanwhile are kept.
     {"type": "error", "code": C, "message": "...", "seq": N | null}
 
 Error codes: ``bad_json`` (not JSON), ``bad_message`` (not an object, or a binary frame),
 ``unknown_type``, ``bad_field`` (a missing or mistyped field, a ``seq`` that does not grow),
-``too_long`` (the text is over the limit), ``not_open`` (an edit before any open),
+``too_long`` (the text is over the limit), ``not_open`` (an edit before any open; after a
+refused open, each edit tries the open again and gets its real error),
 ``not_found`` (no such model), ``bad_input`` (the server refused the text), ``server``
 (another server error), ``gates`` (the gates could not be read), ``internal`` (a bug here; the
 backend's log has it). A frame over 256 KiB closes the socket with code 1009. None of them ends

@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from .._client import AsyncClient
+from .._errors import CellserveError
 from ._tab import Tab, TabSettings
 
 log = logging.getLogger("cellserve_client.web")
@@ -19,10 +20,11 @@ log = logging.getLogger("cellserve_client.web")
 # bytes each): a bigger frame is no message of the page, and the socket is closed with 1009.
 MAX_FRAME_BYTES = 256 * 1024
 HEARTBEAT_S = 30.0  # pings find tabs that vanished without closing their socket
-STATIC = {"app.js": "text/javascript", "style.css": "text/css"}
+STATIC = {"app.js": "text/javascript", "style.css": "text/css", "icon.svg": "image/svg+xml"}
 # Everything the page loads comes from here: no CDN, so it works offline, and nothing injected
 # into it can reach elsewhere.
 CSP = "default-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; frame-ancestors 'none'"
+CHECK_TIMEOUT_S = 5.0  # the start-up check of the target; the page is served either way
 CLIENT_KEY = web.AppKey("client", AsyncClient)
 SETTINGS_KEY = web.AppKey("settings", TabSettings)
 
@@ -49,7 +51,12 @@ def create_app(client: AsyncClient, settings: TabSettings | None = None) -> web.
             raise web.HTTPNotFound()
         return web.Response(body=files[name], content_type=STATIC[name])
 
+    async def favicon(request: web.Request) -> web.Response:
+        # Browsers ask for /favicon.ico whatever the page links: the page's icon, not a 404.
+        return web.Response(body=files["icon.svg"], content_type=STATIC["icon.svg"])
+
     app.router.add_get("/", index)
+    app.router.add_get("/favicon.ico", favicon)
     app.router.add_get("/static/{name}", static)
     app.router.add_get("/ws", tab_socket)
     return app
@@ -90,8 +97,25 @@ async def tab_socket(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+async def check_target(client: AsyncClient) -> str:
+    """One line on whether cellserve answers, said at start: a backend whose target is wrong or
+    down still serves the page (tabs connect when cellserve is up), but says so at once."""
+    targets = ", ".join(client.targets)
+    try:
+        models = await asyncio.wait_for(client.models(), CHECK_TIMEOUT_S)
+    except TimeoutError:
+        return f"cellserve at {targets} did NOT answer within {CHECK_TIMEOUT_S:g} s; tabs will connect when it does"
+    except CellserveError as exc:
+        return (
+            f"cellserve at {targets} is NOT reachable now ({type(exc).__name__}: {exc}); tabs will connect when it is"
+        )
+    names = ", ".join(m.name + (" (default)" if m.is_default else "") for m in models)
+    return f"cellserve at {targets} answers; models: {names}"
+
+
 async def serve(client: AsyncClient, host: str, port: int, settings: TabSettings | None = None) -> None:
-    """Serves until cancelled; prints the page's address once listening."""
+    """Serves until cancelled; says whether cellserve answers, then the page's address."""
+    print(await check_target(client), flush=True)
     runner = web.AppRunner(create_app(client, settings), access_log=None)
     await runner.setup()
     try:

@@ -11,7 +11,11 @@ dropped here, and the page drops any that still cross a newer edit.
 
 A session the SDK's failover cannot save (the server was down longer than its retries) is
 rebuilt here: a new session, the page's current text appended, and the answers for the newest
-edit sent again. The page never loses its text: it holds it.
+edit sent again. The same holds for an open that fails because cellserve cannot be reached
+(e.g. the tab opened while it was down): the tab says why (a ``status`` "reconnecting" with the
+SDK's message, on every failed attempt), keeps the page's edits, and opens the session when
+cellserve is back, sending ``opened`` and the answers for the newest text then. Attempts back
+off (``RECOVER_DELAYS_S``). The page never loses its text: it holds it.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._client import AsyncClient
-from .._errors import CellserveError, InvalidInput, ModelNotFound, NotFound, PreconditionFailed
+from .._errors import CellserveError, InvalidInput, ModelNotFound, NotFound, PreconditionFailed, Unavailable
 from .._session import AsyncSession
 from .._types import FinishReason, GateInspection, ModelInfo, Prediction
 from ._protocol import MAX_TEXT_CHARS, Edit, Open, ProtocolError, Ranked, parse
@@ -57,6 +61,8 @@ class Tab:
         self._seq = -1
         self._text = ""
         self._broken = False
+        self._announced = False  # the page got "opened" for the session it holds
+        self._asked_open = False  # the page sent an open (a failed one is retried by its edits)
         self._rebuilding: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._gates_lock = asyncio.Lock()
@@ -96,28 +102,52 @@ class Tab:
             self._drop_lost_session()
         else:
             await self._drop_session()
-        self._broken = False
+        self._broken, self._announced, self._asked_open = False, False, True
         model = msg.model or self._settings.default_model
-        session = await self._client.open(model)
+        self._model, self._synced, self._seq, self._text = model, "", msg.seq, msg.text
+        try:
+            session = await self._client.open(model)
+        except Unavailable as exc:  # cellserve is down or unreachable: say so, and keep trying
+            self._broken = True
+            await self._reconnecting(exc)
+            self._rebuilding = self._spawn(self._rebuild())
+            return
+        self._session = session
+        await self._announce(msg.seq, session)
+        await self._follow(msg.seq, msg.text, session)
+
+    async def _announce(self, seq: int, session: AsyncSession) -> None:
+        """The ``opened`` message: the session's model, the models to choose from, the limits."""
         models = await self._client.models()
-        self._session, self._model = session, model
-        self._synced, self._seq, self._text = "", msg.seq, msg.text
+        self._announced = True
         await self._send(
             {
                 "type": "opened",
-                "seq": msg.seq,
+                "seq": seq,
                 "model": _model_json(session.model),
                 "models": [m.name for m in models],
                 "limits": {"max_text_chars": MAX_TEXT_CHARS, "gate_chars": self._settings.gate_chars},
             }
         )
-        await self._follow(msg.seq, msg.text, session)
+
+    async def _reconnecting(self, exc: CellserveError, retry_in: float | None = None) -> None:
+        """The real cause, as the SDK words it, and when the next attempt is."""
+        when = f"; next attempt in {retry_in:g} s" if retry_in is not None else ""
+        target = ", ".join(self._client.targets)
+        await self._send(
+            {"type": "status", "state": "reconnecting", "message": f"cellserve at {target}: {exc.message}{when}"}
+        )
 
     async def _edit(self, msg: Edit) -> None:
-        if self._session is None and not self._broken:
-            raise ProtocolError("not_open", "send an 'open' message first")
         if msg.seq <= self._seq:
             raise ProtocolError("bad_field", f"'seq' must grow with every message; the last one was {self._seq}")
+        if self._session is None and not self._broken:
+            if not self._asked_open:
+                raise ProtocolError("not_open", "send an 'open' message first")
+            # The page's open failed for a reason a retry may not fix (e.g. a refused token):
+            # each edit tries again, so the page shows the real cause, never "not open".
+            await self._open(Open(msg.seq, self._model, msg.text))
+            return
         self._seq, self._text = msg.seq, msg.text
         if not self._broken and self._session is not None:  # else the rebuilt session takes the newest text
             await self._follow(msg.seq, msg.text, self._session)
@@ -184,7 +214,7 @@ class Tab:
             shown = min(len(text), self._settings.gate_chars)
             reply: dict[str, Any] = {"type": "gates", "seq": seq, "cell": model.cell.value, "first_index": 0}
             reply["gate_names"] = list(GATE_NAMES.get(model.cell.value, ()))
-            reply["characters"] = []
+            reply["characters"], reply["tracked"] = [], []
             if shown:
                 try:
                     r = await self._client.inspect_gates(
@@ -222,7 +252,7 @@ class Tab:
             self._synced = None
             return
         self._broken = True
-        await self._send({"type": "status", "state": "reconnecting", "message": exc.message})
+        await self._reconnecting(exc)
         self._rebuilding = self._spawn(self._rebuild())
 
     async def _rebuild(self) -> None:
@@ -232,6 +262,8 @@ class Tab:
             try:
                 session = await self._client.open(self._model)
                 self._session, self._synced = session, ""
+                if not self._announced:  # the tab opened while cellserve was unreachable
+                    await self._announce(self._seq, session)
                 append = await self._sync(session, self._text)
                 if append is not None:
                     await append
@@ -242,8 +274,10 @@ class Tab:
                 await self._server_error(exc, self._seq)
                 return
             except CellserveError as exc:
+                delay = RECOVER_DELAYS_S[min(attempt, len(RECOVER_DELAYS_S) - 1)]
                 log.info("tab: rebuilding the session: %s", exc)
-            await asyncio.sleep(RECOVER_DELAYS_S[min(attempt, len(RECOVER_DELAYS_S) - 1)])
+                await self._reconnecting(exc, delay)
+            await asyncio.sleep(delay)
             attempt += 1
         self._broken, self._rebuilding = False, None
         await self._send({"type": "status", "state": "ok", "message": "reconnected"})
@@ -319,5 +353,17 @@ def _gates_json(r: GateInspection, offset: int) -> dict[str, Any]:
                 "top": [[ch, p] for ch, p in c.top],
             }
             for c in r.characters
+        ],
+        # units whose state tracks the text: [{label, feature, layer, unit, correlation, values}]
+        "tracked": [
+            {
+                "label": u.label,
+                "feature": u.feature,
+                "layer": u.layer,
+                "unit": u.unit,
+                "correlation": u.correlation,
+                "values": list(u.values),
+            }
+            for u in r.tracked
         ],
     }

@@ -31,9 +31,12 @@ def model_info(m: ModelInfo) -> types.ModelInfo:
         vocabulary=types.Vocabulary(characters=list(m.vocabulary)),
         weights_sha256=m.weights_sha256,
         is_default=m.is_default,
+        precision=m.precision,
     )
     if m.validation_bits_per_char is not None:
         msg.validation_bits_per_char = m.validation_bits_per_char
+    if m.precision_loss is not None:
+        msg.precision_loss = m.precision_loss
     return msg
 
 

@@ -16,6 +16,7 @@ from ..config import Settings
 from ..errors import CapacityExceeded, InvalidInput
 from ..inspection import CharGates, inspect_gates
 from ..nn.checkpoint import LoadedModel
+from ..units import read_units, unit_traces
 from . import validate
 from .pb import svc, types
 
@@ -66,23 +67,38 @@ class GateInspector:
             await self._running.acquire()
         finally:
             self._waiting -= 1
-        run = asyncio.ensure_future(
-            asyncio.to_thread(inspect_gates, loaded, text, last_chars=last, top_units=top_units, top_k=top_k)
-        )
+        run = asyncio.ensure_future(asyncio.to_thread(_inspect, loaded, text, last, top_units, top_k))
         # Released when the thread is done, not when a cancelled caller stops waiting for it.
         run.add_done_callback(self._finished)
-        first, rows = await asyncio.shield(run)
+        first, rows, tracked = await asyncio.shield(run)
         return svc.InspectGatesResponse(
             model=loaded.spec.name,
             cell=_CELLS[loaded.spec.cell],
             first_index=first,
             characters=[_character(r) for r in rows],
+            tracked_units=tracked,
         )
 
-    def _finished(self, run: asyncio.Future[tuple[int, list[CharGates]]]) -> None:
+    def _finished(self, run: asyncio.Future[tuple[int, list[CharGates], list[svc.TrackedUnit]]]) -> None:
         self._running.release()
         if not run.cancelled():
             run.exception()  # retrieved: an error nobody awaits anymore is not logged as lost
+
+
+def _inspect(
+    loaded: LoadedModel, text: str, last: int | None, top_units: int, top_k: int
+) -> tuple[int, list[CharGates], list[svc.TrackedUnit]]:
+    """The gates, and the traces of the model's tracked units (``units.json``), in one thread."""
+    first, rows = inspect_gates(loaded, text, last_chars=last, top_units=top_units, top_k=top_k)
+    units = read_units(loaded)
+    traces = unit_traces(loaded, text, first, units)
+    tracked = [
+        svc.TrackedUnit(
+            layer=u.layer, unit=u.unit, feature=u.feature, label=u.label, correlation=u.correlation, values=v
+        )
+        for u, v in zip(units, traces, strict=True)
+    ]
+    return first, rows, tracked
 
 
 def _character(r: CharGates) -> svc.CharacterGates:

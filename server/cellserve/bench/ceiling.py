@@ -5,7 +5,8 @@ pool gather/scatter: only what a server must compute per keystroke.
   plain tensors; the better of oneDNN on and off (the ceiling, whatever the kernel rule);
 - completions: greedy decoding at batch B: step -> head -> argmax -> host -> next input.
 
-Timing: median of repeated calls (robust to the machine's noise) after a warm-up.
+The model runs at the precision a server with default settings would serve it at
+(``self.precision``). Timing: median of repeated calls (robust to the machine's noise) after a warm-up.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from typing import Any
 
 import torch
 
+from ..config import Settings
 from ..nn.checkpoint import load_model
 from ..nn.kernels import onednn
+from ..nn.spec import SPEC_FILE
+from ..repository import at_precision
 from .model import ModelRef
 
 
@@ -43,7 +47,10 @@ class Ceiling:
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
-        self.model = load_model(ref.folder).model.to(self.device).eval()
+        # the module a server with default settings steps (nn/precision.py: int8 on CPU when recorded
+        # within the bound, half on CUDA), so the ceiling is the floor of what the servers run
+        loaded = at_precision(load_model(ref.folder, self.device), Settings(), self.device, ref.folder / SPEC_FILE)
+        self.model, self.precision = loaded.serving, loaded.precision
         self.threads = torch.get_num_threads()
         self.on_cpu = self.device.type == "cpu"
 
@@ -71,7 +78,7 @@ class Ceiling:
                     t = _median_time(step, seconds / 2, self._sync)
                 if not best or t < best["step_s"]:
                     best = {"step_s": t, "kernel": ("onednn" if kernel else "native") if self.on_cpu else "cuda"}
-        best["batch"] = batch
+        best["batch"], best["precision"] = batch, self.precision
         best["throughput_rps"] = batch / best["step_s"]
         return best
 
@@ -95,5 +102,5 @@ class Ceiling:
                     t = _median_time(decode, seconds / 2, self._sync, min_reps=3)
                 if not best or t < best["decode_s"]:
                     best = {"decode_s": t, "kernel": ("onednn" if kernel else "native") if self.on_cpu else "cuda"}
-        best.update(batch=batch, chars=chars, chars_per_s=batch * chars / best["decode_s"])
+        best.update(batch=batch, chars=chars, chars_per_s=batch * chars / best["decode_s"], precision=self.precision)
         return best

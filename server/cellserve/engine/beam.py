@@ -79,7 +79,7 @@ class BeamSearches:
     def __init__(self, model: CharLM, vocab: Vocab) -> None:
         self.model = model
         self.vocab = vocab
-        self.device = model.head.weight.device
+        self.device = model.device
         self.running: list[BeamQuery] = []
         self._classes: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 

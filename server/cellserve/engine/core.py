@@ -193,7 +193,7 @@ class EngineCore:
         ck_max = settings.max_sessions * (settings.rewind_window // settings.checkpoint_every + 3)
         if settings.rewind_window == 0:
             ck_max = 0
-        make_runner = runner_factory or (lambda lm, pool, ck: ModelRunner(lm.model, pool, ck))
+        make_runner = runner_factory or (lambda lm, pool, ck: ModelRunner(lm.serving, pool, ck, reference=lm.model))
         self._runtimes: dict[str, _Runtime] = {}
         for name in repository.names():
             lm = repository.get(name)
@@ -213,7 +213,7 @@ class EngineCore:
                 LSTM_GATES if m.cell == "lstm" else GRU_GATES,
             )
             rt.scheduler = Scheduler(lm.vocab.encode, rt.take_scratch, rt.take_checkpoint)
-            rt.beams = BeamSearches(m, lm.vocab)
+            rt.beams = BeamSearches(lm.serving, lm.vocab)
             self._runtimes[name] = rt
         self._sessions: dict[str, Session] = {}
         self._owner_sessions: dict[str, int] = {}  # live sessions per owner (tenant quotas)

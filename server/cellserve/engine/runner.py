@@ -48,8 +48,11 @@ from .state_pool import StatePool
 
 
 class ModelRunner:
-    def __init__(self, model: CharLM, pool: StatePool, checkpoints: StatePool | None = None) -> None:
-        self.model = model
+    def __init__(
+        self, model: CharLM, pool: StatePool, checkpoints: StatePool | None = None, reference: CharLM | None = None
+    ) -> None:
+        self.model = model  # the serving module (nn/precision.py): steps, prefill, decoding, heads
+        self.reference = reference or model  # fp32: gates always come from its reference cells
         self.pool = pool
         # rewind checkpoints: a second slot-indexed pool of the same shape
         self.checkpoints = checkpoints or StatePool(pool.layers, pool.hidden, pool.arity, pool.device, pool.dtype)
@@ -342,7 +345,7 @@ class ModelRunner:
         """Reference-cell run of one row: outputs [T, H], final state ([L, 1, H] x arity) and
         gate means [T, G, L] (each gate averaged over the hidden units)."""
         if self._ref is None:
-            self._ref = reference_cell(self.model)
+            self._ref = reference_cell(self.reference)
         emb = self.model.embed(torch.tensor(tokens, device=self.device))  # [T, E]
         outs, traces = [], []
         st = state

@@ -47,6 +47,8 @@ class ModelInfo:
     weights_sha256: str
     validation_bits_per_char: float | None
     is_default: bool
+    precision: str = "fp32"  # what steps run at: fp32 | int8 | fp16 | bf16 (gates: always fp32)
+    precision_loss: float | None = None  # its recorded bits/char loss relative to fp32 (worst package)
 
 
 @dataclass(frozen=True)

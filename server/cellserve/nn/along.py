@@ -45,7 +45,7 @@ def _single_layers(model: CharLM) -> list[nn.LSTM | nn.GRU]:
         with torch.no_grad():
             for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
                 getattr(m, f"{name}_l0").copy_(getattr(rnn, f"{name}_l{k}"))
-        out.append(m.eval().to(model.head.weight.device))
+        out.append(m.eval().to(model.device))
     return out
 
 

@@ -48,11 +48,18 @@ class CharLM(nn.Module):
         """Number of state tensors: 2 for LSTM (h, c), 1 for GRU (h)."""
         return 2 if self.cell == "lstm" else 1
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs (read from the embedding, which every serving precision keeps
+        a plain tensor: a quantized head's ``weight`` is a method)."""
+        return self.embed.weight.device
+
     def init_state(
         self, batch: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> State:
-        """Zero state: ``state_arity`` tensors of [layers, batch, hidden]."""
-        ref = self.head.weight
+        """Zero state: ``state_arity`` tensors of [layers, batch, hidden] (the embedding's dtype:
+        fp32 at every serving precision)."""
+        ref = self.embed.weight
         z = torch.zeros(self.layers, batch, self.hidden, device=device or ref.device, dtype=dtype or ref.dtype)
         return (z, z.clone()) if self.cell == "lstm" else (z,)
 

@@ -28,9 +28,17 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 @dataclass
 class LoadedModel:
     spec: ModelSpec
-    model: CharLM
+    model: CharLM  # fp32: the reference (gates, offline tools)
     vocab: Vocab
     weights_sha256: str  # identifies the weights: snapshots only resume on the same hash
+    folder: Path | None = None  # where it was loaded from (files stored beside it, e.g. units.json)
+    precision: str = "fp32"  # what the served steps run at (nn/precision.py; the repository sets it)
+    served: CharLM | None = None  # the module those steps run on; None: ``model`` itself
+
+    @property
+    def serving(self) -> CharLM:
+        """The module the engine steps: ``served`` at ``precision``, else the fp32 model."""
+        return self.model if self.served is None else self.served
 
 
 def build_model(spec: ModelSpec) -> CharLM:
@@ -102,4 +110,4 @@ def load_model(folder: Path | str, device: torch.device | str = "cpu") -> Loaded
             raise ModelFileError(str(wpath), name, "contains NaN or infinite values")
     model.load_state_dict({k: v.float() for k, v in tensors.items()})
     model.to(device).eval()
-    return LoadedModel(spec, model, Vocab(spec.vocabulary), hashlib.sha256(blob).hexdigest())
+    return LoadedModel(spec, model, Vocab(spec.vocabulary), hashlib.sha256(blob).hexdigest(), folder)

@@ -166,6 +166,12 @@ class Corpus:
     # held-out text per package (the default corpus) or {"validation": ...} (explicit paths)
     validation_parts: dict[str, str] = field(default_factory=dict)
     sources: list[SourceStats] = field(default_factory=list)
+    # every file taken, in corpus order: (split, name, characters); ``--dry-run`` lists them
+    files: list[tuple[str, str, int]] = field(default_factory=list)
+
+    def describe_files(self) -> str:
+        """One line per file taken: split, characters, name (the source, then its path)."""
+        return "\n".join(f"{split:<10} {chars:>9,}  {name}" for split, name, chars in self.files)
 
     def describe(self) -> str:
         """The corpus list and sizes, one line per source."""
@@ -221,14 +227,16 @@ def load_default_corpus(seed: int = 0, heldout_chars: int = HELDOUT_CHARS) -> Co
     train_docs = [d for src in default_train_sources() for d in take(src, "train")]
     parts: dict[str, str] = {}
     n_val = 0
+    val_files: list[tuple[str, str, int]] = []
     for src in default_heldout_sources():
         docs = sorted(take(src, "validation"), key=lambda d: hashlib.sha256(d[0].encode()).digest())
         chosen: list[str] = []
         size = 0
-        for _, text in docs:
+        for key, text in docs:
             if size >= heldout_chars:
                 break
             chosen.append(text)
+            val_files.append(("validation", key, len(text)))
             size += len(text)
         st = stats[-1]
         st.files, st.chars = len(chosen), size
@@ -255,19 +263,22 @@ def load_default_corpus(seed: int = 0, heldout_chars: int = HELDOUT_CHARS) -> Co
         train_starts=starts,
         validation_parts=parts,
         sources=stats,
+        files=[("train", key, len(text)) for key, text in train_docs] + val_files,
     )
 
 
 def load_corpus(paths: list[Path], validation_fraction: float = 0.05, seed: int = 0) -> Corpus:
     """Reads and splits the corpus; train files are concatenated in a seeded shuffled order."""
-    train_parts: list[str] = []
-    val_parts: list[str] = []
+    train_docs: list[tuple[str, str]] = []
+    val_docs: list[tuple[str, str]] = []
     for key, path in gather_files(paths):
         text = _read(path)
-        (val_parts if is_validation(key, validation_fraction) else train_parts).append(text)
-    if not val_parts and len(train_parts) > 1:  # tiny corpora: keep at least one validation file
-        val_parts.append(train_parts.pop())
-    random.Random(seed).shuffle(train_parts)
+        (val_docs if is_validation(key, validation_fraction) else train_docs).append((key, text))
+    if not val_docs and len(train_docs) > 1:  # tiny corpora: keep at least one validation file
+        val_docs.append(train_docs.pop())
+    random.Random(seed).shuffle(train_docs)
+    train_parts = [t for _, t in train_docs]
+    val_parts = [t for _, t in val_docs]
     starts, pos = [], 0
     for text in train_parts:
         starts.append(pos)
@@ -277,6 +288,14 @@ def load_corpus(paths: list[Path], validation_fraction: float = 0.05, seed: int 
         SourceStats(", ".join(map(str, paths))[:60], "train", "", len(train_parts), pos),
         SourceStats(", ".join(map(str, paths))[:60], "validation", "", len(val_parts), len(validation)),
     ]
+    files = [("train", k, len(t)) for k, t in train_docs] + [("validation", k, len(t)) for k, t in val_docs]
     return Corpus(
-        "".join(train_parts), validation, len(train_parts), len(val_parts), starts, {"validation": validation}, stats
+        "".join(train_parts),
+        validation,
+        len(train_parts),
+        len(val_parts),
+        starts,
+        {"validation": validation},
+        stats,
+        files,
     )

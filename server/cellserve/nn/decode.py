@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -39,6 +39,9 @@ from .vocab import Vocab
 
 MIN_TEMPERATURE = 1e-4
 Until = Literal["word", "line"]
+# Adjusts the log-probabilities of a beam step [B, V]: (logprobs, parent beam index [B] or None
+# at the first step, the beam's new character [B] or None) -> logprobs (e.g. the session memory)
+StepMix = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor | None], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,7 @@ def complete(
             text += vocab.char(tok)
             if any(text.endswith(s) for s in stop) or len(text) >= max_chars:
                 break
-            with step_kernel(model.head.weight.device, 1):
+            with step_kernel(model.device, 1):
                 out, state = model(torch.tensor([[tok]]), state)
             logits = out[0, -1]
         texts.append(text)
@@ -142,10 +145,13 @@ def beam_search_batch(
     until: Until = "word",
     max_chars: int = 32,
     logits: torch.Tensor | None = None,
+    mix: StepMix | None = None,
 ) -> list[list[Suggestion]]:
     """The n best completions for each of Q queries, each starting from its state in
     ``states`` ([L, Q, H] each); ``logits`` [Q, V] (the states' next-character logits) saves a
     forward when the caller has them. ``width`` beams per query (default ``max(n, 4)``).
+    ``mix`` (optional) turns each step's log-probabilities into the served ones (the session
+    memory's mixed distribution, with a memory fork per beam).
 
     Every step runs one forward for the live beams of all queries. A beam is dropped as soon as
     it cannot reach its query's top n (log-probabilities only fall as a completion grows).
@@ -161,6 +167,8 @@ def beam_search_batch(
     finished: list[list[tuple[float, str]]] = [[] for _ in range(q_count)]
     # live beams, flat: query index, token ids so far, log-prob, and their states/logits
     lp_all = torch.log_softmax(first.float(), dim=-1)  # [Q, V]
+    if mix is not None:
+        lp_all = mix(lp_all, None, None)
     owner = torch.arange(q_count)
     beam_lp = torch.zeros(q_count)
     texts: list[list[int]] = [[] for _ in range(q_count)]
@@ -197,9 +205,11 @@ def beam_search_batch(
                 _offer(finished[q], float(beam_lp[b]), texts[b], vocab, n)
             break
         par_state = tuple(s[:, parent] for s in state)
-        with step_kernel(model.head.weight.device, tok.numel()):
+        with step_kernel(model.device, tok.numel()):
             out, state = model(tok[:, None], par_state)
         lp_all = torch.log_softmax(out[:, -1].float(), dim=-1)
+        if mix is not None:
+            lp_all = mix(lp_all, parent, tok)
     return [[Suggestion(t, lp) for lp, t in f] for f in finished]
 
 

@@ -84,8 +84,9 @@
         if (msg.seq !== rankedSeq) return;
         showRanked(msg.items);
         break;
-      case "status":
-        serverState = msg.state === "ok" ? "ok" : "server lost, reconnecting: " + msg.message;
+      case "status": // the backend lost cellserve (or never reached it) and retries with backoff
+        serverState = msg.state === "ok" ? "ok" : "reconnecting · " + msg.message;
+        if (msg.state === "ok") errorText = "";
         break;
       case "error":
         errorText = msg.code + ": " + msg.message;
@@ -264,6 +265,7 @@
       }
       gatesEl.append(block);
     }
+    drawTracked(chars.length);
     const axis = document.createElement("div");
     axis.className = "row chars";
     const pad = document.createElement("span");
@@ -279,6 +281,48 @@
     scale.className = "scale";
     scale.innerHTML = '0 <span class="bar"></span> 1';
     gatesEl.append(scale);
+    gatesEl.scrollLeft = gatesEl.scrollWidth; // the newest characters in view (labels stay: sticky)
+  }
+
+  // Units whose state tracks the text (found offline by `cellserve units`): one row each, the
+  // state scaled to its largest magnitude in view, red above zero and blue below.
+  const SHORT = { in_string: "string", in_comment: "comment", bracket_depth: "brackets", indent: "indent", column: "column" };
+
+  function diverging(v) {
+    const x = Math.max(-1, Math.min(1, v)), w = 1 - Math.abs(x);
+    const end = x >= 0 ? [178, 24, 43] : [33, 102, 172];
+    const c = end.map((a) => Math.round(a + (255 - a) * w));
+    return `rgb(${c[0]},${c[1]},${c[2]})`;
+  }
+
+  function drawTracked(n) {
+    const tracked = gates.tracked || [];
+    if (!tracked.length) return;
+    const block = document.createElement("div");
+    block.className = "layer tracked";
+    block.dataset.testid = "tracked";
+    const title = document.createElement("div");
+    title.className = "tracked-title";
+    title.textContent = "units that track the text (state; red +, blue −)";
+    block.append(title);
+    for (const u of tracked) {
+      const row = document.createElement("div");
+      row.className = "row";
+      row.dataset.unit = `${u.layer}:${u.unit}`;
+      row.title = `layer ${u.layer} unit ${u.unit}: ${u.label} (r = ${u.correlation.toFixed(2)} on the training corpus)`;
+      const label = document.createElement("span");
+      label.className = "label";
+      label.textContent = SHORT[u.feature] || u.feature;
+      row.append(label);
+      const scale = Math.max(1e-6, ...u.values.map(Math.abs));
+      for (let i = 0; i < n; i++) {
+        const d = cell(i);
+        d.style.background = diverging(u.values[i] / scale);
+        row.append(d);
+      }
+      block.append(row);
+    }
+    gatesEl.append(block);
   }
 
   function describe(i) {
@@ -292,6 +336,9 @@
         if (units.length) lines.push(`   ${g} units that moved most: ${units.join(", ")}`);
       }
     });
+    for (const u of gates.tracked || []) {
+      lines.push(`L${u.layer} #${u.unit} ${u.label} (r ${u.correlation.toFixed(2)}): state ${u.values[i].toFixed(2)}`);
+    }
     lines.push("next: " + c.top.map(([ch, p]) => `'${shown(ch)}' ${p.toFixed(3)}`).join("  "));
     return lines.join("\n");
   }

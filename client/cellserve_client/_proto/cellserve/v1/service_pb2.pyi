@@ -360,16 +360,34 @@ class InspectGatesRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., input: _Optional[_Union[_types_pb2.Input, _Mapping]] = ..., last_chars: _Optional[int] = ..., top_units: _Optional[int] = ..., top_k: _Optional[int] = ...) -> None: ...
 
 class InspectGatesResponse(_message.Message):
-    __slots__ = ("model", "cell", "first_index", "characters")
+    __slots__ = ("model", "cell", "first_index", "characters", "tracked_units")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CELL_FIELD_NUMBER: _ClassVar[int]
     FIRST_INDEX_FIELD_NUMBER: _ClassVar[int]
     CHARACTERS_FIELD_NUMBER: _ClassVar[int]
+    TRACKED_UNITS_FIELD_NUMBER: _ClassVar[int]
     model: str
     cell: _types_pb2.Cell
     first_index: int
     characters: _containers.RepeatedCompositeFieldContainer[CharacterGates]
-    def __init__(self, model: _Optional[str] = ..., cell: _Optional[_Union[_types_pb2.Cell, str]] = ..., first_index: _Optional[int] = ..., characters: _Optional[_Iterable[_Union[CharacterGates, _Mapping]]] = ...) -> None: ...
+    tracked_units: _containers.RepeatedCompositeFieldContainer[TrackedUnit]
+    def __init__(self, model: _Optional[str] = ..., cell: _Optional[_Union[_types_pb2.Cell, str]] = ..., first_index: _Optional[int] = ..., characters: _Optional[_Iterable[_Union[CharacterGates, _Mapping]]] = ..., tracked_units: _Optional[_Iterable[_Union[TrackedUnit, _Mapping]]] = ...) -> None: ...
+
+class TrackedUnit(_message.Message):
+    __slots__ = ("layer", "unit", "feature", "label", "correlation", "values")
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    CORRELATION_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    layer: int
+    unit: int
+    feature: str
+    label: str
+    correlation: float
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, layer: _Optional[int] = ..., unit: _Optional[int] = ..., feature: _Optional[str] = ..., label: _Optional[str] = ..., correlation: _Optional[float] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class CharacterGates(_message.Message):
     __slots__ = ("character", "layers", "next")

@@ -25,37 +25,37 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x65llserve/v1/types.proto\x12\x0c\x63\x65llserve.v1\x1a\x1fgoogle/protobuf/timestamp.proto\" \n\nVocabulary\x12\x12\n\ncharacters\x18\x01 \x03(\t\"\x8a\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12 \n\x04\x63\x65ll\x18\x02 \x01(\x0e\x32\x12.cellserve.v1.Cell\x12\x0e\n\x06layers\x18\x03 \x01(\r\x12\x0e\n\x06hidden\x18\x04 \x01(\r\x12.\n\nvocabulary\x18\x05 \x01(\x0b\x32\x18.cellserve.v1.VocabularyH\x00\x12\x16\n\x0eweights_sha256\x18\x06 \x01(\t\x12%\n\x18validation_bits_per_char\x18\x07 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\nis_default\x18\x08 \x01(\x08\x42\r\n\x0binput_spaceB\x1b\n\x19_validation_bits_per_char\"\xa4\x01\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08position\x18\x03 \x01(\x04\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_used_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1f\n\x05Input\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x42\x06\n\x04kind\"9\n\x0f\x43harProbability\x12\x11\n\tcharacter\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\"?\n\rTopCharacters\x12.\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1d.cellserve.v1.CharProbability\"$\n\x04Gate\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06layers\x18\x02 \x03(\x02\".\n\tGateTrace\x12!\n\x05gates\x18\x01 \x03(\x0b\x32\x12.cellserve.v1.Gate\"\xc5\x01\n\nPrediction\x12\x10\n\x08position\x18\x01 \x01(\x04\x12\x35\n\x0etop_characters\x18\x02 \x01(\x0b\x32\x1b.cellserve.v1.TopCharactersH\x00\x12\x10\n\x08logprobs\x18\x03 \x03(\x02\x12&\n\x05gates\x18\x04 \x03(\x0b\x32\x17.cellserve.v1.GateTrace\x12\x10\n\x08replayed\x18\x05 \x01(\x08\x12\x12\n\nsuperseded\x18\x06 \x01(\x08\x42\x0e\n\x0c\x64istribution\"\x81\x01\n\x0f\x43ompletionChunk\x12\x13\n\x0b\x61lternative\x18\x01 \x01(\r\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\x12\x31\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1a.cellserve.v1.FinishReasonB\x08\n\x06output\"+\n\nSuggestion\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x01*9\n\x04\x43\x65ll\x12\x14\n\x10\x43\x45LL_UNSPECIFIED\x10\x00\x12\r\n\tCELL_LSTM\x10\x01\x12\x0c\n\x08\x43\x45LL_GRU\x10\x02*|\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63\x65llserve/v1/types.proto\x12\x0c\x63\x65llserve.v1\x1a\x1fgoogle/protobuf/timestamp.proto\" \n\nVocabulary\x12\x12\n\ncharacters\x18\x01 \x03(\t\"\xcd\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12 \n\x04\x63\x65ll\x18\x02 \x01(\x0e\x32\x12.cellserve.v1.Cell\x12\x0e\n\x06layers\x18\x03 \x01(\r\x12\x0e\n\x06hidden\x18\x04 \x01(\r\x12.\n\nvocabulary\x18\x05 \x01(\x0b\x32\x18.cellserve.v1.VocabularyH\x00\x12\x16\n\x0eweights_sha256\x18\x06 \x01(\t\x12%\n\x18validation_bits_per_char\x18\x07 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\nis_default\x18\x08 \x01(\x08\x12\x11\n\tprecision\x18\t \x01(\t\x12\x1b\n\x0eprecision_loss\x18\n \x01(\x01H\x02\x88\x01\x01\x42\r\n\x0binput_spaceB\x1b\n\x19_validation_bits_per_charB\x11\n\x0f_precision_loss\"\xa4\x01\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08position\x18\x03 \x01(\x04\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_used_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1f\n\x05Input\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x42\x06\n\x04kind\"9\n\x0f\x43harProbability\x12\x11\n\tcharacter\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\"?\n\rTopCharacters\x12.\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1d.cellserve.v1.CharProbability\"$\n\x04Gate\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06layers\x18\x02 \x03(\x02\".\n\tGateTrace\x12!\n\x05gates\x18\x01 \x03(\x0b\x32\x12.cellserve.v1.Gate\"\xc5\x01\n\nPrediction\x12\x10\n\x08position\x18\x01 \x01(\x04\x12\x35\n\x0etop_characters\x18\x02 \x01(\x0b\x32\x1b.cellserve.v1.TopCharactersH\x00\x12\x10\n\x08logprobs\x18\x03 \x03(\x02\x12&\n\x05gates\x18\x04 \x03(\x0b\x32\x17.cellserve.v1.GateTrace\x12\x10\n\x08replayed\x18\x05 \x01(\x08\x12\x12\n\nsuperseded\x18\x06 \x01(\x08\x42\x0e\n\x0c\x64istribution\"\x81\x01\n\x0f\x43ompletionChunk\x12\x13\n\x0b\x61lternative\x18\x01 \x01(\r\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\x12\x31\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1a.cellserve.v1.FinishReasonB\x08\n\x06output\"+\n\nSuggestion\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x01*9\n\x04\x43\x65ll\x12\x14\n\x10\x43\x45LL_UNSPECIFIED\x10\x00\x12\r\n\tCELL_LSTM\x10\x01\x12\x0c\n\x08\x43\x45LL_GRU\x10\x02*|\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cellserve.v1.types_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CELL']._serialized_start=1165
-  _globals['_CELL']._serialized_end=1222
-  _globals['_FINISHREASON']._serialized_start=1224
-  _globals['_FINISHREASON']._serialized_end=1348
+  _globals['_CELL']._serialized_start=1232
+  _globals['_CELL']._serialized_end=1289
+  _globals['_FINISHREASON']._serialized_start=1291
+  _globals['_FINISHREASON']._serialized_end=1415
   _globals['_VOCABULARY']._serialized_start=75
   _globals['_VOCABULARY']._serialized_end=107
   _globals['_MODELINFO']._serialized_start=110
-  _globals['_MODELINFO']._serialized_end=376
-  _globals['_SESSIONINFO']._serialized_start=379
-  _globals['_SESSIONINFO']._serialized_end=543
-  _globals['_INPUT']._serialized_start=545
-  _globals['_INPUT']._serialized_end=576
-  _globals['_CHARPROBABILITY']._serialized_start=578
-  _globals['_CHARPROBABILITY']._serialized_end=635
-  _globals['_TOPCHARACTERS']._serialized_start=637
-  _globals['_TOPCHARACTERS']._serialized_end=700
-  _globals['_GATE']._serialized_start=702
-  _globals['_GATE']._serialized_end=738
-  _globals['_GATETRACE']._serialized_start=740
-  _globals['_GATETRACE']._serialized_end=786
-  _globals['_PREDICTION']._serialized_start=789
-  _globals['_PREDICTION']._serialized_end=986
-  _globals['_COMPLETIONCHUNK']._serialized_start=989
-  _globals['_COMPLETIONCHUNK']._serialized_end=1118
-  _globals['_SUGGESTION']._serialized_start=1120
-  _globals['_SUGGESTION']._serialized_end=1163
+  _globals['_MODELINFO']._serialized_end=443
+  _globals['_SESSIONINFO']._serialized_start=446
+  _globals['_SESSIONINFO']._serialized_end=610
+  _globals['_INPUT']._serialized_start=612
+  _globals['_INPUT']._serialized_end=643
+  _globals['_CHARPROBABILITY']._serialized_start=645
+  _globals['_CHARPROBABILITY']._serialized_end=702
+  _globals['_TOPCHARACTERS']._serialized_start=704
+  _globals['_TOPCHARACTERS']._serialized_end=767
+  _globals['_GATE']._serialized_start=769
+  _globals['_GATE']._serialized_end=805
+  _globals['_GATETRACE']._serialized_start=807
+  _globals['_GATETRACE']._serialized_end=853
+  _globals['_PREDICTION']._serialized_start=856
+  _globals['_PREDICTION']._serialized_end=1053
+  _globals['_COMPLETIONCHUNK']._serialized_start=1056
+  _globals['_COMPLETIONCHUNK']._serialized_end=1185
+  _globals['_SUGGESTION']._serialized_start=1187
+  _globals['_SUGGESTION']._serialized_end=1230
 # @@protoc_insertion_point(module_scope)

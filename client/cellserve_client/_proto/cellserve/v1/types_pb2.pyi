@@ -37,7 +37,7 @@ class Vocabulary(_message.Message):
     def __init__(self, characters: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "cell", "layers", "hidden", "vocabulary", "weights_sha256", "validation_bits_per_char", "is_default")
+    __slots__ = ("name", "cell", "layers", "hidden", "vocabulary", "weights_sha256", "validation_bits_per_char", "is_default", "precision", "precision_loss")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CELL_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,8 @@ class ModelInfo(_message.Message):
     WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_BITS_PER_CHAR_FIELD_NUMBER: _ClassVar[int]
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_LOSS_FIELD_NUMBER: _ClassVar[int]
     name: str
     cell: Cell
     layers: int
@@ -54,7 +56,9 @@ class ModelInfo(_message.Message):
     weights_sha256: str
     validation_bits_per_char: float
     is_default: bool
-    def __init__(self, name: _Optional[str] = ..., cell: _Optional[_Union[Cell, str]] = ..., layers: _Optional[int] = ..., hidden: _Optional[int] = ..., vocabulary: _Optional[_Union[Vocabulary, _Mapping]] = ..., weights_sha256: _Optional[str] = ..., validation_bits_per_char: _Optional[float] = ..., is_default: _Optional[bool] = ...) -> None: ...
+    precision: str
+    precision_loss: float
+    def __init__(self, name: _Optional[str] = ..., cell: _Optional[_Union[Cell, str]] = ..., layers: _Optional[int] = ..., hidden: _Optional[int] = ..., vocabulary: _Optional[_Union[Vocabulary, _Mapping]] = ..., weights_sha256: _Optional[str] = ..., validation_bits_per_char: _Optional[float] = ..., is_default: _Optional[bool] = ..., precision: _Optional[str] = ..., precision_loss: _Optional[float] = ...) -> None: ...
 
 class SessionInfo(_message.Message):
     __slots__ = ("session_id", "model", "position", "created_at", "last_used_at")

@@ -1,0 +1,116 @@
+"""The learned mixer: one distribution from the model's and the memory's.
+
+    p = g_0 * p_model + sum_e g_e * q_e,     g = softmax(gate(features)) over present experts
+
+``q_e`` are the memory's expert distributions (``features.memory_arrays``); the gate is a small
+MLP over the model's entropy and top log-probability, each expert's agreement with the model
+(log of sum_v q_e(v) p_model(v)) and the memory's host features (counts, match length). The
+model always keeps a positive weight and a floor of ``EPS / V`` is mixed in, so every symbol
+has probability > 0: the result is always a proper distribution.
+
+Two paths compute the same thing: ``Mixer.mix`` (torch, batched, on the distribution's
+device: on a GPU only the memory's small arrays travel to it) and ``Mixer.mix_row`` (numpy,
+one row, for the CPU's per-keystroke path).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .features import EXPERTS, HOST_FEATURES
+from .window import ORDERS
+
+EPS = 1e-6
+HIDDEN = 32
+MODEL_FEATURES = 2 + EXPERTS  # entropy, top log-prob, agreement per expert
+FEATURES = MODEL_FEATURES + HOST_FEATURES
+MIXER_FILE = "mixer.safetensors"
+_PRESENT = [3 * j for j in range(len(ORDERS))] + [HOST_FEATURES - 3]
+
+
+class Mixer(nn.Module):
+    """Gate MLP: FEATURES -> HIDDEN -> 1 + EXPERTS logits (model first)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(FEATURES, HIDDEN)
+        self.out = nn.Linear(HIDDEN, 1 + EXPERTS)
+        with torch.no_grad():  # untrained: trust the model (the memory's weights start small)
+            self.out.weight.zero_()
+            self.out.bias.copy_(torch.tensor([3.0] + [0.0] * EXPERTS))
+
+    # --- torch path --------------------------------------------------------------------
+    @staticmethod
+    def features(logprobs: torch.Tensor, dists: torch.Tensor, host: torch.Tensor) -> torch.Tensor:
+        """[B, FEATURES] from logprobs [B, V], dists [B, E, V], host [B, HOST_FEATURES]."""
+        p = logprobs.exp()
+        entropy = -(p * logprobs).sum(-1, keepdim=True) / 4.0
+        top = logprobs.max(-1, keepdim=True).values / 4.0
+        present = host[:, _PRESENT]
+        agree = torch.log((dists * p[:, None, :]).sum(-1) + 1e-6) / 8.0 * present
+        return torch.cat([entropy, top, agree, host], dim=-1)
+
+    def gates(self, feats: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """[B, 1 + E] mixture weights; absent experts get exactly 0."""
+        logits = self.out(torch.relu(self.hidden(feats)))
+        keep = torch.cat([torch.ones_like(present[:, :1]), present], dim=-1) > 0
+        return torch.softmax(logits.masked_fill(~keep, float("-inf")), dim=-1)
+
+    @torch.no_grad()
+    def mix(self, logprobs: torch.Tensor, dists: torch.Tensor, host: torch.Tensor) -> torch.Tensor:
+        """Mixed log-probabilities [B, V] (float32) from the model's logprobs [B, V] and the
+        memory's arrays (dists [B, E, V], host [B, HOST_FEATURES]) on the same device."""
+        lp = logprobs.float()
+        g = self.gates(self.features(lp, dists, host), host[:, _PRESENT])
+        mixed = g[:, :1] * lp.exp() + (g[:, 1:, None] * dists).sum(1)
+        v = lp.shape[-1]
+        return torch.log(mixed * (1.0 - EPS) + EPS / v)
+
+    # --- numpy path (one row) ----------------------------------------------------------
+    def numpy_weights(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        if getattr(self, "_np", None) is None:
+            self._np = tuple(
+                t.detach().cpu().double().numpy()
+                for t in (self.hidden.weight, self.hidden.bias, self.out.weight, self.out.bias)
+            )
+        return self._np  # type: ignore[return-value]
+
+    def mix_row(self, logprobs: np.ndarray, dists: np.ndarray, host: np.ndarray) -> np.ndarray:
+        """One row: logprobs [V], dists [E, V], host [HOST_FEATURES] -> mixed logprobs [V]."""
+        w1, b1, w2, b2 = self.numpy_weights()
+        lp = logprobs.astype(np.float64)
+        p = np.exp(lp)
+        present = host[_PRESENT].astype(np.float64)
+        agree = np.log(dists @ p + 1e-6) / 8.0 * present
+        f = np.concatenate([[-(p * lp).sum() / 4.0, lp.max() / 4.0], agree, host])
+        z = w2 @ np.maximum(w1 @ f + b1, 0.0) + b2
+        z[1:][present == 0] = -np.inf
+        g = np.exp(z - z.max())
+        g /= g.sum()
+        mixed = g[0] * p + g[1:] @ dists
+        out: np.ndarray = np.log(mixed * (1.0 - EPS) + EPS / lp.shape[0])
+        return out
+
+    # --- files -------------------------------------------------------------------------
+    def save(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(tensors, str(folder / MIXER_FILE), metadata={"format": "cellserve-mixer"})
+
+    @classmethod
+    def load(cls, folder: Path | str, device: torch.device | str = "cpu") -> Mixer:
+        from safetensors.torch import load_file
+
+        m = cls()
+        m.load_state_dict(load_file(str(Path(folder) / MIXER_FILE)))
+        return m.to(device).eval()
+
+
+def bits(logprob: float) -> float:
+    return -logprob / math.log(2.0)

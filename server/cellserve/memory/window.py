@@ -1,0 +1,270 @@
+"""The memory of one session: hashed contexts of several orders and a match model over the
+last ``window`` characters of its text.
+
+What it predicts is a pure function of that text (the window), by construction:
+
+- every character at position p is an *event* of order k (its context: the k characters
+  before it); an event counts while it and its context lie inside the window. Events are kept
+  in per-order hash chains (zlib-style: ``head[bucket]`` is the newest position of a bucket,
+  ``prev[position]`` the one before it); a lookup walks a chain newest first, verifies the
+  context bytes (so hash collisions never count) and stops at the window's start, which is
+  how old text leaves the statistics without any work when the window slides;
+- ``pop`` undoes ``push`` exactly (chains are last-in first-out), so a rewind leaves the
+  memory as if the rewound text had never been typed; the text kept (window + ``max_rewind``)
+  is what such a rewind needs;
+- the hash (crc32 with a per-order seed) and the table sizes depend on nothing but the
+  settings, so every process, every chunking of the same text, and a memory rebuilt from the
+  window's text (``rebuild``, ``restore``) predict the same.
+
+A fork (``fork``) is an overlay for generated text (completions, beams): it appends
+characters of its own and never changes its parent.
+"""
+
+from __future__ import annotations
+
+import sys
+import zlib
+from array import array
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .settings import MemorySettings
+
+ORDERS = (2, 3, 4, 5, 6, 8, 12, 16)  # context lengths with statistics of their own
+MAX_ORDER = ORDERS[-1]
+MATCH_MAX = 64  # longest match length tracked (the match model's feature saturates there)
+_SEEDS = tuple((k * 0x9E3779B1) & 0xFFFFFFFF for k in ORDERS)
+_REBASE_AT = 1 << 30  # positions stay int32: past this the memory renumbers from its kept text
+
+
+@dataclass(frozen=True)
+class MemoryPrediction:
+    """What the memory knows about the next character.
+
+    ``nexts[j]``: the characters (vocabulary ids) that followed the most recent occurrences of
+    the current context of order ``ORDERS[j]`` inside the window, newest first (at most
+    ``occurrences``); ``match_char``: the character after the newest occurrence of the longest
+    context found (-1: none); ``match_len``: how many characters that occurrence shares with
+    the current end of the text (at most ``MATCH_MAX``)."""
+
+    nexts: tuple[bytes, ...]
+    match_char: int
+    match_len: int
+
+
+def _bucket_bits(window: int) -> int:
+    """Buckets per order: about half the window (two events per bucket on average)."""
+    return max(8, window.bit_length() - 1)
+
+
+class SessionMemory:
+    """One session's memory (see the module docstring). Vocabulary ids must be < 256."""
+
+    def __init__(self, settings: MemorySettings | None = None) -> None:
+        s = settings or MemorySettings()
+        self.settings = s
+        self.window = s.window
+        self._keep = s.window + s.max_rewind  # characters of text kept
+        self._cap = self._keep + MAX_ORDER + 1  # ring size of the prev arrays (> any walked span)
+        self._mask = (1 << _bucket_bits(s.window)) - 1
+        self._occ = s.occurrences
+        self._links = s.max_links
+        self._clear()
+
+    def _clear(self) -> None:
+        self._head = [array("i", [-1]) * (self._mask + 1) for _ in ORDERS]
+        self._prev = [array("i") for _ in ORDERS]
+        self._buf = bytearray()  # text positions [self._off, self._len)
+        self._off = 0
+        self._len = 0
+        self.version = 0  # changes on every push/pop: forks check their parent did not move
+
+    # --- text in and out ---------------------------------------------------------------
+    def __len__(self) -> int:
+        """Characters read since the memory started (the text's length)."""
+        return self._len
+
+    def push(self, ids: Iterable[int]) -> None:
+        """Appends characters (vocabulary ids) to the text."""
+        buf, head, prev, cap, mask, crc = self._buf, self._head, self._prev, self._cap, self._mask, zlib.crc32
+        for c in ids:
+            pos = self._len
+            buf.append(c)
+            i = pos - self._off
+            slot = pos % cap
+            for j, k in enumerate(ORDERS):
+                pr = prev[j]
+                if i < k:  # no context of this order before the text's start: no event
+                    if slot == len(pr):
+                        pr.append(-1)
+                    continue
+                h = head[j]
+                b = crc(buf[i - k : i], _SEEDS[j]) & mask
+                if slot == len(pr):
+                    pr.append(h[b])
+                else:
+                    pr[slot] = h[b]
+                h[b] = pos
+            self._len = pos + 1
+            if len(buf) > 2 * self._keep:  # amortized: drop text no rewind can reach
+                cut = len(buf) - self._keep
+                del buf[:cut]
+                self._off += cut
+            if self._len >= _REBASE_AT:
+                self._rebase()
+        self.version += 1
+
+    def rewindable(self) -> int:
+        """How many characters ``pop`` can remove exactly (at least ``max_rewind`` once the
+        text is longer than that)."""
+        return self._len if self._off == 0 else max(0, self._len - self._off - self.window)
+
+    def pop(self, n: int) -> None:
+        """Removes the last ``n`` characters: afterwards the memory equals one that never read
+        them. Raises ValueError beyond ``rewindable()``."""
+        if n < 0 or n > self.rewindable():
+            raise ValueError(f"cannot rewind {n} characters: the memory keeps {self.rewindable()} back")
+        buf, head, prev, cap, mask, crc = self._buf, self._head, self._prev, self._cap, self._mask, zlib.crc32
+        for _ in range(n):
+            pos = self._len - 1
+            i = pos - self._off
+            slot = pos % cap
+            for j, k in enumerate(ORDERS):
+                if i < k:
+                    break
+                head[j][crc(buf[i - k : i], _SEEDS[j]) & mask] = prev[j][slot]
+            del buf[-1]
+            self._len = pos
+        self.version += 1
+
+    def text(self) -> bytes:
+        """The kept text (window + rewind margin, or less): what snapshots carry."""
+        return bytes(self._buf[-self._keep :]) if self._keep else b""
+
+    def snapshot(self) -> bytes:
+        return self.text()
+
+    @classmethod
+    def rebuild(cls, ids: Iterable[int], settings: MemorySettings | None = None) -> SessionMemory:
+        """The memory of a text read from the start: the reference the incremental one must
+        equal (and how a snapshot is restored)."""
+        m = cls(settings)
+        m.push(ids)
+        return m
+
+    restore = rebuild
+
+    def _rebase(self) -> None:
+        kept = self.text()
+        self._clear()
+        self.push(kept)
+
+    def nbytes(self) -> int:
+        """Bytes this memory holds (hash tables, chains, text): for capacity metrics."""
+        tables = sum(a.buffer_info()[1] * a.itemsize for a in self._head)
+        chains = sum(a.buffer_info()[1] * a.itemsize for a in self._prev)
+        return tables + chains + sys.getsizeof(self._buf)
+
+    # --- predictions -------------------------------------------------------------------
+    def predict(self) -> MemoryPrediction:
+        return self._predict(b"", self._len)
+
+    def fork(self, at: int | None = None) -> MemoryFork:
+        """An overlay for generated text, on this text or on its first ``at`` characters (at
+        least ``len(self) - rewindable()``): the memory as of an earlier point, without
+        rewinding (evaluation forks many points of a text at once)."""
+        at = self._len if at is None else at
+        if not self._len - self.rewindable() <= at <= self._len:
+            raise ValueError(f"cannot fork at {at}: the memory keeps {self.rewindable()} characters back")
+        return MemoryFork(self, b"", at)
+
+    def _predict(self, extra: bytes, base_len: int) -> MemoryPrediction:
+        """Predictions for the first ``base_len`` characters of this text followed by
+        ``extra`` (a fork's own characters). Events at or after ``base_len`` are skipped
+        without counting as links, so the result equals a memory that never read them."""
+        end = base_len + len(extra)
+        start = max(0, end - self.window)
+        buf, off = self._buf, self._off
+        local0 = max(off, base_len - MAX_ORDER - MATCH_MAX - 1)
+        local = bytes(buf[local0 - off : base_len - off]) + extra  # positions [local0, end)
+
+        def char_at(p: int) -> int:
+            return local[p - local0] if p >= local0 else buf[p - off]
+
+        nexts: list[bytes] = []
+        best_pos, best_k = -1, 0
+        occ, max_links, startswith = self._occ, self._links, buf.startswith
+        none_longer = False  # a shorter context never occurs: no longer one can
+        for j, k in enumerate(ORDERS):
+            lo = start + k  # an event at p counts when its context p-k.. lies in the window
+            if none_longer or end - k < start or end < k:
+                nexts.append(b"")
+                continue
+            ctx = local[end - k - local0 : end - local0]
+            found = bytearray()
+            newest = -1
+            # the fork's own characters first (newest), then the parent's chain
+            p = end - 1
+            while p >= base_len and p >= lo and len(found) < occ:
+                if local[p - k - local0 : p - local0] == ctx:
+                    found.append(local[p - local0])
+                    newest = p if newest < 0 else newest
+                p -= 1
+            complete = True  # the walk saw every occurrence (no cap cut it short)
+            if len(found) < occ:
+                prev, cap = self._prev[j], self._cap
+                p = self._head[j][zlib.crc32(ctx, _SEEDS[j]) & self._mask]
+                links = 0
+                while p >= lo:
+                    if p < base_len:  # events at or after base_len: not in this text (a fork's past)
+                        if links >= max_links:
+                            complete = False
+                            break
+                        links += 1
+                        if startswith(ctx, p - k - off):
+                            found.append(buf[p - off])
+                            newest = p if newest < 0 else newest
+                            if len(found) >= occ:
+                                break
+                    p = prev[p % cap]
+            nexts.append(bytes(found))
+            if newest >= 0:
+                best_pos, best_k = newest, k
+            elif complete:
+                none_longer = True
+        if best_pos < 0:
+            return MemoryPrediction(tuple(nexts), -1, 0)
+        m = best_k
+        while m < MATCH_MAX and best_pos - m - 1 >= start and char_at(best_pos - m - 1) == char_at(end - m - 1):
+            m += 1
+        return MemoryPrediction(tuple(nexts), char_at(best_pos), m)
+
+
+class MemoryFork:
+    """A session memory plus characters of its own (generated text): predicts exactly as the
+    parent would after reading them, and never changes the parent. Valid while the parent is
+    unchanged (a push or pop on the parent invalidates it: ``predict`` raises)."""
+
+    __slots__ = ("_base", "_version", "_extra", "_at")
+
+    def __init__(self, base: SessionMemory, extra: bytes, at: int) -> None:
+        self._base = base
+        self._version = base.version
+        self._extra = bytearray(extra)
+        self._at = at
+
+    def push(self, ids: Iterable[int]) -> None:
+        self._extra.extend(ids)
+
+    def fork(self) -> MemoryFork:
+        f = MemoryFork(self._base, bytes(self._extra), self._at)
+        f._version = self._version
+        return f
+
+    def predict(self) -> MemoryPrediction:
+        if self._base.version != self._version:
+            raise RuntimeError("the parent memory changed since this fork was made")
+        return self._base._predict(bytes(self._extra), self._at)
+
+    def __len__(self) -> int:
+        return self._at + len(self._extra)

@@ -1,0 +1,123 @@
+"""The session memory is a pure function of its window's text: rewind, sliding, snapshot,
+forks and chunking are checked against ``SessionMemory.rebuild`` of the same text."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import cellserve.evaluation
+import pytest
+from cellserve.memory.settings import MemorySettings
+from cellserve.memory.window import MemoryPrediction, SessionMemory
+
+SRC = Path(cellserve.evaluation.__file__).read_text()
+
+
+def ids_of(text: str) -> list[int]:
+    return [ord(c) - 31 if 32 <= ord(c) < 127 else 1 for c in text]
+
+
+TEXT = ids_of(SRC)
+
+
+def trace(mem: SessionMemory, ids: list[int]) -> list[MemoryPrediction]:
+    """Predictions after each character pushed (and before the first)."""
+    out = [mem.predict()]
+    for c in ids:
+        mem.push((c,))
+        out.append(mem.predict())
+    return out
+
+
+def test_predictions_are_not_trivial() -> None:
+    m = SessionMemory.rebuild(TEXT[:3000])
+    p = m.predict()
+    assert p.match_char >= 0 and p.match_len >= 2
+    assert sum(len(n) for n in p.nexts) > 10
+
+
+def test_rewind_equals_never_having_typed() -> None:
+    s = MemorySettings(max_rewind=500)
+    a, b, c = TEXT[:2000], TEXT[2000:2300], TEXT[4000:4400]
+    typed = SessionMemory.rebuild(a + b, s)
+    typed.pop(len(b))
+    never = SessionMemory.rebuild(a, s)
+    assert typed.predict() == never.predict()
+    assert typed.text() == never.text()
+    assert trace(typed, c) == trace(never, c)
+
+
+def test_rewind_beyond_reach_fails_and_changes_nothing() -> None:
+    s = MemorySettings(window=64, max_rewind=16)
+    m = SessionMemory.rebuild(TEXT[:1000], s)
+    before = (m.predict(), m.text(), len(m))
+    with pytest.raises(ValueError, match="cannot rewind"):
+        m.pop(m.rewindable() + 1)
+    assert (m.predict(), m.text(), len(m)) == before
+    assert m.rewindable() >= 16
+
+
+@pytest.mark.parametrize("window", [64, 300])
+def test_window_slides_and_bytes_stay_bounded(window: int) -> None:
+    s = MemorySettings(window=window, max_rewind=32)
+    m = SessionMemory(s)
+    sizes = []
+    for k in range(0, 6000, 500):
+        m.push(TEXT[k : k + 500])
+        sizes.append(m.nbytes())
+        # only the window counts: a memory of the last window + rewind characters agrees
+        suffix = TEXT[max(0, k + 500 - window - 32) : k + 500]
+        assert m.predict() == SessionMemory.rebuild(suffix, s).predict()
+    # past a few windows the memory stops growing (its text buffer varies by at most the kept text)
+    assert max(sizes[4:]) <= sizes[3] + 2 * (window + 32) + 64
+    m.pop(32)  # a rewind after sliding re-exposes older text exactly
+    assert m.predict() == SessionMemory.rebuild(TEXT[: 6000 - 32], s).predict()
+
+
+def test_snapshot_restore_round_trip() -> None:
+    s = MemorySettings(window=512, max_rewind=64)
+    m = SessionMemory.rebuild(TEXT[:5000], s)
+    r = SessionMemory.restore(m.snapshot(), s)
+    assert len(m.snapshot()) == 512 + 64
+    assert r.predict() == m.predict()
+    r.pop(40)
+    m.pop(40)
+    assert r.predict() == m.predict()
+    assert trace(r, TEXT[6000:6300]) == trace(m, TEXT[6000:6300])
+
+
+def test_chunked_equals_unchunked() -> None:
+    s = MemorySettings(window=1024)
+    whole = SessionMemory.rebuild(TEXT[:4000], s)
+    rng = random.Random(1)
+    chunked = SessionMemory(s)
+    k = 0
+    while k < 4000:
+        n = rng.randint(1, 300)
+        chunked.push(TEXT[k : min(k + n, 4000)])
+        k += n
+    assert chunked.predict() == whole.predict() and chunked.text() == whole.text()
+
+
+def test_fork_isolated_and_exact() -> None:
+    s = MemorySettings(window=800, max_rewind=100)
+    base = SessionMemory.rebuild(TEXT[:3000], s)
+    before = base.predict()
+    gen = TEXT[5000:5040]
+    f = base.fork()
+    f.push(gen)
+    g = f.fork()
+    g.push(TEXT[100:110])
+    assert f.predict() == SessionMemory.rebuild(TEXT[:3000] + gen, s).predict()
+    assert g.predict() == SessionMemory.rebuild(TEXT[:3000] + gen + TEXT[100:110], s).predict()
+    assert base.predict() == before and len(base) == 3000
+    # a fork at an earlier point: the memory as of then, plus its own text
+    h = base.fork(at=2950)
+    h.push(gen)
+    assert h.predict() == SessionMemory.rebuild(TEXT[:2950] + gen, s).predict()
+    base.push((5,))
+    with pytest.raises(RuntimeError, match="parent memory changed"):
+        f.predict()
+    with pytest.raises(ValueError, match="cannot fork"):
+        base.fork(at=0)

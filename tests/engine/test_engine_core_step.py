@@ -34,13 +34,28 @@ class FakeRunner:
         self.slots: dict[int, State] = {}
         self.checkpoints: dict[int, State] = {}  # the checkpoint pool
         self.plans: list[Plan] = []
-        self.fail_next = False
+        self.fail_next = False  # the next execute raises (nothing computed)
+        self.fail_commit = False  # the next commit raises (before writing anything)
+        self.pending: list[tuple[int, State]] = []  # the last execute's write-back
+        self.pending_checkpoints: list[tuple[int, State]] = []
         self.during: Callable[[], None] | None = None  # runs inside the next execute (the lock is free)
 
     def top1(self, prefix: State) -> int:
         return sum(prefix) % self.vocab_size
 
+    def commit(self) -> None:
+        """The write-back (the core calls it once it staged the iteration's answers)."""
+        if self.fail_commit:
+            self.fail_commit = False
+            raise RuntimeError("write-back fell over")
+        for dst, end in self.pending:
+            self.slots[dst] = end
+        for slot, end in self.pending_checkpoints:
+            self.checkpoints[slot] = end
+        self.pending, self.pending_checkpoints = [], []
+
     def execute(self, plan: Plan) -> RunResult:
+        self.pending = []
         self.plans.append(plan)
         if self.during is not None:
             hook, self.during = self.during, None
@@ -48,7 +63,7 @@ class FakeRunner:
         if self.fail_next:
             self.fail_next = False
             raise RuntimeError("device fell over")
-        results, finals = [], []
+        results, finals, ck_writes = [], [], []
         for r in plan.rows:
             start: State = self.slots.get(r.src, ()) if r.src is not None else self._handle(r.init)
             end = start + tuple(r.tokens)
@@ -65,14 +80,12 @@ class FakeRunner:
                 res.sampled_more = drawn[1:]
                 end = end + tuple(drawn[:-1])
             if r.checkpoint is not None:
-                self.checkpoints[r.checkpoint] = end
+                ck_writes.append((r.checkpoint, end))
             results.append(res)
             finals.append((r.dst, end))
-        for dst, end in finals:  # write-back after every row read its start state
-            if dst is not None:
-                self.slots[dst] = end
-        for slot, src in plan.writes:
-            self.slots[slot] = self._handle(src)
+        writes = [(slot, self._handle(src)) for slot, src in plan.writes]
+        self.pending = [(dst, end) for dst, end in finals if dst is not None] + writes  # at commit()
+        self.pending_checkpoints = ck_writes
         return RunResult(results, [], [("step", sum(len(r.tokens) for r in plan.rows), 0.0)])
 
     def _handle(self, h: object) -> State:
@@ -192,6 +205,30 @@ def test_failed_step_answers_errors_and_changes_nothing(model_dir: Path) -> None
         again = d.append(sid, 2, "!!")  # the same piece is accepted again and applied once
         assert outcomes(d.core.step())[again].value.position == 4  # type: ignore[union-attr]
         assert d.state(sid) == "hi!!"
+
+
+def test_failed_write_back_answers_errors_and_changes_nothing(model_dir: Path) -> None:
+    """The runner computed everything, then its write-back raised: nothing of the step lands,
+    and a new session's start-state write is queued again (it never landed)."""
+    with driver(model_dir, checkpoint_every=2) as d:
+        sid = d.core.open_session().session_id
+        d.core.step()
+        d.append(sid, 0, "hi")
+        d.core.step()
+        rt = d.core._runtimes[d.core.repository.default]
+        ck_used = rt.ck_alloc.used
+        fresh = d.core.open_session().session_id
+        d.runner.fail_commit = True
+        f, g = d.append(sid, 2, "!!"), d.append(fresh, 0, "yo")
+        got = outcomes(d.core.step())
+        assert isinstance(got[f].error, RuntimeError) and isinstance(got[g].error, RuntimeError)
+        assert d.state(sid) == "hi" and d.core.get_session(sid, "").position == 2
+        assert rt.ck_alloc.used == ck_used  # the planned checkpoint went back to the pool
+        assert [op.kind for op in d.core._sessions[fresh].queue] == ["write"]  # never landed: again
+        again = d.append(sid, 2, "!!"), d.append(fresh, 0, "yo")
+        got = outcomes(d.core.step())
+        assert [got[a].value.position for a in again] == [4, 2]  # type: ignore[union-attr]
+        assert d.state(sid) == "hi!!" and d.state(fresh) == "yo"
 
 
 def test_offsets_count_ops_planned_into_the_running_step(model_dir: Path) -> None:

@@ -42,10 +42,10 @@ from . import snapshot as snap
 from .beam import BeamSearches
 from .completions import Alternative, Completion
 from .limits import MAX_PENDING_SUGGESTS, check_suggest, completion_checked
-from .plan import ZERO, CheckpointRef, HostState, Plan, RunResult
+from .plan import ZERO, CheckpointRef, HostState, Plan, RowResult, RunResult
 from .rewind import RewindLog
 from .runner import ModelRunner
-from .scheduler import AppendRun, Batch, Scheduler
+from .scheduler import AppendRun, Batch, ControlWork, Scheduler
 from .sessions import AppendOp, ControlOp, Op, Session, SessionState
 from .state_pool import SlotAllocator, StatePool
 from .types import (
@@ -570,32 +570,54 @@ class EngineCore:
 
     # ---- the step ---------------------------------------------------------------------------------
     def step(self) -> StepOutput:
-        """One iteration: schedule -> execute -> update_from_output (device worker thread)."""
+        """One iteration: schedule -> execute -> stage -> commit (device worker thread).
+
+        Failure is an output: whatever raises after scheduling (a runner phase, staging the
+        answers, a runner's write-back), every op the iteration took is answered with that
+        error and every session stays exactly as it was before the step. Nothing of a job is
+        applied unless its runner wrote its states back and all its answers were staged."""
         with self.lock:
             jobs = self._schedule()
             started = time.perf_counter()
             waits = [tuple(started - t for t in _submitted_times(b)) for _, b in jobs]  # per job
             chars_before = dict(self._chars)
         results: list[RunResult] = []
+        staged: list[_Staged] = []
+        committed = 0  # jobs whose runner wrote its states back
         error: Exception | None = None
         if jobs:
             try:
                 results = [rt.runner.execute(b.plan) for rt, b in jobs]
-            except Exception as e:  # the device step failed: nothing was written back
+                staged = [self._stage(rt, b, res) for (rt, b), res in zip(jobs, results, strict=True)]
+                for rt, _b in jobs:
+                    rt.runner.commit()
+                    committed += 1
+            except Exception as e:  # nothing of the uncommitted jobs landed
                 log.exception("engine iteration failed")
                 error = e
         beam_rows = self._step_beams()
         with self.lock:
             stats = None
             if jobs:
-                self._update_from_output(jobs, results, error)
+                self._update_from_output(jobs, staged, committed, error)
             elif beam_rows:
                 self._iterations += 1
             if jobs or beam_rows:
-                stats = self._iteration_stats(jobs, results, waits, chars_before, beam_rows)
+                try:
+                    stats = self._iteration_stats(
+                        jobs, results if error is None else [], waits, chars_before, beam_rows
+                    )
+                except Exception:  # statistics are not worth an iteration's answers
+                    log.exception("computing an iteration's statistics failed")
             for rt in self._runtimes.values():
                 self._answer_beams(rt)
             return StepOutput(self._take_outbox(), stats, not self._has_pending())
+
+    @_locked
+    def after_failed_step(self) -> StepOutput:
+        """What a ``step()`` that raised (a bug in the core's own bookkeeping) left for callers;
+        its work stays queued for the next step."""
+        return StepOutput(self._take_outbox(), None, not self._has_pending())
 
     # ---- ranked suggestions (engine/beam.py) ----------------------------------------------------
     def _step_beams(self) -> int:
@@ -619,19 +641,17 @@ class EngineCore:
                 self._outbox.append(Outcome(q.future, q.result()))
 
     def _update_from_output(
-        self, jobs: list[tuple[_Runtime, Batch]], results: list[RunResult], error: Exception | None
+        self, jobs: list[tuple[_Runtime, Batch]], staged: list[_Staged], committed: int, error: Exception | None
     ) -> None:
-        if error is not None:
-            for rt, b in jobs:
-                self._fail_batch(rt, b, error)
-            results = []
-        else:
-            for (rt, b), res in zip(jobs, results, strict=True):
+        for k, (rt, b) in enumerate(jobs):
+            if k < committed and error is None:
                 try:
-                    self._deliver(rt, b, res)
-                except Exception as e:
-                    log.exception("delivering an iteration's results failed")
-                    self._fail_batch(rt, b, e)
+                    self._commit(rt, b, staged[k])
+                except Exception as e:  # a bookkeeping bug: still answer everything it took
+                    log.exception("applying an iteration's results failed")
+                    self._fail_batch(rt, b, e, staged[k])
+            else:
+                self._fail_batch(rt, b, error or RuntimeError("the iteration was not run"))
         for _, b in jobs:
             for s in _sessions_of(b):
                 s.end_iteration()
@@ -645,7 +665,21 @@ class EngineCore:
         for rt in self._runtimes.values():
             if not (rt.work or rt.completions):
                 continue
-            b = rt.scheduler.schedule(list(rt.work), list(rt.completions), budget, 0, _decode_steps(rt))
+            try:
+                b = rt.scheduler.schedule(list(rt.work), list(rt.completions), budget, 0, _decode_steps(rt))
+            except Exception as e:  # a scheduler bug: answer what it took, keep serving
+                log.exception("scheduling an iteration failed")
+                b = rt.scheduler.last_batch
+                self._fail_batch(rt, b, e)
+                for s, op, _err in b.failures:
+                    self._fail(op, e)
+                    self._after_failure(s, op)
+                for s, op in b.closes:
+                    self._fail(op, e)
+                    self._after_failure(s, op)
+                for s in [s for s in rt.work if not s.queue]:
+                    del rt.work[s]
+                continue
             b.plan.capacity = rt.alloc.wanted_capacity()  # after the scheduler took scratch slots
             b.plan.checkpoint_capacity = rt.ck_alloc.wanted_capacity()
             for s in _sessions_of(b):
@@ -697,10 +731,16 @@ class EngineCore:
             s.last_piece = s.last_applied
         s.requeue_end()
 
-    def _fail_batch(self, rt: _Runtime, b: Batch, err: Exception) -> None:
+    def _fail_batch(self, rt: _Runtime, b: Batch, err: Exception, staged: _Staged | None = None) -> None:
+        """Answers every op of ``b`` not applied yet with ``err``; the sessions keep their state
+        and position (the runner never wrote this job's states back). ``staged``: what a
+        commit that broke off applied already (skipped)."""
+        applied = staged.applied if staged is not None else set()
         for s in _sessions_of(b):
             s.end_iteration()  # nothing of this iteration landed
         for run in b.appends:
+            if id(run) in applied:
+                continue
             for op in run.ops:
                 self._fail(op, err)
                 rt.free_scratch(op)
@@ -708,9 +748,13 @@ class EngineCore:
                 run.session.queue.remove(run.ops[0])
             if run.leading_write is not None:
                 self._fail_write(rt, run.session, run.leading_write, err)
-            rt.release_checkpoint(_checkpoint_of(b, run))  # it was never recorded
+            ck = _checkpoint_of(b, run)
+            if ck is not None and not run.session.history.holds(ck):  # recorded: the log owns it
+                rt.release_checkpoint(ck)
             self._after_failure(run.session, run.ops[-1])
         for cw in b.controls:
+            if id(cw) in applied:
+                continue
             if cw.op.kind == "write":
                 self._fail_write(rt, cw.session, cw.op, err)
             self._fail(cw.op, err)
@@ -723,133 +767,181 @@ class EngineCore:
                 self._end_alternative(sw.completion, sw.alt, FinishReason.CANCELLED)
 
     def _fail_write(self, rt: _Runtime, s: Session, op: ControlOp, err: Exception) -> None:
+        if op.applied:  # never undo or repeat a write that landed
+            return
         if op.future is None and not s.closed:  # a new session's start state: its slot still needs it
             s.queue.appendleft(op)
             rt.work[s] = None
         else:  # a reset: the session keeps its old state and position
             self._fail(op, err)
 
-    def _deliver(self, rt: _Runtime, b: Batch, res: RunResult) -> None:
+    # ---- stage, then commit ---------------------------------------------------------------------
+    def _stage(self, rt: _Runtime, b: Batch, res: RunResult) -> _Staged:
+        """Everything the job answers, computed from its results without changing anything
+        (device worker, no lock: it reads only what the worker itself writes). What can raise
+        on bad results (a token id, a snapshot's encoding) raises here, before any commit."""
+        st = _Staged(time.time())
         for phase, _chars, secs in res.phases:
             if phase == Phase.COMPLETION and b.steps:
-                rt.decode_step_s = secs / max(1, 1 + len(b.plan.rows[b.steps[0].row].more))
-        now = time.time()
-        for run in b.appends:
-            if run.partial:
-                self._deliver_chunk(rt, b, run, res)
-            else:
-                self._deliver_run(rt, b, run, res, now)
-        for cw in b.controls:
-            s, cop = cw.session, cw.op
-            if cw.row is not None:
-                self._chars[Phase.PREFILL] += len(b.plan.rows[cw.row].tokens)
-            if s.closed and cop.kind in ("write", "rewind"):
-                self._fail(cop, NotFound(_NOT_FOUND))
-            elif cop.kind == "write":
-                self._apply_write(s, cop)
-            elif cop.kind == "rewind":
-                s.apply(cw.target)
-                s.history.truncate(cw.target)
-                s.last_applied = None
-                self._resolve(cop, s.info())
-            elif cop.kind == "snapshot":
+                st.decode_step_s = secs / max(1, 1 + len(b.plan.rows[b.steps[0].row].more))
+        for k, run in enumerate(b.appends):
+            row = res.rows[run.row]
+            if not run.partial:
+                st.predictions[k] = self._predictions(rt, run, row)
+            else:  # a chunk: what it answers waits on the op for the piece's Prediction
+                o = run.ops[0].options
+                st.chunks[k] = (row.logprobs if o.want_logprobs else [], row.gates if o.want_gates else [])
+        for k, cw in enumerate(b.controls):
+            if cw.op.kind == "snapshot":
                 assert cw.read is not None
-                m = rt.loaded.model
-                data = snap.SnapshotData(
-                    rt.name,
-                    rt.loaded.weights_sha256,
-                    m.cell,
-                    s.position,
-                    now,
-                    tuple((m.layers, m.hidden) for _ in range(m.state_arity)),
-                    tuple(res.reads[cw.read]),
-                    tenant=s.owner,
-                    expires_at=time.time() + self.settings.snapshot_ttl_s,
-                )
-                self._resolve(cop, snap.encode(data, self._key))
-            elif cop.kind == "suggest" and cop.suggest is not None and cop.future is not None:
+                st.blobs[k] = self._snapshot_blob(rt, cw.session, res.reads[cw.read], st.now)
+            elif cw.op.kind == "suggest":
                 assert cw.read is not None
-                rt.beams.add(cop.suggest, cop.future, res.reads[cw.read])
-                cop.answered = True  # the search answers it (through the outbox) when it ends
-            elif cop.kind == "complete" and cop.completion is not None:
-                c = cop.completion
-                c.started = True
-                if c.running():
-                    rt.completions[c] = None
-            s.last_used_at = now
-        for sw in b.steps:
-            self._deliver_step(rt, b.plan, sw.completion, sw.alt, sw.row, res)
-
-    def _deliver_chunk(self, rt: _Runtime, b: Batch, run: AppendRun, res: RunResult) -> None:
-        """A chunk of a long piece landed in its scratch slot: note the progress; the piece
-        stays at the head of the session's queue (its Prediction comes with its last chunk)."""
-        op, row = run.ops[0], res.rows[run.row]
-        n = len(b.plan.rows[run.row].tokens)
-        self._chars[Phase.PREFILL] += n
-        if op.answered:  # closed meanwhile: the close freed its scratch slot
-            return
-        op.done += n
-        if op.options.want_logprobs:
-            op.logprobs.extend(row.logprobs)
-        if op.options.want_gates:
-            op.gates.extend(row.gates)
-        run.session.last_used_at = time.time()
-
-    def _deliver_run(self, rt: _Runtime, b: Batch, run: AppendRun, res: RunResult, now: float) -> None:
-        """Pieces applied whole (the first one possibly finishing a chunked piece)."""
+                st.reads[k] = res.reads[cw.read]
         vocab = rt.loaded.vocab
-        s = run.session
-        row = res.rows[run.row]
+        for sw in b.steps:
+            row = res.rows[sw.row]
+            if row.sampled is None:
+                raise ValueError("a completion step returned no token")
+            toks = [row.sampled, *row.sampled_more]
+            st.drawn.append([(t, vocab.char(t)) for t in toks])
+        return st
+
+    def _predictions(self, rt: _Runtime, run: AppendRun, row: RowResult) -> list[Prediction]:
+        """One Prediction per piece of a run applied whole (the first one possibly finishing a
+        chunked piece)."""
+        vocab = rt.loaded.vocab
         pos, tok_at = run.start, 0
         last = len(run.ops) - 1
+        preds = []
         for k, op in enumerate(run.ops):
             n = len(op.text) - (run.first_done if k == 0 else 0)
             pos += len(op.text)
             o = op.options
             logprobs = [*op.logprobs, *row.logprobs[tok_at : tok_at + n]] if o.want_logprobs else []
             gates = [*op.gates, *row.gates[tok_at : tok_at + n]] if o.want_gates else []
-            pred = Prediction(
-                position=pos,
-                top_k=tuple((vocab.char(i), p) for i, p in row.top_k[k][: o.top_k]),
-                logprobs=tuple(logprobs),
-                gates=tuple(GateTrace(rt.gate_names, tuple(tuple(layer) for layer in g)) for g in gates),
-                superseded=o.only_last and k < last,
+            preds.append(
+                Prediction(
+                    position=pos,
+                    top_k=tuple((vocab.char(i), p) for i, p in row.top_k[k][: o.top_k]),
+                    logprobs=tuple(logprobs),
+                    gates=tuple(GateTrace(rt.gate_names, tuple(tuple(layer) for layer in g)) for g in gates),
+                    superseded=o.only_last and k < last,
+                )
             )
             tok_at += n
+        return preds
+
+    def _snapshot_blob(self, rt: _Runtime, s: Session, raw: list[bytes], now: float) -> bytes:
+        m = rt.loaded.model
+        data = snap.SnapshotData(
+            rt.name,
+            rt.loaded.weights_sha256,
+            m.cell,
+            s.position,
+            now,
+            tuple((m.layers, m.hidden) for _ in range(m.state_arity)),
+            tuple(raw),
+            tenant=s.owner,
+            expires_at=now + self.settings.snapshot_ttl_s,
+        )
+        return snap.encode(data, self._key)
+
+    def _commit(self, rt: _Runtime, b: Batch, st: _Staged) -> None:
+        """Applies a job whose states the runner wrote back: plain bookkeeping (positions,
+        rewind logs, answers), each run or control marked applied as it lands."""
+        if st.decode_step_s is not None:
+            rt.decode_step_s = st.decode_step_s
+        for k, run in enumerate(b.appends):
+            if run.partial:
+                self._commit_chunk(b, run, st.chunks[k], st.now)
+            else:
+                self._commit_run(rt, b, run, st.predictions[k], st.now)
+            st.applied.add(id(run))
+        for k, cw in enumerate(b.controls):
+            self._commit_control(rt, b, cw, st, k)
+            st.applied.add(id(cw))
+        for sw, drawn in zip(b.steps, st.drawn, strict=True):
+            self._commit_step(b.plan, sw.completion, sw.alt, sw.row, drawn)
+
+    def _commit_control(self, rt: _Runtime, b: Batch, cw: ControlWork, st: _Staged, k: int) -> None:
+        s, cop = cw.session, cw.op
+        if cw.row is not None:
+            self._chars[Phase.PREFILL] += len(b.plan.rows[cw.row].tokens)
+        if s.closed and cop.kind in ("write", "rewind"):
+            self._fail(cop, NotFound(_NOT_FOUND))
+        elif cop.kind == "write":
+            self._apply_write(s, cop)
+        elif cop.kind == "rewind":
+            s.apply(cw.target)
+            s.history.truncate(cw.target)
+            s.last_applied = None
+            self._resolve(cop, s.info())
+        elif cop.kind == "snapshot":
+            self._resolve(cop, st.blobs[k])
+        elif cop.kind == "suggest" and cop.suggest is not None and cop.future is not None:
+            try:
+                rt.beams.add(cop.suggest, cop.future, st.reads[k])
+                cop.answered = True  # the search answers it (through the outbox) when it ends
+            except Exception as e:  # only this search fails; the session is untouched
+                log.exception("starting a suggestion failed")
+                self._fail(cop, e)
+        elif cop.kind == "complete" and cop.completion is not None:
+            c = cop.completion
+            c.started = True
+            if c.running():
+                rt.completions[c] = None
+        s.last_used_at = st.now
+
+    def _commit_chunk(
+        self, b: Batch, run: AppendRun, answers: tuple[list[float], list[list[list[float]]]], now: float
+    ) -> None:
+        """A chunk of a long piece landed in its scratch slot: note the progress; the piece
+        stays at the head of the session's queue (its Prediction comes with its last chunk)."""
+        op = run.ops[0]
+        n = len(b.plan.rows[run.row].tokens)
+        self._chars[Phase.PREFILL] += n
+        if op.answered:  # closed meanwhile: the close freed its scratch slot
+            return
+        op.done += n
+        op.logprobs.extend(answers[0])
+        op.gates.extend(answers[1])
+        run.session.last_used_at = now
+
+    def _commit_run(self, rt: _Runtime, b: Batch, run: AppendRun, preds: list[Prediction], now: float) -> None:
+        s = run.session
+        for op, pred in zip(run.ops, preds, strict=True):
             rt.free_scratch(op)
             self._resolve(op, pred)
+        tok_at = sum(len(op.text) for op in run.ops) - run.first_done
         self._chars[Phase.STEP if tok_at == 1 and not run.first_done else Phase.PREFILL] += tok_at
         if s.closed:
             rt.release_checkpoint(_checkpoint_of(b, run))
             return
         if run.leading_write is not None:
             self._apply_write(s, run.leading_write)
+        pos = preds[-1].position
         s.apply(pos)
         s.history.record("".join(op.text for op in run.ops), pos, _checkpoint_of(b, run))
         s.last_applied = (run.ops[-1].offset, run.ops[-1].text, run.ops[-1].future)
         s.last_used_at = now
 
     def _apply_write(self, s: Session, op: ControlOp) -> None:
+        op.applied = True
         s.apply(op.position)
         s.history.release_all()
         s.history = self._history(self._runtimes[s.model], op.position, op.state)
         s.last_applied = None
         self._resolve(op, s.info())
 
-    def _deliver_step(
-        self, rt: _Runtime, plan: Plan, c: Completion, alt: Alternative, row: int, res: RunResult
-    ) -> None:
+    def _commit_step(self, plan: Plan, c: Completion, alt: Alternative, row: int, drawn: list[tuple[int, str]]) -> None:
         if alt.finish_reason:  # cancelled while the iteration ran
             return
-        first = res.rows[row].sampled
-        assert first is not None
-        toks = [first, *res.rows[row].sampled_more]
         if plan.rows[row].tokens:
             alt.forked = True  # the scratch slot now holds the state after last_token
-            self._chars["completion"] += len(toks)
+            self._chars["completion"] += len(drawn)
         c.session.last_used_at = time.time()
-        for tok in toks:  # several with multi-step decoding; still one chunk per character
-            ch = rt.loaded.vocab.char(tok)
+        for tok, ch in drawn:  # several with multi-step decoding; still one chunk per character
             alt.text += ch
             alt.last_token = tok
             if any(alt.text.endswith(stop) for stop in c.request.stop):
@@ -859,6 +951,20 @@ class EngineCore:
                 self._end_alternative(c, alt, FinishReason.LENGTH, ch)
                 return
             self._outbox.append(ChunkOut(c, CompletionChunk(alt.index, ch, False)))
+
+
+@dataclass
+class _Staged:
+    """A job's answers, computed before anything is applied (``EngineCore._stage``)."""
+
+    now: float
+    predictions: dict[int, list[Prediction]] = field(default_factory=dict)  # append run index -> per piece
+    blobs: dict[int, bytes] = field(default_factory=dict)  # control index -> snapshot blob
+    reads: dict[int, list[bytes]] = field(default_factory=dict)  # control index -> a suggest's state
+    chunks: dict[int, tuple[list[float], list[list[list[float]]]]] = field(default_factory=dict)  # logprobs, gates
+    drawn: list[list[tuple[int, str]]] = field(default_factory=list)  # per completion step: (token, character)
+    decode_step_s: float | None = None
+    applied: set[int] = field(default_factory=set)  # ids of runs and controls committed
 
 
 def _decode_steps(rt: _Runtime) -> int:

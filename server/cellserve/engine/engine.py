@@ -49,6 +49,7 @@ from .types import (
 log = logging.getLogger(__name__)
 
 _DEFAULT_OPTIONS = AppendOptions()  # frozen: safe to share as a default
+STEP_RETRY_S = 0.05  # after a step raised: the pause before the next one
 
 
 class Engine:
@@ -248,7 +249,8 @@ class Engine:
                     out = self.core.step()
                 except Exception:  # a bug in the core's own bookkeeping: keep serving
                     log.exception("engine step failed")
-                    break
+                    out = self.core.after_failed_step()
+                    time.sleep(STEP_RETRY_S)  # a bug that repeats must not spin the CPU
                 try:
                     loop.call_soon_threadsafe(self._on_step, out)
                 except RuntimeError:  # the loop is closed: nobody is left to answer

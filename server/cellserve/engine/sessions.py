@@ -73,6 +73,7 @@ class ControlOp:
     completion: Completion | None = None
     suggest: SuggestRequest | None = None
     answered: bool = False
+    applied: bool = False  # a write that landed: a failure afterwards never re-queues or undoes it
 
 
 Op = AppendOp | ControlOp

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 from pathlib import Path
 
@@ -152,38 +153,35 @@ def test_core_step_runs_searches_and_answers_through_the_outbox(model_dir: Path)
     outbox."""
     st = make_settings(model_dir)
     core = EngineCore(st, ModelRepository.load(st))
-    loop = asyncio.new_event_loop()
-    try:
-        lm = core.repository.get(core.repository.default)
-        sid = core.open_session().session_id
-        core.submit_append(sid, 0, "x = ", AppendOptions(), "", loop.create_future())
-        r = SuggestRequest(n=2, scope="line", max_chars=5)
-        ticket, other = loop.create_future(), loop.create_future()
-        core.submit_suggest(sid, r, "", ticket)
-        got: list[Suggestion] | None = None
-        iterations, beam_rows = core.stats().iterations, []
-        for _ in range(r.max_chars + 4):  # the append, the read, at most max_chars searching steps
-            out = core.step()
-            answers = [d for d in out.deliveries if isinstance(d, Outcome) and d.future is ticket]
-            if answers:  # the search may end without a forward: then no device work ran
-                assert answers[0].error is None and out.idle
-                got = answers[0].value  # type: ignore[assignment]
-                break
-            assert core.stats().iterations == iterations + 1  # a beams-only step is an iteration
-            iterations += 1
-            assert out.stats is not None
-            if not out.stats.queue_wait_s:  # no op started: a step of the search alone
-                beam_rows.append(out.stats.rows)
-        assert got is not None and len(beam_rows) >= 2
-        assert all(1 <= n <= beam_width(r.n) for n in beam_rows)  # its beams, counted as rows
-        assert_same(lm, got, "x = ", r)
-        assert core._suggest_tickets == set()  # answered: no longer counted against the cap
-        core.submit_suggest(sid, r, "", other)
-        core.step()  # the read
-        core.step()  # the search starts
-        core.fail_all(Unavailable("server is stopping"))
-        failed = [d for d in core.take_outbox() if isinstance(d, Outcome) and d.future is other]
-        assert len(failed) == 1 and isinstance(failed[0].error, Unavailable)
-        assert not core.has_pending() and core._suggest_tickets == set()
-    finally:
-        loop.close()
+    tickets = itertools.count(1)
+    lm = core.repository.get(core.repository.default)
+    sid = core.open_session().session_id
+    core.submit_append(sid, 0, "x = ", AppendOptions(), "", next(tickets))
+    r = SuggestRequest(n=2, scope="line", max_chars=5)
+    ticket, other = next(tickets), next(tickets)
+    core.submit_suggest(sid, r, "", ticket)
+    got: list[Suggestion] | None = None
+    iterations, beam_rows = core.stats().iterations, []
+    for _ in range(r.max_chars + 4):  # the append, the read, at most max_chars searching steps
+        out = core.step()
+        answers = [d for d in out.deliveries if isinstance(d, Outcome) and d.ticket == ticket]
+        if answers:  # the search may end without a forward: then no device work ran
+            assert answers[0].error is None and out.idle
+            got = answers[0].value  # type: ignore[assignment]
+            break
+        assert core.stats().iterations == iterations + 1  # a beams-only step is an iteration
+        iterations += 1
+        assert out.stats is not None
+        if not out.stats.queue_wait_s:  # no op started: a step of the search alone
+            beam_rows.append(out.stats.rows)
+    assert got is not None and len(beam_rows) >= 2
+    assert all(1 <= n <= beam_width(r.n) for n in beam_rows)  # its beams, counted as rows
+    assert_same(lm, got, "x = ", r)
+    assert core._suggest_tickets == set()  # answered: no longer counted against the cap
+    core.submit_suggest(sid, r, "", other)
+    core.step()  # the read
+    core.step()  # the search starts
+    core.fail_all(Unavailable("server is stopping"))
+    failed = [d for d in core.take_outbox() if isinstance(d, Outcome) and d.ticket == other]
+    assert len(failed) == 1 and isinstance(failed[0].error, Unavailable)
+    assert not core.has_pending() and core._suggest_tickets == set()

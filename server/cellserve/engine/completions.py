@@ -1,6 +1,6 @@
 """A running completion and the async iterator its consumer reads (no torch). The core
-updates the alternatives (under its lock); ``chunks`` belongs to the event loop: the frontend
-puts there the chunks each ``step()`` emitted.
+updates the alternatives; its chunks leave a step as ``ChunkOut(ticket, chunk)`` and the
+frontend puts them into the consumer's queue (``CompletionStream``, on the event loop).
 
 Each alternative decodes on its own scratch slot of the pool, forked from the session's state:
 the first character comes from the session's own distribution (a "peek" row), the first step
@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .types import CompletionChunk, CompletionRequest
@@ -45,7 +45,7 @@ class Completion:
     session: Session
     request: CompletionRequest
     alternatives: list[Alternative]
-    chunks: asyncio.Queue[CompletionChunk | None] = field(default_factory=asyncio.Queue)  # None: end
+    ticket: int  # its chunks are addressed by it
     started: bool = False  # its "complete" op was reached in the session's queue
 
     def running(self) -> list[Alternative]:
@@ -56,8 +56,14 @@ class CompletionStream(AsyncIterator[CompletionChunk]):
     """What ``Engine.complete`` returns. Closing it (``aclose()``) or cancelling the task that
     awaits it cancels the completion and frees its scratch slots."""
 
-    def __init__(self, completion: Completion, cancel: Callable[[Completion], None]) -> None:
+    def __init__(
+        self,
+        completion: Completion,
+        chunks: asyncio.Queue[CompletionChunk | None],
+        cancel: Callable[[Completion], None],
+    ) -> None:
         self._completion = completion
+        self._chunks = chunks  # None: the end
         self._cancel = cancel
         self._ended = False
         self._held: list[CompletionChunk | None] = []  # taken from the queue, not handed over yet
@@ -69,7 +75,7 @@ class CompletionStream(AsyncIterator[CompletionChunk]):
         if self._ended:
             raise StopAsyncIteration
         try:
-            chunk = self._held.pop() if self._held else await self._completion.chunks.get()
+            chunk = self._held.pop() if self._held else await self._chunks.get()
         except asyncio.CancelledError:
             self._ended = True
             self._cancel(self._completion)
@@ -77,7 +83,7 @@ class CompletionStream(AsyncIterator[CompletionChunk]):
         if chunk is None:
             self._ended = True
             raise StopAsyncIteration
-        q = self._completion.chunks
+        q = self._chunks
         while not chunk.done and not q.empty():  # merge what of this alternative already waits
             nxt = q.get_nowait()
             if nxt is None or nxt.alternative != chunk.alternative:

@@ -3,9 +3,9 @@
 ``EngineCore`` owns the model runtimes (pool, runner, scheduler per model), the session table
 and the counters. ``step()`` runs entirely in the device worker thread: it plans one iteration
 for every model with work (``_schedule``), executes the plans on the runners, and applies the
-results to sessions, rewind logs and completions (``_update``). It never touches asyncio: the
-futures it is handed at submission are opaque tickets here, and everything meant for a caller
-(a result or an error for a future, a completion chunk) is appended to an outbox that
+results to sessions, rewind logs and completions (``_update``). Nothing in it is asynchronous:
+ops carry integer tickets, and everything meant for a caller (a result or an error for a
+ticket, a completion chunk) is appended to an outbox that
 ``step()`` returns as a ``StepOutput`` of plain dataclasses, with the iteration's
 ``IterationStats``. The async frontend (``engine/engine.py``) applies them on the event loop.
 
@@ -23,14 +23,13 @@ exception (the API reports INTERNAL) and the sessions are as they were before it
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from ..config import Settings
@@ -146,10 +145,10 @@ def _locked(fn: Callable[Concatenate[EngineCore, P], R]) -> Callable[Concatenate
 
 @dataclass(frozen=True)
 class Outcome:
-    """A caller's answer: ``future`` (the ticket handed in at submission, opaque to the core)
-    gets ``value``, or ``error`` when set."""
+    """A caller's answer: ``ticket`` (handed in at submission) gets ``value``, or ``error``
+    when set."""
 
-    future: asyncio.Future[Any]
+    ticket: int
     value: object = None
     error: BaseException | None = None
 
@@ -225,7 +224,7 @@ class EngineCore:
         self._outbox: list[Outcome | ChunkOut] = []
         # suggest ops submitted and not yet answered (MAX_PENDING_SUGGESTS): their tickets,
         # dropped when their Outcome leaves the outbox, whichever path answered them
-        self._suggest_tickets: set[asyncio.Future[Any]] = set()
+        self._suggest_tickets: set[int] = set()
 
     # ---- queries -----------------------------------------------------------------------------
     def models(self) -> list[ModelInfo]:
@@ -288,7 +287,7 @@ class EngineCore:
         if self._suggest_tickets:
             for d in out:
                 if isinstance(d, Outcome):
-                    self._suggest_tickets.discard(d.future)
+                    self._suggest_tickets.discard(d.ticket)
         return out
 
     # ---- sessions ----------------------------------------------------------------------------
@@ -304,13 +303,13 @@ class EngineCore:
         text: str,
         options: AppendOptions,
         owner: str,
-        future: asyncio.Future[Prediction],
-    ) -> asyncio.Future[Prediction] | None:
-        """Queues ``text`` at ``offset`` (exactly once), answered through ``future``; or raises
-        now. ``offset`` must equal the session's position counting the appends already accepted.
-        A retry of the latest accepted piece (same offset, same text) queues nothing: the
-        return value is then that piece's future, whose answer the caller repeats with
-        ``replayed=True``. When several appends of a session wait for the same iteration they
+        ticket: int,
+    ) -> Outcome | None:
+        """Queues ``text`` at ``offset`` (exactly once), answered to ``ticket``; or raises now.
+        ``offset`` must equal the session's position counting the appends already accepted.
+        A retry of the latest accepted piece (same offset, same text) queues nothing: while the
+        piece waits, ``ticket`` is answered with it; once applied, the answer is returned now
+        (its cached value, ``replayed=True``). When several appends of a session wait for the same iteration they
         run as one prefill; each gets its own Prediction, or with ``only_last`` the earlier
         ones get ``superseded=True`` and no top-k."""
         s = self._get(session_id, owner)
@@ -324,20 +323,23 @@ class EngineCore:
         if offset != s.queued_end:
             lp = s.last_piece
             if lp is not None and lp[0] == offset and lp[1] == text:
-                return lp[2]
+                if isinstance(lp[2], Prediction):
+                    return Outcome(ticket, replace(lp[2], replayed=True))
+                lp[2].retries.append(ticket)
+                return None
             raise OffsetConflict(expected=s.queued_end, got=offset)
         self._cancel_session_completions(s)
         rt = self._runtimes[s.model]
-        s.accept_append(AppendOp(offset, text, rt.loaded.vocab.encode(text), options, future, time.perf_counter()))
+        s.accept_append(AppendOp(offset, text, rt.loaded.vocab.encode(text), options, ticket, time.perf_counter()))
         self._submit(rt, s)
         return None
 
     @_locked
-    def complete(self, session_id: str, request: CompletionRequest, owner: str = "") -> Completion:
+    def complete(self, session_id: str, request: CompletionRequest, owner: str, ticket: int) -> Completion:
         """Starts a completion forked from the session's state once the operations accepted
-        before it are applied. The session is never changed; an Append, Reset, Rewind or Close
-        of the session, or ``cancel_completion``, cancels it. Create it on the event loop: its
-        chunk queue is the frontend's."""
+        before it are applied; its chunks are addressed to ``ticket``. The session is never
+        changed; an Append, Reset, Rewind or Close of the session, or ``cancel_completion``,
+        cancels it."""
         s = self._get(session_id, owner)
         request = completion_checked(request, self.settings)
         rt = self._runtimes[s.model]
@@ -354,7 +356,7 @@ class EngineCore:
             raise
         seed = request.seed if request.seed is not None else secrets.randbits(64)
         alts = [Alternative(i, slot, random.Random(f"{seed}/{i}")) for i, slot in enumerate(slots)]
-        c = Completion(s, request, alts)
+        c = Completion(s, request, alts, ticket)
         self._running_alternatives += request.n
         s.completions.add(c)
         s.queue.append(ControlOp("complete", None, time.perf_counter(), completion=c))
@@ -367,7 +369,7 @@ class EngineCore:
         self._cancel_completion(c)
 
     @_locked
-    def submit_rewind(self, session_id: str, chars: int, owner: str, future: asyncio.Future[Any]) -> None:
+    def submit_rewind(self, session_id: str, chars: int, owner: str, ticket: int) -> None:
         """Restores exactly the state ``chars`` characters back (1 <= chars <= position);
         beyond the rewind window: PreconditionFailed."""
         s = self._get(session_id, owner)
@@ -376,19 +378,19 @@ class EngineCore:
         if not s.queue and not s.in_flight:  # answer bad requests without an iteration
             s.history.plan(s.position, chars)
         self._cancel_session_completions(s)
-        self._control(s, ControlOp("rewind", future, time.perf_counter(), chars=chars))
+        self._control(s, ControlOp("rewind", ticket, time.perf_counter(), chars=chars))
 
     @_locked
-    def submit_reset(self, session_id: str, owner: str, future: asyncio.Future[Any]) -> None:
+    def submit_reset(self, session_id: str, owner: str, ticket: int) -> None:
         s = self._get(session_id, owner)
         self._cancel_session_completions(s)
-        self._control(s, ControlOp("write", future, time.perf_counter(), state=ZERO, position=0))
+        self._control(s, ControlOp("write", ticket, time.perf_counter(), state=ZERO, position=0))
 
     @_locked
-    def submit_snapshot(self, session_id: str, owner: str, future: asyncio.Future[Any]) -> None:
+    def submit_snapshot(self, session_id: str, owner: str, ticket: int) -> None:
         """A signed blob of the state after the operations accepted before it."""
         s = self._get(session_id, owner)
-        self._control(s, ControlOp("snapshot", future, time.perf_counter()))
+        self._control(s, ControlOp("snapshot", ticket, time.perf_counter()))
 
     @_locked
     def submit_resume(self, blob: bytes, replay: str, options: AppendOptions, owner: str) -> Session:
@@ -411,28 +413,28 @@ class EngineCore:
         return self._new_session(rt, owner, data.position, state, SessionEvent.RESUMED)
 
     @_locked
-    def submit_suggest(self, session_id: str, request: SuggestRequest, owner: str, future: asyncio.Future[Any]) -> None:
-        """The n most probable completions (``list[Suggestion]`` through ``future``), by beam
+    def submit_suggest(self, session_id: str, request: SuggestRequest, owner: str, ticket: int) -> None:
+        """The n most probable completions (``list[Suggestion]`` to ``ticket``), by beam
         search on a copy of the session's state as it is after the operations accepted before
         it; the session never changes. Searches advance one character per ``step()``."""
         s = self._get(session_id, owner)
         check_suggest(request)
         if len(self._suggest_tickets) >= MAX_PENDING_SUGGESTS:
             raise CapacityExceeded("too many suggestions are waiting or running", retry_after_s=0.5)
-        self._control(s, ControlOp("suggest", future, time.perf_counter(), suggest=request))
-        self._suggest_tickets.add(future)  # after it was queued: a refused op holds no ticket
+        self._control(s, ControlOp("suggest", ticket, time.perf_counter(), suggest=request))
+        self._suggest_tickets.add(ticket)  # after it was queued: a refused op holds no ticket
 
     @_locked
-    def submit_close(self, session_id: str, owner: str, future: asyncio.Future[Any]) -> None:
+    def submit_close(self, session_id: str, owner: str, ticket: int) -> None:
         """Closes the session once the operations accepted before it are answered (at once
         when none are waiting)."""
         s = self._get(session_id, owner)
         if not s.queue and not s.in_flight:
             self._close(s, SessionEvent.CLOSED)
-            self._outbox.append(Outcome(future))
+            self._outbox.append(Outcome(ticket))
             return
         self._cancel_session_completions(s)
-        self._control(s, ControlOp("close", future, time.perf_counter()))
+        self._control(s, ControlOp("close", ticket, time.perf_counter()))
 
     @_locked
     def expire_idle(self, cutoff: float) -> None:
@@ -461,14 +463,19 @@ class EngineCore:
         self._submit(self._runtimes[s.model], s)
 
     def _resolve(self, op: Op, value: object) -> None:
-        if op.future is not None and not op.answered:
+        if op.ticket is not None and not op.answered:
             op.answered = True
-            self._outbox.append(Outcome(op.future, value))
+            self._outbox.append(Outcome(op.ticket, value))
+            if isinstance(op, AppendOp) and isinstance(value, Prediction):
+                for t in op.retries:
+                    self._outbox.append(Outcome(t, replace(value, replayed=True)))
 
     def _fail(self, op: Op, err: BaseException) -> None:
-        if op.future is not None and not op.answered:
+        if op.ticket is not None and not op.answered:
             op.answered = True
-            self._outbox.append(Outcome(op.future, None, err))
+            self._outbox.append(Outcome(op.ticket, None, err))
+            for t in op.retries if isinstance(op, AppendOp) else ():
+                self._outbox.append(Outcome(t, None, err))
 
     # ---- internals: admission and bookkeeping ------------------------------------------------
     def _runtime(self, model: str | None) -> _Runtime:
@@ -636,7 +643,7 @@ class EngineCore:
     def _answer_beams(self, rt: _Runtime) -> None:
         for q in rt.beams.take_finished():
             if q.error is not None:
-                self._outbox.append(Outcome(q.future, None, q.error))
+                self._outbox.append(Outcome(q.future, None, q.error))  # the search's ticket
             else:
                 self._outbox.append(Outcome(q.future, q.result()))
 
@@ -727,7 +734,7 @@ class EngineCore:
 
     def _after_failure(self, s: Session, op: Op) -> None:
         """The session did not move: later offsets are checked against its real position."""
-        if isinstance(op, AppendOp) and s.last_piece is not None and s.last_piece[2] is op.future:
+        if isinstance(op, AppendOp) and s.last_piece is not None and s.last_piece[2] is op:
             s.last_piece = s.last_applied
         s.requeue_end()
 
@@ -769,7 +776,7 @@ class EngineCore:
     def _fail_write(self, rt: _Runtime, s: Session, op: ControlOp, err: Exception) -> None:
         if op.applied:  # never undo or repeat a write that landed
             return
-        if op.future is None and not s.closed:  # a new session's start state: its slot still needs it
+        if op.ticket is None and not s.closed:  # a new session's start state: its slot still needs it
             s.queue.appendleft(op)
             rt.work[s] = None
         else:  # a reset: the session keeps its old state and position
@@ -879,9 +886,9 @@ class EngineCore:
             self._resolve(cop, s.info())
         elif cop.kind == "snapshot":
             self._resolve(cop, st.blobs[k])
-        elif cop.kind == "suggest" and cop.suggest is not None and cop.future is not None:
+        elif cop.kind == "suggest" and cop.suggest is not None and cop.ticket is not None:
             try:
-                rt.beams.add(cop.suggest, cop.future, st.reads[k])
+                rt.beams.add(cop.suggest, cop.ticket, st.reads[k])
                 cop.answered = True  # the search answers it (through the outbox) when it ends
             except Exception as e:  # only this search fails; the session is untouched
                 log.exception("starting a suggestion failed")
@@ -923,7 +930,10 @@ class EngineCore:
         pos = preds[-1].position
         s.apply(pos)
         s.history.record("".join(op.text for op in run.ops), pos, _checkpoint_of(b, run))
-        s.last_applied = (run.ops[-1].offset, run.ops[-1].text, run.ops[-1].future)
+        last = run.ops[-1]
+        s.last_applied = (last.offset, last.text, preds[-1])
+        if s.last_piece is not None and s.last_piece[2] is last:  # a retry now gets the value
+            s.last_piece = s.last_applied
         s.last_used_at = now
 
     def _apply_write(self, s: Session, op: ControlOp) -> None:

@@ -3,9 +3,10 @@
 ``Engine`` wraps an ``EngineCore`` (``engine/core.py``), which owns the sessions, the model
 runtimes and the synchronous ``step()``. What runs where:
 
-- the event loop: submissions (validated and queued by the core under its lock, each answered
-  through a future created here), the TTL sweep, completion cancellation, and applying each
-  ``StepOutput`` (futures resolved, completion chunks queued, stats pushed to listeners);
+- the event loop: submissions (validated and queued by the core under its lock, each with
+  an integer ticket whose future is created here and handed to the caller alone: no shield,
+  no done-callback chain), the TTL sweep, completion cancellation, and applying each
+  ``StepOutput`` (tickets -> futures resolved, completion chunks queued, stats to listeners);
 - the one device thread (``cellserve-device``): ``while work: core.step()``, each step's output
   handed to the loop with ONE ``call_soon_threadsafe``. A submission wakes the thread with a
   ``threading.Event``; while work remains it steps back to back without a round trip through
@@ -19,11 +20,11 @@ the step in flight and fails what is still queued with ``Unavailable``.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -35,6 +36,7 @@ from .completions import Completion, CompletionStream
 from .core import ChunkOut, EngineCore, Outcome, StepOutput
 from .types import (
     AppendOptions,
+    CompletionChunk,
     CompletionRequest,
     EngineHealth,
     EngineStats,
@@ -65,6 +67,10 @@ class Engine:
         self._idle = asyncio.Event()
         self._sweep_task: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[IterationStats], None]] = []
+        # tickets -> what their answers resolve (event loop only)
+        self._tickets = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._chunks: dict[int, asyncio.Queue[CompletionChunk | None]] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -142,49 +148,57 @@ class Engine:
     async def append(
         self, session_id: str, offset: int, text: str, options: AppendOptions = _DEFAULT_OPTIONS, owner: str = ""
     ) -> Prediction:
-        return await asyncio.shield(self.submit_append(session_id, offset, text, options, owner))
+        return await self.submit_append(session_id, offset, text, options, owner)
 
     def submit_append(
         self, session_id: str, offset: int, text: str, options: AppendOptions = _DEFAULT_OPTIONS, owner: str = ""
     ) -> asyncio.Future[Prediction]:
         """Queues the piece now (or raises now) and returns the future of its Prediction (see
-        ``EngineCore.submit_append``). The future is shared engine state: await it through
-        ``asyncio.shield``, never cancel it."""
-        fut: asyncio.Future[Prediction] = asyncio.get_running_loop().create_future()
-        original = self.core.submit_append(session_id, offset, text, options, owner, fut)
-        if original is not None:
-            return _replayed(original, fut)
-        self._kick.set()
+        ``EngineCore.submit_append``). The future is the caller's alone: cancelling it drops
+        the answer, never the piece (a piece accepted is applied exactly once)."""
+        ticket, fut = self._ticket()
+        try:
+            cached = self.core.submit_append(session_id, offset, text, options, owner, ticket)
+        except BaseException:
+            del self._waiting[ticket]
+            raise
+        if cached is not None:  # a retry of a piece already applied: answered from its value
+            self._apply([cached])
+        else:
+            self._kick.set()
         return fut
 
     def complete(self, session_id: str, request: CompletionRequest, owner: str = "") -> CompletionStream:
-        c = self.core.complete(session_id, request, owner)
+        ticket = next(self._tickets)
+        chunks: asyncio.Queue[CompletionChunk | None] = asyncio.Queue()
+        c = self.core.complete(session_id, request, owner, ticket)
+        self._chunks[ticket] = chunks
         self._after_call()
-        return CompletionStream(c, self._cancel_completion)
+        return CompletionStream(c, chunks, self._cancel_completion)
 
     async def rewind(self, session_id: str, chars: int, owner: str = "") -> SessionInfo:
-        return await asyncio.shield(self.submit_rewind(session_id, chars, owner))
+        return await self.submit_rewind(session_id, chars, owner)
 
     def submit_rewind(self, session_id: str, chars: int, owner: str = "") -> asyncio.Future[SessionInfo]:
-        return self._submitted(lambda fut: self.core.submit_rewind(session_id, chars, owner, fut))
+        return self._submitted(lambda t: self.core.submit_rewind(session_id, chars, owner, t))
 
     async def reset(self, session_id: str, owner: str = "") -> SessionInfo:
-        return await asyncio.shield(self.submit_reset(session_id, owner))
+        return await self.submit_reset(session_id, owner)
 
     def submit_reset(self, session_id: str, owner: str = "") -> asyncio.Future[SessionInfo]:
-        return self._submitted(lambda fut: self.core.submit_reset(session_id, owner, fut))
+        return self._submitted(lambda t: self.core.submit_reset(session_id, owner, t))
 
     async def snapshot(self, session_id: str, owner: str = "") -> bytes:
-        return await asyncio.shield(self.submit_snapshot(session_id, owner))
+        return await self.submit_snapshot(session_id, owner)
 
     def submit_snapshot(self, session_id: str, owner: str = "") -> asyncio.Future[bytes]:
-        return self._submitted(lambda fut: self.core.submit_snapshot(session_id, owner, fut))
+        return self._submitted(lambda t: self.core.submit_snapshot(session_id, owner, t))
 
     async def resume(
         self, blob: bytes, replay: str = "", options: AppendOptions = _DEFAULT_OPTIONS, owner: str = ""
     ) -> tuple[SessionInfo, Prediction | None]:
         s, fut = self.submit_resume(blob, replay, options, owner)
-        pred = await asyncio.shield(fut) if fut is not None else None
+        pred = await fut if fut is not None else None
         return s.info(), pred
 
     def submit_resume(
@@ -203,18 +217,29 @@ class Engine:
     ) -> asyncio.Future[list[Suggestion]]:
         """Ranked suggestions (see ``EngineCore.submit_suggest``), ordered with the session's
         other operations; answered when the core's beam search ends."""
-        return self._submitted(lambda fut: self.core.submit_suggest(session_id, request, owner, fut))
+        return self._submitted(lambda t: self.core.submit_suggest(session_id, request, owner, t))
 
     async def close_session(self, session_id: str, owner: str = "") -> None:
-        await asyncio.shield(self.submit_close(session_id, owner))
+        await self.submit_close(session_id, owner)
 
     def submit_close(self, session_id: str, owner: str = "") -> asyncio.Future[None]:
-        return self._submitted(lambda fut: self.core.submit_close(session_id, owner, fut))
+        return self._submitted(lambda t: self.core.submit_close(session_id, owner, t))
 
     # ---- internals ---------------------------------------------------------------------------
-    def _submitted(self, submit: Callable[[asyncio.Future[Any]], None]) -> asyncio.Future[Any]:
+    def _ticket(self) -> tuple[int, asyncio.Future[Any]]:
+        """A new ticket and the future its answer resolves (event loop only)."""
+        ticket = next(self._tickets)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        submit(fut)
+        self._waiting[ticket] = fut
+        return ticket, fut
+
+    def _submitted(self, submit: Callable[[int], None]) -> asyncio.Future[Any]:
+        ticket, fut = self._ticket()
+        try:
+            submit(ticket)
+        except BaseException:
+            del self._waiting[ticket]
+            raise
         self._after_call()
         return fut
 
@@ -270,35 +295,20 @@ class Engine:
             self._idle.set()
 
     def _apply(self, deliveries: list[Outcome | ChunkOut]) -> None:
+        """Tickets -> futures and chunk queues (event loop)."""
+        waiting = self._waiting
         for d in deliveries:
             if isinstance(d, ChunkOut):
-                d.completion.chunks.put_nowait(d.chunk)
+                ticket = d.completion.ticket
+                q = self._chunks.get(ticket) if d.chunk is not None else self._chunks.pop(ticket, None)
+                if q is not None:
+                    q.put_nowait(d.chunk)
                 continue
-            fut = d.future
-            if fut.done():
+            fut = waiting.pop(d.ticket, None)
+            if fut is None or fut.done():  # a caller that gave up
                 continue
             if d.error is not None:
                 fut.set_exception(d.error)
-                fut.exception()  # mark retrieved: nobody may be waiting (a write folded at open)
+                fut.exception()  # mark retrieved: nobody may be waiting
             else:
                 fut.set_result(d.value)
-
-
-def _replayed(original: asyncio.Future[Prediction], out: asyncio.Future[Prediction]) -> asyncio.Future[Prediction]:
-    """``out`` answers like ``original`` (the cached piece's future), marked ``replayed``."""
-
-    def copy(f: asyncio.Future[Prediction]) -> None:
-        if out.done():
-            return
-        if f.cancelled():
-            out.cancel()
-        elif (exc := f.exception()) is not None:
-            out.set_exception(exc)
-        else:
-            out.set_result(replace(f.result(), replayed=True))
-
-    if original.done():
-        copy(original)
-    else:
-        original.add_done_callback(copy)
-    return out

@@ -2,8 +2,8 @@
 
 It only adapts calling conventions (the owner first, every result an awaitable, errors raised
 at call time delivered through the awaitable instead); ordering, exactly-once and admission
-are the engine's. Each awaitable is a shield over the engine's own future, so a caller that
-is cancelled never cancels engine state (an append submitted is applied exactly once).
+are the engine's. Each awaitable is the future of the call's own ticket: a caller that is
+cancelled drops its answer, never engine state (an append submitted is applied exactly once).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class InProcessEngineClient:
             return _failed(e)
 
         async def answer() -> tuple[SessionInfo, Prediction | None]:
-            pred = await asyncio.shield(fut) if fut is not None else None
+            pred = await fut if fut is not None else None
             return session.info(), pred
 
         return asyncio.ensure_future(answer())
@@ -138,7 +138,7 @@ def _now(fn: Callable[[], T]) -> Awaitable[T]:
 
 def _submitted(submit: Callable[[], asyncio.Future[T]]) -> Awaitable[T]:
     try:
-        return asyncio.shield(submit())
+        return submit()
     except Exception as e:  # noqa: BLE001 (delivered through the awaitable)
         return _failed(e)
 

@@ -69,15 +69,15 @@ def test_a_failed_phase_answers_everything_and_changes_no_session(
     async def body() -> None:
         async with engine(model_dir, checkpoint_every=4, rewind_window=64) as eng:
             lm = eng.repository.get()
-            s = eng.open_session().session_id
+            s = (await eng.open_session()).session_id
             for i, piece in enumerate(["hel", "lo w", "orld"]):
                 await eng.append(s, [0, 3, 7][i], piece)
             assert len(checkpoint_slots(eng)) >= 2
             snap_before = await eng.snapshot(s)
-            other = eng.open_session().session_id
+            other = (await eng.open_session()).session_id
             await eng.append(other, 0, "abc")
+            fresh = (await eng.open_session()).session_id
             fail_once(monkeypatch, EngineCore if phase in CORE_PHASES else ModelRunner, phase)
-            fresh = eng.open_session().session_id  # its start-state write folds into its first append
             futs = [
                 eng.submit_append(s, 11, "!!"),  # a run that takes a checkpoint (11 -> 13)
                 eng.submit_append(fresh, 0, "ab"),
@@ -91,8 +91,8 @@ def test_a_failed_phase_answers_everything_and_changes_no_session(
                     errors.append(e)
             assert len(errors) == 3  # every op of the step, whichever phase failed
             assert all(phase in str(e) for e in errors)
-            assert eng.get_session(s).position == 11  # the step that failed changed nothing
-            assert eng.get_session_queued(fresh).position == 0
+            assert (await eng.get_session(s)).position == 11  # the step that failed changed nothing
+            assert (await eng.get_session_queued(fresh)).position == 0
             assert_slots_consistent(eng)
             # the state is exactly as before: the same pieces again match the oracle
             p = await eng.append(s, 11, "!!")
@@ -121,13 +121,13 @@ def test_a_failed_commit_in_a_completion_step_cancels_it_and_keeps_serving(
 
         async with engine(model_dir) as eng:
             lm = eng.repository.get()
-            s = eng.open_session().session_id
+            s = (await eng.open_session()).session_id
             await eng.append(s, 0, "hello")
             fail_once(monkeypatch, ModelRunner, "commit")
             stream = eng.complete(s, CompletionRequest(max_chars=4, temperature=0.0))
             chunks = [c async for c in stream]
             assert chunks[-1].finish_reason == "cancelled"  # ended, with no text of the failed step
-            assert eng.stats().running_completions == 0
+            assert (await eng.stats()).running_completions == 0
             assert_slots_consistent(eng)
             p = await eng.append(s, 5, " w")
             assert_prediction_matches(lm, p, offline_probs(lm, "hello w")[-1], 5)
@@ -145,10 +145,10 @@ def test_a_commit_that_breaks_off_never_frees_or_repeats_what_landed(
     async def body() -> None:
         async with engine(model_dir, checkpoint_every=4, rewind_window=64) as eng:
             lm = eng.repository.get()
-            s = eng.open_session().session_id  # its write folds into "abcd"
+            s = (await eng.open_session()).session_id  # its write folds into "abcd"
             fail_once(monkeypatch, RewindLog, "record", after=True)
             p = await eng.append(s, 0, "abcd")  # answered before the bookkeeping broke off
-            assert p.position == 4 and eng.get_session(s).position == 4
+            assert p.position == 4 and (await eng.get_session(s)).position == 4
             assert_slots_consistent(eng)
             assert len(checkpoint_slots(eng)) == 1
             assert not eng.core._sessions[s].queue  # the applied write was not re-queued
@@ -175,7 +175,7 @@ def test_the_device_thread_survives_a_scheduler_or_step_that_raises(
     async def body() -> None:
         async with engine(model_dir) as eng:
             lm = eng.repository.get()
-            s = eng.open_session().session_id
+            s = (await eng.open_session()).session_id
             await eng.append(s, 0, "hi")
             if where == "scheduler":
                 calls = fail_once(monkeypatch, Scheduler, "schedule", after=True)

@@ -33,8 +33,8 @@ def test_suggestions_equal_offline_beam_search(model_dir: Path, model: str, scop
     async def body() -> None:
         async with engine(model_dir) as eng:
             lm = eng.repository.get(model)
-            s = eng.open_session(model).session_id
-            other = eng.open_session(model).session_id
+            s = (await eng.open_session(model)).session_id
+            other = (await eng.open_session(model)).session_id
             prompt = "def main(x):\n    ret"
             await eng.append(s, 0, prompt)
             # two searches of different shapes and a session typing share the same iterations
@@ -49,7 +49,7 @@ def test_suggestions_equal_offline_beam_search(model_dir: Path, model: str, scop
             # the session continues exactly as if no search had run
             pred = await eng.append(s, len(prompt), "u", AppendOptions(top_k=5))
             assert_prediction_matches(lm, pred, offline_probs(lm, prompt + "u")[-1], 5)
-            assert eng.get_session(s).position == len(prompt) + 1
+            assert (await eng.get_session(s)).position == len(prompt) + 1
 
     run(body)
 
@@ -58,7 +58,7 @@ def test_suggest_is_ordered_after_earlier_appends_and_fresh_sessions(model_dir: 
     async def body() -> None:
         async with engine(model_dir) as eng:
             lm = eng.repository.get("tiny-lstm")
-            s = eng.open_session("tiny-lstm").session_id
+            s = (await eng.open_session("tiny-lstm")).session_id
             r = SuggestRequest(n=2, scope="word", max_chars=6)
             fresh = eng.submit_suggest(s, r)  # before any text: the zero state
             first = eng.submit_append(s, 0, "import o")
@@ -74,7 +74,7 @@ def test_suggest_errors_through_the_client(model_dir: Path) -> None:
     async def body() -> None:
         async with engine(model_dir) as eng:
             client = InProcessEngineClient(eng)
-            s = eng.open_session().session_id
+            s = (await eng.open_session()).session_id
             for bad, msg in [
                 (SuggestRequest(n=0), "n is 0"),
                 (SuggestRequest(n=99), "n is 99"),
@@ -88,7 +88,7 @@ def test_suggest_errors_through_the_client(model_dir: Path) -> None:
                 await client.suggest("", "0" * 32, SuggestRequest())
             with pytest.raises(NotFound):
                 await client.suggest("someone-else", s, SuggestRequest())
-            assert eng.get_session(s).position == 0
+            assert (await eng.get_session(s)).position == 0
 
     run(body)
 
@@ -101,8 +101,8 @@ def test_one_batched_step_per_iteration_alongside_keystrokes(model_dir: Path) ->
         async with engine(model_dir) as eng:
             lm = eng.repository.get("tiny-lstm")
             rt = eng.core._runtimes["tiny-lstm"]
-            s = eng.open_session("tiny-lstm").session_id
-            other = eng.open_session("tiny-lstm").session_id
+            s = (await eng.open_session("tiny-lstm")).session_id
+            other = (await eng.open_session("tiny-lstm")).session_id
             await eng.append(s, 0, "x = ")
             loop = asyncio.get_running_loop()
             steps: list[int] = []
@@ -135,11 +135,11 @@ def test_pending_suggestions_are_capped(model_dir: Path, monkeypatch: pytest.Mon
 
     async def body() -> None:
         async with engine(model_dir) as eng:
-            s = eng.open_session().session_id
+            s = (await eng.open_session()).session_id
             r = SuggestRequest(n=2, max_chars=4)
             first = [eng.submit_suggest(s, r), eng.submit_suggest(s, r)]
             with pytest.raises(CapacityExceeded, match="too many suggestions"):
-                eng.submit_suggest(s, r)
+                await eng.submit_suggest(s, r)
             assert all(await asyncio.gather(*first))
             assert await eng.submit_suggest(s, r)  # answered ones no longer count
 
@@ -184,4 +184,4 @@ def test_core_step_runs_searches_and_answers_through_the_outbox(model_dir: Path)
     core.fail_all(Unavailable("server is stopping"))
     failed = [d for d in core.take_outbox() if isinstance(d, Outcome) and d.ticket == other]
     assert len(failed) == 1 and isinstance(failed[0].error, Unavailable)
-    assert not core.has_pending() and core._suggest_tickets == set()
+    assert not core.has_work() and core._suggest_tickets == set()

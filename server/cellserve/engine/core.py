@@ -1,24 +1,24 @@
-"""The engine core: one synchronous ``step()`` (schedule -> execute -> update_from_output).
+"""The engine core: ``add(call)``, ``step() -> StepOutput``, ``has_work()``.
 
 ``EngineCore`` owns the model runtimes (pool, runner, scheduler per model), the session table
-and the counters. ``step()`` runs entirely in the device worker thread: it plans one iteration
-for every model with work (``_schedule``), executes the plans on the runners, and applies the
-results to sessions, rewind logs and completions (``_update``). Nothing in it is asynchronous:
-ops carry integer tickets, and everything meant for a caller (a result or an error for a
-ticket, a completion chunk) is appended to an outbox that
-``step()`` returns as a ``StepOutput`` of plain dataclasses, with the iteration's
-``IterationStats``. The async frontend (``engine/engine.py``) applies them on the event loop.
+and the counters. It is synchronous and has nothing asynchronous in it: no future, no lock, no
+event loop. Requests come in as ``Call``s carrying integer tickets (``add``; refusals are
+answers like any other); ``step()`` plans one iteration for every model with work
+(``_schedule``), executes the plans on the runners, stages every answer, has the runners write
+their states back, then applies the results to sessions, rewind logs and completions
+(``_commit``). Everything meant for a caller (a value or an error for a ticket, a completion
+chunk) goes to an outbox that ``step()`` returns as a ``StepOutput`` of plain dataclasses, with
+the iteration's ``IterationStats``.
 
-Threads: submissions, the TTL sweep and cancellations come from the event loop, ``step()`` from
-the worker; every public method takes ``lock``. ``step()`` holds it while it plans and while it
-updates, never while the device runs, so submissions go on during an iteration (they queue for
-the next one) exactly as before. Driven directly (tests), the core needs no thread and no loop.
+Threads: one. The core thread (``engine/loop.py``) is the only one that touches a core; the
+frontend turns tickets into futures (``engine/engine.py``). Driven directly (tests), the core
+needs no thread and no loop.
 
 Error behaviour (``cellserve.errors``): unknown, closed, expired and other owners' sessions are
 all ``NotFound("session not found")``; caps raise ``CapacityExceeded`` with a retry hint;
-new sessions while draining raise ``Unavailable``. State is written back only when an iteration
-succeeded: if the device step raises, every operation of that iteration fails with that
-exception (the API reports INTERNAL) and the sessions are as they were before it.
+new sessions while draining raise ``Unavailable``. Failure is an output: whatever raises in a
+step after scheduling (a runner phase, staging, a write-back) answers every op of that step
+with the exception (the API reports INTERNAL) and the sessions are as they were before it.
 """
 
 from __future__ import annotations
@@ -26,14 +26,21 @@ from __future__ import annotations
 import logging
 import random
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any
 
 from ..config import Settings
-from ..errors import CapacityExceeded, InvalidInput, NotFound, OffsetConflict, PreconditionFailed, Unavailable
+from ..errors import (
+    CapacityExceeded,
+    CellserveError,
+    InvalidInput,
+    NotFound,
+    OffsetConflict,
+    PreconditionFailed,
+    Unavailable,
+)
 from ..nn.cells import GRU_GATES, LSTM_GATES
 from ..nn.checkpoint import LoadedModel
 from ..repository import ModelRepository
@@ -130,17 +137,42 @@ class _Runtime:
             op.scratch = None
 
 
-P = ParamSpec("P")
-R = TypeVar("R")
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A request for the core, through the core thread's inbox (``EngineCore.add``): the core
+    method ``method`` with ``args``. Not ``ticketed``: its return value (or the error it
+    raises) answers ``ticket`` at once. ``ticketed``: the ticket is passed as the last
+    argument and answered when the op is; a refusal raised at once answers it at once.
+    Ticket 0: nobody waits for the answer."""
+
+    ticket: int
+    method: str
+    args: tuple[Any, ...] = ()
+    ticketed: bool = False
 
 
-def _locked(fn: Callable[Concatenate[EngineCore, P], R]) -> Callable[Concatenate[EngineCore, P], R]:
-    def locked(self: EngineCore, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        with self.lock:
-            return fn(self, *args, **kwargs)
-
-    locked.__name__, locked.__doc__ = fn.__name__, fn.__doc__
-    return locked
+# what a Call may ask for: the core's public operations, nothing else
+CALLS = frozenset(
+    {
+        "get_session",
+        "get_session_queued",
+        "stats",
+        "health",
+        "has_work",
+        "open_session",
+        "submit_append",
+        "complete",
+        "cancel_completion",
+        "submit_rewind",
+        "submit_reset",
+        "submit_snapshot",
+        "resume",
+        "submit_suggest",
+        "submit_close",
+        "expire_idle",
+        "start_draining",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -182,7 +214,6 @@ class EngineCore:
         self.settings = settings
         self.repository = repository
         self.device = repository.device
-        self.lock = threading.RLock()
         # Unset key: a random per-process key; snapshots then resume on this process only.
         self._key = (
             settings.snapshot_key.get_secret_value().encode() if settings.snapshot_key else secrets.token_bytes(32)
@@ -225,22 +256,20 @@ class EngineCore:
         # suggest ops submitted and not yet answered (MAX_PENDING_SUGGESTS): their tickets,
         # dropped when their Outcome leaves the outbox, whichever path answered them
         self._suggest_tickets: set[int] = set()
+        self._live_completions: dict[int, Completion] = {}  # by ticket, until their last chunk
 
     # ---- queries -----------------------------------------------------------------------------
     def models(self) -> list[ModelInfo]:
         return [rt.info for rt in self._runtimes.values()]
 
-    @_locked
     def get_session(self, session_id: str, owner: str = "") -> SessionInfo:
         return self._get(session_id, owner).info()
 
-    @_locked
     def get_session_queued(self, session_id: str, owner: str = "") -> SessionInfo:
         """The session with ``position`` = the offset the next append must carry."""
         s = self._get(session_id, owner)
         return s.info(s.queued_end)
 
-    @_locked
     def stats(self) -> EngineStats:
         """Cumulative counters and gauges now; reading changes nothing (any number of readers).
         Per-iteration observations come out of ``step()`` (``StepOutput.stats``)."""
@@ -256,7 +285,6 @@ class EngineCore:
             session_events=dict(self._events),
         )
 
-    @_locked
     def health(self, owner: str = "") -> EngineHealth:
         return EngineHealth(
             serving=not self.draining,
@@ -267,16 +295,39 @@ class EngineCore:
             owner_sessions=self._owner_sessions.get(owner, 0),
         )
 
-    @_locked
-    def has_pending(self) -> bool:
-        """Work is queued, running or completing."""
+    def has_work(self) -> bool:
+        """Work is queued, running or completing: ``step()`` has something to do."""
         return self._has_pending()
 
-    @_locked
+    def add(self, call: Call) -> None:
+        """Runs one inbox request (core thread); every answer goes to the outbox."""
+        if call.method not in CALLS:
+            self._outbox.append(Outcome(call.ticket, None, InvalidInput("unknown engine call")))
+            return
+        try:
+            fn = getattr(self, call.method)
+            if call.ticketed:
+                now = fn(*call.args, call.ticket)
+                if isinstance(now, Outcome):  # answered at once (a retry of an applied piece)
+                    self._outbox.append(now)
+            else:
+                self._outbox.append(Outcome(call.ticket, fn(*call.args)))
+        except Exception as e:  # a refusal (or a bug): the caller gets it, the core goes on
+            if not isinstance(e, CellserveError):
+                log.exception("engine call %s failed", call.method)
+            self._outbox.append(Outcome(call.ticket, None, e))
+
+    def start_draining(self) -> None:
+        """New sessions are refused from now on (Unavailable)."""
+        self.draining = True
+
+    def idle_output(self) -> StepOutput:
+        """What calls answered while no step was due."""
+        return StepOutput(self._take_outbox(), None, not self._has_pending())
+
     def session_ids(self) -> set[str]:
         return set(self._sessions)
 
-    @_locked
     def take_outbox(self) -> list[Outcome | ChunkOut]:
         """What the calls since the last ``step()`` produced for callers (a close that failed
         queued ops, a cancelled completion): the frontend applies it after such a call."""
@@ -291,11 +342,9 @@ class EngineCore:
         return out
 
     # ---- sessions ----------------------------------------------------------------------------
-    @_locked
     def open_session(self, model: str | None = None, owner: str = "") -> SessionInfo:
         return self._new_session(self._runtime(model), owner, 0, ZERO, SessionEvent.OPENED).info()
 
-    @_locked
     def submit_append(
         self,
         session_id: str,
@@ -334,7 +383,6 @@ class EngineCore:
         self._submit(rt, s)
         return None
 
-    @_locked
     def complete(self, session_id: str, request: CompletionRequest, owner: str, ticket: int) -> Completion:
         """Starts a completion forked from the session's state once the operations accepted
         before it are applied; its chunks are addressed to ``ticket``. The session is never
@@ -357,6 +405,7 @@ class EngineCore:
         seed = request.seed if request.seed is not None else secrets.randbits(64)
         alts = [Alternative(i, slot, random.Random(f"{seed}/{i}")) for i, slot in enumerate(slots)]
         c = Completion(s, request, alts, ticket)
+        self._live_completions[ticket] = c
         self._running_alternatives += request.n
         s.completions.add(c)
         s.queue.append(ControlOp("complete", None, time.perf_counter(), completion=c))
@@ -364,11 +413,12 @@ class EngineCore:
         self._submit(rt, s)
         return c
 
-    @_locked
-    def cancel_completion(self, c: Completion) -> None:
-        self._cancel_completion(c)
+    def cancel_completion(self, ticket: int) -> None:
+        """The consumer of completion ``ticket`` went away: it ends (its slots are freed)."""
+        c = self._live_completions.get(ticket)
+        if c is not None:
+            self._cancel_completion(c)
 
-    @_locked
     def submit_rewind(self, session_id: str, chars: int, owner: str, ticket: int) -> None:
         """Restores exactly the state ``chars`` characters back (1 <= chars <= position);
         beyond the rewind window: PreconditionFailed."""
@@ -380,22 +430,20 @@ class EngineCore:
         self._cancel_session_completions(s)
         self._control(s, ControlOp("rewind", ticket, time.perf_counter(), chars=chars))
 
-    @_locked
     def submit_reset(self, session_id: str, owner: str, ticket: int) -> None:
         s = self._get(session_id, owner)
         self._cancel_session_completions(s)
         self._control(s, ControlOp("write", ticket, time.perf_counter(), state=ZERO, position=0))
 
-    @_locked
     def submit_snapshot(self, session_id: str, owner: str, ticket: int) -> None:
         """A signed blob of the state after the operations accepted before it."""
         s = self._get(session_id, owner)
         self._control(s, ControlOp("snapshot", ticket, time.perf_counter()))
 
-    @_locked
-    def submit_resume(self, blob: bytes, replay: str, options: AppendOptions, owner: str) -> Session:
+    def resume(self, blob: bytes, replay: str, options: AppendOptions, owner: str, ticket: int) -> Outcome | None:
         """A new session (new id) at the snapshot's position with its state, bit-exact (its
-        start state is written by the next iteration); the caller then appends ``replay``.
+        start state is written by the next iteration), then ``replay`` appended to it:
+        ``ticket`` gets (the session, the replay's Prediction or None) once the replay is.
         The blob is checked here (authentication, header, tenant and expiry: no torch); its state bytes become tensors in
         the device worker (``HostState``). Bad or tampered blob: InvalidInput; a model or
         weights this server does not serve: PreconditionFailed."""
@@ -410,9 +458,15 @@ class EngineCore:
         if len(replay) > self.settings.max_append_chars:
             raise InvalidInput(f"replay has {len(replay)} characters; the limit is {self.settings.max_append_chars}")
         state = HostState(tuple(data.tensors), m.layers, m.hidden)
-        return self._new_session(rt, owner, data.position, state, SessionEvent.RESUMED)
+        s = self._new_session(rt, owner, data.position, state, SessionEvent.RESUMED)
+        if not replay:
+            return Outcome(ticket, (s.info(), None))
+        self.submit_append(s.session_id, s.position, replay, options, owner, ticket)
+        op = s.queue[-1]
+        assert isinstance(op, AppendOp)
+        op.with_session = True
+        return None
 
-    @_locked
     def submit_suggest(self, session_id: str, request: SuggestRequest, owner: str, ticket: int) -> None:
         """The n most probable completions (``list[Suggestion]`` to ``ticket``), by beam
         search on a copy of the session's state as it is after the operations accepted before
@@ -424,7 +478,6 @@ class EngineCore:
         self._control(s, ControlOp("suggest", ticket, time.perf_counter(), suggest=request))
         self._suggest_tickets.add(ticket)  # after it was queued: a refused op holds no ticket
 
-    @_locked
     def submit_close(self, session_id: str, owner: str, ticket: int) -> None:
         """Closes the session once the operations accepted before it are answered (at once
         when none are waiting)."""
@@ -436,7 +489,6 @@ class EngineCore:
         self._cancel_session_completions(s)
         self._control(s, ControlOp("close", ticket, time.perf_counter()))
 
-    @_locked
     def expire_idle(self, cutoff: float) -> None:
         """Closes sessions unused since ``cutoff`` (unix seconds) whose work is all done:
         queued or running work is never expired."""
@@ -444,7 +496,6 @@ class EngineCore:
             if s.state is SessionState.IDLE:
                 self._close(s, SessionEvent.EXPIRED)
 
-    @_locked
     def fail_all(self, err: BaseException) -> None:
         """At stop, after the last step: everything still queued fails with ``err``."""
         for s in list(self._sessions.values()):
@@ -562,6 +613,8 @@ class EngineCore:
         self._outbox.append(ChunkOut(c, CompletionChunk(alt.index, text, True, reason)))
         if not c.running():
             self._outbox.append(ChunkOut(c, None))
+        if not c.running():
+            self._live_completions.pop(c.ticket, None)
         rt = self._runtimes[c.session.model]
         rt.alloc.free(alt.slot)
         self._running_alternatives -= 1
@@ -583,11 +636,10 @@ class EngineCore:
         answers, a runner's write-back), every op the iteration took is answered with that
         error and every session stays exactly as it was before the step. Nothing of a job is
         applied unless its runner wrote its states back and all its answers were staged."""
-        with self.lock:
-            jobs = self._schedule()
-            started = time.perf_counter()
-            waits = [tuple(started - t for t in _submitted_times(b)) for _, b in jobs]  # per job
-            chars_before = dict(self._chars)
+        jobs = self._schedule()
+        started = time.perf_counter()
+        waits = [tuple(started - t for t in _submitted_times(b)) for _, b in jobs]  # per job
+        chars_before = dict(self._chars)
         results: list[RunResult] = []
         staged: list[_Staged] = []
         committed = 0  # jobs whose runner wrote its states back
@@ -603,24 +655,20 @@ class EngineCore:
                 log.exception("engine iteration failed")
                 error = e
         beam_rows = self._step_beams()
-        with self.lock:
-            stats = None
-            if jobs:
-                self._update_from_output(jobs, staged, committed, error)
-            elif beam_rows:
-                self._iterations += 1
-            if jobs or beam_rows:
-                try:
-                    stats = self._iteration_stats(
-                        jobs, results if error is None else [], waits, chars_before, beam_rows
-                    )
-                except Exception:  # statistics are not worth an iteration's answers
-                    log.exception("computing an iteration's statistics failed")
-            for rt in self._runtimes.values():
-                self._answer_beams(rt)
-            return StepOutput(self._take_outbox(), stats, not self._has_pending())
+        stats = None
+        if jobs:
+            self._update_from_output(jobs, staged, committed, error)
+        elif beam_rows:
+            self._iterations += 1
+        if jobs or beam_rows:
+            try:
+                stats = self._iteration_stats(jobs, results if error is None else [], waits, chars_before, beam_rows)
+            except Exception:  # statistics are not worth an iteration's answers
+                log.exception("computing an iteration's statistics failed")
+        for rt in self._runtimes.values():
+            self._answer_beams(rt)
+        return StepOutput(self._take_outbox(), stats, not self._has_pending())
 
-    @_locked
     def after_failed_step(self) -> StepOutput:
         """What a ``step()`` that raised (a bug in the core's own bookkeeping) left for callers;
         its work stays queued for the next step."""
@@ -919,12 +967,20 @@ class EngineCore:
         s = run.session
         for op, pred in zip(run.ops, preds, strict=True):
             rt.free_scratch(op)
-            self._resolve(op, pred)
+            if not op.with_session or s.closed:
+                self._resolve(op, pred)
         tok_at = sum(len(op.text) for op in run.ops) - run.first_done
         self._chars[Phase.STEP if tok_at == 1 and not run.first_done else Phase.PREFILL] += tok_at
         if s.closed:
             rt.release_checkpoint(_checkpoint_of(b, run))
             return
+        self._apply_run(b, run, preds, now)
+        for op, pred in zip(run.ops, preds, strict=True):
+            if op.with_session:  # a resume's replay: the session as the replay left it
+                self._resolve(op, (s.info(), pred))
+
+    def _apply_run(self, b: Batch, run: AppendRun, preds: list[Prediction], now: float) -> None:
+        s = run.session
         if run.leading_write is not None:
             self._apply_write(s, run.leading_write)
         pos = preds[-1].position

@@ -51,6 +51,7 @@ class AppendOp:
     gates: list[list[list[float]]] = field(default_factory=list)
     answered: bool = False  # the core emitted this op's outcome
     retries: list[int] = field(default_factory=list)  # tickets of retries sent while it was queued
+    with_session: bool = False  # a resume's replay: answered with (the session, the Prediction)
 
 
 @dataclass(eq=False)

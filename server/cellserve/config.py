@@ -149,6 +149,10 @@ class Settings(BaseModel):
     """The state pool grows by this many slots at a time, up to the maximum."""
     max_concurrent_streams: int = Field(default=1024, ge=1, le=1_000_000)
     """Open bidirectional streams. Beyond: RESOURCE_EXHAUSTED."""
+    max_concurrent_rpcs: int = Field(default=4096, ge=1, le=1_000_000)
+    """Calls in progress at once in one gRPC server (streams included), counted by gRPC itself
+    before any servicer runs. Beyond: RESOURCE_EXHAUSTED. Bounds the memory a flood of calls
+    can hold; keep it above max_concurrent_streams."""
     max_message_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
     """Largest gRPC message accepted."""
     max_append_chars: int = Field(default=4096, ge=1, le=1_000_000)

@@ -149,6 +149,10 @@ class Settings(BaseModel):
     """The state pool grows by this many slots at a time, up to the maximum."""
     max_concurrent_streams: int = Field(default=1024, ge=1, le=1_000_000)
     """Open bidirectional streams. Beyond: RESOURCE_EXHAUSTED."""
+    core_call_deadline_s: float = Field(default=120.0, gt=0, le=3600)
+    """With --frontends N: a call a frontend sent to the engine core and got no answer for in
+    this long fails UNAVAILABLE (retry), so a lost message never leaves a caller waiting
+    forever. Above the longest queueing a call can see (a full flood of pastes)."""
     max_concurrent_rpcs: int = Field(default=4096, ge=1, le=1_000_000)
     """Calls in progress at once in one gRPC server (streams included), counted by gRPC itself
     before any servicer runs. Beyond: RESOURCE_EXHAUSTED. Bounds the memory a flood of calls

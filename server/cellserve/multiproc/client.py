@@ -17,6 +17,7 @@ core's one ``/metrics`` endpoint counts every frontend's requests.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import os
@@ -49,6 +50,7 @@ log = logging.getLogger("cellserve.frontend")
 T = TypeVar("T")
 
 CORE_GONE = "the engine is unavailable; retry on another replica"
+CALL_DEADLINE_S = 120.0  # the default bound on one call across the socket (see Settings)
 STOP_LINGER_MS = 500
 _DECODERS: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
 
@@ -118,8 +120,20 @@ class _Completion:
 class ZmqEngineClient:
     """Implements ``cellserve.engine.client.EngineClient`` over the core's ROUTER socket."""
 
-    def __init__(self, address: str, frontend: int, recorder: ForwardingRecorder | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        frontend: int,
+        recorder: ForwardingRecorder | None = None,
+        call_deadline_s: float = CALL_DEADLINE_S,
+    ) -> None:
+        """``call_deadline_s``: a call the core has not answered by then fails UNAVAILABLE
+        (its caller retries elsewhere) instead of waiting forever."""
         self._address = address
+        self._deadline_s = call_deadline_s
+        # (deadline, call id) in call order: deadlines only grow, so one timer at the head
+        self._deadlines: collections.deque[tuple[float, int]] = collections.deque()
+        self._deadline_timer: asyncio.TimerHandle | None = None
         self._identity = f"{frontend}:{os.getpid()}".encode()
         self.recorder = recorder or ForwardingRecorder()
         self._ids = itertools.count(1)
@@ -179,6 +193,10 @@ class ZmqEngineClient:
         """The core is gone: every open call and completion fails with UNAVAILABLE, and so does
         every later one."""
         self._lost = True
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        self._deadlines.clear()
         pending, self._pending = self._pending, {}
         for fut, _ in pending.values():
             if not fut.done():
@@ -269,9 +287,27 @@ class ZmqEngineClient:
             return fut
         call_id = next(self._ids)
         self._pending[call_id] = (fut, _decoder(result_type))
+        loop = asyncio.get_running_loop()
+        self._deadlines.append((loop.time() + self._deadline_s, call_id))
+        if self._deadline_timer is None:
+            self._deadline_timer = loop.call_at(self._deadlines[0][0], self._expire_calls)
         self._idle.clear()
         self._send(make(call_id))
         return fut
+
+    def _expire_calls(self) -> None:
+        """Fails the calls past their deadline; re-arms itself at the next one still open."""
+        self._deadline_timer = None
+        loop = asyncio.get_running_loop()
+        now, deadlines = loop.time(), self._deadlines
+        while deadlines and (deadlines[0][0] <= now or deadlines[0][1] not in self._pending):
+            _, call_id = deadlines.popleft()
+            entry = self._pending.pop(call_id, None)
+            if entry is not None and not entry[0].done():
+                entry[0].set_exception(Unavailable(f"the engine did not answer within {self._deadline_s:g} s; retry"))
+        if deadlines:
+            self._deadline_timer = loop.call_at(deadlines[0][0], self._expire_calls)
+        self._check_idle()
 
     def _send(self, op: m.Op) -> None:
         self._outbox.append(op)
@@ -317,6 +353,9 @@ class ZmqEngineClient:
                 listener(it)
         elif isinstance(reply, (m.Ok, m.Err)):
             entry = self._pending.pop(reply.id, None)
+            deadlines = self._deadlines
+            while deadlines and deadlines[0][1] not in self._pending:  # answered: in order, mostly
+                deadlines.popleft()
             if entry is None:
                 stream = self._streams.get(reply.id)
                 if stream is not None and isinstance(reply, m.Err):

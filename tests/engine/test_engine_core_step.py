@@ -333,6 +333,28 @@ def test_close_and_expiry_are_answered_through_the_outbox(model_dir: Path) -> No
             d.append(idle, 0, "a")
 
 
+def test_expiry_pops_only_sessions_past_the_cutoff(model_dir: Path) -> None:
+    """The sweep works from a heap of last-use times: a session used after its entry was
+    pushed, or busy, is looked at again later, never closed early; an idle one is closed once."""
+    with driver(model_dir) as d:
+        sids = [d.core.open_session().session_id for _ in range(3)]
+        d.core.step()
+        used, busy, idle = (d.core._sessions[x] for x in sids)
+        t0 = max(s.last_used_at for s in (used, busy, idle))
+        used.last_used_at = t0 + 100  # typed since its entry was pushed
+        d.append(busy.session_id, 0, "a")  # queued work
+        busy.last_used_at = t0  # (as if long ago)
+        d.core.expire_idle(cutoff=t0 + 1)
+        assert d.core.session_ids() == {used.session_id, busy.session_id}
+        assert len(d.core._expiry) == 2  # the two looked at again later; the expired one is gone
+        d.core.step()  # busy's append lands: it is idle from now on
+        busy.last_used_at = t0
+        d.core.expire_idle(cutoff=t0 + 2)
+        assert d.core.session_ids() == {used.session_id}
+        d.core.expire_idle(cutoff=t0 + 101)
+        assert d.core.session_ids() == set() and d.core.stats().session_events["expired"] == 3
+
+
 _CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 

@@ -23,6 +23,8 @@ with the exception (the API reports INTERNAL) and the sessions are as they were 
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import random
 import secrets
@@ -257,6 +259,9 @@ class EngineCore:
         # dropped when their Outcome leaves the outbox, whichever path answered them
         self._suggest_tickets: set[int] = set()
         self._live_completions: dict[int, Completion] = {}  # by ticket, until their last chunk
+        # (last use when pushed, tie-break, session): the idle-TTL sweep's queue (expire_idle)
+        self._expiry: list[tuple[float, int, Session]] = []
+        self._expiry_seq = itertools.count()
 
     # ---- queries -----------------------------------------------------------------------------
     def models(self) -> list[ModelInfo]:
@@ -491,10 +496,20 @@ class EngineCore:
 
     def expire_idle(self, cutoff: float) -> None:
         """Closes sessions unused since ``cutoff`` (unix seconds) whose work is all done:
-        queued or running work is never expired."""
-        for s in [s for s in self._sessions.values() if s.last_used_at < cutoff]:
-            if s.state is SessionState.IDLE:
+        queued or running work is never expired.
+
+        No scan of the table: a heap holds every session under the last-use time it had when
+        pushed (at open, then whenever a sweep finds it used since or busy). A sweep pops only
+        the entries older than ``cutoff``: each session comes up about once per TTL."""
+        heap = self._expiry
+        while heap and heap[0][0] < cutoff:
+            _, _, s = heapq.heappop(heap)
+            if s.closed:
+                continue
+            if s.last_used_at < cutoff and s.state is SessionState.IDLE:
                 self._close(s, SessionEvent.EXPIRED)
+            else:  # used since, or busy: look again once it may have gone idle for a TTL
+                heapq.heappush(heap, (max(s.last_used_at, cutoff), next(self._expiry_seq), s))
 
     def fail_all(self, err: BaseException) -> None:
         """At stop, after the last step: everything still queued fails with ``err``."""
@@ -554,6 +569,7 @@ class EngineCore:
         # start state (folded into the first append's row when one is waiting by then)
         s.queue.append(ControlOp("write", None, time.perf_counter(), state=state, position=position))
         self._sessions[sid] = s
+        heapq.heappush(self._expiry, (s.last_used_at, next(self._expiry_seq), s))
         self._owner_sessions[owner] = self._owner_sessions.get(owner, 0) + 1
         self._submit(rt, s)
         self._event(event)

@@ -153,6 +153,10 @@ class Settings(BaseModel):
     """With --frontends N: a call a frontend sent to the engine core and got no answer for in
     this long fails UNAVAILABLE (retry), so a lost message never leaves a caller waiting
     forever. Above the longest queueing a call can see (a full flood of pastes)."""
+    core_send_queue_messages: int = Field(default=1024, ge=1, le=1_000_000)
+    """With --frontends N: messages (each a batch of calls) a frontend queues for the engine
+    core (the ZMQ send high-water mark). A full queue makes new calls fail RESOURCE_EXHAUSTED
+    with a retry hint instead of growing without bound."""
     max_concurrent_rpcs: int = Field(default=4096, ge=1, le=1_000_000)
     """Calls in progress at once in one gRPC server (streams included), counted by gRPC itself
     before any servicer runs. Beyond: RESOURCE_EXHAUSTED. Bounds the memory a flood of calls

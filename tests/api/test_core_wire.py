@@ -399,3 +399,41 @@ def test_a_call_the_core_never_answers_fails_at_its_deadline(tmp_path: Path) -> 
             assert not client._pending  # noqa: SLF001
 
     run(test)
+
+
+def test_a_full_queue_to_the_core_refuses_calls_with_a_retry_hint(tmp_path: Path) -> None:
+    """The frontend's queue to the core is bounded: with a core that reads nothing, calls
+    soon fail RESOURCE_EXHAUSTED (CapacityExceeded with a retry hint) instead of queueing
+    without end; nothing is left pending for them."""
+
+    async def test() -> None:
+        address = f"ipc://{tmp_path}/stuck.sock"
+        ctx = zmq.asyncio.Context()
+        stuck = ctx.socket(zmq.ROUTER)  # a core that never reads
+        stuck.setsockopt(zmq.LINGER, 0)
+        stuck.setsockopt(zmq.RCVHWM, 1)
+        stuck.bind(address)
+        client = ZmqEngineClient(address, frontend=0, send_queue_messages=1)
+        await client.start()
+        try:
+            refused: CapacityExceeded | None = None
+            calls: list[Any] = []
+            for i in range(20_000):  # each call its own message: the kernel buffer fills first
+                call = client.append("", "s" * 32, i, "x" * 4000)
+                calls.append(call)
+                await asyncio.sleep(0)
+                if call.done():  # type: ignore[attr-defined]
+                    with pytest.raises(CapacityExceeded) as e:
+                        await call
+                    refused = e.value
+                    break
+            assert refused is not None and refused.retry_after_s > 0
+            assert "not keeping up" in str(refused)
+            assert len(client._pending) == len(calls) - 1  # noqa: SLF001 (only the sent ones wait)
+        finally:
+            await client.stop()  # the calls still queued fail UNAVAILABLE
+            await asyncio.gather(*calls, return_exceptions=True)
+            stuck.close(linger=0)
+            ctx.term()
+
+    run(test)

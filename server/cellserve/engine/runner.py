@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..nn.cells import GRUCellRef, LSTMCellRef, reference_cell
 from ..nn.charlm import CharLM
@@ -127,7 +127,7 @@ class ModelRunner:
         drawn = []
         with onednn(not self.on_cpu or b >= ONEDNN_MIN_STEP_BATCH):
             for j in range(k):
-                out, state = self.model.rnn_forward(self.model.embed(tok), state)  # out [B, 1, H]
+                out, state = self._rnn(self.model.embed(tok), state)  # out [B, 1, H]
                 logits = self.model.head(out[:, 0])  # [B, V]
                 nxt = choose(logits.float(), [r.sample if j == 0 else r.more[j - 1] for r in rows])  # type: ignore[misc]
                 drawn.append(nxt)
@@ -345,8 +345,17 @@ class ModelRunner:
         tok = self._in.ints("step_tok", tokens).view(b, 1)  # [B, 1]
         st = tuple(s.contiguous() for s in state)
         with onednn(not self.on_cpu or b >= ONEDNN_MIN_STEP_BATCH):
-            out, new = self.model.rnn_forward(self.model.embed(tok), st)  # out [B, 1, H]
+            out, new = self._rnn(self.model.embed(tok), st)  # out [B, 1, H]
         return out[:, 0], new
+
+    def _rnn(
+        self, x: torch.Tensor | PackedSequence, state: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """The one call into the model's recurrence: every phase (steps, prefills, multi-step
+        decoding) runs through here, so a served variant of the model (another precision) is
+        swapped in one place."""
+        # rnn_forward takes a PackedSequence too (its annotation says Tensor only)
+        return self.model.rnn_forward(x, state)  # type: ignore[arg-type]
 
     def _prefill(
         self, seqs: list[list[int]], state: tuple[torch.Tensor, ...]
@@ -363,11 +372,10 @@ class ModelRunner:
         st = tuple(s.contiguous() for s in state)
         if len(set(lens)) == 1:  # no padding: a plain sequence call (oneDNN's fused kernel on CPU)
             with onednn(True):
-                return self.model.rnn_forward(x, st)
+                return self._rnn(x, st)
         # packed: h_n is each row's own last step (never oneDNN on CPU: verified)
         packed = pack_padded_sequence(x, torch.tensor(lens), batch_first=True, enforce_sorted=False)
-        # rnn_forward takes a PackedSequence too (its annotation says Tensor only)
-        out_p, new = self.model.rnn_forward(packed, st)  # type: ignore[arg-type]
+        out_p, new = self._rnn(packed, st)
         out, _ = pad_packed_sequence(out_p, batch_first=True, total_length=t_max)  # type: ignore[arg-type]
         return out, new
 

@@ -156,6 +156,18 @@ class Settings(BaseModel):
     """The state pool grows by this many slots at a time, up to the maximum."""
     max_concurrent_streams: int = Field(default=1024, ge=1, le=1_000_000)
     """Open bidirectional streams. Beyond: RESOURCE_EXHAUSTED."""
+    core_call_deadline_s: float = Field(default=120.0, gt=0, le=3600)
+    """With --frontends N: a call a frontend sent to the engine core and got no answer for in
+    this long fails UNAVAILABLE (retry), so a lost message never leaves a caller waiting
+    forever. Above the longest queueing a call can see (a full flood of pastes)."""
+    core_send_queue_messages: int = Field(default=1024, ge=1, le=1_000_000)
+    """With --frontends N: messages (each a batch of calls) a frontend queues for the engine
+    core (the ZMQ send high-water mark). A full queue makes new calls fail RESOURCE_EXHAUSTED
+    with a retry hint instead of growing without bound."""
+    max_concurrent_rpcs: int = Field(default=4096, ge=1, le=1_000_000)
+    """Calls in progress at once in one gRPC server (streams included), counted by gRPC itself
+    before any servicer runs. Beyond: RESOURCE_EXHAUSTED. Bounds the memory a flood of calls
+    can hold; keep it above max_concurrent_streams."""
     max_message_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
     """Largest gRPC message accepted."""
     max_append_chars: int = Field(default=4096, ge=1, le=1_000_000)

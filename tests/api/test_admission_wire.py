@@ -151,3 +151,29 @@ def test_cancelling_a_call_cancels_its_completions(small: rpc.CellserveServiceSt
         _wait_admitted(small, sid)
     finally:
         _close_all(small, [sid])
+
+
+def test_calls_in_progress_are_capped_by_grpc(model_dir: Path) -> None:
+    """``max_concurrent_rpcs``: gRPC itself refuses calls beyond the cap (RESOURCE_EXHAUSTED)
+    before any servicer runs; a call that ends makes room again."""
+    s = start_server(model_dir, "--set", "max_concurrent_rpcs=2")
+    try:
+        with grpc.insecure_channel(s.target) as ch:
+            stub = rpc.CellserveServiceStub(ch)
+            streams = [SyncStream(stub) for _ in range(2)]
+            for st in streams:
+                st.open()
+            err = rpc_error(stub.ListModels, svc.ListModelsRequest(), timeout=10)
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+            streams[0].close()
+            for _ in range(100):  # the ended stream's slot comes back
+                try:
+                    assert stub.ListModels(svc.ListModelsRequest(), timeout=10).models
+                    break
+                except grpc.RpcError:
+                    time.sleep(0.05)
+            else:
+                pytest.fail("the cap never made room again")
+            streams[1].close()
+    finally:
+        s.terminate()

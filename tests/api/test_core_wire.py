@@ -177,7 +177,9 @@ def test_completion_streams_and_closing_it_withdraws_it(tmp_path: Path) -> None:
     run(test)
 
 
-def test_malformed_messages_are_dropped_and_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_malformed_messages_are_answered_never_run_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.WARNING, "cellserve.core")
 
     async def test() -> None:
@@ -196,8 +198,14 @@ def test_malformed_messages_are_dropped_and_logged_once(tmp_path: Path, caplog: 
             (call,) = await engine.wait_calls(1)
             assert (call.op, call.args) == ("append", ("s" * 32, 0, "ok"))
             call.future.set_result(prediction(2))
-            reply = messages.to_frontend_decoder.decode(await raw.recv())
-            assert [type(r).__name__ for r in reply.replies] == ["Ok"] and reply.replies[0].id == 7
+            replies: list[Any] = []
+            while not any(type(r).__name__ == "Ok" for r in replies):
+                replies += messages.to_frontend_decoder.decode(await raw.recv()).replies
+            # the two bad messages whose call id can be read are answered, not left waiting
+            errs = [r for r in replies if isinstance(r, messages.Err)]
+            assert [(e.id, e.code) for e in errs] == [(1, "invalid_input"), (1, "invalid_input")]
+            assert isinstance(messages.error_of(errs[0]), InvalidInput)
+            assert [r.id for r in replies if type(r).__name__ == "Ok"] == [7]
             assert len(engine.calls) == 1
             raw.close(linger=0)
 
@@ -370,5 +378,62 @@ def test_inspect_gates_is_answered_by_the_core(tmp_path: Path) -> None:
         async with wired(tmp_path) as (_, client, _addr):  # a core without gates: UNAVAILABLE
             with pytest.raises(Unavailable, match="gate inspection"):
                 await CoreGates(client).inspect(svc.InspectGatesRequest(model="tiny"))
+
+    run(test)
+
+
+def test_a_call_the_core_never_answers_fails_at_its_deadline(tmp_path: Path) -> None:
+    """Every call across the socket has a deadline: one the core never answers fails
+    UNAVAILABLE (retry) instead of waiting forever; answered calls are unaffected."""
+
+    async def test() -> None:
+        async with wired(tmp_path) as (engine, client, _address):
+            client._deadline_s = 0.2  # noqa: SLF001 (the Settings value, shortened for the test)
+            answered = client.append("", "s" * 32, 0, "a")
+            lost = client.append("", "s" * 32, 1, "b")
+            first, _second = await engine.wait_calls(2)
+            first.future.set_result(prediction(1))  # the core answers one and never the other
+            assert (await answered).position == 1
+            with pytest.raises(Unavailable, match="did not answer"):
+                await asyncio.wait_for(lost, 5)
+            assert not client._pending  # noqa: SLF001
+
+    run(test)
+
+
+def test_a_full_queue_to_the_core_refuses_calls_with_a_retry_hint(tmp_path: Path) -> None:
+    """The frontend's queue to the core is bounded: with a core that reads nothing, calls
+    soon fail RESOURCE_EXHAUSTED (CapacityExceeded with a retry hint) instead of queueing
+    without end; nothing is left pending for them."""
+
+    async def test() -> None:
+        address = f"ipc://{tmp_path}/stuck.sock"
+        ctx = zmq.asyncio.Context()
+        stuck = ctx.socket(zmq.ROUTER)  # a core that never reads
+        stuck.setsockopt(zmq.LINGER, 0)
+        stuck.setsockopt(zmq.RCVHWM, 1)
+        stuck.bind(address)
+        client = ZmqEngineClient(address, frontend=0, send_queue_messages=1)
+        await client.start()
+        try:
+            refused: CapacityExceeded | None = None
+            calls: list[Any] = []
+            for i in range(20_000):  # each call its own message: the kernel buffer fills first
+                call = client.append("", "s" * 32, i, "x" * 4000)
+                calls.append(call)
+                await asyncio.sleep(0)
+                if call.done():  # type: ignore[attr-defined]
+                    with pytest.raises(CapacityExceeded) as e:
+                        await call
+                    refused = e.value
+                    break
+            assert refused is not None and refused.retry_after_s > 0
+            assert "not keeping up" in str(refused)
+            assert len(client._pending) == len(calls) - 1  # noqa: SLF001 (only the sent ones wait)
+        finally:
+            await client.stop()  # the calls still queued fail UNAVAILABLE
+            await asyncio.gather(*calls, return_exceptions=True)
+            stuck.close(linger=0)
+            ctx.term()
 
     run(test)

@@ -30,7 +30,7 @@ def test_chunked_piece_equals_whole_piece(model_dir: Path, model: str) -> None:
         async with engine(model_dir, max_batch_tokens=budget, snapshot_key=KEY) as eng:
             seen: list[IterationStats] = []
             eng.add_stats_listener(seen.append)
-            s = eng.open_session(model).session_id
+            s = (await eng.open_session(model)).session_id
             await eng.append(s, 0, "ab")
             pred = await eng.append(s, 2, TEXT, opts)
             return pred, _state(await eng.snapshot(s)), seen
@@ -58,8 +58,8 @@ def test_budget_chunks_big_pieces_and_keystrokes_go_first(model_dir: Path) -> No
             lm = eng.repository.get()
             seen: list[IterationStats] = []
             eng.add_stats_listener(seen.append)
-            big = [eng.open_session().session_id for _ in range(3)]
-            keys = [eng.open_session().session_id for _ in range(4)]
+            big = [(await eng.open_session()).session_id for _ in range(3)]
+            keys = [(await eng.open_session()).session_id for _ in range(4)]
             answered: list[str] = []
             futs = []
             for kind, sid, text in [*(("paste", s, "y" * 300) for s in big), *(("key", s, "k") for s in keys)]:

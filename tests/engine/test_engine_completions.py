@@ -20,8 +20,8 @@ def test_greedy_equals_offline_and_session_unchanged(model_dir: Path, model: str
     async def body() -> None:
         async with engine(model_dir) as eng:
             lm = eng.repository.get(model)
-            s = eng.open_session(model).session_id
-            other = eng.open_session(model).session_id
+            s = (await eng.open_session(model)).session_id
+            other = (await eng.open_session(model)).session_id
             prompt = "def main(x):\n    return"
             await eng.append(s, 0, prompt)
             # a second session typing at the same time: completion steps share its batches
@@ -30,13 +30,13 @@ def test_greedy_equals_offline_and_session_unchanged(model_dir: Path, model: str
             chunks, _ = await asyncio.gather(_collect(stream), asyncio.gather(*typing))
             assert texts(chunks, 2) == [offline_greedy(lm, prompt, 12)] * 2
             assert [c.finish_reason for c in chunks if c.done] == ["length", "length"]
-            info = eng.get_session(s)
+            info = await eng.get_session(s)
             assert info.position == len(prompt)
             # the session continues exactly as if no completion had run
             pred = await eng.append(s, len(prompt), " 1", AppendOptions(top_k=5))
             assert_prediction_matches(lm, pred, offline_probs(lm, prompt + " 1")[-1], 5)
-            assert eng.stats().running_completions == 0
-            assert eng.stats().chars_processed["completion"] > 0
+            assert (await eng.stats()).running_completions == 0
+            assert (await eng.stats()).chars_processed["completion"] > 0
 
     run(body)
 
@@ -48,7 +48,7 @@ async def _collect(stream: object) -> list[CompletionChunk]:
 def test_completion_from_fresh_session_and_stop_strings(model_dir: Path) -> None:
     async def body() -> None:
         async with engine(model_dir) as eng:
-            s = eng.open_session().session_id
+            s = (await eng.open_session()).session_id
             chunks = await _collect(eng.complete(s, CompletionRequest(max_chars=20)))
             text = texts(chunks, 1)[0]
             assert len(text) == 20
@@ -64,7 +64,7 @@ def test_completion_from_fresh_session_and_stop_strings(model_dir: Path) -> None
 def test_seeded_sampling_repeats_and_alternatives_differ(model_dir: Path) -> None:
     async def body() -> None:
         async with engine(model_dir) as eng:
-            s = eng.open_session().session_id
+            s = (await eng.open_session()).session_id
             await eng.append(s, 0, "import os\n")
             req = CompletionRequest(max_chars=24, temperature=1.5, top_k=20, top_p=0.95, seed=123, n=3)
             a = texts(await _collect(eng.complete(s, req)), 3)
@@ -80,22 +80,22 @@ def test_seeded_sampling_repeats_and_alternatives_differ(model_dir: Path) -> Non
 def test_append_and_aclose_cancel_and_free_slots(model_dir: Path) -> None:
     async def body() -> None:
         async with engine(model_dir, max_completion_chars=10_000) as eng:
-            s = eng.open_session().session_id
+            s = (await eng.open_session()).session_id
             await eng.append(s, 0, "x")
-            used = eng.stats().slots_used
+            used = (await eng.stats()).slots_used
             stream = eng.complete(s, CompletionRequest(max_chars=10_000, n=2))
             first = await stream.__anext__()
             assert not first.done
-            assert eng.stats().running_completions == 2
+            assert (await eng.stats()).running_completions == 2
             await eng.append(s, 1, "y")  # a new Append cancels the running completion
             rest = await _collect(stream)
             assert sorted(c.finish_reason for c in rest if c.done) == ["cancelled", "cancelled"]
-            assert eng.stats().running_completions == 0 and eng.stats().slots_used == used
+            assert (await eng.stats()).running_completions == 0 and (await eng.stats()).slots_used == used
 
             stream = eng.complete(s, CompletionRequest(max_chars=10_000))
             await stream.__anext__()
             await stream.aclose()  # the consumer goes away
-            assert eng.stats().running_completions == 0 and eng.stats().slots_used == used
+            assert (await eng.stats()).running_completions == 0 and (await eng.stats()).slots_used == used
 
             stream = eng.complete(s, CompletionRequest(max_chars=10_000))
             task = asyncio.ensure_future(_collect(stream))
@@ -103,7 +103,7 @@ def test_append_and_aclose_cancel_and_free_slots(model_dir: Path) -> None:
             task.cancel()  # cancelling the consumer task cancels the completion
             with pytest.raises(asyncio.CancelledError):
                 await task
-            assert eng.stats().running_completions == 0 and eng.stats().slots_used == used
+            assert (await eng.stats()).running_completions == 0 and (await eng.stats()).slots_used == used
 
     run(body)
 
@@ -111,19 +111,19 @@ def test_append_and_aclose_cancel_and_free_slots(model_dir: Path) -> None:
 def test_completion_caps(model_dir: Path) -> None:
     async def body() -> None:
         async with engine(model_dir, max_running_completions=3, max_completion_chars=10_000) as eng:
-            s = eng.open_session().session_id
-            t = eng.open_session().session_id
+            s = (await eng.open_session()).session_id
+            t = (await eng.open_session()).session_id
             stream = eng.complete(s, CompletionRequest(max_chars=10_000, n=2))
-            with pytest.raises(CapacityExceeded) as e:
-                eng.complete(t, CompletionRequest(n=2))
+            with pytest.raises(CapacityExceeded) as e:  # a refusal: raised by the first chunk
+                await anext(eng.complete(t, CompletionRequest(n=2)))
             assert e.value.retry_after_s > 0
             pred = await eng.append(t, 0, "ok")  # other work is unaffected
             assert pred.position == 2
             with pytest.raises(InvalidInput):
-                eng.complete(t, CompletionRequest(max_chars=20_000))
+                await anext(eng.complete(t, CompletionRequest(max_chars=20_000)))
             with pytest.raises(InvalidInput):
-                eng.complete(t, CompletionRequest(top_p=0.0))
+                await anext(eng.complete(t, CompletionRequest(top_p=0.0)))
             await stream.aclose()
-            eng.complete(t, CompletionRequest(n=3))  # capacity is back
+            assert (await anext(eng.complete(t, CompletionRequest(n=3)))).text  # capacity is back
 
     run(body)

@@ -4,7 +4,6 @@ expected offset, a failed step leaves the session untouched."""
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
@@ -18,12 +17,12 @@ def test_duplicate_gap_reorder(model_dir: Path) -> None:
     async def body() -> None:
         async with engine(model_dir, max_append_chars=50) as eng:
             lm = eng.repository.get()
-            s = eng.open_session().session_id
+            s = (await eng.open_session()).session_id
             p1 = await eng.append(s, 0, "abc")
             again = await eng.append(s, 0, "abc")  # retry of the last piece: cached, not applied
             assert again.replayed and not p1.replayed
             assert again.top_k == p1.top_k and again.position == 3
-            assert eng.get_session(s).position == 3
+            assert (await eng.get_session(s)).position == 3
             with pytest.raises(OffsetConflict) as e:  # same offset, other text: not a retry
                 await eng.append(s, 0, "abd")
             assert (e.value.expected, e.value.got) == (3, 0)
@@ -37,14 +36,14 @@ def test_duplicate_gap_reorder(model_dir: Path) -> None:
             results = await asyncio.gather(eng.append(s, 7, "hi"), eng.append(s, 5, "fg"), return_exceptions=True)
             assert isinstance(results[0], OffsetConflict) and results[0].expected == 5
             assert not isinstance(results[1], BaseException) and results[1].position == 7
-            assert eng.get_session(s).position == 7
+            assert (await eng.get_session(s)).position == 7
             probs = offline_probs(lm, "abcdefg")
             assert_prediction_matches(lm, p2, probs[4], 5)
             assert_prediction_matches(lm, results[1], probs[6], 5)
             # a retry while the original is still queued shares its answer
             a, b = await asyncio.gather(eng.append(s, 7, "h"), eng.append(s, 7, "h"))
             assert a.position == b.position == 8 and b.replayed and a.top_k == b.top_k
-            assert eng.get_session(s).position == 8
+            assert (await eng.get_session(s)).position == 8
             with pytest.raises(InvalidInput):
                 await eng.append(s, 8, "")
             with pytest.raises(InvalidInput):
@@ -61,7 +60,7 @@ def test_failed_step_leaves_session_untouched(model_dir: Path, monkeypatch: pyte
     async def body() -> None:
         async with engine(model_dir) as eng:
             lm = eng.repository.get()
-            s = eng.open_session().session_id
+            s = (await eng.open_session()).session_id
             await eng.append(s, 0, "hello")
             real = ModelRunner.execute
             calls = {"n": 0}
@@ -74,7 +73,7 @@ def test_failed_step_leaves_session_untouched(model_dir: Path, monkeypatch: pyte
             with pytest.raises(RuntimeError):
                 await eng.append(s, 5, " world")
             assert calls["n"] == 1
-            assert eng.get_session(s).position == 5
+            assert (await eng.get_session(s)).position == 5
             monkeypatch.setattr(ModelRunner, "execute", real)
             pred = await eng.append(s, 5, " world")  # the same piece again: applied once, now
             assert pred.position == 11 and not pred.replayed
@@ -91,7 +90,7 @@ def test_offsets_count_appends_taken_into_the_running_batch(model_dir: Path, mon
 
     async def body() -> None:
         async with engine(model_dir, rewind_window=256, max_append_chars=400) as eng:
-            s, y = eng.open_session().session_id, eng.open_session().session_id
+            s, y = (await eng.open_session()).session_id, (await eng.open_session()).session_id
             await eng.append(s, 0, "x" * 300)
             await eng.append(y, 0, "a")
             gate = GatedRunner()
@@ -104,13 +103,15 @@ def test_offsets_count_appends_taken_into_the_running_batch(model_dir: Path, mon
             eng.submit_append(y, 2, "c")
             gate.release()
             await gate.running()  # iteration 2: the rewind failed when scheduled; y's "c" runs
-            with pytest.raises(PreconditionFailed):
-                await fr
             assert (await fx).position == 303
             fb = eng.submit_append(s, 303, "hello")  # the client resends at the real position
-            gate.release()
+            gate.release()  # (answers come with their iteration's output: the rewind's with 2's)
+            with pytest.raises(PreconditionFailed):
+                await fr
             await gate.running()  # iteration 3: the stale appends are refused, "hello" runs
-            assert eng.get_session_queued(s).position == 308  # accepted, not yet applied
+            assert (
+                eng.core._sessions[s].queued_end == 308
+            )  # accepted, not yet applied (the core thread waits in the gate)
             fc = eng.submit_append(s, 308, "!")  # pipelined behind "hello": must be accepted
             gate.open()
             for f in stale:
@@ -118,29 +119,30 @@ def test_offsets_count_appends_taken_into_the_running_batch(model_dir: Path, mon
                     await f
                 assert e.value.expected == 303
             assert (await fb).position == 308 and (await fc).position == 309
-            assert eng.get_session(s).position == 309
+            assert (await eng.get_session(s)).position == 309
 
     run(body)
 
 
 def test_ttl_never_expires_a_session_with_running_work(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sweeps run on the core thread between passes: while a long iteration runs, they wait
+    in the inbox behind the session's next keystroke, so they find it busy (queued work) and
+    expire only the idle session."""
+
     async def body() -> None:
         async with engine(model_dir, session_idle_ttl_s=0.05, session_sweep_interval_s=0.01) as eng:
-            idle = eng.open_session().session_id
-            busy = eng.open_session().session_id
+            idle = (await eng.open_session()).session_id
+            busy = (await eng.open_session()).session_id
             await eng.append(busy, 0, "a")
             gate = GatedRunner()
             gate.install(monkeypatch)
             fut = eng.submit_append(busy, 1, "b")
             await gate.running()  # the keystroke waits in a long iteration
-            since = time.time()
-            for _ in range(1000):  # until the idle one expired and a few sweeps passed the TTL
-                if idle not in eng.core._sessions and time.time() - since > 0.05 + 3 * 0.01:
-                    break
-                await asyncio.sleep(0.01)
-            assert idle not in eng.core._sessions
-            assert busy in eng.core._sessions
+            queued = eng.submit_append(busy, 2, "c")  # queued behind it, before the sweeps
+            await asyncio.sleep(0.05 + 5 * 0.01)  # sweeps past the TTL pile up in the inbox
             gate.open()
-            assert (await fut).position == 2
+            assert (await fut).position == 2 and (await queued).position == 3
+            # the piled-up sweeps ran in the pass that took "c": the idle session expired
+            assert idle not in eng.core._sessions and busy in eng.core._sessions
 
     run(body)

@@ -16,7 +16,7 @@ def test_gates_match_reference_cells(model_dir: Path, model: str) -> None:
     async def body() -> None:
         async with engine(model_dir) as eng:
             lm = eng.repository.get(model)
-            s = eng.open_session(model).session_id
+            s = (await eng.open_session(model)).session_id
             await eng.append(s, 0, "ab")
             pred = await eng.append(s, 2, "cde", AppendOptions(want_gates=True, want_logprobs=True))
             assert len(pred.gates) == 3

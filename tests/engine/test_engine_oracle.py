@@ -27,7 +27,7 @@ async def oracle(model_dir: Path, model: str, seed: int, device: str = "cpu") ->
         rows: list[int] = []
         eng.add_stats_listener(lambda st: rows.append(st.rows))
         lm = eng.repository.get(model)
-        ids = [eng.open_session(model).session_id for _ in range(32)]
+        ids = [(await eng.open_session(model)).session_id for _ in range(32)]
         texts = {sid: "" for sid in ids}
         queued = {sid: 0 for sid in ids}
         answers: list[tuple[str, int, str, AppendOptions, Prediction]] = []  # (sid, end, piece, opts, pred)
@@ -46,7 +46,7 @@ async def oracle(model_dir: Path, model: str, seed: int, device: str = "cpu") ->
                     queued[sid] += len(piece)
                     texts[sid] += piece
             await asyncio.gather(*tasks)
-        stats = eng.stats()
+        stats = await eng.stats()
 
     assert len(answers) > 100
     probs = {sid: offline_probs(lm, t) for sid, t in texts.items() if t}

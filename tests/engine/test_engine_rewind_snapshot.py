@@ -18,7 +18,7 @@ def test_rewind_equals_recompute(model_dir: Path, model: str) -> None:
     async def body() -> None:
         async with engine(model_dir, checkpoint_every=8, rewind_window=40) as eng:
             lm = eng.repository.get(model)
-            s = eng.open_session(model).session_id
+            s = (await eng.open_session(model)).session_id
             rng = random.Random(3)
             text = ""
             rewound = False
@@ -27,7 +27,7 @@ def test_rewind_equals_recompute(model_dir: Path, model: str) -> None:
                 await eng.append(s, len(text), piece)
                 text += piece
                 if rng.random() < 0.3:
-                    reach = eng.get_session(s).rewindable
+                    reach = (await eng.get_session(s)).rewindable
                     assert reach == min(40, len(text)) or rewound  # full window until the first rewind
                     if reach < len(text):
                         with pytest.raises(PreconditionFailed):
@@ -52,10 +52,10 @@ def test_rewind_equals_recompute(model_dir: Path, model: str) -> None:
                 await eng.rewind(s, 41)
             with pytest.raises(InvalidInput):
                 await eng.rewind(s, 0)
-            pos = eng.get_session(s).position
+            pos = (await eng.get_session(s)).position
             with pytest.raises(InvalidInput):
                 await eng.rewind(s, pos + 1)
-            assert eng.get_session(s).position == pos
+            assert (await eng.get_session(s)).position == pos
 
     run(body)
 
@@ -64,7 +64,7 @@ def test_rewind_then_reset(model_dir: Path) -> None:
     async def body() -> None:
         async with engine(model_dir) as eng:
             lm = eng.repository.get()
-            s = eng.open_session().session_id
+            s = (await eng.open_session()).session_id
             await eng.append(s, 0, "hello there")
             assert (await eng.reset(s)).position == 0
             with pytest.raises(InvalidInput):
@@ -79,10 +79,10 @@ def test_snapshot_resume_bit_exact_on_second_engine(model_dir: Path) -> None:
     async def body() -> None:
         key = "k" * 32
         async with engine(model_dir, snapshot_key=key) as a:
-            s = a.open_session().session_id
+            s = (await a.open_session()).session_id
             await a.append(s, 0, "some text é🙂 and more\n" * 5)
             blob = await a.snapshot(s)
-            pos = a.get_session(s).position
+            pos = (await a.get_session(s)).position
             pa = await a.append(s, pos, "tail", AppendOptions(top_k=10, want_logprobs=True))
             blob_after = await a.snapshot(s)
         async with engine(model_dir, snapshot_key=key) as b:
@@ -118,12 +118,12 @@ def test_snapshot_of_other_weights_refused(model_dir: Path, tmp_path: Path) -> N
 
     async def body() -> None:
         async with engine(model_dir, snapshot_key="k") as a:
-            s = a.open_session().session_id
+            s = (await a.open_session()).session_id
             await a.append(s, 0, "abc")
             blob = await a.snapshot(s)
         async with engine(other, snapshot_key="k") as b:
             with pytest.raises(PreconditionFailed):
                 await b.resume(blob)
-            assert b.stats().active_sessions == 0
+            assert (await b.stats()).active_sessions == 0
 
     run(body)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 from pathlib import Path
 
@@ -32,8 +33,8 @@ def test_suggestions_equal_offline_beam_search(model_dir: Path, model: str, scop
     async def body() -> None:
         async with engine(model_dir) as eng:
             lm = eng.repository.get(model)
-            s = eng.open_session(model).session_id
-            other = eng.open_session(model).session_id
+            s = (await eng.open_session(model)).session_id
+            other = (await eng.open_session(model)).session_id
             prompt = "def main(x):\n    ret"
             await eng.append(s, 0, prompt)
             # two searches of different shapes and a session typing share the same iterations
@@ -48,7 +49,7 @@ def test_suggestions_equal_offline_beam_search(model_dir: Path, model: str, scop
             # the session continues exactly as if no search had run
             pred = await eng.append(s, len(prompt), "u", AppendOptions(top_k=5))
             assert_prediction_matches(lm, pred, offline_probs(lm, prompt + "u")[-1], 5)
-            assert eng.get_session(s).position == len(prompt) + 1
+            assert (await eng.get_session(s)).position == len(prompt) + 1
 
     run(body)
 
@@ -57,7 +58,7 @@ def test_suggest_is_ordered_after_earlier_appends_and_fresh_sessions(model_dir: 
     async def body() -> None:
         async with engine(model_dir) as eng:
             lm = eng.repository.get("tiny-lstm")
-            s = eng.open_session("tiny-lstm").session_id
+            s = (await eng.open_session("tiny-lstm")).session_id
             r = SuggestRequest(n=2, scope="word", max_chars=6)
             fresh = eng.submit_suggest(s, r)  # before any text: the zero state
             first = eng.submit_append(s, 0, "import o")
@@ -73,7 +74,7 @@ def test_suggest_errors_through_the_client(model_dir: Path) -> None:
     async def body() -> None:
         async with engine(model_dir) as eng:
             client = InProcessEngineClient(eng)
-            s = eng.open_session().session_id
+            s = (await eng.open_session()).session_id
             for bad, msg in [
                 (SuggestRequest(n=0), "n is 0"),
                 (SuggestRequest(n=99), "n is 99"),
@@ -87,7 +88,7 @@ def test_suggest_errors_through_the_client(model_dir: Path) -> None:
                 await client.suggest("", "0" * 32, SuggestRequest())
             with pytest.raises(NotFound):
                 await client.suggest("someone-else", s, SuggestRequest())
-            assert eng.get_session(s).position == 0
+            assert (await eng.get_session(s)).position == 0
 
     run(body)
 
@@ -100,8 +101,8 @@ def test_one_batched_step_per_iteration_alongside_keystrokes(model_dir: Path) ->
         async with engine(model_dir) as eng:
             lm = eng.repository.get("tiny-lstm")
             rt = eng.core._runtimes["tiny-lstm"]
-            s = eng.open_session("tiny-lstm").session_id
-            other = eng.open_session("tiny-lstm").session_id
+            s = (await eng.open_session("tiny-lstm")).session_id
+            other = (await eng.open_session("tiny-lstm")).session_id
             await eng.append(s, 0, "x = ")
             loop = asyncio.get_running_loop()
             steps: list[int] = []
@@ -134,11 +135,11 @@ def test_pending_suggestions_are_capped(model_dir: Path, monkeypatch: pytest.Mon
 
     async def body() -> None:
         async with engine(model_dir) as eng:
-            s = eng.open_session().session_id
+            s = (await eng.open_session()).session_id
             r = SuggestRequest(n=2, max_chars=4)
             first = [eng.submit_suggest(s, r), eng.submit_suggest(s, r)]
             with pytest.raises(CapacityExceeded, match="too many suggestions"):
-                eng.submit_suggest(s, r)
+                await eng.submit_suggest(s, r)
             assert all(await asyncio.gather(*first))
             assert await eng.submit_suggest(s, r)  # answered ones no longer count
 
@@ -152,38 +153,35 @@ def test_core_step_runs_searches_and_answers_through_the_outbox(model_dir: Path)
     outbox."""
     st = make_settings(model_dir)
     core = EngineCore(st, ModelRepository.load(st))
-    loop = asyncio.new_event_loop()
-    try:
-        lm = core.repository.get(core.repository.default)
-        sid = core.open_session().session_id
-        core.submit_append(sid, 0, "x = ", AppendOptions(), "", loop.create_future())
-        r = SuggestRequest(n=2, scope="line", max_chars=5)
-        ticket, other = loop.create_future(), loop.create_future()
-        core.submit_suggest(sid, r, "", ticket)
-        got: list[Suggestion] | None = None
-        iterations, beam_rows = core.stats().iterations, []
-        for _ in range(r.max_chars + 4):  # the append, the read, at most max_chars searching steps
-            out = core.step()
-            answers = [d for d in out.deliveries if isinstance(d, Outcome) and d.future is ticket]
-            if answers:  # the search may end without a forward: then no device work ran
-                assert answers[0].error is None and out.idle
-                got = answers[0].value  # type: ignore[assignment]
-                break
-            assert core.stats().iterations == iterations + 1  # a beams-only step is an iteration
-            iterations += 1
-            assert out.stats is not None
-            if not out.stats.queue_wait_s:  # no op started: a step of the search alone
-                beam_rows.append(out.stats.rows)
-        assert got is not None and len(beam_rows) >= 2
-        assert all(1 <= n <= beam_width(r.n) for n in beam_rows)  # its beams, counted as rows
-        assert_same(lm, got, "x = ", r)
-        assert core._suggest_tickets == set()  # answered: no longer counted against the cap
-        core.submit_suggest(sid, r, "", other)
-        core.step()  # the read
-        core.step()  # the search starts
-        core.fail_all(Unavailable("server is stopping"))
-        failed = [d for d in core.take_outbox() if isinstance(d, Outcome) and d.future is other]
-        assert len(failed) == 1 and isinstance(failed[0].error, Unavailable)
-        assert not core.has_pending() and core._suggest_tickets == set()
-    finally:
-        loop.close()
+    tickets = itertools.count(1)
+    lm = core.repository.get(core.repository.default)
+    sid = core.open_session().session_id
+    core.submit_append(sid, 0, "x = ", AppendOptions(), "", next(tickets))
+    r = SuggestRequest(n=2, scope="line", max_chars=5)
+    ticket, other = next(tickets), next(tickets)
+    core.submit_suggest(sid, r, "", ticket)
+    got: list[Suggestion] | None = None
+    iterations, beam_rows = core.stats().iterations, []
+    for _ in range(r.max_chars + 4):  # the append, the read, at most max_chars searching steps
+        out = core.step()
+        answers = [d for d in out.deliveries if isinstance(d, Outcome) and d.ticket == ticket]
+        if answers:  # the search may end without a forward: then no device work ran
+            assert answers[0].error is None and out.idle
+            got = answers[0].value  # type: ignore[assignment]
+            break
+        assert core.stats().iterations == iterations + 1  # a beams-only step is an iteration
+        iterations += 1
+        assert out.stats is not None
+        if not out.stats.queue_wait_s:  # no op started: a step of the search alone
+            beam_rows.append(out.stats.rows)
+    assert got is not None and len(beam_rows) >= 2
+    assert all(1 <= n <= beam_width(r.n) for n in beam_rows)  # its beams, counted as rows
+    assert_same(lm, got, "x = ", r)
+    assert core._suggest_tickets == set()  # answered: no longer counted against the cap
+    core.submit_suggest(sid, r, "", other)
+    core.step()  # the read
+    core.step()  # the search starts
+    core.fail_all(Unavailable("server is stopping"))
+    failed = [d for d in core.take_outbox() if isinstance(d, Outcome) and d.ticket == other]
+    assert len(failed) == 1 and isinstance(failed[0].error, Unavailable)
+    assert not core.has_work() and core._suggest_tickets == set()

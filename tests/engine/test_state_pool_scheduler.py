@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import ast
-import asyncio
-from collections.abc import Iterator
+import itertools
 from pathlib import Path
 
 import cellserve.engine.scheduler as scheduler_mod
@@ -56,16 +55,7 @@ def test_rewind_log_is_bounded() -> None:
     assert target == pos - 10 and state is not ZERO and len(replay) < 4 + 3
 
 
-@pytest.fixture(autouse=True)
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """The loop the queued ops' futures belong to (never run: the scheduler only reads them)."""
-    global _LOOP
-    _LOOP = asyncio.new_event_loop()
-    yield _LOOP
-    _LOOP.close()
-
-
-_LOOP: asyncio.AbstractEventLoop | None = None
+_TICKETS = itertools.count(1)
 
 
 def _session(slot: int) -> Session:
@@ -73,9 +63,7 @@ def _session(slot: int) -> Session:
 
 
 def _append(s: Session, text: str, submitted: float = 0.0, **opts: object) -> AppendOp:
-    assert _LOOP is not None
-    fut: asyncio.Future[object] = _LOOP.create_future()
-    op = AppendOp(s.queued_end, text, [1] * len(text), AppendOptions(**opts), fut, submitted)  # type: ignore[arg-type]
+    op = AppendOp(s.queued_end, text, [1] * len(text), AppendOptions(**opts), next(_TICKETS), submitted)  # type: ignore[arg-type]
     s.queue.append(op)
     s.queued_end += len(text)
     return op
@@ -122,7 +110,7 @@ def test_scheduler_rejects_stale_offsets() -> None:
     op = _append(s, "abc")
     op.offset = 7  # as if an earlier op had failed after this one was accepted
     d = _append(s, "d")  # offset 3: assumed "abc" would apply, so it is stale too
-    ok = AppendOp(0, "e", [1], AppendOptions(), d.future, 0.0)
+    ok = AppendOp(0, "e", [1], AppendOptions(), next(_TICKETS), 0.0)
     s.queue.append(ok)
     batch = sch.schedule([s], [], budget=100, capacity=1)
     assert [f[1] for f in batch.failures] == [op, d]

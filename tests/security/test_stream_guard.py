@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from cellserve.api.status import status_of
-from cellserve.api.stream_guard import ClientNotReading, IdleDeadline, StreamIdle, UnreadBound
+from cellserve.api.stream_guard import ClientNotReading, IdleDeadline, StreamIdle, UnreadBound, idle_guarded
 
 
 class Clock:
@@ -63,3 +65,52 @@ def test_statuses_are_clear() -> None:
     assert st.code.name == "RESOURCE_EXHAUSTED" and "client is not reading" in st.message and st.retry_after_ms
     st = status_of(StreamIdle(600))
     assert st.code.name == "UNAVAILABLE" and "idle for 600 s" in st.message
+
+
+def test_idle_guarded_keeps_a_talking_stream_and_ends_a_silent_one_with_one_timer() -> None:
+    """Requests closer together than the timeout keep the stream open for longer than the
+    timeout in all; a pause longer than it ends the stream with StreamIdle. However many
+    requests pass, the guard holds one timer (none created per request)."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        timers = {"n": 0}
+        real_call_at = loop.call_at
+
+        def call_at(*args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+            timers["n"] += 1
+            return real_call_at(*args, **kwargs)
+
+        loop.call_at = call_at  # type: ignore[method-assign]
+
+        async def requests() -> AsyncIterator[int]:
+            for i in range(12):
+                await asyncio.sleep(0.02)  # 12 x 0.02 s = 0.24 s > the 0.1 s timeout
+                yield i
+            await asyncio.sleep(5)  # silent: the guard ends the stream long before
+
+        got = []
+        started = loop.time()
+        with pytest.raises(StreamIdle):
+            async for r in idle_guarded(requests(), 0.1):
+                got.append(r)
+        assert got == list(range(12))
+        assert loop.time() - started < 2.0
+        assert timers["n"] <= 13 + 4  # the 13 sleeps' own, and the guard's few re-arms
+
+    asyncio.run(main())
+
+
+def test_idle_guarded_does_not_count_time_the_reader_spends_elsewhere() -> None:
+    async def main() -> None:
+        async def requests() -> AsyncIterator[int]:
+            for i in range(3):
+                yield i
+
+        got = []
+        async for r in idle_guarded(requests(), 0.05):
+            got.append(r)
+            await asyncio.sleep(0.12)  # busy elsewhere, longer than the timeout: not idleness
+        assert got == [0, 1, 2]
+
+    asyncio.run(main())

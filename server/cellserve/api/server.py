@@ -75,7 +75,11 @@ class ApiServer:
         ]
         if settings.auth_enabled:  # first: a call is authenticated before anything else runs
             interceptors.insert(0, AuthInterceptor(settings, self.tokens, Quotas(self._sessions_of), recorder))
-        self._server = aio.server(interceptors=interceptors, options=server_options(settings, reuse_port=reuse_port))
+        self._server = aio.server(
+            interceptors=interceptors,
+            options=server_options(settings, reuse_port=reuse_port),
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        )
         rpc.add_CellserveServiceServicer_to_server(self.servicer, self._server)
         krpc.add_GRPCInferenceServiceServicer_to_server(self.kserve, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._server)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol, TypeAlias
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 from grpc import aio
 
@@ -29,6 +29,7 @@ from .status import status_of
 from .stream import SessionStream
 
 log = logging.getLogger("cellserve.api")
+T = TypeVar("T")
 Context: TypeAlias = aio.ServicerContext[Any, Any]
 FRONTEND_MD = "cellserve-frontend"
 
@@ -146,20 +147,25 @@ class CellserveServicer(rpc.CellserveServiceServicer):  # type: ignore[misc]
         options = validate.append_options(request, self._settings)
         owner = owner_of(context)
         received = time.perf_counter()
-        model = (await self._engine.get_session(owner, sid)).model  # the latency label
+        # the latency label, asked for together with the append (both reach the engine in one
+        # pass): no round trip of its own before the keystroke is even submitted
+        label = _settled(self._engine.get_session(owner, sid))
         log.debug("append at %d: %s", request.offset, user_text(text, self._settings))
         pred = await self._engine.append(owner, sid, request.offset, text, options)
         response = svc.AppendResponse(prediction=convert.prediction(pred))
-        ResponseTimer(self._recorder, model, received).prediction_sent(len(text))  # serialization not counted
+        ResponseTimer(self._recorder, (await label).model, received).prediction_sent(
+            len(text)
+        )  # serialization not counted
         return response
 
     async def Complete(self, request: svc.CompleteRequest, context: Context) -> AsyncIterator[svc.CompleteResponse]:
         sid = validate.session_id(request.session_id)
         req = validate.completion_request(request, self._settings)
         owner = owner_of(context)
-        timer = ResponseTimer(self._recorder, (await self._engine.get_session(owner, sid)).model)
+        label = _settled(self._engine.get_session(owner, sid))  # with the completion, as in Append
         chunks = self._engine.complete(owner, sid, req)
         try:
+            timer = ResponseTimer(self._recorder, (await label).model)
             async for chunk in chunks:
                 yield svc.CompleteResponse(chunk=convert.completion_chunk(chunk))
                 timer.chunk_sent(chunk.alternative, len(chunk.text))  # resumed once grpc has written it
@@ -210,3 +216,11 @@ class CellserveServicer(rpc.CellserveServiceServicer):  # type: ignore[misc]
         if self._gates is None:
             raise Unavailable("gate inspection is not served by this server process")
         return await self._gates.inspect(request)
+
+
+def _settled(answer: Awaitable[T]) -> asyncio.Future[T]:
+    """``answer`` as a future whose error counts as seen even when the call that asked for it
+    failed first and never awaits it (no "exception was never retrieved" at collection)."""
+    fut = asyncio.ensure_future(answer)
+    fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return fut

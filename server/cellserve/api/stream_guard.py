@@ -97,14 +97,55 @@ class UnreadBound:
         self.unread = max(0, self.unread - n)
 
 
+class _IdleWatch:
+    """One timer per stream, re-armed only when it fires: a request costs one clock read, not
+    a timer (a ``wait_for`` per request created and cancelled a ``TimerHandle`` and a waiter
+    every keystroke). When it fires while the stream waits for a request and the last one came
+    ``timeout_s`` ago or more, it cancels the waiting task, which raises ``StreamIdle``."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.loop = asyncio.get_running_loop()
+        self.last = self.loop.time()
+        self.waiting: asyncio.Task[object] | None = None  # the task awaiting the next request
+        self.expired = False
+        self._handle = self.loop.call_at(self.last + timeout_s, self._fire)
+
+    def _fire(self) -> None:
+        now = self.loop.time()
+        due = self.last + self.timeout_s
+        if self.waiting is None:  # the reader is busy elsewhere: it is not the client's silence
+            self._handle = self.loop.call_at(max(due, now + self.timeout_s), self._fire)
+            return
+        if now < due:  # a request came since this timer was set
+            self._handle = self.loop.call_at(due, self._fire)
+            return
+        self.expired = True
+        self.waiting.cancel()
+
+    def close(self) -> None:
+        self._handle.cancel()
+
+
 async def idle_guarded(requests: AsyncIterator[T], timeout_s: float) -> AsyncIterator[T]:
     """``requests``, raising ``StreamIdle`` when the next one takes longer than ``timeout_s``."""
     it = aiter(requests)
-    while True:
-        try:
-            request = await asyncio.wait_for(anext(it), timeout_s)
-        except StopAsyncIteration:
-            return
-        except TimeoutError:
-            raise StreamIdle(timeout_s) from None
-        yield request
+    watch = _IdleWatch(timeout_s)
+    try:
+        while True:
+            task = watch.waiting = asyncio.current_task()
+            try:
+                request = await anext(it)
+            except StopAsyncIteration:
+                return
+            except asyncio.CancelledError:
+                if not watch.expired or task is None:
+                    raise
+                task.uncancel()
+                raise StreamIdle(timeout_s) from None
+            finally:
+                watch.waiting = None
+            watch.last = watch.loop.time()
+            yield request
+    finally:
+        watch.close()

@@ -1,40 +1,48 @@
-"""The engine core: one synchronous ``step()`` (schedule -> execute -> update_from_output).
+"""The engine core: ``add(call)``, ``step() -> StepOutput``, ``has_work()``.
 
 ``EngineCore`` owns the model runtimes (pool, runner, scheduler per model), the session table
-and the counters. ``step()`` runs entirely in the device worker thread: it plans one iteration
-for every model with work (``_schedule``), executes the plans on the runners, and applies the
-results to sessions, rewind logs and completions (``_update``). It never touches asyncio: the
-futures it is handed at submission are opaque tickets here, and everything meant for a caller
-(a result or an error for a future, a completion chunk) is appended to an outbox that
-``step()`` returns as a ``StepOutput`` of plain dataclasses, with the iteration's
-``IterationStats``. The async frontend (``engine/engine.py``) applies them on the event loop.
+and the counters. It is synchronous and has nothing asynchronous in it: no future, no lock, no
+event loop. Requests come in as ``Call``s carrying integer tickets (``add``; refusals are
+answers like any other); ``step()`` plans one iteration for every model with work
+(``_schedule``), executes the plans on the runners, stages every answer, has the runners write
+their states back, then applies the results to sessions, rewind logs and completions
+(``_commit``). Everything meant for a caller (a value or an error for a ticket, a completion
+chunk) goes to an outbox that ``step()`` returns as a ``StepOutput`` of plain dataclasses, with
+the iteration's ``IterationStats``.
 
-Threads: submissions, the TTL sweep and cancellations come from the event loop, ``step()`` from
-the worker; every public method takes ``lock``. ``step()`` holds it while it plans and while it
-updates, never while the device runs, so submissions go on during an iteration (they queue for
-the next one) exactly as before. Driven directly (tests), the core needs no thread and no loop.
+Threads: one. The core thread (``engine/loop.py``) is the only one that touches a core; the
+frontend turns tickets into futures (``engine/engine.py``). Driven directly (tests), the core
+needs no thread and no loop.
 
 Error behaviour (``cellserve.errors``): unknown, closed, expired and other owners' sessions are
 all ``NotFound("session not found")``; caps raise ``CapacityExceeded`` with a retry hint;
-new sessions while draining raise ``Unavailable``. State is written back only when an iteration
-succeeded: if the device step raises, every operation of that iteration fails with that
-exception (the API reports INTERNAL) and the sessions are as they were before it.
+new sessions while draining raise ``Unavailable``. Failure is an output: whatever raises in a
+step after scheduling (a runner phase, staging, a write-back) answers every op of that step
+with the exception (the API reports INTERNAL) and the sessions are as they were before it.
 """
 
 from __future__ import annotations
 
-import asyncio
+import heapq
+import itertools
 import logging
 import random
 import secrets
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ..config import Settings
-from ..errors import CapacityExceeded, InvalidInput, NotFound, OffsetConflict, PreconditionFailed, Unavailable
+from ..errors import (
+    CapacityExceeded,
+    CellserveError,
+    InvalidInput,
+    NotFound,
+    OffsetConflict,
+    PreconditionFailed,
+    Unavailable,
+)
 from ..nn.cells import GRU_GATES, LSTM_GATES
 from ..nn.checkpoint import LoadedModel
 from ..repository import ModelRepository
@@ -42,10 +50,10 @@ from . import snapshot as snap
 from .beam import BeamSearches
 from .completions import Alternative, Completion
 from .limits import MAX_PENDING_SUGGESTS, check_suggest, completion_checked
-from .plan import ZERO, CheckpointRef, HostState, Plan, RunResult
+from .plan import ZERO, CheckpointRef, HostState, Plan, RowResult, RunResult
 from .rewind import RewindLog
 from .runner import ModelRunner
-from .scheduler import AppendRun, Batch, Scheduler
+from .scheduler import AppendRun, Batch, ControlWork, Scheduler
 from .sessions import AppendOp, ControlOp, Op, Session, SessionState
 from .state_pool import SlotAllocator, StatePool
 from .types import (
@@ -131,25 +139,50 @@ class _Runtime:
             op.scratch = None
 
 
-P = ParamSpec("P")
-R = TypeVar("R")
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A request for the core, through the core thread's inbox (``EngineCore.add``): the core
+    method ``method`` with ``args``. Not ``ticketed``: its return value (or the error it
+    raises) answers ``ticket`` at once. ``ticketed``: the ticket is passed as the last
+    argument and answered when the op is; a refusal raised at once answers it at once.
+    Ticket 0: nobody waits for the answer."""
+
+    ticket: int
+    method: str
+    args: tuple[Any, ...] = ()
+    ticketed: bool = False
 
 
-def _locked(fn: Callable[Concatenate[EngineCore, P], R]) -> Callable[Concatenate[EngineCore, P], R]:
-    def locked(self: EngineCore, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        with self.lock:
-            return fn(self, *args, **kwargs)
-
-    locked.__name__, locked.__doc__ = fn.__name__, fn.__doc__
-    return locked
+# what a Call may ask for: the core's public operations, nothing else
+CALLS = frozenset(
+    {
+        "get_session",
+        "get_session_queued",
+        "stats",
+        "health",
+        "has_work",
+        "open_session",
+        "submit_append",
+        "complete",
+        "cancel_completion",
+        "submit_rewind",
+        "submit_reset",
+        "submit_snapshot",
+        "resume",
+        "submit_suggest",
+        "submit_close",
+        "expire_idle",
+        "start_draining",
+    }
+)
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """A caller's answer: ``future`` (the ticket handed in at submission, opaque to the core)
-    gets ``value``, or ``error`` when set."""
+    """A caller's answer: ``ticket`` (handed in at submission) gets ``value``, or ``error``
+    when set."""
 
-    future: asyncio.Future[Any]
+    ticket: int
     value: object = None
     error: BaseException | None = None
 
@@ -183,7 +216,6 @@ class EngineCore:
         self.settings = settings
         self.repository = repository
         self.device = repository.device
-        self.lock = threading.RLock()
         # Unset key: a random per-process key; snapshots then resume on this process only.
         self._key = (
             settings.snapshot_key.get_secret_value().encode() if settings.snapshot_key else secrets.token_bytes(32)
@@ -225,23 +257,24 @@ class EngineCore:
         self._outbox: list[Outcome | ChunkOut] = []
         # suggest ops submitted and not yet answered (MAX_PENDING_SUGGESTS): their tickets,
         # dropped when their Outcome leaves the outbox, whichever path answered them
-        self._suggest_tickets: set[asyncio.Future[Any]] = set()
+        self._suggest_tickets: set[int] = set()
+        self._live_completions: dict[int, Completion] = {}  # by ticket, until their last chunk
+        # (last use when pushed, tie-break, session): the idle-TTL sweep's queue (expire_idle)
+        self._expiry: list[tuple[float, int, Session]] = []
+        self._expiry_seq = itertools.count()
 
     # ---- queries -----------------------------------------------------------------------------
     def models(self) -> list[ModelInfo]:
         return [rt.info for rt in self._runtimes.values()]
 
-    @_locked
     def get_session(self, session_id: str, owner: str = "") -> SessionInfo:
         return self._get(session_id, owner).info()
 
-    @_locked
     def get_session_queued(self, session_id: str, owner: str = "") -> SessionInfo:
         """The session with ``position`` = the offset the next append must carry."""
         s = self._get(session_id, owner)
         return s.info(s.queued_end)
 
-    @_locked
     def stats(self) -> EngineStats:
         """Cumulative counters and gauges now; reading changes nothing (any number of readers).
         Per-iteration observations come out of ``step()`` (``StepOutput.stats``)."""
@@ -257,7 +290,6 @@ class EngineCore:
             session_events=dict(self._events),
         )
 
-    @_locked
     def health(self, owner: str = "") -> EngineHealth:
         return EngineHealth(
             serving=not self.draining,
@@ -268,16 +300,39 @@ class EngineCore:
             owner_sessions=self._owner_sessions.get(owner, 0),
         )
 
-    @_locked
-    def has_pending(self) -> bool:
-        """Work is queued, running or completing."""
+    def has_work(self) -> bool:
+        """Work is queued, running or completing: ``step()`` has something to do."""
         return self._has_pending()
 
-    @_locked
+    def add(self, call: Call) -> None:
+        """Runs one inbox request (core thread); every answer goes to the outbox."""
+        if call.method not in CALLS:
+            self._outbox.append(Outcome(call.ticket, None, InvalidInput("unknown engine call")))
+            return
+        try:
+            fn = getattr(self, call.method)
+            if call.ticketed:
+                now = fn(*call.args, call.ticket)
+                if isinstance(now, Outcome):  # answered at once (a retry of an applied piece)
+                    self._outbox.append(now)
+            else:
+                self._outbox.append(Outcome(call.ticket, fn(*call.args)))
+        except Exception as e:  # a refusal (or a bug): the caller gets it, the core goes on
+            if not isinstance(e, CellserveError):
+                log.exception("engine call %s failed", call.method)
+            self._outbox.append(Outcome(call.ticket, None, e))
+
+    def start_draining(self) -> None:
+        """New sessions are refused from now on (Unavailable)."""
+        self.draining = True
+
+    def idle_output(self) -> StepOutput:
+        """What calls answered while no step was due."""
+        return StepOutput(self._take_outbox(), None, not self._has_pending())
+
     def session_ids(self) -> set[str]:
         return set(self._sessions)
 
-    @_locked
     def take_outbox(self) -> list[Outcome | ChunkOut]:
         """What the calls since the last ``step()`` produced for callers (a close that failed
         queued ops, a cancelled completion): the frontend applies it after such a call."""
@@ -288,15 +343,13 @@ class EngineCore:
         if self._suggest_tickets:
             for d in out:
                 if isinstance(d, Outcome):
-                    self._suggest_tickets.discard(d.future)
+                    self._suggest_tickets.discard(d.ticket)
         return out
 
     # ---- sessions ----------------------------------------------------------------------------
-    @_locked
     def open_session(self, model: str | None = None, owner: str = "") -> SessionInfo:
         return self._new_session(self._runtime(model), owner, 0, ZERO, SessionEvent.OPENED).info()
 
-    @_locked
     def submit_append(
         self,
         session_id: str,
@@ -304,13 +357,13 @@ class EngineCore:
         text: str,
         options: AppendOptions,
         owner: str,
-        future: asyncio.Future[Prediction],
-    ) -> asyncio.Future[Prediction] | None:
-        """Queues ``text`` at ``offset`` (exactly once), answered through ``future``; or raises
-        now. ``offset`` must equal the session's position counting the appends already accepted.
-        A retry of the latest accepted piece (same offset, same text) queues nothing: the
-        return value is then that piece's future, whose answer the caller repeats with
-        ``replayed=True``. When several appends of a session wait for the same iteration they
+        ticket: int,
+    ) -> Outcome | None:
+        """Queues ``text`` at ``offset`` (exactly once), answered to ``ticket``; or raises now.
+        ``offset`` must equal the session's position counting the appends already accepted.
+        A retry of the latest accepted piece (same offset, same text) queues nothing: while the
+        piece waits, ``ticket`` is answered with it; once applied, the answer is returned now
+        (its cached value, ``replayed=True``). When several appends of a session wait for the same iteration they
         run as one prefill; each gets its own Prediction, or with ``only_last`` the earlier
         ones get ``superseded=True`` and no top-k."""
         s = self._get(session_id, owner)
@@ -324,20 +377,22 @@ class EngineCore:
         if offset != s.queued_end:
             lp = s.last_piece
             if lp is not None and lp[0] == offset and lp[1] == text:
-                return lp[2]
+                if isinstance(lp[2], Prediction):
+                    return Outcome(ticket, replace(lp[2], replayed=True))
+                lp[2].retries.append(ticket)
+                return None
             raise OffsetConflict(expected=s.queued_end, got=offset)
         self._cancel_session_completions(s)
         rt = self._runtimes[s.model]
-        s.accept_append(AppendOp(offset, text, rt.loaded.vocab.encode(text), options, future, time.perf_counter()))
+        s.accept_append(AppendOp(offset, text, rt.loaded.vocab.encode(text), options, ticket, time.perf_counter()))
         self._submit(rt, s)
         return None
 
-    @_locked
-    def complete(self, session_id: str, request: CompletionRequest, owner: str = "") -> Completion:
+    def complete(self, session_id: str, request: CompletionRequest, owner: str, ticket: int) -> Completion:
         """Starts a completion forked from the session's state once the operations accepted
-        before it are applied. The session is never changed; an Append, Reset, Rewind or Close
-        of the session, or ``cancel_completion``, cancels it. Create it on the event loop: its
-        chunk queue is the frontend's."""
+        before it are applied; its chunks are addressed to ``ticket``. The session is never
+        changed; an Append, Reset, Rewind or Close of the session, or ``cancel_completion``,
+        cancels it."""
         s = self._get(session_id, owner)
         request = completion_checked(request, self.settings)
         rt = self._runtimes[s.model]
@@ -354,7 +409,8 @@ class EngineCore:
             raise
         seed = request.seed if request.seed is not None else secrets.randbits(64)
         alts = [Alternative(i, slot, random.Random(f"{seed}/{i}")) for i, slot in enumerate(slots)]
-        c = Completion(s, request, alts)
+        c = Completion(s, request, alts, ticket)
+        self._live_completions[ticket] = c
         self._running_alternatives += request.n
         s.completions.add(c)
         s.queue.append(ControlOp("complete", None, time.perf_counter(), completion=c))
@@ -362,12 +418,13 @@ class EngineCore:
         self._submit(rt, s)
         return c
 
-    @_locked
-    def cancel_completion(self, c: Completion) -> None:
-        self._cancel_completion(c)
+    def cancel_completion(self, ticket: int) -> None:
+        """The consumer of completion ``ticket`` went away: it ends (its slots are freed)."""
+        c = self._live_completions.get(ticket)
+        if c is not None:
+            self._cancel_completion(c)
 
-    @_locked
-    def submit_rewind(self, session_id: str, chars: int, owner: str, future: asyncio.Future[Any]) -> None:
+    def submit_rewind(self, session_id: str, chars: int, owner: str, ticket: int) -> None:
         """Restores exactly the state ``chars`` characters back (1 <= chars <= position);
         beyond the rewind window: PreconditionFailed."""
         s = self._get(session_id, owner)
@@ -376,24 +433,22 @@ class EngineCore:
         if not s.queue and not s.in_flight:  # answer bad requests without an iteration
             s.history.plan(s.position, chars)
         self._cancel_session_completions(s)
-        self._control(s, ControlOp("rewind", future, time.perf_counter(), chars=chars))
+        self._control(s, ControlOp("rewind", ticket, time.perf_counter(), chars=chars))
 
-    @_locked
-    def submit_reset(self, session_id: str, owner: str, future: asyncio.Future[Any]) -> None:
+    def submit_reset(self, session_id: str, owner: str, ticket: int) -> None:
         s = self._get(session_id, owner)
         self._cancel_session_completions(s)
-        self._control(s, ControlOp("write", future, time.perf_counter(), state=ZERO, position=0))
+        self._control(s, ControlOp("write", ticket, time.perf_counter(), state=ZERO, position=0))
 
-    @_locked
-    def submit_snapshot(self, session_id: str, owner: str, future: asyncio.Future[Any]) -> None:
+    def submit_snapshot(self, session_id: str, owner: str, ticket: int) -> None:
         """A signed blob of the state after the operations accepted before it."""
         s = self._get(session_id, owner)
-        self._control(s, ControlOp("snapshot", future, time.perf_counter()))
+        self._control(s, ControlOp("snapshot", ticket, time.perf_counter()))
 
-    @_locked
-    def submit_resume(self, blob: bytes, replay: str, options: AppendOptions, owner: str) -> Session:
+    def resume(self, blob: bytes, replay: str, options: AppendOptions, owner: str, ticket: int) -> Outcome | None:
         """A new session (new id) at the snapshot's position with its state, bit-exact (its
-        start state is written by the next iteration); the caller then appends ``replay``.
+        start state is written by the next iteration), then ``replay`` appended to it:
+        ``ticket`` gets (the session, the replay's Prediction or None) once the replay is.
         The blob is checked here (authentication, header, tenant and expiry: no torch); its state bytes become tensors in
         the device worker (``HostState``). Bad or tampered blob: InvalidInput; a model or
         weights this server does not serve: PreconditionFailed."""
@@ -408,41 +463,54 @@ class EngineCore:
         if len(replay) > self.settings.max_append_chars:
             raise InvalidInput(f"replay has {len(replay)} characters; the limit is {self.settings.max_append_chars}")
         state = HostState(tuple(data.tensors), m.layers, m.hidden)
-        return self._new_session(rt, owner, data.position, state, SessionEvent.RESUMED)
+        s = self._new_session(rt, owner, data.position, state, SessionEvent.RESUMED)
+        if not replay:
+            return Outcome(ticket, (s.info(), None))
+        self.submit_append(s.session_id, s.position, replay, options, owner, ticket)
+        op = s.queue[-1]
+        assert isinstance(op, AppendOp)
+        op.with_session = True
+        return None
 
-    @_locked
-    def submit_suggest(self, session_id: str, request: SuggestRequest, owner: str, future: asyncio.Future[Any]) -> None:
-        """The n most probable completions (``list[Suggestion]`` through ``future``), by beam
+    def submit_suggest(self, session_id: str, request: SuggestRequest, owner: str, ticket: int) -> None:
+        """The n most probable completions (``list[Suggestion]`` to ``ticket``), by beam
         search on a copy of the session's state as it is after the operations accepted before
         it; the session never changes. Searches advance one character per ``step()``."""
         s = self._get(session_id, owner)
         check_suggest(request)
         if len(self._suggest_tickets) >= MAX_PENDING_SUGGESTS:
             raise CapacityExceeded("too many suggestions are waiting or running", retry_after_s=0.5)
-        self._control(s, ControlOp("suggest", future, time.perf_counter(), suggest=request))
-        self._suggest_tickets.add(future)  # after it was queued: a refused op holds no ticket
+        self._control(s, ControlOp("suggest", ticket, time.perf_counter(), suggest=request))
+        self._suggest_tickets.add(ticket)  # after it was queued: a refused op holds no ticket
 
-    @_locked
-    def submit_close(self, session_id: str, owner: str, future: asyncio.Future[Any]) -> None:
+    def submit_close(self, session_id: str, owner: str, ticket: int) -> None:
         """Closes the session once the operations accepted before it are answered (at once
         when none are waiting)."""
         s = self._get(session_id, owner)
         if not s.queue and not s.in_flight:
             self._close(s, SessionEvent.CLOSED)
-            self._outbox.append(Outcome(future))
+            self._outbox.append(Outcome(ticket))
             return
         self._cancel_session_completions(s)
-        self._control(s, ControlOp("close", future, time.perf_counter()))
+        self._control(s, ControlOp("close", ticket, time.perf_counter()))
 
-    @_locked
     def expire_idle(self, cutoff: float) -> None:
         """Closes sessions unused since ``cutoff`` (unix seconds) whose work is all done:
-        queued or running work is never expired."""
-        for s in [s for s in self._sessions.values() if s.last_used_at < cutoff]:
-            if s.state is SessionState.IDLE:
-                self._close(s, SessionEvent.EXPIRED)
+        queued or running work is never expired.
 
-    @_locked
+        No scan of the table: a heap holds every session under the last-use time it had when
+        pushed (at open, then whenever a sweep finds it used since or busy). A sweep pops only
+        the entries older than ``cutoff``: each session comes up about once per TTL."""
+        heap = self._expiry
+        while heap and heap[0][0] < cutoff:
+            _, _, s = heapq.heappop(heap)
+            if s.closed:
+                continue
+            if s.last_used_at < cutoff and s.state is SessionState.IDLE:
+                self._close(s, SessionEvent.EXPIRED)
+            else:  # used since, or busy: look again once it may have gone idle for a TTL
+                heapq.heappush(heap, (max(s.last_used_at, cutoff), next(self._expiry_seq), s))
+
     def fail_all(self, err: BaseException) -> None:
         """At stop, after the last step: everything still queued fails with ``err``."""
         for s in list(self._sessions.values()):
@@ -461,14 +529,19 @@ class EngineCore:
         self._submit(self._runtimes[s.model], s)
 
     def _resolve(self, op: Op, value: object) -> None:
-        if op.future is not None and not op.answered:
+        if op.ticket is not None and not op.answered:
             op.answered = True
-            self._outbox.append(Outcome(op.future, value))
+            self._outbox.append(Outcome(op.ticket, value))
+            if isinstance(op, AppendOp) and isinstance(value, Prediction):
+                for t in op.retries:
+                    self._outbox.append(Outcome(t, replace(value, replayed=True)))
 
     def _fail(self, op: Op, err: BaseException) -> None:
-        if op.future is not None and not op.answered:
+        if op.ticket is not None and not op.answered:
             op.answered = True
-            self._outbox.append(Outcome(op.future, None, err))
+            self._outbox.append(Outcome(op.ticket, None, err))
+            for t in op.retries if isinstance(op, AppendOp) else ():
+                self._outbox.append(Outcome(t, None, err))
 
     # ---- internals: admission and bookkeeping ------------------------------------------------
     def _runtime(self, model: str | None) -> _Runtime:
@@ -496,6 +569,7 @@ class EngineCore:
         # start state (folded into the first append's row when one is waiting by then)
         s.queue.append(ControlOp("write", None, time.perf_counter(), state=state, position=position))
         self._sessions[sid] = s
+        heapq.heappush(self._expiry, (s.last_used_at, next(self._expiry_seq), s))
         self._owner_sessions[owner] = self._owner_sessions.get(owner, 0) + 1
         self._submit(rt, s)
         self._event(event)
@@ -555,6 +629,8 @@ class EngineCore:
         self._outbox.append(ChunkOut(c, CompletionChunk(alt.index, text, True, reason)))
         if not c.running():
             self._outbox.append(ChunkOut(c, None))
+        if not c.running():
+            self._live_completions.pop(c.ticket, None)
         rt = self._runtimes[c.session.model]
         rt.alloc.free(alt.slot)
         self._running_alternatives -= 1
@@ -570,32 +646,49 @@ class EngineCore:
 
     # ---- the step ---------------------------------------------------------------------------------
     def step(self) -> StepOutput:
-        """One iteration: schedule -> execute -> update_from_output (device worker thread)."""
-        with self.lock:
-            jobs = self._schedule()
-            started = time.perf_counter()
-            waits = [tuple(started - t for t in _submitted_times(b)) for _, b in jobs]  # per job
-            chars_before = dict(self._chars)
+        """One iteration: schedule -> execute -> stage -> commit (device worker thread).
+
+        Failure is an output: whatever raises after scheduling (a runner phase, staging the
+        answers, a runner's write-back), every op the iteration took is answered with that
+        error and every session stays exactly as it was before the step. Nothing of a job is
+        applied unless its runner wrote its states back and all its answers were staged."""
+        jobs = self._schedule()
+        started = time.perf_counter()
+        waits = [tuple(started - t for t in _submitted_times(b)) for _, b in jobs]  # per job
+        chars_before = dict(self._chars)
         results: list[RunResult] = []
+        staged: list[_Staged] = []
+        committed = 0  # jobs whose runner wrote its states back
         error: Exception | None = None
         if jobs:
             try:
                 results = [rt.runner.execute(b.plan) for rt, b in jobs]
-            except Exception as e:  # the device step failed: nothing was written back
+                staged = [self._stage(rt, b, res) for (rt, b), res in zip(jobs, results, strict=True)]
+                for rt, _b in jobs:
+                    rt.runner.commit()
+                    committed += 1
+            except Exception as e:  # nothing of the uncommitted jobs landed
                 log.exception("engine iteration failed")
                 error = e
         beam_rows = self._step_beams()
-        with self.lock:
-            stats = None
-            if jobs:
-                self._update_from_output(jobs, results, error)
-            elif beam_rows:
-                self._iterations += 1
-            if jobs or beam_rows:
-                stats = self._iteration_stats(jobs, results, waits, chars_before, beam_rows)
-            for rt in self._runtimes.values():
-                self._answer_beams(rt)
-            return StepOutput(self._take_outbox(), stats, not self._has_pending())
+        stats = None
+        if jobs:
+            self._update_from_output(jobs, staged, committed, error)
+        elif beam_rows:
+            self._iterations += 1
+        if jobs or beam_rows:
+            try:
+                stats = self._iteration_stats(jobs, results if error is None else [], waits, chars_before, beam_rows)
+            except Exception:  # statistics are not worth an iteration's answers
+                log.exception("computing an iteration's statistics failed")
+        for rt in self._runtimes.values():
+            self._answer_beams(rt)
+        return StepOutput(self._take_outbox(), stats, not self._has_pending())
+
+    def after_failed_step(self) -> StepOutput:
+        """What a ``step()`` that raised (a bug in the core's own bookkeeping) left for callers;
+        its work stays queued for the next step."""
+        return StepOutput(self._take_outbox(), None, not self._has_pending())
 
     # ---- ranked suggestions (engine/beam.py) ----------------------------------------------------
     def _step_beams(self) -> int:
@@ -614,24 +707,22 @@ class EngineCore:
     def _answer_beams(self, rt: _Runtime) -> None:
         for q in rt.beams.take_finished():
             if q.error is not None:
-                self._outbox.append(Outcome(q.future, None, q.error))
+                self._outbox.append(Outcome(q.future, None, q.error))  # the search's ticket
             else:
                 self._outbox.append(Outcome(q.future, q.result()))
 
     def _update_from_output(
-        self, jobs: list[tuple[_Runtime, Batch]], results: list[RunResult], error: Exception | None
+        self, jobs: list[tuple[_Runtime, Batch]], staged: list[_Staged], committed: int, error: Exception | None
     ) -> None:
-        if error is not None:
-            for rt, b in jobs:
-                self._fail_batch(rt, b, error)
-            results = []
-        else:
-            for (rt, b), res in zip(jobs, results, strict=True):
+        for k, (rt, b) in enumerate(jobs):
+            if k < committed and error is None:
                 try:
-                    self._deliver(rt, b, res)
-                except Exception as e:
-                    log.exception("delivering an iteration's results failed")
-                    self._fail_batch(rt, b, e)
+                    self._commit(rt, b, staged[k])
+                except Exception as e:  # a bookkeeping bug: still answer everything it took
+                    log.exception("applying an iteration's results failed")
+                    self._fail_batch(rt, b, e, staged[k])
+            else:
+                self._fail_batch(rt, b, error or RuntimeError("the iteration was not run"))
         for _, b in jobs:
             for s in _sessions_of(b):
                 s.end_iteration()
@@ -645,7 +736,21 @@ class EngineCore:
         for rt in self._runtimes.values():
             if not (rt.work or rt.completions):
                 continue
-            b = rt.scheduler.schedule(list(rt.work), list(rt.completions), budget, 0, _decode_steps(rt))
+            try:
+                b = rt.scheduler.schedule(list(rt.work), list(rt.completions), budget, 0, _decode_steps(rt))
+            except Exception as e:  # a scheduler bug: answer what it took, keep serving
+                log.exception("scheduling an iteration failed")
+                b = rt.scheduler.last_batch
+                self._fail_batch(rt, b, e)
+                for s, op, _err in b.failures:
+                    self._fail(op, e)
+                    self._after_failure(s, op)
+                for s, op in b.closes:
+                    self._fail(op, e)
+                    self._after_failure(s, op)
+                for s in [s for s in rt.work if not s.queue]:
+                    del rt.work[s]
+                continue
             b.plan.capacity = rt.alloc.wanted_capacity()  # after the scheduler took scratch slots
             b.plan.checkpoint_capacity = rt.ck_alloc.wanted_capacity()
             for s in _sessions_of(b):
@@ -693,14 +798,20 @@ class EngineCore:
 
     def _after_failure(self, s: Session, op: Op) -> None:
         """The session did not move: later offsets are checked against its real position."""
-        if isinstance(op, AppendOp) and s.last_piece is not None and s.last_piece[2] is op.future:
+        if isinstance(op, AppendOp) and s.last_piece is not None and s.last_piece[2] is op:
             s.last_piece = s.last_applied
         s.requeue_end()
 
-    def _fail_batch(self, rt: _Runtime, b: Batch, err: Exception) -> None:
+    def _fail_batch(self, rt: _Runtime, b: Batch, err: Exception, staged: _Staged | None = None) -> None:
+        """Answers every op of ``b`` not applied yet with ``err``; the sessions keep their state
+        and position (the runner never wrote this job's states back). ``staged``: what a
+        commit that broke off applied already (skipped)."""
+        applied = staged.applied if staged is not None else set()
         for s in _sessions_of(b):
             s.end_iteration()  # nothing of this iteration landed
         for run in b.appends:
+            if id(run) in applied:
+                continue
             for op in run.ops:
                 self._fail(op, err)
                 rt.free_scratch(op)
@@ -708,9 +819,13 @@ class EngineCore:
                 run.session.queue.remove(run.ops[0])
             if run.leading_write is not None:
                 self._fail_write(rt, run.session, run.leading_write, err)
-            rt.release_checkpoint(_checkpoint_of(b, run))  # it was never recorded
+            ck = _checkpoint_of(b, run)
+            if ck is not None and not run.session.history.holds(ck):  # recorded: the log owns it
+                rt.release_checkpoint(ck)
             self._after_failure(run.session, run.ops[-1])
         for cw in b.controls:
+            if id(cw) in applied:
+                continue
             if cw.op.kind == "write":
                 self._fail_write(rt, cw.session, cw.op, err)
             self._fail(cw.op, err)
@@ -723,133 +838,192 @@ class EngineCore:
                 self._end_alternative(sw.completion, sw.alt, FinishReason.CANCELLED)
 
     def _fail_write(self, rt: _Runtime, s: Session, op: ControlOp, err: Exception) -> None:
-        if op.future is None and not s.closed:  # a new session's start state: its slot still needs it
+        if op.applied:  # never undo or repeat a write that landed
+            return
+        if op.ticket is None and not s.closed:  # a new session's start state: its slot still needs it
             s.queue.appendleft(op)
             rt.work[s] = None
         else:  # a reset: the session keeps its old state and position
             self._fail(op, err)
 
-    def _deliver(self, rt: _Runtime, b: Batch, res: RunResult) -> None:
+    # ---- stage, then commit ---------------------------------------------------------------------
+    def _stage(self, rt: _Runtime, b: Batch, res: RunResult) -> _Staged:
+        """Everything the job answers, computed from its results without changing anything
+        (device worker, no lock: it reads only what the worker itself writes). What can raise
+        on bad results (a token id, a snapshot's encoding) raises here, before any commit."""
+        st = _Staged(time.time())
         for phase, _chars, secs in res.phases:
             if phase == Phase.COMPLETION and b.steps:
-                rt.decode_step_s = secs / max(1, 1 + len(b.plan.rows[b.steps[0].row].more))
-        now = time.time()
-        for run in b.appends:
-            if run.partial:
-                self._deliver_chunk(rt, b, run, res)
-            else:
-                self._deliver_run(rt, b, run, res, now)
-        for cw in b.controls:
-            s, cop = cw.session, cw.op
-            if cw.row is not None:
-                self._chars[Phase.PREFILL] += len(b.plan.rows[cw.row].tokens)
-            if s.closed and cop.kind in ("write", "rewind"):
-                self._fail(cop, NotFound(_NOT_FOUND))
-            elif cop.kind == "write":
-                self._apply_write(s, cop)
-            elif cop.kind == "rewind":
-                s.apply(cw.target)
-                s.history.truncate(cw.target)
-                s.last_applied = None
-                self._resolve(cop, s.info())
-            elif cop.kind == "snapshot":
+                st.decode_step_s = secs / max(1, 1 + len(b.plan.rows[b.steps[0].row].more))
+        for k, run in enumerate(b.appends):
+            row = res.rows[run.row]
+            if not run.partial:
+                st.predictions[k] = self._predictions(rt, run, row)
+            else:  # a chunk: what it answers waits on the op for the piece's Prediction
+                o = run.ops[0].options
+                st.chunks[k] = (row.logprobs if o.want_logprobs else [], row.gates if o.want_gates else [])
+        for k, cw in enumerate(b.controls):
+            if cw.op.kind == "snapshot":
                 assert cw.read is not None
-                m = rt.loaded.model
-                data = snap.SnapshotData(
-                    rt.name,
-                    rt.loaded.weights_sha256,
-                    m.cell,
-                    s.position,
-                    now,
-                    tuple((m.layers, m.hidden) for _ in range(m.state_arity)),
-                    tuple(res.reads[cw.read]),
-                    tenant=s.owner,
-                    expires_at=time.time() + self.settings.snapshot_ttl_s,
-                )
-                self._resolve(cop, snap.encode(data, self._key))
-            elif cop.kind == "suggest" and cop.suggest is not None and cop.future is not None:
+                st.blobs[k] = self._snapshot_blob(rt, cw.session, res.reads[cw.read], st.now)
+            elif cw.op.kind == "suggest":
                 assert cw.read is not None
-                rt.beams.add(cop.suggest, cop.future, res.reads[cw.read])
-                cop.answered = True  # the search answers it (through the outbox) when it ends
-            elif cop.kind == "complete" and cop.completion is not None:
-                c = cop.completion
-                c.started = True
-                if c.running():
-                    rt.completions[c] = None
-            s.last_used_at = now
-        for sw in b.steps:
-            self._deliver_step(rt, b.plan, sw.completion, sw.alt, sw.row, res)
-
-    def _deliver_chunk(self, rt: _Runtime, b: Batch, run: AppendRun, res: RunResult) -> None:
-        """A chunk of a long piece landed in its scratch slot: note the progress; the piece
-        stays at the head of the session's queue (its Prediction comes with its last chunk)."""
-        op, row = run.ops[0], res.rows[run.row]
-        n = len(b.plan.rows[run.row].tokens)
-        self._chars[Phase.PREFILL] += n
-        if op.answered:  # closed meanwhile: the close freed its scratch slot
-            return
-        op.done += n
-        if op.options.want_logprobs:
-            op.logprobs.extend(row.logprobs)
-        if op.options.want_gates:
-            op.gates.extend(row.gates)
-        run.session.last_used_at = time.time()
-
-    def _deliver_run(self, rt: _Runtime, b: Batch, run: AppendRun, res: RunResult, now: float) -> None:
-        """Pieces applied whole (the first one possibly finishing a chunked piece)."""
+                st.reads[k] = res.reads[cw.read]
         vocab = rt.loaded.vocab
-        s = run.session
-        row = res.rows[run.row]
+        for sw in b.steps:
+            row = res.rows[sw.row]
+            if row.sampled is None:
+                raise ValueError("a completion step returned no token")
+            toks = [row.sampled, *row.sampled_more]
+            st.drawn.append([(t, vocab.char(t)) for t in toks])
+        return st
+
+    def _predictions(self, rt: _Runtime, run: AppendRun, row: RowResult) -> list[Prediction]:
+        """One Prediction per piece of a run applied whole (the first one possibly finishing a
+        chunked piece)."""
+        vocab = rt.loaded.vocab
         pos, tok_at = run.start, 0
         last = len(run.ops) - 1
+        preds = []
         for k, op in enumerate(run.ops):
             n = len(op.text) - (run.first_done if k == 0 else 0)
             pos += len(op.text)
             o = op.options
             logprobs = [*op.logprobs, *row.logprobs[tok_at : tok_at + n]] if o.want_logprobs else []
             gates = [*op.gates, *row.gates[tok_at : tok_at + n]] if o.want_gates else []
-            pred = Prediction(
-                position=pos,
-                top_k=tuple((vocab.char(i), p) for i, p in row.top_k[k][: o.top_k]),
-                logprobs=tuple(logprobs),
-                gates=tuple(GateTrace(rt.gate_names, tuple(tuple(layer) for layer in g)) for g in gates),
-                superseded=o.only_last and k < last,
+            preds.append(
+                Prediction(
+                    position=pos,
+                    top_k=tuple((vocab.char(i), p) for i, p in row.top_k[k][: o.top_k]),
+                    logprobs=tuple(logprobs),
+                    gates=tuple(GateTrace(rt.gate_names, tuple(tuple(layer) for layer in g)) for g in gates),
+                    superseded=o.only_last and k < last,
+                )
             )
             tok_at += n
+        return preds
+
+    def _snapshot_blob(self, rt: _Runtime, s: Session, raw: list[bytes], now: float) -> bytes:
+        m = rt.loaded.model
+        data = snap.SnapshotData(
+            rt.name,
+            rt.loaded.weights_sha256,
+            m.cell,
+            s.position,
+            now,
+            tuple((m.layers, m.hidden) for _ in range(m.state_arity)),
+            tuple(raw),
+            tenant=s.owner,
+            expires_at=now + self.settings.snapshot_ttl_s,
+        )
+        return snap.encode(data, self._key)
+
+    def _commit(self, rt: _Runtime, b: Batch, st: _Staged) -> None:
+        """Applies a job whose states the runner wrote back: plain bookkeeping (positions,
+        rewind logs, answers), each run or control marked applied as it lands."""
+        if st.decode_step_s is not None:
+            rt.decode_step_s = st.decode_step_s
+        for k, run in enumerate(b.appends):
+            if run.partial:
+                self._commit_chunk(b, run, st.chunks[k], st.now)
+            else:
+                self._commit_run(rt, b, run, st.predictions[k], st.now)
+            st.applied.add(id(run))
+        for k, cw in enumerate(b.controls):
+            self._commit_control(rt, b, cw, st, k)
+            st.applied.add(id(cw))
+        for sw, drawn in zip(b.steps, st.drawn, strict=True):
+            self._commit_step(b.plan, sw.completion, sw.alt, sw.row, drawn)
+
+    def _commit_control(self, rt: _Runtime, b: Batch, cw: ControlWork, st: _Staged, k: int) -> None:
+        s, cop = cw.session, cw.op
+        if cw.row is not None:
+            self._chars[Phase.PREFILL] += len(b.plan.rows[cw.row].tokens)
+        if s.closed and cop.kind in ("write", "rewind"):
+            self._fail(cop, NotFound(_NOT_FOUND))
+        elif cop.kind == "write":
+            self._apply_write(s, cop)
+        elif cop.kind == "rewind":
+            s.apply(cw.target)
+            s.history.truncate(cw.target)
+            s.last_applied = None
+            self._resolve(cop, s.info())
+        elif cop.kind == "snapshot":
+            self._resolve(cop, st.blobs[k])
+        elif cop.kind == "suggest" and cop.suggest is not None and cop.ticket is not None:
+            try:
+                rt.beams.add(cop.suggest, cop.ticket, st.reads[k])
+                cop.answered = True  # the search answers it (through the outbox) when it ends
+            except Exception as e:  # only this search fails; the session is untouched
+                log.exception("starting a suggestion failed")
+                self._fail(cop, e)
+        elif cop.kind == "complete" and cop.completion is not None:
+            c = cop.completion
+            c.started = True
+            if c.running():
+                rt.completions[c] = None
+        s.last_used_at = st.now
+
+    def _commit_chunk(
+        self, b: Batch, run: AppendRun, answers: tuple[list[float], list[list[list[float]]]], now: float
+    ) -> None:
+        """A chunk of a long piece landed in its scratch slot: note the progress; the piece
+        stays at the head of the session's queue (its Prediction comes with its last chunk)."""
+        op = run.ops[0]
+        n = len(b.plan.rows[run.row].tokens)
+        self._chars[Phase.PREFILL] += n
+        if op.answered:  # closed meanwhile: the close freed its scratch slot
+            return
+        op.done += n
+        op.logprobs.extend(answers[0])
+        op.gates.extend(answers[1])
+        run.session.last_used_at = now
+
+    def _commit_run(self, rt: _Runtime, b: Batch, run: AppendRun, preds: list[Prediction], now: float) -> None:
+        s = run.session
+        for op, pred in zip(run.ops, preds, strict=True):
             rt.free_scratch(op)
-            self._resolve(op, pred)
+            if not op.with_session or s.closed:
+                self._resolve(op, pred)
+        tok_at = sum(len(op.text) for op in run.ops) - run.first_done
         self._chars[Phase.STEP if tok_at == 1 and not run.first_done else Phase.PREFILL] += tok_at
         if s.closed:
             rt.release_checkpoint(_checkpoint_of(b, run))
             return
+        self._apply_run(b, run, preds, now)
+        for op, pred in zip(run.ops, preds, strict=True):
+            if op.with_session:  # a resume's replay: the session as the replay left it
+                self._resolve(op, (s.info(), pred))
+
+    def _apply_run(self, b: Batch, run: AppendRun, preds: list[Prediction], now: float) -> None:
+        s = run.session
         if run.leading_write is not None:
             self._apply_write(s, run.leading_write)
+        pos = preds[-1].position
         s.apply(pos)
         s.history.record("".join(op.text for op in run.ops), pos, _checkpoint_of(b, run))
-        s.last_applied = (run.ops[-1].offset, run.ops[-1].text, run.ops[-1].future)
+        last = run.ops[-1]
+        s.last_applied = (last.offset, last.text, preds[-1])
+        if s.last_piece is not None and s.last_piece[2] is last:  # a retry now gets the value
+            s.last_piece = s.last_applied
         s.last_used_at = now
 
     def _apply_write(self, s: Session, op: ControlOp) -> None:
+        op.applied = True
         s.apply(op.position)
         s.history.release_all()
         s.history = self._history(self._runtimes[s.model], op.position, op.state)
         s.last_applied = None
         self._resolve(op, s.info())
 
-    def _deliver_step(
-        self, rt: _Runtime, plan: Plan, c: Completion, alt: Alternative, row: int, res: RunResult
-    ) -> None:
+    def _commit_step(self, plan: Plan, c: Completion, alt: Alternative, row: int, drawn: list[tuple[int, str]]) -> None:
         if alt.finish_reason:  # cancelled while the iteration ran
             return
-        first = res.rows[row].sampled
-        assert first is not None
-        toks = [first, *res.rows[row].sampled_more]
         if plan.rows[row].tokens:
             alt.forked = True  # the scratch slot now holds the state after last_token
-            self._chars["completion"] += len(toks)
+            self._chars["completion"] += len(drawn)
         c.session.last_used_at = time.time()
-        for tok in toks:  # several with multi-step decoding; still one chunk per character
-            ch = rt.loaded.vocab.char(tok)
+        for tok, ch in drawn:  # several with multi-step decoding; still one chunk per character
             alt.text += ch
             alt.last_token = tok
             if any(alt.text.endswith(stop) for stop in c.request.stop):
@@ -859,6 +1033,20 @@ class EngineCore:
                 self._end_alternative(c, alt, FinishReason.LENGTH, ch)
                 return
             self._outbox.append(ChunkOut(c, CompletionChunk(alt.index, ch, False)))
+
+
+@dataclass
+class _Staged:
+    """A job's answers, computed before anything is applied (``EngineCore._stage``)."""
+
+    now: float
+    predictions: dict[int, list[Prediction]] = field(default_factory=dict)  # append run index -> per piece
+    blobs: dict[int, bytes] = field(default_factory=dict)  # control index -> snapshot blob
+    reads: dict[int, list[bytes]] = field(default_factory=dict)  # control index -> a suggest's state
+    chunks: dict[int, tuple[list[float], list[list[list[float]]]]] = field(default_factory=dict)  # logprobs, gates
+    drawn: list[list[tuple[int, str]]] = field(default_factory=list)  # per completion step: (token, character)
+    decode_step_s: float | None = None
+    applied: set[int] = field(default_factory=set)  # ids of runs and controls committed
 
 
 def _decode_steps(rt: _Runtime) -> int:

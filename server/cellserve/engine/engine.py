@@ -1,29 +1,29 @@
-"""The async frontend of the engine: futures, admission, the TTL sweep and the device thread.
+"""The async frontend of the engine: tickets -> futures, the TTL sweep, the core thread.
 
-``Engine`` wraps an ``EngineCore`` (``engine/core.py``), which owns the sessions, the model
-runtimes and the synchronous ``step()``. What runs where:
+``Engine`` wraps an ``EngineCore`` (``engine/core.py``: the sessions, the model runtimes, the
+synchronous ``step()``), which only the core thread (``engine/loop.py``) touches. What runs
+where:
 
-- the event loop: submissions (validated and queued by the core under its lock, each answered
-  through a future created here), the TTL sweep, completion cancellation, and applying each
-  ``StepOutput`` (futures resolved, completion chunks queued, stats pushed to listeners);
-- the one device thread (``cellserve-device``): ``while work: core.step()``, each step's output
-  handed to the loop with ONE ``call_soon_threadsafe``. A submission wakes the thread with a
-  ``threading.Event``; while work remains it steps back to back without a round trip through
-  the loop, so the loop never awaits the device and an idle loop costs the device nothing.
+- the event loop: every call becomes a ``Call`` with a new integer ticket, posted to the core
+  thread's inbox; its future (the caller's alone: no shield, no done-callback chain) waits
+  in a dict by ticket. Each ``StepOutput`` arrives with ONE ``call_soon_threadsafe`` and is
+  applied here: tickets -> futures resolved, completion chunks queued, stats to listeners;
+- the core thread: drains the inbox into the core (a refusal is an answer like any other),
+  steps while there is work, hands on one output per pass. The loop never waits on the core
+  and never takes a lock; the core never sees a future.
 
 Lifecycle: ``start`` starts the thread and the sweep; ``drain`` refuses new sessions and
 returns once queued work and running completions are answered; ``stop`` ends the thread after
-the step in flight and fails what is still queued with ``Unavailable``.
+the pass in flight and fails what is still queued with ``Unavailable``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -31,10 +31,12 @@ import torch
 from ..config import Settings
 from ..errors import Unavailable
 from ..repository import ModelRepository
-from .completions import Completion, CompletionStream
-from .core import ChunkOut, EngineCore, Outcome, StepOutput
+from .completion_stream import CompletionStream
+from .core import Call, ChunkOut, EngineCore, Outcome, StepOutput
+from .loop import CoreLoop
 from .types import (
     AppendOptions,
+    CompletionChunk,
     CompletionRequest,
     EngineHealth,
     EngineStats,
@@ -58,203 +60,187 @@ class Engine:
         self.core = core or EngineCore(settings, repository)
         self.device = self.core.device
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._kick = threading.Event()  # work was submitted (or stop was asked)
-        self._stopping = False
+        self._core_loop = CoreLoop(self.core, self._hand_off)
+        self._started = False
+        self._stopped = False
         self._idle = asyncio.Event()
         self._sweep_task: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[IterationStats], None]] = []
+        # tickets -> what their answers resolve (event loop only)
+        self._tickets = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._chunks: dict[int, asyncio.Queue[CompletionChunk | BaseException | None]] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        if self._thread is not None:
+        if self._started:
             return
         if self.settings.cpu_threads and self.core.device.type == "cpu":
             torch.set_num_threads(self.settings.cpu_threads)
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._device_loop, name="cellserve-device", daemon=True)
-        self._thread.start()
+        self._started = True
+        self._core_loop.start()
         self._sweep_task = asyncio.create_task(self._sweep(), name="cellserve-sweep")
 
     async def drain(self) -> None:
         """Refuses new sessions from now on; returns once queued work and running completions
         are done (their callers are answered)."""
-        with self.core.lock:
-            self.core.draining = True
-        while self._thread is not None and self._thread.is_alive() and self.core.has_pending():
-            self._idle.clear()
-            self._kick.set()
+        self._core_loop.post(Call(0, "start_draining"))
+        while self._core_loop.alive:
+            self._idle.clear()  # before asking: an idle pass after the answer sets it again
+            if not await self._ask("has_work"):
+                return
             await self._idle.wait()
 
     async def stop(self) -> None:
-        """Ends the device thread after the step in flight; what is still queued fails with
+        """Ends the core thread after the pass in flight; what is still queued fails with
         ``Unavailable``."""
-        with self.core.lock:
-            self.core.draining = True
-        self._stopping = True
-        self._kick.set()
+        self._core_loop.post(Call(0, "start_draining"))
         if self._sweep_task is not None:
             self._sweep_task.cancel()
             try:
                 await self._sweep_task
             except asyncio.CancelledError:
                 pass
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join)
-            self._thread = None
-        await asyncio.sleep(0)  # the last step's output, already posted, is applied first
+        await asyncio.to_thread(self._core_loop.stop)
+        await asyncio.sleep(0)  # the last pass's output, already posted, is applied first
+        self._stopped = True  # from now on calls run here, on the core directly
+        self._core_loop.drain_inbox()
         self.core.fail_all(Unavailable("server is stopping"))
         self._apply(self.core.take_outbox())
+        for ticket in list(self._waiting):  # nothing is left to answer them
+            self._apply([Outcome(ticket, None, Unavailable("server is stopping"))])
         self._idle.set()
 
     @property
     def running(self) -> bool:
-        """The device thread is alive."""
-        return self._thread is not None and self._thread.is_alive()
+        """The core thread is alive."""
+        return self._core_loop.alive
 
     # ---- queries -----------------------------------------------------------------------------
     def models(self) -> list[ModelInfo]:
-        return self.core.models()
+        return self.core.models()  # fixed at start: read from any thread
 
-    def get_session(self, session_id: str, owner: str = "") -> SessionInfo:
-        return self.core.get_session(session_id, owner)
+    def get_session(self, session_id: str, owner: str = "") -> asyncio.Future[SessionInfo]:
+        return self._ask("get_session", session_id, owner)
 
-    def get_session_queued(self, session_id: str, owner: str = "") -> SessionInfo:
-        return self.core.get_session_queued(session_id, owner)
+    def get_session_queued(self, session_id: str, owner: str = "") -> asyncio.Future[SessionInfo]:
+        return self._ask("get_session_queued", session_id, owner)
 
-    def stats(self) -> EngineStats:
-        return self.core.stats()
+    def stats(self) -> asyncio.Future[EngineStats]:
+        return self._ask("stats")
 
-    def health(self, owner: str = "") -> EngineHealth:
-        return self.core.health(owner)
+    def health(self, owner: str = "") -> asyncio.Future[EngineHealth]:
+        return self._ask("health", owner)
 
     def add_stats_listener(self, listener: Callable[[IterationStats], None]) -> Callable[[], None]:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
     # ---- sessions ----------------------------------------------------------------------------
-    def open_session(self, model: str | None = None, owner: str = "") -> SessionInfo:
-        info = self.core.open_session(model, owner)
-        self._kick.set()  # the new session's start-state write
-        return info
+    def open_session(self, model: str | None = None, owner: str = "") -> asyncio.Future[SessionInfo]:
+        return self._ask("open_session", model, owner)
 
     async def append(
         self, session_id: str, offset: int, text: str, options: AppendOptions = _DEFAULT_OPTIONS, owner: str = ""
     ) -> Prediction:
-        return await asyncio.shield(self.submit_append(session_id, offset, text, options, owner))
+        return await self.submit_append(session_id, offset, text, options, owner)
 
     def submit_append(
         self, session_id: str, offset: int, text: str, options: AppendOptions = _DEFAULT_OPTIONS, owner: str = ""
     ) -> asyncio.Future[Prediction]:
-        """Queues the piece now (or raises now) and returns the future of its Prediction (see
-        ``EngineCore.submit_append``). The future is shared engine state: await it through
-        ``asyncio.shield``, never cancel it."""
-        fut: asyncio.Future[Prediction] = asyncio.get_running_loop().create_future()
-        original = self.core.submit_append(session_id, offset, text, options, owner, fut)
-        if original is not None:
-            return _replayed(original, fut)
-        self._kick.set()
-        return fut
+        """The future of the piece's Prediction (see ``EngineCore.submit_append``); a refusal
+        is its exception. The future is the caller's alone: cancelling it drops the answer,
+        never the piece (a piece accepted is applied exactly once)."""
+        return self._submit("submit_append", session_id, offset, text, options, owner)
 
     def complete(self, session_id: str, request: CompletionRequest, owner: str = "") -> CompletionStream:
-        c = self.core.complete(session_id, request, owner)
-        self._after_call()
-        return CompletionStream(c, self._cancel_completion)
+        """The completion's chunks; a refusal is raised by the stream's first ``__anext__``."""
+        ticket = next(self._tickets)
+        chunks: asyncio.Queue[CompletionChunk | BaseException | None] = asyncio.Queue()
+        self._chunks[ticket] = chunks
+        self._call(Call(ticket, "complete", (session_id, request, owner), ticketed=True))
+        return CompletionStream(ticket, chunks, self._cancel_completion)
 
     async def rewind(self, session_id: str, chars: int, owner: str = "") -> SessionInfo:
-        return await asyncio.shield(self.submit_rewind(session_id, chars, owner))
+        return await self.submit_rewind(session_id, chars, owner)
 
     def submit_rewind(self, session_id: str, chars: int, owner: str = "") -> asyncio.Future[SessionInfo]:
-        return self._submitted(lambda fut: self.core.submit_rewind(session_id, chars, owner, fut))
+        return self._submit("submit_rewind", session_id, chars, owner)
 
     async def reset(self, session_id: str, owner: str = "") -> SessionInfo:
-        return await asyncio.shield(self.submit_reset(session_id, owner))
+        return await self.submit_reset(session_id, owner)
 
     def submit_reset(self, session_id: str, owner: str = "") -> asyncio.Future[SessionInfo]:
-        return self._submitted(lambda fut: self.core.submit_reset(session_id, owner, fut))
+        return self._submit("submit_reset", session_id, owner)
 
     async def snapshot(self, session_id: str, owner: str = "") -> bytes:
-        return await asyncio.shield(self.submit_snapshot(session_id, owner))
+        return await self.submit_snapshot(session_id, owner)
 
     def submit_snapshot(self, session_id: str, owner: str = "") -> asyncio.Future[bytes]:
-        return self._submitted(lambda fut: self.core.submit_snapshot(session_id, owner, fut))
+        return self._submit("submit_snapshot", session_id, owner)
 
-    async def resume(
+    def resume(
         self, blob: bytes, replay: str = "", options: AppendOptions = _DEFAULT_OPTIONS, owner: str = ""
-    ) -> tuple[SessionInfo, Prediction | None]:
-        s, fut = self.submit_resume(blob, replay, options, owner)
-        pred = await asyncio.shield(fut) if fut is not None else None
-        return s.info(), pred
-
-    def submit_resume(
-        self, blob: bytes, replay: str = "", options: AppendOptions = _DEFAULT_OPTIONS, owner: str = ""
-    ) -> tuple[Any, asyncio.Future[Prediction] | None]:
-        """The new session and the future of the replay's Prediction (see
-        ``EngineCore.submit_resume``)."""
-        s = self.core.submit_resume(blob, replay, options, owner)
-        self._kick.set()
-        if not replay:
-            return s, None
-        return s, self.submit_append(s.session_id, s.position, replay, options, owner)
+    ) -> asyncio.Future[tuple[SessionInfo, Prediction | None]]:
+        """A new session from a snapshot, ``replay`` appended (see ``EngineCore.resume``)."""
+        return self._submit("resume", blob, replay, options, owner)
 
     def submit_suggest(
         self, session_id: str, request: SuggestRequest, owner: str = ""
     ) -> asyncio.Future[list[Suggestion]]:
         """Ranked suggestions (see ``EngineCore.submit_suggest``), ordered with the session's
         other operations; answered when the core's beam search ends."""
-        return self._submitted(lambda fut: self.core.submit_suggest(session_id, request, owner, fut))
+        return self._submit("submit_suggest", session_id, request, owner)
 
     async def close_session(self, session_id: str, owner: str = "") -> None:
-        await asyncio.shield(self.submit_close(session_id, owner))
+        await self.submit_close(session_id, owner)
 
     def submit_close(self, session_id: str, owner: str = "") -> asyncio.Future[None]:
-        return self._submitted(lambda fut: self.core.submit_close(session_id, owner, fut))
+        return self._submit("submit_close", session_id, owner)
 
     # ---- internals ---------------------------------------------------------------------------
-    def _submitted(self, submit: Callable[[asyncio.Future[Any]], None]) -> asyncio.Future[Any]:
+    def _post(self, method: str, args: tuple[Any, ...], ticketed: bool) -> asyncio.Future[Any]:
+        """A new ticket, its future, and the call posted to the core thread (event loop)."""
+        ticket = next(self._tickets)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        submit(fut)
-        self._after_call()
+        self._waiting[ticket] = fut
+        self._call(Call(ticket, method, args, ticketed))
         return fut
 
-    def _after_call(self) -> None:
-        """Answers what a call settled at once (a close with nothing queued) and wakes the
-        device thread for what it queued."""
-        out = self.core.take_outbox()
-        if out:
-            self._apply(out)
-        self._kick.set()
-
-    def _cancel_completion(self, c: Completion) -> None:
-        self.core.cancel_completion(c)
+    def _call(self, call: Call) -> None:
+        if not self._stopped:
+            self._core_loop.post(call)
+            return
+        self.core.add(call)  # stopped: the core is the event loop's now (a last stats read)
         self._apply(self.core.take_outbox())
 
+    def _ask(self, method: str, *args: Any) -> asyncio.Future[Any]:
+        """A query or an immediate operation: answered by the core thread's next pass."""
+        return self._post(method, args, False)
+
+    def _submit(self, method: str, *args: Any) -> asyncio.Future[Any]:
+        """A queued operation: answered when the core applies it (or refuses it)."""
+        return self._post(method, args, True)
+
+    def _cancel_completion(self, ticket: int) -> None:
+        self._call(Call(0, "cancel_completion", (ticket,)))
+
     async def _sweep(self) -> None:
-        """Closes sessions idle longer than the TTL: one pass over the table per interval."""
+        """Closes sessions idle longer than the TTL, once per interval."""
         while True:
             await asyncio.sleep(self.settings.session_sweep_interval_s)
-            self.core.expire_idle(time.time() - self.settings.session_idle_ttl_s)
-            self._apply(self.core.take_outbox())
+            self._core_loop.post(Call(0, "expire_idle", (time.time() - self.settings.session_idle_ttl_s,)))
 
-    def _device_loop(self) -> None:
-        """The device thread: sleeps until kicked, then steps while work remains."""
+    def _hand_off(self, out: StepOutput) -> bool:
+        """Core thread: one pass's output to the event loop, in one wake-up."""
         loop = self._loop
         assert loop is not None
-        while not self._stopping:
-            self._kick.wait()
-            self._kick.clear()  # before stepping: work submitted from now on kicks again
-            while not self._stopping:
-                try:
-                    out = self.core.step()
-                except Exception:  # a bug in the core's own bookkeeping: keep serving
-                    log.exception("engine step failed")
-                    break
-                try:
-                    loop.call_soon_threadsafe(self._on_step, out)
-                except RuntimeError:  # the loop is closed: nobody is left to answer
-                    return
-                if out.idle:
-                    break
+        try:
+            loop.call_soon_threadsafe(self._on_step, out)
+        except RuntimeError:  # the loop is closed: nobody is left to answer
+            return False
+        return True
 
     def _on_step(self, out: StepOutput) -> None:
         self._apply(out.deliveries)
@@ -268,35 +254,24 @@ class Engine:
             self._idle.set()
 
     def _apply(self, deliveries: list[Outcome | ChunkOut]) -> None:
+        """Tickets -> futures and chunk queues (event loop)."""
+        waiting, streams = self._waiting, self._chunks
         for d in deliveries:
             if isinstance(d, ChunkOut):
-                d.completion.chunks.put_nowait(d.chunk)
+                ticket = d.completion.ticket
+                q = streams.get(ticket) if d.chunk is not None else streams.pop(ticket, None)
+                if q is not None:
+                    q.put_nowait(d.chunk)
                 continue
-            fut = d.future
-            if fut.done():
+            fut = waiting.pop(d.ticket, None)
+            if fut is None:
+                if d.error is not None and (q := streams.pop(d.ticket, None)) is not None:
+                    q.put_nowait(d.error)  # a completion refused: its stream raises it
+                continue
+            if fut.done():  # a caller that gave up
                 continue
             if d.error is not None:
                 fut.set_exception(d.error)
-                fut.exception()  # mark retrieved: nobody may be waiting (a write folded at open)
+                fut.exception()  # mark retrieved: nobody may be waiting
             else:
                 fut.set_result(d.value)
-
-
-def _replayed(original: asyncio.Future[Prediction], out: asyncio.Future[Prediction]) -> asyncio.Future[Prediction]:
-    """``out`` answers like ``original`` (the cached piece's future), marked ``replayed``."""
-
-    def copy(f: asyncio.Future[Prediction]) -> None:
-        if out.done():
-            return
-        if f.cancelled():
-            out.cancel()
-        elif (exc := f.exception()) is not None:
-            out.set_exception(exc)
-        else:
-            out.set_result(replace(f.result(), replayed=True))
-
-    if original.done():
-        copy(original)
-    else:
-        original.add_done_callback(copy)
-    return out

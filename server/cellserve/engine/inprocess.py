@@ -2,8 +2,9 @@
 
 It only adapts calling conventions (the owner first, every result an awaitable, errors raised
 at call time delivered through the awaitable instead); ordering, exactly-once and admission
-are the engine's. Each awaitable is a shield over the engine's own future, so a caller that
-is cancelled never cancels engine state (an append submitted is applied exactly once).
+are the engine's, and every call is answered through the future of its own ticket (a refusal
+too): a caller that is cancelled drops its answer, never engine state (an append submitted is
+applied exactly once).
 """
 
 from __future__ import annotations
@@ -51,60 +52,48 @@ class InProcessEngineClient:
         return _now(self.engine.models)
 
     def get_session(self, owner: str, session_id: str) -> Awaitable[SessionInfo]:
-        return _now(lambda: self.engine.get_session_queued(session_id, owner))
+        return self.engine.get_session_queued(session_id, owner)
 
     def health(self, owner: str) -> Awaitable[EngineHealth]:
-        return _now(lambda: self.engine.health(owner))
+        return self.engine.health(owner)
 
     def stats(self, owner: str) -> Awaitable[EngineStats]:
-        return _now(self.engine.stats)
+        return self.engine.stats()
 
     def add_stats_listener(self, listener: StatsListener) -> Callable[[], None]:
         return self.engine.add_stats_listener(listener)
 
     # ---- session operations -----------------------------------------------------------------
     def open_session(self, owner: str, model: str | None = None) -> Awaitable[SessionInfo]:
-        return _now(lambda: self.engine.open_session(model, owner))
+        return self.engine.open_session(model, owner)
 
     def append(
         self, owner: str, session_id: str, offset: int, text: str, options: AppendOptions = DEFAULT_OPTIONS
     ) -> Awaitable[Prediction]:
-        return _submitted(lambda: self.engine.submit_append(session_id, offset, text, options, owner))
+        return self.engine.submit_append(session_id, offset, text, options, owner)
 
     def rewind(self, owner: str, session_id: str, chars: int) -> Awaitable[SessionInfo]:
-        return _submitted(lambda: self.engine.submit_rewind(session_id, chars, owner))
+        return self.engine.submit_rewind(session_id, chars, owner)
 
     def reset(self, owner: str, session_id: str) -> Awaitable[SessionInfo]:
-        return _submitted(lambda: self.engine.submit_reset(session_id, owner))
+        return self.engine.submit_reset(session_id, owner)
 
     def snapshot(self, owner: str, session_id: str) -> Awaitable[bytes]:
-        return _submitted(lambda: self.engine.submit_snapshot(session_id, owner))
+        return self.engine.submit_snapshot(session_id, owner)
 
     def resume(
         self, owner: str, blob: bytes, replay: str = "", options: AppendOptions = DEFAULT_OPTIONS
     ) -> Awaitable[tuple[SessionInfo, Prediction | None]]:
-        try:
-            session, fut = self.engine.submit_resume(blob, replay, options, owner)
-        except Exception as e:  # noqa: BLE001 (delivered through the awaitable, as the protocol says)
-            return _failed(e)
-
-        async def answer() -> tuple[SessionInfo, Prediction | None]:
-            pred = await asyncio.shield(fut) if fut is not None else None
-            return session.info(), pred
-
-        return asyncio.ensure_future(answer())
+        return self.engine.resume(blob, replay, options, owner)
 
     def complete(self, owner: str, session_id: str, request: CompletionRequest) -> CompletionStream:
-        try:
-            return self.engine.complete(session_id, request, owner)
-        except Exception as e:  # noqa: BLE001 (raised by the stream's first __anext__)
-            return FailedStream(e)
+        return self.engine.complete(session_id, request, owner)
 
     def suggest(self, owner: str, session_id: str, request: SuggestRequest) -> Awaitable[list[Suggestion]]:
-        return _submitted(lambda: self.engine.submit_suggest(session_id, request, owner))
+        return self.engine.submit_suggest(session_id, request, owner)
 
     def close_session(self, owner: str, session_id: str) -> Awaitable[None]:
-        return _submitted(lambda: self.engine.submit_close(session_id, owner))
+        return self.engine.submit_close(session_id, owner)
 
 
 class FailedStream(AsyncIterator[CompletionChunk]):
@@ -134,13 +123,6 @@ def _now(fn: Callable[[], T]) -> Awaitable[T]:
     except Exception as e:  # noqa: BLE001 (delivered through the awaitable)
         fut.set_exception(e)
     return fut
-
-
-def _submitted(submit: Callable[[], asyncio.Future[T]]) -> Awaitable[T]:
-    try:
-        return asyncio.shield(submit())
-    except Exception as e:  # noqa: BLE001 (delivered through the awaitable)
-        return _failed(e)
 
 
 def _failed(e: BaseException) -> Awaitable[Any]:

@@ -74,8 +74,10 @@ class Row:
 
 @dataclass
 class Plan:
-    """The device work of one iteration for one model. Order inside the runner: rows (from the
-    states as they were at the start), then write-back of row states, then ``writes``, then ``reads``."""
+    """The device work of one iteration for one model. Every row and every read sees the states
+    as they were at the start of the iteration; the write-back of row states, then ``writes``,
+    happen at the runner's ``commit()``. (The scheduler never reads a slot it writes in the
+    same plan: a session contributes one row, write or read per iteration.)"""
 
     rows: list[Row] = field(default_factory=list)
     writes: list[tuple[int, object]] = field(default_factory=list)  # (slot, ZERO | state handle)

@@ -86,6 +86,10 @@ class RewindLog:
         ck_pos, ck_state = max((c for c in self.checkpoints if c[0] <= target), key=lambda c: c[0])
         return target, ck_state, self.text[ck_pos - self.text_start : target - self.text_start]
 
+    def holds(self, handle: object) -> bool:
+        """``handle`` is one of this log's checkpoints (its slot must not be freed by anyone else)."""
+        return any(h == handle for _, h in self.checkpoints)
+
     def reach(self, position: int) -> int:
         """Characters Rewind can go back from ``position`` now."""
         return max(0, min(self.window, position - self.checkpoints[0][0]))

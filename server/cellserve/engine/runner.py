@@ -2,24 +2,28 @@
 
 One iteration for one model, in the device worker thread:
 
-1. gather the start state of every row from the pool (one ``index_select`` per state tensor);
-2. single-token rows (keystrokes, completion steps) run as ONE batched step [B, 1];
+1. prepare: gather the start state of every row from the pool (one ``index_select`` per
+   state tensor);
+2. forward: single-token rows (keystrokes, completion steps) run as ONE batched step [B, 1];
    multi-token rows (pastes, coalesced appends, rewind replays) run as ONE packed sequence
    call; rows asking for gates run on the reference cells (slow path);
-3. every hidden vector a result needs is picked into one matrix -> head -> log-softmax ->
-   top-k / log-probs / sampling on the device, packed into one flat tensor -> ONE host copy;
-4. final states are written back with ``index_copy_`` only after everything above succeeded,
-   so a failed iteration leaves every session untouched.
+3. pick: every hidden vector a result needs is picked into one matrix -> head -> log-softmax
+   -> top-k / log-probs / sampling on the device, packed into one flat tensor -> ONE host copy;
+4. unpack: the host numbers per row (``RunResult``); snapshot reads copy their slots;
+5. commit (a separate call, ``commit()``): final states are written back with ``index_copy_``.
+   The engine core calls it only after it staged every answer of the iteration, so an
+   iteration that fails in any phase, here or in the core, leaves every slot untouched.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..nn.cells import GRUCellRef, LSTMCellRef, reference_cell
 from ..nn.charlm import CharLM
@@ -47,6 +51,39 @@ from .state_pool import StatePool
 # (ONEDNN_MIN_STEP_BATCH lives in nn.kernels: the offline decoders follow the same rule.)
 
 
+@dataclass
+class _Prepared:
+    """An iteration's rows grouped by kind (indices into ``plan.rows``) and their start states."""
+
+    plan: Plan
+    steps: list[int]
+    pres: list[int]
+    gated: list[int]
+    order: list[int]  # steps + pres + gated + peeks: the order of ``start`` along dim 1
+    start: tuple[torch.Tensor, ...]  # [L, R, H] x arity
+
+
+@dataclass
+class _Forward:
+    """What the model computed: the hidden vectors results may point at and the final states."""
+
+    out_index: list[list[int]]  # row -> bank index of the output after each of its tokens
+    bank_parts: list[torch.Tensor] = field(default_factory=list)  # [*, H] each
+    finals: list[torch.Tensor] = field(default_factory=list)  # per state tensor: [L, R, H] in ``order``
+    gate_traces: dict[int, torch.Tensor] = field(default_factory=dict)
+    phases: list[tuple[str, int, float]] = field(default_factory=list)
+
+
+@dataclass
+class _Points:
+    """The result points ``_pick`` computed, as (index into the picked matrix, parameter)."""
+
+    topk: list[tuple[int, int]] = field(default_factory=list)  # (pick index, k)
+    logprob: list[tuple[int, int]] = field(default_factory=list)  # (pick index, token)
+    sample: list[tuple[int, SampleParams]] = field(default_factory=list)
+    kmax: int = 0
+
+
 class ModelRunner:
     def __init__(
         self, model: CharLM, pool: StatePool, checkpoints: StatePool | None = None, reference: CharLM | None = None
@@ -60,8 +97,11 @@ class ModelRunner:
         self.on_cpu = pool.device.type == "cpu"
         self._ref: LSTMCellRef | GRUCellRef | None = None  # built on the first gate request
         self._in = InputBuffers(pool.device)  # persistent per-iteration index inputs
+        self._pending: Callable[[], None] | None = None  # the last execute's write-back, for commit()
 
     def execute(self, plan: Plan) -> RunResult:
+        """Runs ``plan`` and returns its results; the pools are untouched until ``commit()``."""
+        self._pending = None  # an iteration that failed before its commit is dropped
         with torch.inference_mode():
             if plan.rows and plan.rows[0].more:
                 return self._decode(plan)
@@ -90,149 +130,162 @@ class ModelRunner:
         drawn = []
         with onednn(not self.on_cpu or b >= ONEDNN_MIN_STEP_BATCH):
             for j in range(k):
-                out, state = self.model.rnn_forward(self.model.embed(tok), state)  # out [B, 1, H]
+                out, state = self._rnn(self.model.embed(tok), state)  # out [B, 1, H]
                 logits = self.model.head(out[:, 0])  # [B, V]
                 nxt = choose(logits.float(), [r.sample if j == 0 else r.more[j - 1] for r in rows])  # type: ignore[misc]
                 drawn.append(nxt)
                 tok = nxt.view(b, 1)
         host = torch.stack(drawn, dim=1).cpu().tolist()  # [B, k]: the one device->host copy
-        pool.scatter(self._in.ints("decode_dst", [r.dst for r in rows]), state)  # type: ignore[misc]
+        self._pending = lambda: pool.scatter(self._in.ints("decode_dst", [r.dst for r in rows]), state)  # type: ignore[misc]
         results = [RowResult([], [], [], h[0], sampled_more=h[1:]) for h in host]
         return RunResult(results, [], [("completion", b * k, time.perf_counter() - t0)])
 
-    # ------------------------------------------------------------------------------------
+    # ---- one iteration: prepare -> forward -> pick -> unpack; commit() writes back ----------
     def _execute(self, plan: Plan) -> RunResult:
-        pool = self.pool
-        pool.ensure_capacity(plan.capacity)
+        prep = self._prepare(plan)
+        fwd = self._forward(prep)
+        host, points = self._pick(prep, fwd)
+        results = self._unpack(prep, host, points)
+        reads = [  # little-endian fp32 bytes, [layers, hidden] per state tensor (the start state)
+            [t[:, slot].float().contiguous().cpu().numpy().astype("<f4").tobytes() for t in self.pool.tensors]
+            for slot in plan.reads
+        ]
+        self._pending = lambda: self._write_back(prep, fwd.finals)
+        return RunResult(results, reads, fwd.phases)
+
+    def _prepare(self, plan: Plan) -> _Prepared:
+        """Pools grown to the plan's capacity, rows grouped (steps, prefills, gate rows, peeks:
+        gathering in this order makes each group a contiguous slice), start states gathered."""
+        self.pool.ensure_capacity(plan.capacity)
         self.checkpoints.ensure_capacity(plan.checkpoint_capacity)
         rows = plan.rows
-        phases: list[tuple[str, int, float]] = []
-        # Row order inside the batch: steps, prefills, gate rows, peeks. Gathering in this order
-        # makes each group a contiguous slice of the gathered state.
         steps = [i for i, r in enumerate(rows) if len(r.tokens) == 1 and not r.gates]
         pres = [i for i, r in enumerate(rows) if len(r.tokens) > 1 and not r.gates]
         gated = [i for i, r in enumerate(rows) if r.tokens and r.gates]
         peeks = [i for i, r in enumerate(rows) if not r.tokens]
         order = steps + pres + gated + peeks
-        pos_of = {i: p for p, i in enumerate(order)}
-        n_rows = len(order)
+        start = self._start_states([rows[i] for i in order]) if order else ()
+        return _Prepared(plan, steps, pres, gated, order, start)
 
-        finals: list[torch.Tensor] = []  # per state tensor: [L, R, H] in `order`
-        bank_parts: list[torch.Tensor] = []  # hidden vectors [*, H] results may point at
-        out_index: list[list[int]] = [[] for _ in rows]  # row -> bank index of output after token t
-        init_top_base = 0
-        if n_rows:
-            start = self._start_states([rows[i] for i in order])  # [L, R, H] x arity
-            bank_parts.append(start[0][-1])  # [R, H]: top-layer h = the output before any token
-            cursor = n_rows
-            new_parts: list[tuple[torch.Tensor, ...]] = []
-            if steps:
-                t0 = time.perf_counter()
-                b = len(steps)
-                out1, new = self._step([rows[i].tokens[0] for i in steps], tuple(s[:, :b] for s in start))
-                bank_parts.append(out1)
-                for k, i in enumerate(steps):
-                    out_index[i] = [cursor + k]
-                cursor += b
+    def _forward(self, prep: _Prepared) -> _Forward:
+        """The model runs: one batched step for the single-token rows, one sequence call for
+        the prefills, the reference cells for gate rows. Nothing is written to the pools."""
+        rows, start, steps, pres, gated = prep.plan.rows, prep.start, prep.steps, prep.pres, prep.gated
+        fwd = _Forward([[] for _ in rows])
+        if not prep.order:
+            return fwd
+        fwd.bank_parts.append(start[0][-1])  # [R, H]: top-layer h = the output before any token
+        cursor = len(prep.order)
+        new_parts: list[tuple[torch.Tensor, ...]] = []
+        if steps:
+            t0 = time.perf_counter()
+            b = len(steps)
+            out1, new = self._step([rows[i].tokens[0] for i in steps], tuple(s[:, :b] for s in start))
+            fwd.bank_parts.append(out1)
+            for k, i in enumerate(steps):
+                fwd.out_index[i] = [cursor + k]
+            cursor += b
+            new_parts.append(new)
+            only_completions = all(rows[i].sample is not None for i in steps)
+            fwd.phases.append(("completion" if only_completions else "step", b, time.perf_counter() - t0))
+        if pres:
+            t0 = time.perf_counter()
+            lo, hi = len(steps), len(steps) + len(pres)
+            lens = [len(rows[i].tokens) for i in pres]
+            t_max = max(lens)
+            out, new = self._prefill([rows[i].tokens for i in pres], tuple(s[:, lo:hi] for s in start))
+            fwd.bank_parts.append(out.reshape(-1, out.shape[-1]))
+            for k, i in enumerate(pres):
+                base = cursor + k * t_max
+                fwd.out_index[i] = list(range(base, base + lens[k]))
+            cursor += len(pres) * t_max
+            new_parts.append(new)
+            fwd.phases.append(("prefill", sum(lens), time.perf_counter() - t0))
+        if gated:
+            t0 = time.perf_counter()
+            lo = len(steps) + len(pres)
+            for k, i in enumerate(gated):
+                st = tuple(s[:, lo + k : lo + k + 1].contiguous() for s in start)
+                outs, new, trace = self._run_gates(rows[i].tokens, st)
+                fwd.bank_parts.append(outs)
+                fwd.out_index[i] = list(range(cursor, cursor + outs.shape[0]))
+                cursor += outs.shape[0]
                 new_parts.append(new)
-                only_completions = all(rows[i].sample is not None for i in steps)
-                phases.append(("completion" if only_completions else "step", b, time.perf_counter() - t0))
-            if pres:
-                t0 = time.perf_counter()
-                lo, hi = len(steps), len(steps) + len(pres)
-                lens = [len(rows[i].tokens) for i in pres]
-                t_max = max(lens)
-                out, new = self._prefill([rows[i].tokens for i in pres], tuple(s[:, lo:hi] for s in start))
-                bank_parts.append(out.reshape(-1, out.shape[-1]))
-                for k, i in enumerate(pres):
-                    base = cursor + k * t_max
-                    out_index[i] = list(range(base, base + lens[k]))
-                cursor += len(pres) * t_max
-                new_parts.append(new)
-                phases.append(("prefill", sum(lens), time.perf_counter() - t0))
-            gate_traces: dict[int, torch.Tensor] = {}
-            if gated:
-                t0 = time.perf_counter()
-                lo = len(steps) + len(pres)
-                for k, i in enumerate(gated):
-                    st = tuple(s[:, lo + k : lo + k + 1].contiguous() for s in start)
-                    outs, new, trace = self._run_gates(rows[i].tokens, st)
-                    bank_parts.append(outs)
-                    out_index[i] = list(range(cursor, cursor + outs.shape[0]))
-                    cursor += outs.shape[0]
-                    new_parts.append(new)
-                    gate_traces[i] = trace
-                phases.append(("prefill", sum(len(rows[i].tokens) for i in gated), time.perf_counter() - t0))
-            if peeks:
-                lo = len(steps) + len(pres) + len(gated)
-                new_parts.append(tuple(s[:, lo:] for s in start))
-            finals = [torch.cat([p[a] for p in new_parts], dim=1) for a in range(pool.arity)]
-        else:
-            gate_traces = {}
+                fwd.gate_traces[i] = trace
+            fwd.phases.append(("prefill", sum(len(rows[i].tokens) for i in gated), time.perf_counter() - t0))
+        lo = len(steps) + len(pres) + len(gated)
+        if lo < len(prep.order):  # peeks: the state is unchanged
+            new_parts.append(tuple(s[:, lo:] for s in start))
+        fwd.finals = [torch.cat([p[a] for p in new_parts], dim=1) for a in range(self.pool.arity)]
+        return fwd
 
-        # ---- result points: every hidden vector a result reads, in one matrix ---------------
+    def _pick(self, prep: _Prepared, fwd: _Forward) -> tuple[list[float], _Points]:
+        """Where the served distribution is made: every hidden vector a result reads goes
+        through the head in one matrix -> full log-probs per point [N, V] -> top-k, per-token
+        log-probs and samples, packed into one flat tensor -> ONE device->host copy."""
+        rows, pos_of = prep.plan.rows, {i: p for p, i in enumerate(prep.order)}
+        pts = _Points()
+
         def before(i: int, t: int) -> int:
             """Bank index of the hidden vector that predicts token t of row i (t may be T)."""
-            return init_top_base + pos_of[i] if t == 0 else out_index[i][t - 1]
+            return pos_of[i] if t == 0 else fwd.out_index[i][t - 1]
 
         pick: list[int] = []
-        topk_pts: list[tuple[int, int]] = []  # (pick index, k)
-        lp_pts: list[tuple[int, int]] = []  # (pick index, token)
-        sample_pts: list[tuple[int, SampleParams]] = []
-        for i in order:
+        for i in prep.order:
             r = rows[i]
             for end, k in r.ends:
                 if k > 0:
-                    topk_pts.append((len(pick), k))
+                    pts.topk.append((len(pick), k))
                     pick.append(before(i, end))
             if r.logprobs:
                 for t, tok_id in enumerate(r.tokens):
-                    lp_pts.append((len(pick), tok_id))
+                    pts.logprob.append((len(pick), tok_id))
                     pick.append(before(i, t))
             if r.sample is not None:
-                sample_pts.append((len(pick), r.sample))
+                pts.sample.append((len(pick), r.sample))
                 pick.append(before(i, len(r.tokens)))
-
         flat: list[torch.Tensor] = []
-        kmax = max((k for _, k in topk_pts), default=0)
+        pts.kmax = max((k for _, k in pts.topk), default=0)
         if pick:
-            bank = torch.cat(bank_parts, dim=0)  # [N_bank, H]
+            bank = torch.cat(fwd.bank_parts, dim=0)  # [N_bank, H]
             hsel = bank.index_select(0, self._in.ints("pick", pick))  # [N, H]
             logits = self.model.head(hsel)  # [N, V]
-            lsm = torch.log_softmax(logits, dim=-1)  # [N, V]
-            if topk_pts:
-                kmax = min(kmax, lsm.shape[1])
-                vals, idx = lsm[self._in.ints("topk_at", [p for p, _ in topk_pts])].topk(kmax, dim=-1)  # [P, K]
+            lsm = torch.log_softmax(logits, dim=-1)  # [N, V]: the full distribution per point
+            if pts.topk:
+                pts.kmax = min(pts.kmax, lsm.shape[1])
+                at = self._in.ints("topk_at", [p for p, _ in pts.topk])
+                vals, idx = lsm[at].topk(pts.kmax, dim=-1)  # [P, K]
                 flat += [vals.exp().flatten(), idx.to(vals.dtype).flatten()]
-            if lp_pts:
-                sel = lsm[self._in.ints("logprob_at", [p for p, _ in lp_pts])]  # [Q, V]
-                tok = self._in.ints("logprob_tok", [t for _, t in lp_pts])
+            if pts.logprob:
+                sel = lsm[self._in.ints("logprob_at", [p for p, _ in pts.logprob])]  # [Q, V]
+                tok = self._in.ints("logprob_tok", [t for _, t in pts.logprob])
                 flat.append(sel.gather(1, tok[:, None]).flatten())
-            if sample_pts:
-                s_logits = logits[self._in.ints("sample_at", [p for p, _ in sample_pts])]  # [S, V]
-                flat.append(choose(s_logits.float(), [sp for _, sp in sample_pts]).to(logits.dtype))
-        for i in gated:
-            flat.append(gate_traces[i].flatten())  # [T, G, L]
+            if pts.sample:
+                s_logits = logits[self._in.ints("sample_at", [p for p, _ in pts.sample])]  # [S, V]
+                flat.append(choose(s_logits.float(), [sp for _, sp in pts.sample]).to(logits.dtype))
+        for i in prep.gated:
+            flat.append(fwd.gate_traces[i].flatten())  # [T, G, L]
         host = torch.cat(flat).float().cpu().tolist() if flat else []  # the one device->host copy
+        return host, pts
 
-        # ---- unpack the host numbers per row ------------------------------------------------
+    def _unpack(self, prep: _Prepared, host: list[float], pts: _Points) -> list[RowResult]:
+        """The host numbers per row, in the plan's row order."""
+        rows, kmax = prep.plan.rows, pts.kmax
         results = [RowResult([], [], [], None) for _ in rows]
-        cur = 0
-        n_tk = len(topk_pts)
+        n_tk = len(pts.topk)
         tk_vals, tk_idx = host[: n_tk * kmax], host[n_tk * kmax : 2 * n_tk * kmax]
         cur = 2 * n_tk * kmax
-        lp_vals = host[cur : cur + len(lp_pts)]
-        cur += len(lp_pts)
-        samples = host[cur : cur + len(sample_pts)]
-        cur += len(sample_pts)
+        lp_vals = host[cur : cur + len(pts.logprob)]
+        cur += len(pts.logprob)
+        samples = host[cur : cur + len(pts.sample)]
+        cur += len(pts.sample)
         tk_n = lp_n = s_n = 0
-        for i in order:
+        for i in prep.order:
             r, res = rows[i], results[i]
             for _end, k in r.ends:
                 if k > 0:
                     base = tk_n * kmax
-                    kk = min(k, kmax)
-                    res.top_k.append([(int(tk_idx[base + j]), tk_vals[base + j]) for j in range(kk)])
+                    res.top_k.append([(int(tk_idx[base + j]), tk_vals[base + j]) for j in range(min(k, kmax))])
                     tk_n += 1
                 else:
                     res.top_k.append([])
@@ -242,7 +295,7 @@ class ModelRunner:
             if r.sample is not None:
                 res.sampled = int(samples[s_n])
                 s_n += 1
-        for i in gated:
+        for i in prep.gated:
             assert self._ref is not None
             n_g, layers, t_len = len(self._ref.names), self.model.layers, len(rows[i].tokens)
             gv = host[cur : cur + t_len * n_g * layers]
@@ -250,13 +303,24 @@ class ModelRunner:
             results[i].gates = [
                 [gv[(t * n_g + gi) * layers : (t * n_g + gi + 1) * layers] for gi in range(n_g)] for t in range(t_len)
             ]
+        return results
 
-        # ---- commit: write back states, then checkpoints, writes, reads ----------------------
-        if n_rows:
+    def commit(self) -> None:
+        """Writes back what the last ``execute`` computed: row states, then checkpoints, then
+        the plan's writes. The engine core calls it only once it has staged every answer of
+        the iteration, so an iteration that fails anywhere before leaves every slot as it was."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            with torch.inference_mode():
+                pending()
+
+    def _write_back(self, prep: _Prepared, finals: list[torch.Tensor]) -> None:
+        pool, rows, order = self.pool, prep.plan.rows, prep.order
+        if order:
             keep = [p for p, i in enumerate(order) if rows[i].dst is not None]
             if keep:
                 dst = self._in.ints("dst", [rows[order[p]].dst for p in keep])  # type: ignore[misc]
-                if len(keep) == n_rows:
+                if len(keep) == len(order):
                     pool.scatter(dst, tuple(finals))
                 else:
                     kp = self._in.ints("keep", keep)
@@ -268,17 +332,12 @@ class ModelRunner:
                     self._in.ints("ck_slot", [c for _, c in ck]),  # type: ignore[misc]
                     tuple(f.index_select(1, at) for f in finals),
                 )
-        for slot, src in plan.writes:
+        for slot, src in prep.plan.writes:
             for a, pt in enumerate(pool.tensors):
                 if src is ZERO:
                     pt[:, slot].zero_()
                 else:
                     pt[:, slot].copy_(self._tensors(src)[a])
-        reads = [  # little-endian fp32 bytes, [layers, hidden] per state tensor
-            [t[:, slot].float().contiguous().cpu().numpy().astype("<f4").tobytes() for t in pool.tensors]
-            for slot in plan.reads
-        ]
-        return RunResult(results, reads, phases)
 
     def _step(
         self, tokens: list[int], state: tuple[torch.Tensor, ...]
@@ -289,8 +348,17 @@ class ModelRunner:
         tok = self._in.ints("step_tok", tokens).view(b, 1)  # [B, 1]
         st = tuple(s.contiguous() for s in state)
         with onednn(not self.on_cpu or b >= ONEDNN_MIN_STEP_BATCH):
-            out, new = self.model.rnn_forward(self.model.embed(tok), st)  # out [B, 1, H]
+            out, new = self._rnn(self.model.embed(tok), st)  # out [B, 1, H]
         return out[:, 0], new
+
+    def _rnn(
+        self, x: torch.Tensor | PackedSequence, state: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """The one call into the model's recurrence: every phase (steps, prefills, multi-step
+        decoding) runs through here, so a served variant of the model (another precision) is
+        swapped in one place."""
+        # rnn_forward takes a PackedSequence too (its annotation says Tensor only)
+        return self.model.rnn_forward(x, state)  # type: ignore[arg-type]
 
     def _prefill(
         self, seqs: list[list[int]], state: tuple[torch.Tensor, ...]
@@ -307,11 +375,10 @@ class ModelRunner:
         st = tuple(s.contiguous() for s in state)
         if len(set(lens)) == 1:  # no padding: a plain sequence call (oneDNN's fused kernel on CPU)
             with onednn(True):
-                return self.model.rnn_forward(x, st)
+                return self._rnn(x, st)
         # packed: h_n is each row's own last step (never oneDNN on CPU: verified)
         packed = pack_padded_sequence(x, torch.tensor(lens), batch_first=True, enforce_sorted=False)
-        # rnn_forward takes a PackedSequence too (its annotation says Tensor only)
-        out_p, new = self.model.rnn_forward(packed, st)  # type: ignore[arg-type]
+        out_p, new = self._rnn(packed, st)
         out, _ = pad_packed_sequence(out_p, batch_first=True, total_length=t_max)  # type: ignore[arg-type]
         return out, new
 

@@ -100,6 +100,7 @@ class Scheduler:
         self._checkpoint = checkpoint or (lambda: None)  # a free checkpoint-pool slot, or None
         self._tick = 0
         self._served: dict[str, int] = {}  # tenant -> tick it was last given prefill budget
+        self.last_batch = Batch(Plan())
 
     def schedule(
         self,
@@ -110,7 +111,8 @@ class Scheduler:
         decode_steps: int = 1,
     ) -> Batch:
         self._tick += 1
-        batch = Batch(Plan(capacity=capacity))
+        batch = self.last_batch = Batch(Plan(capacity=capacity))  # kept: a core that sees this
+        # call raise answers the ops already taken into it
         sessions = [s for s in sessions if s.queue]
         completions = list(completions)
         if decode_steps > 1 and not sessions and completions and self._multi_step(batch, completions, decode_steps):

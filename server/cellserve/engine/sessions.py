@@ -1,7 +1,8 @@
 """Session records and their queued operations (the engine core, under its lock; no torch).
 
-An op's ``future`` is an opaque ticket to the core: it never resolves it, it emits an
-``Outcome`` for the frontend to apply on the event loop.
+An op carries an integer ``ticket``: the core answers it with an ``Outcome`` in a step's
+output, and the frontend turns tickets into whatever its callers wait on (futures, messages).
+Nothing here is asynchronous.
 
 A session's operations are applied strictly in the order they were accepted. They wait in
 the session's queue until the scheduler takes them; consecutive appends waiting together are
@@ -21,7 +22,6 @@ Three positions describe a session, each at most the next:
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
@@ -40,7 +40,7 @@ class AppendOp:
     text: str
     tokens: list[int]
     options: AppendOptions
-    future: asyncio.Future[Prediction]
+    ticket: int
     submitted_at: float  # perf_counter seconds, for the queue-wait statistic
     # chunked prefill: characters applied so far into ``scratch`` (a slot of its own, so the
     # session's slot changes only when the whole piece has landed), and what the applied
@@ -49,7 +49,9 @@ class AppendOp:
     scratch: int | None = None
     logprobs: list[float] = field(default_factory=list)
     gates: list[list[list[float]]] = field(default_factory=list)
-    answered: bool = False  # the core emitted this op's outcome (the future is the frontend's)
+    answered: bool = False  # the core emitted this op's outcome
+    retries: list[int] = field(default_factory=list)  # tickets of retries sent while it was queued
+    with_session: bool = False  # a resume's replay: answered with (the session, the Prediction)
 
 
 @dataclass(eq=False)
@@ -65,7 +67,7 @@ class ControlOp:
     """
 
     kind: Literal["write", "rewind", "snapshot", "complete", "suggest", "close"]
-    future: asyncio.Future[object] | None
+    ticket: int | None  # None: nobody waits (a new session's start-state write)
     submitted_at: float
     chars: int = 0  # rewind: characters back
     position: int = 0  # write: the session position it sets (0 for open/reset)
@@ -73,6 +75,7 @@ class ControlOp:
     completion: Completion | None = None
     suggest: SuggestRequest | None = None
     answered: bool = False
+    applied: bool = False  # a write that landed: a failure afterwards never re-queues or undoes it
 
 
 Op = AppendOp | ControlOp
@@ -99,9 +102,10 @@ class Session:
     in_flight: bool = False  # ops of this session are in the running iteration
     last_prefill: int = 0  # the scheduler's tick when it last gave this session prefill budget
     queue: deque[Op] = field(default_factory=deque)
-    # exactly-once: the latest accepted append (offset, text, its future) and the latest applied one
-    last_piece: tuple[int, str, asyncio.Future[Prediction]] | None = None
-    last_applied: tuple[int, str, asyncio.Future[Prediction]] | None = None
+    # exactly-once: the latest accepted append (offset, text, and the op while it is queued or
+    # its answer once applied) and the latest applied one (offset, text, its answer)
+    last_piece: tuple[int, str, AppendOp | Prediction] | None = None
+    last_applied: tuple[int, str, Prediction] | None = None
     completions: set[Completion] = field(default_factory=set)
     closed: bool = False
 
@@ -118,7 +122,7 @@ class Session:
         """An append whose offset is ``queued_end``: queued, and the latest accepted piece."""
         self.queue.append(op)
         self.queued_end += len(op.text)
-        self.last_piece = (op.offset, op.text, op.future)
+        self.last_piece = (op.offset, op.text, op)
 
     def accept_control(self, op: ControlOp) -> None:
         self.queue.append(op)

@@ -35,6 +35,10 @@ import torch
 from ..errors import CapacityExceeded
 
 
+class SlotError(RuntimeError):
+    """A slot freed twice or never allocated: a bookkeeping bug, refused."""
+
+
 class SlotAllocator:
     """Free list of slot indices (loop thread). Lowest indices are reused first so the
     allocated tensors stay as small as the live set allows."""
@@ -44,21 +48,30 @@ class SlotAllocator:
         self.slots_max = slots_max
         self.reserved = 0  # indices [0, reserved) have been handed out at least once
         self._free: list[int] = []  # a stack: freed indices, reused LIFO
+        self._is_free = bytearray()  # per reserved index: 1 while it is on the free stack
         self.used = 0
         self._capacity = 0  # the capacity last asked for (never shrinks)
 
     def alloc(self) -> int:
         if self._free:
             slot = self._free.pop()
+            self._is_free[slot] = 0
         elif self.reserved < self.slots_max:
             slot = self.reserved
             self.reserved += 1
+            self._is_free.append(0)
         else:
             raise CapacityExceeded("no free state slots", retry_after_s=1.0)
         self.used += 1
         return slot
 
     def free(self, slot: int) -> None:
+        """Returns ``slot`` to the free list. A slot that is not allocated (freed twice, or
+        never handed out) raises ``SlotError`` and changes nothing: two owners sharing a
+        slot would read each other's state (a rewind restoring another session's text)."""
+        if not 0 <= slot < self.reserved or self._is_free[slot]:
+            raise SlotError(f"slot {slot} is not allocated")
+        self._is_free[slot] = 1
         self._free.append(slot)
         self.used -= 1
 

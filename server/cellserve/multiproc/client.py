@@ -17,6 +17,7 @@ core's one ``/metrics`` endpoint counts every frontend's requests.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import os
@@ -41,7 +42,7 @@ from ..engine.types import (
     Suggestion,
     SuggestRequest,
 )
-from ..errors import Unavailable
+from ..errors import CapacityExceeded, Unavailable
 from . import messages as m
 from .ratelimit import RateLimitedLog
 
@@ -49,6 +50,10 @@ log = logging.getLogger("cellserve.frontend")
 T = TypeVar("T")
 
 CORE_GONE = "the engine is unavailable; retry on another replica"
+CALL_DEADLINE_S = 120.0  # the default bound on one call across the socket (see Settings)
+SEND_QUEUE_MESSAGES = 1024  # the default bound on messages queued for the core (see Settings)
+CORE_BUSY = "the engine core is not keeping up (its queue from this frontend is full); retry shortly"
+BUSY_RETRY_S = 0.2
 STOP_LINGER_MS = 500
 _DECODERS: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
 
@@ -118,8 +123,22 @@ class _Completion:
 class ZmqEngineClient:
     """Implements ``cellserve.engine.client.EngineClient`` over the core's ROUTER socket."""
 
-    def __init__(self, address: str, frontend: int, recorder: ForwardingRecorder | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        frontend: int,
+        recorder: ForwardingRecorder | None = None,
+        call_deadline_s: float = CALL_DEADLINE_S,
+        send_queue_messages: int = SEND_QUEUE_MESSAGES,
+    ) -> None:
+        """``call_deadline_s``: a call the core has not answered by then fails UNAVAILABLE
+        (its caller retries elsewhere) instead of waiting forever."""
         self._address = address
+        self._deadline_s = call_deadline_s
+        self._send_hwm = send_queue_messages
+        # (deadline, call id) in call order: deadlines only grow, so one timer at the head
+        self._deadlines: collections.deque[tuple[float, int]] = collections.deque()
+        self._deadline_timer: asyncio.TimerHandle | None = None
         self._identity = f"{frontend}:{os.getpid()}".encode()
         self.recorder = recorder or ForwardingRecorder()
         self._ids = itertools.count(1)
@@ -144,7 +163,9 @@ class ZmqEngineClient:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.IDENTITY, self._identity)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 0)  # never drop or block on a call: the caps bound them
+        # bounded: a core that does not keep up makes new calls fail RESOURCE_EXHAUSTED (see
+        # _flush) instead of growing a queue without end
+        sock.setsockopt(zmq.SNDHWM, self._send_hwm)
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.connect(self._address)
         self._sock = sock
@@ -179,6 +200,10 @@ class ZmqEngineClient:
         """The core is gone: every open call and completion fails with UNAVAILABLE, and so does
         every later one."""
         self._lost = True
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        self._deadlines.clear()
         pending, self._pending = self._pending, {}
         for fut, _ in pending.values():
             if not fut.done():
@@ -269,9 +294,27 @@ class ZmqEngineClient:
             return fut
         call_id = next(self._ids)
         self._pending[call_id] = (fut, _decoder(result_type))
+        loop = asyncio.get_running_loop()
+        self._deadlines.append((loop.time() + self._deadline_s, call_id))
+        if self._deadline_timer is None:
+            self._deadline_timer = loop.call_at(self._deadlines[0][0], self._expire_calls)
         self._idle.clear()
         self._send(make(call_id))
         return fut
+
+    def _expire_calls(self) -> None:
+        """Fails the calls past their deadline; re-arms itself at the next one still open."""
+        self._deadline_timer = None
+        loop = asyncio.get_running_loop()
+        now, deadlines = loop.time(), self._deadlines
+        while deadlines and (deadlines[0][0] <= now or deadlines[0][1] not in self._pending):
+            _, call_id = deadlines.popleft()
+            entry = self._pending.pop(call_id, None)
+            if entry is not None and not entry[0].done():
+                entry[0].set_exception(Unavailable(f"the engine did not answer within {self._deadline_s:g} s; retry"))
+        if deadlines:
+            self._deadline_timer = loop.call_at(deadlines[0][0], self._expire_calls)
+        self._check_idle()
 
     def _send(self, op: m.Op) -> None:
         self._outbox.append(op)
@@ -285,7 +328,39 @@ class ZmqEngineClient:
         if self._sock is None or self._lost or not ops:
             return
         requests, keystrokes = self.recorder.take()
-        self._sock.send(m.encode(m.ToCore(ops, requests, keystrokes)))
+        sent = self._sock.send(m.encode(m.ToCore(ops, requests, keystrokes)), flags=zmq.DONTWAIT)
+        assert isinstance(sent, asyncio.Future)  # DONTWAIT: settled at once (pyzmq's asyncio socket)
+        error = sent.exception() if sent.done() else None
+        if error is not None:
+            self._refuse(ops, error)
+
+    def _refuse(self, ops: list[m.Op], error: BaseException) -> None:
+        """A batch the socket would not take (its queue to the core is full, or it failed):
+        every call in it that someone waits for fails now, RESOURCE_EXHAUSTED with a retry
+        hint; the rest (cancellations, WatchStats) goes out with the next batch."""
+        if isinstance(error, zmq.Again):
+            refusal: Exception = CapacityExceeded(CORE_BUSY, retry_after_s=BUSY_RETRY_S)
+            err = m.Err(0, "capacity_exceeded", CORE_BUSY, retry_after_s=BUSY_RETRY_S)
+        else:
+            log.error("sending to the engine core failed", exc_info=error)
+            refusal, err = Unavailable(CORE_GONE), m.Err(0, "unavailable", CORE_GONE)
+        kept: list[m.Op] = []
+        for op in ops:
+            entry = self._pending.pop(op.id, None)
+            stream = self._streams.pop(op.id, None) if entry is None else None
+            if entry is not None:
+                if not entry[0].done():
+                    entry[0].set_exception(refusal)
+            elif stream is not None:
+                stream.queue.put_nowait(err)
+            else:
+                kept.append(op)
+        if kept:
+            self._outbox = kept + self._outbox
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_later(BUSY_RETRY_S, self._flush)
+        self._check_idle()
 
     def flush_metrics(self) -> None:
         """Sends the metric events gathered so far even when no call is waiting to go."""
@@ -317,6 +392,9 @@ class ZmqEngineClient:
                 listener(it)
         elif isinstance(reply, (m.Ok, m.Err)):
             entry = self._pending.pop(reply.id, None)
+            deadlines = self._deadlines
+            while deadlines and deadlines[0][1] not in self._pending:  # answered: in order, mostly
+                deadlines.popleft()
             if entry is None:
                 stream = self._streams.get(reply.id)
                 if stream is not None and isinstance(reply, m.Err):

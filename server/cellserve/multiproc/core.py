@@ -1,8 +1,9 @@
 """The engine core: one process owning the models, the device and every session, serving the
 ``EngineClient`` protocol to the frontends over a ZMQ ROUTER socket.
 
-Each ``ToCore`` message is decoded (type-checked as a whole: a malformed one is logged,
-rate-limited, and dropped before any of it runs) and its operations are submitted to the
+Each ``ToCore`` message is decoded (type-checked as a whole: a malformed one runs nothing, is
+logged, rate-limited, and every call in it whose id can still be read is answered
+INVALID_ARGUMENT, so no caller waits for an answer that will never come) and its operations are submitted to the
 in-process client in the order they came, so every frontend's call order holds. Answers and
 completion chunks are collected per frontend and sent as one ``ToFrontend`` per frontend per
 pass of the loop (the engine resolves an iteration's results together; the flush runs after
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cellserve.core")
 
+MALFORMED = "the request could not be decoded on the internal socket (a frontend/core version mismatch?)"
 _KINDS = ("append_single", "append_multi", "completion_first_chunk", "completion_char")
 
 
@@ -87,12 +89,19 @@ class CoreServer:
                 message = m.to_core_decoder.decode(data)
             except msgspec.DecodeError:
                 self._bad.warning()
+                self._refuse_malformed(identity, data)
                 continue
             self._seen(identity)
             for op in message.ops:
                 self._dispatch(identity, op)
             if self._metrics is not None and (message.requests or message.keystrokes):
                 self._record(message)
+
+    def _refuse_malformed(self, who: bytes, data: Any) -> None:
+        """A message that does not decode as a whole runs nothing; every call in it whose id
+        can still be read is answered INVALID_ARGUMENT, so its caller is not left waiting."""
+        for call_id in m.call_ids_of(data):
+            self._push(who, m.Err(call_id, "invalid_input", MALFORMED))
 
     def _seen(self, identity: bytes) -> None:
         index = identity.split(b":", 1)[0]

@@ -238,6 +238,19 @@ def error_of(err: Err) -> Exception:
 
 
 to_core_decoder = msgspec.msgpack.Decoder(ToCore)
+
+
+def call_ids_of(data: Any) -> list[int]:
+    """The call ids a ``ToCore`` that failed to decode as a whole still shows (each op is an
+    array ``[tag, id, ...]``): its callers can be answered. None when it is not even msgpack."""
+    try:
+        raw = msgspec.msgpack.decode(data)
+    except msgspec.DecodeError:
+        return []
+    ops = raw[0] if isinstance(raw, list) and raw and isinstance(raw[0], list) else []
+    return [op[1] for op in ops if isinstance(op, list) and len(op) > 1 and type(op[1]) is int and op[1] > 0]
+
+
 to_frontend_decoder = msgspec.msgpack.Decoder(ToFrontend)
 encoder = msgspec.msgpack.Encoder()
 

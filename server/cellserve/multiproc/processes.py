@@ -136,7 +136,7 @@ async def _frontend_main(settings: Settings, index: int, address: str, conn: Con
     from .gates import CoreGates
 
     recorder = ForwardingRecorder()
-    client = ZmqEngineClient(address, index, recorder)
+    client = ZmqEngineClient(address, index, recorder, settings.core_call_deadline_s, settings.core_send_queue_messages)
     await client.start()
     try:
         await asyncio.wait_for(client.health(""), timeout=FIRST_ANSWER_S)

@@ -1,0 +1,88 @@
+"""The one core thread: drains the inbox into the core, steps while there is work, and hands
+each step's output on as one object.
+
+The core (``engine/core.py``) is synchronous and owned by this thread alone: nothing else
+touches it while the thread runs, so it needs no lock. Other threads only ``post`` a ``Call``
+(a deque append and an event set; ``collections.deque`` appends and pops are atomic) and get
+the answers, by ticket, in the ``StepOutput`` that ``hand_off`` receives once per pass: after
+each step, or after a pass that only answered calls.
+
+``hand_off`` runs on this thread; the in-process engine passes one that schedules the output
+onto the event loop with one ``call_soon_threadsafe`` per step.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from .core import Call, EngineCore, StepOutput
+
+log = logging.getLogger(__name__)
+
+STEP_RETRY_S = 0.05  # after a step raised: the pause before the next one
+
+
+class CoreLoop:
+    def __init__(self, core: EngineCore, hand_off: Callable[[StepOutput], bool]) -> None:
+        """``hand_off(output)`` delivers one pass's output; False: nobody is left to answer
+        (the thread ends)."""
+        self.core = core
+        self._hand_off = hand_off
+        self._inbox: deque[Call] = deque()
+        self._kick = threading.Event()  # a call was posted (or stop was asked)
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="cellserve-core", daemon=True)
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def post(self, call: Call) -> None:
+        """Any thread: ``call`` runs on the core thread, in the order posted."""
+        self._inbox.append(call)
+        self._kick.set()
+
+    def stop(self) -> None:
+        """Ends the thread after the pass in flight (blocking: join it off the event loop)."""
+        self._stopping = True
+        self._kick.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def drain_inbox(self) -> None:
+        """After ``stop``: the calls still posted run now, on the caller's thread (the core
+        thread is gone, so the core is this caller's alone)."""
+        assert not self.alive
+        while self._inbox:
+            self.core.add(self._inbox.popleft())
+
+    def _run(self) -> None:
+        inbox, core = self._inbox, self.core
+        while not self._stopping:
+            self._kick.wait()
+            self._kick.clear()  # before draining: a call posted from now on kicks again
+            while not self._stopping:
+                while inbox:
+                    core.add(inbox.popleft())
+                if core.has_work():
+                    try:
+                        out = core.step()
+                    except Exception:  # a bug in the core's own bookkeeping: keep serving
+                        log.exception("engine step failed")
+                        out = core.after_failed_step()
+                        time.sleep(STEP_RETRY_S)  # a bug that repeats must not spin the CPU
+                else:
+                    out = core.idle_output()
+                if not self._hand_off(out):
+                    return
+                if out.idle and not inbox:
+                    break

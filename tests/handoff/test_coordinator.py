@@ -54,7 +54,7 @@ class TinyEngine:
 
         return self._later(run)
 
-    def export_sessions(self, idle_s: float | None) -> Awaitable[list[HandoffRecord]]:
+    def export_sessions(self, idle_s: float | None, move: bool = False) -> Awaitable[list[HandoffRecord]]:
         return self._later(
             lambda: [
                 HandoffRecord(sid, owner, text.encode(), time.time() + 60, -1, "", b"")

@@ -28,6 +28,7 @@ from .status import ErrorMappingInterceptor
 from .transport import server_credentials, server_options
 
 if TYPE_CHECKING:
+    from ..handoff.coordinator import Handoff
     from .gates import ModelLookup
 
 log = logging.getLogger("cellserve.api")
@@ -48,13 +49,28 @@ class ApiServer:
         reuse_port: bool = False,
         frontend: str = "",
         gates: Gates | None = None,
+        handoff_writer: bool = True,
     ) -> None:
         """``gate_models``: the loaded models, for InspectGates (only a process that loaded them);
         ``gates``: what answers InspectGates otherwise (a frontend's forwarder to the core);
         ``reuse_port``: several frontend processes share the port (SO_REUSEPORT);
-        ``frontend``: this process's frontend number, sent as ``cellserve-frontend`` metadata."""
+        ``frontend``: this process's frontend number, sent as ``cellserve-frontend`` metadata;
+        ``handoff_writer``: with a session store, this server writes the sessions on drain and
+        in the background sync (one per replica: the single process, or frontend 0); every
+        server recovers missed sessions from the store."""
         self._settings = settings
         self._engine = engine
+        self.handoff: Handoff | None = None
+        self._handoff_writer = handoff_writer
+        self._sync: asyncio.Task[None] | None = None
+        if settings.session_store is not None:
+            from ..handoff.coordinator import Handoff, HandoffEngineClient
+            from ..handoff.store import open_store
+
+            store = open_store(settings)
+            assert store is not None and settings.snapshot_key is not None  # Settings checks both
+            self.handoff = Handoff(store, settings.snapshot_key.get_secret_value().encode(), engine)  # type: ignore[arg-type]
+            engine = HandoffEngineClient(engine, self.handoff)  # type: ignore[assignment]
         if gate_models is not None:
             from .gates import GateInspector  # imports torch: only where the models are loaded
 
@@ -106,6 +122,8 @@ class ApiServer:
             raise OSError(f"cannot listen on {format_address(self._settings.host, self._settings.port)}")
         await self._server.start()
         await self.health.serving()
+        if self.handoff is not None and self._handoff_writer and self._settings.session_store_sync_s > 0:
+            self._sync = asyncio.create_task(self.handoff.sync_forever(self._settings.session_store_sync_s))
         return self.port
 
     async def shutdown(self) -> None:
@@ -121,6 +139,11 @@ class ApiServer:
             await asyncio.wait_for(self._engine.drain(), timeout=self._settings.drain_grace_s)
         except TimeoutError:
             log.warning("engine drain did not finish within drain_grace_s=%s", self._settings.drain_grace_s)
+        if self._sync is not None:
+            self._sync.cancel()
+        if self.handoff is not None and self._handoff_writer:  # every live session, sealed, to the store
+            loop = asyncio.get_running_loop()
+            await self.handoff.drain(loop.time() + max(0.0, deadline - time.monotonic()))
         # New calls still get a clean UNAVAILABLE from the servicer for a moment; once gRPC is
         # stopping, a late call would see the transport's CANCELLED instead.
         await asyncio.sleep(min(self._settings.drain_refusal_s, max(0.0, deadline - time.monotonic())))

@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
+from ..handoff.record import HandoffRecord
 from .types import (
     AppendOptions,
     CompletionChunk,
@@ -158,4 +159,16 @@ class EngineClient(Protocol):
 
     def close_session(self, owner: str, session_id: str) -> Awaitable[None]:
         """Ends the session after the operations submitted before it; its id is then unknown."""
+        ...
+
+    # ---- handoff between replicas (cellserve.handoff; operator-level: no owner check) -------
+    def export_sessions(self, idle_s: float | None, move: bool = False) -> Awaitable[list[HandoffRecord]]:
+        """Every idle session as a sealed handoff record (``idle_s`` set: only those unused for
+        that long and used since their last export). ``move``: they leave this engine (later
+        calls for them: UNAVAILABLE); else they stay."""
+        ...
+
+    def adopt(self, owner: str, record: HandoffRecord) -> Awaitable[SessionInfo]:
+        """The record's session continues here under its own id, owned by ``owner`` (checked
+        like a resume: tenant, expiry, weights); a retry of its last piece is answered again."""
         ...

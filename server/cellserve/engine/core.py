@@ -43,6 +43,7 @@ from ..errors import (
     PreconditionFailed,
     Unavailable,
 )
+from ..handoff.record import HandoffRecord, decode_prediction, encode_prediction
 from ..nn.cells import GRU_GATES, LSTM_GATES
 from ..nn.checkpoint import LoadedModel
 from ..repository import ModelRepository
@@ -173,6 +174,8 @@ CALLS = frozenset(
         "submit_close",
         "expire_idle",
         "start_draining",
+        "export_sessions",
+        "adopt",
     }
 )
 
@@ -262,6 +265,7 @@ class EngineCore:
         # (last use when pushed, tie-break, session): the idle-TTL sweep's queue (expire_idle)
         self._expiry: list[tuple[float, int, Session]] = []
         self._expiry_seq = itertools.count()
+        self._moved: set[str] = set()  # sessions handed to the session store on drain (handoff)
 
     # ---- queries -----------------------------------------------------------------------------
     def models(self) -> list[ModelInfo]:
@@ -453,16 +457,9 @@ class EngineCore:
         the device worker (``HostState``). Bad or tampered blob: InvalidInput; a model or
         weights this server does not serve: PreconditionFailed."""
         self._check_open()
-        data = snap.decode(blob, self._key, tenant=owner, now=time.time())
-        rt = self._runtimes.get(data.model)
-        if rt is None or rt.loaded.weights_sha256 != data.weights_sha256:
-            raise PreconditionFailed("the snapshot was taken with model weights this server does not serve")
-        m = rt.loaded.model
-        if data.shapes != tuple((m.layers, m.hidden) for _ in range(m.state_arity)):
-            raise PreconditionFailed("the snapshot's state does not fit the model")
         if len(replay) > self.settings.max_append_chars:
             raise InvalidInput(f"replay has {len(replay)} characters; the limit is {self.settings.max_append_chars}")
-        state = HostState(tuple(data.tensors), m.layers, m.hidden)
+        rt, data, state = self._open_blob(blob, owner)
         s = self._new_session(rt, owner, data.position, state, SessionEvent.RESUMED)
         if not replay:
             return Outcome(ticket, (s.info(), None))
@@ -471,6 +468,74 @@ class EngineCore:
         assert isinstance(op, AppendOp)
         op.with_session = True
         return None
+
+    def _open_blob(self, blob: bytes, owner: str) -> tuple[_Runtime, snap.SnapshotData, HostState]:
+        data = snap.decode(blob, self._key, tenant=owner, now=time.time())
+        rt = self._runtimes.get(data.model)
+        if rt is None or rt.loaded.weights_sha256 != data.weights_sha256:
+            raise PreconditionFailed("the snapshot was taken with model weights this server does not serve")
+        m = rt.loaded.model
+        if data.shapes != tuple((m.layers, m.hidden) for _ in range(m.state_arity)):
+            raise PreconditionFailed("the snapshot's state does not fit the model")
+        return rt, data, HostState(tuple(data.tensors), m.layers, m.hidden)
+
+    # ---- handoff between replicas (cellserve.handoff) ----------------------------------------
+    def export_sessions(self, idle_s: float | None, move: bool = False) -> list[HandoffRecord]:
+        """Every idle session as a handoff record (sealed snapshot, id, tenant, the last applied
+        piece and its answer); ``idle_s`` set: only sessions unused for that long and used since
+        their last export. Sessions with work queued or running are left out (their slot does
+        not hold their state yet); after a drain there are none. ``move`` (the drain): the
+        exported sessions leave this engine, and a later call for one of them is UNAVAILABLE
+        (it continues on another replica) rather than NOT_FOUND."""
+        now = time.time()
+        by_model: dict[str, list[Session]] = {}
+        for s in self._sessions.values():
+            if s.state is not SessionState.IDLE or (s.position == 0 and s.last_applied is None):
+                continue  # busy, or nothing typed yet (a fresh session costs nothing to reopen)
+            if idle_s is not None and (now - s.last_used_at < idle_s or s.exported_at == s.last_used_at):
+                continue
+            by_model.setdefault(s.model, []).append(s)
+        records: list[HandoffRecord] = []
+        for name, sessions in by_model.items():
+            rt = self._runtimes[name]
+            for s, raw in zip(sessions, rt.runner.read_states([s.slot for s in sessions]), strict=True):
+                expires = s.last_used_at + self.settings.session_idle_ttl_s  # as long as it would live here
+                blob = self._snapshot_blob(rt, s, raw, now)
+                last = s.last_applied
+                records.append(
+                    HandoffRecord(
+                        s.session_id,
+                        s.owner,
+                        blob,
+                        min(expires, now + self.settings.snapshot_ttl_s),
+                        last[0] if last else -1,
+                        last[1] if last else "",
+                        encode_prediction(last[2]) if last and isinstance(last[2], Prediction) else b"",
+                    )
+                )
+                s.exported_at = s.last_used_at
+                if move:
+                    self._moved.add(s.session_id)
+                    self._close(s, SessionEvent.CLOSED)
+        return records
+
+    def adopt(self, owner: str, record: HandoffRecord) -> SessionInfo:
+        """The record's session continues here under its own id: its snapshot is checked like a
+        resume's (tenant, expiry, weights), and its last applied piece is answered again if
+        retried (exactly once across the move)."""
+        self._check_open()
+        held = self._sessions.get(record.session_id)
+        if held is not None:  # a concurrent recovery of the same id got here first
+            if held.owner != owner:
+                raise NotFound(_NOT_FOUND)
+            return held.info()
+        rt, data, state = self._open_blob(record.blob, owner)
+        s = self._new_session(rt, owner, data.position, state, SessionEvent.RESUMED, record.session_id)
+        if record.last_offset >= 0 and record.last_answer:
+            pred = decode_prediction(record.last_answer)
+            if pred.position == data.position and record.last_offset + len(record.last_text) == data.position:
+                s.last_applied = s.last_piece = (record.last_offset, record.last_text, pred)
+        return s.info()
 
     def submit_suggest(self, session_id: str, request: SuggestRequest, owner: str, ticket: int) -> None:
         """The n most probable completions (``list[Suggestion]`` to ``ticket``), by beam
@@ -554,14 +619,16 @@ class EngineCore:
         if self.draining:
             raise Unavailable("server is draining; open a session on another replica")
 
-    def _new_session(self, rt: _Runtime, owner: str, position: int, state: object, event: SessionEvent) -> Session:
+    def _new_session(
+        self, rt: _Runtime, owner: str, position: int, state: object, event: SessionEvent, session_id: str = ""
+    ) -> Session:
         self._check_open()
         if len(self._sessions) >= self.settings.max_sessions:
             self._event(SessionEvent.REJECTED_SESSIONS)
             raise CapacityExceeded("session limit reached", retry_after_s=min(5.0, self.settings.session_idle_ttl_s))
         slot = rt.alloc.alloc()
         now = time.time()
-        sid = secrets.token_hex(16)
+        sid = session_id or secrets.token_hex(16)
         s = Session(
             sid, rt.name, owner, slot, now, now, self._history(rt, position, state), position, position, position
         )
@@ -582,6 +649,8 @@ class EngineCore:
     def _get(self, session_id: str, owner: str) -> Session:
         s = self._sessions.get(session_id)
         if s is None or s.owner != owner:
+            if s is None and session_id in self._moved:
+                raise Unavailable("this replica is shutting down and handed the session on; retry on another replica")
             raise NotFound(_NOT_FOUND)
         return s
 

@@ -30,6 +30,7 @@ import torch
 
 from ..config import Settings
 from ..errors import Unavailable
+from ..handoff.record import HandoffRecord
 from ..repository import ModelRepository
 from .completion_stream import CompletionStream
 from .core import Call, ChunkOut, EngineCore, Outcome, StepOutput
@@ -198,6 +199,15 @@ class Engine:
 
     def submit_close(self, session_id: str, owner: str = "") -> asyncio.Future[None]:
         return self._submit("submit_close", session_id, owner)
+
+    # ---- handoff between replicas (cellserve.handoff) -----------------------------------------
+    def export_sessions(self, idle_s: float | None = None, move: bool = False) -> asyncio.Future[list[HandoffRecord]]:
+        """Idle sessions as handoff records (see ``EngineCore.export_sessions``)."""
+        return self._ask("export_sessions", idle_s, move)
+
+    def adopt(self, owner: str, record: HandoffRecord) -> asyncio.Future[SessionInfo]:
+        """The record's session, here, under its own id (see ``EngineCore.adopt``)."""
+        return self._ask("adopt", owner, record)
 
     # ---- internals ---------------------------------------------------------------------------
     def _post(self, method: str, args: tuple[Any, ...], ticketed: bool) -> asyncio.Future[Any]:

@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
+from ..handoff.record import HandoffRecord
 from .client import DEFAULT_OPTIONS, CompletionStream, StatsListener
 from .engine import Engine
 from .types import (
@@ -94,6 +95,13 @@ class InProcessEngineClient:
 
     def close_session(self, owner: str, session_id: str) -> Awaitable[None]:
         return self.engine.submit_close(session_id, owner)
+
+    # ---- handoff (cellserve.handoff.coordinator.HandoffEngine) -----------------------------
+    def export_sessions(self, idle_s: float | None, move: bool = False) -> Awaitable[list[HandoffRecord]]:
+        return self.engine.export_sessions(idle_s, move)
+
+    def adopt(self, owner: str, record: HandoffRecord) -> Awaitable[SessionInfo]:
+        return self.engine.adopt(owner, record)
 
 
 class FailedStream(AsyncIterator[CompletionChunk]):

@@ -305,6 +305,16 @@ class ModelRunner:
             ]
         return results
 
+    def read_states(self, slots: list[int]) -> list[list[bytes]]:
+        """The states in ``slots`` as snapshot bytes (little-endian fp32, [layers, hidden] per
+        state tensor), in one gather and one device-to-host copy (handoff exports: between
+        steps, on the core thread)."""
+        if not slots:
+            return []
+        index = torch.tensor(slots, dtype=torch.long, device=self.pool.tensors[0].device)
+        host = [t.index_select(1, index).float().cpu() for t in self.pool.tensors]  # [L, B, H] each
+        return [[h[:, i].contiguous().numpy().astype("<f4").tobytes() for h in host] for i in range(len(slots))]
+
     def commit(self) -> None:
         """Writes back what the last ``execute`` computed: row states, then checkpoints, then
         the plan's writes. The engine core calls it only once it has staged every answer of

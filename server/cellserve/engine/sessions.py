@@ -108,6 +108,7 @@ class Session:
     last_applied: tuple[int, str, Prediction] | None = None
     completions: set[Completion] = field(default_factory=set)
     closed: bool = False
+    exported_at: float = -1.0  # handoff: ``last_used_at`` when last exported (unchanged since: skip)
 
     @property
     def state(self) -> SessionState:

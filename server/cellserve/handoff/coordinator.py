@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 from ..engine.types import AppendOptions, CompletionChunk, CompletionRequest, SuggestRequest
-from ..errors import CellserveError, NotFound
+from ..errors import CellserveError, NotFound, Unavailable
 from .record import HandoffRecord, open_record, seal_record
 from .store import SessionStore, StoreUnavailable, is_session_id
 
@@ -33,10 +33,10 @@ T = TypeVar("T")
 class HandoffEngine(Protocol):
     """What handoff needs of an engine beyond the ``EngineClient`` operations."""
 
-    def export_sessions(self, idle_s: float | None) -> Awaitable[list[HandoffRecord]]:
+    def export_sessions(self, idle_s: float | None, move: bool = False) -> Awaitable[list[HandoffRecord]]:
         """Every live session (``idle_s`` set: only those untouched for that long and changed
         since their last export), each as a record: sealed snapshot, id, tenant, exactly-once
-        bookkeeping. The sessions stay where they are."""
+        bookkeeping. ``move``: they leave the engine (later calls: UNAVAILABLE)."""
         ...
 
     def adopt(self, owner: str, record: HandoffRecord) -> Awaitable[object]:
@@ -96,6 +96,9 @@ class Handoff:
             return False
         try:
             await self._engine.adopt(owner, record)
+        except Unavailable:  # this replica is draining itself: leave the session for another
+            await self.store.put_many([(key, sealed, record.expires_at)], asyncio.get_running_loop().time() + 5)
+            return False
         except CellserveError as exc:
             self.rejected += 1
             log.warning("could not adopt a handed-off session: %s", exc)
@@ -106,9 +109,9 @@ class Handoff:
             self._recent.popitem(last=False)
         return True
 
-    async def write(self, idle_s: float | None, deadline: float) -> tuple[int, int]:
+    async def write(self, idle_s: float | None, deadline: float, move: bool = False) -> tuple[int, int]:
         """Exports sessions and writes them until ``deadline`` (loop time): (written, left)."""
-        records = await self._engine.export_sessions(idle_s)
+        records = await self._engine.export_sessions(idle_s, move)
         items = []
         for r in records:
             key = self.store.key(r.tenant, r.session_id)
@@ -120,7 +123,7 @@ class Handoff:
         """Writes every live session before the replica stops; what did not fit is logged."""
         t0 = time.perf_counter()
         try:
-            self.drain_written, self.drain_left = await self.write(None, deadline)
+            self.drain_written, self.drain_left = await self.write(None, deadline, move=True)
         except CellserveError as exc:
             log.error("handoff on drain failed: %s", exc)
             return

@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from ..engine.types import Prediction
+
 MAGIC = b"CLHOFF1\n"
 _NONCE_LEN = 12
 _INFO = b"cellserve handoff record v1 aes-256-gcm"
@@ -93,3 +95,15 @@ def open_record(sealed: bytes, key: bytes, store_key: str) -> HandoffRecord | No
     except (InvalidTag, msgspec.DecodeError, msgspec.ValidationError):
         return None
     return HandoffRecord(w.session_id, w.tenant, w.blob, w.expires_at, w.last_offset, w.last_text, w.last_answer)
+
+
+_prediction_encoder = msgspec.msgpack.Encoder()
+
+
+def encode_prediction(pred: Prediction) -> bytes:
+    """An answer for ``HandoffRecord.last_answer``."""
+    return _prediction_encoder.encode(pred)
+
+
+def decode_prediction(data: bytes) -> Prediction:
+    return msgspec.msgpack.decode(data, type=Prediction)

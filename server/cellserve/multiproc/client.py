@@ -43,6 +43,7 @@ from ..engine.types import (
     SuggestRequest,
 )
 from ..errors import CapacityExceeded, Unavailable
+from ..handoff.record import HandoffRecord
 from . import messages as m
 from .ratelimit import RateLimitedLog
 
@@ -287,6 +288,13 @@ class ZmqEngineClient:
         return self._call(lambda i: m.Close(i, owner, session_id), None)
 
     # ---- the wire ---------------------------------------------------------------------------
+    # ---- handoff (cellserve.handoff.coordinator.HandoffEngine) -----------------------------
+    def export_sessions(self, idle_s: float | None, move: bool = False) -> Awaitable[list[HandoffRecord]]:
+        return self._call(lambda i: m.Export(i, idle_s, move), list[HandoffRecord])
+
+    def adopt(self, owner: str, record: HandoffRecord) -> Awaitable[SessionInfo]:
+        return self._call(lambda i: m.Adopt(i, owner, record), SessionInfo)
+
     def _call(self, make: Callable[[int], m.Op], result_type: Any) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self._lost or self._sock is None:

@@ -147,6 +147,10 @@ class CoreServer:
             self._answer(who, op.id, lambda: c.stats(op.owner))
         elif isinstance(op, m.Models):
             self._answer(who, op.id, lambda: c.models(op.owner))
+        elif isinstance(op, m.Export):
+            self._answer(who, op.id, lambda: c.export_sessions(op.idle_s, op.move))
+        elif isinstance(op, m.Adopt):
+            self._answer(who, op.id, lambda: c.adopt(op.owner, op.record))
         elif isinstance(op, m.WatchStats):
             self._stats_watchers.add(who)
         elif isinstance(op, m.InspectGates):

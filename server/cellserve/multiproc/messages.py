@@ -30,6 +30,7 @@ from ..errors import (
     PreconditionFailed,
     Unavailable,
 )
+from ..handoff.record import HandoffRecord
 
 # ---- frontend -> core --------------------------------------------------------------------
 
@@ -112,6 +113,20 @@ class Close(_Op):
     session_id: str
 
 
+class Export(_Op):
+    """Handoff: the core's idle sessions as sealed records (``EngineCore.export_sessions``)."""
+
+    idle_s: float | None
+    move: bool
+
+
+class Adopt(_Op):
+    """Handoff: a record taken from the session store continues here under its own id."""
+
+    owner: str
+    record: HandoffRecord
+
+
 class WatchStats(_Op):
     """From now on the core sends this frontend each engine iteration's per-model statistics
     (``Iteration``), for the frontend's stats listeners (KServe's ModelStatistics)."""
@@ -138,6 +153,8 @@ Op = (
     | Close
     | InspectGates
     | WatchStats
+    | Export
+    | Adopt
 )
 
 

@@ -146,7 +146,13 @@ async def _frontend_main(settings: Settings, index: int, address: str, conn: Con
         return 1
     try:
         api = ApiServer(
-            settings, client, recorder=recorder, reuse_port=True, frontend=str(index), gates=CoreGates(client)
+            settings,
+            client,
+            recorder=recorder,
+            reuse_port=True,
+            frontend=str(index),
+            gates=CoreGates(client),
+            handoff_writer=index == 0,  # one writer per replica (drain, background sync)
         )
     except (TokensFileError, TlsFileError) as e:  # names the file and the problem
         conn.send(("error", f"cannot start: {e}"))

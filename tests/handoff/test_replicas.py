@@ -1,0 +1,162 @@
+"""Two real replicas and a real redis-server: a raw gRPC client types into replica A, A drains
+(SIGTERM), and the same session ids continue on replica B, bit-identical to a session that was
+never moved, with nothing lost or applied twice; the same with the multi-process shape; Redis
+down: both replicas keep serving and a drain still ends in time."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from cellserve_client._proto.cellserve.v1 import service_pb2 as svc
+from cellserve_client._proto.cellserve.v1 import service_pb2_grpc as rpc
+from cellserve_client._proto.cellserve.v1 import types_pb2 as types
+from servers import SNAPSHOT_KEY, ServerProcess, start_server
+
+from .conftest import RedisServer, free_port
+
+SHAPES = {"one-process": "0", "two-frontends": "2"}
+TEXT = ["import os\n", "i", "m", "p", "ort sys\n", "def main(", ")", ":\n    return 0\n"]
+MORE = ["x", " = ", "1", "\n"]
+
+
+def _replica(model_dir: Path, url: str, deployment: str, frontends: str, *extra: str) -> ServerProcess:
+    return start_server(
+        model_dir,
+        "--frontends", frontends,
+        "--session-store", url,
+        "--set", f"session_store_deployment={deployment}",
+        "--set", "session_store_timeout_s=0.3",
+        *extra,
+        env={"CELLSERVE_SNAPSHOT_KEY": SNAPSHOT_KEY},
+    )  # fmt: skip
+
+
+def _append(stub: rpc.CellserveServiceStub, sid: str, offset: int, text: str) -> svc.AppendResponse:
+    req = svc.AppendRequest(session_id=sid, offset=offset, input=types.Input(text=text), top_k=8, want_logprobs=True)
+    return stub.Append(req, timeout=60)
+
+
+def _typed(stub: rpc.CellserveServiceStub, sid: str, pieces: list[str], offset: int = 0) -> list[bytes]:
+    out = []
+    for piece in pieces:
+        r = _append(stub, sid, offset, piece)
+        offset += len(piece)
+        assert r.prediction.position == offset
+        out.append(_answer(r))
+    return out
+
+
+def _answer(r: svc.AppendResponse) -> bytes:
+    """What a client sees of an answer, as bytes (bit-identical comparison)."""
+    p = r.prediction
+    return repr(
+        ([(c.character, c.probability) for c in p.top_characters.entries], list(p.logprobs), p.position)
+    ).encode()
+
+
+@pytest.fixture(params=list(SHAPES), ids=list(SHAPES))
+def shape(request: pytest.FixtureRequest) -> str:
+    return SHAPES[request.param]
+
+
+@pytest.fixture
+def replicas(model_dir: Path, redis_server: RedisServer, shape: str) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    deployment = "t" + secrets.token_hex(4)
+    a = _replica(model_dir, redis_server.url, deployment, shape)
+    b = _replica(model_dir, redis_server.url, deployment, shape)
+    try:
+        yield a, b
+    finally:
+        for s in (a, b):
+            s.kill()
+
+
+def test_drained_sessions_continue_on_another_replica(replicas: tuple[ServerProcess, ServerProcess]) -> None:
+    a, b = replicas
+    with grpc.insecure_channel(a.target) as ca, grpc.insecure_channel(b.target) as cb:
+        sa, sb = rpc.CellserveServiceStub(ca), rpc.CellserveServiceStub(cb)
+        # the reference: one session on B that is never moved, typed in the same pieces
+        ref = sb.OpenSession(svc.OpenSessionRequest()).session.session_id
+        want = _typed(sb, ref, TEXT + MORE)
+        moved = sa.OpenSession(svc.OpenSessionRequest()).session.session_id
+        other = sa.OpenSession(svc.OpenSessionRequest()).session.session_id
+        got = _typed(sa, moved, TEXT)
+        _typed(sa, other, ["print('hi')\n"])
+        assert got == want[: len(TEXT)]
+        last = _answer(_append(sa, moved, sum(map(len, TEXT[:-1])), TEXT[-1]))  # a retry: from cache
+        assert last == want[len(TEXT) - 1]
+
+        assert a.terminate() == 0  # SIGTERM: drain, sessions to the store
+        assert any("wrote 2 sessions to the store" in line for line in a.stderr_lines), a.stderr_lines[-20:]
+
+        at = sum(map(len, TEXT))
+        # the retry of the last piece before the move is answered again, not applied twice
+        r = _append(sb, moved, at - len(TEXT[-1]), TEXT[-1])
+        assert r.prediction.replayed and _answer(r) == want[len(TEXT) - 1]
+        info = sb.GetSession(svc.GetSessionRequest(session_id=moved)).session
+        assert info.session_id == moved and info.position == at
+        assert _typed(sb, moved, MORE, at) == want[len(TEXT) :]  # bit-identical continuation
+        # a wrong offset is still a gap, answered with the expected offset
+        with pytest.raises(grpc.RpcError) as gap:
+            _append(sb, moved, at, "y")
+        assert gap.value.code() == grpc.StatusCode.ABORTED
+        # the other session moved too, and only once: a second take finds nothing
+        assert sb.GetSession(svc.GetSessionRequest(session_id=other)).session.position == len("print('hi')\n")
+
+
+def test_foreign_and_unknown_ids_stay_not_found(replicas: tuple[ServerProcess, ServerProcess]) -> None:
+    a, b = replicas
+    with grpc.insecure_channel(a.target) as ca, grpc.insecure_channel(b.target) as cb:
+        sa, sb = rpc.CellserveServiceStub(ca), rpc.CellserveServiceStub(cb)
+        sid = sa.OpenSession(svc.OpenSessionRequest()).session.session_id
+        _typed(sa, sid, ["abc"])
+        with pytest.raises(grpc.RpcError) as e:
+            sb.GetSession(svc.GetSessionRequest(session_id="0" * 32))
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+        # while A holds the session, B does not find it (nothing is in the store yet)
+        with pytest.raises(grpc.RpcError) as e:
+            _append(sb, sid, 3, "d")
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+        assert _typed(sa, sid, ["d"], 3)  # and A still serves it
+
+
+def test_redis_down_serving_goes_on(model_dir: Path, tmp_path: Path) -> None:
+    from .conftest import start_redis
+
+    redis = start_redis(tmp_path)
+    deployment = "t" + secrets.token_hex(4)
+    a = _replica(model_dir, redis.url, deployment, "0", "--drain-grace", "5")
+    b = _replica(model_dir, redis.url, deployment, "0")
+    try:
+        with grpc.insecure_channel(a.target) as ca, grpc.insecure_channel(b.target) as cb:
+            sa, sb = rpc.CellserveServiceStub(ca), rpc.CellserveServiceStub(cb)
+            sid = sa.OpenSession(svc.OpenSessionRequest()).session.session_id
+            _typed(sa, sid, ["abc"])
+            redis.stop()  # Redis killed mid-run
+            for stub in (sa, sb):  # both keep serving, misses are plain NOT_FOUND, fast
+                s2 = stub.OpenSession(svc.OpenSessionRequest()).session.session_id
+                _typed(stub, s2, ["x", "y"])
+                with pytest.raises(grpc.RpcError) as e:
+                    stub.GetSession(svc.GetSessionRequest(session_id=secrets.token_hex(16)), timeout=5)
+                assert e.value.code() == grpc.StatusCode.NOT_FOUND
+            assert a.terminate(timeout=30) == 0  # the drain ends in its grace, the loss logged
+            assert any("did not fit" in line or "lost" in line for line in a.stderr_lines), a.stderr_lines[-20:]
+    finally:
+        a.kill()
+        b.kill()
+        redis.stop()
+
+
+def test_store_unreachable_at_start_is_not_fatal(model_dir: Path) -> None:
+    s = _replica(model_dir, f"redis://127.0.0.1:{free_port()}/0", "t" + secrets.token_hex(4), "0")
+    try:
+        with grpc.insecure_channel(s.target) as ch:
+            stub = rpc.CellserveServiceStub(ch)
+            sid = stub.OpenSession(svc.OpenSessionRequest()).session.session_id
+            assert _typed(stub, sid, ["ok"])
+    finally:
+        s.kill()

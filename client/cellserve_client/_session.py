@@ -78,6 +78,8 @@ class AsyncSession:
         self._snapshot_queued = False
         self._driver: asyncio.Task[None] | None = None
         self._lost: _errors.CellserveError | None = None
+        # the server session id last connected: a failover tries it first on the new target
+        self._moving_id = connection.session_id
         self._closed = False
         self.failovers = 0
         """How many times this session moved to a new server session."""
@@ -434,11 +436,22 @@ class AsyncSession:
             self._fail_all(exc)
             raise _errors.FailoverFailed(str(exc)) from exc
         self._conn, self._target, self._lost = conn, index, None
+        self._moving_id = conn.session_id
         self.failovers += 1
 
     async def _rebuild(self, index: int) -> Connection:
-        """A new server session on target ``index`` in the journal's state."""
+        """The session on target ``index`` in the journal's state: the same session id when the
+        target holds it at the journal's position (a server-side handoff moved it there, e.g.
+        through the replicas' session store), else a new server session rebuilt from the
+        journal."""
         ch, md, timeout = self._pool.channel(index), self._md, self._pool.timeout
+        if self._moving_id:
+            try:
+                held = (await ch.get_session(svc.GetSessionRequest(session_id=self._moving_id), md, timeout)).session
+            except _errors.NotFound:
+                held = None
+            if held is not None and held.position == self._journal.position:
+                return await _connect(self._pool, index, md, self._moving_id, self._transport)
         blob, replay = self._journal.base()
         if blob is not None:
             req = svc.ResumeRequest(blob=blob, top_k=0)

@@ -6,6 +6,7 @@ down: both replicas keep serving and a drain still ends in time."""
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -160,3 +161,42 @@ def test_store_unreachable_at_start_is_not_fatal(model_dir: Path) -> None:
             assert _typed(stub, sid, ["ok"])
     finally:
         s.kill()
+
+
+def test_sdk_session_keeps_its_id_across_the_move(replicas: tuple[ServerProcess, ServerProcess]) -> None:
+    from cellserve_client import Client, FailoverPolicy
+
+    a, b = replicas
+    with Client([b.target]) as only_b, only_b.open() as ref:
+        want = [ref.append(p, top_k=8).top for p in TEXT + MORE]
+    with Client([a.target, b.target], failover=FailoverPolicy(snapshot_every_chars=10_000)) as client:
+        with client.open() as session:
+            sid = session.session_id
+            got = [session.append(p, top_k=8).top for p in TEXT]
+            assert a.terminate() == 0  # A drains: the session goes to the store
+            got += [session.append(p, top_k=8).top for p in MORE]  # continues on B
+            assert session.session_id == sid  # the same server session, handed over
+            assert got == want
+
+
+def test_background_sync_survives_a_crash(model_dir: Path, redis_server: RedisServer) -> None:
+    deployment = "t" + secrets.token_hex(4)
+    a = _replica(model_dir, redis_server.url, deployment, "0", "--session-store-sync-s", "1")
+    b = _replica(model_dir, redis_server.url, deployment, "0")
+    try:
+        with grpc.insecure_channel(a.target) as ca, grpc.insecure_channel(b.target) as cb:
+            sa, sb = rpc.CellserveServiceStub(ca), rpc.CellserveServiceStub(cb)
+            ref = sb.OpenSession(svc.OpenSessionRequest()).session.session_id
+            want = _typed(sb, ref, TEXT + MORE)
+            sid = sa.OpenSession(svc.OpenSessionRequest()).session.session_id
+            assert _typed(sa, sid, TEXT) == want[: len(TEXT)]
+            deadline = time.monotonic() + 20  # idle for the sync interval: written in the background
+            while not any("handoff sync: wrote" in line for line in a.stderr_lines):
+                assert time.monotonic() < deadline, a.stderr_lines[-20:]
+                time.sleep(0.2)
+            a.kill()  # no drain at all
+            at = sum(map(len, TEXT))
+            assert _typed(sb, sid, MORE, at) == want[len(TEXT) :]
+    finally:
+        a.kill()
+        b.kill()

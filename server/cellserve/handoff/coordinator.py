@@ -58,6 +58,7 @@ class Handoff:
         self.rejected = 0  # records that did not open or were refused by the engine
         self.drain_written = 0
         self.drain_left = 0
+        self.synced = 0
 
     async def recover(self, owner: str, session_id: str) -> bool:
         """True when the session is now held here (taken from the store, or by a concurrent or
@@ -140,9 +141,15 @@ class Handoff:
         while True:
             await asyncio.sleep(max(0.5, idle_s / 2))
             try:
-                await self.write(idle_s, loop.time() + max(1.0, idle_s))
+                written, left = await self.write(idle_s, loop.time() + max(1.0, idle_s))
             except CellserveError as exc:
                 log.warning("handoff sync failed: %s", exc)
+                continue
+            self.synced += written
+            if written or left:
+                log.info(
+                    "handoff sync: wrote %d idle sessions to the store%s", written, f", {left} not" if left else ""
+                )
 
 
 class HandoffEngineClient:

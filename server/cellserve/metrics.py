@@ -150,7 +150,8 @@ class Metrics:
         self.session_events = Counter(
             "cellserve_session_events",
             "Session lifecycle events by reason: opened, resumed, closed (by the client), expired (idle TTL), "
-            "rejected (session limit reached).",
+            "rejected (session limit reached); with a session store: handed_out (moved to the store on drain), "
+            "handed_in (taken from the store after a miss), synced (written by the background sync).",
             ["reason"],
             registry=r,
         )

@@ -516,7 +516,9 @@ class EngineCore:
                 s.exported_at = s.last_used_at
                 if move:
                     self._moved.add(s.session_id)
-                    self._close(s, SessionEvent.CLOSED)
+                    self._close(s, SessionEvent.HANDED_OUT)
+                else:
+                    self._event(SessionEvent.SYNCED)
         return records
 
     def adopt(self, owner: str, record: HandoffRecord) -> SessionInfo:
@@ -530,7 +532,7 @@ class EngineCore:
                 raise NotFound(_NOT_FOUND)
             return held.info()
         rt, data, state = self._open_blob(record.blob, owner)
-        s = self._new_session(rt, owner, data.position, state, SessionEvent.RESUMED, record.session_id)
+        s = self._new_session(rt, owner, data.position, state, SessionEvent.HANDED_IN, record.session_id)
         if record.last_offset >= 0 and record.last_answer:
             pred = decode_prediction(record.last_answer)
             if pred.position == data.position and record.last_offset + len(record.last_text) == data.position:

@@ -29,6 +29,9 @@ class SessionEvent(StrEnum):
     EXPIRED = "expired"  # idle longer than session_idle_ttl_s
     REJECTED_SESSIONS = "rejected_sessions"  # max_sessions reached
     REJECTED_COMPLETION = "rejected_completion"  # max_running_completions reached
+    HANDED_OUT = "handed_out"  # written to the session store on drain and left this replica
+    HANDED_IN = "handed_in"  # taken from the session store after a miss (another replica's)
+    SYNCED = "synced"  # written to the session store by the background sync (stays here)
 
 
 class FinishReason(StrEnum):

@@ -69,8 +69,8 @@ class ApiServer:
 
             store = open_store(settings)
             assert store is not None and settings.snapshot_key is not None  # Settings checks both
-            self.handoff = Handoff(store, settings.snapshot_key.get_secret_value().encode(), engine)  # type: ignore[arg-type]
-            engine = HandoffEngineClient(engine, self.handoff)  # type: ignore[assignment]
+            self.handoff = Handoff(store, settings.snapshot_key.get_secret_value().encode(), engine)
+            engine = HandoffEngineClient(engine, self.handoff)
         if gate_models is not None:
             from .gates import GateInspector  # imports torch: only where the models are loaded
 

@@ -28,14 +28,13 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from ..engine.client import DEFAULT_OPTIONS, StatsListener
+from ..engine.client import DEFAULT_OPTIONS
 from ..engine.types import (
     AppendOptions,
     CompletionChunk,
     CompletionRequest,
     EngineHealth,
     EngineStats,
-    IterationStats,
     ModelInfo,
     Prediction,
     SessionInfo,
@@ -43,6 +42,7 @@ from ..engine.types import (
     SuggestRequest,
 )
 from ..errors import CapacityExceeded, Unavailable
+from ..gate_report import GateQuery, GateReport
 from . import messages as m
 from .ratelimit import RateLimitedLog
 
@@ -153,7 +153,6 @@ class ZmqEngineClient:
         self._lost = False
         self._idle = asyncio.Event()
         self._bad = RateLimitedLog(log, "dropped a malformed message from the engine core")
-        self._stats_listeners: list[StatsListener] = []
 
     # ---- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -166,12 +165,12 @@ class ZmqEngineClient:
         # bounded: a core that does not keep up makes new calls fail RESOURCE_EXHAUSTED (see
         # _flush) instead of growing a queue without end
         sock.setsockopt(zmq.SNDHWM, self._send_hwm)
-        sock.setsockopt(zmq.RCVHWM, 0)
+        # bounded too: answers this frontend does not read in time are refused by the core
+        # (RESOURCE_EXHAUSTED, see core_server) instead of piling up here
+        sock.setsockopt(zmq.RCVHWM, self._send_hwm)
         sock.connect(self._address)
         self._sock = sock
         self._reader = asyncio.create_task(self._read())
-        if self._stats_listeners:
-            self._send(m.WatchStats(0))
 
     async def drain(self) -> None:
         """This frontend takes no new sessions; returns once its own calls and completions are
@@ -230,18 +229,9 @@ class ZmqEngineClient:
     def stats(self, owner: str) -> Awaitable[EngineStats]:
         return self._call(lambda i: m.Stats(i, owner), EngineStats)
 
-    def add_stats_listener(self, listener: StatsListener) -> Callable[[], None]:
-        """Listeners get each engine iteration's per-model share (``IterationStats.models``)
-        from the core; the engine-wide fields are empty here (the core exports those itself)."""
-        if not self._stats_listeners and self._sock is not None and not self._lost:
-            self._send(m.WatchStats(0))
-        self._stats_listeners.append(listener)
-        listeners = self._stats_listeners
-        return lambda: listeners.remove(listener) if listener in listeners else None
-
-    def inspect_gates(self, request: bytes) -> Awaitable[bytes]:
-        """InspectGates, run by the core (which holds the weights): serialized request and response."""
-        return self._call(lambda i: m.InspectGates(i, request), bytes)
+    def inspect_gates(self, query: GateQuery) -> Awaitable[GateReport]:
+        """InspectGates, run by the core (which holds the weights)."""
+        return self._call(lambda i: m.InspectGates(i, query), GateReport)
 
     # ---- session operations -----------------------------------------------------------------
     def open_session(self, owner: str, model: str | None = None) -> Awaitable[SessionInfo]:
@@ -337,7 +327,7 @@ class ZmqEngineClient:
     def _refuse(self, ops: list[m.Op], error: BaseException) -> None:
         """A batch the socket would not take (its queue to the core is full, or it failed):
         every call in it that someone waits for fails now, RESOURCE_EXHAUSTED with a retry
-        hint; the rest (cancellations, WatchStats) goes out with the next batch."""
+        hint; the rest (cancellations) goes out with the next batch."""
         if isinstance(error, zmq.Again):
             refusal: Exception = CapacityExceeded(CORE_BUSY, retry_after_s=BUSY_RETRY_S)
             err = m.Err(0, "capacity_exceeded", CORE_BUSY, retry_after_s=BUSY_RETRY_S)
@@ -383,14 +373,7 @@ class ZmqEngineClient:
                 self._deliver(reply)
 
     def _deliver(self, reply: m.Reply) -> None:
-        if isinstance(reply, m.Iteration):
-            models = tuple(reply.models)
-            it = IterationStats(
-                rows=sum(mi.rows for mi in models), queue_wait_s=(), step_time_s=(), chars=(), models=models
-            )
-            for listener in list(self._stats_listeners):
-                listener(it)
-        elif isinstance(reply, (m.Ok, m.Err)):
+        if isinstance(reply, (m.Ok, m.Err)):
             entry = self._pending.pop(reply.id, None)
             deadlines = self._deadlines
             while deadlines and deadlines[0][1] not in self._pending:  # answered: in order, mostly

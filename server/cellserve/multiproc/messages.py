@@ -8,8 +8,10 @@ against these definitions, so a malformed message fails as a whole and is droppe
 of it runs.
 
 Session operations carry the same arguments as the ``EngineClient`` methods they stand for;
-results travel as msgpack of the engine's plain dataclasses (``Ok.value``, decoded by the
-frontend with the result type it expects for that call). Errors travel as ``Err``: a code
+results travel as msgpack of the engine's plain dataclasses, encoded once with the whole
+message (the core writes ``OkOut``, whose value is the result itself); the frontend reads the
+same bytes as ``Ok``, whose value stays a raw msgpack view until it is decoded, once, with the
+result type that call expects. Errors travel as ``Err``: a code
 naming the ``cellserve.errors`` class, the client-facing message and the retry hint.
 """
 
@@ -19,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from ..engine.types import AppendOptions, CompletionRequest, ModelIteration, SuggestRequest
+from ..engine.types import AppendOptions, CompletionRequest, SuggestRequest
 from ..errors import (
     CapacityExceeded,
     CellserveError,
@@ -30,6 +32,7 @@ from ..errors import (
     PreconditionFailed,
     Unavailable,
 )
+from ..gate_report import GateQuery
 
 # ---- frontend -> core --------------------------------------------------------------------
 
@@ -112,13 +115,8 @@ class Close(_Op):
     session_id: str
 
 
-class WatchStats(_Op):
-    """From now on the core sends this frontend each engine iteration's per-model statistics
-    (``Iteration``), for the frontend's stats listeners (KServe's ModelStatistics)."""
-
-
 class InspectGates(_Op):
-    request: bytes  # a serialized cellserve.v1 InspectGatesRequest; the answer is its response
+    query: GateQuery  # checked by the frontend; the answer is a GateReport
 
 
 Op = (
@@ -137,7 +135,6 @@ Op = (
     | CloseCompletion
     | Close
     | InspectGates
-    | WatchStats
 )
 
 
@@ -154,8 +151,16 @@ class _Reply(msgspec.Struct, tag=True, array_like=True):
     id: int
 
 
-class Ok(_Reply):
-    value: msgspec.Raw  # msgpack of the call's result type
+class Ok(_Reply, tag="Ok"):
+    """As the frontend reads it: ``value`` is a view of the result's msgpack."""
+
+    value: msgspec.Raw
+
+
+class OkOut(_Reply, tag="Ok"):
+    """As the core writes it: the result itself, encoded once with the message."""
+
+    value: Any
 
 
 class Err(_Reply):
@@ -177,17 +182,18 @@ class End(_Reply):
     """The completion of call ``id`` has sent all its chunks."""
 
 
-class Iteration(_Reply):
-    """One engine iteration's per-model share, to a frontend that sent ``WatchStats`` (id 0)."""
-
-    models: list[ModelIteration]
-
-
-Reply = Ok | Err | Chunk | End | Iteration
+Reply = Ok | Err | Chunk | End
+ReplyOut = OkOut | Err | Chunk | End
 
 
 class ToFrontend(msgspec.Struct, array_like=True):
     replies: list[Reply]
+
+
+class ToFrontendOut(msgspec.Struct, array_like=True):
+    """``ToFrontend`` as the core writes it (the same bytes)."""
+
+    replies: list[ReplyOut]
 
 
 # ---- errors ------------------------------------------------------------------------------

@@ -311,7 +311,7 @@ def test_malformed_messages_are_answered_never_run_and_logged_once(
                 replies += messages.to_frontend_decoder.decode(await raw.recv()).replies
             # the two bad messages whose call id can be read are answered, not left waiting
             errs = [r for r in replies if isinstance(r, messages.Err)]
-            assert [(e.id, e.code) for e in errs] == [(1, "invalid_input"), (1, "invalid_input")]
+            assert [(e.id, e.code) for e in errs] == [(1, "INVALID_ARGUMENT"), (1, "INVALID_ARGUMENT")]
             assert isinstance(messages.error_of(errs[0]), InvalidInput)
             assert [r.id for r in replies if isinstance(r, messages.Ok)] == [7]
             assert len(core.calls) == 1
@@ -520,9 +520,9 @@ def test_a_frontend_that_does_not_read_gets_its_calls_refused_not_buffered(tmp_p
                 for r in messages.to_frontend_decoder.decode(await raw.recv()).replies:
                     assert r.id not in outcomes  # every call is answered exactly once
                     outcomes[r.id] = "ok" if isinstance(r, messages.Ok) else r.code
-            refused = [i for i, code in outcomes.items() if code == "capacity_exceeded"]
-            assert refused and set(outcomes.values()) == {"ok", "capacity_exceeded"}
-            err = messages.error_of(messages.Err(0, "capacity_exceeded", "x", retry_after_s=0.2))
+            refused = [i for i, code in outcomes.items() if code == "RESOURCE_EXHAUSTED"]
+            assert refused and set(outcomes.values()) == {"ok", "RESOURCE_EXHAUSTED"}
+            err = messages.error_of(messages.Err(0, "RESOURCE_EXHAUSTED", "x", retry_after_s=0.2))
             assert isinstance(err, CapacityExceeded) and err.retry_after_s > 0
             raw.close(linger=0)
 

@@ -209,7 +209,7 @@ class ZmqEngineClient:
                 fut.set_exception(Unavailable(CORE_GONE))
         streams, self._streams = self._streams, {}
         for stream in streams.values():
-            stream.queue.put_nowait(m.Err(0, "unavailable", CORE_GONE))
+            stream.queue.put_nowait(m.Err(0, Unavailable.code, CORE_GONE))
         self._check_idle()
 
     @property
@@ -264,7 +264,7 @@ class ZmqEngineClient:
         call_id = next(self._ids)
         stream = _Completion(self, call_id)
         if self._lost:
-            stream.queue.put_nowait(m.Err(call_id, "unavailable", CORE_GONE))
+            stream.queue.put_nowait(m.Err(call_id, Unavailable.code, CORE_GONE))
             return stream
         self._streams[call_id] = stream
         self._send(m.Complete(call_id, owner, session_id, request))
@@ -330,10 +330,10 @@ class ZmqEngineClient:
         hint; the rest (cancellations) goes out with the next batch."""
         if isinstance(error, zmq.Again):
             refusal: Exception = CapacityExceeded(CORE_BUSY, retry_after_s=BUSY_RETRY_S)
-            err = m.Err(0, "capacity_exceeded", CORE_BUSY, retry_after_s=BUSY_RETRY_S)
+            err = m.Err(0, CapacityExceeded.code, CORE_BUSY, retry_after_s=BUSY_RETRY_S)
         else:
             log.error("sending to the engine core failed", exc_info=error)
-            refusal, err = Unavailable(CORE_GONE), m.Err(0, "unavailable", CORE_GONE)
+            refusal, err = Unavailable(CORE_GONE), m.Err(0, Unavailable.code, CORE_GONE)
         kept: list[m.Op] = []
         for op in ops:
             entry = self._pending.pop(op.id, None)

@@ -40,7 +40,7 @@ import zmq
 from ..engine.core import Call, ChunkOut, EngineCore, StepOutput
 from ..engine.loop import CoreLoop
 from ..engine.types import ModelInfo
-from ..errors import CapacityExceeded, Unavailable
+from ..errors import CapacityExceeded, InvalidInput, Unavailable
 from . import messages as m
 from .gate_thread import GateThread
 from .labels import KEYSTROKE_KINDS, known_labels
@@ -268,7 +268,7 @@ class CoreServer:
             self._bad.warning()
             ids = m.call_ids_of(data)
             if ids:
-                self._out.put(_Direct(who, [m.Err(i, "invalid_input", MALFORMED) for i in ids]))
+                self._out.put(_Direct(who, [m.Err(i, InvalidInput.code, MALFORMED) for i in ids]))
             return
         self._seen(who)
         for op in message.ops:

@@ -22,16 +22,7 @@ from typing import Any
 import msgspec
 
 from ..engine.types import AppendOptions, CompletionRequest, SuggestRequest
-from ..errors import (
-    CapacityExceeded,
-    CellserveError,
-    InvalidInput,
-    NotFound,
-    OffsetConflict,
-    PermissionDenied,
-    PreconditionFailed,
-    Unavailable,
-)
+from ..errors import BY_CODE, CLIENT_ERRORS, CapacityExceeded, OffsetConflict
 from ..gate_report import GateQuery
 
 # ---- frontend -> core --------------------------------------------------------------------
@@ -164,7 +155,7 @@ class OkOut(_Reply, tag="Ok"):
 
 
 class Err(_Reply):
-    code: str  # ERROR_CODES key
+    code: str  # the error class's gRPC code name (cellserve.errors), or INTERNAL
     message: str
     retry_after_s: float = 0.0
     expected: int = 0  # OffsetConflict only
@@ -198,17 +189,7 @@ class ToFrontendOut(msgspec.Struct, array_like=True):
 
 # ---- errors ------------------------------------------------------------------------------
 
-INTERNAL = "internal"
-ERROR_CODES: dict[str, type[CellserveError]] = {
-    "invalid_input": InvalidInput,
-    "not_found": NotFound,
-    "offset_conflict": OffsetConflict,
-    "precondition_failed": PreconditionFailed,
-    "permission_denied": PermissionDenied,
-    "capacity_exceeded": CapacityExceeded,
-    "unavailable": Unavailable,
-}
-_CODE_OF = {cls: code for code, cls in ERROR_CODES.items()}
+INTERNAL = "INTERNAL"
 
 
 class CoreFailure(Exception):
@@ -217,23 +198,21 @@ class CoreFailure(Exception):
 
 
 def error_reply(call_id: int, exc: BaseException) -> Err:
-    """The ``Err`` for ``exc``; anything but a domain error crosses as ``internal`` with no
-    detail (the core logs it)."""
-    for cls in type(exc).__mro__:
-        code = _CODE_OF.get(cls)
-        if code is None:
-            continue
-        if isinstance(exc, OffsetConflict):
-            return Err(call_id, code, str(exc), expected=exc.expected, got=exc.got)
-        if isinstance(exc, CapacityExceeded):
-            return Err(call_id, code, str(exc), retry_after_s=exc.retry_after_s)
-        return Err(call_id, code, str(exc))
-    return Err(call_id, INTERNAL, "internal error")
+    """The ``Err`` for ``exc``; anything but a client-facing domain error crosses as INTERNAL
+    with no detail (the core logs it)."""
+    if not isinstance(exc, CLIENT_ERRORS):
+        return Err(call_id, INTERNAL, "internal error")
+    code = type(exc).code
+    if isinstance(exc, OffsetConflict):
+        return Err(call_id, code, str(exc), expected=exc.expected, got=exc.got)
+    if isinstance(exc, CapacityExceeded):
+        return Err(call_id, code, str(exc), retry_after_s=exc.retry_after_s)
+    return Err(call_id, code, str(exc))
 
 
 def error_of(err: Err) -> Exception:
     """The exception ``err`` stands for: the same ``cellserve.errors`` class as in the core."""
-    cls = ERROR_CODES.get(err.code)
+    cls = BY_CODE.get(err.code)
     if cls is OffsetConflict:
         return OffsetConflict(err.expected, err.got)
     if cls is CapacityExceeded:

@@ -159,9 +159,8 @@ def run_serve(args: argparse.Namespace) -> int:
             settings.host,
             settings.metrics_host,
         )
-    # Idle OpenMP threads sleep instead of spinning (read when torch loads, below): measured on
-    # the 2-core box shared with a training job, a one-row step took 28.6 ms with 2 spinning
-    # threads, 5.3 ms with them passive, 2.0 ms with one thread (docs/design-notes.md).
+    # Idle OpenMP threads sleep instead of spinning (read when torch loads, below): spinning
+    # threads on shared cores made a one-row step many times slower (docs/measurements.md).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if settings.frontends > 0:
         from .multiproc.supervisor import run_multiprocess

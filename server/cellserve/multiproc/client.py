@@ -1,12 +1,12 @@
 """``ZmqEngineClient``: the ``EngineClient`` of a frontend process, talking to the engine core.
 
 Every call is submitted when made, as the protocol says: it gets a call number and a future,
-and its operation joins the outbox; the outbox is sent as one ``ToCore`` message once the
+and its operation joins the unsent list, sent as one ``ToCore`` message once the
 event loop has run everything that was ready (``call_soon``), so what one loop pass gathered
 crosses in one message, in call order. The core applies each session's operations in the
 order it receives them, so one frontend's order is kept end to end.
 
-Cancelling the awaiting task does not withdraw anything (the operation is in the outbox or
+Cancelling the awaiting task does not withdraw anything (the operation is unsent or
 already sent); the answer, when it comes, is dropped. A completion is withdrawn by closing its
 stream (``CloseCompletion``).
 
@@ -144,7 +144,7 @@ class ZmqEngineClient:
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[asyncio.Future[Any], msgspec.msgpack.Decoder[Any]]] = {}
         self._streams: dict[int, _Completion] = {}
-        self._outbox: list[m.Op] = []
+        self._unsent: list[m.Op] = []
         self._flush_scheduled = False
         self._ctx: zmq.asyncio.Context | None = None
         self._sock: zmq.asyncio.Socket | None = None
@@ -307,14 +307,14 @@ class ZmqEngineClient:
         self._check_idle()
 
     def _send(self, op: m.Op) -> None:
-        self._outbox.append(op)
+        self._unsent.append(op)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        ops, self._outbox = self._outbox, []
+        ops, self._unsent = self._unsent, []
         if self._sock is None or self._lost or not ops:
             return
         requests, keystrokes = self.recorder.take()
@@ -346,7 +346,7 @@ class ZmqEngineClient:
             else:
                 kept.append(op)
         if kept:
-            self._outbox = kept + self._outbox
+            self._unsent = kept + self._unsent
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 asyncio.get_running_loop().call_later(BUSY_RETRY_S, self._flush)
@@ -354,7 +354,7 @@ class ZmqEngineClient:
 
     def flush_metrics(self) -> None:
         """Sends the metric events gathered so far even when no call is waiting to go."""
-        if self._sock is None or self._lost or self._outbox:
+        if self._sock is None or self._lost or self._unsent:
             return
         requests, keystrokes = self.recorder.take()
         if requests or keystrokes:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -36,6 +35,7 @@ from ..errors import CellserveError, InvalidInput, PreconditionFailed
 from ..logs import user_text
 from . import convert, validate
 from .auth import completion_lease
+from .in_order import InOrder
 from .malformed import RejectedRequest
 from .pb import svc, types
 from .quota import Lease
@@ -111,10 +111,7 @@ class SessionStream:
         self._recorder = recorder
         self._session_id: str | None = None
         self._model = ""  # the bound session's model: the keystroke-latency label
-        self._unanswered: deque[_Reply] = deque()  # in request order; the head is being written
-        self._input_done = False
-        self._writer_waits: asyncio.Future[None] | None = None  # for a request (nothing unanswered)
-        self._reader_waits: asyncio.Future[None] | None = None  # for room (MAX_IN_FLIGHT unanswered)
+        self._unanswered: InOrder[_Reply] = InOrder(MAX_IN_FLIGHT)  # the head is being written
         self._reader: asyncio.Task[None] | None = None
         self._stop = False
         self._awaiting_input = False
@@ -142,14 +139,7 @@ class SessionStream:
         self._reader = asyncio.create_task(self._read(requests))
         unanswered = self._unanswered
         try:
-            while True:
-                if not unanswered:
-                    if self._input_done:
-                        break
-                    self._writer_waits = asyncio.get_running_loop().create_future()
-                    await self._writer_waits
-                    continue
-                reply = unanswered[0]
+            while (reply := await unanswered.head()) is not None:
                 if reply.chunks is not None:
                     async for response in self._relay(reply, reply.chunks):
                         self._writing = True
@@ -164,18 +154,12 @@ class SessionStream:
                     # including any wait behind earlier requests' responses on this stream.
                     if reply.append_chars and response.WhichOneof("result") == "prediction":
                         ResponseTimer(self._recorder, self._model, reply.received).prediction_sent(reply.append_chars)
-                unanswered.popleft()
-                if self._reader_waits is not None and not self._reader_waits.done():
-                    self._reader_waits.set_result(None)
+                unanswered.pop()
             await self._reader  # re-raises a reader failure (not a clean end of input)
         finally:
             if self._unread_timer is not None:
                 self._unread_timer.cancel()
             await self._abandon()
-
-    def _wake_writer(self) -> None:
-        if self._writer_waits is not None and not self._writer_waits.done():
-            self._writer_waits.set_result(None)
 
     def _written(self) -> None:
         self._writing = False
@@ -250,7 +234,7 @@ class SessionStream:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
         while self._unanswered:
-            reply = self._unanswered.popleft()
+            reply = self._unanswered.pop()
             if reply.recorded:
                 continue
             outcome = reply.outcome
@@ -281,9 +265,7 @@ class SessionStream:
                     break
                 finally:
                     self._awaiting_input = False
-                if len(self._unanswered) >= MAX_IN_FLIGHT:  # wait for the writer to make room
-                    self._reader_waits = asyncio.get_running_loop().create_future()
-                    await self._reader_waits
+                await self._unanswered.room()
                 op = request.WhichOneof("op")
                 reply = _Reply(request.request_id, op)
                 try:
@@ -295,16 +277,14 @@ class SessionStream:
                         self._submit(op, request, reply)
                 except Exception as exc:  # noqa: BLE001 (validation errors; status_of logs anything unexpected)
                     reply.error = exc
-                self._unanswered.append(reply)
-                self._wake_writer()
+                self._unanswered.put(reply)
                 if len(self._unanswered) > self._unread.bound and self._unread_timer is None and self.cut is None:
                     self._arm_unread_timer()
         except asyncio.CancelledError:
             if not self._stop:
                 raise
         finally:
-            self._input_done = True
-            self._wake_writer()
+            self._unanswered.close()
 
     async def _bind(self, request: svc.SessionRequest, reply: _Reply) -> None:
         if self._session_id is not None:

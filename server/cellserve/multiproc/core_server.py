@@ -41,6 +41,7 @@ from ..engine.core import Call, ChunkOut, EngineCore, StepOutput
 from ..engine.loop import CoreLoop
 from ..engine.types import ModelInfo
 from ..errors import CapacityExceeded, InvalidInput, Unavailable
+from ..metrics import POLL_INTERVAL_S
 from . import messages as m
 from .gate_thread import GateThread
 from .labels import KEYSTROKE_KINDS, known_labels
@@ -57,7 +58,7 @@ FRONTEND_NOT_READING = "the frontend is not reading the engine's answers fast en
 BUSY_RETRY_S = 0.2  # a frontend that did not take a message: the next try, at the earliest
 INBOX_CALLS = 65_536  # calls posted and not yet taken by the core thread: beyond, stop reading
 POLL_S = 0.05  # the input thread's longest sleep (stop flag, sweeps, metrics)
-METRICS_POLL_S = 1.0
+METRICS_POLL_S = POLL_INTERVAL_S  # as often as the single process reads them
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,11 +5,11 @@ no server process and no sleeps."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cellserve.engine.client import DEFAULT_OPTIONS, StatsListener
+from cellserve.engine.client import DEFAULT_OPTIONS
 from cellserve.engine.types import (
     AppendOptions,
     CompletionChunk,
@@ -63,7 +63,6 @@ class FakeEngine:
         self.calls: list[Call] = []
         self.submitted = asyncio.Event()  # set at every call
         self.chunks: list[FakeChunks] = []
-        self.stats_listeners: list[StatsListener] = []
 
     def _call(self, op: str, owner: str, *args: Any) -> asyncio.Future[Any]:
         call = Call(op, owner, args)
@@ -99,10 +98,6 @@ class FakeEngine:
 
     def stats(self, owner: str) -> Awaitable[EngineStats]:
         return _now(EngineStats())
-
-    def add_stats_listener(self, listener: StatsListener) -> Callable[[], None]:
-        self.stats_listeners.append(listener)
-        return lambda: self.stats_listeners.remove(listener)
 
     def open_session(self, owner: str, model: str | None = None) -> Awaitable[SessionInfo]:
         return _now(SessionInfo("f" * 32, MODEL.name, 0, 0.0, 0.0))

@@ -68,6 +68,7 @@ from .types import (
     IterationStats,
     ModelInfo,
     ModelIteration,
+    ModelTotals,
     Phase,
     Prediction,
     SessionEvent,
@@ -257,6 +258,7 @@ class EngineCore:
         self._iterations = 0
         self._chars: dict[str, int] = {p: 0 for p in Phase}
         self._events: dict[str, int] = {}
+        self._model_totals: dict[str, ModelTotals] = {}  # EngineStats.models
         self._outbox: list[Outcome | ChunkOut] = []
         # suggest ops submitted and not yet answered (MAX_PENDING_SUGGESTS): their tickets,
         # dropped when their Outcome leaves the outbox, whichever path answered them
@@ -292,6 +294,7 @@ class EngineCore:
             iterations=self._iterations,
             chars_processed=dict(self._chars),
             session_events=dict(self._events),
+            models=tuple(self._model_totals.values()),
         )
 
     def health(self, owner: str = "") -> EngineHealth:
@@ -750,6 +753,8 @@ class EngineCore:
         if jobs or beam_rows:
             try:
                 stats = self._iteration_stats(jobs, results if error is None else [], waits, chars_before, beam_rows)
+                for mi in stats.models:
+                    self._model_totals[mi.model] = self._model_totals.get(mi.model, ModelTotals(mi.model)).plus(mi)
             except Exception:  # statistics are not worth an iteration's answers
                 log.exception("computing an iteration's statistics failed")
         for rt in self._runtimes.values():

@@ -69,5 +69,9 @@ class CapacityExceeded(CellserveError):
         super().__init__(message)
 
 
+class Unauthenticated(CellserveError):
+    """The caller's credentials are missing, unknown or were revoked (UNAUTHENTICATED)."""
+
+
 class Unavailable(CellserveError):
     """The server is draining or not ready (UNAVAILABLE)."""

@@ -70,6 +70,7 @@ def test_grpc_options_come_from_settings() -> None:
     assert opts["grpc.max_connection_age_grace_ms"] == 30_000
     assert opts["grpc.http2.min_recv_ping_interval_without_data_ms"] == 7_000
     assert opts["grpc.max_concurrent_streams"] == 256 and opts["grpc.max_metadata_size"] == 16_384
+    assert opts["grpc.absolute_max_metadata_size"] == 16_384
     assert "grpc.max_connection_age_ms" not in dict(server_options(Settings()))
 
 

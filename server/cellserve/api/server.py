@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from ..config import Settings
+from ..engine.admission import Limits
 from ..engine.client import EngineClient
 from .auth import AuthInterceptor, TokenStore
 from .health import Health
@@ -20,7 +21,6 @@ from .kserve import KSERVE_SERVICE_NAME, KServeServicer
 from .kserve.pb import kpb, krpc
 from .malformed import MalformedCounter
 from .pb import SERVICE_NAME, rpc, svc
-from .quota import Limits, Quotas
 from .recorder import NULL_RECORDER, Recorder
 from .reflection_pool import reflection_pool
 from .servicer import CellserveServicer, Gates
@@ -74,7 +74,7 @@ class ApiServer:
             )
         ]
         if settings.auth_enabled:  # first: a call is authenticated before anything else runs
-            interceptors.insert(0, AuthInterceptor(settings, self.tokens, Quotas(self._sessions_of), recorder))
+            interceptors.insert(0, AuthInterceptor(settings, self.tokens, engine, recorder))
         self._server = aio.server(
             interceptors=interceptors,
             options=server_options(settings, reuse_port=reuse_port),
@@ -89,11 +89,6 @@ class ApiServer:
             pool=reflection_pool((svc.DESCRIPTOR, kpb.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR)),
         )
         self.port = 0
-
-    async def _sessions_of(self, owner: str) -> int:
-        """The tenant's live sessions, as the engine counts them (through the EngineClient, so
-        an engine in another process answers it too)."""
-        return (await self._engine.health(owner)).owner_sessions
 
     async def start(self) -> int:
         """Binds and starts; returns the port (the chosen one when settings.port is 0)."""

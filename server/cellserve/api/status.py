@@ -30,6 +30,7 @@ from ..errors import (
     OffsetConflict,
     PermissionDenied,
     PreconditionFailed,
+    Unauthenticated,
     Unavailable,
 )
 from ..logs import REQUEST_ID_MD, new_request_id, set_request_id
@@ -53,6 +54,7 @@ _CODES: dict[type[CellserveError], grpc.StatusCode] = {
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     CapacityExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
 }
 
 

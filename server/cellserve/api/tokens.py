@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .quota import Limits
+from ..engine.admission import Limits
 
 TOKEN_PREFIX = "cs_"  # recognisable in a secret scanner
 HASH_PREFIX = "sha256:"

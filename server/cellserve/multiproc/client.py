@@ -28,6 +28,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 
+from ..engine.admission import Limits
 from ..engine.client import DEFAULT_OPTIONS, StatsListener
 from ..engine.types import (
     AppendOptions,
@@ -242,6 +243,28 @@ class ZmqEngineClient:
     def inspect_gates(self, request: bytes) -> Awaitable[bytes]:
         """InspectGates, run by the core (which holds the weights): serialized request and response."""
         return self._call(lambda i: m.InspectGates(i, request), bytes)
+
+    # ---- admission (held by the core: engine/admission.py) -----------------------------------
+    def set_limits(self, owner: str, limits: Limits) -> None:
+        if not self._lost and self._sock is not None:
+            self._send(m.SetLimits(0, owner, limits))
+
+    def open_stream(self, owner: str) -> Awaitable[int]:
+        return self._call(lambda i: m.OpenStream(i, owner), int)
+
+    def close_stream(self, owner: str, lease: int) -> None:
+        if not self._lost and self._sock is not None:
+            self._send(m.CloseStream(0, owner, lease))
+
+    def bind_sequence(self, owner: str, model: str, seq: str, session_id: str) -> Awaitable[str | None]:
+        return self._call(lambda i: m.BindSequence(i, owner, model, seq, session_id), str | None)
+
+    def find_sequence(self, owner: str, model: str, seq: str) -> Awaitable[SessionInfo]:
+        return self._call(lambda i: m.FindSequence(i, owner, model, seq), SessionInfo)
+
+    def forget_sequence(self, owner: str, model: str, seq: str, session_id: str) -> None:
+        if not self._lost and self._sock is not None:
+            self._send(m.ForgetSequence(0, owner, model, seq, session_id))
 
     # ---- session operations -----------------------------------------------------------------
     def open_session(self, owner: str, model: str | None = None) -> Awaitable[SessionInfo]:

@@ -72,6 +72,7 @@ class CoreServer:
         self._flush_scheduled = False
         self._completions: dict[bytes, dict[int, asyncio.Task[None]]] = {}
         self._incarnation: dict[bytes, bytes] = {}  # frontend index -> identity now
+        self._stream_leases: dict[bytes, set[int]] = {}  # per frontend: given back if it restarts
         self._bad = RateLimitedLog(log, "dropped a malformed message on the internal socket")
         self._loop = asyncio.get_running_loop()
         self._methods, self._codes = known_labels()
@@ -114,6 +115,8 @@ class CoreServer:
                 task.cancel()
             self._outboxes.pop(previous, None)
             self._stats_watchers.discard(previous)
+            for lease in self._stream_leases.pop(previous, ()):  # its streams died with it
+                self._client.close_stream("", lease)
 
     def _dispatch(self, who: bytes, op: m.Op) -> None:
         c = self._client
@@ -149,8 +152,30 @@ class CoreServer:
             self._answer(who, op.id, lambda: c.models(op.owner))
         elif isinstance(op, m.WatchStats):
             self._stats_watchers.add(who)
+        elif isinstance(op, m.SetLimits):
+            c.set_limits(op.owner, op.limits)
+        elif isinstance(op, m.OpenStream):
+            self._answer(who, op.id, lambda: self._open_stream(who, op.owner))
+        elif isinstance(op, m.CloseStream):
+            if op.lease in self._stream_leases.get(who, ()):  # a frontend gives back only its own
+                self._stream_leases[who].discard(op.lease)
+                c.close_stream(op.owner, op.lease)
+        elif isinstance(op, m.BindSequence):
+            self._answer(who, op.id, lambda: c.bind_sequence(op.owner, op.model, op.seq, op.session_id))
+        elif isinstance(op, m.FindSequence):
+            self._answer(who, op.id, lambda: c.find_sequence(op.owner, op.model, op.seq))
+        elif isinstance(op, m.ForgetSequence):
+            c.forget_sequence(op.owner, op.model, op.seq, op.session_id)
         elif isinstance(op, m.InspectGates):
             self._answer(who, op.id, lambda: self._inspect_gates(op.request))
+
+    async def _open_stream(self, who: bytes, owner: str) -> int:
+        lease = await self._client.open_stream(owner)
+        if self._incarnation.get(who.split(b":", 1)[0]) != who:  # restarted meanwhile: nobody holds it
+            self._client.close_stream(owner, lease)
+        else:
+            self._stream_leases.setdefault(who, set()).add(lease)
+        return lease
 
     def _on_iteration(self, it: IterationStats) -> None:
         # Rides in the same flush as the answers of that iteration: no message of its own.

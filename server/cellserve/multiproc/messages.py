@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from ..engine.admission import Limits
 from ..engine.types import AppendOptions, CompletionRequest, ModelIteration, SuggestRequest
 from ..errors import (
     CapacityExceeded,
@@ -117,6 +118,48 @@ class WatchStats(_Op):
     (``Iteration``), for the frontend's stats listeners (KServe's ModelStatistics)."""
 
 
+class SetLimits(_Op):
+    """A tenant's quotas from the tokens file, for the core's admission (no answer)."""
+
+    owner: str
+    limits: Limits
+
+
+class OpenStream(_Op):
+    """A stream lease (the answer: its number), or a refusal at the quota or the global cap."""
+
+    owner: str
+
+
+class CloseStream(_Op):
+    """Gives the stream lease ``lease`` back (no answer)."""
+
+    owner: str
+    lease: int
+
+
+class BindSequence(_Op):
+    owner: str
+    model: str
+    seq: str
+    session_id: str
+
+
+class FindSequence(_Op):
+    owner: str
+    model: str
+    seq: str
+
+
+class ForgetSequence(_Op):
+    """No answer."""
+
+    owner: str
+    model: str
+    seq: str
+    session_id: str
+
+
 class InspectGates(_Op):
     request: bytes  # a serialized cellserve.v1 InspectGatesRequest; the answer is its response
 
@@ -138,6 +181,12 @@ Op = (
     | Close
     | InspectGates
     | WatchStats
+    | SetLimits
+    | OpenStream
+    | CloseStream
+    | BindSequence
+    | FindSequence
+    | ForgetSequence
 )
 
 

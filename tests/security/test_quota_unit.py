@@ -87,27 +87,33 @@ def test_sessions_come_from_the_core_count() -> None:
 
 
 def test_fair_share_keeps_the_last_eighth_for_tenants_below_their_share() -> None:
-    # 16 slots, reserve 2: below 14 taken anyone goes; from 14 on only tenants under their share.
+    # 16 slots, reserve 2: below 14 taken anyone goes; from 14 on only tenants under their share
+    # (16 // (tenants holding + 1)).
     assert not over_fair_share(13, 16, 13, 2)
-    assert over_fair_share(14, 16, 13, 2)  # 13 >= 16 // 2
+    assert over_fair_share(14, 16, 13, 2)  # 13 >= 16 // 3
     assert not over_fair_share(14, 16, 1, 2)  # the other tenant still gets in
-    assert not over_fair_share(15, 16, 15, 1)  # alone: the whole cap is its share
+    assert over_fair_share(14, 16, 14, 1)  # alone: the reserve is kept for a tenant yet to come
     assert not over_fair_share(15, 16, 0, 3)  # a tenant holding nothing is never over its share
-    q = Admission(Settings(max_sessions=16))  # no per-tenant limits: only the global rule
+    assert not over_fair_share(6, 7, 6, 1)  # caps below 8 have no reserve
+    q = _admission(max_sessions=16)
+    q.set_limits("c", LIMITS)
     held = {"a": 13, "b": 1}
+    limits = Limits(max_sessions=100, max_streams=1, max_completions=3, chars_per_s=10.0, chars_burst=20)
+    q.set_limits("a", limits)
     with pytest.raises(CapacityExceeded, match="fair share"):
         q.check_session("a", held, 14)
     q.check_session("b", held, 14)
-    q.check_session("c", held, 14)  # a newcomer's share is 16 // 3
+    q.check_session("c", held, 14)  # a newcomer
+    q.check_session("nobody", {"nobody": 15}, 15)  # no limits (no authentication): no reserve
 
 
 def test_fair_share_of_streams() -> None:
-    q = Admission(Settings(max_concurrent_streams=8))
-    q.open_stream("b")
-    for _ in range(6):
+    q = _admission(max_concurrent_streams=8)
+    q.set_limits("a", Limits(max_sessions=2, max_streams=100, max_completions=3, chars_per_s=10.0, chars_burst=20))
+    for _ in range(7):  # alone: 7 of 8 (the reserve of 1 stays for another tenant)
         q.open_stream("a")
-    with pytest.raises(CapacityExceeded, match="fair share"):  # 7 of 8 taken, a holds 6 >= 8 // 2
+    with pytest.raises(CapacityExceeded, match="fair share"):
         q.open_stream("a")
     q.open_stream("b")
     with pytest.raises(CapacityExceeded, match="max_concurrent_streams=8"):
-        q.open_stream("b")
+        q.open_stream("c")

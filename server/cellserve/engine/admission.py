@@ -20,10 +20,14 @@ before the tenant's calls, so it reaches the core first. A tenant the core has n
 (authentication off) has only the global caps.
 
 Fair share (the reserve rule). Per-tenant quotas may add up to more than a global cap, so one
-tenant at its quota could fill a cap and lock every other tenant out. Once a cap is within
-``cap // RESERVE_DIVISOR`` (at least 1) of full, a tenant that already holds its fair share
-(``cap // tenants holding any``, counting the one asking) is refused; tenants below their
-share take the rest. With one tenant the share is the whole cap.
+tenant within its quota could fill a cap and lock every other tenant out. The last eighth of
+each global cap (``max_sessions``, ``max_concurrent_streams``: ``cap // RESERVE_DIVISOR``, none
+below 8) is a reserve: once the cap is that close to full, an authenticated tenant that holds
+its fair share or more is refused, where the share is ``cap // (n + 1)`` with ``n`` the tenants
+holding any (the one asking counted; the "+ 1" keeps room for a tenant yet to come). A tenant
+below its share, a newcomer first of all, takes the reserve until the cap itself is full. So
+one tenant alone fills seven eighths of a cap, never all of it, and any other tenant finds at
+least the reserve. Without authentication (no limits) the rule does not apply.
 """
 
 from __future__ import annotations
@@ -67,10 +71,10 @@ class Limits:
 def over_fair_share(total: int, cap: int, held: int, holders: int) -> bool:
     """The reserve rule: ``total`` of ``cap`` are taken, ``held`` by the tenant asking, and
     ``holders`` tenants (the one asking counted) hold any."""
-    reserve = max(1, cap // RESERVE_DIVISOR)
-    if total < cap - reserve or held == 0:
+    reserve = cap // RESERVE_DIVISOR
+    if reserve == 0 or total < cap - reserve or held == 0:
         return False
-    return held >= cap // max(1, holders)
+    return held >= cap // (holders + 1)
 
 
 class _Bucket:
@@ -111,7 +115,7 @@ class Admission:
                 retry_after_s=SESSION_RETRY_S,
             )
         cap = self._settings.max_sessions
-        if over_fair_share(total, cap, mine, len(held) + (owner not in held)):
+        if lim is not None and over_fair_share(total, cap, mine, len(held) + (owner not in held)):
             raise CapacityExceeded(
                 f"the server is nearly full (max_sessions={cap}) and this tenant holds its fair share "
                 f"({mine} sessions); close sessions you no longer use",
@@ -135,7 +139,7 @@ class Admission:
                 f"too many concurrent streams (max_concurrent_streams={cap})", retry_after_s=STREAM_RETRY_S
             )
         holders = len(self._tenant_streams) + (owner not in self._tenant_streams)
-        if over_fair_share(total, cap, mine, holders):
+        if lim is not None and over_fair_share(total, cap, mine, holders):
             raise CapacityExceeded(
                 f"too many concurrent streams (max_concurrent_streams={cap}) and this tenant holds its "
                 f"fair share ({mine} streams)",

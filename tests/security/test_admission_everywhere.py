@@ -16,7 +16,7 @@ from servers import ServerProcess, start_server
 
 from .conftest import BOB_QUOTA, KEY_ENV, SHAPES, Tokens
 from .test_quotas import Stream as QuotaStream
-from .wire import DEADLINE_S, bearer, rpc_error, stub
+from .wire import DEADLINE_S, bearer, fresh_channel, rpc_error, stub
 
 MODEL = "tiny-lstm"
 BIG = "x" * 4000  # within bob's burst once, not twice at 50 chars/s
@@ -42,7 +42,7 @@ class Stream(QuotaStream):
     """A Session stream on a connection of its own."""
 
     def __init__(self, target: str, token: str) -> None:
-        self.channel = grpc.insecure_channel(target)
+        self.channel = fresh_channel(target)
         super().__init__(self.channel, token)
 
     def end(self) -> None:
@@ -133,7 +133,7 @@ def test_session_quota_is_exact_over_fresh_connections(auth_server: ServerProces
     opened: list[str] = []
     try:
         for _ in range(FRESH_CONNECTIONS):
-            with grpc.insecure_channel(auth_server.target) as ch:
+            with fresh_channel(auth_server.target) as ch:
                 try:
                     opened.append(stub(ch).OpenSession(svc.OpenSessionRequest(), metadata=bob).session.session_id)
                 except grpc.RpcError as e:

@@ -130,19 +130,8 @@ FRONTEND_GAPS = {
 }
 
 
-# Not run in the two-frontend shape: each frontend watches the tokens file on its own (once a
-# second, and on the SIGHUP the supervisor forwards), so right after a revocation one frontend
-# may still accept the revoked token while another refuses it; the test's exact sequence (revoke,
-# then a broken file) then sees the older tenants kept by the slower frontend. Known gap.
-FRONTEND_SKIPS = {
-    "test_tokens_file_reload_on_change_and_sighup": "frontends reload the tokens file independently (known gap)",
-}
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if item.name.split("[")[0] in FRONTEND_SKIPS and "two-frontends" in item.name:
-            item.add_marker(pytest.mark.skip(reason=FRONTEND_SKIPS[item.name.split("[")[0]]))
         name = item.name.split("[", 1)[0]
         if name in FRONTEND_GAPS and "two-frontends" in item.name:
             item.add_marker(pytest.mark.xfail(reason=FRONTEND_GAPS[name], strict=True))

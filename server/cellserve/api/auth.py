@@ -28,9 +28,9 @@ the log and the previous tenants stay in force.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -43,9 +43,9 @@ from grpc import aio
 from ..config import Settings
 from ..engine.admission import Limits
 from ..engine.client import EngineClient
-from ..errors import Unauthenticated
+from ..errors import CellserveError, Unauthenticated
 from .recorder import NULL_RECORDER, Recorder
-from .tokens import Tenant, TokensFileError, TokenTable, parse
+from .tokens import Tenant, TokensFile, TokensFileError, TokenTable, file_stamp, parse
 
 log = logging.getLogger("cellserve.auth")
 
@@ -74,28 +74,42 @@ def current_principal() -> Principal | None:
     return _principal.get()
 
 
-class TokenStore:
-    """The tokens file's current table; re-read on change (stat at most once a second) and on
-    ``reload()`` (SIGHUP)."""
+TokensSource = Callable[[bool], Awaitable[bytes]]
+"""With several frontends: the tokens file as the engine core last read it with success
+(``TokensFile`` JSON; ``True``: re-read it now), so every frontend loads the same version."""
 
-    def __init__(self, path: Path, defaults: Limits, clock: Callable[[], float] = time.monotonic) -> None:
+
+class TokenStore:
+    """The tokens file's current table; re-read on change (stat at most once a second, by
+    ``refresh``) and on ``reload()`` (SIGHUP). With a ``source`` (several frontends) the file is
+    read by the engine core and every frontend takes the core's version: a revocation followed
+    at once by a broken file leaves the same tenants in force on every frontend."""
+
+    def __init__(
+        self,
+        path: Path,
+        defaults: Limits,
+        clock: Callable[[], float] = time.monotonic,
+        source: TokensSource | None = None,
+    ) -> None:
         self.path = path
         self._defaults = defaults
         self._clock = clock
-        self._stamp = self._stat()
+        self._source = source
+        self._stamp = file_stamp(path)
         self.table = TokenTable(parse(path), defaults)  # raises TokensFileError: the server does not start
         self._checked = clock()
-
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+        self._refreshing: set[asyncio.Task[None]] = set()
 
     def reload(self) -> bool:
-        """Re-reads the file now; False (and the old table kept) if it cannot be used."""
-        self._stamp = self._stat()
+        """Re-reads the file now; False (and the old table kept) if it cannot be used. With a
+        source, asks the core to re-read it and takes its version (soon after this returns)."""
+        if self._source is not None:
+            task = asyncio.get_running_loop().create_task(self.refresh(force=True))
+            self._refreshing.add(task)
+            task.add_done_callback(self._refreshing.discard)
+            return True
+        self._stamp = file_stamp(self.path)
         try:
             self.table = TokenTable(parse(self.path), self._defaults)
         except TokensFileError as e:
@@ -104,13 +118,25 @@ class TokenStore:
         log.info("tokens file reloaded: %d tenants, %d tokens", len(self.table.tenants), len(self.table))
         return True
 
-    def maybe_reload(self) -> None:
+    async def refresh(self, force: bool = False) -> None:
+        """Re-reads the file if it changed (checked at most once per ``RELOAD_CHECK_S``)."""
         now = self._clock()
-        if now - self._checked < RELOAD_CHECK_S:
+        if not force and now - self._checked < RELOAD_CHECK_S:
             return
         self._checked = now
-        if self._stat() != self._stamp:
+        stamp = file_stamp(self.path)
+        if not force and stamp == self._stamp:
+            return
+        if self._source is None:
             self.reload()
+            return
+        self._stamp = stamp
+        try:
+            data = await self._source(force)
+        except CellserveError as e:  # the core cannot read it either: the tenants in force stay
+            log.warning("tokens file not reloaded from the engine core: %s", e)
+            return
+        self.table = TokenTable(TokensFile.model_validate_json(data), self._defaults)
 
 
 def _tenant_from_cert(context: aio.ServicerContext[Any, Any]) -> str | None:
@@ -145,7 +171,6 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
             scheme, _, token = value.strip().partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 return BAD_SCHEME
-            self._store.maybe_reload()
             tenant = self._store.table.lookup(token.strip())
             if tenant is None:
                 return UNKNOWN
@@ -177,6 +202,7 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         return handler
 
     async def _admit(self, context: aio.ServicerContext[Any, Any], name: str, ours: bool) -> Principal:
+        await self.refresh()
         who = self.authenticate(context)
         if isinstance(who, str):
             if ours:
@@ -188,11 +214,14 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         self._engine.set_limits(who.tenant, who.limits)
         return who
 
+    async def refresh(self) -> None:
+        if self._store is not None:
+            await self._store.refresh()
+
     def still_valid(self, p: Principal) -> bool:
         """The token ``p`` proved itself with is still in the tokens file (re-read if it changed)."""
         if p.token is None or self._store is None:
             return True
-        self._store.maybe_reload()
         t = self._store.table.lookup(p.token)
         return t is not None and t.name == p.tenant
 
@@ -219,6 +248,7 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         """The stream's requests, while its token is valid: the first one after a revocation
         ends the stream with UNAUTHENTICATED (the session lives on)."""
         async for req in requests:
+            await self.refresh()
             if not self.still_valid(p):
                 raise Unauthenticated(REVOKED)
             yield req

@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from ..config import Settings
 from ..engine.admission import Limits
 from ..engine.client import EngineClient
-from .auth import AuthInterceptor, TokenStore
+from .auth import AuthInterceptor, TokensSource, TokenStore
 from .health import Health
 from .kserve import KSERVE_SERVICE_NAME, KServeServicer
 from .kserve.pb import kpb, krpc
@@ -48,11 +48,13 @@ class ApiServer:
         reuse_port: bool = False,
         frontend: str = "",
         gates: Gates | None = None,
+        tokens_source: TokensSource | None = None,
     ) -> None:
         """``gate_models``: the loaded models, for InspectGates (only a process that loaded them);
         ``gates``: what answers InspectGates otherwise (a frontend's forwarder to the core);
         ``reuse_port``: several frontend processes share the port (SO_REUSEPORT);
-        ``frontend``: this process's frontend number, sent as ``cellserve-frontend`` metadata."""
+        ``frontend``: this process's frontend number, sent as ``cellserve-frontend`` metadata;
+        ``tokens_source``: where a frontend reads the tokens file (the engine core's copy)."""
         self._settings = settings
         self._engine = engine
         if gate_models is not None:
@@ -64,7 +66,9 @@ class ApiServer:
         self.health = Health(settings.readiness_service)
         # Raises TokensFileError / TlsFileError: the server does not start on a bad file.
         self.tokens = (
-            TokenStore(settings.auth_tokens_file, Limits.defaults(settings)) if settings.auth_tokens_file else None
+            TokenStore(settings.auth_tokens_file, Limits.defaults(settings), source=tokens_source)
+            if settings.auth_tokens_file
+            else None
         )
         self._credentials = server_credentials(settings)
         malformed = MalformedCounter(settings.malformed_log_interval_s, getattr(recorder, "malformed", lambda m: None))

@@ -240,6 +240,10 @@ class ZmqEngineClient:
         listeners = self._stats_listeners
         return lambda: listeners.remove(listener) if listener in listeners else None
 
+    def tokens(self, force: bool) -> Awaitable[bytes]:
+        """The tokens file as the core last read it with success (see ``multiproc.tokens``)."""
+        return self._call(lambda i: m.Tokens(i, force), bytes)
+
     def inspect_gates(self, request: bytes) -> Awaitable[bytes]:
         """InspectGates, run by the core (which holds the weights): serialized request and response."""
         return self._call(lambda i: m.InspectGates(i, request), bytes)

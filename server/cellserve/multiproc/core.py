@@ -28,6 +28,7 @@ from ..engine.client import CompletionStream, EngineClient
 from ..engine.types import IterationStats
 from . import messages as m
 from .ratelimit import RateLimitedLog
+from .tokens import TokensKeeper
 
 if TYPE_CHECKING:
     from ..api.servicer import Gates
@@ -60,9 +61,11 @@ class CoreServer:
         sock: zmq.asyncio.Socket,
         metrics: Metrics | None = None,
         gates: Gates | None = None,
+        tokens: TokensKeeper | None = None,
     ) -> None:
         self._client = client
         self._gates = gates
+        self._tokens = tokens
         self._stats_watchers: set[bytes] = set()  # frontends that sent WatchStats
         client.add_stats_listener(self._on_iteration)
         self._sock = sock
@@ -166,6 +169,8 @@ class CoreServer:
             self._answer(who, op.id, lambda: c.find_sequence(op.owner, op.model, op.seq))
         elif isinstance(op, m.ForgetSequence):
             c.forget_sequence(op.owner, op.model, op.seq, op.session_id)
+        elif isinstance(op, m.Tokens):
+            self._answer(who, op.id, lambda: self._tokens_now(op.force))
         elif isinstance(op, m.InspectGates):
             self._answer(who, op.id, lambda: self._inspect_gates(op.request))
 
@@ -182,6 +187,13 @@ class CoreServer:
         if it.models:
             for who in self._stats_watchers:
                 self._push(who, m.Iteration(0, list(it.models)))
+
+    async def _tokens_now(self, force: bool) -> bytes:
+        from ..errors import Unavailable
+
+        if self._tokens is None:
+            raise Unavailable("this server has no tokens file")
+        return self._tokens.current(force)
 
     async def _inspect_gates(self, data: bytes) -> bytes:
         from ..api.pb import svc

@@ -160,6 +160,13 @@ class ForgetSequence(_Op):
     session_id: str
 
 
+class Tokens(_Op):
+    """The tokens file as the core last read it with success (``TokensFile`` JSON); ``force``:
+    re-read it now (SIGHUP)."""
+
+    force: bool
+
+
 class InspectGates(_Op):
     request: bytes  # a serialized cellserve.v1 InspectGatesRequest; the answer is its response
 
@@ -187,6 +194,7 @@ Op = (
     | BindSequence
     | FindSequence
     | ForgetSequence
+    | Tokens
 )
 
 

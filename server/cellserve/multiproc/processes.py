@@ -60,6 +60,7 @@ async def _core_main(settings: Settings, address: str, conn: Connection) -> int:
     from ..engine.inprocess import InProcessEngineClient
     from ..serve import start_engine, start_metrics, stop_metrics
     from .core import CoreServer
+    from .tokens import TokensKeeper
 
     try:
         engine = await start_engine(settings)
@@ -85,7 +86,8 @@ async def _core_main(settings: Settings, address: str, conn: Connection) -> int:
     sock.setsockopt(zmq.RCVHWM, 0)
     sock.bind(address)
     gates = GateInspector(engine.repository.get, settings)
-    serving = asyncio.create_task(CoreServer(client, sock, metrics, gates).serve())
+    tokens = TokensKeeper(settings.auth_tokens_file) if settings.auth_tokens_file else None
+    serving = asyncio.create_task(CoreServer(client, sock, metrics, gates, tokens).serve())
     conn.send(("ready", endpoint.port))
 
     stop = asyncio.Event()
@@ -146,7 +148,13 @@ async def _frontend_main(settings: Settings, index: int, address: str, conn: Con
         return 1
     try:
         api = ApiServer(
-            settings, client, recorder=recorder, reuse_port=True, frontend=str(index), gates=CoreGates(client)
+            settings,
+            client,
+            recorder=recorder,
+            reuse_port=True,
+            frontend=str(index),
+            gates=CoreGates(client),
+            tokens_source=client.tokens,
         )
     except (TokensFileError, TlsFileError) as e:  # names the file and the problem
         conn.send(("error", f"cannot start: {e}"))

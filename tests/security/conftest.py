@@ -116,22 +116,3 @@ def tls_server(model_dir: Path, tokens: Tokens, pki: Pki) -> Iterator[ServerProc
         yield s
     finally:
         s.terminate()
-
-
-# Known gaps of the multi-process shape (reported; each fails for the reason given, strictly).
-FRONTEND_GAPS = {
-    "test_metrics_threads_are_bounded": "the core's /metrics endpoint is not yet bounded as the single process's is",
-    "test_bad_message_on_a_stream_is_answered_in_band_and_the_stream_goes_on": (
-        "frontends do not forward their malformed-request counts to the core's metrics yet"
-    ),
-    "test_malformed_requests_are_logged_once_per_interval_without_tracebacks": (
-        "each frontend rate-limits its own malformed-request log"
-    ),
-}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        name = item.name.split("[", 1)[0]
-        if name in FRONTEND_GAPS and "two-frontends" in item.name:
-            item.add_marker(pytest.mark.xfail(reason=FRONTEND_GAPS[name], strict=True))

@@ -71,7 +71,12 @@ class ApiServer:
             else None
         )
         self._credentials = server_credentials(settings)
-        malformed = MalformedCounter(settings.malformed_log_interval_s, getattr(recorder, "malformed", lambda m: None))
+        malformed = MalformedCounter(
+            settings.malformed_log_interval_s,
+            getattr(recorder, "malformed", lambda m: None),
+            # a frontend forwards its counts to the core, which logs them for every frontend at once
+            logs=not getattr(recorder, "logs_malformed_elsewhere", False),
+        )
         interceptors: list[aio.ServerInterceptor] = [
             ErrorMappingInterceptor(
                 recorder, malformed, settings.stream_idle_timeout_s, services=(SERVICE_NAME, KSERVE_SERVICE_NAME)

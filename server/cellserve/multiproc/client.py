@@ -69,9 +69,14 @@ def _decoder(tp: Any) -> msgspec.msgpack.Decoder[Any]:
 class ForwardingRecorder:
     """A ``Recorder`` that keeps the API layer's events until the next message to the core."""
 
+    # Undecodable requests are counted and logged by the core, rate-limited once for every
+    # frontend together: this frontend does not log them itself.
+    logs_malformed_elsewhere = True
+
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str], int] = {}
         self.keystrokes: list[tuple[str, str, float]] = []
+        self.malformed_counts: dict[str, int] = {}
 
     def request(self, method: str, code: str) -> None:
         key = (method, code)
@@ -80,11 +85,16 @@ class ForwardingRecorder:
     def keystroke(self, model: str, kind: str, seconds: float) -> None:
         self.keystrokes.append((model, kind, seconds))
 
-    def take(self) -> tuple[list[tuple[str, str, int]], list[tuple[str, str, float]]]:
+    def malformed(self, method: str) -> None:
+        self.malformed_counts[method] = self.malformed_counts.get(method, 0) + 1
+
+    def message(self, ops: list[m.Op]) -> m.ToCore:
+        """``ops`` and the events gathered since the last message (taken: they go once)."""
         requests = [(a, b, n) for (a, b), n in self.requests.items()]
-        keystrokes = self.keystrokes
-        self.requests, self.keystrokes = {}, []
-        return requests, keystrokes
+        malformed = list(self.malformed_counts.items())
+        message = m.ToCore(ops, requests, self.keystrokes, malformed)
+        self.requests, self.keystrokes, self.malformed_counts = {}, [], {}
+        return message
 
 
 class _Completion:
@@ -354,8 +364,7 @@ class ZmqEngineClient:
         ops, self._outbox = self._outbox, []
         if self._sock is None or self._lost or not ops:
             return
-        requests, keystrokes = self.recorder.take()
-        sent = self._sock.send(m.encode(m.ToCore(ops, requests, keystrokes)), flags=zmq.DONTWAIT)
+        sent = self._sock.send(m.encode(self.recorder.message(ops)), flags=zmq.DONTWAIT)
         assert isinstance(sent, asyncio.Future)  # DONTWAIT: settled at once (pyzmq's asyncio socket)
         error = sent.exception() if sent.done() else None
         if error is not None:
@@ -393,9 +402,9 @@ class ZmqEngineClient:
         """Sends the metric events gathered so far even when no call is waiting to go."""
         if self._sock is None or self._lost or self._outbox:
             return
-        requests, keystrokes = self.recorder.take()
-        if requests or keystrokes:
-            self._sock.send(m.encode(m.ToCore([], requests, keystrokes)))
+        message = self.recorder.message([])
+        if message.requests or message.keystrokes or message.malformed:
+            self._sock.send(m.encode(message))
 
     async def _read(self) -> None:
         assert self._sock is not None

@@ -31,13 +31,29 @@ from .ratelimit import RateLimitedLog
 from .tokens import TokensKeeper
 
 if TYPE_CHECKING:
+    from ..api.malformed import MalformedCounter
+
+if TYPE_CHECKING:
     from ..api.servicer import Gates
     from ..metrics import Metrics
 
 log = logging.getLogger("cellserve.core")
 
 MALFORMED = "the request could not be decoded on the internal socket (a frontend/core version mismatch?)"
+MAX_MALFORMED_PER_MESSAGE = 1_000_000
 _KINDS = ("append_single", "append_multi", "completion_first_chunk", "completion_char")
+
+
+def malformed_labels() -> frozenset[str]:
+    """The method labels of undecodable requests: every method of the two services."""
+    from ..api.kserve.pb import kpb
+    from ..api.pb import svc
+
+    services = (
+        svc.DESCRIPTOR.services_by_name["CellserveService"],
+        kpb.DESCRIPTOR.services_by_name["GRPCInferenceService"],
+    )
+    return frozenset(method.name for service in services for method in service.methods)
 
 
 def known_labels() -> tuple[frozenset[str], frozenset[str]]:
@@ -62,10 +78,14 @@ class CoreServer:
         metrics: Metrics | None = None,
         gates: Gates | None = None,
         tokens: TokensKeeper | None = None,
+        malformed: MalformedCounter | None = None,
     ) -> None:
+        """``malformed``: counts (``cellserve_malformed_requests_total``) and logs, once per
+        interval for every frontend together, the undecodable requests the frontends report."""
         self._client = client
         self._gates = gates
         self._tokens = tokens
+        self._malformed = malformed
         self._stats_watchers: set[bytes] = set()  # frontends that sent WatchStats
         client.add_stats_listener(self._on_iteration)
         self._sock = sock
@@ -79,6 +99,7 @@ class CoreServer:
         self._bad = RateLimitedLog(log, "dropped a malformed message on the internal socket")
         self._loop = asyncio.get_running_loop()
         self._methods, self._codes = known_labels()
+        self._malformed_methods = malformed_labels()
 
     async def serve(self) -> None:
         """Runs until cancelled."""
@@ -100,6 +121,8 @@ class CoreServer:
                 self._dispatch(identity, op)
             if self._metrics is not None and (message.requests or message.keystrokes):
                 self._record(message)
+            if message.malformed:
+                self._record_malformed(message.malformed)
 
     def _refuse_malformed(self, who: bytes, data: Any) -> None:
         """A message that does not decode as a whole runs nothing; every call in it whose id
@@ -269,6 +292,14 @@ class CoreServer:
             # The socket has no high-water mark (see processes): this never blocks; answers
             # to a frontend that is gone are dropped by the ROUTER.
             self._sock.send_multipart([who, m.encode(m.ToFrontend(replies))])
+
+    def _record_malformed(self, counts: list[tuple[str, int]]) -> None:
+        for method, count in counts:
+            if method in self._malformed_methods and 0 < count <= MAX_MALFORMED_PER_MESSAGE:
+                if self._malformed is not None:
+                    self._malformed.seen(method, count)
+            else:
+                self._bad.warning()
 
     def _record(self, message: m.ToCore) -> None:
         metrics = self._metrics

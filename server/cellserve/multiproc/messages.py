@@ -202,6 +202,7 @@ class ToCore(msgspec.Struct, array_like=True):
     ops: list[Op]
     requests: list[tuple[str, str, int]] = []  # (method, code, count): finished requests
     keystrokes: list[tuple[str, str, float]] = []  # (model, kind, seconds): response latencies
+    malformed: list[tuple[str, int]] = []  # (method, count): undecodable requests (the core logs them)
 
 
 # ---- core -> frontend --------------------------------------------------------------------

@@ -56,6 +56,7 @@ async def _core_main(settings: Settings, address: str, conn: Connection) -> int:
     import zmq.asyncio
 
     from ..api.gates import GateInspector
+    from ..api.malformed import MalformedCounter
     from ..api.server import format_address
     from ..engine.inprocess import InProcessEngineClient
     from ..serve import start_engine, start_metrics, stop_metrics
@@ -87,7 +88,8 @@ async def _core_main(settings: Settings, address: str, conn: Connection) -> int:
     sock.bind(address)
     gates = GateInspector(engine.repository.get, settings)
     tokens = TokensKeeper(settings.auth_tokens_file) if settings.auth_tokens_file else None
-    serving = asyncio.create_task(CoreServer(client, sock, metrics, gates, tokens).serve())
+    malformed = MalformedCounter(settings.malformed_log_interval_s, metrics.malformed)
+    serving = asyncio.create_task(CoreServer(client, sock, metrics, gates, tokens, malformed).serve())
     conn.send(("ready", endpoint.port))
 
     stop = asyncio.Event()

@@ -16,7 +16,7 @@ from .pki import CA, Pair
 
 KEY_ENV = {"CELLSERVE_SNAPSHOT_KEY": SNAPSHOT_KEY}
 SNAPSHOT_TTL_S = 4  # short, so the expiry row waits seconds, not a day
-# bob is the tenant with small quotas; alice and carol keep the defaults.
+# bob (and fay) are the tenants with small quotas; alice and carol keep the defaults.
 BOB_QUOTA = {"max_sessions": 3, "max_streams": 2, "max_completions": 2, "chars_per_s": 50, "chars_burst": 4096}
 
 
@@ -36,6 +36,9 @@ def _entries(tokens: dict[str, str]) -> list[dict[str, object]]:
         {"name": "alice", "tokens": [tokens["alice"]]},
         {"name": "bob", "tokens": [tokens["bob"]], "quota": BOB_QUOTA},
         {"name": "dave", "tokens": [tokens["dave"]]},
+        # bob's quotas, a bucket of its own: buckets are exact over every path, so a test that
+        # empties one would slow the next test of the same tenant by a minute (4000 chars at 50/s)
+        {"name": "fay", "tokens": [tokens["fay"]], "quota": BOB_QUOTA},
     ]
 
 
@@ -43,7 +46,7 @@ def _entries(tokens: dict[str, str]) -> list[dict[str, object]]:
 def tokens(tmp_path_factory: pytest.TempPathFactory) -> Tokens:
     d = tmp_path_factory.mktemp("auth")
     raw, stored = {}, {}
-    for name in ("alice", "bob", "dave"):
+    for name in ("alice", "bob", "dave", "fay"):
         raw[name], stored[name] = new_token()
     t = Tokens(d / "tokens.json", raw)
     t.write(_entries(stored))

@@ -81,16 +81,16 @@ def test_kserve_start_counts_against_the_session_quota(auth_server: ServerProces
 
 
 def test_kserve_appends_spend_the_tenants_characters(auth_server: ServerProcess, tokens: Tokens) -> None:
-    bob = bearer(tokens.tokens["bob"])
+    fay = bearer(tokens.tokens["fay"])  # bob's quotas, another bucket (see conftest)
     seq = next(_ids)
     with grpc.insecure_channel(auth_server.target) as ch:
         k = _kserve(ch)
-        k.ModelInfer(_infer(BIG, seq, start=True), metadata=bob, timeout=DEADLINE_S)
+        k.ModelInfer(_infer(BIG, seq, start=True), metadata=fay, timeout=DEADLINE_S)
         try:
-            err = rpc_error(k.ModelInfer, _infer(BIG, seq), metadata=bob, timeout=DEADLINE_S)
+            err = rpc_error(k.ModelInfer, _infer(BIG, seq), metadata=fay, timeout=DEADLINE_S)
             assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "chars_per_s=50" in (err.details() or "")
         finally:
-            k.ModelInfer(_infer("y", seq, end=True), metadata=bob, timeout=DEADLINE_S)  # the bucket has room for 1
+            k.ModelInfer(_infer("y", seq, end=True), metadata=fay, timeout=DEADLINE_S)  # the bucket has room for 1
 
 
 def test_kserve_streams_count_against_the_stream_quota(auth_server: ServerProcess, tokens: Tokens) -> None:

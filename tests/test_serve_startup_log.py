@@ -6,9 +6,9 @@ import logging
 from pathlib import Path
 
 import pytest
+from cellserve.boot import log_loaded
 from cellserve.config import Settings
 from cellserve.repository import ModelRepository
-from cellserve.serve import log_loaded
 
 
 def test_start_logs_models_and_device(model_dir: Path, caplog: pytest.LogCaptureFixture) -> None:

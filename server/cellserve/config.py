@@ -188,11 +188,9 @@ class Settings(BaseModel):
     """The per-iteration character budget: prefill characters (pastes, coalesced appends) one
     engine iteration may run beside the keystrokes and completion steps (which always run).
     A longer piece is applied in chunks over several iterations, so a keystroke waits at most
-    about one iteration of this size. Default measured on the 2-core dev box (2x512 LSTM, one
-    thread, ``scripts/measure_budget.py``): a 64-character prefill chunk took
-    15.6 ms quiet and 98 ms with the cores shared by a training job (load 6.5); each chunk
-    also pays a fixed ~20 ms there, so much smaller chunks buy little latency and cost
-    throughput. Raise it on a GPU, where a chunk of thousands costs about as much as one."""
+    about one iteration of this size. On CPU each chunk also pays a fixed cost, so much
+    smaller chunks buy little latency and cost throughput (figures: docs/measurements.md).
+    Raise it on a GPU, where a chunk of thousands costs about as much as one."""
 
     session_sweep_interval_s: float = Field(default=5.0, gt=0, le=3600)
     """How often the engine looks for sessions idle longer than ``session_idle_ttl_s`` (one

@@ -17,12 +17,12 @@ row per layer and gate.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from .gate_report import CharGates, GateSummary, UnitGate
 from .nn.cells import run_with_gates
 from .nn.checkpoint import LoadedModel
 
@@ -37,30 +37,6 @@ GATE_MEANINGS = {
     "r": "reset gate: near 0 the previous state is ignored when forming the new candidate",
     "z": "update gate: near 1 the state keeps its previous value, near 0 it takes the new candidate",
 }
-
-
-@dataclass(frozen=True)
-class UnitGate:
-    unit: int
-    value: float
-    change: float | None  # since the previous character; None for the text's first character
-
-
-@dataclass(frozen=True)
-class GateSummary:
-    name: str
-    mean: float
-    top_units: tuple[UnitGate, ...]  # largest |change| first (first character: furthest from 0.5)
-
-
-@dataclass(frozen=True)
-class CharGates:
-    char: str
-    layers: tuple[tuple[GateSummary, ...], ...]  # [layer][gate], gates in SHOWN_GATES order
-    top: tuple[tuple[str, float], ...]  # next-character (char, probability), most probable first
-
-    def mean(self, layer: int, gate: str) -> float:
-        return next(g.mean for g in self.layers[layer] if g.name == gate)
 
 
 @torch.no_grad()

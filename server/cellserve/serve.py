@@ -23,18 +23,14 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 
+from .boot import start_engine, start_metrics, stop_metrics
 from .config import ENV_PREFIX, Settings
 from .errors import ModelFileError
 from .logs import configure_logging
-
-if TYPE_CHECKING:
-    from .engine.engine import Engine
-    from .metrics import Metrics, MetricsEndpoint
-    from .repository import ModelRepository
 
 log = logging.getLogger("cellserve.serve")
 
@@ -163,9 +159,8 @@ def run_serve(args: argparse.Namespace) -> int:
             settings.host,
             settings.metrics_host,
         )
-    # Idle OpenMP threads sleep instead of spinning (read when torch loads, below): measured on
-    # the 2-core box shared with a training job, a one-row step took 28.6 ms with 2 spinning
-    # threads, 5.3 ms with them passive, 2.0 ms with one thread (docs/design-notes.md).
+    # Idle OpenMP threads sleep instead of spinning (read when torch loads, below): spinning
+    # threads on shared cores made a one-row step many times slower (docs/measurements.md).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if settings.frontends > 0:
         from .multiproc.supervisor import run_multiprocess
@@ -174,44 +169,11 @@ def run_serve(args: argparse.Namespace) -> int:
     return asyncio.run(serve(settings))
 
 
-async def start_engine(settings: Settings) -> Engine:
-    # Imported here: torch and the models load only when serving, not to print --help.
-    from .engine.engine import Engine
-    from .repository import ModelRepository
-
-    repository = ModelRepository.load(settings)  # resolves settings.device ("auto": CUDA if available)
-    log_loaded(repository)
-    engine = Engine(settings, repository)
-    await engine.start()
-    return engine
-
-
-def log_loaded(repository: ModelRepository) -> None:
-    """One line per model and one for the device: what this process actually serves."""
-    for name in repository.names():
-        lm = repository.get(name)
-        s = lm.spec
-        loss = repository.info(name).precision_loss
-        log.info(
-            "loaded model %s%s: %s %dx%d, %d symbols, weights sha256 %s, served at %s%s",
-            name,
-            " (default)" if name == repository.default else "",
-            s.cell,
-            s.layers,
-            s.hidden,
-            len(s.vocabulary),
-            lm.weights_sha256[:12],
-            lm.precision,
-            "" if loss is None else f" (recorded held-out loss {loss:+.2%} bits/char)",
-        )
-    log.info("serving %d model(s) on device %s", len(repository.names()), repository.device)
-
-
 async def serve(settings: Settings) -> int:
     from .api import ApiServer
     from .api.server import format_address
-    from .api.tokens import TokensFileError
     from .api.transport import TlsFileError
+    from .tokens import TokensFileError
 
     try:
         engine = await start_engine(settings)
@@ -229,7 +191,7 @@ async def serve(settings: Settings) -> int:
         await engine.stop()
         return EXIT_CONFIG
     print(f"cellserve metrics on {format_address(settings.metrics_host, endpoint.port)} (http)", flush=True)
-    client.add_stats_listener(metrics.observe_iteration)  # observations: pushed per iteration
+    engine.add_stats_listener(metrics.observe_iteration)  # observations: pushed per iteration
     poller = asyncio.create_task(metrics.poll_engine(client))  # gauges and counters
     try:
         api = ApiServer(settings, client, recorder=metrics, gate_models=engine.repository.get)
@@ -266,21 +228,3 @@ async def serve(settings: Settings) -> int:
     await stop_metrics(poller, endpoint)
     log.info("stopped")
     return 0
-
-
-def start_metrics(settings: Settings, engine: Engine) -> tuple[Metrics, MetricsEndpoint]:
-    """The metrics of this engine, served over HTTP on their own port (raises OSError)."""
-    from .metrics import Metrics, cuda_memory_reader
-
-    metrics = Metrics(
-        (m.name for m in engine.models()),
-        sessions_max=settings.max_sessions,
-        device_memory=cuda_memory_reader(engine.device),
-    )
-    return metrics, metrics.serve(settings.metrics_host, settings.metrics_port, settings.metrics_max_threads)
-
-
-async def stop_metrics(poller: asyncio.Task[None], endpoint: MetricsEndpoint) -> None:
-    poller.cancel()
-    await asyncio.gather(poller, return_exceptions=True)
-    await asyncio.to_thread(endpoint.close)  # shutdown() waits for the serving thread's loop

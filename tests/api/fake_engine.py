@@ -5,12 +5,12 @@ no server process and no sleeps."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
 from cellserve.engine.admission import Limits
-from cellserve.engine.client import DEFAULT_OPTIONS, StatsListener
+from cellserve.engine.client import DEFAULT_OPTIONS
 from cellserve.engine.types import (
     AppendOptions,
     CompletionChunk,
@@ -65,7 +65,6 @@ class FakeEngine:
         self.calls: list[Call] = []
         self.submitted = asyncio.Event()  # set at every call
         self.chunks: list[FakeChunks] = []
-        self.stats_listeners: list[StatsListener] = []
         self.limits: dict[str, Limits] = {}
         self.streams_opened = 0
         self.open_streams: set[int] = set()  # stream leases held now
@@ -105,10 +104,6 @@ class FakeEngine:
 
     def stats(self, owner: str) -> Awaitable[EngineStats]:
         return _now(EngineStats())
-
-    def add_stats_listener(self, listener: StatsListener) -> Callable[[], None]:
-        self.stats_listeners.append(listener)
-        return lambda: self.stats_listeners.remove(listener)
 
     def set_limits(self, owner: str, limits: Limits) -> None:
         self.limits[owner] = limits

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from cellserve.api import gates
 from cellserve.config import Settings
 from cellserve.errors import CapacityExceeded
+from cellserve.gate_report import GateQuery, GateReport
 from cellserve_client._proto.cellserve.v1 import service_pb2 as svc
 
 
@@ -19,14 +19,13 @@ def test_queue_is_bounded_and_cancelled_runs_still_count(monkeypatch: pytest.Mon
     release = threading.Event()
     started: list[str] = []
 
-    def blocking_run(loaded: Any, text: str, **kw: Any) -> tuple[int, list[Any]]:
-        started.append(text)
+    def blocking_run(lookup: Any, query: GateQuery) -> GateReport:
+        started.append(query.text)
         assert release.wait(60)
-        return 0, []
+        return GateReport("m", "lstm", 0, (), ())
 
-    monkeypatch.setattr(gates, "inspect_gates", blocking_run)
-    model = SimpleNamespace(spec=SimpleNamespace(name="m", cell="lstm"))
-    inspector = gates.GateInspector(lambda name: model, Settings())  # type: ignore[arg-type,return-value]
+    monkeypatch.setattr(gates, "run_query", blocking_run)
+    inspector = gates.GateInspector(lambda name: None, Settings())  # type: ignore[arg-type,return-value]
 
     def request(text: str) -> svc.InspectGatesRequest:
         req = svc.InspectGatesRequest()

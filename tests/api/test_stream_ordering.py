@@ -129,3 +129,46 @@ def test_stream_end_closes_unwritten_completions() -> None:
         assert h.engine.chunks[0].closed
 
     asyncio.run(body())
+
+
+class CountingFuture(asyncio.Future[Any]):
+    """Counts the callbacks hung on it: an awaiting task's wake-up is one."""
+
+    callbacks = 0
+
+    def add_done_callback(self, fn: Any, *, context: Any = None) -> None:
+        CountingFuture.callbacks += 1
+        super().add_done_callback(fn, context=context)
+
+
+def test_the_writer_awaits_one_future_per_request_and_nothing_else() -> None:
+    """Per request, the stream hangs nothing on the engine's answer but the writer's own await
+    (no done-callback, queue or semaphore per request); answers still go out in order."""
+
+    async def body() -> None:
+        h = Harness()
+        h.send(open=Req.Open())
+        await h.recv()
+        real_call = h.engine._call  # noqa: SLF001
+
+        def counted(op: str, owner: str, *args: Any) -> asyncio.Future[Any]:
+            fut = real_call(op, owner, *args)
+            counting = CountingFuture()
+            fut.add_done_callback(lambda f: counting.set_result(f.result()))
+            return counting
+
+        h.engine._call = counted  # type: ignore[method-assign]  # noqa: SLF001
+        CountingFuture.callbacks = 0
+        for i in range(8):
+            h.send(append=_append(i, "a"))
+        calls = await h.engine.wait_calls(8)
+        await asyncio.sleep(0)  # the writer waits on the first answer
+        for i, call in enumerate(reversed(calls)):  # answered last first
+            call.future.set_result(Prediction(8 - i, (("a", 1.0),)))
+        got = [(await h.recv()).prediction.position for _ in range(8)]
+        assert got == list(range(1, 9))
+        # the writer awaited each answer at most once; nothing else was hung on them
+        assert CountingFuture.callbacks <= 8
+        await h.close()
+
+    asyncio.run(body())

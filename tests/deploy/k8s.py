@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -258,9 +258,6 @@ def served_health(settings: Settings, names: Iterable[str]) -> dict[str, str]:
     class _NoEngine:  # the health service needs no engine; drain is what shutdown calls
         async def drain(self) -> None:
             return None
-
-        def add_stats_listener(self, listener: object) -> Callable[[], None]:  # KServe's statistics
-            return lambda: None
 
     async def ask() -> dict[str, str]:
         # With authentication on, as in the pod (an empty tokens file): probes carry no token.

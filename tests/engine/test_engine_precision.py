@@ -45,7 +45,7 @@ def served_precision_oracle(model_dir: Path, model: str, name: str, device: str 
         async with engine(model_dir, device=device, precision=name, max_batch_tokens=120) as eng:
             lm = eng.repository.get(model)
             assert lm.precision == name and eng.models()[0].precision == name
-            ids = [eng.open_session(model).session_id for _ in range(32)]
+            ids = [(await eng.open_session(model)).session_id for _ in range(32)]
             texts = {sid: "" for sid in ids}
             answers = []
 
@@ -102,7 +102,7 @@ def served_precision_oracle(model_dir: Path, model: str, name: str, device: str 
                 return  # the offline decoders below run on CPU tensors
             # completions and suggestions run the serving module: equal to the offline decoders
             # on that module from the same state (one full-sequence call: the same shapes)
-            s = eng.open_session(model).session_id
+            s = (await eng.open_session(model)).session_id
             context = "def main(x):\n    ret"
             await eng.append(s, 0, context)
             stream = eng.complete(s, CompletionRequest(max_chars=12))
@@ -135,7 +135,7 @@ def test_gates_stay_fp32_at_int8(model_dir: Path, model: str) -> None:
     async def body() -> None:
         async with engine(model_dir, precision="int8") as eng:
             lm = eng.repository.get(model)
-            s = eng.open_session(model).session_id
+            s = (await eng.open_session(model)).session_id
             text = "x = f(y)\n"  # from the zero state: the fp32 cells see exactly the fp32 state
             pred = await eng.append(s, 0, text, AppendOptions(want_gates=True, top_k=0))
             with torch.inference_mode():
@@ -224,13 +224,13 @@ def test_keystrokes_chunks_and_one_call_agree_within_the_precision(model_dir: Pa
     async def body() -> None:
         async with engine(model_dir, precision=name, max_batch_tokens=16, max_top_k=4096) as eng:
             lm = eng.repository.get(model)
-            typed, chunked = eng.open_session(model).session_id, eng.open_session(model).session_id
+            typed, chunked = (await eng.open_session(model)).session_id, (await eng.open_session(model)).session_id
             opts = AppendOptions(top_k=len(lm.vocab.chars))
             keys = [eng.append(typed, i, ch, opts) for i, ch in enumerate(text)]
             *_, by_keys = await asyncio.gather(*keys)
             by_chunks = await eng.append(chunked, 0, text, opts)  # 16-character chunks
         async with engine(model_dir, precision=name, max_batch_tokens=4096, max_top_k=4096) as eng:
-            whole = eng.open_session(model).session_id
+            whole = (await eng.open_session(model)).session_id
             by_call = await eng.append(whole, 0, text, opts)
         noise = (log_probs(lm.serving, lm, text) - log_probs(lm.model, lm, text)).abs().max().item()
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cellserve.api.tokens import new_token
+from cellserve.tokens import new_token
 from servers import SNAPSHOT_KEY, ServerProcess, start_server
 
 from .pki import CA, Pair

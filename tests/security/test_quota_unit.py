@@ -66,6 +66,12 @@ def test_stream_leases_are_per_tenant_and_given_back_once() -> None:
     with pytest.raises(CapacityExceeded):
         q.open_stream("a")
     assert q.open_streams() == 2
+    q.open_stream("nobody", holder="frontend-1")
+    q.open_stream("nobody", holder="frontend-1")
+    assert q.open_streams() == 4
+    q.release_holder("frontend-1")  # that frontend restarted: its leases come back, once
+    q.release_holder("frontend-1")
+    assert q.open_streams() == 2
 
 
 def test_completions_are_counted_per_alternative() -> None:

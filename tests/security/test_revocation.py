@@ -9,7 +9,7 @@ import time
 import grpc
 import pytest
 from cellserve.api.auth import RELOAD_CHECK_S
-from cellserve.api.tokens import new_token
+from cellserve.tokens import new_token
 from cellserve_client._proto.cellserve.v1 import service_pb2 as svc
 from servers import ServerProcess
 

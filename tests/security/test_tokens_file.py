@@ -1,4 +1,4 @@
-"""The tokens file (``cellserve.api.tokens``): YAML and JSON, validation messages, lookups."""
+"""The tokens file (``cellserve.tokens``): YAML and JSON, validation messages, lookups."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from cellserve.api.tokens import TokensFileError, TokenTable, new_token, parse
 from cellserve.engine.admission import Limits
+from cellserve.tokens import TokensFileError, TokenTable, new_token, parse
 
 DEFAULTS = Limits(10, 5, 4, 100.0, 4096)
 
@@ -52,9 +52,9 @@ def test_tokens_are_random_and_stored_as_hashes() -> None:
 
 
 def test_the_cores_copy_keeps_the_last_version_that_parsed(tmp_path: Path) -> None:
-    from cellserve.api.tokens import TokensFile
     from cellserve.errors import Unavailable
     from cellserve.multiproc.tokens import TokensKeeper
+    from cellserve.tokens import TokensFile
 
     path = tmp_path / "tokens.json"
     keeper = TokensKeeper(path)

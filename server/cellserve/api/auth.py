@@ -44,8 +44,8 @@ from ..config import Settings
 from ..engine.admission import Limits
 from ..engine.client import EngineClient
 from ..errors import CellserveError, Unauthenticated
+from ..tokens import Tenant, TokensFile, TokensFileError, TokenTable, file_stamp, parse
 from .recorder import NULL_RECORDER, Recorder
-from .tokens import Tenant, TokensFile, TokensFileError, TokenTable, file_stamp, parse
 
 log = logging.getLogger("cellserve.auth")
 

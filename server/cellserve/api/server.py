@@ -129,4 +129,3 @@ class ApiServer:
         # stopping, a late call would see the transport's CANCELLED instead.
         await asyncio.sleep(min(self._settings.drain_refusal_s, max(0.0, deadline - time.monotonic())))
         await self._server.stop(max(0.0, deadline - time.monotonic()))
-        self.kserve.close()

@@ -22,17 +22,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from ..errors import (
-    CapacityExceeded,
-    CellserveError,
-    InvalidInput,
-    NotFound,
-    OffsetConflict,
-    PermissionDenied,
-    PreconditionFailed,
-    Unauthenticated,
-    Unavailable,
-)
+from ..errors import CLIENT_ERRORS, CapacityExceeded, OffsetConflict
 from ..logs import REQUEST_ID_MD, new_request_id, set_request_id
 from .malformed import MalformedCounter, RejectedRequest, guard
 from .pb import SERVICE_NAME
@@ -44,18 +34,6 @@ log = logging.getLogger("cellserve.api")
 RETRY_AFTER_MD = "retry-after-ms"
 EXPECTED_OFFSET_MD = "expected-offset"
 INTERNAL_MESSAGE = "internal error; the server logged the details"
-
-# ModelFileError is deliberately absent: it is operator-facing and must not reach a client.
-_CODES: dict[type[CellserveError], grpc.StatusCode] = {
-    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    OffsetConflict: grpc.StatusCode.ABORTED,
-    PreconditionFailed: grpc.StatusCode.FAILED_PRECONDITION,
-    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    CapacityExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-}
 
 
 @dataclass(frozen=True)
@@ -76,10 +54,8 @@ class Status:
 
 def status_of(exc: BaseException, where: str = "") -> Status:
     """The status a client sees for ``exc``; logs unexpected exceptions (once, here)."""
-    for cls in type(exc).__mro__:
-        code = _CODES.get(cls)
-        if code is None:
-            continue
+    if isinstance(exc, CLIENT_ERRORS):  # each carries its code (cellserve.errors)
+        code = grpc.StatusCode[type(exc).code]
         if isinstance(exc, CapacityExceeded):
             ms = max(1, round(exc.retry_after_s * 1000))
             return Status(code, f"{exc} (retry after {ms} ms)", retry_after_ms=ms)

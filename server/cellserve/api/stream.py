@@ -3,11 +3,13 @@ arrives, and a writer that sends the responses in request order.
 
 The engine (``EngineClient``) applies a session's operations in the order they were submitted,
 whatever their kind, so the stream needs no barriers of its own: the reader validates a request
-and submits it at once (an error answers it in-band), keeping the awaitable of its outcome; the
-writer awaits those outcomes one after the other. Appends typed faster than the round trip are
-all queued in the engine at once (and coalesced there). At most ``MAX_IN_FLIGHT`` requests per
-stream are unanswered at a time (then the reader waits, and HTTP/2 flow control pushes back on
-the client).
+and submits it at once (an error answers it in-band), keeping the awaitable of its outcome in a
+deque; the writer awaits those outcomes one after the other, one future per request and
+nothing else per request (no queue, semaphore or done-callback: the reader wakes a waiting
+writer, the writer wakes a waiting reader, each through a future made only when one waits).
+Appends typed faster than the round trip are all queued in the engine at once (and coalesced
+there). At most ``MAX_IN_FLIGHT`` requests per stream are unanswered at a time (then the
+reader waits, and HTTP/2 flow control pushes back on the client).
 
 Open and attach are awaited by the reader itself: later requests need the session id.
 A completion's chunks are written as they come; a later Append (or Rewind, Reset, Close)
@@ -21,7 +23,6 @@ CANCELLED when it is not known yet. The session itself lives on (attach again, o
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,6 +33,7 @@ from ..engine.client import CompletionStream, EngineClient
 from ..errors import CellserveError, InvalidInput, PreconditionFailed
 from ..logs import user_text
 from . import convert, validate
+from .in_order import InOrder
 from .malformed import RejectedRequest
 from .pb import svc, types
 from .recorder import NULL_RECORDER, Recorder, ResponseTimer, code_name
@@ -69,8 +71,6 @@ class _Reply:
         "received",
         "recorded",
         "request_id",
-        "unread",
-        "written",
     )
 
     def __init__(self, request_id: int, op: str | None) -> None:
@@ -83,8 +83,12 @@ class _Reply:
         self.build: Callable[[Any], svc.SessionResponse] | None = None
         self.chunks: CompletionStream | None = None
         self.recorded = False
-        self.unread = False  # its answer is ready and counted in the stream's UnreadBound
-        self.written = False
+
+    @property
+    def ready(self) -> bool:
+        """Its answer is known (a completion's chunks are not counted)."""
+        outcome = self.outcome
+        return self.error is not None or (isinstance(outcome, asyncio.Future) and outcome.done())
 
 
 class SessionStream:
@@ -104,15 +108,15 @@ class SessionStream:
         self._recorder = recorder
         self._session_id: str | None = None
         self._model = ""  # the bound session's model: the keystroke-latency label
-        self._outbox: asyncio.Queue[_Reply | None] = asyncio.Queue()
-        self._window = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._unanswered: InOrder[_Reply] = InOrder(MAX_IN_FLIGHT)  # the head is being written
         self._reader: asyncio.Task[None] | None = None
         self._stop = False
         self._awaiting_input = False
         self.stopped_by_drain = False
         # The "client is not reading" cutoff (stream_guard): answers ready but not yet taken by
-        # gRPC; past the bound, with no write finished for UNREAD_GRACE_S, ``cut_off`` ends the
-        # stream (the servicer aborts the call); the session is kept.
+        # gRPC, counted by a timer armed only while more than the bound are unanswered; past
+        # the bound, with no write finished for UNREAD_GRACE_S, ``cut_off`` ends the stream
+        # (the servicer aborts the call); the session is kept.
         self._unread = UnreadBound(settings.stream_max_unread)
         self._cut_off = cut_off
         self._writing = False  # inside a yield: gRPC has not taken the response yet
@@ -130,9 +134,9 @@ class SessionStream:
 
     async def run(self, requests: AsyncIterator[svc.SessionRequest]) -> AsyncIterator[svc.SessionResponse]:
         self._reader = asyncio.create_task(self._read(requests))
-        reply: _Reply | None = None
+        unanswered = self._unanswered
         try:
-            while (reply := await self._outbox.get()) is not None:
+            while (reply := await unanswered.head()) is not None:
                 if reply.chunks is not None:
                     async for response in self._relay(reply, reply.chunks):
                         self._writing = True
@@ -142,36 +146,21 @@ class SessionStream:
                     response = await self._answer(reply)
                     self._writing = True
                     yield response
-                    self._written(reply)
+                    self._written()
                     # Resumed once grpc has written the response: the client-visible latency,
                     # including any wait behind earlier requests' responses on this stream.
                     if reply.append_chars and response.WhichOneof("result") == "prediction":
                         ResponseTimer(self._recorder, self._model, reply.received).prediction_sent(reply.append_chars)
-                self._window.release()
+                unanswered.pop()
             await self._reader  # re-raises a reader failure (not a clean end of input)
         finally:
             if self._unread_timer is not None:
                 self._unread_timer.cancel()
-            await self._abandon(reply)
+            await self._abandon()
 
-    def _written(self, reply: _Reply | None = None) -> None:
+    def _written(self) -> None:
         self._writing = False
         self._writes += 1
-        if reply is not None:
-            reply.written = True
-            if reply.unread:
-                self._unread.taken()
-
-    def _ready(self, reply: _Reply, _outcome: object = None) -> None:
-        """``reply``'s answer is ready for the writer."""
-        if reply.written or reply.unread or self.cut is not None:
-            return
-        reply.unread = True
-        try:
-            self._unread.produced()
-        except ClientNotReading:
-            if self._unread_timer is None:
-                self._arm_unread_timer()
 
     def _arm_unread_timer(self) -> None:
         loop = asyncio.get_running_loop()
@@ -179,13 +168,15 @@ class SessionStream:
 
     def _unread_deadline(self, writes_then: int) -> None:
         self._unread_timer = None
-        if self._unread.unread <= self._unread.bound or self.cut is not None:
+        if self.cut is not None:
             return
-        if self._writing and self._writes == writes_then:  # gRPC took nothing in the grace
-            self.cut = ClientNotReading(self._unread.bound)
+        # ready but not taken (the head's included while gRPC holds its response)
+        self._unread.unread = sum(1 for r in self._unanswered if r.ready)
+        if self._unread.unread > self._unread.bound and self._writing and self._writes == writes_then:
+            self.cut = ClientNotReading(self._unread.bound)  # gRPC took nothing in the grace
             self._stop = True
             self._cut_off(self.cut)
-        else:  # slow, but reading: look again later
+        elif len(self._unanswered) > self._unread.bound:  # slow, but reading: look again later
             self._arm_unread_timer()
 
     async def _answer(self, reply: _Reply) -> svc.SessionResponse:
@@ -232,31 +223,31 @@ class SessionStream:
             reply.recorded = True
             self._recorder.request(reply.method, code)
 
-    async def _abandon(self, first: _Reply | None) -> None:
+    async def _abandon(self) -> None:
         """The stream ended: report what was submitted but never written, stop the reader and
         cancel completions nobody will read."""
         reader = self._reader
         if reader is not None and not reader.done():
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
-        reply = first
-        while reply is not None:
-            if not reply.recorded:
-                outcome = reply.outcome
-                if reply.chunks is not None:
-                    await reply.chunks.aclose()
-                    self._record(reply, "CANCELLED")
-                elif reply.error is not None:
-                    self._error(reply, reply.error)
-                elif isinstance(outcome, asyncio.Future) and outcome.done() and not outcome.cancelled():
-                    exc = outcome.exception()
-                    if exc is not None:
-                        self._error(reply, exc)
-                    else:
-                        self._record(reply, "OK")
+        while self._unanswered:
+            reply = self._unanswered.pop()
+            if reply.recorded:
+                continue
+            outcome = reply.outcome
+            if reply.chunks is not None:
+                await reply.chunks.aclose()
+                self._record(reply, "CANCELLED")
+            elif reply.error is not None:
+                self._error(reply, reply.error)
+            elif isinstance(outcome, asyncio.Future) and outcome.done() and not outcome.cancelled():
+                exc = outcome.exception()
+                if exc is not None:
+                    self._error(reply, exc)
                 else:
-                    self._record(reply, "CANCELLED")
-            reply = self._outbox.get_nowait() if not self._outbox.empty() else None
+                    self._record(reply, "OK")
+            else:
+                self._record(reply, "CANCELLED")
 
     # --- the reader ------------------------------------------------------------------------
 
@@ -271,7 +262,7 @@ class SessionStream:
                     break
                 finally:
                     self._awaiting_input = False
-                await self._window.acquire()
+                await self._unanswered.room()
                 op = request.WhichOneof("op")
                 reply = _Reply(request.request_id, op)
                 try:
@@ -283,17 +274,14 @@ class SessionStream:
                         self._submit(op, request, reply)
                 except Exception as exc:  # noqa: BLE001 (validation errors; status_of logs anything unexpected)
                     reply.error = exc
-                self._outbox.put_nowait(reply)
-                outcome = reply.outcome
-                if reply.error is not None:
-                    self._ready(reply)
-                elif isinstance(outcome, asyncio.Future):
-                    outcome.add_done_callback(functools.partial(self._ready, reply))
+                self._unanswered.put(reply)
+                if len(self._unanswered) > self._unread.bound and self._unread_timer is None and self.cut is None:
+                    self._arm_unread_timer()
         except asyncio.CancelledError:
             if not self._stop:
                 raise
         finally:
-            self._outbox.put_nowait(None)
+            self._unanswered.close()
 
     async def _bind(self, request: svc.SessionRequest, reply: _Reply) -> None:
         if self._session_id is not None:

@@ -91,7 +91,7 @@ class Admission:
         self._clock = clock
         self._limits: dict[str, Limits] = {}
         self._buckets: dict[str, _Bucket] = {}
-        self._streams: dict[int, str] = {}  # stream lease -> tenant
+        self._streams: dict[int, tuple[str, str]] = {}  # stream lease -> (tenant, holder)
         self._tenant_streams: dict[str, int] = {}
         self._completions: dict[str, int] = {}  # running alternatives per tenant
         self._ids = itertools.count(1)
@@ -123,8 +123,9 @@ class Admission:
             )
 
     # ---- streams ------------------------------------------------------------------------------
-    def open_stream(self, owner: str) -> int:
-        """A stream lease for ``owner``, or CapacityExceeded (nothing held)."""
+    def open_stream(self, owner: str, holder: str = "") -> int:
+        """A stream lease for ``owner``, or CapacityExceeded (nothing held). ``holder``: the
+        frontend that holds it (``release_holder`` gives back all of a frontend's at once)."""
         mine = self._tenant_streams.get(owner, 0)
         lim = self._limits.get(owner)
         if lim is not None and mine >= lim.max_streams:
@@ -146,18 +147,24 @@ class Admission:
                 retry_after_s=STREAM_RETRY_S,
             )
         lease = next(self._ids)
-        self._streams[lease] = owner
+        self._streams[lease] = (owner, holder)
         self._tenant_streams[owner] = mine + 1
         return lease
 
     def close_stream(self, lease: int) -> None:
         """Gives a stream lease back; an unknown (or already returned) one is ignored."""
-        owner = self._streams.pop(lease, None)
-        if owner is None:
+        entry = self._streams.pop(lease, None)
+        if entry is None:
             return
+        owner = entry[0]
         left = self._tenant_streams.pop(owner, 1) - 1
         if left > 0:
             self._tenant_streams[owner] = left
+
+    def release_holder(self, holder: str) -> None:
+        """Every lease ``holder`` holds comes back (that frontend restarted: its streams died)."""
+        for lease in [k for k, (_, h) in self._streams.items() if h == holder]:
+            self.close_stream(lease)
 
     def open_streams(self) -> int:
         return len(self._streams)

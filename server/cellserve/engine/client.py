@@ -98,13 +98,9 @@ class EngineClient(Protocol):
         ...
 
     def stats(self, owner: str) -> Awaitable[EngineStats]:
-        """Cumulative counters and gauges since start. Reading never changes them (any number
-        of readers); per-iteration observations come through ``add_stats_listener``."""
-        ...
-
-    def add_stats_listener(self, listener: StatsListener) -> Callable[[], None]:
-        """Registers ``listener`` for every later iteration; returns the function that
-        unregisters it."""
+        """Cumulative counters and gauges since start (per-model sums included). Reading never
+        changes them (any number of readers). Per-iteration observations are the engine
+        process's own (``Engine.add_stats_listener``): they never cross to a frontend."""
         ...
 
     # ---- admission (one place for every quota: engine/admission.py) -----------------------

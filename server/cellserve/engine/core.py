@@ -69,6 +69,7 @@ from .types import (
     IterationStats,
     ModelInfo,
     ModelIteration,
+    ModelTotals,
     Phase,
     Prediction,
     SessionEvent,
@@ -178,6 +179,7 @@ CALLS = frozenset(
         "set_limits",
         "open_stream",
         "close_stream",
+        "release_streams",
         "bind_sequence",
         "find_sequence",
         "forget_sequence",
@@ -264,6 +266,7 @@ class EngineCore:
         self._iterations = 0
         self._chars: dict[str, int] = {p: 0 for p in Phase}
         self._events: dict[str, int] = {}
+        self._model_totals: dict[str, ModelTotals] = {}  # EngineStats.models
         self._outbox: list[Outcome | ChunkOut] = []
         # suggest ops submitted and not yet answered (MAX_PENDING_SUGGESTS): their tickets,
         # dropped when their Outcome leaves the outbox, whichever path answered them
@@ -298,6 +301,7 @@ class EngineCore:
             iterations=self._iterations,
             chars_processed=dict(self._chars),
             session_events=dict(self._events),
+            models=tuple(self._model_totals.values()),
         )
 
     def health(self, owner: str = "") -> EngineHealth:
@@ -336,8 +340,12 @@ class EngineCore:
     def set_limits(self, owner: str, limits: Limits) -> None:
         self.admission.set_limits(owner, limits)
 
-    def open_stream(self, owner: str) -> int:
-        return self.admission.open_stream(owner)
+    def open_stream(self, owner: str, holder: str = "") -> int:
+        return self.admission.open_stream(owner, holder)
+
+    def release_streams(self, holder: str) -> None:
+        """The stream leases of a frontend that restarted come back."""
+        self.admission.release_holder(holder)
 
     def close_stream(self, lease: int) -> None:
         self.admission.close_stream(lease)
@@ -732,6 +740,8 @@ class EngineCore:
         if jobs or beam_rows:
             try:
                 stats = self._iteration_stats(jobs, results if error is None else [], waits, chars_before, beam_rows)
+                for mi in stats.models:
+                    self._model_totals[mi.model] = self._model_totals.get(mi.model, ModelTotals(mi.model)).plus(mi)
             except Exception:  # statistics are not worth an iteration's answers
                 log.exception("computing an iteration's statistics failed")
         for rt in self._runtimes.values():

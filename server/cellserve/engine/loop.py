@@ -45,6 +45,11 @@ class CoreLoop:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def backlog(self) -> int:
+        """Calls posted and not yet taken by the core thread (a reader may bound its intake)."""
+        return len(self._inbox)
+
     def post(self, call: Call) -> None:
         """Any thread: ``call`` runs on the core thread, in the order posted."""
         self._inbox.append(call)

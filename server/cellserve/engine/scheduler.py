@@ -31,9 +31,7 @@ from .plan import Plan, Row, SampleParams
 from .sessions import AppendOp, ControlOp, Op, Session
 
 # A character on the reference cells (want_gates: one Python-level step per character, with
-# per-gate reductions) costs this many budget characters. Measured on the 2-core dev machine
-# (2x512 LSTM, one thread; scripts/measure_budget.py): 3.2-3.7 ms per gate character against
-# 1.2-1.3 ms per extra prefill character.
+# per-gate reductions) costs this many budget characters (docs/measurements.md).
 GATE_CHAR_COST = 3
 # The smallest prefill chunk worth a row of its own: below it, per-row costs dominate.
 MIN_CHUNK = 16

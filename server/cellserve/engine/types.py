@@ -150,6 +150,29 @@ class IterationStats:
 
 
 @dataclass(frozen=True)
+class ModelTotals:
+    """One model's ``ModelIteration``s summed since start (KServe's ModelStatistics reads them
+    with ``EngineStats``, on request)."""
+
+    model: str
+    executions: int = 0  # iterations that ran a batch of the model
+    started: int = 0  # operations started
+    queue_wait_s: float = 0.0  # their summed wait from submission to their iteration
+    rows: int = 0
+    row_device_s: float = 0.0  # each row charged its batch's device seconds
+
+    def plus(self, it: ModelIteration) -> ModelTotals:
+        return ModelTotals(
+            self.model,
+            self.executions + 1,
+            self.started + len(it.queue_wait_s),
+            self.queue_wait_s + sum(it.queue_wait_s),
+            self.rows + it.rows,
+            self.row_device_s + it.device_s * it.rows,
+        )
+
+
+@dataclass(frozen=True)
 class EngineHealth:
     serving: bool  # False once draining or stopped: new sessions are refused
     active_sessions: int
@@ -174,3 +197,4 @@ class EngineStats:
     iterations: int = 0
     chars_processed: dict[str, int] = field(default_factory=dict)  # Phase -> chars
     session_events: dict[str, int] = field(default_factory=dict)  # SessionEvent -> count
+    models: tuple[ModelTotals, ...] = ()  # per model that ran a batch, summed since start

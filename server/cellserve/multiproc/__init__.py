@@ -4,7 +4,8 @@ and reach the core over ZMQ with msgspec messages; the parent supervises both.
 
 - ``messages``: the internal wire (what crosses, type-checked when decoded);
 - ``client``: ``ZmqEngineClient``, the ``EngineClient`` of a frontend;
-- ``core``: ``CoreServer``, the core's side of the socket;
+- ``core_server``: ``CoreServer``, the engine core process (input, core and output threads);
+- ``gate_thread``: InspectGates in the core process;
 - ``processes``: the entry points of the core and frontend processes;
 - ``supervisor``: the parent (start order, restarts, drain, exit status).
 """

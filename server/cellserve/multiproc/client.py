@@ -1,12 +1,12 @@
 """``ZmqEngineClient``: the ``EngineClient`` of a frontend process, talking to the engine core.
 
 Every call is submitted when made, as the protocol says: it gets a call number and a future,
-and its operation joins the outbox; the outbox is sent as one ``ToCore`` message once the
+and its operation joins the unsent list, sent as one ``ToCore`` message once the
 event loop has run everything that was ready (``call_soon``), so what one loop pass gathered
 crosses in one message, in call order. The core applies each session's operations in the
 order it receives them, so one frontend's order is kept end to end.
 
-Cancelling the awaiting task does not withdraw anything (the operation is in the outbox or
+Cancelling the awaiting task does not withdraw anything (the operation is unsent or
 already sent); the answer, when it comes, is dropped. A completion is withdrawn by closing its
 stream (``CloseCompletion``).
 
@@ -29,14 +29,13 @@ import zmq
 import zmq.asyncio
 
 from ..engine.admission import Limits
-from ..engine.client import DEFAULT_OPTIONS, StatsListener
+from ..engine.client import DEFAULT_OPTIONS
 from ..engine.types import (
     AppendOptions,
     CompletionChunk,
     CompletionRequest,
     EngineHealth,
     EngineStats,
-    IterationStats,
     ModelInfo,
     Prediction,
     SessionInfo,
@@ -44,6 +43,7 @@ from ..engine.types import (
     SuggestRequest,
 )
 from ..errors import CapacityExceeded, Unavailable
+from ..gate_report import GateQuery, GateReport
 from . import messages as m
 from .ratelimit import RateLimitedLog
 
@@ -155,7 +155,7 @@ class ZmqEngineClient:
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[asyncio.Future[Any], msgspec.msgpack.Decoder[Any]]] = {}
         self._streams: dict[int, _Completion] = {}
-        self._outbox: list[m.Op] = []
+        self._unsent: list[m.Op] = []
         self._flush_scheduled = False
         self._ctx: zmq.asyncio.Context | None = None
         self._sock: zmq.asyncio.Socket | None = None
@@ -164,7 +164,6 @@ class ZmqEngineClient:
         self._lost = False
         self._idle = asyncio.Event()
         self._bad = RateLimitedLog(log, "dropped a malformed message from the engine core")
-        self._stats_listeners: list[StatsListener] = []
 
     # ---- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -177,12 +176,12 @@ class ZmqEngineClient:
         # bounded: a core that does not keep up makes new calls fail RESOURCE_EXHAUSTED (see
         # _flush) instead of growing a queue without end
         sock.setsockopt(zmq.SNDHWM, self._send_hwm)
-        sock.setsockopt(zmq.RCVHWM, 0)
+        # bounded too: answers this frontend does not read in time are refused by the core
+        # (RESOURCE_EXHAUSTED, see core_server) instead of piling up here
+        sock.setsockopt(zmq.RCVHWM, self._send_hwm)
         sock.connect(self._address)
         self._sock = sock
         self._reader = asyncio.create_task(self._read())
-        if self._stats_listeners:
-            self._send(m.WatchStats(0))
 
     async def drain(self) -> None:
         """This frontend takes no new sessions; returns once its own calls and completions are
@@ -221,7 +220,7 @@ class ZmqEngineClient:
                 fut.set_exception(Unavailable(CORE_GONE))
         streams, self._streams = self._streams, {}
         for stream in streams.values():
-            stream.queue.put_nowait(m.Err(0, "unavailable", CORE_GONE))
+            stream.queue.put_nowait(m.Err(0, Unavailable.code, CORE_GONE))
         self._check_idle()
 
     @property
@@ -241,22 +240,13 @@ class ZmqEngineClient:
     def stats(self, owner: str) -> Awaitable[EngineStats]:
         return self._call(lambda i: m.Stats(i, owner), EngineStats)
 
-    def add_stats_listener(self, listener: StatsListener) -> Callable[[], None]:
-        """Listeners get each engine iteration's per-model share (``IterationStats.models``)
-        from the core; the engine-wide fields are empty here (the core exports those itself)."""
-        if not self._stats_listeners and self._sock is not None and not self._lost:
-            self._send(m.WatchStats(0))
-        self._stats_listeners.append(listener)
-        listeners = self._stats_listeners
-        return lambda: listeners.remove(listener) if listener in listeners else None
-
     def tokens(self, force: bool) -> Awaitable[bytes]:
         """The tokens file as the core last read it with success (see ``multiproc.tokens``)."""
         return self._call(lambda i: m.Tokens(i, force), bytes)
 
-    def inspect_gates(self, request: bytes) -> Awaitable[bytes]:
-        """InspectGates, run by the core (which holds the weights): serialized request and response."""
-        return self._call(lambda i: m.InspectGates(i, request), bytes)
+    def inspect_gates(self, query: GateQuery) -> Awaitable[GateReport]:
+        """InspectGates, run by the core (which holds the weights)."""
+        return self._call(lambda i: m.InspectGates(i, query), GateReport)
 
     # ---- admission (held by the core: engine/admission.py) -----------------------------------
     def set_limits(self, owner: str, limits: Limits) -> None:
@@ -311,7 +301,7 @@ class ZmqEngineClient:
         call_id = next(self._ids)
         stream = _Completion(self, call_id)
         if self._lost:
-            stream.queue.put_nowait(m.Err(call_id, "unavailable", CORE_GONE))
+            stream.queue.put_nowait(m.Err(call_id, Unavailable.code, CORE_GONE))
             return stream
         self._streams[call_id] = stream
         self._send(m.Complete(call_id, owner, session_id, request))
@@ -354,14 +344,14 @@ class ZmqEngineClient:
         self._check_idle()
 
     def _send(self, op: m.Op) -> None:
-        self._outbox.append(op)
+        self._unsent.append(op)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        ops, self._outbox = self._outbox, []
+        ops, self._unsent = self._unsent, []
         if self._sock is None or self._lost or not ops:
             return
         sent = self._sock.send(m.encode(self.recorder.message(ops)), flags=zmq.DONTWAIT)
@@ -373,13 +363,13 @@ class ZmqEngineClient:
     def _refuse(self, ops: list[m.Op], error: BaseException) -> None:
         """A batch the socket would not take (its queue to the core is full, or it failed):
         every call in it that someone waits for fails now, RESOURCE_EXHAUSTED with a retry
-        hint; the rest (cancellations, WatchStats) goes out with the next batch."""
+        hint; the rest (cancellations) goes out with the next batch."""
         if isinstance(error, zmq.Again):
             refusal: Exception = CapacityExceeded(CORE_BUSY, retry_after_s=BUSY_RETRY_S)
-            err = m.Err(0, "capacity_exceeded", CORE_BUSY, retry_after_s=BUSY_RETRY_S)
+            err = m.Err(0, CapacityExceeded.code, CORE_BUSY, retry_after_s=BUSY_RETRY_S)
         else:
             log.error("sending to the engine core failed", exc_info=error)
-            refusal, err = Unavailable(CORE_GONE), m.Err(0, "unavailable", CORE_GONE)
+            refusal, err = Unavailable(CORE_GONE), m.Err(0, Unavailable.code, CORE_GONE)
         kept: list[m.Op] = []
         for op in ops:
             entry = self._pending.pop(op.id, None)
@@ -392,7 +382,7 @@ class ZmqEngineClient:
             else:
                 kept.append(op)
         if kept:
-            self._outbox = kept + self._outbox
+            self._unsent = kept + self._unsent
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 asyncio.get_running_loop().call_later(BUSY_RETRY_S, self._flush)
@@ -400,7 +390,7 @@ class ZmqEngineClient:
 
     def flush_metrics(self) -> None:
         """Sends the metric events gathered so far even when no call is waiting to go."""
-        if self._sock is None or self._lost or self._outbox:
+        if self._sock is None or self._lost or self._unsent:
             return
         message = self.recorder.message([])
         if message.requests or message.keystrokes or message.malformed:
@@ -419,14 +409,7 @@ class ZmqEngineClient:
                 self._deliver(reply)
 
     def _deliver(self, reply: m.Reply) -> None:
-        if isinstance(reply, m.Iteration):
-            models = tuple(reply.models)
-            it = IterationStats(
-                rows=sum(mi.rows for mi in models), queue_wait_s=(), step_time_s=(), chars=(), models=models
-            )
-            for listener in list(self._stats_listeners):
-                listener(it)
-        elif isinstance(reply, (m.Ok, m.Err)):
+        if isinstance(reply, (m.Ok, m.Err)):
             entry = self._pending.pop(reply.id, None)
             deadlines = self._deadlines
             while deadlines and deadlines[0][1] not in self._pending:  # answered: in order, mostly

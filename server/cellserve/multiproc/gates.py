@@ -1,17 +1,19 @@
-"""InspectGates in a frontend: forwarded to the engine core, which holds the weights (a
+"""InspectGates in a frontend: checked here, run by the engine core, which holds the weights (a
 frontend imports no torch). Errors come back as the core's own ``cellserve.errors``."""
 
 from __future__ import annotations
 
+from ..api.gates import query_of, response_of
 from ..api.pb import svc
+from ..config import Settings
 from .client import ZmqEngineClient
 
 
 class CoreGates:
-    def __init__(self, client: ZmqEngineClient) -> None:
+    def __init__(self, client: ZmqEngineClient, settings: Settings) -> None:
         self._client = client
+        self._settings = settings
 
     async def inspect(self, request: svc.InspectGatesRequest) -> svc.InspectGatesResponse:
-        data = await self._client.inspect_gates(request.SerializeToString())
-        response: svc.InspectGatesResponse = svc.InspectGatesResponse.FromString(data)
-        return response
+        report = await self._client.inspect_gates(query_of(request, self._settings))
+        return response_of(report)

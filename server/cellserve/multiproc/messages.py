@@ -8,8 +8,10 @@ against these definitions, so a malformed message fails as a whole and is droppe
 of it runs.
 
 Session operations carry the same arguments as the ``EngineClient`` methods they stand for;
-results travel as msgpack of the engine's plain dataclasses (``Ok.value``, decoded by the
-frontend with the result type it expects for that call). Errors travel as ``Err``: a code
+results travel as msgpack of the engine's plain dataclasses, encoded once with the whole
+message (the core writes ``OkOut``, whose value is the result itself); the frontend reads the
+same bytes as ``Ok``, whose value stays a raw msgpack view until it is decoded, once, with the
+result type that call expects. Errors travel as ``Err``: a code
 naming the ``cellserve.errors`` class, the client-facing message and the retry hint.
 """
 
@@ -20,17 +22,9 @@ from typing import Any
 import msgspec
 
 from ..engine.admission import Limits
-from ..engine.types import AppendOptions, CompletionRequest, ModelIteration, SuggestRequest
-from ..errors import (
-    CapacityExceeded,
-    CellserveError,
-    InvalidInput,
-    NotFound,
-    OffsetConflict,
-    PermissionDenied,
-    PreconditionFailed,
-    Unavailable,
-)
+from ..engine.types import AppendOptions, CompletionRequest, SuggestRequest
+from ..errors import BY_CODE, CLIENT_ERRORS, CapacityExceeded, OffsetConflict
+from ..gate_report import GateQuery
 
 # ---- frontend -> core --------------------------------------------------------------------
 
@@ -113,11 +107,6 @@ class Close(_Op):
     session_id: str
 
 
-class WatchStats(_Op):
-    """From now on the core sends this frontend each engine iteration's per-model statistics
-    (``Iteration``), for the frontend's stats listeners (KServe's ModelStatistics)."""
-
-
 class SetLimits(_Op):
     """A tenant's quotas from the tokens file, for the core's admission (no answer)."""
 
@@ -168,7 +157,7 @@ class Tokens(_Op):
 
 
 class InspectGates(_Op):
-    request: bytes  # a serialized cellserve.v1 InspectGatesRequest; the answer is its response
+    query: GateQuery  # checked by the frontend; the answer is a GateReport
 
 
 Op = (
@@ -187,7 +176,6 @@ Op = (
     | CloseCompletion
     | Close
     | InspectGates
-    | WatchStats
     | SetLimits
     | OpenStream
     | CloseStream
@@ -212,12 +200,20 @@ class _Reply(msgspec.Struct, tag=True, array_like=True):
     id: int
 
 
-class Ok(_Reply):
-    value: msgspec.Raw  # msgpack of the call's result type
+class Ok(_Reply, tag="Ok"):
+    """As the frontend reads it: ``value`` is a view of the result's msgpack."""
+
+    value: msgspec.Raw
+
+
+class OkOut(_Reply, tag="Ok"):
+    """As the core writes it: the result itself, encoded once with the message."""
+
+    value: Any
 
 
 class Err(_Reply):
-    code: str  # ERROR_CODES key
+    code: str  # the error class's gRPC code name (cellserve.errors), or INTERNAL
     message: str
     retry_after_s: float = 0.0
     expected: int = 0  # OffsetConflict only
@@ -235,32 +231,23 @@ class End(_Reply):
     """The completion of call ``id`` has sent all its chunks."""
 
 
-class Iteration(_Reply):
-    """One engine iteration's per-model share, to a frontend that sent ``WatchStats`` (id 0)."""
-
-    models: list[ModelIteration]
-
-
-Reply = Ok | Err | Chunk | End | Iteration
+Reply = Ok | Err | Chunk | End
+ReplyOut = OkOut | Err | Chunk | End
 
 
 class ToFrontend(msgspec.Struct, array_like=True):
     replies: list[Reply]
 
 
+class ToFrontendOut(msgspec.Struct, array_like=True):
+    """``ToFrontend`` as the core writes it (the same bytes)."""
+
+    replies: list[ReplyOut]
+
+
 # ---- errors ------------------------------------------------------------------------------
 
-INTERNAL = "internal"
-ERROR_CODES: dict[str, type[CellserveError]] = {
-    "invalid_input": InvalidInput,
-    "not_found": NotFound,
-    "offset_conflict": OffsetConflict,
-    "precondition_failed": PreconditionFailed,
-    "permission_denied": PermissionDenied,
-    "capacity_exceeded": CapacityExceeded,
-    "unavailable": Unavailable,
-}
-_CODE_OF = {cls: code for code, cls in ERROR_CODES.items()}
+INTERNAL = "INTERNAL"
 
 
 class CoreFailure(Exception):
@@ -269,23 +256,21 @@ class CoreFailure(Exception):
 
 
 def error_reply(call_id: int, exc: BaseException) -> Err:
-    """The ``Err`` for ``exc``; anything but a domain error crosses as ``internal`` with no
-    detail (the core logs it)."""
-    for cls in type(exc).__mro__:
-        code = _CODE_OF.get(cls)
-        if code is None:
-            continue
-        if isinstance(exc, OffsetConflict):
-            return Err(call_id, code, str(exc), expected=exc.expected, got=exc.got)
-        if isinstance(exc, CapacityExceeded):
-            return Err(call_id, code, str(exc), retry_after_s=exc.retry_after_s)
-        return Err(call_id, code, str(exc))
-    return Err(call_id, INTERNAL, "internal error")
+    """The ``Err`` for ``exc``; anything but a client-facing domain error crosses as INTERNAL
+    with no detail (the core logs it)."""
+    if not isinstance(exc, CLIENT_ERRORS):
+        return Err(call_id, INTERNAL, "internal error")
+    code = type(exc).code
+    if isinstance(exc, OffsetConflict):
+        return Err(call_id, code, str(exc), expected=exc.expected, got=exc.got)
+    if isinstance(exc, CapacityExceeded):
+        return Err(call_id, code, str(exc), retry_after_s=exc.retry_after_s)
+    return Err(call_id, code, str(exc))
 
 
 def error_of(err: Err) -> Exception:
     """The exception ``err`` stands for: the same ``cellserve.errors`` class as in the core."""
-    cls = ERROR_CODES.get(err.code)
+    cls = BY_CODE.get(err.code)
     if cls is OffsetConflict:
         return OffsetConflict(err.expected, err.got)
     if cls is CapacityExceeded:

@@ -1,8 +1,9 @@
 """The entry points of the child processes (started by ``supervisor`` with multiprocessing's
 spawn method; each reports to the parent over a one-way pipe).
 
-- ``run_core``: loads the models, starts the engine and the metrics endpoint, binds the
-  internal socket, reports ``("ready", metrics_port)``. SIGTERM: drain the engine, stop, exit 0.
+- ``run_core``: loads the models, starts the core's threads (``core_server``: no event loop)
+  and the metrics endpoint, binds the internal socket, reports ``("ready", metrics_port)``.
+  SIGTERM: drain the engine, stop, exit 0.
 - ``run_frontend``: connects to the core, waits for its first answer, serves gRPC on the shared
   port, reports ``("listening", port)``. Its health follows the core's (polled every
   ``CORE_POLL_S``). SIGTERM: the usual drain of ``ApiServer.shutdown``. SIGUSR1 (sent by the
@@ -48,73 +49,72 @@ def _child_setup(settings: Settings, parent_pid: int) -> None:
 def run_core(settings: Settings, address: str, conn: Connection, parent_pid: int) -> None:
     _child_setup(settings, parent_pid)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see serve.run_serve
-    _exit(asyncio.run(_core_main(settings, address, conn)))
+    _exit(_core_main(settings, address, conn))
 
 
-async def _core_main(settings: Settings, address: str, conn: Connection) -> int:
+def _core_main(settings: Settings, address: str, conn: Connection) -> int:
+    """The engine core process: no event loop. The main thread starts the threads
+    (``CoreServer``: input, core, output; the gate thread) and waits for SIGTERM."""
+    import threading
+
     import zmq
-    import zmq.asyncio
 
-    from ..api.gates import GateInspector
-    from ..api.malformed import MalformedCounter
-    from ..api.server import format_address
-    from ..engine.inprocess import InProcessEngineClient
-    from ..serve import start_engine, start_metrics, stop_metrics
-    from .core import CoreServer
-    from .tokens import TokensKeeper
+    from ..boot import load_models, start_metrics
+    from ..engine.core import EngineCore
+    from ..errors import Unavailable
+    from .core_server import CoreServer
+    from .gate_thread import GateThread
 
     try:
-        engine = await start_engine(settings)
+        repository = load_models(settings)
     except ModelFileError as e:
         conn.send(("error", f"cannot start: {e}"))
         return EXIT_CONFIG
-    client = InProcessEngineClient(engine)
-    try:
-        metrics, endpoint = start_metrics(settings, engine)
-    except OSError as e:
-        where = format_address(settings.metrics_host, settings.metrics_port)
-        conn.send(("error", f"cannot serve metrics on {where}: {e}"))
-        await engine.stop()
-        return EXIT_CONFIG
-    client.add_stats_listener(metrics.observe_iteration)
-    poller = asyncio.create_task(metrics.poll_engine(client))
-    ctx = zmq.asyncio.Context()
-    sock = ctx.socket(zmq.ROUTER)
-    sock.setsockopt(zmq.LINGER, 0)
-    # No high-water mark: at one a ROUTER drops answers silently. What is in flight is bounded
-    # by the frontends' own caps (streams, requests per stream).
-    sock.setsockopt(zmq.SNDHWM, 0)
-    sock.setsockopt(zmq.RCVHWM, 0)
-    sock.bind(address)
-    gates = GateInspector(engine.repository.get, settings)
-    tokens = TokensKeeper(settings.auth_tokens_file) if settings.auth_tokens_file else None
-    malformed = MalformedCounter(settings.malformed_log_interval_s, metrics.malformed)
-    serving = asyncio.create_task(CoreServer(client, sock, metrics, gates, tokens, malformed).serve())
-    conn.send(("ready", endpoint.port))
+    core = EngineCore(settings, repository)
+    if settings.cpu_threads and core.device.type == "cpu":
+        import torch
 
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    waiter = asyncio.create_task(stop.wait())
-    await asyncio.wait((waiter, serving), return_when=asyncio.FIRST_COMPLETED)
+        torch.set_num_threads(settings.cpu_threads)
+    try:
+        metrics, endpoint = start_metrics(settings, core)
+    except OSError as e:
+        conn.send(("error", f"cannot serve metrics on {_address(settings)}: {e}"))
+        return EXIT_CONFIG
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    gates = GateThread(repository.get)
+    server = CoreServer(core, ctx, address, settings, metrics, gates)
+    gates.start()
+    server.start()
+    conn.send(("ready", endpoint.port))
     code = 0
-    if serving.done():  # the socket loop failed: a bug; exit so the parent restarts the pod
-        log.error("the engine core's socket loop stopped", exc_info=serving.exception())
-        code = 1
-    else:
+    while not stop.wait(CORE_POLL_S):  # the main thread takes the signal between waits
+        if not server.alive:  # a thread died: a bug; exit so the parent restarts the pod
+            log.error("a thread of the engine core stopped")
+            code = 1
+            break
+    if code == 0:
         log.info("engine core: draining for at most %.1f s", settings.drain_grace_s)
         try:
-            await asyncio.wait_for(client.drain(), timeout=settings.drain_grace_s)
+            if not server.drain(settings.drain_grace_s):
+                log.warning("engine drain did not finish within drain_grace_s=%s", settings.drain_grace_s)
         except TimeoutError:
-            log.warning("engine drain did not finish within drain_grace_s=%s", settings.drain_grace_s)
-    waiter.cancel()
-    await engine.stop()
-    serving.cancel()
-    await asyncio.gather(serving, return_exceptions=True)
-    sock.close(linger=0)
+            log.warning("the engine core did not answer while draining")
+    server.stop(Unavailable("server is stopping"))
+    gates.stop()
     ctx.term()
-    await metrics.poll_once(client)
-    await stop_metrics(poller, endpoint)
+    try:
+        metrics.observe_stats(core.stats())  # the last counters (the core thread is gone)
+    except Exception:  # noqa: BLE001 (metrics must never block the exit)
+        log.exception("reading engine statistics failed")
+    endpoint.close()
     return code
+
+
+def _address(settings: Settings) -> str:
+    host, port = settings.metrics_host, settings.metrics_port
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
 def run_frontend(settings: Settings, index: int, address: str, conn: Connection, parent_pid: int) -> None:
@@ -134,8 +134,8 @@ def _exit(code: int) -> None:
 async def _frontend_main(settings: Settings, index: int, address: str, conn: Connection) -> int:
     from ..api import ApiServer
     from ..api.server import format_address
-    from ..api.tokens import TokensFileError
     from ..api.transport import TlsFileError
+    from ..tokens import TokensFileError
     from .client import ForwardingRecorder, ZmqEngineClient
     from .gates import CoreGates
 
@@ -155,7 +155,7 @@ async def _frontend_main(settings: Settings, index: int, address: str, conn: Con
             recorder=recorder,
             reuse_port=True,
             frontend=str(index),
-            gates=CoreGates(client),
+            gates=CoreGates(client, settings),
             tokens_source=client.tokens,
         )
     except (TokensFileError, TlsFileError) as e:  # names the file and the problem

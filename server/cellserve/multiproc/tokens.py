@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..api.tokens import TokensFileError, file_stamp, parse
 from ..errors import Unavailable
+from ..tokens import TokensFileError, file_stamp, parse
 
 log = logging.getLogger("cellserve.auth")
 

@@ -44,15 +44,9 @@ class KServeServicer(krpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     def __init__(self, engine: EngineClient, settings: Settings) -> None:
         self._settings = settings
         self._engine = engine
-        statistics = Statistics()
-        self.inference = Inference(engine, settings, statistics)
-        self._unsubscribe = engine.add_stats_listener(statistics.observe)
+        self.inference = Inference(engine, settings, Statistics())
         self._streams: set[InferStream] = set()
         self._draining = False
-
-    def close(self) -> None:
-        """Stops taking the engine's statistics (the server has stopped)."""
-        self._unsubscribe()
 
     def begin_drain(self) -> None:
         """Not ready from now on; streams stop reading and answer what they have read."""
@@ -120,8 +114,9 @@ class KServeServicer(krpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
             names = [(await self.inference.model(request.name, request.version)).name]
         else:
             names = list(await self.inference.models())
+        engine = {t.model: t for t in (await self._engine.stats(caller(context))).models}  # one query
         stats = self.inference.statistics
-        return kpb.ModelStatisticsResponse(model_stats=[stats.message(n, VERSION) for n in names])
+        return kpb.ModelStatisticsResponse(model_stats=[stats.message(n, VERSION, engine.get(n)) for n in names])
 
     async def RepositoryIndex(
         self, request: kpb.RepositoryIndexRequest, context: Context

@@ -5,9 +5,10 @@ At the front (this surface's requests only):
   request being read to its answer;
 - ``inference_count``: successful requests; ``last_inference``: the latest one's wall time.
 
-In the engine (pushed once per iteration through ``EngineClient.add_stats_listener``, so they
-count every operation on the model, from this surface and the native API alike, as Triton's
-counters cover a model whatever the client):
+In the engine (``EngineStats.models``: per-model sums the engine keeps of its iterations,
+read with one ``stats`` query when a ModelStatistics request comes, never pushed per
+iteration; they count every operation on the model, from this surface and the native API
+alike, as Triton's counters cover a model whatever the client):
 - ``execution_count``: engine iterations that ran a batch of the model (one batch holds the
   appends, chunks and completion steps of many sequences, so it grows slower than
   ``inference_count`` under load);
@@ -27,7 +28,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from ...engine.types import IterationStats
+from ...engine.types import ModelTotals
 from .pb import kpb
 
 
@@ -38,11 +39,6 @@ class _Counters:
     fail_count: int = 0
     fail_ns: int = 0
     last_inference_ms: int = 0
-    executions: int = 0
-    queued: int = 0
-    queue_ns: int = 0
-    rows: int = 0
-    row_device_ns: int = 0
 
 
 class Statistics:
@@ -66,31 +62,23 @@ class Statistics:
         c.fail_count += 1
         c.fail_ns += time.perf_counter_ns() - started_ns
 
-    def observe(self, it: IterationStats) -> None:
-        """The engine's stats listener: quick, never raises."""
-        for m in it.models:
-            c = self._of(m.model)
-            c.executions += 1
-            c.queued += len(m.queue_wait_s)
-            c.queue_ns += int(sum(m.queue_wait_s) * 1e9)
-            c.rows += m.rows
-            c.row_device_ns += int(m.device_s * 1e9) * m.rows
-
-    def message(self, model: str, version: str) -> kpb.ModelStatistics:
+    def message(self, model: str, version: str, engine: ModelTotals | None) -> kpb.ModelStatistics:
+        """``engine``: the engine's sums for ``model`` (None: it never ran a batch of it)."""
         c = self._models.get(model, _Counters())
+        e = engine or ModelTotals(model)
         ok = c.success_count
         return kpb.ModelStatistics(
             name=model,
             version=version,
             last_inference=c.last_inference_ms,
             inference_count=ok,
-            execution_count=c.executions,
+            execution_count=e.executions,
             inference_stats=kpb.InferStatistics(
                 success=kpb.StatisticDuration(count=ok, ns=c.success_ns),
                 fail=kpb.StatisticDuration(count=c.fail_count, ns=c.fail_ns),
-                queue=kpb.StatisticDuration(count=c.queued, ns=c.queue_ns),
-                compute_input=kpb.StatisticDuration(count=c.rows, ns=0),
-                compute_infer=kpb.StatisticDuration(count=c.rows, ns=c.row_device_ns),
-                compute_output=kpb.StatisticDuration(count=c.rows, ns=0),
+                queue=kpb.StatisticDuration(count=e.started, ns=int(e.queue_wait_s * 1e9)),
+                compute_input=kpb.StatisticDuration(count=e.rows, ns=0),
+                compute_infer=kpb.StatisticDuration(count=e.rows, ns=int(e.row_device_s * 1e9)),
+                compute_output=kpb.StatisticDuration(count=e.rows, ns=0),
             ),
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+from ..in_order import InOrder
 from ..recorder import code_name
 from ..status import status_of
 from .infer import Inference
@@ -42,8 +43,7 @@ class InferStream:
     def __init__(self, inference: Inference, owner: str) -> None:
         self._inference = inference
         self._owner = owner
-        self._outbox: asyncio.Queue[Pending | None] = asyncio.Queue()
-        self._window = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._unanswered: InOrder[Pending] = InOrder(MAX_IN_FLIGHT)
         self._reader: asyncio.Task[None] | None = None
         self._awaiting_input = False
         self._stop = False
@@ -58,7 +58,7 @@ class InferStream:
     async def run(self, requests: AsyncIterator[kpb.ModelInferRequest]) -> AsyncIterator[kpb.ModelStreamInferResponse]:
         self._reader = asyncio.create_task(self._read(requests))
         try:
-            while (item := await self._outbox.get()) is not None:
+            while (item := await self._unanswered.head()) is not None:
                 request, pending = item
                 if isinstance(pending, Exception):
                     yield error_response(request, pending)
@@ -69,7 +69,7 @@ class InferStream:
                         yield error_response(request, exc)
                     else:
                         yield kpb.ModelStreamInferResponse(infer_response=response)
-                self._window.release()
+                self._unanswered.pop()
             await self._reader  # re-raises a reader failure (not a clean end of input)
         finally:
             if not self._reader.done():
@@ -87,15 +87,15 @@ class InferStream:
                     break
                 finally:
                     self._awaiting_input = False
-                await self._window.acquire()
+                await self._unanswered.room()
                 pending: asyncio.Future[kpb.ModelInferResponse] | Exception
                 try:
                     pending = await self._inference.submit(request, self._owner)
                 except Exception as exc:  # noqa: BLE001 (answered in-band, in order)
                     pending = exc
-                self._outbox.put_nowait((request, pending))
+                self._unanswered.put((request, pending))
         except asyncio.CancelledError:
             if not self._stop:
                 raise
         finally:
-            self._outbox.put_nowait(None)
+            self._unanswered.close()

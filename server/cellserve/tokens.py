@@ -32,7 +32,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..engine.admission import Limits
+from .engine.admission import Limits
 
 TOKEN_PREFIX = "cs_"  # recognisable in a secret scanner
 HASH_PREFIX = "sha256:"

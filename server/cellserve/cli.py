@@ -386,7 +386,7 @@ def _add_token(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def _run_token_new(a: argparse.Namespace) -> int:
     import re
 
-    from .api.tokens import TENANT_PATTERN, new_token
+    from .tokens import TENANT_PATTERN, new_token
 
     if not re.match(TENANT_PATTERN, a.tenant):
         raise SystemExit(f"cellserve token new: {a.tenant!r} is not a valid tenant name (letters, digits, . _ @ -)")

@@ -151,11 +151,13 @@ class Settings(BaseModel):
 
     # --- capacity and limits -------------------------------------------------------------
     max_sessions: int = Field(default=10_000, ge=1, le=10_000_000)
-    """Live sessions (= state-pool slots for sessions). Beyond: RESOURCE_EXHAUSTED."""
+    """Live sessions (= state-pool slots for sessions). Beyond: RESOURCE_EXHAUSTED. In its last
+    eighth, an authenticated tenant holding its fair share is refused (engine/admission.py)."""
     pool_chunk: int = Field(default=256, ge=1, le=1_000_000)
     """The state pool grows by this many slots at a time, up to the maximum."""
     max_concurrent_streams: int = Field(default=1024, ge=1, le=1_000_000)
-    """Open bidirectional streams. Beyond: RESOURCE_EXHAUSTED."""
+    """Open bidirectional streams, over every frontend (counted by the engine core). Beyond:
+    RESOURCE_EXHAUSTED. In its last eighth, an authenticated tenant holding its fair share is refused."""
     core_call_deadline_s: float = Field(default=120.0, gt=0, le=3600)
     """With --frontends N: a call a frontend sent to the engine core and got no answer for in
     this long fails UNAVAILABLE (retry), so a lost message never leaves a caller waiting

@@ -100,6 +100,12 @@ class CapacityExceeded(CellserveError):
         super().__init__(message)
 
 
+class Unauthenticated(CellserveError):
+    """The caller's credentials are missing, unknown or were revoked (UNAUTHENTICATED)."""
+
+    code = "UNAUTHENTICATED"
+
+
 class Unavailable(CellserveError):
     """The server is draining or not ready (UNAVAILABLE)."""
 
@@ -116,5 +122,6 @@ CLIENT_ERRORS: tuple[type[CellserveError], ...] = (
     PermissionDenied,
     CapacityExceeded,
     Unavailable,
+    Unauthenticated,
 )
 BY_CODE: dict[str, type[CellserveError]] = {cls.code: cls for cls in CLIENT_ERRORS}

@@ -174,8 +174,8 @@ def run_serve(args: argparse.Namespace) -> int:
 async def serve(settings: Settings) -> int:
     from .api import ApiServer
     from .api.server import format_address
-    from .api.tokens import TokensFileError
     from .api.transport import TlsFileError
+    from .tokens import TokensFileError
 
     try:
         engine = await start_engine(settings)

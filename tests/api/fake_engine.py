@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
+from cellserve.engine.admission import Limits
 from cellserve.engine.client import DEFAULT_OPTIONS
 from cellserve.engine.types import (
     AppendOptions,
@@ -22,6 +23,7 @@ from cellserve.engine.types import (
     Suggestion,
     SuggestRequest,
 )
+from cellserve.errors import NotFound
 
 MODEL = ModelInfo("fake", "lstm", 1, 4, ("", "a", "b"), "0" * 64, None, True)
 
@@ -63,6 +65,10 @@ class FakeEngine:
         self.calls: list[Call] = []
         self.submitted = asyncio.Event()  # set at every call
         self.chunks: list[FakeChunks] = []
+        self.limits: dict[str, Limits] = {}
+        self.streams_opened = 0
+        self.open_streams: set[int] = set()  # stream leases held now
+        self.sequences: dict[tuple[str, str, str], str] = {}
 
     def _call(self, op: str, owner: str, *args: Any) -> asyncio.Future[Any]:
         call = Call(op, owner, args)
@@ -99,6 +105,32 @@ class FakeEngine:
     def stats(self, owner: str) -> Awaitable[EngineStats]:
         return _now(EngineStats())
 
+    def set_limits(self, owner: str, limits: Limits) -> None:
+        self.limits[owner] = limits
+
+    def open_stream(self, owner: str) -> Awaitable[int]:
+        self.streams_opened += 1
+        self.open_streams.add(self.streams_opened)
+        return _now(self.streams_opened)
+
+    def close_stream(self, owner: str, lease: int) -> None:
+        self.open_streams.discard(lease)
+
+    def bind_sequence(self, owner: str, model: str, seq: str, session_id: str) -> Awaitable[str | None]:
+        previous = self.sequences.get((owner, model, seq))
+        self.sequences[(owner, model, seq)] = session_id
+        return _now(previous)
+
+    def find_sequence(self, owner: str, model: str, seq: str) -> Awaitable[SessionInfo]:
+        sid = self.sequences.get((owner, model, seq))
+        if sid is None:
+            return _failed(NotFound("unknown session"))
+        return _now(SessionInfo(sid, MODEL.name, 0, 0.0, 0.0))
+
+    def forget_sequence(self, owner: str, model: str, seq: str, session_id: str) -> None:
+        if self.sequences.get((owner, model, seq)) == session_id:
+            del self.sequences[(owner, model, seq)]
+
     def open_session(self, owner: str, model: str | None = None) -> Awaitable[SessionInfo]:
         return _now(SessionInfo("f" * 32, MODEL.name, 0, 0.0, 0.0))
 
@@ -132,6 +164,12 @@ class FakeEngine:
 
     def close_session(self, owner: str, session_id: str) -> Awaitable[None]:
         return self._call("close", owner, session_id)
+
+
+def _failed(error: BaseException) -> asyncio.Future[Any]:
+    fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    fut.set_exception(error)
+    return fut
 
 
 def _now(value: Any) -> asyncio.Future[Any]:

@@ -22,7 +22,7 @@ import cellserve_client
 import grpc
 import pytest
 from cellserve.api.status import INTERNAL_MESSAGE
-from cellserve.api.tokens import new_token
+from cellserve.tokens import new_token
 from cellserve_client import CellserveError, Client, FailoverPolicy
 from cellserve_client._errors import STATUS_CLASSES, from_rpc_error
 from cellserve_client._proto.cellserve.v1 import service_pb2 as svc

@@ -93,25 +93,27 @@ def test_stream_cap(small: tg.InferenceServerClient, small_target: str) -> None:
         small.stop_stream()
 
 
-def _start_refused(client: tg.InferenceServerClient, seq: int) -> bool:
-    """START on ``seq``: True while it is still live (refused; looking does not refresh it)."""
-    try:
-        client.infer(MODEL, [text_input("x")], sequence_id=seq, sequence_start=True, sequence_end=True)
-    except tg.InferenceServerException as e:
-        assert "already live" in e.message()
-        return True
-    return False
-
-
 def test_idle_sequence_expires(small: tg.InferenceServerClient) -> None:
     older, newer = next(_ids), next(_ids)
     small.infer(MODEL, [text_input("abc")], sequence_id=older, sequence_start=True)
     small.infer(MODEL, [text_input("abc")], sequence_id=newer, sequence_start=True)
+    # A START on a live id restarts it, so it cannot probe liveness; the session count can: both
+    # sessions hold the whole cap until the sweep has expired them.
     deadline = time.monotonic() + WAIT_S
-    while _start_refused(small, newer):  # bounded: ends once the sweep has expired it
-        assert time.monotonic() < deadline, "the idle sequence never expired"
+    while _at_the_cap(small):  # bounded: ends once the sweep has expired one
+        assert time.monotonic() < deadline, "the idle sequences never expired"
         time.sleep(0.2)
-    # The older one idled longer: expired too, so a request without START is refused.
+    # The older one idled longer: expired, so a request without START is refused.
     with pytest.raises(tg.InferenceServerException) as info:
         small.infer(MODEL, [text_input("d")], sequence_id=older)
     assert "must specify the START flag" in info.value.message()
+
+
+def _at_the_cap(client: tg.InferenceServerClient) -> bool:
+    """True while a new sequence is refused for the session cap (the probe ends at once)."""
+    try:
+        client.infer(MODEL, [text_input("x")], sequence_id=next(_ids), sequence_start=True, sequence_end=True)
+    except tg.InferenceServerException as e:
+        assert e.status() == "StatusCode.RESOURCE_EXHAUSTED"
+        return True
+    return False

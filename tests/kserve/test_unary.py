@@ -11,6 +11,7 @@ import pytest
 from cellserve_client._proto.cellserve.v1 import service_pb2 as svc
 from cellserve_client._proto.cellserve.v1 import service_pb2_grpc as rpc
 from cellserve_client._proto.cellserve.v1 import types_pb2 as types
+from servers import ServerProcess
 
 from .conftest import MODEL, assert_same, native_predictions, offset_input, position, text_input, tg, top
 
@@ -53,14 +54,14 @@ def test_non_start_for_an_unknown_id_is_refused(triton: tg.InferenceServerClient
     assert "must specify the START flag" in e.message()
 
 
-def test_start_on_a_live_id_is_refused_and_keeps_the_sequence(triton: tg.InferenceServerClient) -> None:
+def test_start_on_a_live_id_restarts_it_for_its_owner(triton: tg.InferenceServerClient) -> None:
+    # A client killed mid-sequence starts its ids again without waiting for the session TTL.
     seq = next(_ids)
     triton.infer(MODEL, [text_input("abc")], sequence_id=seq, sequence_start=True)
-    e = error_of(triton.infer, MODEL, [text_input("zz")], sequence_id=seq, sequence_start=True)
-    assert e.status() == "StatusCode.FAILED_PRECONDITION"
-    assert "already live" in e.message() and "does not restart" in e.message()
+    r = triton.infer(MODEL, [text_input("zz")], sequence_id=seq, sequence_start=True)
+    assert position(r) == 2  # a new session from position 0: the old one was closed
     r = triton.infer(MODEL, [text_input("d")], sequence_id=seq, sequence_end=True)
-    assert position(r) == 4  # the live sequence went on untouched
+    assert position(r) == 3
 
 
 def test_end_forgets_the_id_and_start_reuses_it(triton: tg.InferenceServerClient) -> None:
@@ -264,3 +265,35 @@ def test_a_start_whose_append_fails_leaves_nothing(triton: tg.InferenceServerCli
         MODEL, [text_input("ab"), offset_input(0)], sequence_id=seq, sequence_start=True, sequence_end=True
     )
     assert position(r) == 2
+
+
+def test_a_sequence_goes_on_from_any_connection(kserver: ServerProcess) -> None:
+    # Each request on a connection of its own: with two frontends they land on either, and the
+    # sequence id -> session table is the engine core's, so every one finds the sequence.
+    seq, pieces = next(_ids), ["ab", "c", "de", "f", "gh", "i"]
+    want = 0
+    for i, piece in enumerate(pieces):
+        client = tg.InferenceServerClient(kserver.target, channel_args=[("grpc.use_local_subchannel_pool", 1)])
+        try:
+            r = client.infer(
+                MODEL, [text_input(piece)], sequence_id=seq, sequence_start=i == 0, sequence_end=i == len(pieces) - 1
+            )
+        finally:
+            client.close()
+        want += len(piece)
+        assert position(r) == want
+
+
+def test_owner_restart_reaches_the_sequence_from_any_connection(kserver: ServerProcess) -> None:
+    seq = next(_ids)
+    for text in ("abc", "zz", "q"):  # every START restarts the live sequence, whichever frontend
+        client = tg.InferenceServerClient(kserver.target, channel_args=[("grpc.use_local_subchannel_pool", 1)])
+        try:
+            assert position(client.infer(MODEL, [text_input(text)], sequence_id=seq, sequence_start=True)) == len(text)
+        finally:
+            client.close()
+    client = tg.InferenceServerClient(kserver.target)
+    try:
+        assert position(client.infer(MODEL, [text_input("r")], sequence_id=seq, sequence_end=True)) == 2
+    finally:
+        client.close()

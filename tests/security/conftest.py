@@ -9,14 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cellserve.api.tokens import new_token
+from cellserve.tokens import new_token
 from servers import SNAPSHOT_KEY, ServerProcess, start_server
 
 from .pki import CA, Pair
 
 KEY_ENV = {"CELLSERVE_SNAPSHOT_KEY": SNAPSHOT_KEY}
 SNAPSHOT_TTL_S = 4  # short, so the expiry row waits seconds, not a day
-# bob is the tenant with small quotas; alice and carol keep the defaults.
+# bob (and fay) are the tenants with small quotas; alice and carol keep the defaults.
 BOB_QUOTA = {"max_sessions": 3, "max_streams": 2, "max_completions": 2, "chars_per_s": 50, "chars_burst": 4096}
 
 
@@ -36,6 +36,9 @@ def _entries(tokens: dict[str, str]) -> list[dict[str, object]]:
         {"name": "alice", "tokens": [tokens["alice"]]},
         {"name": "bob", "tokens": [tokens["bob"]], "quota": BOB_QUOTA},
         {"name": "dave", "tokens": [tokens["dave"]]},
+        # bob's quotas, a bucket of its own: buckets are exact over every path, so a test that
+        # empties one would slow the next test of the same tenant by a minute (4000 chars at 50/s)
+        {"name": "fay", "tokens": [tokens["fay"]], "quota": BOB_QUOTA},
     ]
 
 
@@ -43,7 +46,7 @@ def _entries(tokens: dict[str, str]) -> list[dict[str, object]]:
 def tokens(tmp_path_factory: pytest.TempPathFactory) -> Tokens:
     d = tmp_path_factory.mktemp("auth")
     raw, stored = {}, {}
-    for name in ("alice", "bob", "dave"):
+    for name in ("alice", "bob", "dave", "fay"):
         raw[name], stored[name] = new_token()
     t = Tokens(d / "tokens.json", raw)
     t.write(_entries(stored))
@@ -116,33 +119,3 @@ def tls_server(model_dir: Path, tokens: Tokens, pki: Pki) -> Iterator[ServerProc
         yield s
     finally:
         s.terminate()
-
-
-# Known gaps of the multi-process shape (reported; each fails for the reason given, strictly).
-FRONTEND_GAPS = {
-    "test_metrics_threads_are_bounded": "the core's /metrics endpoint is not yet bounded as the single process's is",
-    "test_bad_message_on_a_stream_is_answered_in_band_and_the_stream_goes_on": (
-        "frontends do not forward their malformed-request counts to the core's metrics yet"
-    ),
-    "test_malformed_requests_are_logged_once_per_interval_without_tracebacks": (
-        "each frontend rate-limits its own malformed-request log"
-    ),
-}
-
-
-# Not run in the two-frontend shape: each frontend watches the tokens file on its own (once a
-# second, and on the SIGHUP the supervisor forwards), so right after a revocation one frontend
-# may still accept the revoked token while another refuses it; the test's exact sequence (revoke,
-# then a broken file) then sees the older tenants kept by the slower frontend. Known gap.
-FRONTEND_SKIPS = {
-    "test_tokens_file_reload_on_change_and_sighup": "frontends reload the tokens file independently (known gap)",
-}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.name.split("[")[0] in FRONTEND_SKIPS and "two-frontends" in item.name:
-            item.add_marker(pytest.mark.skip(reason=FRONTEND_SKIPS[item.name.split("[")[0]]))
-        name = item.name.split("[", 1)[0]
-        if name in FRONTEND_GAPS and "two-frontends" in item.name:
-            item.add_marker(pytest.mark.xfail(reason=FRONTEND_GAPS[name], strict=True))

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from cellserve.api.tokens import new_token
+from cellserve.tokens import new_token
 from cellserve_client import Client, Unauthenticated
 from cellserve_client._proto.cellserve.v1 import service_pb2 as svc
 from grpc_health.v1 import health_pb2, health_pb2_grpc

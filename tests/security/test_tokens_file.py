@@ -1,4 +1,4 @@
-"""The tokens file (``cellserve.api.tokens``): YAML and JSON, validation messages, lookups."""
+"""The tokens file (``cellserve.tokens``): YAML and JSON, validation messages, lookups."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from cellserve.api.quota import Limits
-from cellserve.api.tokens import TokensFileError, TokenTable, new_token, parse
+from cellserve.engine.admission import Limits
+from cellserve.tokens import TokensFileError, TokenTable, new_token, parse
 
 DEFAULTS = Limits(10, 5, 4, 100.0, 4096)
 
@@ -49,3 +49,20 @@ def test_bad_files_name_the_problem(tmp_path: Path, text: str, problem: str) -> 
 def test_tokens_are_random_and_stored_as_hashes() -> None:
     a, b = new_token(), new_token()
     assert a[0] != b[0] and a[1].startswith("sha256:") and a[0] not in a[1]
+
+
+def test_the_cores_copy_keeps_the_last_version_that_parsed(tmp_path: Path) -> None:
+    from cellserve.errors import Unavailable
+    from cellserve.multiproc.tokens import TokensKeeper
+    from cellserve.tokens import TokensFile
+
+    path = tmp_path / "tokens.json"
+    keeper = TokensKeeper(path)
+    with pytest.raises(Unavailable):  # never read with success: a frontend keeps what it has
+        keeper.current(False)
+    _, stored = new_token()
+    path.write_text(json.dumps({"tenants": [{"name": "alice", "tokens": [stored]}]}))
+    first = TokensFile.model_validate_json(keeper.current(False))
+    assert [t.name for t in first.tenants] == ["alice"]
+    path.write_text("tenants: [ {name: ")  # broken: every frontend gets the same last good version
+    assert TokensFile.model_validate_json(keeper.current(True)) == first

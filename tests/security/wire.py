@@ -57,3 +57,9 @@ def invalid_utf8(message: Any, marker: str = "ZZZZ") -> bytes:
 def no_library_names(message: str) -> bool:
     """A status message a user can act on: no class names, module paths or tracebacks."""
     return not any(s in message for s in ("<class", "google.protobuf", "DecodeError", "Traceback", ".py", "Exception"))
+
+
+def fresh_channel(target: str) -> grpc.Channel:
+    """A channel with a connection of its own (gRPC shares one per target otherwise), so that
+    with several frontends (SO_REUSEPORT) fresh channels land on either."""
+    return grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])

@@ -13,10 +13,13 @@ looked up. The tenant is then this call's ``Principal`` (a context variable, inh
 tasks the call starts) and the owner of every session and snapshot it creates: another tenant's
 session is NOT_FOUND, exactly like one that does not exist.
 
-The interceptor also enforces the per-tenant quotas that can be decided from a request alone
-(sessions on open/resume, characters per second on append, open streams, completions on
-unary Complete); see ``quota``. On a Session stream a refused request is answered in-band and
-the stream goes on (``RejectedRequest``).
+The tenant's quotas (from the tokens file) are sent to the engine core with each call
+(``EngineClient.set_limits``), which counts them for every API and every frontend in one place
+(``engine/admission.py``).
+
+A stream is authenticated once when it opens and its token is checked again at every message:
+once the token is revoked (the tokens file changed), the next message ends the stream with
+UNAUTHENTICATED. The stream's session is kept; a valid token of the same tenant may attach.
 
 The tokens file is re-read when it changes (checked at most once per ``RELOAD_CHECK_S`` on the
 call path) and on SIGHUP (``TokenStore.reload``); a file that no longer parses is reported in
@@ -25,9 +28,9 @@ the log and the previous tenants stay in force.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -38,19 +41,21 @@ import grpc
 from grpc import aio
 
 from ..config import Settings
-from ..errors import CapacityExceeded
-from .malformed import RejectedRequest
-from .quota import Lease, Limits, Quotas
+from ..engine.admission import Limits
+from ..engine.client import EngineClient
+from ..errors import CellserveError, Unauthenticated
+from ..tokens import Tenant, TokensFile, TokensFileError, TokenTable, file_stamp, parse
 from .recorder import NULL_RECORDER, Recorder
-from .tokens import Tenant, TokensFileError, TokenTable, parse
 
 log = logging.getLogger("cellserve.auth")
 
 RELOAD_CHECK_S = 1.0
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 SERVICE_PREFIX = "/cellserve.v1.CellserveService/"
+STREAMS_OF_REQUESTS = frozenset({"Session", "ModelStreamInfer"})  # long-lived: revocation is checked per message
 MISSING = "missing credentials: send the metadata 'authorization: Bearer <token>'"
 UNKNOWN = "unknown or revoked token"
+REVOKED = "the token of this stream was revoked; open a new stream with a valid token (the session is kept)"
 BAD_SCHEME = "the authorization metadata must be 'Bearer <token>'"
 
 
@@ -58,7 +63,7 @@ BAD_SCHEME = "the authorization metadata must be 'Bearer <token>'"
 class Principal:
     tenant: str
     limits: Limits
-    quotas: Quotas
+    token: str | None = None  # the bearer token it proved itself with (None: a client certificate)
 
 
 _principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("cellserve_principal", default=None)
@@ -69,36 +74,42 @@ def current_principal() -> Principal | None:
     return _principal.get()
 
 
-def completion_lease(n: int) -> Lease:
-    """Holds ``n`` of the caller's completion alternatives (raises CapacityExceeded)."""
-    p = _principal.get()
-    if p is None:
-        return Lease(lambda: None)
-    return p.quotas.acquire_completions(p.tenant, p.limits, n)
+TokensSource = Callable[[bool], Awaitable[bytes]]
+"""With several frontends: the tokens file as the engine core last read it with success
+(``TokensFile`` JSON; ``True``: re-read it now), so every frontend loads the same version."""
 
 
 class TokenStore:
-    """The tokens file's current table; re-read on change (stat at most once a second) and on
-    ``reload()`` (SIGHUP)."""
+    """The tokens file's current table; re-read on change (stat at most once a second, by
+    ``refresh``) and on ``reload()`` (SIGHUP). With a ``source`` (several frontends) the file is
+    read by the engine core and every frontend takes the core's version: a revocation followed
+    at once by a broken file leaves the same tenants in force on every frontend."""
 
-    def __init__(self, path: Path, defaults: Limits, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        path: Path,
+        defaults: Limits,
+        clock: Callable[[], float] = time.monotonic,
+        source: TokensSource | None = None,
+    ) -> None:
         self.path = path
         self._defaults = defaults
         self._clock = clock
-        self._stamp = self._stat()
+        self._source = source
+        self._stamp = file_stamp(path)
         self.table = TokenTable(parse(path), defaults)  # raises TokensFileError: the server does not start
         self._checked = clock()
-
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+        self._refreshing: set[asyncio.Task[None]] = set()
 
     def reload(self) -> bool:
-        """Re-reads the file now; False (and the old table kept) if it cannot be used."""
-        self._stamp = self._stat()
+        """Re-reads the file now; False (and the old table kept) if it cannot be used. With a
+        source, asks the core to re-read it and takes its version (soon after this returns)."""
+        if self._source is not None:
+            task = asyncio.get_running_loop().create_task(self.refresh(force=True))
+            self._refreshing.add(task)
+            task.add_done_callback(self._refreshing.discard)
+            return True
+        self._stamp = file_stamp(self.path)
         try:
             self.table = TokenTable(parse(self.path), self._defaults)
         except TokensFileError as e:
@@ -107,13 +118,25 @@ class TokenStore:
         log.info("tokens file reloaded: %d tenants, %d tokens", len(self.table.tenants), len(self.table))
         return True
 
-    def maybe_reload(self) -> None:
+    async def refresh(self, force: bool = False) -> None:
+        """Re-reads the file if it changed (checked at most once per ``RELOAD_CHECK_S``)."""
         now = self._clock()
-        if now - self._checked < RELOAD_CHECK_S:
+        if not force and now - self._checked < RELOAD_CHECK_S:
             return
         self._checked = now
-        if self._stat() != self._stamp:
+        stamp = file_stamp(self.path)
+        if not force and stamp == self._stamp:
+            return
+        if self._source is None:
             self.reload()
+            return
+        self._stamp = stamp
+        try:
+            data = await self._source(force)
+        except CellserveError as e:  # the core cannot read it either: the tenants in force stay
+            log.warning("tokens file not reloaded from the engine core: %s", e)
+            return
+        self.table = TokenTable(TokensFile.model_validate_json(data), self._defaults)
 
 
 def _tenant_from_cert(context: aio.ServicerContext[Any, Any]) -> str | None:
@@ -131,13 +154,13 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         self,
         settings: Settings,
         store: TokenStore | None,
-        quotas: Quotas,
+        engine: EngineClient,
         recorder: Recorder = NULL_RECORDER,
     ) -> None:
         self._store = store
         self._mtls = settings.tls_client_ca is not None
         self._defaults = Limits.defaults(settings)
-        self._quotas = quotas
+        self._engine = engine
         self._recorder = recorder
 
     def authenticate(self, context: aio.ServicerContext[Any, Any]) -> Principal | str:
@@ -148,15 +171,14 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
             scheme, _, token = value.strip().partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 return BAD_SCHEME
-            self._store.maybe_reload()
             tenant = self._store.table.lookup(token.strip())
             if tenant is None:
                 return UNKNOWN
-            return Principal(tenant.name, tenant.limits, self._quotas)
+            return Principal(tenant.name, tenant.limits, token.strip())
         if self._mtls and (name := _tenant_from_cert(context)) is not None:
             known = self._store.table.tenants.get(name) if self._store is not None else None
             t = known or Tenant(name, self._defaults)
-            return Principal(t.name, t.limits, self._quotas)
+            return Principal(t.name, t.limits)
         return MISSING
 
     async def intercept_service(
@@ -180,6 +202,7 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         return handler
 
     async def _admit(self, context: aio.ServicerContext[Any, Any], name: str, ours: bool) -> Principal:
+        await self.refresh()
         who = self.authenticate(context)
         if isinstance(who, str):
             if ours:
@@ -187,25 +210,24 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, who)
             raise AssertionError("unreachable: abort raises")
         _principal.set(who)  # each call runs in a task of its own: nothing leaks to other calls
+        # Before the call's own operations (submitted in order): the core counts with these.
+        self._engine.set_limits(who.tenant, who.limits)
         return who
 
-    async def _refuse(self, context: aio.ServicerContext[Any, Any], name: str, exc: CapacityExceeded) -> None:
-        from .status import status_of
+    async def refresh(self) -> None:
+        if self._store is not None:
+            await self._store.refresh()
 
-        st = status_of(exc)
-        self._recorder.request(name, "RESOURCE_EXHAUSTED")
-        await context.abort(st.code, st.message, st.trailing_metadata())
+    def still_valid(self, p: Principal) -> bool:
+        """The token ``p`` proved itself with is still in the tokens file (re-read if it changed)."""
+        if p.token is None or self._store is None:
+            return True
+        t = self._store.table.lookup(p.token)
+        return t is not None and t.name == p.tenant
 
     def _unary(self, behavior: Callable[..., Awaitable[Any]], name: str, ours: bool) -> Callable[..., Awaitable[Any]]:
         async def wrapped(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            p = await self._admit(context, name, ours)
-            try:
-                if name in ("OpenSession", "Resume"):
-                    await self._quotas.check_session(p.tenant, p.limits)
-                if name == "Append" and not isinstance(request, RejectedRequest) and request.HasField("input"):
-                    self._quotas.take_chars(p.tenant, p.limits, len(request.input.text))
-            except CapacityExceeded as exc:
-                await self._refuse(context, name, exc)
+            await self._admit(context, name, ours)
             return await behavior(request, context)
 
         return wrapped
@@ -215,38 +237,18 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
     ) -> Callable[..., AsyncIterator[Any]]:
         async def wrapped(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             p = await self._admit(context, name, ours)
-            lease: Lease | None = None
-            try:
-                if name == "Session":
-                    lease = self._quotas.acquire_stream(p.tenant, p.limits)
-                    request = self._metered(request, p)
-                elif name == "Complete" and not isinstance(request, RejectedRequest):
-                    lease = self._quotas.acquire_completions(p.tenant, p.limits, request.n or 1)
-            except CapacityExceeded as exc:
-                await self._refuse(context, name, exc)
-            try:
-                async for response in behavior(request, context):
-                    yield response
-            finally:
-                if lease is not None:
-                    lease.release()
+            if name in STREAMS_OF_REQUESTS:
+                request = self._revocable(request, p)
+            async for response in behavior(request, context):
+                yield response
 
         return wrapped
 
-    async def _metered(self, requests: AsyncIterator[Any], p: Principal) -> AsyncIterator[Any]:
-        """The stream's requests; one over a quota becomes a ``RejectedRequest`` answered
-        in-band by the stream."""
+    async def _revocable(self, requests: AsyncIterator[Any], p: Principal) -> AsyncIterator[Any]:
+        """The stream's requests, while its token is valid: the first one after a revocation
+        ends the stream with UNAUTHENTICATED (the session lives on)."""
         async for req in requests:
-            if isinstance(req, RejectedRequest):
-                yield req
-                continue
-            op = req.WhichOneof("op")
-            try:
-                if op == "open":
-                    await self._quotas.check_session(p.tenant, p.limits)
-                elif op == "append" and req.append.HasField("input"):
-                    self._quotas.take_chars(p.tenant, p.limits, len(req.append.input.text))
-            except CapacityExceeded as exc:
-                yield RejectedRequest(exc, req.request_id, op)
-                continue
+            await self.refresh()
+            if not self.still_valid(p):
+                raise Unauthenticated(REVOKED)
             yield req

@@ -52,16 +52,22 @@ class MalformedCounter:
         interval_s: float,
         count: Callable[[str], None] = lambda method: None,
         clock: Callable[[], float] = time.monotonic,
+        logs: bool = True,
     ) -> None:
+        """``logs``: False where another process logs these requests (a frontend's core)."""
         self._interval = interval_s
+        self._logs = logs
         self._count = count
         self._clock = clock
         self._last_log: float | None = None
         self._since_log = 0
 
-    def seen(self, method: str) -> None:
-        self._count(method)
-        self._since_log += 1
+    def seen(self, method: str, n: int = 1) -> None:
+        for _ in range(n):
+            self._count(method)
+        self._since_log += n
+        if not self._logs:
+            return
         now = self._clock()
         if self._last_log is None or now - self._last_log >= self._interval:
             log.warning(

@@ -13,14 +13,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from ..config import Settings
+from ..engine.admission import Limits
 from ..engine.client import EngineClient
-from .auth import AuthInterceptor, TokenStore
+from .auth import AuthInterceptor, TokensSource, TokenStore
 from .health import Health
 from .kserve import KSERVE_SERVICE_NAME, KServeServicer
 from .kserve.pb import kpb, krpc
 from .malformed import MalformedCounter
 from .pb import SERVICE_NAME, rpc, svc
-from .quota import Limits, Quotas
 from .recorder import NULL_RECORDER, Recorder
 from .reflection_pool import reflection_pool
 from .servicer import CellserveServicer, Gates
@@ -50,6 +50,7 @@ class ApiServer:
         frontend: str = "",
         gates: Gates | None = None,
         handoff_writer: bool = True,
+        tokens_source: TokensSource | None = None,
     ) -> None:
         """``gate_models``: the loaded models, for InspectGates (only a process that loaded them);
         ``gates``: what answers InspectGates otherwise (a frontend's forwarder to the core);
@@ -57,7 +58,8 @@ class ApiServer:
         ``frontend``: this process's frontend number, sent as ``cellserve-frontend`` metadata;
         ``handoff_writer``: with a session store, this server writes the sessions on drain and
         in the background sync (one per replica: the single process, or frontend 0); every
-        server recovers missed sessions from the store."""
+        server recovers missed sessions from the store;
+        ``tokens_source``: where a frontend reads the tokens file (the engine core's copy)."""
         self._settings = settings
         self._engine = engine
         self.handoff: Handoff | None = None
@@ -80,17 +82,24 @@ class ApiServer:
         self.health = Health(settings.readiness_service)
         # Raises TokensFileError / TlsFileError: the server does not start on a bad file.
         self.tokens = (
-            TokenStore(settings.auth_tokens_file, Limits.defaults(settings)) if settings.auth_tokens_file else None
+            TokenStore(settings.auth_tokens_file, Limits.defaults(settings), source=tokens_source)
+            if settings.auth_tokens_file
+            else None
         )
         self._credentials = server_credentials(settings)
-        malformed = MalformedCounter(settings.malformed_log_interval_s, getattr(recorder, "malformed", lambda m: None))
+        malformed = MalformedCounter(
+            settings.malformed_log_interval_s,
+            getattr(recorder, "malformed", lambda m: None),
+            # a frontend forwards its counts to the core, which logs them for every frontend at once
+            logs=not getattr(recorder, "logs_malformed_elsewhere", False),
+        )
         interceptors: list[aio.ServerInterceptor] = [
             ErrorMappingInterceptor(
                 recorder, malformed, settings.stream_idle_timeout_s, services=(SERVICE_NAME, KSERVE_SERVICE_NAME)
             )
         ]
         if settings.auth_enabled:  # first: a call is authenticated before anything else runs
-            interceptors.insert(0, AuthInterceptor(settings, self.tokens, Quotas(self._sessions_of), recorder))
+            interceptors.insert(0, AuthInterceptor(settings, self.tokens, engine, recorder))
         self._server = aio.server(
             interceptors=interceptors,
             options=server_options(settings, reuse_port=reuse_port),
@@ -105,11 +114,6 @@ class ApiServer:
             pool=reflection_pool((svc.DESCRIPTOR, kpb.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR)),
         )
         self.port = 0
-
-    async def _sessions_of(self, owner: str) -> int:
-        """The tenant's live sessions, as the engine counts them (through the EngineClient, so
-        an engine in another process answers it too)."""
-        return (await self._engine.health(owner)).owner_sessions
 
     async def start(self) -> int:
         """Binds and starts; returns the port (the chosen one when settings.port is 0)."""

@@ -21,7 +21,7 @@ from ..engine.client import EngineClient
 from ..errors import CellserveError, InvalidInput, Unavailable
 from ..logs import user_text
 from . import convert, validate
-from .admission import admit_stream
+from .admission import admitted
 from .owner import owner_of
 from .pb import rpc, svc, types
 from .recorder import NULL_RECORDER, Recorder, ResponseTimer
@@ -109,21 +109,19 @@ class CellserveServicer(rpc.CellserveServiceServicer):  # type: ignore[misc]
     async def Session(
         self, requests: AsyncIterator[svc.SessionRequest], context: Context
     ) -> AsyncIterator[svc.SessionResponse]:
-        admit_stream(self._draining, len(self._streams), self._settings)
+        owner = owner_of(context)
         stream = SessionStream(
             self._engine,
             self._settings,
-            owner_of(context),
+            owner,
             self.model_msg,
             self._recorder,
             cut_off=_aborter(context, asyncio.current_task()),
         )
-        self._streams.add(stream)
-        try:
-            async for response in stream.run(requests):
-                yield response
-        finally:
-            self._streams.discard(stream)
+        async for response in admitted(
+            self._engine, owner, self._draining, self._streams, stream, stream.run(requests)
+        ):
+            yield response
         if stream.stopped_by_drain:
             raise Unavailable("the server is shutting down; attach or resume the session elsewhere")
 

@@ -30,15 +30,12 @@ from typing import Any
 
 from ..config import Settings
 from ..engine.client import CompletionStream, EngineClient
-from ..engine.types import CompletionChunk
 from ..errors import CellserveError, InvalidInput, PreconditionFailed
 from ..logs import user_text
 from . import convert, validate
-from .auth import completion_lease
 from .in_order import InOrder
 from .malformed import RejectedRequest
 from .pb import svc, types
-from .quota import Lease
 from .recorder import NULL_RECORDER, Recorder, ResponseTimer, code_name
 from .status import status_of
 from .stream_guard import ClientNotReading, UnreadBound
@@ -317,8 +314,8 @@ class SessionStream:
             reply.build = lambda p: svc.SessionResponse(request_id=rid, prediction=convert.prediction(p))
         elif op == "complete":
             req = validate.completion_request(request.complete, self._settings)
-            lease = completion_lease(req.n)  # the tenant's quota (CapacityExceeded answers in-band)
-            reply.chunks = _LeasedChunks(engine.complete(owner, sid, req), lease)
+            # The tenant's completion quota is counted by the core (CapacityExceeded answers in-band).
+            reply.chunks = engine.complete(owner, sid, req)
         elif op == "suggest":
             reply.outcome = engine.suggest(owner, sid, validate.suggest_request(request.suggest))
             reply.build = lambda items: svc.SessionResponse(
@@ -342,29 +339,6 @@ class SessionStream:
             reply.build = lambda _: svc.SessionResponse(request_id=rid, closed=svc.SessionResponse.Closed())
         else:  # a new op in the proto this server does not know yet
             raise InvalidInput(f"operation {op!r} is not supported by this server")
-
-
-class _LeasedChunks:
-    """A completion's chunks holding the tenant's completion lease until they end, fail or
-    are closed (a ``CompletionStream`` itself)."""
-
-    def __init__(self, chunks: CompletionStream, lease: Lease) -> None:
-        self._chunks = chunks
-        self._lease = lease
-
-    def __aiter__(self) -> _LeasedChunks:
-        return self
-
-    async def __anext__(self) -> CompletionChunk:
-        try:
-            return await self._chunks.__anext__()
-        except BaseException:  # the end (StopAsyncIteration), an error, or cancellation
-            self._lease.release()
-            raise
-
-    async def aclose(self) -> None:
-        self._lease.release()
-        await self._chunks.aclose()
 
 
 def _done(value: Any) -> asyncio.Future[Any]:

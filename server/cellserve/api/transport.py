@@ -57,7 +57,10 @@ def server_options(settings: Settings, reuse_port: bool = False) -> list[tuple[s
         ("grpc.http2.min_recv_ping_interval_without_data_ms", _ms(s.keepalive_min_ping_interval_s)),
         ("grpc.http2.max_ping_strikes", 2),
         ("grpc.max_concurrent_streams", s.http2_max_streams_per_connection),
+        # The soft limit alone refuses a header between it and the hard limit (default: twice
+        # the soft one) only at random; with both equal, a header over the limit is refused always.
         ("grpc.max_metadata_size", s.max_metadata_bytes),
+        ("grpc.absolute_max_metadata_size", s.max_metadata_bytes),
     ]
     if s.max_connection_age_s > 0:
         opts += [

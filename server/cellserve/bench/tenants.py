@@ -24,7 +24,7 @@ from cellserve_client._proto.cellserve.v1 import service_pb2 as svc
 from cellserve_client._proto.cellserve.v1 import service_pb2_grpc as rpc
 from cellserve_client._proto.cellserve.v1 import types_pb2 as types
 
-from ..api.tokens import new_token
+from ..tokens import new_token
 from .loadgen import percentiles, source_text
 
 OPEN_TIMEOUT_S = 60.0

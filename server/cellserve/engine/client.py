@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
 from ..handoff.record import HandoffRecord
+from .admission import Limits
 from .types import (
     AppendOptions,
     CompletionChunk,
@@ -101,6 +102,36 @@ class EngineClient(Protocol):
         """Cumulative counters and gauges since start (per-model sums included). Reading never
         changes them (any number of readers). Per-iteration observations are the engine
         process's own (``Engine.add_stats_listener``): they never cross to a frontend."""
+        ...
+
+    # ---- admission (one place for every quota: engine/admission.py) -----------------------
+    def set_limits(self, owner: str, limits: Limits) -> None:
+        """``owner``'s quotas, in force for the operations submitted after this call (sessions,
+        characters per second, completions, streams). An owner never given limits has only
+        the global caps."""
+        ...
+
+    def open_stream(self, owner: str) -> Awaitable[int]:
+        """A stream lease: the tenant's stream quota and ``max_concurrent_streams`` over every
+        frontend; ``CapacityExceeded`` when either is full. Give it back with ``close_stream``."""
+        ...
+
+    def close_stream(self, owner: str, lease: int) -> None:
+        """Gives a stream lease back (an unknown one is ignored)."""
+        ...
+
+    # ---- KServe sequence ids (one table for every frontend: engine/sequence_ids.py) ----------
+    def bind_sequence(self, owner: str, model: str, seq: str, session_id: str) -> Awaitable[str | None]:
+        """Names ``session_id`` by the sequence id ``seq`` of ``model``; the answer is the live
+        session the id named before (its owner restarted the sequence: close it), or None."""
+        ...
+
+    def find_sequence(self, owner: str, model: str, seq: str) -> Awaitable[SessionInfo]:
+        """The sequence's live session as ``get_session`` answers it; NotFound: not live."""
+        ...
+
+    def forget_sequence(self, owner: str, model: str, seq: str, session_id: str) -> None:
+        """The sequence ended: its id names nothing from now on (unless bound again since)."""
         ...
 
     # ---- session operations (submitted at call time, applied in call order) ----------------

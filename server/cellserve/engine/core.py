@@ -48,6 +48,7 @@ from ..nn.cells import GRU_GATES, LSTM_GATES
 from ..nn.checkpoint import LoadedModel
 from ..repository import ModelRepository
 from . import snapshot as snap
+from .admission import Admission, Limits
 from .beam import BeamSearches
 from .completions import Alternative, Completion
 from .limits import MAX_PENDING_SUGGESTS, check_suggest, completion_checked
@@ -55,6 +56,7 @@ from .plan import ZERO, CheckpointRef, HostState, Plan, RowResult, RunResult
 from .rewind import RewindLog
 from .runner import ModelRunner
 from .scheduler import AppendRun, Batch, ControlWork, Scheduler
+from .sequence_ids import SequenceIds
 from .sessions import AppendOp, ControlOp, Op, Session, SessionState
 from .state_pool import SlotAllocator, StatePool
 from .types import (
@@ -177,6 +179,13 @@ CALLS = frozenset(
         "start_draining",
         "export_sessions",
         "adopt",
+        "set_limits",
+        "open_stream",
+        "close_stream",
+        "release_streams",
+        "bind_sequence",
+        "find_sequence",
+        "forget_sequence",
     }
 )
 
@@ -253,6 +262,8 @@ class EngineCore:
             self._runtimes[name] = rt
         self._sessions: dict[str, Session] = {}
         self._owner_sessions: dict[str, int] = {}  # live sessions per owner (tenant quotas)
+        self.admission = Admission(settings)  # every quota and global stream cap (engine/admission.py)
+        self.sequence_ids = SequenceIds(2 * settings.max_sessions)  # KServe sequences, for every frontend
         self._running_alternatives = 0
         self.draining = False
         self._iterations = 0
@@ -329,6 +340,43 @@ class EngineCore:
                 log.exception("engine call %s failed", call.method)
             self._outbox.append(Outcome(call.ticket, None, e))
 
+    # ---- admission (engine/admission.py): limits and stream leases, in inbox order ------------
+    def set_limits(self, owner: str, limits: Limits) -> None:
+        self.admission.set_limits(owner, limits)
+
+    def open_stream(self, owner: str, holder: str = "") -> int:
+        return self.admission.open_stream(owner, holder)
+
+    def release_streams(self, holder: str) -> None:
+        """The stream leases of a frontend that restarted come back."""
+        self.admission.release_holder(holder)
+
+    def close_stream(self, lease: int) -> None:
+        self.admission.close_stream(lease)
+
+    # ---- KServe sequence ids (engine/sequence_ids.py) ---------------------------------------------
+    def bind_sequence(self, owner: str, model: str, seq: str, session_id: str) -> str | None:
+        """Binds the sequence to the session just opened for its START; returns the session it
+        named before, still live (its owner restarted it: the caller closes that one)."""
+        return self.sequence_ids.bind((owner, model, seq), session_id, self._alive_of(owner))
+
+    def find_sequence(self, owner: str, model: str, seq: str) -> SessionInfo:
+        """The live session of the sequence, as ``get_session_queued`` (NotFound: not live)."""
+        sid = self.sequence_ids.find((owner, model, seq), self._alive_of(owner))
+        if sid is None:
+            raise NotFound(_NOT_FOUND)
+        return self.get_session_queued(sid, owner)
+
+    def forget_sequence(self, owner: str, model: str, seq: str, session_id: str) -> None:
+        self.sequence_ids.forget((owner, model, seq), session_id)
+
+    def _alive_of(self, owner: str) -> Callable[[str], bool]:
+        def alive(sid: str) -> bool:
+            s = self._sessions.get(sid)
+            return s is not None and s.owner == owner
+
+        return alive
+
     def start_draining(self) -> None:
         """New sessions are refused from now on (Unavailable)."""
         self.draining = True
@@ -365,6 +413,7 @@ class EngineCore:
         options: AppendOptions,
         owner: str,
         ticket: int,
+        charged: bool = False,
     ) -> Outcome | None:
         """Queues ``text`` at ``offset`` (exactly once), answered to ``ticket``; or raises now.
         ``offset`` must equal the session's position counting the appends already accepted.
@@ -389,6 +438,8 @@ class EngineCore:
                 lp[2].retries.append(ticket)
                 return None
             raise OffsetConflict(expected=s.queued_end, got=offset)
+        if not charged:  # last: a refused append changes nothing
+            self.admission.take_chars(owner, len(text))
         self._cancel_session_completions(s)
         rt = self._runtimes[s.model]
         s.accept_append(AppendOp(offset, text, rt.loaded.vocab.encode(text), options, ticket, time.perf_counter()))
@@ -410,6 +461,7 @@ class EngineCore:
         try:
             for _ in range(request.n):
                 slots.append(rt.alloc.alloc())
+            self.admission.start_completion(owner, request.n)
         except CapacityExceeded:
             for slot in slots:
                 rt.alloc.free(slot)
@@ -463,10 +515,14 @@ class EngineCore:
         if len(replay) > self.settings.max_append_chars:
             raise InvalidInput(f"replay has {len(replay)} characters; the limit is {self.settings.max_append_chars}")
         rt, data, state = self._open_blob(blob, owner)
+        if replay:  # the replay is charged before the session exists: a refusal leaves nothing behind
+            self._check_open()
+            self.admission.check_session(owner, self._owner_sessions, len(self._sessions))
+            self.admission.take_chars(owner, len(replay))
         s = self._new_session(rt, owner, data.position, state, SessionEvent.RESUMED)
         if not replay:
             return Outcome(ticket, (s.info(), None))
-        self.submit_append(s.session_id, s.position, replay, options, owner, ticket)
+        self.submit_append(s.session_id, s.position, replay, options, owner, ticket, charged=True)
         op = s.queue[-1]
         assert isinstance(op, AppendOp)
         op.with_session = True
@@ -628,6 +684,7 @@ class EngineCore:
         self, rt: _Runtime, owner: str, position: int, state: object, event: SessionEvent, session_id: str = ""
     ) -> Session:
         self._check_open()
+        self.admission.check_session(owner, self._owner_sessions, len(self._sessions))
         if len(self._sessions) >= self.settings.max_sessions:
             self._event(SessionEvent.REJECTED_SESSIONS)
             raise CapacityExceeded("session limit reached", retry_after_s=min(5.0, self.settings.session_idle_ttl_s))
@@ -708,6 +765,7 @@ class EngineCore:
         rt = self._runtimes[c.session.model]
         rt.alloc.free(alt.slot)
         self._running_alternatives -= 1
+        self.admission.end_alternative(c.session.owner)
         if not c.running():
             rt.completions.pop(c, None)
             c.session.completions.discard(c)

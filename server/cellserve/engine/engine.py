@@ -32,6 +32,7 @@ from ..config import Settings
 from ..errors import Unavailable
 from ..handoff.record import HandoffRecord
 from ..repository import ModelRepository
+from .admission import Limits
 from .completion_stream import CompletionStream
 from .core import Call, ChunkOut, EngineCore, Outcome, StepOutput
 from .loop import CoreLoop
@@ -137,6 +138,28 @@ class Engine:
     def add_stats_listener(self, listener: Callable[[IterationStats], None]) -> Callable[[], None]:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    # ---- admission (engine/admission.py) -------------------------------------------------------
+    def set_limits(self, owner: str, limits: Limits) -> None:
+        """``owner``'s quotas from now on (in call order: before the calls that follow)."""
+        self._call(Call(0, "set_limits", (owner, limits)))
+
+    def open_stream(self, owner: str) -> asyncio.Future[int]:
+        """A stream lease (per-tenant quota and ``max_concurrent_streams``), or CapacityExceeded."""
+        return self._ask("open_stream", owner)
+
+    def close_stream(self, lease: int) -> None:
+        self._call(Call(0, "close_stream", (lease,)))
+
+    # ---- KServe sequence ids (see EngineCore.bind_sequence) ------------------------------------
+    def bind_sequence(self, owner: str, model: str, seq: str, session_id: str) -> asyncio.Future[str | None]:
+        return self._ask("bind_sequence", owner, model, seq, session_id)
+
+    def find_sequence(self, owner: str, model: str, seq: str) -> asyncio.Future[SessionInfo]:
+        return self._ask("find_sequence", owner, model, seq)
+
+    def forget_sequence(self, owner: str, model: str, seq: str, session_id: str) -> None:
+        self._call(Call(0, "forget_sequence", (owner, model, seq, session_id)))
 
     # ---- sessions ----------------------------------------------------------------------------
     def open_session(self, model: str | None = None, owner: str = "") -> asyncio.Future[SessionInfo]:

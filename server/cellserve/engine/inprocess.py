@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from ..handoff.record import HandoffRecord
+from .admission import Limits
 from .client import DEFAULT_OPTIONS, CompletionStream, StatsListener
 from .engine import Engine
 from .types import (
@@ -63,6 +64,25 @@ class InProcessEngineClient:
 
     def add_stats_listener(self, listener: StatsListener) -> Callable[[], None]:
         return self.engine.add_stats_listener(listener)
+
+    # ---- admission ----------------------------------------------------------------------------
+    def set_limits(self, owner: str, limits: Limits) -> None:
+        self.engine.set_limits(owner, limits)
+
+    def open_stream(self, owner: str) -> Awaitable[int]:
+        return self.engine.open_stream(owner)
+
+    def close_stream(self, owner: str, lease: int) -> None:
+        self.engine.close_stream(lease)
+
+    def bind_sequence(self, owner: str, model: str, seq: str, session_id: str) -> Awaitable[str | None]:
+        return self.engine.bind_sequence(owner, model, seq, session_id)
+
+    def find_sequence(self, owner: str, model: str, seq: str) -> Awaitable[SessionInfo]:
+        return self.engine.find_sequence(owner, model, seq)
+
+    def forget_sequence(self, owner: str, model: str, seq: str, session_id: str) -> None:
+        self.engine.forget_sequence(owner, model, seq, session_id)
 
     # ---- session operations -----------------------------------------------------------------
     def open_session(self, owner: str, model: str | None = None) -> Awaitable[SessionInfo]:

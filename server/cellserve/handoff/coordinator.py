@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 from ..engine.types import AppendOptions, CompletionChunk, CompletionRequest, SuggestRequest
-from ..errors import CellserveError, NotFound, Unavailable
+from ..errors import CapacityExceeded, CellserveError, NotFound, Unavailable
 from .record import HandoffRecord, open_record, seal_record
 from .store import SessionStore, StoreUnavailable, is_session_id
 
@@ -62,7 +62,9 @@ class Handoff:
 
     async def recover(self, owner: str, session_id: str) -> bool:
         """True when the session is now held here (taken from the store, or by a concurrent or
-        recent recovery of the same id)."""
+        recent recovery of the same id). A session this replica cannot take now (it is draining,
+        or the tenant or the server is at a cap) stays in the store and the refusal is raised
+        (UNAVAILABLE, RESOURCE_EXHAUSTED with its retry hint) instead of NOT_FOUND."""
         if not is_session_id(session_id):
             return False
         if (owner, session_id) in self._recent:
@@ -97,9 +99,9 @@ class Handoff:
             return False
         try:
             await self._engine.adopt(owner, record)
-        except Unavailable:  # this replica is draining itself: leave the session for another
+        except (Unavailable, CapacityExceeded):  # draining, or at a cap: leave the session in the store
             await self.store.put_many([(key, sealed, record.expires_at)], asyncio.get_running_loop().time() + 5)
-            return False
+            raise
         except CellserveError as exc:
             self.rejected += 1
             log.warning("could not adopt a handed-off session: %s", exc)

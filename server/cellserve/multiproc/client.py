@@ -28,6 +28,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 
+from ..engine.admission import Limits
 from ..engine.client import DEFAULT_OPTIONS
 from ..engine.types import (
     AppendOptions,
@@ -69,9 +70,14 @@ def _decoder(tp: Any) -> msgspec.msgpack.Decoder[Any]:
 class ForwardingRecorder:
     """A ``Recorder`` that keeps the API layer's events until the next message to the core."""
 
+    # Undecodable requests are counted and logged by the core, rate-limited once for every
+    # frontend together: this frontend does not log them itself.
+    logs_malformed_elsewhere = True
+
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str], int] = {}
         self.keystrokes: list[tuple[str, str, float]] = []
+        self.malformed_counts: dict[str, int] = {}
 
     def request(self, method: str, code: str) -> None:
         key = (method, code)
@@ -80,11 +86,16 @@ class ForwardingRecorder:
     def keystroke(self, model: str, kind: str, seconds: float) -> None:
         self.keystrokes.append((model, kind, seconds))
 
-    def take(self) -> tuple[list[tuple[str, str, int]], list[tuple[str, str, float]]]:
+    def malformed(self, method: str) -> None:
+        self.malformed_counts[method] = self.malformed_counts.get(method, 0) + 1
+
+    def message(self, ops: list[m.Op]) -> m.ToCore:
+        """``ops`` and the events gathered since the last message (taken: they go once)."""
         requests = [(a, b, n) for (a, b), n in self.requests.items()]
-        keystrokes = self.keystrokes
-        self.requests, self.keystrokes = {}, []
-        return requests, keystrokes
+        malformed = list(self.malformed_counts.items())
+        message = m.ToCore(ops, requests, self.keystrokes, malformed)
+        self.requests, self.keystrokes, self.malformed_counts = {}, [], {}
+        return message
 
 
 class _Completion:
@@ -230,9 +241,35 @@ class ZmqEngineClient:
     def stats(self, owner: str) -> Awaitable[EngineStats]:
         return self._call(lambda i: m.Stats(i, owner), EngineStats)
 
+    def tokens(self, force: bool) -> Awaitable[bytes]:
+        """The tokens file as the core last read it with success (see ``multiproc.tokens``)."""
+        return self._call(lambda i: m.Tokens(i, force), bytes)
+
     def inspect_gates(self, query: GateQuery) -> Awaitable[GateReport]:
         """InspectGates, run by the core (which holds the weights)."""
         return self._call(lambda i: m.InspectGates(i, query), GateReport)
+
+    # ---- admission (held by the core: engine/admission.py) -----------------------------------
+    def set_limits(self, owner: str, limits: Limits) -> None:
+        if not self._lost and self._sock is not None:
+            self._send(m.SetLimits(0, owner, limits))
+
+    def open_stream(self, owner: str) -> Awaitable[int]:
+        return self._call(lambda i: m.OpenStream(i, owner), int)
+
+    def close_stream(self, owner: str, lease: int) -> None:
+        if not self._lost and self._sock is not None:
+            self._send(m.CloseStream(0, owner, lease))
+
+    def bind_sequence(self, owner: str, model: str, seq: str, session_id: str) -> Awaitable[str | None]:
+        return self._call(lambda i: m.BindSequence(i, owner, model, seq, session_id), str | None)
+
+    def find_sequence(self, owner: str, model: str, seq: str) -> Awaitable[SessionInfo]:
+        return self._call(lambda i: m.FindSequence(i, owner, model, seq), SessionInfo)
+
+    def forget_sequence(self, owner: str, model: str, seq: str, session_id: str) -> None:
+        if not self._lost and self._sock is not None:
+            self._send(m.ForgetSequence(0, owner, model, seq, session_id))
 
     # ---- session operations -----------------------------------------------------------------
     def open_session(self, owner: str, model: str | None = None) -> Awaitable[SessionInfo]:
@@ -325,8 +362,7 @@ class ZmqEngineClient:
         ops, self._unsent = self._unsent, []
         if self._sock is None or self._lost or not ops:
             return
-        requests, keystrokes = self.recorder.take()
-        sent = self._sock.send(m.encode(m.ToCore(ops, requests, keystrokes)), flags=zmq.DONTWAIT)
+        sent = self._sock.send(m.encode(self.recorder.message(ops)), flags=zmq.DONTWAIT)
         assert isinstance(sent, asyncio.Future)  # DONTWAIT: settled at once (pyzmq's asyncio socket)
         error = sent.exception() if sent.done() else None
         if error is not None:
@@ -364,9 +400,9 @@ class ZmqEngineClient:
         """Sends the metric events gathered so far even when no call is waiting to go."""
         if self._sock is None or self._lost or self._unsent:
             return
-        requests, keystrokes = self.recorder.take()
-        if requests or keystrokes:
-            self._sock.send(m.encode(m.ToCore([], requests, keystrokes)))
+        message = self.recorder.message([])
+        if message.requests or message.keystrokes or message.malformed:
+            self._sock.send(m.encode(message))
 
     async def _read(self) -> None:
         assert self._sock is not None

@@ -44,8 +44,9 @@ from ..errors import CapacityExceeded, InvalidInput, Unavailable
 from ..metrics import POLL_INTERVAL_S
 from . import messages as m
 from .gate_thread import GateThread
-from .labels import KEYSTROKE_KINDS, known_labels
+from .labels import KEYSTROKE_KINDS, known_labels, malformed_labels
 from .ratelimit import RateLimitedLog
+from .tokens import TokensKeeper
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cellserve.core")
 
+MAX_MALFORMED_PER_MESSAGE = 1_000_000
 MALFORMED = "the request could not be decoded on the internal socket (a frontend/core version mismatch?)"
 FRONTEND_NOT_READING = "the frontend is not reading the engine's answers fast enough; retry shortly"
 BUSY_RETRY_S = 0.2  # a frontend that did not take a message: the next try, at the earliest
@@ -122,6 +124,13 @@ class CoreServer:
         self.idle = threading.Event()  # set by each pass that left the core idle
         self._stopping = False
         self._bad = RateLimitedLog(log, "dropped a malformed message on the internal socket")
+        # undecodable client requests the frontends report: logged once per interval for all
+        self._malformed_log = RateLimitedLog(
+            log, "undecodable request (answered INVALID_ARGUMENT)", settings.malformed_log_interval_s
+        )
+        self._malformed_methods = malformed_labels()
+        # the tokens file as every frontend loads it (multiproc/tokens.py)
+        self._tokens = TokensKeeper(settings.auth_tokens_file) if settings.auth_tokens_file else None
         # sockets: the ROUTER and the output thread's pipe into the input thread
         hwm = settings.core_send_queue_messages
         self._sock = ctx.socket(zmq.ROUTER)
@@ -276,6 +285,8 @@ class CoreServer:
             self._dispatch(who, op)
         if self._metrics is not None and (message.requests or message.keystrokes):
             self._record(message)
+        if message.malformed:
+            self._record_malformed(message.malformed)
 
     def _seen(self, who: bytes) -> None:
         index = who.split(b":", 1)[0]
@@ -283,7 +294,8 @@ class CoreServer:
         if previous == who:
             return
         self._incarnation[index] = who
-        if previous is not None:  # that frontend restarted: nobody reads its completions
+        if previous is not None:  # that frontend restarted: its streams died with it
+            self._loop.post(Call(0, "release_streams", (previous.decode("utf-8", "replace"),)))
             for ticket in self._streams.pop(previous, {}).values():
                 self._routes.pop(ticket, None)
                 self._loop.post(Call(0, "cancel_completion", (ticket,)))
@@ -325,10 +337,44 @@ class CoreServer:
             self._out.put(_Direct(who, [m.OkOut(op.id, self._models)]))
         elif isinstance(op, m.InspectGates):
             self._inspect_gates(who, op)
+        elif isinstance(op, m.SetLimits):
+            self._loop.post(Call(0, "set_limits", (op.owner, op.limits)))
+        elif isinstance(op, m.OpenStream):  # held by this frontend: given back if it restarts
+            self._call(who, op.id, "open_stream", (op.owner, who.decode("utf-8", "replace")), False)
+        elif isinstance(op, m.CloseStream):
+            self._loop.post(Call(0, "close_stream", (op.lease,)))
+        elif isinstance(op, m.BindSequence):
+            self._call(who, op.id, "bind_sequence", (op.owner, op.model, op.seq, op.session_id), False)
+        elif isinstance(op, m.FindSequence):
+            self._call(who, op.id, "find_sequence", (op.owner, op.model, op.seq), False)
+        elif isinstance(op, m.ForgetSequence):
+            self._loop.post(Call(0, "forget_sequence", (op.owner, op.model, op.seq, op.session_id)))
+        elif isinstance(op, m.Tokens):
+            self._answer_tokens(who, op)
         elif isinstance(op, m.Export):
             self._call(who, op.id, "export_sessions", (op.idle_s, op.move), False)
         elif isinstance(op, m.Adopt):
             self._call(who, op.id, "adopt", (op.owner, op.record), False)
+
+    def _answer_tokens(self, who: bytes, op: m.Tokens) -> None:
+        """The tokens file as the core last read it with success (a small file: read here)."""
+        try:
+            if self._tokens is None:
+                raise Unavailable("this server has no tokens file")
+            reply = self._reply(op.id, self._tokens.current(op.force), None)
+        except Unavailable as e:
+            reply = self._reply(op.id, None, e)
+        self._out.put(_Direct(who, [reply]))
+
+    def _record_malformed(self, counts: list[tuple[str, int]]) -> None:
+        for method, count in counts:
+            if method not in self._malformed_methods or not 0 < count <= MAX_MALFORMED_PER_MESSAGE:
+                self._bad.warning()
+                continue
+            for _ in range(count):
+                if self._metrics is not None:
+                    self._metrics.malformed(method)
+                self._malformed_log.warning()
 
     def _end_stream(self, who: bytes, call_id: int) -> int | None:
         """Forgets ``who``'s completion ``call_id``; its ticket, if it was still known."""

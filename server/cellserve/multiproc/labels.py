@@ -41,3 +41,15 @@ def known_labels() -> tuple[frozenset[str], frozenset[str]]:
     ops = [f.name for f in svc.SessionRequest.DESCRIPTOR.oneofs_by_name["op"].fields] + ["unset"]
     methods = frozenset([m.name for m in service.methods] + [f"Session.{op}" for op in ops])
     return methods, GRPC_CODES
+
+
+def malformed_labels() -> frozenset[str]:
+    """The method label values of undecodable requests: every method of the two services."""
+    from cellserve_client._proto.cellserve.v1 import service_pb2 as svc
+    from cellserve_client._proto.inference import grpc_service_pb2 as kpb
+
+    services = (
+        svc.DESCRIPTOR.services_by_name["CellserveService"],
+        kpb.DESCRIPTOR.services_by_name["GRPCInferenceService"],
+    )
+    return frozenset(method.name for service in services for method in service.methods)

@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 
+from ..engine.admission import Limits
 from ..engine.types import AppendOptions, CompletionRequest, SuggestRequest
 from ..errors import BY_CODE, CLIENT_ERRORS, CapacityExceeded, OffsetConflict
 from ..gate_report import GateQuery
@@ -121,6 +122,55 @@ class Adopt(_Op):
     record: HandoffRecord
 
 
+class SetLimits(_Op):
+    """A tenant's quotas from the tokens file, for the core's admission (no answer)."""
+
+    owner: str
+    limits: Limits
+
+
+class OpenStream(_Op):
+    """A stream lease (the answer: its number), or a refusal at the quota or the global cap."""
+
+    owner: str
+
+
+class CloseStream(_Op):
+    """Gives the stream lease ``lease`` back (no answer)."""
+
+    owner: str
+    lease: int
+
+
+class BindSequence(_Op):
+    owner: str
+    model: str
+    seq: str
+    session_id: str
+
+
+class FindSequence(_Op):
+    owner: str
+    model: str
+    seq: str
+
+
+class ForgetSequence(_Op):
+    """No answer."""
+
+    owner: str
+    model: str
+    seq: str
+    session_id: str
+
+
+class Tokens(_Op):
+    """The tokens file as the core last read it with success (``TokensFile`` JSON); ``force``:
+    re-read it now (SIGHUP)."""
+
+    force: bool
+
+
 class InspectGates(_Op):
     query: GateQuery  # checked by the frontend; the answer is a GateReport
 
@@ -143,6 +193,13 @@ Op = (
     | InspectGates
     | Export
     | Adopt
+    | SetLimits
+    | OpenStream
+    | CloseStream
+    | BindSequence
+    | FindSequence
+    | ForgetSequence
+    | Tokens
 )
 
 
@@ -150,6 +207,7 @@ class ToCore(msgspec.Struct, array_like=True):
     ops: list[Op]
     requests: list[tuple[str, str, int]] = []  # (method, code, count): finished requests
     keystrokes: list[tuple[str, str, float]] = []  # (model, kind, seconds): response latencies
+    malformed: list[tuple[str, int]] = []  # (method, count): undecodable requests (the core logs them)
 
 
 # ---- core -> frontend --------------------------------------------------------------------

@@ -134,8 +134,8 @@ def _exit(code: int) -> None:
 async def _frontend_main(settings: Settings, index: int, address: str, conn: Connection) -> int:
     from ..api import ApiServer
     from ..api.server import format_address
-    from ..api.tokens import TokensFileError
     from ..api.transport import TlsFileError
+    from ..tokens import TokensFileError
     from .client import ForwardingRecorder, ZmqEngineClient
     from .gates import CoreGates
 
@@ -157,6 +157,7 @@ async def _frontend_main(settings: Settings, index: int, address: str, conn: Con
             frontend=str(index),
             gates=CoreGates(client, settings),
             handoff_writer=index == 0,  # one writer per replica (drain, background sync)
+            tokens_source=client.tokens,
         )
     except (TokensFileError, TlsFileError) as e:  # names the file and the problem
         conn.send(("error", f"cannot start: {e}"))

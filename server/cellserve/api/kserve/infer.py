@@ -39,7 +39,7 @@ class Inference:
         self._engine = engine
         self._settings = settings
         self.statistics = statistics
-        self.sequences = SequenceTable(engine, settings.session_idle_ttl_s, settings.max_sessions)
+        self.sequences = SequenceTable(engine)
         self._models: dict[str, ModelInfo] = {}
         self._tasks: set[asyncio.Task[kpb.ModelInferResponse]] = set()
 
@@ -102,7 +102,7 @@ class Inference:
     async def _sequence(self, owner: str, model: str, params: Params) -> Sequence:
         if params.start:
             return await self.sequences.start(owner, model, params.sequence, params.sequence_name)
-        return self.sequences.get(owner, model, params.sequence, params.sequence_name)
+        return await self.sequences.get(owner, model, params.sequence, params.sequence_name)
 
     async def _failed(self, owner: str, model: str, seq: Sequence, params: Params, exc: Exception) -> Exception:
         """The error to answer for a failed request of ``seq``, undoing a START."""

@@ -1,17 +1,20 @@
 """Triton sequences as cellserve sessions.
 
 A sequence is named by (owner, model, sequence_id); each live one is a cellserve session owned
-by the caller's owner, so another owner's ids never meet it. The rules:
+by the caller's owner, so another owner's ids never meet it. The id -> session table is the
+engine core's (``engine/sequence_ids.py``), so a sequence goes on from any connection to any
+frontend. The rules:
 
-- ``sequence_start`` opens a session; START on a live id is refused (FAILED_PRECONDITION).
-  Triton would silently end the live sequence and start again; cellserve refuses instead, so a
-  retried or duplicated START cannot wipe a user's state.
+- ``sequence_start`` opens a session. START on an id that is live restarts it for its owner:
+  the live session is closed and a new one opened at position 0 (a client that was killed
+  mid-sequence starts its ids again without waiting for the TTL). Another owner's ids are
+  never touched: its START opens a sequence of its own.
 - A request without START appends to the live session; for an unknown, ended or expired id it
   is refused with Triton's wording ("must specify the START flag"), INVALID_ARGUMENT.
 - ``sequence_end`` forgets the id when the request is accepted, and closes the session once
   the request has been answered, so the id can START again at once.
 - Idle sessions expire after ``session_idle_ttl_s`` like native ones; their ids then count as
-  unknown. Entries of expired sessions are pruned as new sequences start.
+  unknown.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from ...engine.client import EngineClient
-from ...errors import InvalidInput, NotFound, PreconditionFailed
+from ...errors import InvalidInput, NotFound
 from .params import SequenceKey
 
 Key = tuple[str, str, SequenceKey]  # (owner, model, sequence id)
@@ -50,44 +53,44 @@ def not_live(model: str, name: str) -> InvalidInput:
     )
 
 
-class SequenceTable:
-    def __init__(self, engine: EngineClient, idle_ttl_s: float, max_entries: int) -> None:
-        self._engine = engine
-        self._ttl_s = idle_ttl_s
-        self._max_entries = max_entries
-        self._live: dict[Key, Sequence] = {}
-        self._opening: set[Key] = set()
+def id_of(seq: SequenceKey) -> str:
+    """The sequence id as the core's table keys it: integer and string ids never meet."""
+    return f"{seq[0]}:{seq[1]}"
 
-    def __len__(self) -> int:
-        return len(self._live)
+
+class SequenceTable:
+    def __init__(self, engine: EngineClient) -> None:
+        self._engine = engine
 
     async def start(self, owner: str, model: str, seq: SequenceKey, name: str) -> Sequence:
         key = (owner, model, seq)
-        if key in self._opening or (key in self._live and await self._alive(owner, self._live[key])):
-            raise PreconditionFailed(
-                f"sequence {name} of model '{model}' is already live; cellserve does not restart a live sequence: "
-                "end it first (sequence_end) or use another sequence_id"
-            )
-        self._live.pop(key, None)
-        if len(self._live) >= self._max_entries:
-            self._prune()
-        self._opening.add(key)
+        try:  # a restart: the live session goes first, so a server at its session cap restarts too
+            live = await self._engine.find_sequence(owner, model, id_of(seq))
+        except NotFound:
+            pass
+        else:
+            await self.close(owner, Sequence(key, name, live.session_id))
+        info = await self._engine.open_session(owner, model)
+        entry = Sequence(key, name, info.session_id, info.position, time.monotonic())
         try:
-            info = await self._engine.open_session(owner, model)
-        finally:
-            self._opening.discard(key)
-        entry = self._live[key] = Sequence(key, name, info.session_id, info.position, time.monotonic())
+            previous = await self._engine.bind_sequence(owner, model, id_of(seq), info.session_id)
+        except BaseException:
+            await asyncio.shield(self.close(owner, entry))
+            raise
+        if previous is not None:  # a START of the same id won the race meanwhile: ours replaces it
+            await self.close(owner, Sequence(key, name, previous))
         return entry
 
-    def get(self, owner: str, model: str, seq: SequenceKey, name: str) -> Sequence:
-        entry = self._live.get((owner, model, seq))
-        if entry is None:
-            raise not_live(model, name)
-        return entry
+    async def get(self, owner: str, model: str, seq: SequenceKey, name: str) -> Sequence:
+        try:
+            info = await self._engine.find_sequence(owner, model, id_of(seq))
+        except NotFound:
+            raise not_live(model, name) from None
+        return Sequence((owner, model, seq), name, info.session_id, info.position, time.monotonic())
 
     def forget(self, entry: Sequence) -> None:
-        if self._live.get(entry.key) is entry:
-            del self._live[entry.key]
+        owner, model, seq = entry.key
+        self._engine.forget_sequence(owner, model, id_of(seq), entry.session_id)
 
     async def abandon(self, owner: str, entry: Sequence) -> None:
         """A START whose first request failed: the session goes, so the START can be retried."""
@@ -105,16 +108,3 @@ class SequenceTable:
                 pass  # expired meanwhile: closed already
 
         return asyncio.ensure_future(settled())
-
-    async def _alive(self, owner: str, entry: Sequence) -> bool:
-        try:
-            await self._engine.get_session(owner, entry.session_id)
-        except NotFound:
-            return False
-        return True
-
-    def _prune(self) -> None:
-        """Drops entries idle beyond the TTL: the engine has expired their sessions."""
-        cutoff = time.monotonic() - self._ttl_s
-        for key in [k for k, e in self._live.items() if e.last_used < cutoff]:
-            del self._live[key]

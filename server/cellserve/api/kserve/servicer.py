@@ -18,7 +18,7 @@ from ...config import Settings
 from ...engine.client import EngineClient
 from ...engine.types import ModelInfo
 from ...errors import NotFound, Unavailable
-from ..admission import admit_stream
+from ..admission import admitted
 from ..owner import owner_of
 from .infer import VERSION, Inference
 from .pb import kpb, krpc, mc
@@ -138,13 +138,9 @@ class KServeServicer(krpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     async def ModelStreamInfer(
         self, requests: AsyncIterator[kpb.ModelInferRequest], context: Context
     ) -> AsyncIterator[kpb.ModelStreamInferResponse]:
-        admit_stream(self._draining, len(self._streams), self._settings)
-        stream = InferStream(self.inference, caller(context))
-        self._streams.add(stream)
-        try:
-            async for response in stream.run(requests):
-                yield response
-        finally:
-            self._streams.discard(stream)
+        who = caller(context)
+        stream = InferStream(self.inference, who)
+        async for response in admitted(self._engine, who, self._draining, self._streams, stream, stream.run(requests)):
+            yield response
         if stream.stopped_by_drain:
             raise Unavailable("the server is shutting down; the sequences live on until they expire")

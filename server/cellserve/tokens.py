@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .quota import Limits
+from .engine.admission import Limits
 
 TOKEN_PREFIX = "cs_"  # recognisable in a secret scanner
 HASH_PREFIX = "sha256:"
@@ -97,6 +98,15 @@ def new_token() -> tuple[str, str]:
     """A fresh random token and its stored form (``sha256:<hex>``)."""
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     return token, HASH_PREFIX + hash_token(token).hex()
+
+
+def file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """What changes when the file is written or replaced (None: it cannot be read now)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 def parse(path: Path) -> TokensFile:

@@ -200,3 +200,31 @@ def test_background_sync_survives_a_crash(model_dir: Path, redis_server: RedisSe
     finally:
         a.kill()
         b.kill()
+
+
+def test_tritonclient_sequence_continues_on_another_replica(replicas: tuple[ServerProcess, ServerProcess]) -> None:
+    tg = pytest.importorskip("tritonclient.grpc")
+    import numpy as np
+
+    def text(piece: str) -> object:
+        t = tg.InferInput("TEXT", [1], "BYTES")
+        t.set_data_from_numpy(np.array([piece], dtype=object))
+        return t
+
+    def top(r: object) -> list[tuple[str, float]]:
+        chars = [c.decode() for c in r.as_numpy("TOP_CHARS")]  # type: ignore[attr-defined]
+        return list(zip(chars, [float(p) for p in r.as_numpy("TOP_PROBS")], strict=True))  # type: ignore[attr-defined]
+
+    a, b = replicas
+    model = "tiny-lstm"
+    ta, tb = tg.InferenceServerClient(a.target), tg.InferenceServerClient(b.target)
+    try:
+        pieces = TEXT + MORE
+        want = [top(tb.infer(model, [text(p)], sequence_id=901, sequence_start=i == 0)) for i, p in enumerate(pieces)]
+        got = [top(ta.infer(model, [text(p)], sequence_id=902, sequence_start=i == 0)) for i, p in enumerate(TEXT)]
+        assert a.terminate() == 0  # A drains: the sequence's session goes to the store
+        got += [top(tb.infer(model, [text(p)], sequence_id=902)) for p in MORE]  # no START: it continues
+        assert got == want
+    finally:
+        ta.close()
+        tb.close()

@@ -555,6 +555,7 @@ class EngineCore:
                 continue
             by_model.setdefault(s.model, []).append(s)
         records: list[HandoffRecord] = []
+        seqs = self.sequence_ids.of_sessions({s.session_id for ss in by_model.values() for s in ss})
         for name, sessions in by_model.items():
             rt = self._runtimes[name]
             for s, raw in zip(sessions, rt.runner.read_states([s.slot for s in sessions]), strict=True):
@@ -570,6 +571,7 @@ class EngineCore:
                         last[0] if last else -1,
                         last[1] if last else "",
                         encode_prediction(last[2]) if last and isinstance(last[2], Prediction) else b"",
+                        tuple((model, seq) for _, model, seq in seqs.get(s.session_id, ())),
                     )
                 )
                 s.exported_at = s.last_used_at
@@ -596,6 +598,8 @@ class EngineCore:
             pred = decode_prediction(record.last_answer)
             if pred.position == data.position and record.last_offset + len(record.last_text) == data.position:
                 s.last_applied = s.last_piece = (record.last_offset, record.last_text, pred)
+        for model, seq in record.sequences:  # its KServe sequence ids continue here too
+            self.sequence_ids.bind((owner, model, seq), s.session_id, self._alive_of(owner))
         return s.info()
 
     def submit_suggest(self, session_id: str, request: SuggestRequest, owner: str, ticket: int) -> None:

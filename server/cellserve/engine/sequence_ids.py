@@ -37,6 +37,14 @@ class SequenceIds:
             return None
         return sid
 
+    def of_sessions(self, session_ids: set[str]) -> dict[str, list[Key]]:
+        """The keys bound to each of ``session_ids`` (handoff: they move with their session)."""
+        out: dict[str, list[Key]] = {}
+        for key, sid in self._ids.items():
+            if sid in session_ids:
+                out.setdefault(sid, []).append(key)
+        return out
+
     def forget(self, key: Key, session_id: str) -> None:
         """Drops ``key`` if it still names ``session_id`` (a later START's binding stays)."""
         if self._ids.get(key) == session_id:

@@ -112,6 +112,18 @@ class Handoff:
             self._recent.popitem(last=False)
         return True
 
+    async def recover_sequence(self, owner: str, model: str, sequence: str) -> bool:
+        """A KServe sequence id of a session that moved here: its pointer, then the session."""
+        alias = self.store.sequence_key(owner, model, sequence)
+        try:
+            sealed = await self.store.take(alias)
+        except StoreUnavailable:
+            return False
+        pointer = None if sealed is None else open_record(sealed, self._key, alias)
+        if pointer is None or pointer.tenant != owner:
+            return False
+        return await self.recover(owner, pointer.session_id)
+
     async def write(self, idle_s: float | None, deadline: float, move: bool = False) -> tuple[int, int]:
         """Exports sessions and writes them until ``deadline`` (loop time): (written, left)."""
         records = await self._engine.export_sessions(idle_s, move)
@@ -119,6 +131,10 @@ class Handoff:
         for r in records:
             key = self.store.key(r.tenant, r.session_id)
             items.append((key, seal_record(r, self._key, key), r.expires_at))
+            for model, seq in r.sequences:  # a KServe sequence id finds its session after the move
+                alias = self.store.sequence_key(r.tenant, model, seq)
+                pointer = HandoffRecord(r.session_id, r.tenant, b"", r.expires_at)
+                items.append((alias, seal_record(pointer, self._key, alias), r.expires_at))
         written = await self.store.put_many(items, deadline)
         return written, len(items) - written
 
@@ -201,6 +217,19 @@ class HandoffEngineClient:
 
     def close_session(self, owner: str, session_id: str) -> Awaitable[None]:
         return self._retrying(owner, session_id, lambda: self._inner.close_session(owner, session_id))
+
+    def find_sequence(self, owner: str, model: str, seq: str) -> Awaitable[Any]:
+        first = self._inner.find_sequence(owner, model, seq)
+
+        async def outcome() -> Any:
+            try:
+                return await first
+            except NotFound:
+                if not await self._handoff.recover_sequence(owner, model, seq):
+                    raise
+            return await self._inner.find_sequence(owner, model, seq)
+
+        return outcome()
 
     def complete(self, owner: str, session_id: str, request: CompletionRequest) -> _RecoveringCompletion:
         return _RecoveringCompletion(self, owner, session_id, request)

@@ -39,6 +39,7 @@ class HandoffRecord:
     last_offset: int = -1  # offset of the last applied piece; -1: none
     last_text: str = ""  # that piece (only inside the sealed record)
     last_answer: bytes = b""  # its answer, encoded by the engine
+    sequences: tuple[tuple[str, str], ...] = ()  # KServe sequence ids bound to it: (model, sequence id)
 
 
 class _Wire(msgspec.Struct, array_like=True):
@@ -49,6 +50,7 @@ class _Wire(msgspec.Struct, array_like=True):
     last_offset: int
     last_text: str
     last_answer: bytes
+    sequences: list[tuple[str, str]] = []
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -77,6 +79,7 @@ def seal_record(record: HandoffRecord, key: bytes, store_key: str) -> bytes:
             record.last_offset,
             record.last_text,
             record.last_answer,
+            [tuple(x) for x in record.sequences],  # type: ignore[misc]
         )
     )
     nonce = os.urandom(_NONCE_LEN)
@@ -94,7 +97,16 @@ def open_record(sealed: bytes, key: bytes, store_key: str) -> HandoffRecord | No
         w = _decoder.decode(plain)
     except (InvalidTag, msgspec.DecodeError, msgspec.ValidationError):
         return None
-    return HandoffRecord(w.session_id, w.tenant, w.blob, w.expires_at, w.last_offset, w.last_text, w.last_answer)
+    return HandoffRecord(
+        w.session_id,
+        w.tenant,
+        w.blob,
+        w.expires_at,
+        w.last_offset,
+        w.last_text,
+        w.last_answer,
+        tuple((str(m), str(q)) for m, q in w.sequences),
+    )
 
 
 _prediction_encoder = msgspec.msgpack.Encoder()

@@ -55,6 +55,8 @@ class SessionStore(Protocol):
 
     def key(self, tenant: str, session_id: str) -> str: ...
 
+    def sequence_key(self, tenant: str, model: str, sequence: str) -> str: ...
+
     async def put_many(self, items: Sequence[tuple[str, bytes, float]], deadline: float) -> int:
         """Writes ``(key, value, expires_at)`` items until ``deadline`` (loop time) or the first
         failure; returns how many were written, in order (the first n). Never raises for the
@@ -104,6 +106,11 @@ class RedisSessionStore:
 
     def key(self, tenant: str, session_id: str) -> str:
         return f"{self._prefix}{tenant_digest(tenant)}:{session_id}"
+
+    def sequence_key(self, tenant: str, model: str, sequence: str) -> str:
+        """Where a KServe sequence id of a moved session points to it (hashed: no ids in clear)."""
+        digest = hashlib.sha256(f"{model}\x00{sequence}".encode()).hexdigest()[:32]
+        return f"{self._prefix}{tenant_digest(tenant)}:seq:{digest}"
 
     # ---- back-off after failures ------------------------------------------------------------
     def _check_up(self) -> None:

@@ -40,8 +40,9 @@ def served_precision_oracle(model_dir: Path, model: str, name: str, device: str 
     """32 sessions type random pieces (keystrokes, pastes over the budget: chunked prefill,
     packed mixed lengths) with log-probs; then a completion and suggestions. Each answer is
     compared with the fp32 offline forward within 3x this precision's own offline distance to
-    fp32 on that text (quantization noise depends on batch and cuts, so served is not equal to
-    the offline run of the same precision), and bits/char within the offline loss plus 1%."""
+    fp32 on that text (half rounding depends on batch and cuts, so served is not equal to the
+    offline run of the same precision; int8's bitwise agreement is tested below), and bits/char
+    within the offline loss plus 1%."""
     rng = random.Random(7)
 
     async def body() -> None:

@@ -7,10 +7,10 @@ These layers fix the activation scale instead:
 
 - Every int8 GEMM input lies in [-1, 1]: the recurrent input h is a tanh output (LSTM) or a
   convex mix of tanh outputs (GRU), and layers above the first take the h of the layer below.
-  Inputs are clamped to [-1, 1] anyway (float rounding of the GRU mix), and two constant rows
-  (all -1, all +1) are appended to every call, so the dynamic min/max torch computes is always
-  [-1, 1]: the quantization parameters never change, the int8 GEMM is exact integer arithmetic,
-  and each row's output is bitwise independent of the other rows.
+  Inputs are clamped to [-1, 1] anyway (float rounding of the GRU mix), and every row gets two
+  extra input columns (-1 and +1, with zero weights), so the dynamic min/max torch computes is
+  always [-1, 1]: the quantization parameters never change, the int8 GEMM is exact integer
+  arithmetic, and each row's output is bitwise independent of the other rows.
 - The first layer's input projection is not quantized at all: ``embed.weight @ W_ih^T + b_ih``
   is a table [V, gates * H] computed once (in float64, rounded to fp32), looked up per token.
   ``rnn_forward`` receives embeddings (the engine's calling convention), so the token ids are
@@ -57,25 +57,27 @@ class FixedRangeLinear:
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         w = weight.detach().float().contiguous()
+        self.in_features = w.shape[1]
+        self.out_features = w.shape[0]
         scales = (w.abs().amax(dim=1).clamp(min=1e-8) / 127.0).double()
         zeros = torch.zeros(w.shape[0], dtype=torch.long)
+        # two calibration columns (inputs -1 and +1 in every row, weights 0) pin the dynamic
+        # min/max to [-1, 1] and add exactly 0 to the integer accumulators; columns rather than
+        # extra rows keep a single step at M = 1 (fbgemm's cheapest shape)
+        w = torch.cat([w, torch.zeros(w.shape[0], 2)], dim=1)
         with _quiet():
             qw = torch.quantize_per_channel(w, scales, zeros, axis=0, dtype=torch.qint8)
             b = None if bias is None else bias.detach().float().contiguous()
             self.packed = torch.ops.quantized.linear_prepack(qw, b)
-        self.in_features = w.shape[1]
-        self.out_features = w.shape[0]
-        # the calibration rows: they pin the dynamic min/max to [-1, 1]
-        self.calib = torch.tensor([[-1.0], [1.0]]).expand(2, self.in_features).contiguous()
+        self.calib = torch.tensor([[-1.0, 1.0]])
 
     def __call__(self, *parts: torch.Tensor) -> torch.Tensor:
         """``parts`` [N, k_i] concatenated along features (sum k_i = in_features) -> [N, out]."""
-        n = parts[0].shape[0]
-        x = torch.cat([torch.cat(parts, dim=1) if len(parts) > 1 else parts[0], self.calib])
+        x = torch.cat([*parts, self.calib.expand(parts[0].shape[0], 2)], dim=1)
         x.clamp_(-1.0, 1.0)
         with _quiet():
             y: torch.Tensor = torch.ops.quantized.linear_dynamic(x, self.packed, True)
-        return y[:n]
+        return y
 
 
 class EmbeddingIds:

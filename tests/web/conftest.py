@@ -73,11 +73,11 @@ class WebProcess:
 
 @pytest.fixture(scope="session")
 def shipped_server() -> Iterator[ServerProcess]:
-    """A server on the shipped models (so the page shows real suggestions), at fp32: the tests
-    compare a session the page typed in pieces with a fresh session given the text at once,
-    which agree only to float rounding at fp32; at int8 (what auto serves them at on CPU) the
-    answers depend on how the text was cut into calls (docs/precision.md)."""
-    s = start_server(SHIPPED_MODELS, "--precision", "fp32", env=KEY_ENV)
+    """A server on the shipped models (so the page shows real suggestions), at the precision
+    ``auto`` serves them at (int8 on CPU): the tests compare a session the page typed in pieces
+    with a fresh session given the text at once, which int8 answers bit for bit alike whatever
+    the cuts (docs/precision.md)."""
+    s = start_server(SHIPPED_MODELS, env=KEY_ENV)
     try:
         yield s
     finally:

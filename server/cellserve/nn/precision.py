@@ -1,11 +1,12 @@
 """Serving precision: the numeric format a model's steps run in, and the module that runs them.
 
 - ``fp32``: the model as loaded; every other precision is measured against it.
-- ``int8`` (CPU): ``torch.ao.quantization.quantize_dynamic`` of the recurrent layers (nn.LSTM,
-  nn.GRU, PackedSequence input included) and of the output Linear: int8 weights, activations
-  quantized at each call from their own range. So a row's numbers depend a little on the other
-  rows of its batch and on how its text was cut into calls: quantization noise, not float
-  rounding (docs/precision.md has the sizes).
+- ``int8`` (CPU): ``nn.int8.FixedRangeRNN``: int8 weights, activations quantized on the fixed
+  range [-1, 1], stepped one time step at a time in every phase, and the output Linear at int8
+  the same way; layer 1's input projection is an exact fp32 table. A row's numbers are bitwise
+  independent of its batch companions and of how its text was cut into calls (``nn/int8.py``).
+  ``quantize_dynamic_int8`` (torch's ``quantize_dynamic``, per-call activation ranges: not
+  batch- or cut-invariant) stays for comparisons (scripts/bench_precision.py).
 - ``fp16`` / ``bf16`` (for CUDA; they run on CPU too, slowly): half weights in the recurrent
   layers and the output Linear behind an fp32 boundary. Inputs and state are cast in, outputs
   and state cast back, so the state pool, checkpoints and snapshots stay fp32 at every
@@ -35,6 +36,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from .charlm import CharLM
+from .int8 import FixedRangeRNN, batch_invariant_int8
 from .spec import Quality
 
 Precision = Literal["auto", "fp32", "int8", "bf16", "fp16"]
@@ -108,7 +110,18 @@ _DYNAMIC = {nn.LSTM, nn.GRU, nn.Linear}
 
 
 def quantize_int8(model: CharLM) -> CharLM:
-    """Dynamic int8 copy of ``model`` (CPU): recurrent layers and the output Linear."""
+    """The int8 serving module of ``model`` (CPU): batch- and cut-invariant (``nn/int8.py``)."""
+    if model.embed.weight.device.type != "cpu":
+        raise PrecisionUnavailable("int8 is CPU-only (dynamic quantization)")
+    q = batch_invariant_int8(model)
+    if not isinstance(q.rnn, FixedRangeRNN):  # pragma: no cover - a guard against a refactor
+        raise RuntimeError("int8 left the recurrent layers unquantized")
+    return q
+
+
+def quantize_dynamic_int8(model: CharLM) -> CharLM:
+    """torch's dynamic int8 copy of ``model`` (CPU): recurrent layers and the output Linear,
+    activation ranges taken per call (not batch- or cut-invariant; kept for comparisons)."""
     if model.embed.weight.device.type != "cpu":
         raise PrecisionUnavailable("int8 is CPU-only (dynamic quantization)")
     with warnings.catch_warnings():

@@ -138,8 +138,11 @@ class Engine:
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
     # ---- sessions ----------------------------------------------------------------------------
-    def open_session(self, model: str | None = None, owner: str = "") -> asyncio.Future[SessionInfo]:
-        return self._ask("open_session", model, owner)
+    def open_session(
+        self, model: str | None = None, owner: str = "", memory: bool = True
+    ) -> asyncio.Future[SessionInfo]:
+        """A new session; ``memory`` False: no session memory (see ``EngineCore.open_session``)."""
+        return self._ask("open_session", model, owner, memory)
 
     async def append(
         self, session_id: str, offset: int, text: str, options: AppendOptions = _DEFAULT_OPTIONS, owner: str = ""

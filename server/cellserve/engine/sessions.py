@@ -31,6 +31,7 @@ from .rewind import RewindLog
 from .types import AppendOptions, Prediction, SessionInfo, SuggestRequest
 
 if TYPE_CHECKING:
+    from ..memory.window import SessionMemory
     from .completions import Completion
 
 
@@ -76,6 +77,9 @@ class ControlOp:
     suggest: SuggestRequest | None = None
     answered: bool = False
     applied: bool = False  # a write that landed: a failure afterwards never re-queues or undoes it
+    # write: the session memory it installs (a fresh one for open/reset, a resumed snapshot's);
+    # None: the session has no memory
+    memory: SessionMemory | None = None
 
 
 Op = AppendOp | ControlOp
@@ -108,6 +112,9 @@ class Session:
     last_applied: tuple[int, str, Prediction] | None = None
     completions: set[Completion] = field(default_factory=set)
     closed: bool = False
+    # the session memory (docs/session-memory.md): the text applied so far, pushed at commit;
+    # None: memory off for this session (the model ships no mixer, or the session said so)
+    memory: SessionMemory | None = None
 
     @property
     def state(self) -> SessionState:

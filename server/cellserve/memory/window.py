@@ -52,6 +52,9 @@ class MemoryPrediction:
     match_len: int
 
 
+_EMPTY_HEADS: list[array[int]] = [array("i") for _ in ORDERS]  # shared, never written
+
+
 def _bucket_bits(window: int) -> int:
     """Buckets per order: about half the window (two events per bucket on average)."""
     return max(8, window.bit_length() - 1)
@@ -72,7 +75,9 @@ class SessionMemory:
         self._clear()
 
     def _clear(self) -> None:
-        self._head = [array("i", [-1]) * (self._mask + 1) for _ in ORDERS]
+        # the hash heads are allocated on the first push: a session that never typed holds
+        # no tables (its bytes are its text's); ``_EMPTY`` reads as "no event" everywhere
+        self._head: list[array[int]] = _EMPTY_HEADS
         self._prev = [array("i") for _ in ORDERS]
         self._buf = bytearray()  # text positions [self._off, self._len)
         self._off = 0
@@ -86,6 +91,8 @@ class SessionMemory:
 
     def push(self, ids: Iterable[int]) -> None:
         """Appends characters (vocabulary ids) to the text."""
+        if self._head is _EMPTY_HEADS:
+            self._head = [array("i", [-1]) * (self._mask + 1) for _ in ORDERS]
         buf, head, prev, cap, mask, crc = self._buf, self._head, self._prev, self._cap, self._mask, zlib.crc32
         for c in ids:
             pos = self._len
@@ -213,7 +220,8 @@ class SessionMemory:
             complete = True  # the walk saw every occurrence (no cap cut it short)
             if len(found) < occ:
                 prev, cap = self._prev[j], self._cap
-                p = self._head[j][zlib.crc32(ctx, _SEEDS[j]) & self._mask]
+                heads = self._head[j]
+                p = heads[zlib.crc32(ctx, _SEEDS[j]) & self._mask] if heads else -1
                 links = 0
                 while p >= lo:
                     if p < base_len:  # events at or after base_len: not in this text (a fork's past)

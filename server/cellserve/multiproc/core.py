@@ -128,7 +128,7 @@ class CoreServer:
             if task is not None:
                 task.cancel()
         elif isinstance(op, m.Open):
-            self._answer(who, op.id, lambda: c.open_session(op.owner, op.model))
+            self._answer(who, op.id, lambda: c.open_session(op.owner, op.model, op.memory))
         elif isinstance(op, m.Rewind):
             self._answer(who, op.id, lambda: c.rewind(op.owner, op.session_id, op.chars))
         elif isinstance(op, m.Reset):

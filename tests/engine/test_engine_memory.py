@@ -6,6 +6,7 @@ rewinds, resets, snapshots and completions; the switches turn it off."""
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from pathlib import Path
 
@@ -16,12 +17,13 @@ from cellserve.config import Settings
 from cellserve.engine import snapshot as snap
 from cellserve.engine.completion_stream import CompletionStream
 from cellserve.engine.memory_mix import memory_settings
-from cellserve.engine.types import AppendOptions, CompletionRequest, Prediction
+from cellserve.engine.types import AppendOptions, CompletionRequest, Prediction, SuggestRequest
 from cellserve.memory.features import memory_arrays
 from cellserve.memory.mixer import Mixer
-from cellserve.memory.reference import mixed_logprobs, model_logprobs
+from cellserve.memory.reference import ForkMixing, mixed_logprobs, model_logprobs
 from cellserve.memory.window import SessionMemory
 from cellserve.nn.checkpoint import LoadedModel
+from cellserve.nn.decode import beam_search_batch, state_after
 from conftest import write_random_model
 
 MODEL = "tiny-mem"
@@ -253,3 +255,30 @@ def _as_version_2(data: snap.SnapshotData, key: bytes) -> bytes:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     return aad + nonce + AESGCM(snap.derive_key(key, 2)).encrypt(nonce, plain, aad)
+
+
+@pytest.mark.parametrize("scope", ["word", "line"])
+def test_suggestions_search_the_mixed_distribution(mem_dir: Path, scope: str) -> None:
+    text = "self.value = value\nself.values = values\nself.va"
+    req = SuggestRequest(n=3, scope=scope, max_chars=10)
+
+    async def body() -> None:
+        async with engine(mem_dir) as eng:
+            lm = eng.repository.get(MODEL)
+            sid = (await eng.open_session(MODEL)).session_id
+            await eng.append(sid, 0, text, AppendOptions(top_k=0))
+            got = await eng.submit_suggest(sid, req)
+            settings = eng.settings
+        assert lm.folder is not None
+        mixer = Mixer.load(lm.folder)
+        memory = SessionMemory.rebuild(lm.vocab.encode(text), memory_settings(settings))
+        mix = ForkMixing(mixer, [memory.fork()], len(lm.vocab))
+        state = state_after(lm.model, lm.vocab, text)
+        want = beam_search_batch(lm.model, lm.vocab, state, n=3, until=scope, max_chars=10, mix=mix)[0]
+        assert [s.text for s in got] == [s.text for s in want]
+        for g, w in zip(got, want, strict=True):
+            assert math.isclose(g.logprob, w.logprob, rel_tol=1e-4, abs_tol=1e-4)
+        plain = beam_search_batch(lm.model, lm.vocab, state, n=3, until=scope, max_chars=10)[0]
+        assert [(s.text, round(s.logprob, 3)) for s in plain] != [(s.text, round(s.logprob, 3)) for s in got]
+
+    run(body)

@@ -116,8 +116,15 @@ def test_fork_isolated_and_exact() -> None:
     h = base.fork(at=2950)
     h.push(gen)
     assert h.predict() == SessionMemory.rebuild(TEXT[:2950] + gen, s).predict()
-    base.push((5,))
+    # the parent reading on leaves its forks exact (a search runs on while its session types);
+    # a pop below a fork's point (rewind, reset) ends it
+    base.push(TEXT[3000:3050])
+    assert f.predict() == SessionMemory.rebuild(TEXT[:3000] + gen, s).predict()
+    base.pop(30)
+    assert f.predict() == SessionMemory.rebuild(TEXT[:3000] + gen, s).predict()
+    base.pop(21)
     with pytest.raises(RuntimeError, match="parent memory changed"):
         f.predict()
+    assert h.predict() == SessionMemory.rebuild(TEXT[:2950] + gen, s).predict()
     with pytest.raises(ValueError, match="cannot fork"):
         base.fork(at=0)

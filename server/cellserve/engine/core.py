@@ -256,6 +256,7 @@ class EngineCore:
             rt.scheduler = Scheduler(lm.vocab.encode, rt.take_scratch, rt.take_checkpoint)
             rt.beams = BeamSearches(lm.serving, lm.vocab)
             rt.mixer = getattr(rt.runner, "mixer", None)  # a runner that cannot mix serves no memory
+            rt.beams.mixer = rt.mixer
             self._runtimes[name] = rt
         self._sessions: dict[str, Session] = {}
         self._owner_sessions: dict[str, int] = {}  # live sessions per owner (tenant quotas)
@@ -1010,7 +1011,7 @@ class EngineCore:
             self._resolve(cop, st.blobs[k])
         elif cop.kind == "suggest" and cop.suggest is not None and cop.ticket is not None:
             try:
-                rt.beams.add(cop.suggest, cop.ticket, st.reads[k])
+                rt.beams.add(cop.suggest, cop.ticket, st.reads[k], s.memory.fork() if s.memory else None)
                 cop.answered = True  # the search answers it (through the outbox) when it ends
             except Exception as e:  # only this search fails; the session is untouched
                 log.exception("starting a suggestion failed")

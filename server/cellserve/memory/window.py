@@ -17,7 +17,9 @@ What it predicts is a pure function of that text (the window), by construction:
   window's text (``rebuild``, ``restore``) predict the same.
 
 A fork (``fork``) is an overlay for generated text (completions, beams): it appends
-characters of its own and never changes its parent.
+characters of its own and never changes its parent. It stays exact while the parent reads on
+(a search keeps running while its session types): only a ``pop`` below the fork's point, or
+text older than the rewind margin, invalidates it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import sys
 import zlib
 from array import array
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -52,6 +55,7 @@ class MemoryPrediction:
     match_len: int
 
 
+_POPS_KEPT = 16
 _EMPTY_HEADS: list[array[int]] = [array("i") for _ in ORDERS]  # shared, never written
 
 
@@ -72,6 +76,7 @@ class SessionMemory:
         self._mask = (1 << _bucket_bits(s.window)) - 1
         self._occ = s.occurrences
         self._links = s.max_links
+        self._pop_serial = 0
         self._clear()
 
     def _clear(self) -> None:
@@ -82,7 +87,12 @@ class SessionMemory:
         self._buf = bytearray()  # text positions [self._off, self._len)
         self._off = 0
         self._len = 0
-        self.version = 0  # changes on every push/pop: forks check their parent did not move
+        self.version = 0  # changes on every push/pop
+        # forks check that their point is still there: the lowest length each pop (or a
+        # clear: -1) left, by serial number (the latest _POPS_KEPT)
+        self._pops: deque[tuple[int, int]] = deque(maxlen=_POPS_KEPT)
+        self._pop_serial += 1
+        self._pops.append((self._pop_serial, -1))
 
     # --- text in and out ---------------------------------------------------------------
     def __len__(self) -> int:
@@ -143,6 +153,19 @@ class SessionMemory:
             del buf[-1]
             self._len = pos
         self.version += 1
+        self._pop_serial += 1
+        self._pops.append((self._pop_serial, self._len))
+
+    def intact_since(self, serial: int, at: int) -> bool:
+        """True when the first ``at`` characters are as they were at pop serial ``serial`` and
+        still within reach (a fork made then at ``at`` predicts exactly)."""
+        if self._len - self.rewindable() > at:
+            return False
+        if serial == self._pop_serial:
+            return True
+        if not self._pops or self._pops[0][0] > serial + 1:
+            return False  # pops since then fell out of the log: assume the worst
+        return all(low >= at for s, low in self._pops if s > serial)
 
     def text(self) -> bytes:
         """The kept text (window + rewind margin, or less): what snapshots carry."""
@@ -253,11 +276,11 @@ class MemoryFork:
     parent would after reading them, and never changes the parent. Valid while the parent is
     unchanged (a push or pop on the parent invalidates it: ``predict`` raises)."""
 
-    __slots__ = ("_base", "_version", "_extra", "_at")
+    __slots__ = ("_base", "_serial", "_extra", "_at")
 
     def __init__(self, base: SessionMemory, extra: bytes, at: int) -> None:
         self._base = base
-        self._version = base.version
+        self._serial = base._pop_serial
         self._extra = bytearray(extra)
         self._at = at
 
@@ -266,13 +289,18 @@ class MemoryFork:
 
     def fork(self) -> MemoryFork:
         f = MemoryFork(self._base, bytes(self._extra), self._at)
-        f._version = self._version
+        f._serial = self._serial
         return f
 
     def predict(self) -> MemoryPrediction:
-        if self._base.version != self._version:
+        if not self.valid():
             raise RuntimeError("the parent memory changed since this fork was made")
         return self._base._predict(bytes(self._extra), self._at)
+
+    def valid(self) -> bool:
+        """False once the parent lost the text this fork stands on (a pop below its point, a
+        reset, or reading on past the rewind margin)."""
+        return self._base.intact_since(self._serial, self._at)
 
     def __len__(self) -> int:
         return self._at + len(self._extra)

@@ -24,25 +24,16 @@ from cellserve.memory.reference import ForkMixing, mixed_logprobs, model_logprob
 from cellserve.memory.window import SessionMemory
 from cellserve.nn.checkpoint import LoadedModel
 from cellserve.nn.decode import beam_search_batch, state_after
-from conftest import write_random_model
 
 MODEL = "tiny-mem"
 # repetitive text, so the memory's experts have something to say
 WORDS = ["def ", "self", ".value", " = ", "return ", "import os\n", "(x, y)", "\n    ", "value", "if x:"]
 
 
-@pytest.fixture(scope="module")
-def mem_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture
+def mem_dir(memory_model_dir: Path) -> Path:
     """A random LSTM that ships a mixer with random gate weights (the model never dominates)."""
-    d = tmp_path_factory.mktemp("memmodels")
-    write_random_model(d, MODEL, "lstm", seed=3, bits_per_char=2.5)
-    torch.manual_seed(5)
-    mixer = Mixer()
-    with torch.no_grad():
-        mixer.out.weight.normal_(0.0, 0.5)
-        mixer.out.bias.zero_()
-    mixer.save(d / MODEL)
-    return d
+    return memory_model_dir
 
 
 def typed(rng: random.Random, n: int) -> str:

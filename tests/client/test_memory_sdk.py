@@ -10,29 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from cellserve.config import Settings
-from cellserve.engine.memory_mix import memory_settings
-from cellserve.memory.mixer import Mixer
-from cellserve.memory.reference import mixed_logprobs, model_logprobs
-from cellserve.nn.checkpoint import LoadedModel, load_model
+from cellserve.nn.checkpoint import LoadedModel
 from cellserve_client import Client, FailoverPolicy, Prediction
+from memory_reference import MEMORY_MODEL as MODEL
+from memory_reference import offline
 from servers import ServerProcess, start_server
 
 from .conftest import KEY_ENV
 
-MODEL = "tiny-mem"
 TEXT = "def area(self):\n    return self.width * self.height\n\ndef perimeter(self):\n    return self.wi"
 SHAPES = {"one-process": "0", "two-frontends": "2"}
-
-
-def offline(model_dir: Path, text: str, mixed: bool = True) -> tuple[LoadedModel, torch.Tensor]:
-    """[len(text), V] next-character log-probs after each prefix (mixed: with the memory)."""
-    lm = load_model(model_dir / MODEL)
-    ids = lm.vocab.encode(text)
-    lp = model_logprobs(lm, torch.tensor(ids))
-    if mixed:
-        lp = mixed_logprobs(lp, ids, Mixer.load(model_dir / MODEL), memory_settings(Settings(model_dir=model_dir)))
-    return lm, lp
 
 
 def check(lm: LoadedModel, pred: Prediction, lp_at: torch.Tensor) -> None:

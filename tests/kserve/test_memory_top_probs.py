@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 from memory_reference import MEMORY_MODEL, offline
-from servers import ServerProcess, start_server
+from servers import ServerProcess
 
-from .conftest import SHAPES, position, text_input, tg, top
+from .conftest import SHAPES, position, serving, text_input, tg, top
 
 PIECES = ["import os\nimport sys\n", "def main():\n    os.", "path.join(sys.", "argv[0], os.pa"]
 _ids = itertools.count(5000)
@@ -19,11 +19,7 @@ _ids = itertools.count(5000)
 
 @pytest.fixture(scope="module", params=list(SHAPES), ids=list(SHAPES))
 def mem_server(memory_model_dir: Path, request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
-    s = start_server(memory_model_dir, "--frontends", SHAPES[request.param])
-    try:
-        yield s
-    finally:
-        s.terminate()
+    yield from serving(memory_model_dir, request.param)
 
 
 def test_top_probs_are_the_mixed_distribution(mem_server: ServerProcess, memory_model_dir: Path) -> None:

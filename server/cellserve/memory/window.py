@@ -60,8 +60,18 @@ _EMPTY_HEADS: list[array[int]] = [array("i") for _ in ORDERS]  # shared, never w
 
 
 def _bucket_bits(window: int) -> int:
-    """Buckets per order: about half the window (two events per bucket on average)."""
+    """Buckets per order at a full window: about the window (1 to 2 events per bucket)."""
     return max(8, window.bit_length() - 1)
+
+
+_MIN_BITS = 6
+
+
+def _bits_for(held: int, full: int) -> int:
+    """Buckets per order for ``held`` characters of kept text: the tables grow with the text
+    (doubling) up to the full window's, so a memory's bytes follow the text it holds. A pure
+    function of the kept text's length, so a restored or rebuilt memory has the same tables."""
+    return min(full, max(_MIN_BITS, held.bit_length() - 1))
 
 
 class SessionMemory:
@@ -73,7 +83,8 @@ class SessionMemory:
         self.window = s.window
         self._keep = s.window + s.max_rewind  # characters of text kept
         self._cap = self._keep + MAX_ORDER + 1  # ring size of the prev arrays (> any walked span)
-        self._mask = (1 << _bucket_bits(s.window)) - 1
+        # the tables' full size: the window's, or what the kept text can fill if that is less
+        self._full_bits = min(_bucket_bits(s.window), max(_MIN_BITS, self._keep.bit_length() - 1))
         self._occ = s.occurrences
         self._links = s.max_links
         self._pop_serial = 0
@@ -83,6 +94,7 @@ class SessionMemory:
         # the hash heads are allocated on the first push: a session that never typed holds
         # no tables (its bytes are its text's); ``_EMPTY`` reads as "no event" everywhere
         self._head: list[array[int]] = _EMPTY_HEADS
+        self._set_bits(_MIN_BITS)
         self._prev = [array("i") for _ in ORDERS]
         self._buf = bytearray()  # text positions [self._off, self._len)
         self._off = 0
@@ -99,10 +111,42 @@ class SessionMemory:
         """Characters read since the memory started (the text's length)."""
         return self._len
 
+    def _set_bits(self, bits: int) -> None:
+        self._bits = bits
+        self._mask = (1 << bits) - 1
+        # the text length at which the tables double (none once they are the full window's)
+        self._grow_at = 1 << (bits + 1) if bits < self._full_bits else _REBASE_AT
+
+    def _resize(self, bits: int) -> None:
+        """Rebuilds the tables at ``bits`` from the text. Only while the memory holds all its
+        text from position 0 (tables grow and shrink below the full window only, where no text
+        was dropped yet), so every position, and every fork's point, stays the same."""
+        assert self._off == 0
+        text = bytes(self._buf)
+        self._set_bits(bits)
+        self._head = [array("i", [-1]) * (self._mask + 1) for _ in ORDERS]
+        self._prev = [array("i") for _ in ORDERS]
+        self._buf = bytearray()
+        self._len = 0
+        self._push_events(text)
+
     def push(self, ids: Iterable[int]) -> None:
         """Appends characters (vocabulary ids) to the text."""
-        if self._head is _EMPTY_HEADS:
+        data = bytes(ids)
+        if data and self._head is _EMPTY_HEADS:
             self._head = [array("i", [-1]) * (self._mask + 1) for _ in ORDERS]
+        at = 0
+        while at < len(data):  # in segments: the tables grow (or the numbering rebases) between
+            n = min(len(data) - at, self._grow_at - self._len)
+            self._push_events(data[at : at + n])
+            at += n
+            if self._len >= _REBASE_AT:
+                self._rebase()
+            elif self._len >= self._grow_at:
+                self._resize(_bits_for(min(self._len, self._keep), self._full_bits))
+        self.version += 1
+
+    def _push_events(self, ids: bytes) -> None:
         buf, head, prev, cap, mask, crc = self._buf, self._head, self._prev, self._cap, self._mask, zlib.crc32
         for c in ids:
             pos = self._len
@@ -127,9 +171,6 @@ class SessionMemory:
                 cut = len(buf) - self._keep
                 del buf[:cut]
                 self._off += cut
-            if self._len >= _REBASE_AT:
-                self._rebase()
-        self.version += 1
 
     def rewindable(self) -> int:
         """How many characters ``pop`` can remove exactly (at least ``max_rewind`` once the
@@ -153,6 +194,9 @@ class SessionMemory:
             del buf[-1]
             self._len = pos
         self.version += 1
+        bits = _bits_for(min(self._len, self._keep), self._full_bits)
+        if bits < self._bits:  # the tables shrink with the text (as a memory that never read it)
+            self._resize(bits)
         self._pop_serial += 1
         self._pops.append((self._pop_serial, self._len))
 

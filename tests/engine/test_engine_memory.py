@@ -45,8 +45,8 @@ def reference(eng_settings: Settings, lm: LoadedModel, text: str) -> torch.Tenso
     assert lm.folder is not None
     mixer = Mixer.load(lm.folder)
     ids = lm.vocab.encode(text)
-    lp = model_logprobs(lm, torch.tensor(ids))
-    return mixed_logprobs(lp, ids, mixer, memory_settings(eng_settings)).double().exp()
+    lp = model_logprobs(lm, torch.tensor(ids, device=lm.model.head.weight.device))
+    return mixed_logprobs(lp, ids, mixer.to(lp.device), memory_settings(eng_settings)).double().exp().cpu()
 
 
 def assert_top_k(lm: LoadedModel, pred: Prediction, probs_at: torch.Tensor, k: int, tol: float = 1e-5) -> None:
@@ -66,12 +66,18 @@ def assert_logprobs(lm: LoadedModel, pred: Prediction, probs: torch.Tensor, star
         assert abs(pred.logprobs[j] - want) < 1e-4, (pos, pred.logprobs[j], want)
 
 
-@pytest.mark.parametrize("batch_tokens", [700, 40])  # 40: long pieces arrive in chunks
-def test_appends_serve_the_mixed_distribution(mem_dir: Path, batch_tokens: int) -> None:
+CUDA = pytest.param(
+    700, "cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+)
+
+
+@pytest.mark.parametrize(("batch_tokens", "device"), [(700, "cpu"), (40, "cpu"), CUDA])  # 40: in chunks
+def test_appends_serve_the_mixed_distribution(mem_dir: Path, batch_tokens: int, device: str) -> None:
+    """On CUDA the mixing runs on the device (only the memory's arrays travel to it)."""
     rng = random.Random(batch_tokens)
 
     async def body() -> None:
-        async with engine(mem_dir, max_batch_tokens=batch_tokens, memory_window=256) as eng:
+        async with engine(mem_dir, max_batch_tokens=batch_tokens, memory_window=256, device=device) as eng:
             lm = eng.repository.get(MODEL)
             ids = [(await eng.open_session(MODEL)).session_id for _ in range(6)]
             texts = {sid: "" for sid in ids}

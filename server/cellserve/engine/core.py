@@ -289,7 +289,7 @@ class EngineCore:
     def stats(self) -> EngineStats:
         """Cumulative counters and gauges now; reading changes nothing (any number of readers).
         Per-iteration observations come out of ``step()`` (``StepOutput.stats``)."""
-        memory_bytes = sum(s.memory.nbytes() for s in self._sessions.values() if s.memory is not None)
+        memory_bytes = sum(s.memory_bytes for s in self._sessions.values())  # no walk of the tables
         return EngineStats(
             active_sessions=len(self._sessions),
             slots_capacity=sum(rt.pool.capacity for rt in self._runtimes.values()),
@@ -1062,6 +1062,7 @@ class EngineCore:
         s.apply(pos)
         if s.memory is not None:  # the whole of every piece lands now (chunks pushed nothing)
             s.memory.push([t for op in run.ops for t in op.tokens])
+            s.memory_changed()
         s.history.record("".join(op.text for op in run.ops), pos, _checkpoint_of(b, run))
         last = run.ops[-1]
         s.last_applied = (last.offset, last.text, preds[-1])
@@ -1073,6 +1074,7 @@ class EngineCore:
         op.applied = True
         s.apply(op.position)
         s.memory = op.memory
+        s.memory_changed()
         s.history.release_all()
         s.history = self._history(self._runtimes[s.model], op.position, op.state)
         s.last_applied = None
@@ -1135,6 +1137,7 @@ def _rewind_memory(s: Session, chars: int) -> None:
         mem.pop(chars)
     else:
         s.memory = SessionMemory(mem.settings)
+    s.memory_changed()
 
 
 def _checkpoint_of(b: Batch, run: AppendRun) -> CheckpointRef | None:

@@ -115,6 +115,7 @@ class Session:
     # the session memory (docs/session-memory.md): the text applied so far, pushed at commit;
     # None: memory off for this session (the model ships no mixer, or the session said so)
     memory: SessionMemory | None = None
+    memory_bytes: int = 0  # ``memory.nbytes()`` as of its last change (summed by the stats)
 
     @property
     def state(self) -> SessionState:
@@ -139,6 +140,9 @@ class Session:
             self.queued_end = max(0, self.queued_end - op.chars)
         if op.kind in ("write", "rewind"):
             self.last_piece = None  # a retry of an earlier piece is no longer a retry
+
+    def memory_changed(self) -> None:
+        self.memory_bytes = self.memory.nbytes() if self.memory is not None else 0
 
     def begin_iteration(self) -> None:
         self.in_flight = True

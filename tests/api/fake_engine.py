@@ -104,7 +104,7 @@ class FakeEngine:
         self.stats_listeners.append(listener)
         return lambda: self.stats_listeners.remove(listener)
 
-    def open_session(self, owner: str, model: str | None = None) -> Awaitable[SessionInfo]:
+    def open_session(self, owner: str, model: str | None = None, memory: bool = True) -> Awaitable[SessionInfo]:
         return _now(SessionInfo("f" * 32, MODEL.name, 0, 0.0, 0.0))
 
     def append(

@@ -39,6 +39,29 @@ def write_random_model(
     )
 
 
+def write_random_mixer(folder: Path, seed: int = 5) -> None:
+    """A session-memory mixer beside a model (``folder``: the model's folder) with random gate
+    weights, so the memory's experts really move the served distribution."""
+    import torch
+    from cellserve.memory.mixer import Mixer
+
+    torch.manual_seed(seed)
+    mixer = Mixer()
+    with torch.no_grad():
+        mixer.out.weight.normal_(0.0, 0.5)
+        mixer.out.bias.zero_()
+    mixer.save(folder)
+
+
+@pytest.fixture(scope="session")
+def memory_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository with one random LSTM ('tiny-mem') that ships a mixer."""
+    d = tmp_path_factory.mktemp("memmodels")
+    write_random_model(d, "tiny-mem", "lstm", seed=3, bits_per_char=2.5)
+    write_random_mixer(d / "tiny-mem")
+    return d
+
+
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model repository with a random 2-layer LSTM ('tiny-lstm', the default: lowest

@@ -108,11 +108,14 @@ class AsyncClient:
         assert last is not None
         raise last
 
-    async def open(self, model: str | None = None, *, transport: Transport | None = None) -> AsyncSession:
-        """A new session on ``model`` (None: the server's default model)."""
+    async def open(
+        self, model: str | None = None, *, transport: Transport | None = None, memory: bool = True
+    ) -> AsyncSession:
+        """A new session on ``model`` (None: the server's default model). ``memory`` False: the
+        session keeps no session memory (its predictions are the model's alone)."""
         self._check_open()
         session = await AsyncSession.open(
-            self._pool, model, transport=transport or self._transport, policy=self._policy
+            self._pool, model, transport=transport or self._transport, policy=self._policy, memory=memory
         )
         self._track(session)
         return session

@@ -147,6 +147,7 @@ def stream_append(offset: int, text: str, opts: AppendOptions) -> svc.SessionReq
         want_logprobs=opts.logprobs,
         want_gates=opts.gates,
         only_last=opts.only_last,
+        no_memory=not opts.memory,
     )
     if opts.top_k is not None:
         msg.top_k = opts.top_k
@@ -160,6 +161,7 @@ def unary_append(session_id: str, offset: int, text: str, opts: AppendOptions) -
         input=types.Input(text=text),
         want_logprobs=opts.logprobs,
         want_gates=opts.gates,
+        no_memory=not opts.memory,
     )
     if opts.top_k is not None:
         msg.top_k = opts.top_k
@@ -168,6 +170,7 @@ def unary_append(session_id: str, offset: int, text: str, opts: AppendOptions) -
 
 def _fill_completion(msg: svc.SessionRequest.Complete | svc.CompleteRequest, opts: CompletionOptions) -> None:
     msg.stop.extend(opts.stop)
+    msg.no_memory = not opts.memory
     msg.temperature = opts.temperature
     msg.top_k = opts.top_k
     if opts.max_chars is not None:

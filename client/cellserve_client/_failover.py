@@ -68,6 +68,7 @@ class Journal:
     def __init__(self, policy: FailoverPolicy, model: str, *, position: int = 0, blob: bytes | None = None) -> None:
         self.policy = policy
         self.model = model
+        self.memory = True  # the session keeps a session memory (a rebuilt one opens likewise)
         self.position = position
         self.text_start = position
         self.pieces: list[str] = []

@@ -89,16 +89,20 @@ class AsyncSession:
     # --- construction ------------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, pool: Pool, model: str | None, *, transport: Transport, policy: FailoverPolicy) -> AsyncSession:
+    async def open(
+        cls, pool: Pool, model: str | None, *, transport: Transport, policy: FailoverPolicy, memory: bool = True
+    ) -> AsyncSession:
         key = secrets.token_hex(16)
         md = pool.metadata(key)
+        request = svc.OpenSessionRequest(model=model or "", no_memory=not memory)
 
         async def build(index: int) -> tuple[Connection, svc.OpenSessionResponse]:
-            resp = await pool.channel(index).open_session(svc.OpenSessionRequest(model=model or ""), md, pool.timeout)
+            resp = await pool.channel(index).open_session(request, md, pool.timeout)
             return await _connect(pool, index, md, resp.session.session_id, transport), resp
 
         (conn, resp), index = await _with_failover(pool, policy, 0, build)
         journal = Journal(policy, resp.session.model)
+        journal.memory = memory
         return cls(
             pool,
             transport=transport,
@@ -213,6 +217,7 @@ class AsyncSession:
         logprobs: bool = False,
         gates: bool = False,
         only_last: bool = False,
+        memory: bool = True,
     ) -> Prediction:
         """Appends ``text`` (typed or pasted) and returns the prediction after it.
 
@@ -220,17 +225,19 @@ class AsyncSession:
         ``logprobs``/``gates``: per-character log-probabilities / gate activations.
         ``only_last`` (stream transport): when the server coalesces this append with later ones,
         only the last is answered in full; the others come back ``superseded``.
+        ``memory`` False: this prediction is the model's alone, without the session memory
+        (the memory still reads the text).
         Text longer than the server's append limit is sent in pieces; the prediction is the
         last piece's, with the logprobs and gates of all pieces.
         """
-        opts = AppendOptions(top_k, logprobs, gates, only_last)
+        opts = AppendOptions(top_k, logprobs, gates, only_last, memory)
         parts = pieces(text, self._policy.max_append_chars)
         async with self._lock:
             self._check_open()
             ops = []
             for i, part in enumerate(parts):
                 last = i == len(parts) - 1
-                piece_opts = opts if last else AppendOptions(0, logprobs, gates, only_last)
+                piece_opts = opts if last else AppendOptions(0, logprobs, gates, only_last, memory)
                 ops.append(self._submit("append", offset=self._next_offset, text=part, append=piece_opts))
                 self._next_offset += len(part)
         preds: list[Prediction] = [await self._wait(op) for op in ops]
@@ -257,6 +264,7 @@ class AsyncSession:
         top_p: float | None = None,
         seed: int | None = None,
         n: int | None = None,
+        memory: bool = True,
     ) -> AsyncCompletionStream:
         """Starts sampling continuations (on a fork of the state; the session does not change).
 
@@ -264,10 +272,11 @@ class AsyncSession:
         finished ``Completion`` of every alternative. ``temperature`` 0 is greedy. Without a
         ``seed`` the SDK picks one, so that a completion re-sent after a failover repeats.
         An append made before the completion is consumed cancels it (stream transport).
+        ``memory`` False: generate from the model alone, without the session memory.
         """
         if seed is None:
             seed = secrets.randbits(_SEED_BITS)
-        opts = CompletionOptions(max_chars, tuple(stop), temperature, top_k, top_p, seed, n)
+        opts = CompletionOptions(max_chars, tuple(stop), temperature, top_k, top_p, seed, n, memory)
         async with self._lock:
             self._check_open()
             op = self._submit("complete", completion=opts, chunks=asyncio.Queue())
@@ -459,7 +468,8 @@ class AsyncSession:
                 req.replay.text = replay.pop(0)
             session = (await ch.resume(req, md, timeout)).session
         else:
-            session = (await ch.open_session(svc.OpenSessionRequest(model=self._journal.model), md, timeout)).session
+            request = svc.OpenSessionRequest(model=self._journal.model, no_memory=not self._journal.memory)
+            session = (await ch.open_session(request, md, timeout)).session
         sid, position = session.session_id, session.position
         for piece in replay:
             request = _convert.unary_append(sid, position, piece, AppendOptions(top_k=0))

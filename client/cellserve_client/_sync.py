@@ -115,8 +115,8 @@ class Client:
         coro = self._async.inspect_gates(text, model=model, last_chars=last_chars, top_units=top_units, top_k=top_k)
         return self._loop.run(coro)
 
-    def open(self, model: str | None = None, *, transport: Transport | None = None) -> Session:
-        return Session(self._loop, self._loop.run(self._async.open(model, transport=transport)))
+    def open(self, model: str | None = None, *, transport: Transport | None = None, memory: bool = True) -> Session:
+        return Session(self._loop, self._loop.run(self._async.open(model, transport=transport, memory=memory)))
 
     def resume(
         self,
@@ -202,9 +202,10 @@ class Session:
         logprobs: bool = False,
         gates: bool = False,
         only_last: bool = False,
+        memory: bool = True,
     ) -> Prediction:
         return self._loop.run(
-            self._async.append(text, top_k=top_k, logprobs=logprobs, gates=gates, only_last=only_last)
+            self._async.append(text, top_k=top_k, logprobs=logprobs, gates=gates, only_last=only_last, memory=memory)
         )
 
     def complete(
@@ -217,9 +218,17 @@ class Session:
         top_p: float | None = None,
         seed: int | None = None,
         n: int | None = None,
+        memory: bool = True,
     ) -> CompletionStream:
         coro = self._async.complete(
-            max_chars=max_chars, stop=stop, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, n=n
+            max_chars=max_chars,
+            stop=stop,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            n=n,
+            memory=memory,
         )
         return CompletionStream(self._loop, self._loop.run(coro))
 

@@ -187,6 +187,7 @@ class AppendOptions:
     logprobs: bool = False
     gates: bool = False
     only_last: bool = False
+    memory: bool = True  # False: the model's distribution alone, without the session memory
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,7 @@ class CompletionOptions:
     top_p: float | None = None
     seed: int | None = None
     n: int | None = None
+    memory: bool = True  # False: generate from the model alone, without the session memory
 
 
 @dataclass(frozen=True)

@@ -152,6 +152,13 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
         "--no-memory", action="store_true", help="skip the session-memory columns (models with a mixer.safetensors)"
     )
     p.add_argument(
+        "--memory-window",
+        type=int,
+        default=None,
+        help="the session memory's window in characters (none: the window the mixer was trained with; the "
+        "server's memory_window setting decides what is served)",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -214,6 +221,7 @@ def _run_eval(a: argparse.Namespace) -> int:
     trie = WordTrie.from_text(trie_text, only=wanted)
     from .evaluation import zpaq_bits
     from .memory.mixer import MIXER_FILE, Mixer
+    from .memory.settings import MemorySettings
 
     root = a.model_dir or __import__("cellserve.config", fromlist=["default_model_dir"]).default_model_dir()
     mixers = {
@@ -235,6 +243,7 @@ def _run_eval(a: argparse.Namespace) -> int:
         started=started,
         mixers=mixers,
         zpaq=zpaq_bits,
+        memory=None if a.memory_window is None else MemorySettings(window=a.memory_window),
     )
     as_json = json.dumps(report.as_dict(), indent=2)
     if a.json is not None and str(a.json) == "-":

@@ -200,6 +200,15 @@ class Settings(BaseModel):
     """Rewind checkpoints: the state is saved every this many characters."""
     rewind_window: int = Field(default=256, ge=0, le=100_000)
     """Characters back that Rewind can reach; beyond: FAILED_PRECONDITION."""
+    memory_window: int = Field(default=4096, ge=64, le=1 << 20)
+    """Session memory (models that ship a ``mixer.safetensors``): characters of each session's
+    own text its memory learns from. Bytes per session grow with it (about 70 bytes per
+    character once the window is full, plus 8 x 4 bytes per hash bucket, half a bucket per
+    character of window: ~0.28 MB at 4096); 4096 keeps 10,000 full sessions under 3 GB.
+    The mixers were trained at 32,768 (docs/session-memory.md gives the bits/char cost)."""
+    memory: bool = Field(default=True)
+    """Mix the session memory into served distributions for models that ship a mixer
+    (sessions and requests can still turn it off); False: never."""
     snapshot_key: SecretStr | None = Field(default=None)
     """Secret of snapshot blobs: their AES-256-GCM key is derived from it with HKDF (shared by
     all replicas so a session resumes on any of them). Unset: a random per-process key;

@@ -269,8 +269,8 @@ def test_int8_keystrokes_beside_busy_sessions_equal_one_paste_bitwise(model_dir:
     async def busy_engine() -> tuple[list[float], tuple[tuple[str, float], ...], tuple[bytes, ...]]:
         async with engine(model_dir, precision=name, max_batch_tokens=16, snapshot_key=KEY, max_top_k=4096) as eng:
             opts = AppendOptions(top_k=4096, want_logprobs=True)
-            typed, pasted = eng.open_session(model).session_id, eng.open_session(model).session_id
-            busy = [eng.open_session(model).session_id for _ in range(12)]
+            typed, pasted = (await eng.open_session(model)).session_id, (await eng.open_session(model)).session_id
+            busy = [(await eng.open_session(model)).session_id for _ in range(12)]
 
             async def noise(sid: str) -> None:
                 at = 0
@@ -291,7 +291,7 @@ def test_int8_keystrokes_beside_busy_sessions_equal_one_paste_bitwise(model_dir:
 
     async def whole() -> tuple[list[float], tuple[tuple[str, float], ...], tuple[bytes, ...]]:
         async with engine(model_dir, precision=name, max_batch_tokens=4096, snapshot_key=KEY, max_top_k=4096) as eng:
-            sid = eng.open_session(model).session_id
+            sid = (await eng.open_session(model)).session_id
             pred = await eng.append(sid, 0, text, AppendOptions(top_k=4096, want_logprobs=True))
             return list(pred.logprobs), pred.top_k, await state_bytes(eng, sid)
 

@@ -29,13 +29,18 @@ MODEL = "tiny-lstm"
 SHAPES = {"one-process": "0", "two-frontends": "2"}
 
 
-@pytest.fixture(scope="session", params=list(SHAPES), ids=list(SHAPES))
-def kserver(model_dir: Path, request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
-    s = start_server(model_dir, "--frontends", SHAPES[request.param])
+def serving(model_dir: Path, shape: str) -> Iterator[ServerProcess]:
+    """A server of ``model_dir`` in one of SHAPES, stopped when the fixture ends."""
+    s = start_server(model_dir, "--frontends", SHAPES[shape])
     try:
         yield s
     finally:
         s.terminate()
+
+
+@pytest.fixture(scope="session", params=list(SHAPES), ids=list(SHAPES))
+def kserver(model_dir: Path, request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
+    yield from serving(model_dir, request.param)
 
 
 @pytest.fixture

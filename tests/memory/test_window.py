@@ -116,8 +116,36 @@ def test_fork_isolated_and_exact() -> None:
     h = base.fork(at=2950)
     h.push(gen)
     assert h.predict() == SessionMemory.rebuild(TEXT[:2950] + gen, s).predict()
-    base.push((5,))
+    # the parent reading on leaves its forks exact (a search runs on while its session types);
+    # a pop below a fork's point (rewind, reset) ends it
+    base.push(TEXT[3000:3050])
+    assert f.predict() == SessionMemory.rebuild(TEXT[:3000] + gen, s).predict()
+    base.pop(30)
+    assert f.predict() == SessionMemory.rebuild(TEXT[:3000] + gen, s).predict()
+    base.pop(21)
     with pytest.raises(RuntimeError, match="parent memory changed"):
         f.predict()
+    assert h.predict() == SessionMemory.rebuild(TEXT[:2950] + gen, s).predict()
     with pytest.raises(ValueError, match="cannot fork"):
         base.fork(at=0)
+
+
+def test_tables_grow_with_the_text_and_stay_exact() -> None:
+    """Bytes follow the text held (tables double as it grows, up to the window's); growing,
+    shrinking on a rewind, and forks across a growth all predict as a rebuilt memory."""
+    s = MemorySettings(window=4096, max_rewind=256)
+    m = SessionMemory(s)
+    assert m.nbytes() < 200  # a session that never typed: no tables
+    m.push(TEXT[:100])
+    small = m.nbytes()
+    m.push(TEXT[100:4096])
+    full = m.nbytes()
+    assert small * 10 < full, (small, full)
+    m.pop(len(m) - 120)  # back across every doubling: as if the text had never been typed
+    assert m.nbytes() == SessionMemory.rebuild(TEXT[:120], s).nbytes()
+    f = m.fork()
+    f.push(TEXT[5000:5010])
+    for a in range(120, 700, 97):  # the parent grows past 128, 256 and 512 characters
+        m.push(TEXT[a : a + 97])
+        assert m.predict() == SessionMemory.rebuild(TEXT[: a + 97], s).predict()
+        assert f.predict() == SessionMemory.rebuild(TEXT[:120] + TEXT[5000:5010], s).predict()

@@ -32,7 +32,7 @@ PROMPT = "def main(x):\n    return"
 
 
 async def _server_texts(eng: object, model: str, context: str, req: CompletionRequest) -> list[str]:
-    s = eng.open_session(model).session_id  # type: ignore[attr-defined]
+    s = (await eng.open_session(model)).session_id  # type: ignore[attr-defined]
     if context:
         await eng.append(s, 0, context)  # type: ignore[attr-defined]
     out = [""] * req.n

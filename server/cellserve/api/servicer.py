@@ -130,7 +130,9 @@ class CellserveServicer(rpc.CellserveServiceServicer):  # type: ignore[misc]
     async def OpenSession(self, request: svc.OpenSessionRequest, context: Context) -> svc.OpenSessionResponse:
         if self._frontend_md:
             await context.send_initial_metadata(self._frontend_md)
-        info = await self._engine.open_session(owner_of(context), validate.model_name(request.model))
+        info = await self._engine.open_session(
+            owner_of(context), validate.model_name(request.model), memory=not request.no_memory
+        )
         return svc.OpenSessionResponse(session=convert.session_info(info), model=await self.model_msg(info.model))
 
     async def GetSession(self, request: svc.GetSessionRequest, context: Context) -> svc.GetSessionResponse:

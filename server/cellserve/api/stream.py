@@ -287,7 +287,9 @@ class SessionStream:
         if self._session_id is not None:
             raise PreconditionFailed("this stream already has a session; open another stream for another session")
         if request.HasField("open"):
-            info = await self._engine.open_session(self._owner, validate.model_name(request.open.model))
+            info = await self._engine.open_session(
+                self._owner, validate.model_name(request.open.model), memory=not request.open.no_memory
+            )
         else:
             info = await self._engine.get_session(self._owner, validate.session_id(request.attach.session_id))
         self._session_id = info.session_id

@@ -59,7 +59,13 @@ def append_options(msg: Any, settings: Settings, *, only_last: bool = False) -> 
     top_k = msg.top_k if msg.HasField("top_k") else min(DEFAULT_TOP_K, settings.max_top_k)
     if top_k > settings.max_top_k:
         raise InvalidInput(f"top_k is {top_k}; the limit is {settings.max_top_k} (max_top_k)")
-    return AppendOptions(top_k=top_k, want_logprobs=msg.want_logprobs, want_gates=msg.want_gates, only_last=only_last)
+    return AppendOptions(
+        top_k=top_k,
+        want_logprobs=msg.want_logprobs,
+        want_gates=msg.want_gates,
+        only_last=only_last,
+        memory=not getattr(msg, "no_memory", False),  # a Resume's replay: as the session's memory
+    )
 
 
 def completion_request(msg: Any, settings: Settings) -> CompletionRequest:
@@ -71,6 +77,7 @@ def completion_request(msg: Any, settings: Settings) -> CompletionRequest:
         top_p=float(msg.top_p) if msg.HasField("top_p") else 1.0,
         seed=msg.seed if msg.HasField("seed") else None,
         n=msg.n if msg.HasField("n") else 1,
+        memory=not msg.no_memory,
     )
     return limits.completion_checked(req, settings)
 

@@ -18,6 +18,11 @@ Owned by the engine core (``engine/core.py``): ``add`` and ``take_finished`` run
 core's lock, ``step`` in the device thread while the lock is free (only the device thread adds
 or removes searches, so the list does not change under it). ``future`` is the caller's ticket,
 opaque here as in the core: a finished search's answer leaves through the core's outbox.
+
+With a session memory (models that ship a mixer), every step's distribution is the mixed one,
+as everywhere a distribution is served: each beam carries a fork of the session's memory that
+its own characters advance (the session's memory never changes), and the step's rows of all
+searches are mixed with one ``Mixer.mix`` call on the device before the host copy.
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ from typing import Any
 
 import torch
 
+from ..errors import PreconditionFailed
+from ..memory.mixer import Mixer
+from ..memory.reference import arrays_of
+from ..memory.window import MemoryFork
 from ..nn.charlm import CharLM
 from ..nn.kernels import step_kernel
 from ..nn.vocab import Vocab
@@ -68,6 +77,7 @@ class BeamQuery:
     state: tuple[torch.Tensor, ...] = ()  # [L, B, H] each
     finished: list[tuple[float, str]] = field(default_factory=list)  # best first, at most n
     error: BaseException | None = None  # the search failed (answered with this)
+    forks: list[MemoryFork] | None = None  # per live beam: the session memory plus its text
 
     def result(self) -> list[Suggestion]:
         return [Suggestion(t, lp) for lp, t in self.finished]
@@ -82,9 +92,13 @@ class BeamSearches:
         self.device = model.device
         self.running: list[BeamQuery] = []
         self._classes: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.mixer: Mixer | None = None  # set by the core when the model serves a session memory
 
-    def add(self, request: SuggestRequest, future: Any, raw: Sequence[bytes]) -> None:
-        self.running.append(BeamQuery(request, future, raw))
+    def add(self, request: SuggestRequest, future: Any, raw: Sequence[bytes], memory: MemoryFork | None = None) -> None:
+        """A search on a state read (``raw``); ``memory``: the session's memory as of that
+        read (mixed only when this model has a mixer)."""
+        forks = [memory] if memory is not None and self.mixer is not None else None
+        self.running.append(BeamQuery(request, future, raw, forks=forks))
 
     def fail_all(self, error: BaseException) -> None:
         for q in self.running:
@@ -108,6 +122,10 @@ class BeamSearches:
         for q in list(self.running):
             if q.done:
                 continue
+            if q.forks is not None and not all(f.valid() for f in q.forks):
+                q.error = PreconditionFailed("the session was rewound or reset during the suggestion; ask again")
+                q.done = True
+                continue
             if q.lp_all is None:
                 self._start(q)
             picked = self._extend(q)
@@ -124,7 +142,7 @@ class BeamSearches:
         tok_all = torch.cat(toks)
         with step_kernel(self.device, tok_all.numel()):
             out, new_state = m(tok_all[:, None].to(self.device), state)
-        lp = torch.log_softmax(out[:, -1].float(), dim=-1).cpu()
+        lp = self._mixed(stepping, torch.log_softmax(out[:, -1].float(), dim=-1)).cpu()
         at = 0
         for q, t in zip(stepping, toks, strict=True):
             b = t.numel()
@@ -137,8 +155,27 @@ class BeamSearches:
         m = self.model
         tensors = state_from_bytes(q.raw, m.layers, m.hidden, self.device)
         q.state = tuple(t[:, None] for t in tensors)  # [L, 1, H]
-        q.lp_all = torch.log_softmax(m.head(q.state[0][-1]).float(), dim=-1).cpu()
+        q.lp_all = self._mixed([q], torch.log_softmax(m.head(q.state[0][-1]).float(), dim=-1)).cpu()
         q.beam_lp = torch.zeros(1)
+
+    def _mixed(self, queries: list[BeamQuery], lp: torch.Tensor) -> torch.Tensor:
+        """The rows of ``lp`` ([beams of the queries, in order, V], on the device) mixed with
+        each beam's memory fork, for the queries that carry forks: one ``Mixer.mix`` call."""
+        if self.mixer is None or all(q.forks is None for q in queries):
+            return lp
+        rows: list[int] = []
+        forks: list[MemoryFork] = []
+        at = 0
+        for q in queries:
+            b = len(q.texts)
+            if q.forks is not None:
+                rows.extend(range(at, at + b))
+                forks.extend(q.forks)
+            at += b
+        dists, host = arrays_of(forks, lp.shape[-1])
+        idx = torch.tensor(rows, device=lp.device)
+        mixed = self.mixer.mix(lp[idx], dists.to(lp.device), host.to(lp.device))
+        return lp.index_copy(0, idx, mixed)
 
     def _extend(self, q: BeamQuery) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Records the live beams' ends, then picks the next beams; None when the search is
@@ -160,6 +197,8 @@ class BeamSearches:
         if best.numel() == 0:
             return None
         parent, tok = idx // v, idx % v
+        if q.forks is not None:  # each new beam: its parent's fork plus its character
+            q.forks = [_advanced(q.forks[p], t) for p, t in zip(parent.tolist(), tok.tolist(), strict=True)]
         q.texts = [q.texts[p] + [t] for p, t in zip(parent.tolist(), tok.tolist(), strict=True)]
         q.beam_lp = best
         q.step += 1
@@ -181,3 +220,9 @@ class BeamSearches:
         if scope not in self._classes:
             self._classes[scope] = char_classes(self.vocab, scope)
         return self._classes[scope]
+
+
+def _advanced(fork: MemoryFork, token: int) -> MemoryFork:
+    f = fork.fork()
+    f.push((token,))
+    return f

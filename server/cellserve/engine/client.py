@@ -135,7 +135,7 @@ class EngineClient(Protocol):
         ...
 
     # ---- session operations (submitted at call time, applied in call order) ----------------
-    def open_session(self, owner: str, model: str | None = None) -> Awaitable[SessionInfo]:
+    def open_session(self, owner: str, model: str | None = None, memory: bool = True) -> Awaitable[SessionInfo]:
         """A new session at position 0 of ``model`` (None: the default model)."""
         ...
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from .types import CompletionRequest
 
 if TYPE_CHECKING:
+    from ..memory.window import MemoryFork
     from .sessions import Session
 
 
@@ -29,6 +30,9 @@ class Alternative:
     last_token: int | None = None  # None until the first character is drawn
     forked: bool = False  # True once the scratch slot holds a state (after the first step)
     finish_reason: str = ""  # "" while running
+    # the session memory forked for this alternative, advanced with its generated text at each
+    # commit (never the session's own); None: not mixed
+    memory: MemoryFork | None = None
 
 
 @dataclass(eq=False)

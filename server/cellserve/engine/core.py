@@ -44,6 +44,9 @@ from ..errors import (
     Unavailable,
 )
 from ..handoff.record import HandoffRecord, decode_prediction, encode_prediction
+from ..memory.mixer import Mixer
+from ..memory.settings import MemorySettings
+from ..memory.window import SessionMemory
 from ..nn.cells import GRU_GATES, LSTM_GATES
 from ..nn.checkpoint import LoadedModel
 from ..repository import ModelRepository
@@ -52,6 +55,7 @@ from .admission import Admission, Limits
 from .beam import BeamSearches
 from .completions import Alternative, Completion
 from .limits import MAX_PENDING_SUGGESTS, check_suggest, completion_checked
+from .memory_mix import load_mixer, memory_settings
 from .plan import ZERO, CheckpointRef, HostState, Plan, RowResult, RunResult
 from .rewind import RewindLog
 from .runner import ModelRunner
@@ -112,6 +116,7 @@ class _Runtime:
     completions: dict[Completion, None] = field(default_factory=dict)  # started, still running
     beams: BeamSearches = field(init=False)  # ranked suggestions (engine/beam.py)
     decode_step_s: float = 0.0  # the latest completion iteration's time per step
+    mixer: Mixer | None = None  # the session memory's mixer; None: this model serves no memory
     scratch_used: int = 0  # chunked-prefill scratch slots held (<= CHUNK_SLOTS)
 
     def take_scratch(self) -> int | None:
@@ -238,7 +243,11 @@ class EngineCore:
         ck_max = settings.max_sessions * (settings.rewind_window // settings.checkpoint_every + 3)
         if settings.rewind_window == 0:
             ck_max = 0
-        make_runner = runner_factory or (lambda lm, pool, ck: ModelRunner(lm.serving, pool, ck, reference=lm.model))
+        self._memory_settings: MemorySettings = memory_settings(settings)
+        mixers = {name: load_mixer(repository.get(name), settings, self.device) for name in repository.names()}
+        make_runner = runner_factory or (
+            lambda lm, pool, ck: ModelRunner(lm.serving, pool, ck, reference=lm.model, mixer=mixers[lm.spec.name])
+        )
         self._runtimes: dict[str, _Runtime] = {}
         for name in repository.names():
             lm = repository.get(name)
@@ -259,6 +268,8 @@ class EngineCore:
             )
             rt.scheduler = Scheduler(lm.vocab.encode, rt.take_scratch, rt.take_checkpoint)
             rt.beams = BeamSearches(lm.serving, lm.vocab)
+            rt.mixer = getattr(rt.runner, "mixer", None)  # a runner that cannot mix serves no memory
+            rt.beams.mixer = rt.mixer
             self._runtimes[name] = rt
         self._sessions: dict[str, Session] = {}
         self._owner_sessions: dict[str, int] = {}  # live sessions per owner (tenant quotas)
@@ -295,12 +306,14 @@ class EngineCore:
     def stats(self) -> EngineStats:
         """Cumulative counters and gauges now; reading changes nothing (any number of readers).
         Per-iteration observations come out of ``step()`` (``StepOutput.stats``)."""
+        memory_bytes = sum(s.memory_bytes for s in self._sessions.values())  # no walk of the tables
         return EngineStats(
             active_sessions=len(self._sessions),
             slots_capacity=sum(rt.pool.capacity for rt in self._runtimes.values()),
             slots_max=sum(rt.alloc.slots_max for rt in self._runtimes.values()),
             slots_used=sum(rt.alloc.used for rt in self._runtimes.values()),
-            state_bytes=sum(rt.pool.nbytes + rt.ck_pool.nbytes for rt in self._runtimes.values()),
+            state_bytes=sum(rt.pool.nbytes + rt.ck_pool.nbytes for rt in self._runtimes.values()) + memory_bytes,
+            memory_bytes=memory_bytes,
             running_completions=self._running_alternatives,
             iterations=self._iterations,
             chars_processed=dict(self._chars),
@@ -402,8 +415,11 @@ class EngineCore:
         return out
 
     # ---- sessions ----------------------------------------------------------------------------
-    def open_session(self, model: str | None = None, owner: str = "") -> SessionInfo:
-        return self._new_session(self._runtime(model), owner, 0, ZERO, SessionEvent.OPENED).info()
+    def open_session(self, model: str | None = None, owner: str = "", memory: bool = True) -> SessionInfo:
+        """A new session; ``memory`` False: its distributions are the model's alone even when
+        the model ships a mixer (no session memory is kept)."""
+        rt = self._runtime(model)
+        return self._new_session(rt, owner, 0, ZERO, SessionEvent.OPENED, self._fresh_memory(rt, memory)).info()
 
     def submit_append(
         self,
@@ -497,7 +513,8 @@ class EngineCore:
     def submit_reset(self, session_id: str, owner: str, ticket: int) -> None:
         s = self._get(session_id, owner)
         self._cancel_session_completions(s)
-        self._control(s, ControlOp("write", ticket, time.perf_counter(), state=ZERO, position=0))
+        mem = self._fresh_memory(self._runtimes[s.model], s.memory is not None)
+        self._control(s, ControlOp("write", ticket, time.perf_counter(), state=ZERO, position=0, memory=mem))
 
     def submit_snapshot(self, session_id: str, owner: str, ticket: int) -> None:
         """A signed blob of the state after the operations accepted before it."""
@@ -519,7 +536,10 @@ class EngineCore:
             self._check_open()
             self.admission.check_session(owner, self._owner_sessions, len(self._sessions))
             self.admission.take_chars(owner, len(replay))
-        s = self._new_session(rt, owner, data.position, state, SessionEvent.RESUMED)
+        memory = None
+        if data.memory is not None and rt.mixer is not None:  # the memory as the snapshot left it
+            memory = SessionMemory.restore(data.memory, self._memory_settings)
+        s = self._new_session(rt, owner, data.position, state, SessionEvent.RESUMED, memory)
         if not replay:
             return Outcome(ticket, (s.info(), None))
         self.submit_append(s.session_id, s.position, replay, options, owner, ticket, charged=True)
@@ -593,7 +613,10 @@ class EngineCore:
                 raise NotFound(_NOT_FOUND)
             return held.info()
         rt, data, state = self._open_blob(record.blob, owner)
-        s = self._new_session(rt, owner, data.position, state, SessionEvent.HANDED_IN, record.session_id)
+        memory = None
+        if data.memory is not None and rt.mixer is not None:  # the memory as the snapshot left it
+            memory = SessionMemory.restore(data.memory, self._memory_settings)
+        s = self._new_session(rt, owner, data.position, state, SessionEvent.HANDED_IN, memory, record.session_id)
         if record.last_offset >= 0 and record.last_answer:
             pred = decode_prediction(record.last_answer)
             if pred.position == data.position and record.last_offset + len(record.last_text) == data.position:
@@ -685,7 +708,14 @@ class EngineCore:
             raise Unavailable("server is draining; open a session on another replica")
 
     def _new_session(
-        self, rt: _Runtime, owner: str, position: int, state: object, event: SessionEvent, session_id: str = ""
+        self,
+        rt: _Runtime,
+        owner: str,
+        position: int,
+        state: object,
+        event: SessionEvent,
+        memory: SessionMemory | None = None,
+        session_id: str = "",
     ) -> Session:
         self._check_open()
         self.admission.check_session(owner, self._owner_sessions, len(self._sessions))
@@ -700,13 +730,19 @@ class EngineCore:
         )
         # the slot holds a previous owner's state: the first iteration writes this session's
         # start state (folded into the first append's row when one is waiting by then)
-        s.queue.append(ControlOp("write", None, time.perf_counter(), state=state, position=position))
+        s.queue.append(ControlOp("write", None, time.perf_counter(), state=state, position=position, memory=memory))
+        s.memory = memory  # empty until the write lands (nothing reads it before: every row
+        # of the session until then starts from that write, whose memory it forks)
         self._sessions[sid] = s
         heapq.heappush(self._expiry, (s.last_used_at, next(self._expiry_seq), s))
         self._owner_sessions[owner] = self._owner_sessions.get(owner, 0) + 1
         self._submit(rt, s)
         self._event(event)
         return s
+
+    def _fresh_memory(self, rt: _Runtime, wanted: bool) -> SessionMemory | None:
+        """An empty session memory when the model mixes one and the session wants it."""
+        return SessionMemory(self._memory_settings) if wanted and rt.mixer is not None else None
 
     def _history(self, rt: _Runtime, position: int, state: object) -> RewindLog:
         st = self.settings
@@ -890,6 +926,8 @@ class EngineCore:
                     del rt.work[s]
                 continue
             b.plan.capacity = rt.alloc.wanted_capacity()  # after the scheduler took scratch slots
+            if rt.mixer is not None:
+                self._attach_memory(b)
             b.plan.checkpoint_capacity = rt.ck_alloc.wanted_capacity()
             for s in _sessions_of(b):
                 s.begin_iteration()
@@ -984,6 +1022,27 @@ class EngineCore:
         else:  # a reset: the session keeps its old state and position
             self._fail(op, err)
 
+    # ---- the session memory's rows --------------------------------------------------------------
+    def _attach_memory(self, b: Batch) -> None:
+        """Gives every row that serves a distribution its session's memory as of the row's
+        start (a fork: the runner never changes a memory; pushes happen at commit). A run that
+        starts with a write starts from the memory the write installs; a run finishing (or a
+        chunk continuing) a piece sees the piece's characters applied so far."""
+        rows = b.plan.rows
+        for run in b.appends:
+            head = run.ops[0]
+            base = run.leading_write.memory if run.leading_write is not None else run.session.memory
+            if base is None or not all(op.options.memory for op in run.ops):
+                continue  # per request: an op that turns the memory off serves the model alone
+            fork = base.fork()
+            fork.push(head.tokens[: run.first_done])
+            rows[run.row].memory = fork
+        for sw in b.steps:
+            alt, c = sw.alt, sw.completion
+            if alt.memory is None and alt.last_token is None and c.request.memory and c.session.memory is not None:
+                alt.memory = c.session.memory.fork()  # the first character: the session's memory
+            rows[sw.row].memory = alt.memory
+
     # ---- stage, then commit ---------------------------------------------------------------------
     def _stage(self, rt: _Runtime, b: Batch, res: RunResult) -> _Staged:
         """Everything the job answers, computed from its results without changing anything
@@ -1053,6 +1112,7 @@ class EngineCore:
             tuple(raw),
             tenant=s.owner,
             expires_at=now + self.settings.snapshot_ttl_s,
+            memory=s.memory.snapshot() if s.memory is not None else None,  # sealed with the state
         )
         return snap.encode(data, self._key)
 
@@ -1082,6 +1142,7 @@ class EngineCore:
         elif cop.kind == "write":
             self._apply_write(s, cop)
         elif cop.kind == "rewind":
+            _rewind_memory(s, s.position - cw.target)
             s.apply(cw.target)
             s.history.truncate(cw.target)
             s.last_applied = None
@@ -1090,7 +1151,7 @@ class EngineCore:
             self._resolve(cop, st.blobs[k])
         elif cop.kind == "suggest" and cop.suggest is not None and cop.ticket is not None:
             try:
-                rt.beams.add(cop.suggest, cop.ticket, st.reads[k])
+                rt.beams.add(cop.suggest, cop.ticket, st.reads[k], s.memory.fork() if s.memory else None)
                 cop.answered = True  # the search answers it (through the outbox) when it ends
             except Exception as e:  # only this search fails; the session is untouched
                 log.exception("starting a suggestion failed")
@@ -1139,6 +1200,9 @@ class EngineCore:
             self._apply_write(s, run.leading_write)
         pos = preds[-1].position
         s.apply(pos)
+        if s.memory is not None:  # the whole of every piece lands now (chunks pushed nothing)
+            s.memory.push([t for op in run.ops for t in op.tokens])
+            s.memory_changed()
         s.history.record("".join(op.text for op in run.ops), pos, _checkpoint_of(b, run))
         last = run.ops[-1]
         s.last_applied = (last.offset, last.text, preds[-1])
@@ -1149,6 +1213,8 @@ class EngineCore:
     def _apply_write(self, s: Session, op: ControlOp) -> None:
         op.applied = True
         s.apply(op.position)
+        s.memory = op.memory
+        s.memory_changed()
         s.history.release_all()
         s.history = self._history(self._runtimes[s.model], op.position, op.state)
         s.last_applied = None
@@ -1159,6 +1225,8 @@ class EngineCore:
             return
         if plan.rows[row].tokens:
             alt.forked = True  # the scratch slot now holds the state after last_token
+            if alt.memory is not None:  # generated text advances the alternative's fork only
+                alt.memory.push(plan.rows[row].tokens)
             self._chars["completion"] += len(drawn)
         c.session.last_used_at = time.time()
         for tok, ch in drawn:  # several with multi-step decoding; still one chunk per character
@@ -1191,9 +1259,25 @@ def _decode_steps(rt: _Runtime) -> int:
     """Steps the next completion-only iteration may take (see MAX_DECODE_STEPS)."""
     if rt.work or not rt.completions:
         return 1
+    if any(a.memory is not None for c in rt.completions for a in c.running()):
+        return 1  # a mixed step needs the memory's prediction after each drawn character
     if rt.decode_step_s <= 0:
         return 2
     return max(1, min(MAX_DECODE_STEPS, int(DECODE_BURST_S / rt.decode_step_s)))
+
+
+def _rewind_memory(s: Session, chars: int) -> None:
+    """The memory goes back with the state (exactly: ``pop`` undoes ``push``). A memory that
+    holds less than that (it never read the text, e.g. after a resume whose blob carried
+    none) starts empty at the target."""
+    mem = s.memory
+    if mem is None:
+        return
+    if chars <= mem.rewindable():
+        mem.pop(chars)
+    else:
+        s.memory = SessionMemory(mem.settings)
+    s.memory_changed()
 
 
 def _checkpoint_of(b: Batch, run: AppendRun) -> CheckpointRef | None:

@@ -162,8 +162,11 @@ class Engine:
         self._call(Call(0, "forget_sequence", (owner, model, seq, session_id)))
 
     # ---- sessions ----------------------------------------------------------------------------
-    def open_session(self, model: str | None = None, owner: str = "") -> asyncio.Future[SessionInfo]:
-        return self._ask("open_session", model, owner)
+    def open_session(
+        self, model: str | None = None, owner: str = "", memory: bool = True
+    ) -> asyncio.Future[SessionInfo]:
+        """A new session; ``memory`` False: no session memory (see ``EngineCore.open_session``)."""
+        return self._ask("open_session", model, owner, memory)
 
     async def append(
         self, session_id: str, offset: int, text: str, options: AppendOptions = _DEFAULT_OPTIONS, owner: str = ""

@@ -85,8 +85,8 @@ class InProcessEngineClient:
         self.engine.forget_sequence(owner, model, seq, session_id)
 
     # ---- session operations -----------------------------------------------------------------
-    def open_session(self, owner: str, model: str | None = None) -> Awaitable[SessionInfo]:
-        return self.engine.open_session(model, owner)
+    def open_session(self, owner: str, model: str | None = None, memory: bool = True) -> Awaitable[SessionInfo]:
+        return self.engine.open_session(model, owner, memory)
 
     def append(
         self, owner: str, session_id: str, offset: int, text: str, options: AppendOptions = DEFAULT_OPTIONS

@@ -25,10 +25,12 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from ..memory.mixer import Mixer
 from ..nn.cells import GRUCellRef, LSTMCellRef, reference_cell
 from ..nn.charlm import CharLM
 from ..nn.kernels import ONEDNN_MIN_STEP_BATCH, onednn
 from .buffers import InputBuffers
+from .memory_mix import point_arrays
 from .plan import ZERO, CheckpointRef, HostState, Plan, Row, RowResult, RunResult, SampleParams
 from .sampling import choose
 from .state_pool import StatePool
@@ -82,11 +84,17 @@ class _Points:
     logprob: list[tuple[int, int]] = field(default_factory=list)  # (pick index, token)
     sample: list[tuple[int, SampleParams]] = field(default_factory=list)
     kmax: int = 0
+    mixed: list[tuple[int, int, int]] = field(default_factory=list)  # (pick index, row, tokens before)
 
 
 class ModelRunner:
     def __init__(
-        self, model: CharLM, pool: StatePool, checkpoints: StatePool | None = None, reference: CharLM | None = None
+        self,
+        model: CharLM,
+        pool: StatePool,
+        checkpoints: StatePool | None = None,
+        reference: CharLM | None = None,
+        mixer: Mixer | None = None,
     ) -> None:
         self.model = model  # the serving module (nn/precision.py): steps, prefill, decoding, heads
         self.reference = reference or model  # fp32: gates always come from its reference cells
@@ -98,6 +106,7 @@ class ModelRunner:
         self._ref: LSTMCellRef | GRUCellRef | None = None  # built on the first gate request
         self._in = InputBuffers(pool.device)  # persistent per-iteration index inputs
         self._pending: Callable[[], None] | None = None  # the last execute's write-back, for commit()
+        self.mixer = mixer  # the session memory's mixer (rows with a ``memory``); None: never mixed
 
     def execute(self, plan: Plan) -> RunResult:
         """Runs ``plan`` and returns its results; the pools are untouched until ``commit()``."""
@@ -121,6 +130,8 @@ class ModelRunner:
             or any(len(r.tokens) != 1 or r.sample is None or len(r.more) != k - 1 for r in rows)
         ):
             raise ValueError("a multi-step plan holds only single-token sampling rows with equal steps")
+        if any(r.memory is not None for r in rows):  # the memory mixes one step per iteration
+            raise ValueError("a multi-step plan holds no row mixed with a session memory")
         t0 = time.perf_counter()
         pool.ensure_capacity(plan.capacity)
         b = len(rows)
@@ -231,17 +242,25 @@ class ModelRunner:
             return pos_of[i] if t == 0 else fwd.out_index[i][t - 1]
 
         pick: list[int] = []
+        mixes = self.mixer is not None
         for i in prep.order:
             r = rows[i]
+            mixed = mixes and r.memory is not None
             for end, k in r.ends:
                 if k > 0:
+                    if mixed:
+                        pts.mixed.append((len(pick), i, end))
                     pts.topk.append((len(pick), k))
                     pick.append(before(i, end))
             if r.logprobs:
                 for t, tok_id in enumerate(r.tokens):
+                    if mixed:
+                        pts.mixed.append((len(pick), i, t))
                     pts.logprob.append((len(pick), tok_id))
                     pick.append(before(i, t))
             if r.sample is not None:
+                if mixed:
+                    pts.mixed.append((len(pick), i, len(r.tokens)))
                 pts.sample.append((len(pick), r.sample))
                 pick.append(before(i, len(r.tokens)))
         flat: list[torch.Tensor] = []
@@ -251,6 +270,8 @@ class ModelRunner:
             hsel = bank.index_select(0, self._in.ints("pick", pick))  # [N, H]
             logits = self.model.head(hsel)  # [N, V]
             lsm = torch.log_softmax(logits, dim=-1)  # [N, V]: the full distribution per point
+            if pts.mixed:
+                lsm = self._mix(rows, lsm, pts.mixed)
             if pts.topk:
                 pts.kmax = min(pts.kmax, lsm.shape[1])
                 at = self._in.ints("topk_at", [p for p, _ in pts.topk])
@@ -261,12 +282,28 @@ class ModelRunner:
                 tok = self._in.ints("logprob_tok", [t for _, t in pts.logprob])
                 flat.append(sel.gather(1, tok[:, None]).flatten())
             if pts.sample:
-                s_logits = logits[self._in.ints("sample_at", [p for p, _ in pts.sample])]  # [S, V]
-                flat.append(choose(s_logits.float(), [sp for _, sp in pts.sample]).to(logits.dtype))
+                s_at = self._in.ints("sample_at", [p for p, _ in pts.sample])
+                s_logits = logits[s_at].float()  # [S, V]
+                if pts.mixed:  # mixed points sample from the mixed log-probs (a softmax of them)
+                    mixed_at = {p for p, _, _ in pts.mixed}
+                    keep = torch.tensor([p in mixed_at for p, _ in pts.sample], device=lsm.device)
+                    s_logits = torch.where(keep[:, None], lsm[s_at].float(), s_logits)
+                flat.append(choose(s_logits, [sp for _, sp in pts.sample]).to(lsm.dtype))
         for i in prep.gated:
             flat.append(fwd.gate_traces[i].flatten())  # [T, G, L]
         host = torch.cat(flat).float().cpu().tolist() if flat else []  # the one device->host copy
         return host, pts
+
+    def _mix(self, rows: Sequence[Row], lsm: torch.Tensor, mixed: list[tuple[int, int, int]]) -> torch.Tensor:
+        """The picked distributions with the mixed points replaced by the model mixed with the
+        row's session memory: ONE ``Mixer.mix`` call for the step, on the distribution's device
+        (only the memory's small arrays travel to it). Float32 from here on."""
+        assert self.mixer is not None
+        dists, host = point_arrays(rows, [(i, t) for _, i, t in mixed], lsm.shape[-1])
+        at = self._in.ints("mix_at", [p for p, _, _ in mixed])
+        out = lsm.float()
+        mixed_lp = self.mixer.mix(out[at], dists.to(out.device), host.to(out.device))
+        return out.index_copy(0, at, mixed_lp)
 
     def _unpack(self, prep: _Prepared, host: list[float], pts: _Points) -> list[RowResult]:
         """The host numbers per row, in the plan's row order."""

@@ -31,6 +31,7 @@ from .rewind import RewindLog
 from .types import AppendOptions, Prediction, SessionInfo, SuggestRequest
 
 if TYPE_CHECKING:
+    from ..memory.window import SessionMemory
     from .completions import Completion
 
 
@@ -76,6 +77,9 @@ class ControlOp:
     suggest: SuggestRequest | None = None
     answered: bool = False
     applied: bool = False  # a write that landed: a failure afterwards never re-queues or undoes it
+    # write: the session memory it installs (a fresh one for open/reset, a resumed snapshot's);
+    # None: the session has no memory
+    memory: SessionMemory | None = None
 
 
 Op = AppendOp | ControlOp
@@ -109,6 +113,10 @@ class Session:
     completions: set[Completion] = field(default_factory=set)
     closed: bool = False
     exported_at: float = -1.0  # handoff: ``last_used_at`` when last exported (unchanged since: skip)
+    # the session memory (docs/session-memory.md): the text applied so far, pushed at commit;
+    # None: memory off for this session (the model ships no mixer, or the session said so)
+    memory: SessionMemory | None = None
+    memory_bytes: int = 0  # ``memory.nbytes()`` as of its last change (summed by the stats)
 
     @property
     def state(self) -> SessionState:
@@ -133,6 +141,9 @@ class Session:
             self.queued_end = max(0, self.queued_end - op.chars)
         if op.kind in ("write", "rewind"):
             self.last_piece = None  # a retry of an earlier piece is no longer a retry
+
+    def memory_changed(self) -> None:
+        self.memory_bytes = self.memory.nbytes() if self.memory is not None else 0
 
     def begin_iteration(self) -> None:
         self.in_flight = True

@@ -70,6 +70,7 @@ class AppendOptions:
     want_logprobs: bool = False  # log-prob of each appended character given what preceded it
     want_gates: bool = False  # per-character gate activations (slow path: reference cells)
     only_last: bool = False  # when coalesced, answer only the last of the pieces? (see Engine.append)
+    memory: bool = True  # mix the session memory in (when the session has one); False: the model alone
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,8 @@ class CompletionRequest:
     top_p: float = 1.0  # nucleus sampling; 1: off
     seed: int | None = None  # with the same seed and state, sampling repeats exactly
     n: int = 1  # alternatives, each from the session's state
+    memory: bool = True  # mix the session memory in (when the session has one); generated text
+    # advances each alternative's own fork of it, never the session's
 
 
 @dataclass(frozen=True)
@@ -195,7 +198,8 @@ class EngineStats:
     slots_capacity: int = 0  # allocated slots (grows in chunks)
     slots_max: int = 0
     slots_used: int = 0
-    state_bytes: int = 0  # bytes of the state pool tensors plus the rewind checkpoints held
+    state_bytes: int = 0  # bytes of the state pool tensors, the rewind checkpoints and the session memories held
+    memory_bytes: int = 0  # of which the session memories (hash tables, chains, kept text)
     running_completions: int = 0
     iterations: int = 0
     chars_processed: dict[str, int] = field(default_factory=dict)  # Phase -> chars

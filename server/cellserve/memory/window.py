@@ -17,7 +17,9 @@ What it predicts is a pure function of that text (the window), by construction:
   window's text (``rebuild``, ``restore``) predict the same.
 
 A fork (``fork``) is an overlay for generated text (completions, beams): it appends
-characters of its own and never changes its parent.
+characters of its own and never changes its parent. It stays exact while the parent reads on
+(a search keeps running while its session types): only a ``pop`` below the fork's point, or
+text older than the rewind margin, invalidates it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import sys
 import zlib
 from array import array
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -52,9 +55,23 @@ class MemoryPrediction:
     match_len: int
 
 
+_POPS_KEPT = 16
+_EMPTY_HEADS: list[array[int]] = [array("i") for _ in ORDERS]  # shared, never written
+
+
 def _bucket_bits(window: int) -> int:
-    """Buckets per order: about half the window (two events per bucket on average)."""
+    """Buckets per order at a full window: about the window (1 to 2 events per bucket)."""
     return max(8, window.bit_length() - 1)
+
+
+_MIN_BITS = 6
+
+
+def _bits_for(held: int, full: int) -> int:
+    """Buckets per order for ``held`` characters of kept text: the tables grow with the text
+    (doubling) up to the full window's, so a memory's bytes follow the text it holds. A pure
+    function of the kept text's length, so a restored or rebuilt memory has the same tables."""
+    return min(full, max(_MIN_BITS, held.bit_length() - 1))
 
 
 class SessionMemory:
@@ -66,26 +83,70 @@ class SessionMemory:
         self.window = s.window
         self._keep = s.window + s.max_rewind  # characters of text kept
         self._cap = self._keep + MAX_ORDER + 1  # ring size of the prev arrays (> any walked span)
-        self._mask = (1 << _bucket_bits(s.window)) - 1
+        # the tables' full size: the window's, or what the kept text can fill if that is less
+        self._full_bits = min(_bucket_bits(s.window), max(_MIN_BITS, self._keep.bit_length() - 1))
         self._occ = s.occurrences
         self._links = s.max_links
+        self._pop_serial = 0
         self._clear()
 
     def _clear(self) -> None:
-        self._head = [array("i", [-1]) * (self._mask + 1) for _ in ORDERS]
+        # the hash heads are allocated on the first push: a session that never typed holds
+        # no tables (its bytes are its text's); ``_EMPTY`` reads as "no event" everywhere
+        self._head: list[array[int]] = _EMPTY_HEADS
+        self._set_bits(_MIN_BITS)
         self._prev = [array("i") for _ in ORDERS]
         self._buf = bytearray()  # text positions [self._off, self._len)
         self._off = 0
         self._len = 0
-        self.version = 0  # changes on every push/pop: forks check their parent did not move
+        self.version = 0  # changes on every push/pop
+        # forks check that their point is still there: the lowest length each pop (or a
+        # clear: -1) left, by serial number (the latest _POPS_KEPT)
+        self._pops: deque[tuple[int, int]] = deque(maxlen=_POPS_KEPT)
+        self._pop_serial += 1
+        self._pops.append((self._pop_serial, -1))
 
     # --- text in and out ---------------------------------------------------------------
     def __len__(self) -> int:
         """Characters read since the memory started (the text's length)."""
         return self._len
 
+    def _set_bits(self, bits: int) -> None:
+        self._bits = bits
+        self._mask = (1 << bits) - 1
+        # the text length at which the tables double (none once they are the full window's)
+        self._grow_at = 1 << (bits + 1) if bits < self._full_bits else _REBASE_AT
+
+    def _resize(self, bits: int) -> None:
+        """Rebuilds the tables at ``bits`` from the text. Only while the memory holds all its
+        text from position 0 (tables grow and shrink below the full window only, where no text
+        was dropped yet), so every position, and every fork's point, stays the same."""
+        assert self._off == 0
+        text = bytes(self._buf)
+        self._set_bits(bits)
+        self._head = [array("i", [-1]) * (self._mask + 1) for _ in ORDERS]
+        self._prev = [array("i") for _ in ORDERS]
+        self._buf = bytearray()
+        self._len = 0
+        self._push_events(text)
+
     def push(self, ids: Iterable[int]) -> None:
         """Appends characters (vocabulary ids) to the text."""
+        data = bytes(ids)
+        if data and self._head is _EMPTY_HEADS:
+            self._head = [array("i", [-1]) * (self._mask + 1) for _ in ORDERS]
+        at = 0
+        while at < len(data):  # in segments: the tables grow (or the numbering rebases) between
+            n = min(len(data) - at, self._grow_at - self._len)
+            self._push_events(data[at : at + n])
+            at += n
+            if self._len >= _REBASE_AT:
+                self._rebase()
+            elif self._len >= self._grow_at:
+                self._resize(_bits_for(min(self._len, self._keep), self._full_bits))
+        self.version += 1
+
+    def _push_events(self, ids: bytes) -> None:
         buf, head, prev, cap, mask, crc = self._buf, self._head, self._prev, self._cap, self._mask, zlib.crc32
         for c in ids:
             pos = self._len
@@ -110,9 +171,6 @@ class SessionMemory:
                 cut = len(buf) - self._keep
                 del buf[:cut]
                 self._off += cut
-            if self._len >= _REBASE_AT:
-                self._rebase()
-        self.version += 1
 
     def rewindable(self) -> int:
         """How many characters ``pop`` can remove exactly (at least ``max_rewind`` once the
@@ -136,6 +194,22 @@ class SessionMemory:
             del buf[-1]
             self._len = pos
         self.version += 1
+        bits = _bits_for(min(self._len, self._keep), self._full_bits)
+        if bits < self._bits:  # the tables shrink with the text (as a memory that never read it)
+            self._resize(bits)
+        self._pop_serial += 1
+        self._pops.append((self._pop_serial, self._len))
+
+    def intact_since(self, serial: int, at: int) -> bool:
+        """True when the first ``at`` characters are as they were at pop serial ``serial`` and
+        still within reach (a fork made then at ``at`` predicts exactly)."""
+        if self._len - self.rewindable() > at:
+            return False
+        if serial == self._pop_serial:
+            return True
+        if not self._pops or self._pops[0][0] > serial + 1:
+            return False  # pops since then fell out of the log: assume the worst
+        return all(low >= at for s, low in self._pops if s > serial)
 
     def text(self) -> bytes:
         """The kept text (window + rewind margin, or less): what snapshots carry."""
@@ -213,7 +287,8 @@ class SessionMemory:
             complete = True  # the walk saw every occurrence (no cap cut it short)
             if len(found) < occ:
                 prev, cap = self._prev[j], self._cap
-                p = self._head[j][zlib.crc32(ctx, _SEEDS[j]) & self._mask]
+                heads = self._head[j]
+                p = heads[zlib.crc32(ctx, _SEEDS[j]) & self._mask] if heads else -1
                 links = 0
                 while p >= lo:
                     if p < base_len:  # events at or after base_len: not in this text (a fork's past)
@@ -245,11 +320,11 @@ class MemoryFork:
     parent would after reading them, and never changes the parent. Valid while the parent is
     unchanged (a push or pop on the parent invalidates it: ``predict`` raises)."""
 
-    __slots__ = ("_base", "_version", "_extra", "_at")
+    __slots__ = ("_base", "_serial", "_extra", "_at")
 
     def __init__(self, base: SessionMemory, extra: bytes, at: int) -> None:
         self._base = base
-        self._version = base.version
+        self._serial = base._pop_serial
         self._extra = bytearray(extra)
         self._at = at
 
@@ -258,13 +333,18 @@ class MemoryFork:
 
     def fork(self) -> MemoryFork:
         f = MemoryFork(self._base, bytes(self._extra), self._at)
-        f._version = self._version
+        f._serial = self._serial
         return f
 
     def predict(self) -> MemoryPrediction:
-        if self._base.version != self._version:
+        if not self.valid():
             raise RuntimeError("the parent memory changed since this fork was made")
         return self._base._predict(bytes(self._extra), self._at)
+
+    def valid(self) -> bool:
+        """False once the parent lost the text this fork stands on (a pop below its point, a
+        reset, or reading on past the rewind margin)."""
+        return self._base.intact_since(self._serial, self._at)
 
     def __len__(self) -> int:
         return self._at + len(self._extra)

@@ -272,10 +272,10 @@ class ZmqEngineClient:
             self._send(m.ForgetSequence(0, owner, model, seq, session_id))
 
     # ---- session operations -----------------------------------------------------------------
-    def open_session(self, owner: str, model: str | None = None) -> Awaitable[SessionInfo]:
+    def open_session(self, owner: str, model: str | None = None, memory: bool = True) -> Awaitable[SessionInfo]:
         if self._draining:
             return _failed(Unavailable("the server is shutting down; connect to another replica"))
-        return self._call(lambda i: m.Open(i, owner, model), SessionInfo)
+        return self._call(lambda i: m.Open(i, owner, model, memory), SessionInfo)
 
     def append(
         self, owner: str, session_id: str, offset: int, text: str, options: AppendOptions = DEFAULT_OPTIONS

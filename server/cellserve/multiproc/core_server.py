@@ -316,7 +316,7 @@ class CoreServer:
                 self._routes.pop(ticket, None)
                 self._loop.post(Call(0, "cancel_completion", (ticket,)))
         elif isinstance(op, m.Open):
-            self._call(who, op.id, "open_session", (op.model, op.owner), False)
+            self._call(who, op.id, "open_session", (op.model, op.owner, op.memory), False)
         elif isinstance(op, m.Rewind):
             self._call(who, op.id, "submit_rewind", (op.session_id, op.chars, op.owner), True)
         elif isinstance(op, m.Reset):

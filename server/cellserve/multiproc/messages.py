@@ -54,6 +54,7 @@ class Stats(_Op):
 class Open(_Op):
     owner: str
     model: str | None
+    memory: bool = True  # False: the session keeps no session memory
 
 
 class Append(_Op):

@@ -20,32 +20,36 @@ SUGGEST_SCOPE_LINE: SuggestScope
 class SessionRequest(_message.Message):
     __slots__ = ("request_id", "open", "attach", "append", "complete", "rewind", "snapshot", "reset", "close", "suggest")
     class Open(_message.Message):
-        __slots__ = ("model",)
+        __slots__ = ("model", "no_memory")
         MODEL_FIELD_NUMBER: _ClassVar[int]
+        NO_MEMORY_FIELD_NUMBER: _ClassVar[int]
         model: str
-        def __init__(self, model: _Optional[str] = ...) -> None: ...
+        no_memory: bool
+        def __init__(self, model: _Optional[str] = ..., no_memory: _Optional[bool] = ...) -> None: ...
     class Attach(_message.Message):
         __slots__ = ("session_id",)
         SESSION_ID_FIELD_NUMBER: _ClassVar[int]
         session_id: str
         def __init__(self, session_id: _Optional[str] = ...) -> None: ...
     class Append(_message.Message):
-        __slots__ = ("offset", "input", "top_k", "want_logprobs", "want_gates", "only_last")
+        __slots__ = ("offset", "input", "top_k", "want_logprobs", "want_gates", "only_last", "no_memory")
         OFFSET_FIELD_NUMBER: _ClassVar[int]
         INPUT_FIELD_NUMBER: _ClassVar[int]
         TOP_K_FIELD_NUMBER: _ClassVar[int]
         WANT_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
         WANT_GATES_FIELD_NUMBER: _ClassVar[int]
         ONLY_LAST_FIELD_NUMBER: _ClassVar[int]
+        NO_MEMORY_FIELD_NUMBER: _ClassVar[int]
         offset: int
         input: _types_pb2.Input
         top_k: int
         want_logprobs: bool
         want_gates: bool
         only_last: bool
-        def __init__(self, offset: _Optional[int] = ..., input: _Optional[_Union[_types_pb2.Input, _Mapping]] = ..., top_k: _Optional[int] = ..., want_logprobs: _Optional[bool] = ..., want_gates: _Optional[bool] = ..., only_last: _Optional[bool] = ...) -> None: ...
+        no_memory: bool
+        def __init__(self, offset: _Optional[int] = ..., input: _Optional[_Union[_types_pb2.Input, _Mapping]] = ..., top_k: _Optional[int] = ..., want_logprobs: _Optional[bool] = ..., want_gates: _Optional[bool] = ..., only_last: _Optional[bool] = ..., no_memory: _Optional[bool] = ...) -> None: ...
     class Complete(_message.Message):
-        __slots__ = ("max_chars", "stop", "temperature", "top_k", "top_p", "seed", "n")
+        __slots__ = ("max_chars", "stop", "temperature", "top_k", "top_p", "seed", "n", "no_memory")
         MAX_CHARS_FIELD_NUMBER: _ClassVar[int]
         STOP_FIELD_NUMBER: _ClassVar[int]
         TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +57,7 @@ class SessionRequest(_message.Message):
         TOP_P_FIELD_NUMBER: _ClassVar[int]
         SEED_FIELD_NUMBER: _ClassVar[int]
         N_FIELD_NUMBER: _ClassVar[int]
+        NO_MEMORY_FIELD_NUMBER: _ClassVar[int]
         max_chars: int
         stop: _containers.RepeatedScalarFieldContainer[str]
         temperature: float
@@ -60,7 +65,8 @@ class SessionRequest(_message.Message):
         top_p: float
         seed: int
         n: int
-        def __init__(self, max_chars: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., n: _Optional[int] = ...) -> None: ...
+        no_memory: bool
+        def __init__(self, max_chars: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., n: _Optional[int] = ..., no_memory: _Optional[bool] = ...) -> None: ...
     class Suggest(_message.Message):
         __slots__ = ("n", "scope", "max_chars")
         N_FIELD_NUMBER: _ClassVar[int]
@@ -172,10 +178,12 @@ class SessionResponse(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., opened: _Optional[_Union[SessionResponse.Opened, _Mapping]] = ..., prediction: _Optional[_Union[_types_pb2.Prediction, _Mapping]] = ..., completion_chunk: _Optional[_Union[_types_pb2.CompletionChunk, _Mapping]] = ..., snapshot: _Optional[_Union[SessionResponse.Snapshot, _Mapping]] = ..., rewound: _Optional[_Union[SessionResponse.Rewound, _Mapping]] = ..., reset: _Optional[_Union[SessionResponse.Reset, _Mapping]] = ..., closed: _Optional[_Union[SessionResponse.Closed, _Mapping]] = ..., error: _Optional[_Union[SessionResponse.Error, _Mapping]] = ..., suggestions: _Optional[_Union[SessionResponse.Suggestions, _Mapping]] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
-    __slots__ = ("model",)
+    __slots__ = ("model", "no_memory")
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    NO_MEMORY_FIELD_NUMBER: _ClassVar[int]
     model: str
-    def __init__(self, model: _Optional[str] = ...) -> None: ...
+    no_memory: bool
+    def __init__(self, model: _Optional[str] = ..., no_memory: _Optional[bool] = ...) -> None: ...
 
 class OpenSessionResponse(_message.Message):
     __slots__ = ("session", "model")
@@ -198,20 +206,22 @@ class GetSessionResponse(_message.Message):
     def __init__(self, session: _Optional[_Union[_types_pb2.SessionInfo, _Mapping]] = ...) -> None: ...
 
 class AppendRequest(_message.Message):
-    __slots__ = ("session_id", "offset", "input", "top_k", "want_logprobs", "want_gates")
+    __slots__ = ("session_id", "offset", "input", "top_k", "want_logprobs", "want_gates", "no_memory")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     WANT_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     WANT_GATES_FIELD_NUMBER: _ClassVar[int]
+    NO_MEMORY_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     offset: int
     input: _types_pb2.Input
     top_k: int
     want_logprobs: bool
     want_gates: bool
-    def __init__(self, session_id: _Optional[str] = ..., offset: _Optional[int] = ..., input: _Optional[_Union[_types_pb2.Input, _Mapping]] = ..., top_k: _Optional[int] = ..., want_logprobs: _Optional[bool] = ..., want_gates: _Optional[bool] = ...) -> None: ...
+    no_memory: bool
+    def __init__(self, session_id: _Optional[str] = ..., offset: _Optional[int] = ..., input: _Optional[_Union[_types_pb2.Input, _Mapping]] = ..., top_k: _Optional[int] = ..., want_logprobs: _Optional[bool] = ..., want_gates: _Optional[bool] = ..., no_memory: _Optional[bool] = ...) -> None: ...
 
 class AppendResponse(_message.Message):
     __slots__ = ("prediction",)
@@ -220,7 +230,7 @@ class AppendResponse(_message.Message):
     def __init__(self, prediction: _Optional[_Union[_types_pb2.Prediction, _Mapping]] = ...) -> None: ...
 
 class CompleteRequest(_message.Message):
-    __slots__ = ("session_id", "max_chars", "stop", "temperature", "top_k", "top_p", "seed", "n")
+    __slots__ = ("session_id", "max_chars", "stop", "temperature", "top_k", "top_p", "seed", "n", "no_memory")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_CHARS_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
@@ -229,6 +239,7 @@ class CompleteRequest(_message.Message):
     TOP_P_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     N_FIELD_NUMBER: _ClassVar[int]
+    NO_MEMORY_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     max_chars: int
     stop: _containers.RepeatedScalarFieldContainer[str]
@@ -237,7 +248,8 @@ class CompleteRequest(_message.Message):
     top_p: float
     seed: int
     n: int
-    def __init__(self, session_id: _Optional[str] = ..., max_chars: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., n: _Optional[int] = ...) -> None: ...
+    no_memory: bool
+    def __init__(self, session_id: _Optional[str] = ..., max_chars: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., n: _Optional[int] = ..., no_memory: _Optional[bool] = ...) -> None: ...
 
 class CompleteResponse(_message.Message):
     __slots__ = ("chunk",)

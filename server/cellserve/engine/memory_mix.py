@@ -1,0 +1,61 @@
+"""The session memory on the served path (docs/session-memory.md): which model mixes, with
+what settings, and the memory arrays of a step's mixed points.
+
+The runner mixes in ``_pick``, the one place full per-row log-probs exist: the memory arrays
+of every point of the step are built here on the host (small: [experts, V] per point), moved
+to the distribution's device once and mixed with ONE ``Mixer.mix`` call. A row's memory is a
+fork as of the row's start; the point before token t of the row sees that fork plus the row's
+first t tokens, exactly as an offline memory that read the same text (``memory/reference.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..config import Settings
+from ..memory.features import EXPERTS, HOST_FEATURES, memory_arrays
+from ..memory.mixer import MIXER_FILE, Mixer
+from ..memory.settings import MemorySettings
+from ..memory.window import MemoryFork
+from ..nn.checkpoint import LoadedModel
+from .plan import Row
+
+
+def load_mixer(lm: LoadedModel, settings: Settings, device: torch.device) -> Mixer | None:
+    """The model's mixer when it ships one (``mixer.safetensors`` beside its weights) and the
+    server mixes at all (``Settings.memory``); None: the model serves its own distribution."""
+    if not settings.memory or lm.folder is None or not (lm.folder / MIXER_FILE).exists():
+        return None
+    return Mixer.load(lm.folder, device)
+
+
+def memory_settings(settings: Settings) -> MemorySettings:
+    """The served memory: the serving window, and a rewind margin as deep as Rewind reaches."""
+    return MemorySettings(window=settings.memory_window, max_rewind=settings.rewind_window)
+
+
+def point_arrays(
+    rows: Sequence[Row], points: Sequence[tuple[int, int]], vocab_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stacked memory arrays ([P, EXPERTS, V], [P, HOST_FEATURES], host tensors) of the points
+    (row index, tokens of the row read before the point), in the order given. Each row's fork
+    is walked once, forward, through the points it needs; the row's own fork is not changed."""
+    dists = np.zeros((len(points), EXPERTS, vocab_size), dtype=np.float32)
+    host = np.zeros((len(points), HOST_FEATURES), dtype=np.float32)
+    by_row: dict[int, list[tuple[int, int]]] = {}
+    for p, (i, t) in enumerate(points):
+        by_row.setdefault(i, []).append((t, p))
+    for i, wanted in by_row.items():
+        base = rows[i].memory
+        assert isinstance(base, MemoryFork)
+        fork, read = base.fork(), 0
+        tokens = rows[i].tokens
+        for t, p in sorted(wanted):
+            if t > read:
+                fork.push(tokens[read:t])
+                read = t
+            dists[p], host[p] = memory_arrays(fork.predict(), vocab_size)
+    return torch.from_numpy(dists), torch.from_numpy(host)

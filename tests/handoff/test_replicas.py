@@ -228,3 +228,24 @@ def test_tritonclient_sequence_continues_on_another_replica(replicas: tuple[Serv
     finally:
         ta.close()
         tb.close()
+
+
+def test_session_memory_moves_with_the_session(memory_model_dir: Path, redis_server: RedisServer) -> None:
+    deployment = "t" + secrets.token_hex(4)
+    a = _replica(memory_model_dir, redis_server.url, deployment, "0")
+    b = _replica(memory_model_dir, redis_server.url, deployment, "0")
+    try:
+        with grpc.insecure_channel(a.target) as ca, grpc.insecure_channel(b.target) as cb:
+            sa, sb = rpc.CellserveServiceStub(ca), rpc.CellserveServiceStub(cb)
+            text = TEXT * 3  # repeats: the memory's predictions differ from the model's alone
+            ref = sb.OpenSession(svc.OpenSessionRequest()).session.session_id
+            want = _typed(sb, ref, text + MORE)
+            sid = sa.OpenSession(svc.OpenSessionRequest()).session.session_id
+            assert _typed(sa, sid, text) == want[: len(text)]
+            assert a.terminate() == 0
+            assert _typed(sb, sid, MORE, sum(map(len, text))) == want[len(text) :]
+            fresh = sb.OpenSession(svc.OpenSessionRequest(no_memory=True)).session.session_id
+            assert _typed(sb, fresh, text + MORE)[len(text) :] != want[len(text) :]  # memory matters here
+    finally:
+        a.kill()
+        b.kill()

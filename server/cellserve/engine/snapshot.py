@@ -74,19 +74,29 @@ class SnapshotData:
 
 def derive_key(key: bytes, version: int = BLOB_VERSION) -> bytes:
     """The AES-256 key of a blob version, derived from the configured snapshot key."""
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_INFO[version]).derive(key)
+    return _hkdf(key, _INFO[version])
 
 
-_derived: dict[tuple[bytes, int], bytes] = {}  # HKDF per call would cost more than the AES itself
+def _hkdf(key: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(key)
 
 
-def _aead(key: bytes, version: int = BLOB_VERSION) -> AESGCM:
-    k = _derived.get((key, version))
+_derived: dict[tuple[bytes, bytes], bytes] = {}  # HKDF per call would cost more than the AES itself
+
+
+def aead_for(key: bytes, info: bytes) -> AESGCM:
+    """AES-256-GCM under the key HKDF-SHA256 derives from ``key`` with the label ``info`` (one
+    label per kind of sealed object: snapshot blob versions, handoff records)."""
+    k = _derived.get((key, info))
     if k is None:
         if len(_derived) > 8:
             _derived.clear()
-        k = _derived[(key, version)] = derive_key(key, version)
+        k = _derived[(key, info)] = _hkdf(key, info)
     return AESGCM(k)
+
+
+def _aead(key: bytes, version: int = BLOB_VERSION) -> AESGCM:
+    return aead_for(key, _INFO[version])
 
 
 def header_of(data: SnapshotData) -> dict[str, object]:

@@ -19,10 +19,8 @@ from dataclasses import dataclass
 
 import msgspec
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from ..engine.snapshot import aead_for
 from ..engine.types import Prediction
 
 MAGIC = b"CLHOFF1\n"
@@ -42,48 +40,15 @@ class HandoffRecord:
     sequences: tuple[tuple[str, str], ...] = ()  # KServe sequence ids bound to it: (model, sequence id)
 
 
-class _Wire(msgspec.Struct, array_like=True):
-    session_id: str
-    tenant: str
-    blob: bytes
-    expires_at: float
-    last_offset: int
-    last_text: str
-    last_answer: bytes
-    sequences: list[tuple[str, str]] = []
-
-
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(_Wire)
-_keys: dict[bytes, AESGCM] = {}
-
-
-def _aead(key: bytes) -> AESGCM:
-    aead = _keys.get(key)
-    if aead is None:
-        if len(_keys) > 8:
-            _keys.clear()
-        derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_INFO).derive(key)
-        aead = _keys[key] = AESGCM(derived)
-    return aead
+_decoder = msgspec.msgpack.Decoder(HandoffRecord)
 
 
 def seal_record(record: HandoffRecord, key: bytes, store_key: str) -> bytes:
     """``record`` encrypted and authenticated under ``key``, bound to ``store_key``."""
-    plain = _encoder.encode(
-        _Wire(
-            record.session_id,
-            record.tenant,
-            record.blob,
-            record.expires_at,
-            record.last_offset,
-            record.last_text,
-            record.last_answer,
-            [tuple(x) for x in record.sequences],  # type: ignore[misc]
-        )
-    )
+    plain = _encoder.encode(record)
     nonce = os.urandom(_NONCE_LEN)
-    return MAGIC + nonce + _aead(key).encrypt(nonce, plain, MAGIC + store_key.encode())
+    return MAGIC + nonce + aead_for(key, _INFO).encrypt(nonce, plain, MAGIC + store_key.encode())
 
 
 def open_record(sealed: bytes, key: bytes, store_key: str) -> HandoffRecord | None:
@@ -93,28 +58,15 @@ def open_record(sealed: bytes, key: bytes, store_key: str) -> HandoffRecord | No
         return None
     nonce = sealed[len(MAGIC) : len(MAGIC) + _NONCE_LEN]
     try:
-        plain = _aead(key).decrypt(nonce, sealed[len(MAGIC) + _NONCE_LEN :], MAGIC + store_key.encode())
-        w = _decoder.decode(plain)
+        plain = aead_for(key, _INFO).decrypt(nonce, sealed[len(MAGIC) + _NONCE_LEN :], MAGIC + store_key.encode())
+        return _decoder.decode(plain)
     except (InvalidTag, msgspec.DecodeError, msgspec.ValidationError):
         return None
-    return HandoffRecord(
-        w.session_id,
-        w.tenant,
-        w.blob,
-        w.expires_at,
-        w.last_offset,
-        w.last_text,
-        w.last_answer,
-        tuple((str(m), str(q)) for m, q in w.sequences),
-    )
-
-
-_prediction_encoder = msgspec.msgpack.Encoder()
 
 
 def encode_prediction(pred: Prediction) -> bytes:
     """An answer for ``HandoffRecord.last_answer``."""
-    return _prediction_encoder.encode(pred)
+    return _encoder.encode(pred)
 
 
 def decode_prediction(data: bytes) -> Prediction:

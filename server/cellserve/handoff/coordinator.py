@@ -182,17 +182,7 @@ class HandoffEngineClient:
         return getattr(self._inner, name)
 
     def _retrying(self, owner: str, session_id: str, submit: Callable[[], Awaitable[T]]) -> Awaitable[T]:
-        first = submit()  # submitted now, like every EngineClient operation
-
-        async def outcome() -> T:
-            try:
-                return await first
-            except NotFound:
-                if not await self._handoff.recover(owner, session_id):
-                    raise
-            return await submit()
-
-        return outcome()
+        return _submit_again_after(lambda: self._handoff.recover(owner, session_id), submit)
 
     def get_session(self, owner: str, session_id: str) -> Awaitable[Any]:
         return self._retrying(owner, session_id, lambda: self._inner.get_session(owner, session_id))
@@ -219,20 +209,29 @@ class HandoffEngineClient:
         return self._retrying(owner, session_id, lambda: self._inner.close_session(owner, session_id))
 
     def find_sequence(self, owner: str, model: str, seq: str) -> Awaitable[Any]:
-        first = self._inner.find_sequence(owner, model, seq)
-
-        async def outcome() -> Any:
-            try:
-                return await first
-            except NotFound:
-                if not await self._handoff.recover_sequence(owner, model, seq):
-                    raise
-            return await self._inner.find_sequence(owner, model, seq)
-
-        return outcome()
+        return _submit_again_after(
+            lambda: self._handoff.recover_sequence(owner, model, seq),
+            lambda: self._inner.find_sequence(owner, model, seq),
+        )
 
     def complete(self, owner: str, session_id: str, request: CompletionRequest) -> _RecoveringCompletion:
         return _RecoveringCompletion(self, owner, session_id, request)
+
+
+def _submit_again_after(recover: Callable[[], Awaitable[bool]], submit: Callable[[], Awaitable[T]]) -> Awaitable[T]:
+    """``submit()`` now (like every EngineClient operation); on NotFound, ``recover()`` and, if
+    that brought the session here, ``submit()`` once more."""
+    first = submit()
+
+    async def outcome() -> T:
+        try:
+            return await first
+        except NotFound:
+            if not await recover():
+                raise
+        return await submit()
+
+    return outcome()
 
 
 class _RecoveringCompletion:

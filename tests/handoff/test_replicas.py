@@ -8,6 +8,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -64,16 +65,27 @@ def shape(request: pytest.FixtureRequest) -> str:
     return SHAPES[request.param]
 
 
+@contextmanager
+def _pair(
+    model_dir: Path, url: str, frontends: str = "0", a_args: tuple[str, ...] = ()
+) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """Replicas A (with ``a_args``) and B sharing one store key space of their own; killed after."""
+    deployment = "t" + secrets.token_hex(4)
+    a = _replica(model_dir, url, deployment, frontends, *a_args)
+    try:
+        b = _replica(model_dir, url, deployment, frontends)
+        try:
+            yield a, b
+        finally:
+            b.kill()
+    finally:
+        a.kill()
+
+
 @pytest.fixture
 def replicas(model_dir: Path, redis_server: RedisServer, shape: str) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    deployment = "t" + secrets.token_hex(4)
-    a = _replica(model_dir, redis_server.url, deployment, shape)
-    b = _replica(model_dir, redis_server.url, deployment, shape)
-    try:
-        yield a, b
-    finally:
-        for s in (a, b):
-            s.kill()
+    with _pair(model_dir, redis_server.url, shape) as pair:
+        yield pair
 
 
 def test_drained_sessions_continue_on_another_replica(replicas: tuple[ServerProcess, ServerProcess]) -> None:
@@ -129,26 +141,22 @@ def test_redis_down_serving_goes_on(model_dir: Path, tmp_path: Path) -> None:
     from .conftest import start_redis
 
     redis = start_redis(tmp_path)
-    deployment = "t" + secrets.token_hex(4)
-    a = _replica(model_dir, redis.url, deployment, "0", "--drain-grace", "5")
-    b = _replica(model_dir, redis.url, deployment, "0")
     try:
-        with grpc.insecure_channel(a.target) as ca, grpc.insecure_channel(b.target) as cb:
-            sa, sb = rpc.CellserveServiceStub(ca), rpc.CellserveServiceStub(cb)
-            sid = sa.OpenSession(svc.OpenSessionRequest()).session.session_id
-            _typed(sa, sid, ["abc"])
-            redis.stop()  # Redis killed mid-run
-            for stub in (sa, sb):  # both keep serving, misses are plain NOT_FOUND, fast
-                s2 = stub.OpenSession(svc.OpenSessionRequest()).session.session_id
-                _typed(stub, s2, ["x", "y"])
-                with pytest.raises(grpc.RpcError) as e:
-                    stub.GetSession(svc.GetSessionRequest(session_id=secrets.token_hex(16)), timeout=5)
-                assert e.value.code() == grpc.StatusCode.NOT_FOUND
-            assert a.terminate(timeout=30) == 0  # the drain ends in its grace, the loss logged
-            assert any("did not fit" in line or "lost" in line for line in a.stderr_lines), a.stderr_lines[-20:]
+        with _pair(model_dir, redis.url, a_args=("--drain-grace", "5")) as (a, b):
+            with grpc.insecure_channel(a.target) as ca, grpc.insecure_channel(b.target) as cb:
+                sa, sb = rpc.CellserveServiceStub(ca), rpc.CellserveServiceStub(cb)
+                sid = sa.OpenSession(svc.OpenSessionRequest()).session.session_id
+                _typed(sa, sid, ["abc"])
+                redis.stop()  # Redis killed mid-run
+                for stub in (sa, sb):  # both keep serving, misses are plain NOT_FOUND, fast
+                    s2 = stub.OpenSession(svc.OpenSessionRequest()).session.session_id
+                    _typed(stub, s2, ["x", "y"])
+                    with pytest.raises(grpc.RpcError) as e:
+                        stub.GetSession(svc.GetSessionRequest(session_id=secrets.token_hex(16)), timeout=5)
+                    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+                assert a.terminate(timeout=30) == 0  # the drain ends in its grace, the loss logged
+                assert any("did not fit" in line or "lost" in line for line in a.stderr_lines), a.stderr_lines[-20:]
     finally:
-        a.kill()
-        b.kill()
         redis.stop()
 
 
@@ -180,10 +188,7 @@ def test_sdk_session_keeps_its_id_across_the_move(replicas: tuple[ServerProcess,
 
 
 def test_background_sync_survives_a_crash(model_dir: Path, redis_server: RedisServer) -> None:
-    deployment = "t" + secrets.token_hex(4)
-    a = _replica(model_dir, redis_server.url, deployment, "0", "--session-store-sync-s", "1")
-    b = _replica(model_dir, redis_server.url, deployment, "0")
-    try:
+    with _pair(model_dir, redis_server.url, a_args=("--session-store-sync-s", "1")) as (a, b):
         with grpc.insecure_channel(a.target) as ca, grpc.insecure_channel(b.target) as cb:
             sa, sb = rpc.CellserveServiceStub(ca), rpc.CellserveServiceStub(cb)
             ref = sb.OpenSession(svc.OpenSessionRequest()).session.session_id
@@ -197,9 +202,6 @@ def test_background_sync_survives_a_crash(model_dir: Path, redis_server: RedisSe
             a.kill()  # no drain at all
             at = sum(map(len, TEXT))
             assert _typed(sb, sid, MORE, at) == want[len(TEXT) :]
-    finally:
-        a.kill()
-        b.kill()
 
 
 def test_tritonclient_sequence_continues_on_another_replica(replicas: tuple[ServerProcess, ServerProcess]) -> None:
@@ -231,10 +233,7 @@ def test_tritonclient_sequence_continues_on_another_replica(replicas: tuple[Serv
 
 
 def test_session_memory_moves_with_the_session(memory_model_dir: Path, redis_server: RedisServer) -> None:
-    deployment = "t" + secrets.token_hex(4)
-    a = _replica(memory_model_dir, redis_server.url, deployment, "0")
-    b = _replica(memory_model_dir, redis_server.url, deployment, "0")
-    try:
+    with _pair(memory_model_dir, redis_server.url) as (a, b):
         with grpc.insecure_channel(a.target) as ca, grpc.insecure_channel(b.target) as cb:
             sa, sb = rpc.CellserveServiceStub(ca), rpc.CellserveServiceStub(cb)
             text = TEXT * 3  # repeats: the memory's predictions differ from the model's alone
@@ -246,6 +245,3 @@ def test_session_memory_moves_with_the_session(memory_model_dir: Path, redis_ser
             assert _typed(sb, sid, MORE, sum(map(len, text))) == want[len(text) :]
             fresh = sb.OpenSession(svc.OpenSessionRequest(no_memory=True)).session.session_id
             assert _typed(sb, fresh, text + MORE)[len(text) :] != want[len(text) :]  # memory matters here
-    finally:
-        a.kill()
-        b.kill()

@@ -11,15 +11,15 @@ first t tokens, exactly as an offline memory that read the same text (``memory/r
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
-import numpy as np
 import torch
 
 from ..config import Settings
-from ..memory.features import EXPERTS, HOST_FEATURES, memory_arrays
+from ..memory.features import memory_arrays_many
 from ..memory.mixer import MIXER_FILE, Mixer
 from ..memory.settings import MemorySettings
-from ..memory.window import MemoryFork
+from ..memory.window import MemoryFork, MemoryPrediction
 from ..nn.checkpoint import LoadedModel
 from .plan import Row
 
@@ -43,8 +43,7 @@ def point_arrays(
     """Stacked memory arrays ([P, EXPERTS, V], [P, HOST_FEATURES], host tensors) of the points
     (row index, tokens of the row read before the point), in the order given. Each row's fork
     is walked once, forward, through the points it needs; the row's own fork is not changed."""
-    dists = np.zeros((len(points), EXPERTS, vocab_size), dtype=np.float32)
-    host = np.zeros((len(points), HOST_FEATURES), dtype=np.float32)
+    preds: list[MemoryPrediction | None] = [None] * len(points)
     by_row: dict[int, list[tuple[int, int]]] = {}
     for p, (i, t) in enumerate(points):
         by_row.setdefault(i, []).append((t, p))
@@ -57,5 +56,6 @@ def point_arrays(
             if t > read:
                 fork.push(tokens[read:t])
                 read = t
-            dists[p], host[p] = memory_arrays(fork.predict(), vocab_size)
+            preds[p] = fork.predict()
+    dists, host = memory_arrays_many(cast(list[MemoryPrediction], preds), vocab_size)
     return torch.from_numpy(dists), torch.from_numpy(host)

@@ -8,6 +8,7 @@ An absent expert (context never seen in the window) has an all-zero row and ``pr
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -24,25 +25,53 @@ def memory_arrays(pred: MemoryPrediction, vocab_size: int) -> tuple[np.ndarray, 
 
     host: per order (present, log1p(count) scaled, share of the most frequent next character),
     then for the match model (present, log1p(length) scaled, length/16 capped at 1)."""
-    dists = np.zeros((EXPERTS, vocab_size), dtype=np.float32)
-    host = np.zeros(HOST_FEATURES, dtype=np.float32)
-    lens = [len(nx) for nx in pred.nexts]
-    if any(lens):  # one bincount for every order: code = order * V + character
-        chars = np.frombuffer(b"".join(pred.nexts), dtype=np.uint8).astype(np.int64)
+    dists, host = memory_arrays_many((pred,), vocab_size)
+    return dists[0], host[0]
+
+
+def memory_arrays_many(preds: Sequence[MemoryPrediction], vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``memory_arrays`` of several predictions at once: (dists [P, EXPERTS, V], host
+    [P, HOST_FEATURES]), float32. One bincount for every order of every point (code = (point *
+    orders + order) * V + character), so a step's memory features cost a few numpy calls, not a
+    few per point; each bin sums the same weights in the same order as one point alone would, so
+    the arrays do not depend on which other points share the call."""
+    orders = len(ORDERS)
+    p_n = len(preds)
+    dists = np.zeros((p_n, EXPERTS, vocab_size), dtype=np.float32)
+    host = np.zeros((p_n, HOST_FEATURES), dtype=np.float32)
+    lens = [len(nx) for pred in preds for nx in pred.nexts]
+    if any(lens):
+        chars = np.frombuffer(b"".join(nx for pred in preds for nx in pred.nexts), dtype=np.uint8).astype(np.int64)
         n = np.array(lens, dtype=np.float64)
         codes = chars + np.repeat(np.arange(len(lens)) * vocab_size, lens)
         weights = np.repeat(1.0 / np.maximum(n, 1.0), lens)
-        dists[:-1] = np.bincount(codes, weights, minlength=len(lens) * vocab_size).reshape(len(lens), vocab_size)
-        seen = n > 0
-        per = host[: 3 * len(lens)].reshape(len(lens), 3)
-        per[:, 0] = seen
-        per[:, 1] = np.log1p(n) / _LOG_OCC
-        per[:, 2] = np.where(seen, dists[:-1].max(axis=1), 0.0)
-    if pred.match_char >= 0:
-        dists[-1, pred.match_char] = 1.0
-        m = pred.match_len
-        host[-3:] = (1.0, math.log1p(m) / _LOG_MATCH, min(m, 16) / 16.0)
+        counts = np.bincount(codes, weights, minlength=len(lens) * vocab_size).reshape(p_n, orders, vocab_size)
+        dists[:, :orders] = counts
+        seen = (n > 0).reshape(p_n, orders)
+        per = host[:, : 3 * orders].reshape(p_n, orders, 3)
+        per[:, :, 0] = seen
+        per[:, :, 1] = _log_occ(np.asarray(lens)).reshape(p_n, orders)
+        per[:, :, 2] = np.where(seen, dists[:, :orders].max(axis=2), 0.0)
+    for p, pred in enumerate(preds):
+        if pred.match_char >= 0:
+            dists[p, -1, pred.match_char] = 1.0
+            m = pred.match_len
+            host[p, -3:] = (1.0, math.log1p(m) / _LOG_MATCH, min(m, 16) / 16.0)
     return dists, host
+
+
+def _log_occ(counts: np.ndarray) -> np.ndarray:
+    """log1p(count) / log1p(32) per count, from one table (counts are small integers), so the
+    value of a count never depends on the length or alignment of the array it sits in."""
+    top = int(counts.max()) if counts.size else 0
+    if top >= len(_LOG_OCC_TABLE):
+        _LOG_OCC_TABLE.extend(math.log1p(float(k)) / _LOG_OCC for k in range(len(_LOG_OCC_TABLE), top + 1))
+    table: np.ndarray = np.asarray(_LOG_OCC_TABLE, dtype=np.float64)
+    out: np.ndarray = table[counts]
+    return out
+
+
+_LOG_OCC_TABLE: list[float] = []
 
 
 def present_of(host: np.ndarray) -> np.ndarray:

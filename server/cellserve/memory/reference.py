@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..nn.checkpoint import LoadedModel
-from .features import EXPERTS, HOST_FEATURES, memory_arrays
+from .features import memory_arrays, memory_arrays_many
 from .mixer import Mixer
 from .settings import MemorySettings
 from .window import MemoryFork, SessionMemory
@@ -46,10 +46,7 @@ def memory_along(
 
 def arrays_of(preds: Sequence[MemoryFork | SessionMemory], vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Stacked memory arrays of several memories or forks: ([B, E, V], [B, HOST_FEATURES])."""
-    dists = np.zeros((len(preds), EXPERTS, vocab_size), dtype=np.float32)
-    host = np.zeros((len(preds), HOST_FEATURES), dtype=np.float32)
-    for b, m in enumerate(preds):
-        dists[b], host[b] = memory_arrays(m.predict(), vocab_size)
+    dists, host = memory_arrays_many([m.predict() for m in preds], vocab_size)
     return torch.from_numpy(dists), torch.from_numpy(host)
 
 
@@ -61,11 +58,11 @@ def mix_along(mem: SessionMemory, ids: Sequence[int], model_lp: torch.Tensor, mi
     out = torch.empty_like(model_lp, dtype=torch.float32)
     for a in range(0, len(ids), BATCH):
         b = min(len(ids), a + BATCH)
-        dists = np.empty((b - a, EXPERTS, v), dtype=np.float32)
-        host = np.empty((b - a, HOST_FEATURES), dtype=np.float32)
-        for r, c in enumerate(ids[a:b]):
+        preds = []
+        for c in ids[a:b]:
             mem.push((c,))
-            dists[r], host[r] = memory_arrays(mem.predict(), v)
+            preds.append(mem.predict())
+        dists, host = memory_arrays_many(preds, v)
         dev = model_lp.device
         out[a:b] = mixer.mix(model_lp[a:b], torch.from_numpy(dists).to(dev), torch.from_numpy(host).to(dev))
     return out

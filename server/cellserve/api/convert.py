@@ -57,15 +57,17 @@ def _gate_trace(g: GateTrace) -> types.GateTrace:
 def prediction(p: Prediction) -> types.Prediction:
     """A superseded answer (coalesced under only_last) is still sent, with its position and
     ``superseded`` set, so that every Append gets exactly one response."""
-    msg = types.Prediction(
-        position=p.position,
-        logprobs=list(p.logprobs),
-        gates=[_gate_trace(g) for g in p.gates],
-        replayed=p.replayed,
-        superseded=p.superseded,
-    )
+    # Built field by field with ``add``: a keyword-built message fed by a generator of
+    # CharProbability objects costs more per keystroke (every keystroke comes through here).
+    msg = types.Prediction(position=p.position, replayed=p.replayed, superseded=p.superseded)
+    if p.logprobs:
+        msg.logprobs.extend(p.logprobs)
+    if p.gates:
+        msg.gates.extend(_gate_trace(g) for g in p.gates)
     if p.top_k:
-        msg.top_characters.entries.extend(types.CharProbability(character=c, probability=q) for c, q in p.top_k)
+        add = msg.top_characters.entries.add
+        for c, q in p.top_k:
+            add(character=c, probability=q)
     return msg
 
 

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 import torch
 from _engine_helpers import make_settings
-from cellserve.engine.core import ChunkOut, EngineCore, Outcome, StepOutput
+from cellserve.engine.core import EngineCore
+from cellserve.engine.core_io import ChunkOut, Outcome, StepOutput
 from cellserve.engine.plan import ZERO, CheckpointRef, Plan, RowResult, RunResult
 from cellserve.engine.types import AppendOptions, CompletionRequest, Prediction
 from cellserve.errors import OffsetConflict, PreconditionFailed
@@ -316,13 +317,13 @@ def test_rewind_and_completion_through_steps(model_dir: Path) -> None:
         assert rt.ck_alloc.used == 0  # closing frees the session's checkpoints
 
 
-def test_close_and_expiry_are_answered_through_the_outbox(model_dir: Path) -> None:
+def test_close_and_expiry_are_answered_through_the_deliveries(model_dir: Path) -> None:
     with driver(model_dir) as d:
         sid = d.core.open_session().session_id
         d.core.step()
         f = d.future()
         d.core.submit_close(sid, "", f)  # nothing queued: closed at once
-        (o,) = d.core.take_outbox()
+        (o,) = d.core.take_deliveries()
         assert isinstance(o, Outcome) and o.ticket == f and o.error is None
         busy, idle = d.core.open_session().session_id, d.core.open_session().session_id
         d.core.step()

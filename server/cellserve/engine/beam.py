@@ -17,7 +17,7 @@ query's top n. The reference is kept separate on purpose: the tests compare the 
 Owned by the engine core (``engine/core.py``): ``add`` and ``take_finished`` run under the
 core's lock, ``step`` in the device thread while the lock is free (only the device thread adds
 or removes searches, so the list does not change under it). ``future`` is the caller's ticket,
-opaque here as in the core: a finished search's answer leaves through the core's outbox.
+opaque here as in the core: a finished search's answer leaves through the core's deliveries.
 
 With a session memory (models that ship a mixer), every step's distribution is the mixed one,
 as everywhere a distribution is served: each beam carries a fork of the session's memory that
@@ -67,7 +67,7 @@ class BeamQuery:
     step turns it into tensors."""
 
     request: SuggestRequest
-    future: Any  # the op's ticket (opaque): the outbox answers it with list[Suggestion]
+    future: Any  # the op's ticket (opaque): the core's deliveries answer it with list[Suggestion]
     raw: Sequence[bytes]
     step: int = 0
     done: bool = False

@@ -7,7 +7,7 @@ answers like any other); ``step()`` plans one iteration for every model with wor
 (``_schedule``), executes the plans on the runners, stages every answer, has the runners write
 their states back, then applies the results to sessions, rewind logs and completions
 (``_commit``). Everything meant for a caller (a value or an error for a ticket, a completion
-chunk) goes to an outbox that ``step()`` returns as a ``StepOutput`` of plain dataclasses, with
+chunk) goes to the core's ``Deliveries`` (``engine/core_io.py``), which ``step()`` returns as a ``StepOutput`` of plain dataclasses, with
 the iteration's ``IterationStats``.
 
 Threads: one. The core thread (``engine/loop.py``) is the only one that touches a core; the
@@ -54,6 +54,7 @@ from . import snapshot as snap
 from .admission import Admission, Limits
 from .beam import BeamSearches
 from .completions import Alternative, Completion
+from .core_io import Call, ChunkOut, Deliveries, Delivery, Outcome, StepOutput
 from .limits import MAX_PENDING_SUGGESTS, check_suggest, completion_checked
 from .memory_mix import load_mixer, memory_settings
 from .plan import ZERO, CheckpointRef, HostState, Plan, RowResult, RunResult
@@ -148,20 +149,6 @@ class _Runtime:
             op.scratch = None
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
-    """A request for the core, through the core thread's inbox (``EngineCore.add``): the core
-    method ``method`` with ``args``. Not ``ticketed``: its return value (or the error it
-    raises) answers ``ticket`` at once. ``ticketed``: the ticket is passed as the last
-    argument and answered when the op is; a refusal raised at once answers it at once.
-    Ticket 0: nobody waits for the answer."""
-
-    ticket: int
-    method: str
-    args: tuple[Any, ...] = ()
-    ticketed: bool = False
-
-
 # what a Call may ask for: the core's public operations, nothing else
 CALLS = frozenset(
     {
@@ -193,33 +180,6 @@ CALLS = frozenset(
         "forget_sequence",
     }
 )
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """A caller's answer: ``ticket`` (handed in at submission) gets ``value``, or ``error``
-    when set."""
-
-    ticket: int
-    value: object = None
-    error: BaseException | None = None
-
-
-@dataclass(frozen=True)
-class ChunkOut:
-    """A completion's next chunk for its consumer; ``chunk`` None: the completion ended."""
-
-    completion: Completion
-    chunk: CompletionChunk | None
-
-
-@dataclass(frozen=True)
-class StepOutput:
-    """What one ``step()`` hands the frontend, in the order it happened."""
-
-    deliveries: list[Outcome | ChunkOut]
-    stats: IterationStats | None  # None when no device work ran
-    idle: bool  # nothing queued, running or completing after this step
 
 
 class EngineCore:
@@ -281,9 +241,9 @@ class EngineCore:
         self._chars: dict[str, int] = {p: 0 for p in Phase}
         self._events: dict[str, int] = {}
         self._model_totals: dict[str, ModelTotals] = {}  # EngineStats.models
-        self._outbox: list[Outcome | ChunkOut] = []
+        self.deliveries = Deliveries()  # what callers get with the next pass (core_io.py)
         # suggest ops submitted and not yet answered (MAX_PENDING_SUGGESTS): their tickets,
-        # dropped when their Outcome leaves the outbox, whichever path answered them
+        # dropped when their Outcome is taken from the deliveries, whichever path answered them
         self._suggest_tickets: set[int] = set()
         self._live_completions: dict[int, Completion] = {}  # by ticket, until their last chunk
         # (last use when pushed, tie-break, session): the idle-TTL sweep's queue (expire_idle)
@@ -336,22 +296,22 @@ class EngineCore:
         return self._has_pending()
 
     def add(self, call: Call) -> None:
-        """Runs one inbox request (core thread); every answer goes to the outbox."""
+        """Runs one inbox request (core thread); every answer goes to the deliveries."""
         if call.method not in CALLS:
-            self._outbox.append(Outcome(call.ticket, None, InvalidInput("unknown engine call")))
+            self.deliveries.put(Outcome(call.ticket, None, InvalidInput("unknown engine call")))
             return
         try:
             fn = getattr(self, call.method)
             if call.ticketed:
                 now = fn(*call.args, call.ticket)
                 if isinstance(now, Outcome):  # answered at once (a retry of an applied piece)
-                    self._outbox.append(now)
+                    self.deliveries.put(now)
             else:
-                self._outbox.append(Outcome(call.ticket, fn(*call.args)))
+                self.deliveries.put(Outcome(call.ticket, fn(*call.args)))
         except Exception as e:  # a refusal (or a bug): the caller gets it, the core goes on
             if not isinstance(e, CellserveError):
                 log.exception("engine call %s failed", call.method)
-            self._outbox.append(Outcome(call.ticket, None, e))
+            self.deliveries.put(Outcome(call.ticket, None, e))
 
     # ---- admission (engine/admission.py): limits and stream leases, in inbox order ------------
     def set_limits(self, owner: str, limits: Limits) -> None:
@@ -396,18 +356,19 @@ class EngineCore:
 
     def idle_output(self) -> StepOutput:
         """What calls answered while no step was due."""
-        return StepOutput(self._take_outbox(), None, not self._has_pending())
+        return StepOutput(self._take_deliveries(), None, not self._has_pending())
 
     def session_ids(self) -> set[str]:
         return set(self._sessions)
 
-    def take_outbox(self) -> list[Outcome | ChunkOut]:
-        """What the calls since the last ``step()`` produced for callers (a close that failed
-        queued ops, a cancelled completion): the frontend applies it after such a call."""
-        return self._take_outbox()
+    def take_deliveries(self) -> list[Delivery]:
+        """What the calls since the last pass produced for callers (a close that failed
+        queued ops, a cancelled completion), for a frontend that ran them on the core itself
+        (after the core thread stopped): it applies them after such a call."""
+        return self._take_deliveries()
 
-    def _take_outbox(self) -> list[Outcome | ChunkOut]:
-        out, self._outbox = self._outbox, []
+    def _take_deliveries(self) -> list[Delivery]:
+        out = self.deliveries.take()
         if self._suggest_tickets:
             for d in out:
                 if isinstance(d, Outcome):
@@ -642,7 +603,7 @@ class EngineCore:
         s = self._get(session_id, owner)
         if not s.queue and not s.in_flight:
             self._close(s, SessionEvent.CLOSED)
-            self._outbox.append(Outcome(ticket))
+            self.deliveries.put(Outcome(ticket))
             return
         self._cancel_session_completions(s)
         self._control(s, ControlOp("close", ticket, time.perf_counter()))
@@ -668,7 +629,7 @@ class EngineCore:
         """At stop, after the last step: everything still queued fails with ``err``."""
         for s in list(self._sessions.values()):
             for op in s.queue:
-                self._fail(op, err)
+                self.deliveries.fail(op, err)
             s.queue.clear()
             for c in list(s.completions):
                 self._cancel_completion(c)
@@ -680,21 +641,6 @@ class EngineCore:
         s.accept_control(op)
         s.last_used_at = time.time()
         self._submit(self._runtimes[s.model], s)
-
-    def _resolve(self, op: Op, value: object) -> None:
-        if op.ticket is not None and not op.answered:
-            op.answered = True
-            self._outbox.append(Outcome(op.ticket, value))
-            if isinstance(op, AppendOp) and isinstance(value, Prediction):
-                for t in op.retries:
-                    self._outbox.append(Outcome(t, replace(value, replayed=True)))
-
-    def _fail(self, op: Op, err: BaseException) -> None:
-        if op.ticket is not None and not op.answered:
-            op.answered = True
-            self._outbox.append(Outcome(op.ticket, None, err))
-            for t in op.retries if isinstance(op, AppendOp) else ():
-                self._outbox.append(Outcome(t, None, err))
 
     # ---- internals: admission and bookkeeping ------------------------------------------------
     def _runtime(self, model: str | None) -> _Runtime:
@@ -771,7 +717,7 @@ class EngineCore:
         gone = NotFound(_NOT_FOUND)
         rt = self._runtimes[s.model]
         for op in s.queue:
-            self._fail(op, gone)
+            self.deliveries.fail(op, gone)
             if isinstance(op, AppendOp):
                 rt.free_scratch(op)  # an in-flight chunk's write-back lands before a new owner's write
         s.queue.clear()
@@ -797,9 +743,9 @@ class EngineCore:
 
     def _end_alternative(self, c: Completion, alt: Alternative, reason: str, text: str = "") -> None:
         alt.finish_reason = reason
-        self._outbox.append(ChunkOut(c, CompletionChunk(alt.index, text, True, reason)))
+        self.deliveries.put(ChunkOut(c, CompletionChunk(alt.index, text, True, reason)))
         if not c.running():
-            self._outbox.append(ChunkOut(c, None))
+            self.deliveries.put(ChunkOut(c, None))
         if not c.running():
             self._live_completions.pop(c.ticket, None)
         rt = self._runtimes[c.session.model]
@@ -857,12 +803,12 @@ class EngineCore:
                 log.exception("computing an iteration's statistics failed")
         for rt in self._runtimes.values():
             self._answer_beams(rt)
-        return StepOutput(self._take_outbox(), stats, not self._has_pending())
+        return StepOutput(self._take_deliveries(), stats, not self._has_pending())
 
     def after_failed_step(self) -> StepOutput:
         """What a ``step()`` that raised (a bug in the core's own bookkeeping) left for callers;
         its work stays queued for the next step."""
-        return StepOutput(self._take_outbox(), None, not self._has_pending())
+        return StepOutput(self._take_deliveries(), None, not self._has_pending())
 
     # ---- ranked suggestions (engine/beam.py) ----------------------------------------------------
     def _step_beams(self) -> int:
@@ -881,9 +827,9 @@ class EngineCore:
     def _answer_beams(self, rt: _Runtime) -> None:
         for q in rt.beams.take_finished():
             if q.error is not None:
-                self._outbox.append(Outcome(q.future, None, q.error))  # the search's ticket
+                self.deliveries.put(Outcome(q.future, None, q.error))  # the search's ticket
             else:
-                self._outbox.append(Outcome(q.future, q.result()))
+                self.deliveries.put(Outcome(q.future, q.result()))
 
     def _update_from_output(
         self, jobs: list[tuple[_Runtime, Batch]], staged: list[_Staged], committed: int, error: Exception | None
@@ -917,10 +863,10 @@ class EngineCore:
                 b = rt.scheduler.last_batch
                 self._fail_batch(rt, b, e)
                 for s, op, _err in b.failures:
-                    self._fail(op, e)
+                    self.deliveries.fail(op, e)
                     self._after_failure(s, op)
                 for s, op in b.closes:
-                    self._fail(op, e)
+                    self.deliveries.fail(op, e)
                     self._after_failure(s, op)
                 for s in [s for s in rt.work if not s.queue]:
                     del rt.work[s]
@@ -934,7 +880,7 @@ class EngineCore:
             self._deliver_failures(b)
             for s, op in b.closes:
                 self._close(s, SessionEvent.CLOSED)
-                self._resolve(op, None)
+                self.deliveries.resolve(op, None)
             for s in [s for s in rt.work if not s.queue]:
                 del rt.work[s]
             if not b.plan.is_empty():
@@ -969,7 +915,7 @@ class EngineCore:
     # ---- delivery --------------------------------------------------------------------------------
     def _deliver_failures(self, b: Batch) -> None:
         for s, op, err in b.failures:
-            self._fail(op, err)
+            self.deliveries.fail(op, err)
             self._after_failure(s, op)
 
     def _after_failure(self, s: Session, op: Op) -> None:
@@ -989,7 +935,7 @@ class EngineCore:
             if id(run) in applied:
                 continue
             for op in run.ops:
-                self._fail(op, err)
+                self.deliveries.fail(op, err)
                 rt.free_scratch(op)
             if run.partial and run.ops[0] in run.session.queue:  # a chunk: the piece is still queued
                 run.session.queue.remove(run.ops[0])
@@ -1004,7 +950,7 @@ class EngineCore:
                 continue
             if cw.op.kind == "write":
                 self._fail_write(rt, cw.session, cw.op, err)
-            self._fail(cw.op, err)
+            self.deliveries.fail(cw.op, err)
             if cw.op.kind == "complete" and cw.op.completion is not None:
                 cw.op.completion.started = True
                 self._cancel_completion(cw.op.completion)
@@ -1020,7 +966,7 @@ class EngineCore:
             s.queue.appendleft(op)
             rt.work[s] = None
         else:  # a reset: the session keeps its old state and position
-            self._fail(op, err)
+            self.deliveries.fail(op, err)
 
     # ---- the session memory's rows --------------------------------------------------------------
     def _attach_memory(self, b: Batch) -> None:
@@ -1138,7 +1084,7 @@ class EngineCore:
         if cw.row is not None:
             self._chars[Phase.PREFILL] += len(b.plan.rows[cw.row].tokens)
         if s.closed and cop.kind in ("write", "rewind"):
-            self._fail(cop, NotFound(_NOT_FOUND))
+            self.deliveries.fail(cop, NotFound(_NOT_FOUND))
         elif cop.kind == "write":
             self._apply_write(s, cop)
         elif cop.kind == "rewind":
@@ -1146,16 +1092,16 @@ class EngineCore:
             s.apply(cw.target)
             s.history.truncate(cw.target)
             s.last_applied = None
-            self._resolve(cop, s.info())
+            self.deliveries.resolve(cop, s.info())
         elif cop.kind == "snapshot":
-            self._resolve(cop, st.blobs[k])
+            self.deliveries.resolve(cop, st.blobs[k])
         elif cop.kind == "suggest" and cop.suggest is not None and cop.ticket is not None:
             try:
                 rt.beams.add(cop.suggest, cop.ticket, st.reads[k], s.memory.fork() if s.memory else None)
-                cop.answered = True  # the search answers it (through the outbox) when it ends
+                cop.answered = True  # the search answers it (through the deliveries) when it ends
             except Exception as e:  # only this search fails; the session is untouched
                 log.exception("starting a suggestion failed")
-                self._fail(cop, e)
+                self.deliveries.fail(cop, e)
         elif cop.kind == "complete" and cop.completion is not None:
             c = cop.completion
             c.started = True
@@ -1183,7 +1129,7 @@ class EngineCore:
         for op, pred in zip(run.ops, preds, strict=True):
             rt.free_scratch(op)
             if not op.with_session or s.closed:
-                self._resolve(op, pred)
+                self.deliveries.resolve(op, pred)
         tok_at = sum(len(op.text) for op in run.ops) - run.first_done
         self._chars[Phase.STEP if tok_at == 1 and not run.first_done else Phase.PREFILL] += tok_at
         if s.closed:
@@ -1192,7 +1138,7 @@ class EngineCore:
         self._apply_run(b, run, preds, now)
         for op, pred in zip(run.ops, preds, strict=True):
             if op.with_session:  # a resume's replay: the session as the replay left it
-                self._resolve(op, (s.info(), pred))
+                self.deliveries.resolve(op, (s.info(), pred))
 
     def _apply_run(self, b: Batch, run: AppendRun, preds: list[Prediction], now: float) -> None:
         s = run.session
@@ -1218,7 +1164,7 @@ class EngineCore:
         s.history.release_all()
         s.history = self._history(self._runtimes[s.model], op.position, op.state)
         s.last_applied = None
-        self._resolve(op, s.info())
+        self.deliveries.resolve(op, s.info())
 
     def _commit_step(self, plan: Plan, c: Completion, alt: Alternative, row: int, drawn: list[tuple[int, str]]) -> None:
         if alt.finish_reason:  # cancelled while the iteration ran
@@ -1238,7 +1184,7 @@ class EngineCore:
             if len(alt.text) >= c.request.max_chars:
                 self._end_alternative(c, alt, FinishReason.LENGTH, ch)
                 return
-            self._outbox.append(ChunkOut(c, CompletionChunk(alt.index, ch, False)))
+            self.deliveries.put(ChunkOut(c, CompletionChunk(alt.index, ch, False)))
 
 
 @dataclass

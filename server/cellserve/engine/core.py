@@ -31,7 +31,6 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from ..config import Settings
 from ..errors import (
@@ -44,26 +43,20 @@ from ..errors import (
     Unavailable,
 )
 from ..handoff.record import HandoffRecord, decode_prediction, encode_prediction
-from ..memory.mixer import Mixer
 from ..memory.settings import MemorySettings
 from ..memory.window import SessionMemory
-from ..nn.cells import GRU_GATES, LSTM_GATES
-from ..nn.checkpoint import LoadedModel
 from ..repository import ModelRepository
 from . import snapshot as snap
 from .admission import Admission, Limits
-from .beam import BeamSearches
 from .completions import Alternative, Completion
 from .core_io import Call, ChunkOut, Deliveries, Delivery, Outcome, StepOutput
 from .limits import MAX_PENDING_SUGGESTS, check_suggest, completion_checked
-from .memory_mix import load_mixer, memory_settings
+from .memory_mix import memory_settings
 from .plan import ZERO, CheckpointRef, HostState, Plan, RowResult, RunResult
-from .rewind import RewindLog
-from .runner import ModelRunner
-from .scheduler import AppendRun, Batch, ControlWork, Scheduler
+from .runtime import ModelRuntime, RunnerFactory, build_runtimes
+from .scheduler import AppendRun, Batch, ControlWork
 from .sequence_ids import SequenceIds
 from .sessions import AppendOp, ControlOp, Op, Session, SessionState
-from .state_pool import SlotAllocator, StatePool
 from .types import (
     AppendOptions,
     CompletionChunk,
@@ -93,60 +86,7 @@ _NOT_FOUND = "session not found"
 # completions at 0.35x (16 running) to 0.52x (64) of the model's own decoding speed.
 MAX_DECODE_STEPS = 8
 DECODE_BURST_S = 0.025
-# Scratch slots for chunked prefill (one per piece being applied in chunks at a time); beyond
-# this many, a long piece runs whole (over the iteration budget) rather than wait.
-CHUNK_SLOTS = 64
 _DEFAULT_OPTIONS = AppendOptions()  # frozen: safe to share as a default
-
-
-@dataclass(eq=False)
-class _Runtime:
-    """One served model: its pool, runner, scheduler and the work waiting for it."""
-
-    name: str
-    loaded: LoadedModel
-    info: ModelInfo
-    alloc: SlotAllocator
-    pool: StatePool
-    ck_alloc: SlotAllocator  # the checkpoint pool (rewind checkpoints), slot-indexed like ``pool``
-    ck_pool: StatePool
-    runner: ModelRunner
-    scheduler: Scheduler
-    gate_names: tuple[str, ...]
-    work: dict[Session, None] = field(default_factory=dict)  # sessions with queued ops (ordered set)
-    completions: dict[Completion, None] = field(default_factory=dict)  # started, still running
-    beams: BeamSearches = field(init=False)  # ranked suggestions (engine/beam.py)
-    decode_step_s: float = 0.0  # the latest completion iteration's time per step
-    mixer: Mixer | None = None  # the session memory's mixer; None: this model serves no memory
-    scratch_used: int = 0  # chunked-prefill scratch slots held (<= CHUNK_SLOTS)
-
-    def take_scratch(self) -> int | None:
-        if self.scratch_used >= CHUNK_SLOTS:
-            return None
-        try:
-            slot = self.alloc.alloc()
-        except CapacityExceeded:
-            return None
-        self.scratch_used += 1
-        return slot
-
-    def take_checkpoint(self) -> int | None:
-        try:
-            return self.ck_alloc.alloc()
-        except CapacityExceeded:  # not reached: slots_max covers every log's bound
-            return None
-
-    def release_checkpoint(self, handle: object) -> None:
-        """A ``RewindLog`` dropped ``handle``: its checkpoint slot is free again (a read of it
-        in the running step lands before any new owner's write, as for state slots)."""
-        if isinstance(handle, CheckpointRef):
-            self.ck_alloc.free(handle.slot)
-
-    def free_scratch(self, op: AppendOp) -> None:
-        if op.scratch is not None:
-            self.alloc.free(op.scratch)
-            self.scratch_used -= 1
-            op.scratch = None
 
 
 # what a Call may ask for: the core's public operations, nothing else
@@ -187,7 +127,7 @@ class EngineCore:
         self,
         settings: Settings,
         repository: ModelRepository,
-        runner_factory: Callable[[LoadedModel, StatePool, StatePool], Any] | None = None,
+        runner_factory: RunnerFactory | None = None,
     ) -> None:
         """``runner_factory(loaded, pool, checkpoint_pool)`` builds each model's runner (anything with
         ``execute(plan) -> RunResult``); the default is ``ModelRunner``."""
@@ -198,39 +138,8 @@ class EngineCore:
         self._key = (
             settings.snapshot_key.get_secret_value().encode() if settings.snapshot_key else secrets.token_bytes(32)
         )
-        slots_max = settings.max_sessions + settings.max_running_completions + CHUNK_SLOTS
-        # a session's log holds at most window / every + 2 checkpoints, plus one planned per step
-        ck_max = settings.max_sessions * (settings.rewind_window // settings.checkpoint_every + 3)
-        if settings.rewind_window == 0:
-            ck_max = 0
         self._memory_settings: MemorySettings = memory_settings(settings)
-        mixers = {name: load_mixer(repository.get(name), settings, self.device) for name in repository.names()}
-        make_runner = runner_factory or (
-            lambda lm, pool, ck: ModelRunner(lm.serving, pool, ck, reference=lm.model, mixer=mixers[lm.spec.name])
-        )
-        self._runtimes: dict[str, _Runtime] = {}
-        for name in repository.names():
-            lm = repository.get(name)
-            m = lm.model
-            pool = StatePool(m.layers, m.hidden, m.state_arity, self.device)
-            ck_pool = StatePool(m.layers, m.hidden, m.state_arity, self.device)
-            rt = _Runtime(
-                name,
-                lm,
-                repository.info(name),
-                SlotAllocator(settings.pool_chunk, slots_max),
-                pool,
-                SlotAllocator(settings.pool_chunk, ck_max),
-                ck_pool,
-                make_runner(lm, pool, ck_pool),
-                Scheduler(lm.vocab.encode),
-                LSTM_GATES if m.cell == "lstm" else GRU_GATES,
-            )
-            rt.scheduler = Scheduler(lm.vocab.encode, rt.take_scratch, rt.take_checkpoint)
-            rt.beams = BeamSearches(lm.serving, lm.vocab)
-            rt.mixer = getattr(rt.runner, "mixer", None)  # a runner that cannot mix serves no memory
-            rt.beams.mixer = rt.mixer
-            self._runtimes[name] = rt
+        self._runtimes = build_runtimes(settings, repository, runner_factory)
         self._sessions: dict[str, Session] = {}
         self._owner_sessions: dict[str, int] = {}  # live sessions per owner (tenant quotas)
         self.admission = Admission(settings)  # every quota and global stream cap (engine/admission.py)
@@ -509,7 +418,7 @@ class EngineCore:
         op.with_session = True
         return None
 
-    def _open_blob(self, blob: bytes, owner: str) -> tuple[_Runtime, snap.SnapshotData, HostState]:
+    def _open_blob(self, blob: bytes, owner: str) -> tuple[ModelRuntime, snap.SnapshotData, HostState]:
         data = snap.decode(blob, self._key, tenant=owner, now=time.time())
         rt = self._runtimes.get(data.model)
         if rt is None or rt.loaded.weights_sha256 != data.weights_sha256:
@@ -643,7 +552,7 @@ class EngineCore:
         self._submit(self._runtimes[s.model], s)
 
     # ---- internals: admission and bookkeeping ------------------------------------------------
-    def _runtime(self, model: str | None) -> _Runtime:
+    def _runtime(self, model: str | None) -> ModelRuntime:
         rt = self._runtimes.get(model or self.repository.default)
         if rt is None:
             raise NotFound("unknown model")
@@ -655,7 +564,7 @@ class EngineCore:
 
     def _new_session(
         self,
-        rt: _Runtime,
+        rt: ModelRuntime,
         owner: str,
         position: int,
         state: object,
@@ -671,9 +580,7 @@ class EngineCore:
         slot = rt.alloc.alloc()
         now = time.time()
         sid = session_id or secrets.token_hex(16)
-        s = Session(
-            sid, rt.name, owner, slot, now, now, self._history(rt, position, state), position, position, position
-        )
+        s = Session(sid, rt.name, owner, slot, now, now, rt.new_history(position, state), position, position, position)
         # the slot holds a previous owner's state: the first iteration writes this session's
         # start state (folded into the first append's row when one is waiting by then)
         s.queue.append(ControlOp("write", None, time.perf_counter(), state=state, position=position, memory=memory))
@@ -686,13 +593,9 @@ class EngineCore:
         self._event(event)
         return s
 
-    def _fresh_memory(self, rt: _Runtime, wanted: bool) -> SessionMemory | None:
+    def _fresh_memory(self, rt: ModelRuntime, wanted: bool) -> SessionMemory | None:
         """An empty session memory when the model mixes one and the session wants it."""
         return SessionMemory(self._memory_settings) if wanted and rt.mixer is not None else None
-
-    def _history(self, rt: _Runtime, position: int, state: object) -> RewindLog:
-        st = self.settings
-        return RewindLog(st.checkpoint_every, st.rewind_window, position, state, rt.release_checkpoint)
 
     def _get(self, session_id: str, owner: str) -> Session:
         s = self._sessions.get(session_id)
@@ -702,7 +605,7 @@ class EngineCore:
             raise NotFound(_NOT_FOUND)
         return s
 
-    def _submit(self, rt: _Runtime, s: Session) -> None:
+    def _submit(self, rt: ModelRuntime, s: Session) -> None:
         rt.work[s] = None
 
     def _event(self, name: SessionEvent) -> None:
@@ -824,7 +727,7 @@ class EngineCore:
                     rt.beams.fail_all(e)
         return rows
 
-    def _answer_beams(self, rt: _Runtime) -> None:
+    def _answer_beams(self, rt: ModelRuntime) -> None:
         for q in rt.beams.take_finished():
             if q.error is not None:
                 self.deliveries.put(Outcome(q.future, None, q.error))  # the search's ticket
@@ -832,7 +735,7 @@ class EngineCore:
                 self.deliveries.put(Outcome(q.future, q.result()))
 
     def _update_from_output(
-        self, jobs: list[tuple[_Runtime, Batch]], staged: list[_Staged], committed: int, error: Exception | None
+        self, jobs: list[tuple[ModelRuntime, Batch]], staged: list[_Staged], committed: int, error: Exception | None
     ) -> None:
         for k, (rt, b) in enumerate(jobs):
             if k < committed and error is None:
@@ -848,11 +751,11 @@ class EngineCore:
                 s.end_iteration()
         self._iterations += 1
 
-    def _schedule(self) -> list[tuple[_Runtime, Batch]]:
+    def _schedule(self) -> list[tuple[ModelRuntime, Batch]]:
         """Plans this iteration for every model with work; answers what needs no device work
         (rejected offsets, closes reached in a session's queue) right away."""
         budget = self.settings.max_batch_tokens
-        jobs: list[tuple[_Runtime, Batch]] = []
+        jobs: list[tuple[ModelRuntime, Batch]] = []
         for rt in self._runtimes.values():
             if not (rt.work or rt.completions):
                 continue
@@ -892,7 +795,7 @@ class EngineCore:
 
     def _iteration_stats(
         self,
-        jobs: list[tuple[_Runtime, Batch]],
+        jobs: list[tuple[ModelRuntime, Batch]],
         results: list[RunResult],
         waits: list[tuple[float, ...]],
         chars_before: dict[str, int],
@@ -924,7 +827,7 @@ class EngineCore:
             s.last_piece = s.last_applied
         s.requeue_end()
 
-    def _fail_batch(self, rt: _Runtime, b: Batch, err: Exception, staged: _Staged | None = None) -> None:
+    def _fail_batch(self, rt: ModelRuntime, b: Batch, err: Exception, staged: _Staged | None = None) -> None:
         """Answers every op of ``b`` not applied yet with ``err``; the sessions keep their state
         and position (the runner never wrote this job's states back). ``staged``: what a
         commit that broke off applied already (skipped)."""
@@ -959,7 +862,7 @@ class EngineCore:
             if not sw.alt.finish_reason:
                 self._end_alternative(sw.completion, sw.alt, FinishReason.CANCELLED)
 
-    def _fail_write(self, rt: _Runtime, s: Session, op: ControlOp, err: Exception) -> None:
+    def _fail_write(self, rt: ModelRuntime, s: Session, op: ControlOp, err: Exception) -> None:
         if op.applied:  # never undo or repeat a write that landed
             return
         if op.ticket is None and not s.closed:  # a new session's start state: its slot still needs it
@@ -990,7 +893,7 @@ class EngineCore:
             rows[sw.row].memory = alt.memory
 
     # ---- stage, then commit ---------------------------------------------------------------------
-    def _stage(self, rt: _Runtime, b: Batch, res: RunResult) -> _Staged:
+    def _stage(self, rt: ModelRuntime, b: Batch, res: RunResult) -> _Staged:
         """Everything the job answers, computed from its results without changing anything
         (device worker, no lock: it reads only what the worker itself writes). What can raise
         on bad results (a token id, a snapshot's encoding) raises here, before any commit."""
@@ -1021,7 +924,7 @@ class EngineCore:
             st.drawn.append([(t, vocab.char(t)) for t in toks])
         return st
 
-    def _predictions(self, rt: _Runtime, run: AppendRun, row: RowResult) -> list[Prediction]:
+    def _predictions(self, rt: ModelRuntime, run: AppendRun, row: RowResult) -> list[Prediction]:
         """One Prediction per piece of a run applied whole (the first one possibly finishing a
         chunked piece)."""
         vocab = rt.loaded.vocab
@@ -1046,7 +949,7 @@ class EngineCore:
             tok_at += n
         return preds
 
-    def _snapshot_blob(self, rt: _Runtime, s: Session, raw: list[bytes], now: float) -> bytes:
+    def _snapshot_blob(self, rt: ModelRuntime, s: Session, raw: list[bytes], now: float) -> bytes:
         m = rt.loaded.model
         data = snap.SnapshotData(
             rt.name,
@@ -1062,7 +965,7 @@ class EngineCore:
         )
         return snap.encode(data, self._key)
 
-    def _commit(self, rt: _Runtime, b: Batch, st: _Staged) -> None:
+    def _commit(self, rt: ModelRuntime, b: Batch, st: _Staged) -> None:
         """Applies a job whose states the runner wrote back: plain bookkeeping (positions,
         rewind logs, answers), each run or control marked applied as it lands."""
         if st.decode_step_s is not None:
@@ -1079,7 +982,7 @@ class EngineCore:
         for sw, drawn in zip(b.steps, st.drawn, strict=True):
             self._commit_step(b.plan, sw.completion, sw.alt, sw.row, drawn)
 
-    def _commit_control(self, rt: _Runtime, b: Batch, cw: ControlWork, st: _Staged, k: int) -> None:
+    def _commit_control(self, rt: ModelRuntime, b: Batch, cw: ControlWork, st: _Staged, k: int) -> None:
         s, cop = cw.session, cw.op
         if cw.row is not None:
             self._chars[Phase.PREFILL] += len(b.plan.rows[cw.row].tokens)
@@ -1124,7 +1027,7 @@ class EngineCore:
         op.gates.extend(answers[1])
         run.session.last_used_at = now
 
-    def _commit_run(self, rt: _Runtime, b: Batch, run: AppendRun, preds: list[Prediction], now: float) -> None:
+    def _commit_run(self, rt: ModelRuntime, b: Batch, run: AppendRun, preds: list[Prediction], now: float) -> None:
         s = run.session
         for op, pred in zip(run.ops, preds, strict=True):
             rt.free_scratch(op)
@@ -1162,7 +1065,7 @@ class EngineCore:
         s.memory = op.memory
         s.memory_changed()
         s.history.release_all()
-        s.history = self._history(self._runtimes[s.model], op.position, op.state)
+        s.history = self._runtimes[s.model].new_history(op.position, op.state)
         s.last_applied = None
         self.deliveries.resolve(op, s.info())
 
@@ -1201,7 +1104,7 @@ class _Staged:
     applied: set[int] = field(default_factory=set)  # ids of runs and controls committed
 
 
-def _decode_steps(rt: _Runtime) -> int:
+def _decode_steps(rt: ModelRuntime) -> int:
     """Steps the next completion-only iteration may take (see MAX_DECODE_STEPS)."""
     if rt.work or not rt.completions:
         return 1

@@ -178,11 +178,11 @@ def test_core_step_runs_searches_and_answers_through_the_deliveries(model_dir: P
     assert got is not None and len(beam_rows) >= 2
     assert all(1 <= n <= beam_width(r.n) for n in beam_rows)  # its beams, counted as rows
     assert_same(lm, got, "x = ", r)
-    assert core._suggest_tickets == set()  # answered: no longer counted against the cap
+    assert core.completions.suggest_tickets == set()  # answered: no longer counted against the cap
     core.submit_suggest(sid, r, "", other)
     core.step()  # the read
     core.step()  # the search starts
     core.fail_all(Unavailable("server is stopping"))
     failed = [d for d in core.take_deliveries() if isinstance(d, Outcome) and d.ticket == other]
     assert len(failed) == 1 and isinstance(failed[0].error, Unavailable)
-    assert not core.has_work() and core._suggest_tickets == set()
+    assert not core.has_work() and core.completions.suggest_tickets == set()

@@ -132,7 +132,7 @@ def test_one_batched_step_per_iteration_alongside_keystrokes(model_dir: Path) ->
 
 
 def test_pending_suggestions_are_capped(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("cellserve.engine.core.MAX_PENDING_SUGGESTS", 2)
+    monkeypatch.setattr("cellserve.engine.session_ops.MAX_PENDING_SUGGESTS", 2)
 
     async def body() -> None:
         async with engine(model_dir) as eng:

@@ -192,20 +192,17 @@ class EngineCore(SessionOps):
 
     def idle_output(self) -> StepOutput:
         """A pass without a step: what the calls since the last pass answered."""
-        return StepOutput(self._take_deliveries(), None, not self.has_work())
+        return StepOutput(self.take_deliveries(), None, not self.has_work())
 
     def after_failed_step(self) -> StepOutput:
         """What a ``step()`` that raised (a bug in the core's own bookkeeping) left for callers;
         its work stays queued for the next step."""
-        return StepOutput(self._take_deliveries(), None, not self.has_work())
+        return self.idle_output()
 
     def take_deliveries(self) -> list[Delivery]:
         """What the calls since the last pass produced for callers (a close that failed
         queued ops, a cancelled completion), for a frontend that ran them on the core itself
         (after the core thread stopped): it applies them after such a call."""
-        return self._take_deliveries()
-
-    def _take_deliveries(self) -> list[Delivery]:
         out = self.deliveries.take()
         pending = self.completions.suggest_tickets
         if pending:
@@ -304,7 +301,6 @@ class EngineCore(SessionOps):
             self._update.apply(jobs, staged, committed, error)
         if jobs or beam_rows:
             self._iterations += 1
-        if jobs or beam_rows:
             try:
                 stats = self._iteration_stats(jobs, results if error is None else [], waits, chars_before, beam_rows)
                 for mi in stats.models:
@@ -313,7 +309,7 @@ class EngineCore(SessionOps):
                 log.exception("computing an iteration's statistics failed")
         for rt in self._runtimes.values():
             self.completions.answer_beams(rt)
-        return StepOutput(self._take_deliveries(), stats, not self.has_work())
+        return StepOutput(self.take_deliveries(), stats, not self.has_work())
 
     def _schedule(self) -> list[Job]:
         """Plans this iteration for every model with work; answers what needs no device work

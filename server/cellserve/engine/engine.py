@@ -1,7 +1,7 @@
 """The async frontend of the engine: tickets -> futures, the TTL sweep, the core thread.
 
-``Engine`` wraps an ``EngineCore`` (``engine/core.py``: the sessions, the model runtimes, the
-synchronous ``step()``), which only the core thread (``engine/loop.py``) touches. What runs
+``Engine`` wraps an ``EngineCore`` (``engine/core.py``: the session table, the model runtimes,
+the synchronous ``step()``), which only the core thread (``engine/loop.py``) touches. What runs
 where:
 
 - the event loop: every call becomes a ``Call`` with a new integer ticket, posted to the core

@@ -25,7 +25,7 @@ import zmq
 import zmq.asyncio
 from cellserve.api.pb import svc
 from cellserve.config import Settings
-from cellserve.engine.core import Call, ChunkOut, Outcome, StepOutput
+from cellserve.engine.core_io import Call, ChunkOut, Outcome, StepOutput
 from cellserve.engine.types import (
     AppendOptions,
     CompletionChunk,
@@ -64,7 +64,7 @@ class FakeCore:
         self.health: EngineHealth | None = EngineHealth(True, 0, 0, 0, 0)
         self.stats = EngineStats()
         self._passes: deque[tuple[list[Delivery], IterationStats | None]] = deque()
-        self._outbox: list[Delivery] = []
+        self._deliveries: list[Delivery] = []
         self.kick: Callable[[], None] = lambda: None
         self.lock = threading.Lock()
 
@@ -76,11 +76,11 @@ class FakeCore:
             self.cancelled.append(call.args[0])
         elif call.method == "health":
             if self.health is not None:
-                self._outbox.append(Outcome(call.ticket, self.health))
+                self._deliveries.append(Outcome(call.ticket, self.health))
         elif call.method == "stats":
-            self._outbox.append(Outcome(call.ticket, self.stats))
+            self._deliveries.append(Outcome(call.ticket, self.stats))
         elif call.method == "has_work":
-            self._outbox.append(Outcome(call.ticket, bool(self._passes)))
+            self._deliveries.append(Outcome(call.ticket, bool(self._passes)))
         elif call.method not in ("noop", "expire_idle", "start_draining"):
             with self.lock:
                 self.calls.append(call)
@@ -95,18 +95,18 @@ class FakeCore:
 
     def step(self) -> StepOutput:
         deliveries, stats = self._passes.popleft()
-        out, self._outbox = self._outbox + deliveries, []
+        out, self._deliveries = self._deliveries + deliveries, []
         return StepOutput(out, stats, not self._passes)
 
     def idle_output(self) -> StepOutput:
         return self.after_failed_step()
 
     def after_failed_step(self) -> StepOutput:
-        out, self._outbox = self._outbox, []
+        out, self._deliveries = self._deliveries, []
         return StepOutput(out, None, not self._passes)
 
-    def take_outbox(self) -> list[Delivery]:
-        out, self._outbox = self._outbox, []
+    def take_deliveries(self) -> list[Delivery]:
+        out, self._deliveries = self._deliveries, []
         return out
 
     def fail_all(self, err: BaseException) -> None:

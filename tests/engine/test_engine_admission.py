@@ -56,7 +56,7 @@ def test_idle_ttl_evicts_only_idle_sessions(model_dir: Path) -> None:
             await eng.append(idle, 0, "a")
             typed = 0
             for _ in range(1000):  # the busy one types (faster than the TTL) until the idle one expired
-                if idle not in eng.core._sessions:
+                if idle not in eng.core.sessions:
                     break
                 await eng.append(busy, typed, "b")
                 typed += 1
@@ -66,7 +66,7 @@ def test_idle_ttl_evicts_only_idle_sessions(model_dir: Path) -> None:
             assert (await eng.get_session(busy)).position == typed
             assert (await eng.stats()).session_events["expired"] == 1
             for _ in range(1000):  # now idle too: it expires in its turn
-                if not eng.core._sessions:
+                if not eng.core.sessions:
                     break
                 await asyncio.sleep(0.03)
             st = await eng.stats()

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 import torch
 from _engine_helpers import make_settings
-from cellserve.engine.core import ChunkOut, EngineCore, Outcome, StepOutput
+from cellserve.engine.core import EngineCore
+from cellserve.engine.core_io import ChunkOut, Outcome, StepOutput
 from cellserve.engine.plan import ZERO, CheckpointRef, Plan, RowResult, RunResult
 from cellserve.engine.types import AppendOptions, CompletionRequest, Prediction
 from cellserve.errors import OffsetConflict, PreconditionFailed
@@ -124,7 +125,7 @@ class Driver:
         return fut
 
     def state(self, sid: str) -> str:
-        return "".join(self.lm.vocab.char(t) for t in self.runner.slots[self.core._sessions[sid].slot])
+        return "".join(self.lm.vocab.char(t) for t in self.runner.slots[self.core.sessions[sid].slot])
 
     def top1(self, text: str) -> str:
         return self.lm.vocab.char(self.runner.top1(tuple(self.lm.vocab.encode(text))))
@@ -244,7 +245,7 @@ def test_failed_write_back_answers_errors_and_changes_nothing(model_dir: Path) -
         assert isinstance(got[f].error, RuntimeError) and isinstance(got[g].error, RuntimeError)
         assert d.state(sid) == "hi" and d.core.get_session(sid, "").position == 2
         assert rt.ck_alloc.used == ck_used  # the planned checkpoint went back to the pool
-        assert [op.kind for op in d.core._sessions[fresh].queue] == ["write"]  # never landed: again
+        assert [op.kind for op in d.core.sessions[fresh].queue] == ["write"]  # never landed: again
         again = d.append(sid, 2, "!!"), d.append(fresh, 0, "yo")
         got = outcomes(d.core.step())
         assert [got[a].value.position for a in again] == [4, 2]  # type: ignore[union-attr]
@@ -316,13 +317,13 @@ def test_rewind_and_completion_through_steps(model_dir: Path) -> None:
         assert rt.ck_alloc.used == 0  # closing frees the session's checkpoints
 
 
-def test_close_and_expiry_are_answered_through_the_outbox(model_dir: Path) -> None:
+def test_close_and_expiry_are_answered_through_the_deliveries(model_dir: Path) -> None:
     with driver(model_dir) as d:
         sid = d.core.open_session().session_id
         d.core.step()
         f = d.future()
         d.core.submit_close(sid, "", f)  # nothing queued: closed at once
-        (o,) = d.core.take_outbox()
+        (o,) = d.core.take_deliveries()
         assert isinstance(o, Outcome) and o.ticket == f and o.error is None
         busy, idle = d.core.open_session().session_id, d.core.open_session().session_id
         d.core.step()
@@ -339,14 +340,14 @@ def test_expiry_pops_only_sessions_past_the_cutoff(model_dir: Path) -> None:
     with driver(model_dir) as d:
         sids = [d.core.open_session().session_id for _ in range(3)]
         d.core.step()
-        used, busy, idle = (d.core._sessions[x] for x in sids)
+        used, busy, idle = (d.core.sessions[x] for x in sids)
         t0 = max(s.last_used_at for s in (used, busy, idle))
         used.last_used_at = t0 + 100  # typed since its entry was pushed
         d.append(busy.session_id, 0, "a")  # queued work
         busy.last_used_at = t0  # (as if long ago)
         d.core.expire_idle(cutoff=t0 + 1)
         assert d.core.session_ids() == {used.session_id, busy.session_id}
-        assert len(d.core._expiry) == 2  # the two looked at again later; the expired one is gone
+        assert len(d.core.sessions._expiry) == 2  # the two looked at again later; the expired one is gone
         d.core.step()  # busy's append lands: it is idle from now on
         busy.last_used_at = t0
         d.core.expire_idle(cutoff=t0 + 2)

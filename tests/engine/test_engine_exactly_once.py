@@ -110,7 +110,7 @@ def test_offsets_count_appends_taken_into_the_running_batch(model_dir: Path, mon
                 await fr
             await gate.running()  # iteration 3: the stale appends are refused, "hello" runs
             assert (
-                eng.core._sessions[s].queued_end == 308
+                eng.core.sessions[s].queued_end == 308
             )  # accepted, not yet applied (the core thread waits in the gate)
             fc = eng.submit_append(s, 308, "!")  # pipelined behind "hello": must be accepted
             gate.open()
@@ -143,6 +143,6 @@ def test_ttl_never_expires_a_session_with_running_work(model_dir: Path, monkeypa
             gate.open()
             assert (await fut).position == 2 and (await queued).position == 3
             # the piled-up sweeps ran in the pass that took "c": the idle session expired
-            assert idle not in eng.core._sessions and busy in eng.core._sessions
+            assert idle not in eng.core.sessions and busy in eng.core.sessions
 
     run(body)

@@ -44,7 +44,7 @@ def test_rewind_equals_recompute(model_dir: Path, model: str) -> None:
                     assert_prediction_matches(lm, probe, offline_probs(lm, text + "x")[-1], 8, tol=1e-6)
                     text += "x"
                     assert snap_blob
-            hist = eng.core._sessions[s].history  # bounded: window / every + 2 checkpoints
+            hist = eng.core.sessions[s].history  # bounded: window / every + 2 checkpoints
             assert len(hist.checkpoints) <= 40 // 8 + 2
             assert len(hist.text) <= 40 + 8 + 13
             assert rewound

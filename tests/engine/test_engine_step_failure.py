@@ -19,10 +19,12 @@ from cellserve.engine.engine import Engine
 from cellserve.engine.rewind import RewindLog
 from cellserve.engine.runner import ModelRunner
 from cellserve.engine.scheduler import Scheduler
+from cellserve.engine.session_blobs import SessionBlobs
 from cellserve.engine.state_pool import SlotAllocator, SlotError
+from cellserve.engine.update import StepUpdate
 
 RUNNER_PHASES = ["_prepare", "_forward", "_pick", "_unpack", "commit"]
-CORE_PHASES = ["_stage", "_predictions", "_snapshot_blob"]
+CORE_PHASES: dict[str, type] = {"stage": StepUpdate, "predictions": StepUpdate, "seal": SessionBlobs}
 
 
 def fail_once(monkeypatch: pytest.MonkeyPatch, cls: type, name: str, after: bool = False) -> dict[str, int]:
@@ -46,7 +48,7 @@ def fail_once(monkeypatch: pytest.MonkeyPatch, cls: type, name: str, after: bool
 def checkpoint_slots(eng: Engine) -> list[int]:
     """Every checkpoint-pool slot some session's rewind log holds (duplicates kept)."""
     slots = []
-    for s in eng.core._sessions.values():
+    for s in eng.core.sessions.values():
         for _pos, handle in s.history.checkpoints:
             slot = getattr(handle, "slot", None)
             if slot is not None:
@@ -59,10 +61,10 @@ def assert_slots_consistent(eng: Engine) -> None:
     held = checkpoint_slots(eng)
     assert len(held) == len(set(held)), "two sessions share a checkpoint slot"
     assert rt.ck_alloc.used == len(held)
-    assert rt.alloc.used == len(eng.core._sessions)  # no scratch or completion slot leaked
+    assert rt.alloc.used == len(eng.core.sessions)  # no scratch or completion slot leaked
 
 
-@pytest.mark.parametrize("phase", RUNNER_PHASES + CORE_PHASES)
+@pytest.mark.parametrize("phase", RUNNER_PHASES + list(CORE_PHASES))
 def test_a_failed_phase_answers_everything_and_changes_no_session(
     model_dir: Path, monkeypatch: pytest.MonkeyPatch, phase: str
 ) -> None:
@@ -77,7 +79,7 @@ def test_a_failed_phase_answers_everything_and_changes_no_session(
             other = (await eng.open_session()).session_id
             await eng.append(other, 0, "abc")
             fresh = (await eng.open_session()).session_id
-            fail_once(monkeypatch, EngineCore if phase in CORE_PHASES else ModelRunner, phase)
+            fail_once(monkeypatch, CORE_PHASES.get(phase, ModelRunner), phase)
             futs = [
                 eng.submit_append(s, 11, "!!"),  # a run that takes a checkpoint (11 -> 13)
                 eng.submit_append(fresh, 0, "ab"),
@@ -151,7 +153,7 @@ def test_a_commit_that_breaks_off_never_frees_or_repeats_what_landed(
             assert p.position == 4 and (await eng.get_session(s)).position == 4
             assert_slots_consistent(eng)
             assert len(checkpoint_slots(eng)) == 1
-            assert not eng.core._sessions[s].queue  # the applied write was not re-queued
+            assert not eng.core.sessions[s].queue  # the applied write was not re-queued
             p = await eng.append(s, 4, "efgh")
             assert_prediction_matches(lm, p, offline_probs(lm, "abcdefgh")[-1], 5)
             await eng.rewind(s, 5)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from _engine_helpers import assert_prediction_matches, engine, make_settings, offline_probs, run
 from cellserve.engine.beam import beam_width
-from cellserve.engine.core import EngineCore, Outcome
+from cellserve.engine.core import EngineCore
+from cellserve.engine.core_io import Outcome
 from cellserve.engine.inprocess import InProcessEngineClient
 from cellserve.engine.types import AppendOptions, Suggestion, SuggestRequest
 from cellserve.errors import CapacityExceeded, InvalidInput, NotFound, Unavailable
@@ -131,7 +132,7 @@ def test_one_batched_step_per_iteration_alongside_keystrokes(model_dir: Path) ->
 
 
 def test_pending_suggestions_are_capped(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("cellserve.engine.core.MAX_PENDING_SUGGESTS", 2)
+    monkeypatch.setattr("cellserve.engine.session_ops.MAX_PENDING_SUGGESTS", 2)
 
     async def body() -> None:
         async with engine(model_dir) as eng:
@@ -146,11 +147,11 @@ def test_pending_suggestions_are_capped(model_dir: Path, monkeypatch: pytest.Mon
     run(body)
 
 
-def test_core_step_runs_searches_and_answers_through_the_outbox(model_dir: Path) -> None:
+def test_core_step_runs_searches_and_answers_through_the_deliveries(model_dir: Path) -> None:
     """Driven synchronously (no loop running, no device thread): each step advances the search
     one character and counts its beam rows in the step's stats; the answer is an Outcome for the
     op's ticket in the step that finished it; a search still running at stop fails through the
-    outbox."""
+    deliveries."""
     st = make_settings(model_dir)
     core = EngineCore(st, ModelRepository.load(st))
     tickets = itertools.count(1)
@@ -177,11 +178,11 @@ def test_core_step_runs_searches_and_answers_through_the_outbox(model_dir: Path)
     assert got is not None and len(beam_rows) >= 2
     assert all(1 <= n <= beam_width(r.n) for n in beam_rows)  # its beams, counted as rows
     assert_same(lm, got, "x = ", r)
-    assert core._suggest_tickets == set()  # answered: no longer counted against the cap
+    assert core.completions.suggest_tickets == set()  # answered: no longer counted against the cap
     core.submit_suggest(sid, r, "", other)
     core.step()  # the read
     core.step()  # the search starts
     core.fail_all(Unavailable("server is stopping"))
-    failed = [d for d in core.take_outbox() if isinstance(d, Outcome) and d.ticket == other]
+    failed = [d for d in core.take_deliveries() if isinstance(d, Outcome) and d.ticket == other]
     assert len(failed) == 1 and isinstance(failed[0].error, Unavailable)
-    assert not core.has_work() and core._suggest_tickets == set()
+    assert not core.has_work() and core.completions.suggest_tickets == set()

@@ -6,7 +6,7 @@ breaks one phase of an iteration whose plan holds a row of a trigger length, onc
     TRIGGERS[phase] characters in one row  ->  that phase raises RuntimeError(phase)
 
 The phases are the runner's (prepare, forward, pick, unpack, commit) and the core's staging of
-the answers (``_stage``), so a wire test can check that each one is answered and changes nothing.
+the answers (``StepUpdate.stage``), so a wire test can check that each one is answered and changes nothing.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-TRIGGERS = {"_prepare": 37, "_forward": 38, "_pick": 39, "_unpack": 40, "commit": 41, "_stage": 42}
+TRIGGERS = {"_prepare": 37, "_forward": 38, "_pick": 39, "_unpack": 40, "commit": 41, "stage": 42}
 
 
 def _install() -> None:
-    from cellserve.engine.core import EngineCore
     from cellserve.engine.runner import ModelRunner
+    from cellserve.engine.update import StepUpdate
 
     armed: set[str] = set()  # phases the running iteration will break
     spent: set[str] = set()  # each phase breaks once
@@ -34,7 +34,7 @@ def _install() -> None:
 
     ModelRunner.execute = execute  # type: ignore[method-assign]
     for phase in TRIGGERS:
-        owner: Any = EngineCore if phase == "_stage" else ModelRunner
+        owner: Any = StepUpdate if phase == "stage" else ModelRunner
         real = getattr(owner, phase)
 
         def broken(*args: Any, _real: Any = real, _phase: str = phase, **kwargs: Any) -> Any:

@@ -11,8 +11,8 @@ returning an awaitable; one session's operations apply in call order. In one pro
     await client.drain(); await client.stop()
 
 ``Engine`` (``engine/engine.py``) is the async frontend: futures, admission, the TTL sweep and
-the device thread, which calls ``EngineCore.step()`` (``engine/core.py``: schedule -> execute
--> update_from_output, synchronous, plain dataclasses out) while work remains. It keeps the
+the core thread, which calls ``EngineCore.step()`` (``engine/core.py``: schedule -> execute ->
+stage -> commit in ``engine/update.py``, synchronous, plain dataclasses out) while work remains. It keeps the
 ``submit_*`` methods (future now, applied in order) and awaitable wrappers (``append``,
 ``rewind``...) the engine tests use; ``engine/scheduler.py`` plans each iteration within the
 character budget, ``engine/runner.py`` executes it.

@@ -14,10 +14,10 @@ the characters alone; never empty; the unknown character never continues. ``widt
 query (``max(n, 4)``, as the reference's default); a beam is dropped once it cannot reach the
 query's top n. The reference is kept separate on purpose: the tests compare the two.
 
-Owned by the engine core (``engine/core.py``): ``add`` and ``take_finished`` run under the
-core's lock, ``step`` in the device thread while the lock is free (only the device thread adds
-or removes searches, so the list does not change under it). ``future`` is the caller's ticket,
-opaque here as in the core: a finished search's answer leaves through the core's outbox.
+Owned by the engine core (``engine/completion_book.py`` steps and answers them): ``add``,
+``step`` and ``take_finished`` all run on the core thread, so the list of searches never
+changes under a step. ``future`` is the caller's ticket, opaque here as in the core: a
+finished search's answer leaves through the core's deliveries.
 
 With a session memory (models that ship a mixer), every step's distribution is the mixed one,
 as everywhere a distribution is served: each beam carries a fork of the session's memory that
@@ -67,7 +67,7 @@ class BeamQuery:
     step turns it into tensors."""
 
     request: SuggestRequest
-    future: Any  # the op's ticket (opaque): the outbox answers it with list[Suggestion]
+    future: Any  # the op's ticket (opaque): the core's deliveries answer it with list[Suggestion]
     raw: Sequence[bytes]
     step: int = 0
     done: bool = False

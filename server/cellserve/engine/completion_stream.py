@@ -4,8 +4,8 @@ The core emits one chunk per character; the iterator hands over everything of an
 that is already waiting as one chunk (its text concatenated). An idle consumer still gets every
 character as soon as it exists; a busy one (or a multi-step decoding iteration, which delivers
 several characters at once) gets fewer, longer chunks: one gRPC message per batch of characters
-instead of one per character, which bounded completion throughput (measured with
-`cellserve bench`).
+instead of one per character, which bounded completion throughput (docs/measurements.md,
+"Multi-step decoding").
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The async frontend of the engine: tickets -> futures, the TTL sweep, the core thread.
 
-``Engine`` wraps an ``EngineCore`` (``engine/core.py``: the sessions, the model runtimes, the
-synchronous ``step()``), which only the core thread (``engine/loop.py``) touches. What runs
+``Engine`` wraps an ``EngineCore`` (``engine/core.py``: the session table, the model runtimes,
+the synchronous ``step()``), which only the core thread (``engine/loop.py``) touches. What runs
 where:
 
 - the event loop: every call becomes a ``Call`` with a new integer ticket, posted to the core
@@ -34,7 +34,8 @@ from ..handoff.record import HandoffRecord
 from ..repository import ModelRepository
 from .admission import Limits
 from .completion_stream import CompletionStream
-from .core import Call, ChunkOut, EngineCore, Outcome, StepOutput
+from .core import EngineCore
+from .core_io import Call, ChunkOut, Delivery, Outcome, StepOutput
 from .loop import CoreLoop
 from .types import (
     AppendOptions,
@@ -109,7 +110,7 @@ class Engine:
         self._stopped = True  # from now on calls run here, on the core directly
         self._core_loop.drain_inbox()
         self.core.fail_all(Unavailable("server is stopping"))
-        self._apply(self.core.take_outbox())
+        self._apply(self.core.take_deliveries())
         for ticket in list(self._waiting):  # nothing is left to answer them
             self._apply([Outcome(ticket, None, Unavailable("server is stopping"))])
         self._idle.set()
@@ -249,7 +250,7 @@ class Engine:
             self._core_loop.post(call)
             return
         self.core.add(call)  # stopped: the core is the event loop's now (a last stats read)
-        self._apply(self.core.take_outbox())
+        self._apply(self.core.take_deliveries())
 
     def _ask(self, method: str, *args: Any) -> asyncio.Future[Any]:
         """A query or an immediate operation: answered by the core thread's next pass."""
@@ -289,7 +290,7 @@ class Engine:
         if out.idle:
             self._idle.set()
 
-    def _apply(self, deliveries: list[Outcome | ChunkOut]) -> None:
+    def _apply(self, deliveries: list[Delivery]) -> None:
         """Tickets -> futures and chunk queues (event loop)."""
         waiting, streams = self._waiting, self._chunks
         for d in deliveries:

@@ -19,7 +19,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from .core import Call, EngineCore, StepOutput
+from .core import EngineCore
+from .core_io import Call, StepOutput
 
 log = logging.getLogger(__name__)
 

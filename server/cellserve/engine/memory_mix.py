@@ -1,5 +1,6 @@
 """The session memory on the served path (docs/session-memory.md): which model mixes, with
-what settings, and the memory arrays of a step's mixed points.
+what settings, the memory each planned row starts from, and the memory arrays of a step's
+mixed points.
 
 The runner mixes in ``_pick``, the one place full per-row log-probs exist: the memory arrays
 of every point of the step are built here on the host (small: [experts, V] per point), moved
@@ -11,7 +12,7 @@ first t tokens, exactly as an offline memory that read the same text (``memory/r
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -22,6 +23,9 @@ from ..memory.settings import MemorySettings
 from ..memory.window import MemoryFork, MemoryPrediction
 from ..nn.checkpoint import LoadedModel
 from .plan import Row
+
+if TYPE_CHECKING:
+    from .scheduler import Batch
 
 
 def load_mixer(lm: LoadedModel, settings: Settings, device: torch.device) -> Mixer | None:
@@ -35,6 +39,27 @@ def load_mixer(lm: LoadedModel, settings: Settings, device: torch.device) -> Mix
 def memory_settings(settings: Settings) -> MemorySettings:
     """The served memory: the serving window, and a rewind margin as deep as Rewind reaches."""
     return MemorySettings(window=settings.memory_window, max_rewind=settings.rewind_window)
+
+
+def attach_memory(b: Batch) -> None:
+    """Gives every row that serves a distribution its session's memory as of the row's
+    start (a fork: the runner never changes a memory; pushes happen at commit). A run that
+    starts with a write starts from the memory the write installs; a run finishing (or a
+    chunk continuing) a piece sees the piece's characters applied so far."""
+    rows = b.plan.rows
+    for run in b.appends:
+        head = run.ops[0]
+        base = run.leading_write.memory if run.leading_write is not None else run.session.memory
+        if base is None or not all(op.options.memory for op in run.ops):
+            continue  # per request: an op that turns the memory off serves the model alone
+        fork = base.fork()
+        fork.push(head.tokens[: run.first_done])
+        rows[run.row].memory = fork
+    for sw in b.steps:
+        alt, c = sw.alt, sw.completion
+        if alt.memory is None and alt.last_token is None and c.request.memory and c.session.memory is not None:
+            alt.memory = c.session.memory.fork()  # the first character: the session's memory
+        rows[sw.row].memory = alt.memory
 
 
 def point_arrays(

@@ -35,18 +35,10 @@ from .plan import ZERO, CheckpointRef, HostState, Plan, Row, RowResult, RunResul
 from .sampling import choose
 from .state_pool import StatePool
 
-# Kernel choice on CPU, measured on the 2-core dev machine (2-layer, 512-unit LSTM, E=64,
-# torch 2.13 CPU; best of 15 runs while two training jobs shared the cores, so absolute numbers
-# are noisy but the ranking was stable across runs):
-#   single step [B, 1]:   B=1   oneDNN 13.0 ms / native 0.98 ms;  B=16  19.2 / 1.96 ms;
-#                         B=64  24.2 / 13.7 ms;                   B=256 22.9 / 33.7 ms
-#   sequence, no padding: B=1 T=64  oneDNN 15.6 / native 30.8 ms; B=8 T=300 358 / 699 ms;
-#                         B=4 T=64  26.6 / 117 ms; B=1 T=300 between 50/108 and 222/219 ms
-#                         (B=1 long sequences: no stable winner under the contention)
-#   packed sequences:     oneDNN verbose shows no oneDNN primitive at all: PackedSequence input
-#                         always takes the native kernel, whatever the switch says.
-# oneDNN's fixed per-call cost (weight reorders on every call) dominates small single steps;
-# its fused sequence kernel wins once there are time steps and rows to amortise it.
+# Kernel choice on CPU: oneDNN's fixed per-call cost (weight reorders on every call) dominates
+# small single steps; its fused sequence kernel wins once there are time steps and rows to
+# amortise it; PackedSequence input always takes the native kernel. The figures behind the
+# rule: docs/measurements.md, "Kernel choice on CPU".
 # Rule: native kernels for single steps below ONEDNN_MIN_STEP_BATCH rows, oneDNN for larger
 # steps and for unpadded sequence calls (all prefill rows of one length, including the common
 # single paste); mixed lengths go packed (native on CPU, cuDNN on GPU) to keep final states exact.

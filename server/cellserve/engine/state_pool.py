@@ -20,9 +20,8 @@ Growth happens in the worker at the start of an iteration, so it never races a r
 worker to grow first.
 
 Growth is geometric (by half the capacity, at least a chunk): growing copies the whole pool,
-so growing by a fixed chunk made opening n sessions cost O(n^2) bytes copied (100k sessions of
-a 2x512 LSTM: ~390 copies of up to 800 MB, tens of seconds of stalled iterations, measured
-with ``cellserve bench``). The new tail is left uninitialised (``torch.empty``): every slot is
+so growing by a fixed chunk made opening n sessions cost O(n^2) bytes copied (the figures:
+docs/measurements.md, "State pool growth"). The new tail is left uninitialised (``torch.empty``): every slot is
 written before it is read (a new owner's first iteration writes its start state), and pages
 never written stay out of the process's resident memory, so spare capacity costs address
 space, not RSS.

@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import zmq
 
-from ..engine.core import Call, ChunkOut, EngineCore, StepOutput
+from ..engine.core import EngineCore
+from ..engine.core_io import Call, ChunkOut, StepOutput
 from ..engine.loop import CoreLoop
 from ..engine.types import ModelInfo
 from ..errors import CapacityExceeded, InvalidInput, Unavailable
@@ -202,7 +203,7 @@ class CoreServer:
         self._loop.stop()
         self._loop.drain_inbox()
         self.core.fail_all(error)
-        self._out.put(StepOutput(self.core.take_outbox(), None, True))
+        self._out.put(StepOutput(self.core.take_deliveries(), None, True))
         self._out.put(None)
         self._threads[1].join()
         self._stopping = True

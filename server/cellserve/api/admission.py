@@ -1,52 +1,43 @@
 """Admission of a new stream, the same for every service on the server (cellserve.v1's Session
 and KServe's ModelStreamInfer): none while draining; otherwise a stream lease from the engine
 core, which counts the tenant's stream quota and ``max_concurrent_streams`` over every frontend
-(``engine/admission.py``), held for the stream's life."""
+(``engine/admission.py``), held for the stream's life. The call wrapper (``api.calls``) takes
+the lease before the stream's handler runs and gives it back when the call ends."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-from typing import Any, TypeVar
 
 from ..engine.client import EngineClient
 from ..errors import Unavailable
 
-T = TypeVar("T")
+DRAINING = "the server is shutting down; connect to another replica"
 
 
-@contextlib.asynccontextmanager
-async def stream_slot(engine: EngineClient, owner: str, draining: bool) -> AsyncIterator[None]:
-    """Holds a stream lease while the block runs (CapacityExceeded: none was free)."""
-    if draining:
-        raise Unavailable("the server is shutting down; connect to another replica")
-    asked = asyncio.ensure_future(engine.open_stream(owner))
-    try:
-        lease = await asyncio.shield(asked)
-    except asyncio.CancelledError:  # the caller went away while the core answered: give it back
-        asked.add_done_callback(lambda f: _give_back(engine, owner, f))
-        raise
-    try:
-        yield
-    finally:
-        engine.close_stream(owner, lease)
+class StreamAdmission:
+    def __init__(self, engine: EngineClient) -> None:
+        self._engine = engine
+        self.draining = False
 
+    def begin_drain(self) -> None:
+        """No stream is admitted from now on (UNAVAILABLE)."""
+        self.draining = True
 
-async def admitted(
-    engine: EngineClient, owner: str, draining: bool, live: set[Any], stream: object, responses: AsyncIterator[T]
-) -> AsyncIterator[T]:
-    """``responses`` of ``stream``, which is in ``live`` (the server's open streams, stopped on
-    drain) while it holds its lease."""
-    async with stream_slot(engine, owner, draining):
-        live.add(stream)
+    async def lease(self, owner: str) -> int:
+        """A stream lease for ``owner`` (``CapacityExceeded``: none was free; ``Unavailable``:
+        draining). Give it back with ``release``."""
+        if self.draining:
+            raise Unavailable(DRAINING)
+        asked = asyncio.ensure_future(self._engine.open_stream(owner))
         try:
-            async for response in responses:
-                yield response
-        finally:
-            live.discard(stream)
+            return await asyncio.shield(asked)
+        except asyncio.CancelledError:  # the caller went away while the core answered: give it back
+            asked.add_done_callback(lambda f: self._give_back(owner, f))
+            raise
 
+    def release(self, owner: str, lease: int) -> None:
+        self._engine.close_stream(owner, lease)
 
-def _give_back(engine: EngineClient, owner: str, asked: asyncio.Future[int]) -> None:
-    if not asked.cancelled() and asked.exception() is None:
-        engine.close_stream(owner, asked.result())
+    def _give_back(self, owner: str, asked: asyncio.Future[int]) -> None:
+        if not asked.cancelled() and asked.exception() is None:
+            self._engine.close_stream(owner, asked.result())

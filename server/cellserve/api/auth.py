@@ -1,7 +1,7 @@
 """Authentication: who is calling, decided once per call before any handler runs.
 
-One server interceptor (``AuthInterceptor``) wraps every method except the health service
-(probes carry no credentials). A call proves its tenant by
+The call wrapper (``api.calls``) asks the ``Authenticator`` once per call, for every method
+except the health service (probes carry no credentials). A call proves its tenant by
 
 1. ``authorization: Bearer <token>``, a token of the tokens file (``tokens``), or else
 2. with mTLS (``tls_client_ca``), its client certificate: the tenant is the certificate
@@ -17,9 +17,10 @@ The tenant's quotas (from the tokens file) are sent to the engine core with each
 (``EngineClient.set_limits``), which counts them for every API and every frontend in one place
 (``engine/admission.py``).
 
-A stream is authenticated once when it opens and its token is checked again at every message:
-once the token is revoked (the tokens file changed), the next message ends the stream with
-UNAUTHENTICATED. The stream's session is kept; a valid token of the same tenant may attach.
+A stream is authenticated once when it opens and its token is checked again at every message
+(``StreamToken``: a clock read, and a lookup only when the tokens changed): once the token is
+revoked (the tokens file changed), the next message ends the stream with UNAUTHENTICATED. The
+stream's session is kept; a valid token of the same tenant may attach.
 
 The tokens file is re-read when it changes (checked at most once per ``RELOAD_CHECK_S`` on the
 call path) and on SIGHUP (``TokenStore.reload``); a file that no longer parses is reported in
@@ -32,27 +33,22 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 from grpc import aio
 
 from ..config import Settings
 from ..engine.admission import Limits
-from ..engine.client import EngineClient
 from ..errors import CellserveError, Unauthenticated
 from ..tokens import Tenant, TokensFile, TokensFileError, TokenTable, file_stamp, parse
-from .recorder import NULL_RECORDER, Recorder
 
 log = logging.getLogger("cellserve.auth")
 
 RELOAD_CHECK_S = 1.0
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
-SERVICE_PREFIX = "/cellserve.v1.CellserveService/"
-STREAMS_OF_REQUESTS = frozenset({"Session", "ModelStreamInfer"})  # long-lived: revocation is checked per message
 MISSING = "missing credentials: send the metadata 'authorization: Bearer <token>'"
 UNKNOWN = "unknown or revoked token"
 REVOKED = "the token of this stream was revoked; open a new stream with a valid token (the session is kept)"
@@ -118,6 +114,10 @@ class TokenStore:
         log.info("tokens file reloaded: %d tenants, %d tokens", len(self.table.tenants), len(self.table))
         return True
 
+    def due(self) -> bool:
+        """``refresh`` would look at the file now (once per ``RELOAD_CHECK_S``)."""
+        return self._clock() - self._checked >= RELOAD_CHECK_S
+
     async def refresh(self, force: bool = False) -> None:
         """Re-reads the file if it changed (checked at most once per ``RELOAD_CHECK_S``)."""
         now = self._clock()
@@ -149,106 +149,75 @@ def _tenant_from_cert(context: aio.ServicerContext[Any, Any]) -> str | None:
     return None
 
 
-class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(
-        self,
-        settings: Settings,
-        store: TokenStore | None,
-        engine: EngineClient,
-        recorder: Recorder = NULL_RECORDER,
-    ) -> None:
-        self._store = store
+class Authenticator:
+    """Decides who is calling; the call wrapper (``api.calls``) asks it once per call."""
+
+    def __init__(self, settings: Settings, store: TokenStore | None) -> None:
+        self.store = store
         self._mtls = settings.tls_client_ca is not None
         self._defaults = Limits.defaults(settings)
-        self._engine = engine
-        self._recorder = recorder
 
-    def authenticate(self, context: aio.ServicerContext[Any, Any]) -> Principal | str:
-        """The caller, or the message of an UNAUTHENTICATED refusal."""
-        header = next((v for k, v in (context.invocation_metadata() or ()) if k == "authorization"), None)
-        if header is not None and self._store is not None:
+    def authenticate(self, header: str | bytes | None, context: aio.ServicerContext[Any, Any]) -> Principal | str:
+        """The caller, or the message of an UNAUTHENTICATED refusal. ``header``: the call's
+        first ``authorization`` metadata value."""
+        if header is not None and self.store is not None:
             value = header.decode("utf-8", "replace") if isinstance(header, bytes) else str(header)
             scheme, _, token = value.strip().partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 return BAD_SCHEME
-            tenant = self._store.table.lookup(token.strip())
+            tenant = self.store.table.lookup(token.strip())
             if tenant is None:
                 return UNKNOWN
             return Principal(tenant.name, tenant.limits, token.strip())
         if self._mtls and (name := _tenant_from_cert(context)) is not None:
-            known = self._store.table.tenants.get(name) if self._store is not None else None
+            known = self.store.table.tenants.get(name) if self.store is not None else None
             t = known or Tenant(name, self._defaults)
             return Principal(t.name, t.limits)
         return MISSING
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        method: str = details.method
-        if handler is None or method.startswith(HEALTH_PREFIX):
-            return handler
-        name = method.rsplit("/", 1)[-1]
-        ours = method.startswith(SERVICE_PREFIX)
-        kw = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(self._unary(handler.unary_unary, name, ours), **kw)
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(self._streaming(handler.unary_stream, name, ours), **kw)
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(self._streaming(handler.stream_stream, name, ours), **kw)
-        return handler
-
-    async def _admit(self, context: aio.ServicerContext[Any, Any], name: str, ours: bool) -> Principal:
-        await self.refresh()
-        who = self.authenticate(context)
-        if isinstance(who, str):
-            if ours:
-                self._recorder.request(name, "UNAUTHENTICATED")
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, who)
-            raise AssertionError("unreachable: abort raises")
-        _principal.set(who)  # each call runs in a task of its own: nothing leaks to other calls
-        # Before the call's own operations (submitted in order): the core counts with these.
-        self._engine.set_limits(who.tenant, who.limits)
-        return who
+    def due(self) -> bool:
+        """The tokens file is due for a look (``refresh``); a clock read, no await."""
+        return self.store is not None and self.store.due()
 
     async def refresh(self) -> None:
-        if self._store is not None:
-            await self._store.refresh()
+        if self.store is not None:
+            await self.store.refresh()
 
     def still_valid(self, p: Principal) -> bool:
-        """The token ``p`` proved itself with is still in the tokens file (re-read if it changed)."""
-        if p.token is None or self._store is None:
+        """The token ``p`` proved itself with is still in the tokens file (as last read)."""
+        if p.token is None or self.store is None:
             return True
-        t = self._store.table.lookup(p.token)
+        t = self.store.table.lookup(p.token)
         return t is not None and t.name == p.tenant
 
-    def _unary(self, behavior: Callable[..., Awaitable[Any]], name: str, ours: bool) -> Callable[..., Awaitable[Any]]:
-        async def wrapped(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
-            await self._admit(context, name, ours)
-            return await behavior(request, context)
 
-        return wrapped
+def admit(p: Principal) -> None:
+    """Makes ``p`` the running call's caller: a context variable, and each call runs in a task
+    of its own, so nothing leaks to other calls (the tasks it starts inherit it)."""
+    _principal.set(p)
 
-    def _streaming(
-        self, behavior: Callable[..., AsyncIterator[Any]], name: str, ours: bool
-    ) -> Callable[..., AsyncIterator[Any]]:
-        async def wrapped(request: Any, context: aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-            p = await self._admit(context, name, ours)
-            if name in STREAMS_OF_REQUESTS:
-                request = self._revocable(request, p)
-            async for response in behavior(request, context):
-                yield response
 
-        return wrapped
+class StreamToken:
+    """A stream's credential, checked before each of its requests (``stream_guard.TokenCheck``):
+    the tokens file is looked at when due, and the token looked up only when the table
+    changed since the last lookup, so a request costs a clock read."""
 
-    async def _revocable(self, requests: AsyncIterator[Any], p: Principal) -> AsyncIterator[Any]:
-        """The stream's requests, while its token is valid: the first one after a revocation
-        ends the stream with UNAUTHENTICATED (the session lives on)."""
-        async for req in requests:
-            await self.refresh()
-            if not self.still_valid(p):
+    __slots__ = ("_auth", "_principal", "_table")
+
+    def __init__(self, auth: Authenticator, principal: Principal) -> None:
+        self._auth = auth
+        self._principal = principal
+        self._table = auth.store.table if auth.store is not None else None
+
+    def due(self) -> bool:
+        store = self._auth.store
+        return store is not None and (store.table is not self._table or store.due())
+
+    async def check(self) -> None:
+        """Raises ``Unauthenticated`` once the stream's token was revoked (the session lives on)."""
+        await self._auth.refresh()
+        store = self._auth.store
+        if store is not None and store.table is not self._table:
+            self._table = store.table
+            if not self._auth.still_valid(self._principal):
                 raise Unauthenticated(REVOKED)
-            yield req

@@ -15,7 +15,9 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from ..config import Settings
 from ..engine.admission import Limits
 from ..engine.client import EngineClient
-from .auth import AuthInterceptor, TokensSource, TokenStore
+from .admission import StreamAdmission
+from .auth import Authenticator, TokensSource, TokenStore
+from .calls import CallInterceptor
 from .health import Health
 from .kserve import KSERVE_SERVICE_NAME, KServeServicer
 from .kserve.pb import kpb, krpc
@@ -24,7 +26,6 @@ from .pb import SERVICE_NAME, rpc, svc
 from .recorder import NULL_RECORDER, Recorder
 from .reflection_pool import reflection_pool
 from .servicer import CellserveServicer, Gates
-from .status import ErrorMappingInterceptor
 from .transport import server_credentials, server_options
 
 if TYPE_CHECKING:
@@ -93,15 +94,18 @@ class ApiServer:
             # a frontend forwards its counts to the core, which logs them for every frontend at once
             logs=not getattr(recorder, "logs_malformed_elsewhere", False),
         )
-        interceptors: list[aio.ServerInterceptor] = [
-            ErrorMappingInterceptor(
-                recorder, malformed, settings.stream_idle_timeout_s, services=(SERVICE_NAME, KSERVE_SERVICE_NAME)
-            )
-        ]
-        if settings.auth_enabled:  # first: a call is authenticated before anything else runs
-            interceptors.insert(0, AuthInterceptor(settings, self.tokens, engine, recorder))
+        self.admission = StreamAdmission(engine)
+        calls = CallInterceptor(
+            engine,
+            self.admission,
+            Authenticator(settings, self.tokens) if settings.auth_enabled else None,
+            recorder,
+            malformed,
+            settings.stream_idle_timeout_s,
+            services=(SERVICE_NAME, KSERVE_SERVICE_NAME),
+        )
         self._server = aio.server(
-            interceptors=interceptors,
+            interceptors=[calls],  # the one wrapper of every call: auth, admission, request id, status
             options=server_options(settings, reuse_port=reuse_port),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
@@ -137,6 +141,7 @@ class ApiServer:
         of the grace are cancelled)."""
         deadline = time.monotonic() + self._settings.drain_grace_s
         await self.health.not_serving()
+        self.admission.begin_drain()
         self.servicer.begin_drain()
         self.kserve.begin_drain()
         try:

@@ -3,7 +3,8 @@
 Each method validates its request (``validate``), calls one engine operation and converts the
 result (``convert``). Errors are raised, never turned into statuses here: the interceptor in
 ``status`` does that for every method. The bidirectional ``Session`` stream lives in
-``stream``; this class only admits it (the concurrent-stream cap) and tracks it for draining.
+``stream``; this class starts it and tracks it for draining (the call wrapper in ``calls``
+admits it: the concurrent-stream cap).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from ..engine.client import EngineClient
 from ..errors import CellserveError, InvalidInput, Unavailable
 from ..logs import user_text
 from . import convert, validate
-from .admission import admitted
 from .owner import owner_of
 from .pb import rpc, svc, types
 from .recorder import NULL_RECORDER, Recorder, ResponseTimer
@@ -84,7 +84,6 @@ class CellserveServicer(rpc.CellserveServiceServicer):  # type: ignore[misc]
         self._settings = settings
         self._recorder = recorder
         self._streams: set[SessionStream] = set()
-        self._draining = False
         self._model_msgs: dict[str, types.ModelInfo] = {}
         # The gates read the weights only, never the engine's sessions: the process that loaded
         # the models answers them (a frontend forwards to the core); without one, UNAVAILABLE.
@@ -100,30 +99,25 @@ class CellserveServicer(rpc.CellserveServiceServicer):  # type: ignore[misc]
 
     def begin_drain(self) -> None:
         """Streams stop reading, answer what they have read, then end with UNAVAILABLE."""
-        self._draining = True
         for stream in list(self._streams):
             stream.stop_reading()
 
     # --- the session stream ----------------------------------------------------------------
 
-    async def Session(
+    def Session(
         self, requests: AsyncIterator[svc.SessionRequest], context: Context
     ) -> AsyncIterator[svc.SessionResponse]:
-        owner = owner_of(context)
+        # Not a generator of its own: the call wrapper (api.calls), which admitted the stream
+        # (its lease), iterates the stream's writer directly.
         stream = SessionStream(
             self._engine,
             self._settings,
-            owner,
+            owner_of(context),
             self.model_msg,
             self._recorder,
             cut_off=_aborter(context, asyncio.current_task()),
         )
-        async for response in admitted(
-            self._engine, owner, self._draining, self._streams, stream, stream.run(requests)
-        ):
-            yield response
-        if stream.stopped_by_drain:
-            raise Unavailable("the server is shutting down; attach or resume the session elsewhere")
+        return stream.run(requests, live=self._streams)
 
     # --- unary calls -----------------------------------------------------------------------
 

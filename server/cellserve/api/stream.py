@@ -30,7 +30,7 @@ from typing import Any
 
 from ..config import Settings
 from ..engine.client import CompletionStream, EngineClient
-from ..errors import CellserveError, InvalidInput, PreconditionFailed
+from ..errors import CellserveError, InvalidInput, PreconditionFailed, Unavailable
 from ..logs import user_text
 from . import convert, validate
 from .in_order import InOrder
@@ -132,9 +132,16 @@ class SessionStream:
 
     # --- the writer ------------------------------------------------------------------------
 
-    async def run(self, requests: AsyncIterator[svc.SessionRequest]) -> AsyncIterator[svc.SessionResponse]:
+    async def run(
+        self, requests: AsyncIterator[svc.SessionRequest], live: set[SessionStream] | None = None
+    ) -> AsyncIterator[svc.SessionResponse]:
+        """The stream's responses; it is in ``live`` (the server's open streams, stopped on
+        drain) while it runs. Stopped by drain, it ends with UNAVAILABLE once it has answered
+        what it read."""
         self._reader = asyncio.create_task(self._read(requests))
         unanswered = self._unanswered
+        if live is not None:
+            live.add(self)
         try:
             while (reply := await unanswered.head()) is not None:
                 if reply.chunks is not None:
@@ -154,9 +161,13 @@ class SessionStream:
                 unanswered.pop()
             await self._reader  # re-raises a reader failure (not a clean end of input)
         finally:
+            if live is not None:
+                live.discard(self)
             if self._unread_timer is not None:
                 self._unread_timer.cancel()
             await self._abandon()
+        if self.stopped_by_drain:
+            raise Unavailable("the server is shutting down; attach or resume the session elsewhere")
 
     def _written(self) -> None:
         self._writing = False

@@ -1,9 +1,12 @@
 """Connection hygiene of one Session stream.
 
-``idle_guarded`` (wired, by the error-mapping interceptor around every bidirectional stream):
-when no request arrives for ``stream_idle_timeout_s``, the request iterator raises
-``StreamIdle`` and the stream ends with UNAVAILABLE "idle ... attach again"; its slot and the
-tenant's stream quota come back, and the session lives on.
+``guarded`` (wired, by the call wrapper ``api.calls`` around the requests of every
+bidirectional stream; ``idle_guarded`` is it without a token): when no request arrives for
+``stream_idle_timeout_s``, the request iterator raises ``StreamIdle`` and the stream ends with
+UNAVAILABLE "idle ... attach again"; its slot and the tenant's stream quota come back, and the
+session lives on. With a ``TokenCheck`` (authentication on), each request is let through only
+while the stream's token is still valid. It is the one generator between gRPC's request
+iterator and the stream's reader: per request a clock read, and with a token one more check.
 
 ``UnreadBound`` (wired, by ``stream.SessionStream``): answers ready for the client but not yet
 taken by gRPC are counted (a client that stops reading makes HTTP/2 flow control hold the
@@ -11,7 +14,7 @@ writer). Past ``stream_max_unread``, with no answer taken for ``stream.UNREAD_GR
 stream ends with RESOURCE_EXHAUSTED "client is not reading" (the servicer aborts the call from
 outside the stuck writer, then cancels it). The session is kept: the client can attach again.
 
-``IdleDeadline`` (not wired: ``idle_guarded`` does the job at the request iterator): a finer
+``IdleDeadline`` (not wired: ``guarded`` does the job at the request iterator): a finer
 idle rule, a stream with no request read and nothing owed for ``stream_idle_timeout_s`` ends
 with ``StreamIdle``.
 """
@@ -21,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from ..errors import CapacityExceeded, Unavailable
 
@@ -127,25 +130,52 @@ class _IdleWatch:
         self._handle.cancel()
 
 
-async def idle_guarded(requests: AsyncIterator[T], timeout_s: float) -> AsyncIterator[T]:
+class TokenCheck(Protocol):
+    """Whether a stream's credential still holds, asked at each of its requests."""
+
+    def due(self) -> bool:
+        """True when ``check`` must run (the tokens may have changed): cheap, every request."""
+
+    async def check(self) -> None:
+        """Raises (``Unauthenticated``) when the stream's token is no longer valid."""
+
+
+def idle_guarded(requests: AsyncIterator[T], timeout_s: float) -> AsyncIterator[T]:
     """``requests``, raising ``StreamIdle`` when the next one takes longer than ``timeout_s``."""
+    return guarded(requests, timeout_s)
+
+
+async def guarded(
+    requests: AsyncIterator[T], timeout_s: float | None, token: TokenCheck | None = None
+) -> AsyncIterator[T]:
+    """``requests``, raising ``StreamIdle`` when the next one takes longer than ``timeout_s``
+    (None: no limit), and what ``token.check`` raises before a request once it is due."""
     it = aiter(requests)
-    watch = _IdleWatch(timeout_s)
+    watch = _IdleWatch(timeout_s) if timeout_s is not None else None
     try:
         while True:
-            task = watch.waiting = asyncio.current_task()
-            try:
-                request = await anext(it)
-            except StopAsyncIteration:
-                return
-            except asyncio.CancelledError:
-                if not watch.expired or task is None:
-                    raise
-                task.uncancel()
-                raise StreamIdle(timeout_s) from None
-            finally:
-                watch.waiting = None
-            watch.last = watch.loop.time()
+            if watch is None:
+                try:
+                    request = await anext(it)
+                except StopAsyncIteration:
+                    return
+            else:
+                task = watch.waiting = asyncio.current_task()
+                try:
+                    request = await anext(it)
+                except StopAsyncIteration:
+                    return
+                except asyncio.CancelledError:
+                    if not watch.expired or task is None:
+                        raise
+                    task.uncancel()
+                    raise StreamIdle(watch.timeout_s) from None
+                finally:
+                    watch.waiting = None
+                watch.last = watch.loop.time()
+            if token is not None and token.due():
+                await token.check()
             yield request
     finally:
-        watch.close()
+        if watch is not None:
+            watch.close()

@@ -18,7 +18,6 @@ from ...config import Settings
 from ...engine.client import EngineClient
 from ...engine.types import ModelInfo
 from ...errors import NotFound, Unavailable
-from ..admission import admitted
 from ..owner import owner_of
 from .infer import VERSION, Inference
 from .pb import kpb, krpc, mc
@@ -135,12 +134,9 @@ class KServeServicer(krpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         # Shielded: a cancelled call must not cancel the request's task (an END still closes).
         return await asyncio.shield(await self.inference.submit(request, caller(context)))
 
-    async def ModelStreamInfer(
+    def ModelStreamInfer(
         self, requests: AsyncIterator[kpb.ModelInferRequest], context: Context
     ) -> AsyncIterator[kpb.ModelStreamInferResponse]:
-        who = caller(context)
-        stream = InferStream(self.inference, who)
-        async for response in admitted(self._engine, who, self._draining, self._streams, stream, stream.run(requests)):
-            yield response
-        if stream.stopped_by_drain:
-            raise Unavailable("the server is shutting down; the sequences live on until they expire")
+        # Not a generator of its own: the call wrapper (api.calls), which admitted the stream
+        # (its lease), iterates the stream's writer directly.
+        return InferStream(self.inference, caller(context)).run(requests, live=self._streams)

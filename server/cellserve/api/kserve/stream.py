@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+from ...errors import Unavailable
 from ..in_order import InOrder
 from ..recorder import code_name
 from ..status import status_of
@@ -55,8 +56,15 @@ class InferStream:
         if self._reader is not None and self._awaiting_input:
             self._reader.cancel()
 
-    async def run(self, requests: AsyncIterator[kpb.ModelInferRequest]) -> AsyncIterator[kpb.ModelStreamInferResponse]:
+    async def run(
+        self, requests: AsyncIterator[kpb.ModelInferRequest], live: set[InferStream] | None = None
+    ) -> AsyncIterator[kpb.ModelStreamInferResponse]:
+        """The stream's responses; it is in ``live`` (the server's open streams, stopped on
+        drain) while it runs. Stopped by drain, it ends with UNAVAILABLE once it has answered
+        what it read."""
         self._reader = asyncio.create_task(self._read(requests))
+        if live is not None:
+            live.add(self)
         try:
             while (item := await self._unanswered.head()) is not None:
                 request, pending = item
@@ -72,9 +80,13 @@ class InferStream:
                 self._unanswered.pop()
             await self._reader  # re-raises a reader failure (not a clean end of input)
         finally:
+            if live is not None:
+                live.discard(self)
             if not self._reader.done():
                 self._reader.cancel()
                 await asyncio.gather(self._reader, return_exceptions=True)
+        if self.stopped_by_drain:
+            raise Unavailable("the server is shutting down; the sequences live on until they expire")
 
     async def _read(self, requests: AsyncIterator[kpb.ModelInferRequest]) -> None:
         it = aiter(requests)

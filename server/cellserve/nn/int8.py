@@ -15,13 +15,17 @@ These layers fix the activation scale instead:
   is a table [V, gates * H] computed once (in float64, rounded to fp32), looked up per token.
   ``rnn_forward`` receives embeddings (the engine's calling convention), so the token ids are
   recovered from them by exact match (``EmbeddingIds``, verified with ``torch.equal``).
-- Time is stepped one step at a time in one loop for every phase (single steps, whole and
-  chunked sequences, PackedSequences of mixed lengths), with the same fp32 elementwise gate
-  math in the same op order, so a character costs exactly the same arithmetic whatever the batch
-  and the cut. Rows of gates * H and H elements (H a multiple of 32 in the shipped models) keep
-  every row on torch's vectorized path; with one torch thread that makes the elementwise math
-  row-independent too (tests/nn/test_int8.py checks it bitwise).
-- The output head stays fp32 ``nn.Linear`` unless ``quantize_head``: it is small (H x V).
+- Each layer runs its input GEMM over every time step of the call at once (row-independent, so
+  the same arithmetic as one step at a time; it keeps one layer's recurrent weights in cache
+  through the time loop), then steps time one step at a time in one loop for every phase
+  (single steps, whole and chunked sequences, PackedSequences of mixed lengths), with the same
+  fp32 elementwise gate math in the same op order, so a character costs exactly the same
+  arithmetic whatever the batch and the cut. Rows of gates * H and H elements (H a multiple
+  of 32 in the shipped and test models) keep every row on torch's vectorized elementwise path
+  (tests/nn/test_int8.py checks it bitwise, with 1 and 3 torch threads).
+- The output head runs the same fixed-range int8 GEMM (its input is the top layer's h): an
+  fp32 ``nn.Linear`` is not batch-invariant (its GEMM kernel changes with the batch size).
+  ``quantize_head=False`` keeps it fp32.
 
 Weights are quantized per output channel (symmetric qint8) and packed with
 ``torch.ops.quantized.linear_prepack``; activations are quantized to 7 bits (``reduce_range``,
@@ -116,7 +120,6 @@ class FixedRangeRNN(nn.Module):
         self.cell = model.cell
         self.hidden = model.hidden
         self.layers = model.layers
-        h = model.hidden
         p = {name: t.detach().float() for name, t in rnn.named_parameters()}
         emb = model.embed.weight.detach()
         # layer 1's input projection, exact up to one fp32 rounding
@@ -125,22 +128,10 @@ class FixedRangeRNN(nn.Module):
         self.w_ih0 = p["weight_ih_l0"]  # fallback for inputs that are not embedding rows
         self.b_ih0 = p["bias_ih_l0"]
         self.ids = EmbeddingIds(emb)
-        self.lin: list[FixedRangeLinear] = []
-        for layer in range(self.layers):
-            w_ih, w_hh = p[f"weight_ih_l{layer}"], p[f"weight_hh_l{layer}"]
-            b_ih, b_hh = p[f"bias_ih_l{layer}"], p[f"bias_hh_l{layer}"]
-            if layer == 0:  # h-part only: the x-part is the table
-                self.lin.append(FixedRangeLinear(w_hh, b_hh))
-            elif self.cell == "lstm":  # one GEMM on [h_below, h_prev]
-                self.lin.append(FixedRangeLinear(torch.cat([w_ih, w_hh], dim=1), b_ih + b_hh))
-            else:
-                # GRU: r and z take the sum of both parts, n needs them apart (r * (W_hn h + b_hn)):
-                # outputs [r+z sums (2H) | W_in x + b_in (H) | W_hn h + b_hn (H)] from one GEMM
-                w = torch.zeros(4 * h, 2 * h)
-                w[: 2 * h, :h], w[: 2 * h, h:] = w_ih[: 2 * h], w_hh[: 2 * h]
-                w[2 * h : 3 * h, :h], w[3 * h :, h:] = w_ih[2 * h :], w_hh[2 * h :]
-                b = torch.cat([b_ih[: 2 * h] + b_hh[: 2 * h], b_ih[2 * h :], b_hh[2 * h :]])
-                self.lin.append(FixedRangeLinear(w, b))
+        # per layer: the recurrent GEMM, and (above layer 1) the input GEMM, kept apart so the
+        # input projection of every time step of a call runs as one GEMM before the time loop
+        self.lin_hh = [FixedRangeLinear(p[f"weight_hh_l{k}"], p[f"bias_hh_l{k}"]) for k in range(self.layers)]
+        self.lin_ih = [FixedRangeLinear(p[f"weight_ih_l{k}"], p[f"bias_ih_l{k}"]) for k in range(1, self.layers)]
 
     def forward(
         self, x: torch.Tensor | PackedSequence, state: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None
@@ -161,26 +152,33 @@ class FixedRangeRNN(nn.Module):
             st = state if isinstance(state, tuple) else (state,)
         if packed and x.sorted_indices is not None:  # type: ignore[union-attr]
             st = tuple(s.index_select(1, x.sorted_indices) for s in st)  # type: ignore[union-attr]
-        # working state per layer, rows in (sorted) batch order; a finished row keeps its last
-        hs = list(st[0].unbind(0))
-        cs = list(st[1].unbind(0)) if self.cell == "lstm" else []
-        outs: list[torch.Tensor] = []
-        off = 0
-        for b in sizes:
-            below = proj[off : off + b]
-            for layer in range(self.layers):
+        # layer by layer: the whole input projection first (row-independent, so one GEMM over
+        # every time step is the same arithmetic as one step at a time), then the time loop
+        hs: list[torch.Tensor] = []
+        cs: list[torch.Tensor] = []
+        below = proj
+        for layer in range(self.layers):
+            xg = below if layer == 0 else self.lin_ih[layer - 1](below)  # [N, G * H]
+            lin = self.lin_hh[layer]
+            h = st[0][layer]
+            c = st[1][layer] if self.cell == "lstm" else h  # GRU: c unused
+            outs: list[torch.Tensor] = []
+            off = 0
+            for b in sizes:  # rows finished earlier keep their last state (the tail rows)
                 if self.cell == "lstm":
-                    new_h, new_c = self._lstm(layer, below, hs[layer][:b], cs[layer][:b])
-                    cs[layer] = new_c if b == batch else torch.cat([new_c, cs[layer][b:]])
+                    new_h, new_c = self._lstm(lin, xg[off : off + b], h[:b], c[:b])
+                    c = new_c if b == batch else torch.cat([new_c, c[b:]])
                 else:
-                    new_h = self._gru(layer, below, hs[layer][:b])
-                hs[layer] = new_h if b == batch else torch.cat([new_h, hs[layer][b:]])
-                below = new_h
-            outs.append(below)
-            off += b
-        out = torch.cat(outs)
+                    new_h = self._gru(lin, xg[off : off + b], h[:b])
+                h = new_h if b == batch else torch.cat([new_h, h[b:]])
+                outs.append(new_h)
+                off += b
+            below = torch.cat(outs)
+            hs.append(h)
+            cs.append(c)
+        out = below
         h_n = torch.stack(hs)
-        c_n = torch.stack(cs) if cs else None
+        c_n = torch.stack(cs) if self.cell == "lstm" else None
         if packed and x.unsorted_indices is not None:  # type: ignore[union-attr]
             h_n = h_n.index_select(1, x.unsorted_indices)  # type: ignore[union-attr]
             c_n = None if c_n is None else c_n.index_select(1, x.unsorted_indices)  # type: ignore[union-attr]
@@ -198,26 +196,22 @@ class FixedRangeRNN(nn.Module):
         return self.table[ids]
 
     def _lstm(
-        self, layer: int, below: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+        self, lin: FixedRangeLinear, xg: torch.Tensor, h: torch.Tensor, c: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One LSTM step of b rows: input projection xg [b, 4H] (i f g o), state h, c [b, H]."""
         n = self.hidden
-        gates = below + self.lin[0](h) if layer == 0 else self.lin[layer](below, h)  # [b, 4H] i f g o
+        gates = xg + lin(h)
         sig = torch.sigmoid(gates)  # the g quarter is wasted: one call instead of three
         g = torch.tanh(gates[:, 2 * n : 3 * n])
         c_new = torch.addcmul(sig[:, n : 2 * n] * c, sig[:, :n], g)  # f * c + i * g
         return sig[:, 3 * n :] * torch.tanh(c_new), c_new
 
-    def _gru(self, layer: int, below: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    def _gru(self, lin: FixedRangeLinear, xg: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """One GRU step of b rows: input projection xg [b, 3H] (r z n, with b_ih), state h [b, H]."""
         n = self.hidden
-        if layer == 0:
-            gh = self.lin[0](h)  # [b, 3H] r z n (with b_hh)
-            rz = below[:, : 2 * n] + gh[:, : 2 * n]
-            x_n, h_n = below[:, 2 * n :], gh[:, 2 * n :]
-        else:
-            g = self.lin[layer](below, h)  # [b, 4H]: r+z sums, x_n, h_n
-            rz, x_n, h_n = g[:, : 2 * n], g[:, 2 * n : 3 * n], g[:, 3 * n :]
-        rz = torch.sigmoid(rz)
-        cand = torch.tanh(torch.addcmul(x_n, rz[:, :n], h_n))  # x_n + r * h_n
+        gh = lin(h)  # [b, 3H] (with b_hh)
+        rz = torch.sigmoid(xg[:, : 2 * n] + gh[:, : 2 * n])
+        cand = torch.tanh(torch.addcmul(xg[:, 2 * n :], rz[:, :n], gh[:, 2 * n :]))  # x_n + r * h_n
         return torch.lerp(cand, h, rz[:, n:])  # (1 - z) * cand + z * h
 
 

@@ -310,6 +310,8 @@ class FixedRangeHead(nn.Module):
         self.lin = FixedRangeLinear(head.weight, head.bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if h.dim() == 2:  # a step's rows [B, H]: the keystroke path, no reshaping calls
+            return self.lin(h)
         shape = h.shape
         return self.lin(h.reshape(-1, shape[-1])).view(*shape[:-1], self.lin.out_features)
 

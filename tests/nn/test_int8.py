@@ -7,6 +7,7 @@ test models' (2 x 32)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from cellserve.nn import precision as prec
 from cellserve.nn.charlm import CharLM, State
 from cellserve.nn.int8 import EmbeddingIds, FixedRangeHead, FixedRangeLinear, FixedRangeRNN
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.overrides import TorchFunctionMode
 
 VOCAB = 103
 
@@ -197,6 +199,31 @@ def test_a_state_outside_the_range_computes_as_its_clamped_self(cell: str) -> No
         got, st = q(tokens, wild)
         want, st_want = q(tokens, clamped)
     assert torch.equal(got, want) and same(st, st_want)
+
+
+def test_torch_function_modes_still_see_the_int8_modules_ops() -> None:
+    """The int8 modules turn tensor subclasses' ``__torch_function__`` off while they run (a
+    per-call cost of the quantized GEMM's binding otherwise); a torch function mode (profilers,
+    FLOP counters) still sees their ops, and the answer is the same."""
+
+    class Count(TorchFunctionMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = 0
+
+        def __torch_function__(
+            self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+        ) -> Any:
+            self.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    _, q = served("lstm", hidden=32, embedding=16)
+    tokens = torch.randint(1, VOCAB, (3, 4), generator=torch.Generator().manual_seed(8))
+    with torch.inference_mode():
+        want, _ = q(tokens)
+        with Count() as mode:
+            got, _ = q(tokens)
+    assert mode.calls > 10 and torch.equal(got, want)
 
 
 def test_embedding_rows_map_back_to_their_ids_and_anything_else_does_not() -> None:

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
 from torch import nn
@@ -74,6 +74,15 @@ INPUT_ZERO_POINT = 64
 # arguments for fake script objects, a few microseconds a call at four calls a keystroke
 _LINEAR_OP = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32.default
 _LINEAR = getattr(_LINEAR_OP, "_op", _LINEAR_OP)
+
+
+def _plain_tensors() -> AbstractContextManager[None]:
+    """The context the int8 modules run in: no tensor subclass's ``__torch_function__``. Their
+    tensors are plain, and torch probes every call's non-tensor arguments for that hook; the
+    packed weights of a quantized GEMM are a ScriptObject, whose failed attribute lookup raises
+    and catches a C++ exception, about 15 microseconds a GEMM call in a smoke (a third of a
+    one-row GEMM), which this context skips. Torch function modes stay in effect."""
+    return torch._C.DisableTorchFunctionSubclass()
 
 
 class FixedRangeLinear:
@@ -198,6 +207,12 @@ class FixedRangeRNN(nn.Module):
     def forward(
         self, x: torch.Tensor | PackedSequence, state: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor | PackedSequence, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+        with _plain_tensors():
+            return self._forward(x, state)
+
+    def _forward(
+        self, x: torch.Tensor | PackedSequence, state: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor | PackedSequence, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
         if isinstance(x, PackedSequence):
             data, sizes = x.data, x.batch_sizes.tolist()
             batch = sizes[0]
@@ -310,10 +325,11 @@ class FixedRangeHead(nn.Module):
         self.lin = FixedRangeLinear(head.weight, head.bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if h.dim() == 2:  # a step's rows [B, H]: the keystroke path, no reshaping calls
-            return self.lin(h)
-        shape = h.shape
-        return self.lin(h.reshape(-1, shape[-1])).view(*shape[:-1], self.lin.out_features)
+        with _plain_tensors():
+            if h.dim() == 2:  # a step's rows [B, H]: the keystroke path, no reshaping calls
+                return self.lin(h)
+            shape = h.shape
+            return self.lin(h.reshape(-1, shape[-1])).view(*shape[:-1], self.lin.out_features)
 
 
 def batch_invariant_int8(model: CharLM, *, quantize_head: bool = True) -> CharLM:

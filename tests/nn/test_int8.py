@@ -7,6 +7,7 @@ test models' (2 x 32)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from cellserve.nn import precision as prec
 from cellserve.nn.charlm import CharLM, State
 from cellserve.nn.int8 import EmbeddingIds, FixedRangeHead, FixedRangeLinear, FixedRangeRNN
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.overrides import TorchFunctionMode
 
 VOCAB = 103
 
@@ -154,9 +156,74 @@ def test_inputs_outside_the_range_are_clamped_not_rescaled() -> None:
     assert torch.equal(y_wild[0], lin(wild[0:1].clamp(-1, 1))[0])
     w, b = torch.ops.quantized.linear_unpack(lin.packed)
     w = w.dequantize()
-    assert w.shape == (64, 34) and not w[:, 32:].any()  # the calibration columns weigh nothing
-    ref = x @ w[:, :32].T + b
+    assert w.shape == (64, 32)
+    ref = x @ w.T + b
     assert (y - ref).abs().max() < 0.1  # 7-bit inputs: near the product with the int8 weights
+
+
+@pytest.mark.parametrize("rows", [1, 16, 256])
+def test_the_fixed_input_range_is_what_the_dynamic_op_takes_for_minus_one_to_one(rows: int) -> None:
+    """The fixed input parameters are exactly those ``quantized::linear_dynamic`` (7-bit, as
+    fbgemm's dynamic linear) chooses when a call's inputs span [-1, 1]: the same GEMM with two
+    calibration columns (-1 and +1 in every row, zero weights) gives the same bits, ends included."""
+    torch.manual_seed(1)
+    w, bias = torch.randn(96, 64) * 0.2, torch.randn(96)
+    lin = FixedRangeLinear(w, bias)
+    x = torch.rand(rows, 64) * 2 - 1
+    x[0, :4] = torch.tensor([1.0, -1.0, 0.0, 1.0 / 127])
+    qw, _ = torch.ops.quantized.linear_unpack(lin.packed)
+    calibrated = torch.quantize_per_channel(
+        torch.cat([qw.dequantize(), torch.zeros(96, 2)], dim=1),
+        qw.q_per_channel_scales(),
+        qw.q_per_channel_zero_points(),
+        axis=0,
+        dtype=torch.qint8,
+    )
+    packed = torch.ops.quantized.linear_prepack(calibrated, bias)
+    cols = torch.tensor([[-1.0, 1.0]]).expand(rows, 2)
+    dynamic = torch.ops.quantized.linear_dynamic(torch.cat([x, cols], dim=1), packed, True)
+    assert torch.equal(lin(x), dynamic)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_state_outside_the_range_computes_as_its_clamped_self(cell: str) -> None:
+    """h from outside (a corrupt pool row or snapshot) is clamped to [-1, 1] before anything
+    reads it, so it moves no other row and steps exactly as the clamped state does; c (LSTM) is
+    unbounded by nature and taken as it is."""
+    m, q = served(cell, hidden=32, embedding=16)
+    state = random_state(m, 4, 6)
+    wild = (state[0] * 40, *state[1:])
+    clamped = (wild[0].clamp(-1, 1), *state[1:])
+    tokens = torch.randint(1, VOCAB, (4, 3), generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        got, st = q(tokens, wild)
+        want, st_want = q(tokens, clamped)
+    assert torch.equal(got, want) and same(st, st_want)
+
+
+def test_torch_function_modes_still_see_the_int8_modules_ops() -> None:
+    """The int8 modules turn tensor subclasses' ``__torch_function__`` off while they run (a
+    per-call cost of the quantized GEMM's binding otherwise); a torch function mode (profilers,
+    FLOP counters) still sees their ops, and the answer is the same."""
+
+    class Count(TorchFunctionMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = 0
+
+        def __torch_function__(
+            self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+        ) -> Any:
+            self.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    _, q = served("lstm", hidden=32, embedding=16)
+    tokens = torch.randint(1, VOCAB, (3, 4), generator=torch.Generator().manual_seed(8))
+    with torch.inference_mode():
+        want, _ = q(tokens)
+        with Count() as mode:
+            got, _ = q(tokens)
+    assert mode.calls > 10 and torch.equal(got, want)
 
 
 def test_embedding_rows_map_back_to_their_ids_and_anything_else_does_not() -> None:

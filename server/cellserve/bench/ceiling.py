@@ -2,7 +2,10 @@
 pool gather/scatter: only what a server must compute per keystroke.
 
 - keystrokes: one step [B, 1] -> head -> log-softmax -> top-5 -> host, from a state held in
-  plain tensors; the better of oneDNN on and off (the ceiling, whatever the kernel rule);
+  plain tensors; the better of oneDNN on and off (the ceiling, whatever the kernel rule). At
+  int8 the same step of torch's ``quantize_dynamic`` of the same weights is timed beside it
+  (``dynamic_step_s``: not served, its activation ranges are per call, but the yardstick of
+  int8's floor, issue 19);
 - completions: greedy decoding at batch B: step -> head -> argmax -> host -> next input.
 
 The model runs at the precision a server with default settings would serve it at
@@ -19,8 +22,10 @@ from typing import Any
 import torch
 
 from ..config import Settings
+from ..nn.charlm import CharLM
 from ..nn.checkpoint import load_model
 from ..nn.kernels import onednn
+from ..nn.precision import quantize_dynamic_int8
 from ..nn.spec import SPEC_FILE
 from ..repository import at_precision
 from .model import ModelRef
@@ -51,6 +56,7 @@ class Ceiling:
         # within the bound, half on CUDA), so the ceiling is the floor of what the servers run
         loaded = at_precision(load_model(ref.folder, self.device), Settings(), self.device, ref.folder / SPEC_FILE)
         self.model, self.precision = loaded.serving, loaded.precision
+        self.dynamic = quantize_dynamic_int8(loaded.model) if self.precision == "int8" else None
         self.threads = torch.get_num_threads()
         self.on_cpu = self.device.type == "cpu"
 
@@ -59,8 +65,16 @@ class Ceiling:
             torch.cuda.synchronize(self.device)
 
     def keystrokes(self, batch: int, seconds: float) -> dict[str, Any]:
-        """Keystrokes/s at ``batch`` sessions per step."""
-        m = self.model
+        """Keystrokes/s at ``batch`` sessions per step (at int8, also ``dynamic_step_s``)."""
+        best = self._step(self.model, batch, seconds)
+        best["batch"], best["precision"] = batch, self.precision
+        best["throughput_rps"] = batch / best["step_s"]
+        if self.dynamic is not None:
+            best["dynamic_step_s"] = self._step(self.dynamic, batch, seconds)["step_s"]
+        return best
+
+    def _step(self, m: CharLM, batch: int, seconds: float) -> dict[str, Any]:
+        """The median step time of ``m`` at ``batch`` rows, the better kernel's."""
         tok = torch.randint(1, m.vocab_size, (batch, 1), device=self.device)
         st = m.init_state(batch, self.device)
 
@@ -78,8 +92,6 @@ class Ceiling:
                     t = _median_time(step, seconds / 2, self._sync)
                 if not best or t < best["step_s"]:
                     best = {"step_s": t, "kernel": ("onednn" if kernel else "native") if self.on_cpu else "cuda"}
-        best["batch"], best["precision"] = batch, self.precision
-        best["throughput_rps"] = batch / best["step_s"]
         return best
 
     def completions(self, batch: int, chars: int, seconds: float) -> dict[str, Any]:

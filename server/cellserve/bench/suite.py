@@ -367,6 +367,10 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         step = _get(res, "ceiling", "keystrokes", "1", "step_s")
         if step is not None:
             add("  context: the model's own batch-1 step, ms", step * 1e3, "(not a target)", None)
+    for n, c in sorted((_get(res, "ceiling", "keystrokes") or {}).items(), key=lambda kv: int(kv[0])):
+        if c.get("dynamic_step_s"):  # int8 only: its floor against torch's dynamic int8, same batch
+            v = c["step_s"] / c["dynamic_step_s"]
+            add(f"int8 model ceiling per row / quantize_dynamic per row at N={n}", v, "<= 1.2x", v <= 1.2)
     for b, r in (res["completions"].get("cellserve") or {}).items():
         ceil = _get(res, "ceiling", "completions", b, "chars_per_s")
         v = r["chars_per_s"] / ceil if ceil else None

@@ -7,21 +7,32 @@ These layers fix the activation scale instead:
 
 - Every int8 GEMM input lies in [-1, 1]: the recurrent input h is a tanh output (LSTM) or a
   convex mix of tanh outputs (GRU), and layers above the first take the h of the layer below.
-  Inputs are clamped to [-1, 1] anyway (float rounding of the GRU mix), and every row gets two
-  extra input columns (-1 and +1, with zero weights), so the dynamic min/max torch computes is
-  always [-1, 1]: the quantization parameters never change, the int8 GEMM is exact integer
-  arithmetic, and each row's output is bitwise independent of the other rows.
+  Each GEMM quantizes its input with fixed parameters, those of the range [-1, 1]
+  (``quantized::linear_with_input_q_dq_qweight_dq_output_fp32``: bit for bit what
+  ``quantized::linear_dynamic`` computes for an input whose min/max is [-1, 1]), so they never
+  change, the int8 GEMM is exact integer arithmetic, and each row's output is bitwise
+  independent of the other rows. A state from outside is clamped to [-1, 1] once per call (a
+  corrupt row computes as its clamped self); an h computed here can pass 1 only by float
+  rounding, far below half a quantization step, and quantizes as 1 does.
 - The first layer's input projection is not quantized at all: ``embed.weight @ W_ih^T + b_ih``
   is a table [V, gates * H] computed once (in float64, rounded to fp32), looked up per token.
   ``rnn_forward`` receives embeddings (the engine's calling convention), so the token ids are
-  recovered from them by exact match (``EmbeddingIds``, verified with ``torch.equal``).
-- Time is stepped one step at a time in one loop for every phase (single steps, whole and
-  chunked sequences, PackedSequences of mixed lengths), with the same fp32 elementwise gate
-  math in the same op order, so a character costs exactly the same arithmetic whatever the batch
-  and the cut. Rows of gates * H and H elements (H a multiple of 32 in the shipped models) keep
-  every row on torch's vectorized path; with one torch thread that makes the elementwise math
-  row-independent too (tests/nn/test_int8.py checks it bitwise).
-- The output head stays fp32 ``nn.Linear`` unless ``quantize_head``: it is small (H x V).
+  recovered from them by exact match (``EmbeddingIds``; ``TokenProjection`` gathers each
+  embedding row beside its table row and verifies the match with ``torch.equal``).
+- Each layer runs its input GEMM over every time step of the call at once (row-independent, so
+  the same arithmetic as one step at a time; it keeps one layer's recurrent weights in cache
+  through the time loop), then steps time one step at a time in one loop for every phase
+  (single steps, whole and chunked sequences, PackedSequences of mixed lengths), with the same
+  fp32 elementwise gate math in the same op order, so a character costs exactly the same
+  arithmetic whatever the batch and the cut. The gate math runs in place on each step's GEMM
+  output and writes h and c straight into the call's outputs (LSTM gates stored i f o g, so one
+  sigmoid covers three): few tensor ops per step, since at one row each op's Python call costs
+  about as much as its arithmetic. Rows of gates * H and H elements (H a multiple
+  of 32 in the shipped and test models) keep every row on torch's vectorized elementwise path
+  (tests/nn/test_int8.py checks it bitwise, with 1 and 3 torch threads).
+- The output head runs the same fixed-range int8 GEMM (its input is the top layer's h): an
+  fp32 ``nn.Linear`` is not batch-invariant (its GEMM kernel changes with the batch size).
+  ``quantize_head=False`` keeps it fp32.
 
 Weights are quantized per output channel (symmetric qint8) and packed with
 ``torch.ops.quantized.linear_prepack``; activations are quantized to 7 bits (``reduce_range``,
@@ -32,7 +43,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
 from torch import nn
@@ -51,6 +62,29 @@ def _quiet() -> Iterator[None]:
         yield
 
 
+# The input quantization every int8 GEMM takes: [-1, 1] on 7 bits (``reduce_range``, as fbgemm's
+# dynamic linear, to keep its u8 x s8 pair sums clear of int16 saturation). These are exactly the
+# parameters ``quantized::linear_dynamic`` chooses for an input whose min/max is [-1, 1]
+# (scale (1 - -1) / 127, zero point round-half-even(63.5)); tests/nn/test_int8.py checks the two
+# agree bit for bit.
+INPUT_SCALE = 2.0 / 127.0
+INPUT_ZERO_POINT = 64
+# The fp32-in, fp32-out int8 GEMM with those input parameters, called as the op's C++ entry point
+# where torch exposes it (``_op``): torch.ops' Python wrapper first looks through every call's
+# arguments for fake script objects, a few microseconds a call at four calls a keystroke
+_LINEAR_OP = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32.default
+_LINEAR = getattr(_LINEAR_OP, "_op", _LINEAR_OP)
+
+
+def _plain_tensors() -> AbstractContextManager[None]:
+    """The context the int8 modules run in: no tensor subclass's ``__torch_function__``. Their
+    tensors are plain, and torch probes every call's non-tensor arguments for that hook; the
+    packed weights of a quantized GEMM are a ScriptObject, whose failed attribute lookup raises
+    and catches a C++ exception, about 15 microseconds a GEMM call in a smoke (a third of a
+    one-row GEMM), which this context skips. Torch function modes stay in effect."""
+    return torch._C.DisableTorchFunctionSubclass()
+
+
 class FixedRangeLinear:
     """``y = x @ W^T + b`` with int8 per-channel weights and inputs quantized on the fixed
     range [-1, 1] (clamped), so every row's output is independent of the other rows."""
@@ -61,22 +95,24 @@ class FixedRangeLinear:
         self.out_features = w.shape[0]
         scales = (w.abs().amax(dim=1).clamp(min=1e-8) / 127.0).double()
         zeros = torch.zeros(w.shape[0], dtype=torch.long)
-        # two calibration columns (inputs -1 and +1 in every row, weights 0) pin the dynamic
-        # min/max to [-1, 1] and add exactly 0 to the integer accumulators; columns rather than
-        # extra rows keep a single step at M = 1 (fbgemm's cheapest shape)
-        w = torch.cat([w, torch.zeros(w.shape[0], 2)], dim=1)
         with _quiet():
             qw = torch.quantize_per_channel(w, scales, zeros, axis=0, dtype=torch.qint8)
             b = None if bias is None else bias.detach().float().contiguous()
             self.packed = torch.ops.quantized.linear_prepack(qw, b)
-        self.calib = torch.tensor([[-1.0, 1.0]])
 
-    def __call__(self, *parts: torch.Tensor) -> torch.Tensor:
-        """``parts`` [N, k_i] concatenated along features (sum k_i = in_features) -> [N, out]."""
-        x = torch.cat([*parts, self.calib.expand(parts[0].shape[0], 2)], dim=1)
-        x.clamp_(-1.0, 1.0)
-        with _quiet():
-            y: torch.Tensor = torch.ops.quantized.linear_dynamic(x, self.packed, True)
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, in_features] -> [N, out_features] (fp32); x itself is left as it is. The clamp
+        keeps an out-of-range row (a corrupt state) its clamped self rather than an
+        out-of-range integer."""
+        return self.in_range(torch.clamp(x, -1.0, 1.0))
+
+    def in_range(self, x: torch.Tensor) -> torch.Tensor:
+        """As calling it, for an x already in [-1, 1] (an h the recurrent layers computed: tanh
+        outputs and their products or convex mixes), so no clamp: a float rounding beyond +-1 is
+        far below half a quantization step (1/127) and quantizes as +-1 does."""
+        # the op quantizes with the given parameters, no min/max of its own: one call, and no
+        # calibration columns to append
+        y: torch.Tensor = _LINEAR(x, INPUT_SCALE, INPUT_ZERO_POINT, self.packed)
         return y
 
 
@@ -96,13 +132,55 @@ class EmbeddingIds:
         if self.column >= 0:
             self.keys, self.order = torch.sort(w[:, self.column].contiguous())
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
-        """x [N, E] -> ids [N], or None when some row is not an embedding row."""
+    def positions(self, x: torch.Tensor) -> torch.Tensor | None:
+        """x [N, E] -> each row's position in key order (token id ``order[position]``; V for a
+        key above every key), unverified; None when no column has distinct values."""
         if self.column < 0:
             return None
-        pos = torch.searchsorted(self.keys, x[:, self.column].contiguous()).clamp_(max=self.keys.numel() - 1)
-        ids = self.order[pos]
+        return torch.searchsorted(self.keys, x[:, self.column].contiguous())
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
+        """x [N, E] -> ids [N], or None when some row is not an embedding row."""
+        pos = self.positions(x)
+        if pos is None:
+            return None
+        ids = self.order[pos.clamp_(max=self.keys.numel() - 1)]
         return ids if torch.equal(self.weight[ids], x) else None
+
+
+class TokenProjection:
+    """Layer 1's input projection looked up by token: each embedding row in key order beside its
+    projection (``embed.weight @ W_ih^T + b_ih``, in float64, rounded to fp32 once), so one
+    gather finds both and the embedding half verifies the match."""
+
+    def __init__(self, embed: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor) -> None:
+        emb = embed.detach()
+        self.width = emb.shape[1]
+        self.ids = EmbeddingIds(emb)
+        table = (emb.double() @ w_ih.double().T + b_ih.double()).float()  # [V, G * H]
+        order = self.ids.order if self.ids.column >= 0 else torch.arange(emb.shape[0])
+        rows = torch.cat([emb.float(), table], dim=1)[order]  # [V, E + G * H]
+        # a last row of NaN (equal to nothing) for a key above every key: no clamp per call
+        self.rows = torch.cat([rows, torch.full((1, rows.shape[1]), float("nan"))]).contiguous()
+        self.w_ih, self.b_ih = w_ih, b_ih  # for inputs that are not embedding rows
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Embedding rows [N, E] -> [N, G * H], a new tensor (its rows are the callers' to
+        overwrite); inputs that are not embedding rows are projected in fp32 (correct, but
+        not batch-invariant)."""
+        pos = self.ids.positions(x)
+        if pos is not None:
+            found = self.rows[pos]
+            if torch.equal(found[:, : self.width], x):
+                return found[:, self.width :]
+        return torch.addmm(self.b_ih, x.float(), self.w_ih.T)
+
+
+def _lstm_gate_order(t: torch.Tensor) -> torch.Tensor:
+    """Rows (dim 0) of an LSTM gate tensor from torch's order (i f g o) to (i f o g): the three
+    sigmoid gates side by side, so one call computes them and none is computed twice."""
+    i, f, g, o = t.chunk(4, dim=0)
+    return torch.cat([i, f, o, g]).contiguous()
 
 
 class FixedRangeRNN(nn.Module):
@@ -116,109 +194,127 @@ class FixedRangeRNN(nn.Module):
         self.cell = model.cell
         self.hidden = model.hidden
         self.layers = model.layers
-        h = model.hidden
         p = {name: t.detach().float() for name, t in rnn.named_parameters()}
-        emb = model.embed.weight.detach()
-        # layer 1's input projection, exact up to one fp32 rounding
-        table = emb.double() @ p["weight_ih_l0"].double().T + p["bias_ih_l0"].double()
-        self.table = table.float().contiguous()  # [V, G * H]
-        self.w_ih0 = p["weight_ih_l0"]  # fallback for inputs that are not embedding rows
-        self.b_ih0 = p["bias_ih_l0"]
-        self.ids = EmbeddingIds(emb)
-        self.lin: list[FixedRangeLinear] = []
-        for layer in range(self.layers):
-            w_ih, w_hh = p[f"weight_ih_l{layer}"], p[f"weight_hh_l{layer}"]
-            b_ih, b_hh = p[f"bias_ih_l{layer}"], p[f"bias_hh_l{layer}"]
-            if layer == 0:  # h-part only: the x-part is the table
-                self.lin.append(FixedRangeLinear(w_hh, b_hh))
-            elif self.cell == "lstm":  # one GEMM on [h_below, h_prev]
-                self.lin.append(FixedRangeLinear(torch.cat([w_ih, w_hh], dim=1), b_ih + b_hh))
-            else:
-                # GRU: r and z take the sum of both parts, n needs them apart (r * (W_hn h + b_hn)):
-                # outputs [r+z sums (2H) | W_in x + b_in (H) | W_hn h + b_hn (H)] from one GEMM
-                w = torch.zeros(4 * h, 2 * h)
-                w[: 2 * h, :h], w[: 2 * h, h:] = w_ih[: 2 * h], w_hh[: 2 * h]
-                w[2 * h : 3 * h, :h], w[3 * h :, h:] = w_ih[2 * h :], w_hh[2 * h :]
-                b = torch.cat([b_ih[: 2 * h] + b_hh[: 2 * h], b_ih[2 * h :], b_hh[2 * h :]])
-                self.lin.append(FixedRangeLinear(w, b))
+        if self.cell == "lstm":
+            p = {name: _lstm_gate_order(t) for name, t in p.items()}
+        # layer 1's input projection: a table by token, exact up to one fp32 rounding
+        self.project = TokenProjection(model.embed.weight, p["weight_ih_l0"], p["bias_ih_l0"])
+        # per layer: the recurrent GEMM, and (above layer 1) the input GEMM, kept apart so the
+        # input projection of every time step of a call runs as one GEMM before the time loop
+        self.lin_hh = [FixedRangeLinear(p[f"weight_hh_l{k}"], p[f"bias_hh_l{k}"]) for k in range(self.layers)]
+        self.lin_ih = [FixedRangeLinear(p[f"weight_ih_l{k}"], p[f"bias_ih_l{k}"]) for k in range(1, self.layers)]
 
     def forward(
         self, x: torch.Tensor | PackedSequence, state: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor | PackedSequence, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
-        packed = isinstance(x, PackedSequence)
+        with _plain_tensors():
+            return self._forward(x, state)
+
+    def _forward(
+        self, x: torch.Tensor | PackedSequence, state: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor | PackedSequence, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
         if isinstance(x, PackedSequence):
-            data, sizes = x.data, [int(b) for b in x.batch_sizes]
+            data, sizes = x.data, x.batch_sizes.tolist()
             batch = sizes[0]
         else:
             batch, steps = x.shape[0], x.shape[1]
-            data, sizes = x.transpose(0, 1).reshape(batch * steps, x.shape[2]), [batch] * steps
-        proj = self._project(data)  # [N, G * H], time-major
-        st: tuple[torch.Tensor, ...]
+            data = x[:, 0] if steps == 1 else x.transpose(0, 1).reshape(batch * steps, x.shape[2])
+            sizes = [batch] * steps
+        if not sizes:
+            raise ValueError("FixedRangeRNN needs at least one time step")
+        n = self.hidden
         if state is None:
-            z = torch.zeros(self.layers, batch, self.hidden)
-            st = (z, z.clone()) if self.cell == "lstm" else (z,)
+            z = torch.zeros(self.layers, batch, n)
+            st: tuple[torch.Tensor, ...] = (z, z)  # read only: never written in place
         else:
             st = state if isinstance(state, tuple) else (state,)
-        if packed and x.sorted_indices is not None:  # type: ignore[union-attr]
-            st = tuple(s.index_select(1, x.sorted_indices) for s in st)  # type: ignore[union-attr]
-        # working state per layer, rows in (sorted) batch order; a finished row keeps its last
-        hs = list(st[0].unbind(0))
-        cs = list(st[1].unbind(0)) if self.cell == "lstm" else []
-        outs: list[torch.Tensor] = []
-        off = 0
-        for b in sizes:
-            below = proj[off : off + b]
-            for layer in range(self.layers):
-                if self.cell == "lstm":
-                    new_h, new_c = self._lstm(layer, below, hs[layer][:b], cs[layer][:b])
-                    cs[layer] = new_c if b == batch else torch.cat([new_c, cs[layer][b:]])
-                else:
-                    new_h = self._gru(layer, below, hs[layer][:b])
-                hs[layer] = new_h if b == batch else torch.cat([new_h, hs[layer][b:]])
-                below = new_h
-            outs.append(below)
-            off += b
-        out = torch.cat(outs)
-        h_n = torch.stack(hs)
-        c_n = torch.stack(cs) if cs else None
-        if packed and x.unsorted_indices is not None:  # type: ignore[union-attr]
-            h_n = h_n.index_select(1, x.unsorted_indices)  # type: ignore[union-attr]
-            c_n = None if c_n is None else c_n.index_select(1, x.unsorted_indices)  # type: ignore[union-attr]
-        new_state = h_n if c_n is None else (h_n, c_n)
+        h0, c0 = st[0], (st[1] if self.cell == "lstm" else None)
+        if isinstance(x, PackedSequence) and x.sorted_indices is not None:
+            h0 = h0.index_select(1, x.sorted_indices)
+            c0 = None if c0 is None else c0.index_select(1, x.sorted_indices)
+        # the GEMMs take h in [-1, 1]: a state from outside is clamped once here (a corrupt
+        # state computes as its clamped self); every h computed below is in range already
+        h_in = torch.clamp(h0, -1.0, 1.0).unbind(0)
+        c_in = c0.unbind(0) if c0 is not None else ()
+        c_n = torch.empty(self.layers, batch, n) if c0 is not None else None
+        c_out = c_n.unbind(0) if c_n is not None else ()
+        # time step t is the next sizes[t] rows of the time-major data; rows are sorted longest
+        # first, so step t's rows are the first sizes[t] of step t - 1's, and a row that has
+        # ended keeps its last state
+        outs: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer: h at every step, and its last step
+        below = self.project(data)  # [N, G * H]: layer 1's input projection, time-major
+        for layer in range(self.layers):
+            # the input projection of every time step at once (row-independent, so one GEMM
+            # over all steps is the same arithmetic as one step at a time), then the time loop
+            xg = below if layer == 0 else self.lin_ih[layer - 1].in_range(below)  # [N, G * H], ours to overwrite
+            below = torch.empty(data.shape[0], n)  # this layer's h at every step
+            xs: tuple[torch.Tensor, ...] = (xg,)
+            hs: tuple[torch.Tensor, ...] = (below,)
+            if len(sizes) > 1:
+                xs, hs = xg.split_with_sizes(sizes), below.split_with_sizes(sizes)
+            lin, h = self.lin_hh[layer], h_in[layer]
+            if c_n is not None:
+                c, cw = c_in[layer], c_out[layer]
+                for xt, ht, b in zip(xs, hs, sizes, strict=True):
+                    if b != h.shape[0]:
+                        h, c, cw = h[:b], c[:b], cw[:b]
+                    self._lstm(lin, xt, h, c, cw, ht)
+                    h, c = ht, cw
+            else:
+                for xt, ht, b in zip(xs, hs, sizes, strict=True):
+                    if b != h.shape[0]:
+                        h = h[:b]
+                    self._gru(lin, xt, h, ht)
+                    h = ht
+            outs.append((below, hs[-1]))
         if isinstance(x, PackedSequence):
-            return PackedSequence(out, x.batch_sizes, x.sorted_indices, x.unsorted_indices), new_state
-        return out.view(steps, batch, self.hidden).transpose(0, 1), new_state
+            h_n = torch.stack([self._last(every, x.batch_sizes) for every, _ in outs])
+            if x.unsorted_indices is not None:
+                h_n = h_n.index_select(1, x.unsorted_indices)
+                c_n = None if c_n is None else c_n.index_select(1, x.unsorted_indices)
+            out_state = h_n if c_n is None else (h_n, c_n)
+            return PackedSequence(below, x.batch_sizes, x.sorted_indices, x.unsorted_indices), out_state
+        h_n = torch.stack([last for _, last in outs])
+        out = below.unsqueeze(1) if steps == 1 else below.view(steps, batch, n).transpose(0, 1)
+        return out, (h_n if c_n is None else (h_n, c_n))
 
-    def _project(self, data: torch.Tensor) -> torch.Tensor:
-        """Layer 1's input projection of embedding rows [N, E]: the table rows of their tokens
-        (inputs that are not embedding rows: computed in fp32, not batch-invariant)."""
-        ids = self.ids(data)
-        if ids is None:
-            return torch.addmm(self.b_ih0, data.float(), self.w_ih0.T)
-        return self.table[ids]
+    @staticmethod
+    def _last(seq: torch.Tensor, batch_sizes: torch.Tensor) -> torch.Tensor:
+        """Each row's h at its own last step, from a packed layer output [N, H] (row r's
+        length is the number of steps with more than r rows)."""
+        rows = torch.arange(int(batch_sizes[0]))
+        lengths = (batch_sizes[None, :] > rows[:, None]).sum(dim=1)
+        starts = torch.cumsum(batch_sizes, 0) - batch_sizes  # where each step's rows begin
+        return seq.index_select(0, starts[lengths - 1] + rows)
 
     def _lstm(
-        self, layer: int, below: torch.Tensor, h: torch.Tensor, c: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self,
+        lin: FixedRangeLinear,
+        xg: torch.Tensor,
+        h: torch.Tensor,
+        c: torch.Tensor,
+        c_out: torch.Tensor,
+        h_out: torch.Tensor,
+    ) -> None:
+        """One LSTM step of b rows: input projection xg [b, 4H] (i f o g), state h, c [b, H]
+        -> c_out, h_out [b, H] (c_out may be c itself). Gate math in place, in the order
+        f * c + i * g, then o * tanh(c), whatever the step and the batch."""
         n = self.hidden
-        gates = below + self.lin[0](h) if layer == 0 else self.lin[layer](below, h)  # [b, 4H] i f g o
-        sig = torch.sigmoid(gates)  # the g quarter is wasted: one call instead of three
-        g = torch.tanh(gates[:, 2 * n : 3 * n])
-        c_new = torch.addcmul(sig[:, n : 2 * n] * c, sig[:, :n], g)  # f * c + i * g
-        return sig[:, 3 * n :] * torch.tanh(c_new), c_new
+        gates = lin.in_range(h).add_(xg)  # a new tensor: computed in place from here
+        gates[:, : 3 * n].sigmoid_()
+        i, f, o, g = gates.chunk(4, dim=1)
+        g.tanh_()
+        torch.mul(f, c, out=c_out).addcmul_(i, g)
+        torch.mul(o, torch.tanh(c_out, out=g), out=h_out)
 
-    def _gru(self, layer: int, below: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    def _gru(self, lin: FixedRangeLinear, xg: torch.Tensor, h: torch.Tensor, h_out: torch.Tensor) -> None:
+        """One GRU step of b rows: input projection xg [b, 3H] (r z n, with b_ih; overwritten),
+        state h [b, H] -> h_out [b, H]."""
         n = self.hidden
-        if layer == 0:
-            gh = self.lin[0](h)  # [b, 3H] r z n (with b_hh)
-            rz = below[:, : 2 * n] + gh[:, : 2 * n]
-            x_n, h_n = below[:, 2 * n :], gh[:, 2 * n :]
-        else:
-            g = self.lin[layer](below, h)  # [b, 4H]: r+z sums, x_n, h_n
-            rz, x_n, h_n = g[:, : 2 * n], g[:, 2 * n : 3 * n], g[:, 3 * n :]
-        rz = torch.sigmoid(rz)
-        cand = torch.tanh(torch.addcmul(x_n, rz[:, :n], h_n))  # x_n + r * h_n
-        return torch.lerp(cand, h, rz[:, n:])  # (1 - z) * cand + z * h
+        gh = lin.in_range(h)  # [b, 3H] r z n (with b_hh)
+        rz = gh[:, : 2 * n].add_(xg[:, : 2 * n]).sigmoid_()
+        cand = xg[:, 2 * n :].addcmul_(rz[:, :n], gh[:, 2 * n :]).tanh_()  # x_n + r * h_n
+        torch.lerp(cand, h, rz[:, n:], out=h_out)  # (1 - z) * cand + z * h
 
 
 class FixedRangeHead(nn.Module):
@@ -229,8 +325,11 @@ class FixedRangeHead(nn.Module):
         self.lin = FixedRangeLinear(head.weight, head.bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        shape = h.shape
-        return self.lin(h.reshape(-1, shape[-1])).view(*shape[:-1], self.lin.out_features)
+        with _plain_tensors():
+            if h.dim() == 2:  # a step's rows [B, H]: the keystroke path, no reshaping calls
+                return self.lin(h)
+            shape = h.shape
+            return self.lin(h.reshape(-1, shape[-1])).view(*shape[:-1], self.lin.out_features)
 
 
 def batch_invariant_int8(model: CharLM, *, quantize_head: bool = True) -> CharLM:

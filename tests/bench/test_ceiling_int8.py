@@ -1,0 +1,35 @@
+"""The bench's int8 floor: at int8 the ceiling times torch's ``quantize_dynamic`` of the same
+weights beside the served module, and the targets compare the two per row (issue 19: int8's
+ceiling within 1.2x of a bare dynamic-int8 forward of the same batch). No timing threshold is
+asserted here: only that both are measured and the target is derived from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cellserve.bench.ceiling import Ceiling
+from cellserve.bench.model import ModelRef
+from cellserve.bench.suite import targets
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+def test_the_int8_ceiling_times_quantize_dynamic_beside_it() -> None:
+    c = Ceiling(ModelRef(MODELS, "python-lstm", "shipped"), "cpu", threads=0)
+    assert c.precision == "int8"  # its recorded int8 loss is within the default bound
+    k = c.keystrokes(2, seconds=0.05)
+    assert k["precision"] == "int8" and k["step_s"] > 0 and k["dynamic_step_s"] > 0
+
+
+@pytest.mark.parametrize(("served", "met"), [(1.1e-3, True), (1.3e-3, False)])
+def test_the_int8_floor_target_is_the_per_row_ratio(served: float, met: bool) -> None:
+    res = {
+        "keystrokes_closed": {},
+        "keystrokes_open": {},
+        "completions": {},
+        "ceiling": {"keystrokes": {"16": {"step_s": served, "dynamic_step_s": 1e-3}, "1": {"step_s": 5e-4}}},
+    }
+    floor = [t for t in targets(res) if t["target"].startswith("int8 model ceiling per row")]
+    assert [t["target"] for t in floor] == ["int8 model ceiling per row / quantize_dynamic per row at N=16"]
+    assert floor[0]["value"] == pytest.approx(served / 1e-3) and floor[0]["met"] is met

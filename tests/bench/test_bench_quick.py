@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -112,15 +113,7 @@ def test_bench_only_tenants_quick_runs(tmp_path: Path) -> None:
     """The two-tenant fairness workload alone (--only tenants): a server with a tokens file of
     two tenants, a greedy one pasting while the other types."""
     out = tmp_path / "results"
-    proc = subprocess.run(
-        [sys.executable, "-m", "cellserve.cli", "bench", "--quick", "--only", "tenants", "--model", "random"]
-        + ["--no-plots", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=QUICK_BUDGET_S,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads((out / "results.json").read_text())
+    res = _only("tenants", out)
     _assert_tenants(res)
     assert res["head_of_line"] is None and not res["keystrokes_closed"]  # nothing else ran
     assert "## Tenants" in (out / "results.md").read_text()
@@ -132,16 +125,7 @@ def test_bench_only_speculation_quick_runs(tmp_path: Path) -> None:
     model served at int8 (the precision that speculates): every keystroke is counted once on
     the server with it on, none on the server with it off."""
     out = tmp_path / "results"
-    proc = subprocess.run(
-        [sys.executable, "-m", "cellserve.cli", "bench", "--quick", "--only", "speculation", "--model", "random"]
-        + ["--no-plots", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=QUICK_BUDGET_S,
-        env={**os.environ, "CELLSERVE_PRECISION": "int8"},  # the servers inherit it
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads((out / "results.json").read_text())
+    res = _only("speculation", out, {"CELLSERVE_PRECISION": "int8"})  # the servers inherit it
     sp = res["speculation"]
     keystrokes = sp["on"]["workload"]["keystrokes"]
     for text in ("python", "prose"):
@@ -154,3 +138,18 @@ def test_bench_only_speculation_quick_runs(tmp_path: Path) -> None:
     assert any(t["target"].startswith("speculation hit rate") for t in res["targets"])
     assert any(t["target"].startswith("throughput at N=16, speculation on / off") for t in res["targets"])
     assert "## Speculation" in (out / "results.md").read_text()
+
+
+def _only(workload: str, out: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """`cellserve bench --quick --only <workload>` on the random model; its results.json."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "cellserve.cli", "bench", "--quick", "--only", workload, "--model", "random"]
+        + ["--no-plots", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=QUICK_BUDGET_S,
+        env={**os.environ, **(env or {})},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res: dict[str, Any] = json.loads((out / "results.json").read_text())
+    return res

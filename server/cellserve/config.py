@@ -195,6 +195,21 @@ class Settings(BaseModel):
     session_sweep_interval_s: float = Field(default=5.0, gt=0, le=3600)
     """How often the engine looks for sessions idle longer than ``session_idle_ttl_s`` (one
     pass over the session table; eviction happens within TTL + this interval)."""
+    # --- speculative keystrokes (engine/speculation.py) -----------------------------------
+    speculation: bool = Field(default=True)
+    """Between keystrokes, step each recently active session's likeliest next characters on
+    scratch slots, so a keystroke that is one of them is answered without a model step. Only
+    models served at a batch-invariant precision speculate (int8: the answer and state are
+    bit-identical to the keystroke's own step); fp32, fp16 and bf16 never do. False: never."""
+    speculation_k: int = Field(default=4, ge=1, le=16)
+    """Characters guessed per session: the k most probable next characters (k rows each)."""
+    speculation_slots: int = Field(default=1024, ge=1, le=1_000_000)
+    """State slots speculation may hold at once, per model (one per guessed character, plus at
+    most one rewind checkpoint each); counted in ``state_bytes``. With k=4, 1024 slots cover
+    256 typing sessions; beyond, the most recently active sessions are guessed first."""
+    speculation_recent_s: float = Field(default=5.0, gt=0, le=3600)
+    """A session counts as typing (worth guessing for) this long after its last append; its
+    guesses are dropped once it has been quiet longer."""
     # --- exactly-once, rewind, snapshots -------------------------------------------------
     checkpoint_every: int = Field(default=64, ge=1, le=100_000)
     """Rewind checkpoints: the state is saved every this many characters."""

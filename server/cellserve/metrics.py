@@ -69,6 +69,7 @@ BATCH_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(15))  # 1 ..
 KEYSTROKE_KINDS = ("append_single", "append_multi", "completion_first_chunk", "completion_char")
 PHASES = tuple(p.value for p in Phase)
 SESSION_REASONS = ("opened", "closed", "expired", "resumed", "rejected")
+SPECULATION_RESULTS = ("hit", "miss", "unguessed")
 # Engine event names that are not the label value operators see.
 _EVENT_REASON = {SessionEvent.REJECTED_SESSIONS.value: "rejected"}
 _REJECTED_COMPLETIONS = SessionEvent.REJECTED_COMPLETION.value
@@ -160,6 +161,26 @@ class Metrics:
             "Completions refused because max_running_completions alternatives were already decoding.",
             registry=r,
         )
+        self.speculation_keystrokes = Counter(
+            "cellserve_speculation_keystrokes",
+            "One-character appends by what speculation had for them: hit (answered from a guess stepped "
+            "while the engine was idle, no model step), miss (the session had guesses, none matched), "
+            "unguessed (no guesses yet). Hit rate: hit / all. Only models served at a batch-invariant "
+            "precision (int8) speculate.",
+            ["result"],
+            registry=r,
+        )
+        self.speculation_rows = Counter(
+            "cellserve_speculation_rows",
+            "Rows stepped speculatively (one per guessed character).",
+            registry=r,
+        )
+        self.speculation_wasted_rows = Counter(
+            "cellserve_speculation_wasted_rows",
+            "Speculative rows dropped unused (the keystroke was another character, another operation came, "
+            "or the session went quiet).",
+            registry=r,
+        )
         # --- engine gauges ---------------------------------------------------------------------
         self.active_sessions = Gauge(
             "cellserve_active_sessions", "Live sessions (the HPA's scaling metric).", registry=r
@@ -181,7 +202,17 @@ class Metrics:
         self.slots_used = Gauge(
             "cellserve_slots_used", "State-pool slots holding a session or a completion.", registry=r
         )
-        self.state_bytes = Gauge("cellserve_state_bytes", "Bytes of the allocated state-pool tensors.", registry=r)
+        self.state_bytes = Gauge(
+            "cellserve_state_bytes",
+            "Bytes of the allocated state-pool tensors (speculation's scratch slots included), the rewind "
+            "checkpoints and the session memories.",
+            registry=r,
+        )
+        self.speculation_slots = Gauge(
+            "cellserve_speculation_slots",
+            "State-pool slots holding speculative guesses now (bounded by speculation_slots per model).",
+            registry=r,
+        )
         self.running_completions = Gauge(
             "cellserve_running_completions", "Completion alternatives decoding right now.", registry=r
         )
@@ -210,6 +241,8 @@ class Metrics:
         for phase in PHASES:
             self.step_time.labels(phase)
             self.chars.labels(phase)
+        for result in SPECULATION_RESULTS:
+            self.speculation_keystrokes.labels(result)
         for reason in SESSION_REASONS:
             self.session_events.labels(reason)
 
@@ -255,6 +288,12 @@ class Metrics:
         self._add("iterations", "", st.iterations, self.iterations.inc)
         for phase, n in st.chars_processed.items():
             self._add("chars", phase, n, self.chars.labels(_reason(phase)).inc)
+        spec = st.speculation
+        for result, key in zip(SPECULATION_RESULTS, ("hits", "misses", "unguessed"), strict=True):
+            self._add("speculation", key, spec.get(key, 0), self.speculation_keystrokes.labels(result).inc)
+        self._add("speculation", "rows", spec.get("rows", 0), self.speculation_rows.inc)
+        self._add("speculation", "wasted_rows", spec.get("wasted_rows", 0), self.speculation_wasted_rows.inc)
+        self.speculation_slots.set(spec.get("slots", 0))
         for event, n in st.session_events.items():
             if event == _REJECTED_COMPLETIONS:
                 self._add("events", event, n, self.completions_rejected.inc)

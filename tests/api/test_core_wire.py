@@ -112,6 +112,9 @@ class FakeCore:
     def fail_all(self, err: BaseException) -> None:
         pass
 
+    def speculate(self) -> bool:
+        return False  # the loop's idle work: nothing to guess here
+
     async def wait_calls(self, n: int) -> list[Call]:
         while True:
             with self.lock:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,15 +113,43 @@ def test_bench_only_tenants_quick_runs(tmp_path: Path) -> None:
     """The two-tenant fairness workload alone (--only tenants): a server with a tokens file of
     two tenants, a greedy one pasting while the other types."""
     out = tmp_path / "results"
+    res = _only("tenants", out)
+    _assert_tenants(res)
+    assert res["head_of_line"] is None and not res["keystrokes_closed"]  # nothing else ran
+    assert "## Tenants" in (out / "results.md").read_text()
+
+
+@pytest.mark.timeout(QUICK_BUDGET_S + 30)
+def test_bench_only_speculation_quick_runs(tmp_path: Path) -> None:
+    """The human-paced typist with speculation on and off (--only speculation), on the random
+    model served at int8 (the precision that speculates): every keystroke is counted once on
+    the server with it on, none on the server with it off."""
+    out = tmp_path / "results"
+    res = _only("speculation", out, {"CELLSERVE_PRECISION": "int8"})  # the servers inherit it
+    sp = res["speculation"]
+    keystrokes = sp["on"]["workload"]["keystrokes"]
+    for text in ("python", "prose"):
+        assert sum(sp["on"][text]["counts"].values()) == keystrokes
+        assert sp["on"][text]["hit_rate"] is not None
+        assert sp["off"][text]["hit_rate"] is None  # nothing counted: it never guessed
+        assert sp["on"][text]["latency_ms"]["p50"] > 0
+    assert set(sp["on"]["closed"]) == set(sp["off"]["closed"]) == {"1", "16"}
+    assert all(r["errors"] == 0 for mode in ("on", "off") for r in sp[mode]["closed"].values())
+    assert any(t["target"].startswith("speculation hit rate") for t in res["targets"])
+    assert any(t["target"].startswith("throughput at N=16, speculation on / off") for t in res["targets"])
+    assert "## Speculation" in (out / "results.md").read_text()
+
+
+def _only(workload: str, out: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """`cellserve bench --quick --only <workload>` on the random model; its results.json."""
     proc = subprocess.run(
-        [sys.executable, "-m", "cellserve.cli", "bench", "--quick", "--only", "tenants", "--model", "random"]
+        [sys.executable, "-m", "cellserve.cli", "bench", "--quick", "--only", workload, "--model", "random"]
         + ["--no-plots", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=QUICK_BUDGET_S,
+        env={**os.environ, **(env or {})},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads((out / "results.json").read_text())
-    _assert_tenants(res)
-    assert res["head_of_line"] is None and not res["keystrokes_closed"]  # nothing else ran
-    assert "## Tenants" in (out / "results.md").read_text()
+    res: dict[str, Any] = json.loads((out / "results.json").read_text())
+    return res

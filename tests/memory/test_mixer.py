@@ -75,6 +75,26 @@ def test_shipped_mixer_beats_the_model_alone_held_out(name: str, heldout_sample:
     assert on < off - 0.1, (off, on)
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_a_row_mixes_the_same_bits_whatever_its_batch(threads: int) -> None:
+    """Speculative keystrokes answer from a batch of guesses: each row's mix must not depend
+    on the rows beside it (nn.Linear's GEMM took another kernel for a single row)."""
+    mixer = Mixer()
+    with torch.no_grad():
+        for p in mixer.parameters():
+            p.copy_(torch.randn_like(p))
+    lp, dists, host = random_inputs(64, seed=5)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        whole = mixer.mix(lp, dists, host)
+        for b in (1, 2, 15):
+            for i in range(0, 64 - b, 7):
+                assert torch.equal(mixer.mix(lp[i : i + b], dists[i : i + b], host[i : i + b]), whole[i : i + b])
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_reference_equals_per_keystroke_path_and_beam_mixing(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     folder = default_model_dir() / "python-gru"

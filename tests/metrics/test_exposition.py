@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 from cellserve.api.recorder import APPEND_SINGLE
-from cellserve.metrics import KEYSTROKE_KINDS, PHASES, SESSION_REASONS
+from cellserve.metrics import KEYSTROKE_KINDS, PHASES, SESSION_REASONS, SPECULATION_RESULTS
 from cellserve_client._proto.cellserve.v1 import service_pb2 as svc
 from cellserve_client._proto.cellserve.v1 import service_pb2_grpc as rpc
 from cellserve_client._proto.cellserve.v1 import types_pb2 as types
@@ -129,6 +129,7 @@ def _allowed_label_values() -> dict[str, set[str]]:
         "reason": set(SESSION_REASONS),
         "method": methods | {f"Session.{op}" for op in ops} | {"Session.unset"},
         "code": {c.name for c in grpc.StatusCode},
+        "result": set(SPECULATION_RESULTS),
     }
 
 
@@ -147,7 +148,7 @@ def test_labels_are_closed_sets_never_ids_or_text(exposition: str, server: Serve
                 assert label in allowed, f"{sample.name}: unexpected label {label}"
                 assert value in allowed[label], f"{sample.name}: {label}={value!r} is not a known value"
                 seen.add(label)
-    assert {"model", "kind", "phase", "reason", "method", "code"} <= seen
+    assert {"model", "kind", "phase", "reason", "method", "code", "result"} <= seen
 
 
 def test_session_ids_never_appear(server: ServerProcess, stub: rpc.CellserveServiceStub) -> None:

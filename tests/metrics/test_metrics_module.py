@@ -79,6 +79,20 @@ def test_a_reading_sets_gauges_and_counters() -> None:
     assert value(m, "cellserve_batch_size_bucket", le="4.0") == 2
 
 
+def test_speculation_counters_and_slots() -> None:
+    m = Metrics(["tiny"])
+    assert value(m, "cellserve_speculation_keystrokes_total", result="hit") == 0  # primed
+    spec = {"hits": 7, "misses": 2, "unguessed": 1, "rows": 40, "wasted_rows": 33, "slots": 8}
+    m.observe_stats(reading(speculation=spec))
+    m.observe_stats(reading(speculation=dict(spec, hits=9, slots=4)))
+    assert value(m, "cellserve_speculation_keystrokes_total", result="hit") == 9
+    assert value(m, "cellserve_speculation_keystrokes_total", result="miss") == 2
+    assert value(m, "cellserve_speculation_keystrokes_total", result="unguessed") == 1
+    assert value(m, "cellserve_speculation_rows_total") == 40
+    assert value(m, "cellserve_speculation_wasted_rows_total") == 33
+    assert value(m, "cellserve_speculation_slots") == 4
+
+
 def test_cumulative_counters_add_only_their_increase() -> None:
     m = Metrics()
     m.observe_stats(reading())

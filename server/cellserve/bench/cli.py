@@ -51,17 +51,21 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument("--workers", type=int, help="load-generator processes (default 2)")
     p.add_argument("--server-threads", type=int, help="cellserve and ceiling torch threads (0: torch default)")
     p.add_argument(
-        "--skip", type=_names, default=[], help="subset of open,completions,memory,ceiling,headofline,scaling,tenants"
+        "--skip",
+        type=_names,
+        default=[],
+        help="subset of open,completions,memory,ceiling,headofline,scaling,tenants,speculation",
     )
     p.add_argument(
         "--only",
-        choices=["headofline", "scaling", "tenants"],
+        choices=["headofline", "scaling", "tenants", "speculation"],
         help="run just this workload (headofline: 16 pipelined 4,096-char pastes and two want_gates appends "
         "on one stream while a bystander types a character every 50 ms; its p99 and max. scaling: cellserve "
         "with 1 and 2 frontends and the echo peer with 1 and 2 processes on one port, CPU per keystroke by "
         "process kind, and the predicted keystrokes/s for F frontends on C cores. tenants: a server "
         "with two tenants, one pasting at full speed on 4 streams while the other types; the typist's p99 "
-        "beside it against alone)",
+        "beside it against alone. speculation: a typist at 8 keystrokes/s with jitter on Python source and prose "
+        "(the speculation hit rate, its p50) and closed-loop N=1 and N=256, with speculation on and off)",
     )
     p.add_argument("--scaling-sessions", type=_ints, help="closed-loop sessions of the scaling workload (default 256)")
     p.add_argument(

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
+METRICS = re.compile(r"cellserve metrics on (\S+):(\d+) \(http\)")
 START_TIMEOUT_S = 120.0
 _TICK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -45,6 +46,7 @@ class ServerProc:
             start_new_session=True,
         )
         self.stderr_tail: list[str] = []
+        self.metrics_target = ""  # host:port of cellserve's /metrics, once printed (before it listens)
         self._lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._pump_stdout, daemon=True).start()
         threading.Thread(target=self._pump_stderr, daemon=True).start()
@@ -75,6 +77,8 @@ class ServerProc:
                 continue
             if line is None:
                 break
+            if mt := METRICS.search(line):
+                self.metrics_target = f"{mt.group(1)}:{mt.group(2)}"
             m = LISTENING.search(line)
             if m:
                 return f"{m.group(1)}:{m.group(2)}"

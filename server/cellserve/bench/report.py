@@ -181,6 +181,7 @@ def markdown(res: dict[str, Any]) -> str:
                 f"{p['overhead_ratio']:.2f}× | {p['open_failures']} |"
             )
     lines += _scaling_section(res.get("scaling"))
+    lines += _speculation_section(res.get("speculation"))
     lines += ["", "Plots: ![throughput](throughput.png) ![latency](latency.png)", ""]
     return "\n".join(lines)
 
@@ -292,3 +293,35 @@ def write_report(res: dict[str, Any], out: Path, *, with_plots: bool = True) -> 
     if with_plots and res["keystrokes_closed"]:
         paths += plots(res, out)
     return paths
+
+
+def _speculation_section(sp: dict[str, Any] | None) -> list[str]:
+    """The human-paced typist with speculation on and off, and the closed loop beside it."""
+    if not sp:
+        return []
+    w = sp["on"]["workload"]
+    lines = [
+        "",
+        f"## Speculation: one session types {w['keystrokes']} keystrokes per text at {w['rate']:g}/s "
+        f"(gaps +-{w['jitter']:.0%}); closed loop beside it",
+        "",
+        "| speculation | text | hit rate | hits | misses | unguessed | p50 ms | p99 ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for mode in ("on", "off"):
+        for text in ("python", "prose"):
+            r = sp[mode][text]
+            c, lat = r["counts"], r["latency_ms"]
+            lines.append(
+                f"| {mode} | {text} | {_f(r['hit_rate'], '{:.1%}')} | {c['hit']:.0f} | {c['miss']:.0f} | "
+                f"{c['unguessed']:.0f} | {_f(lat.get('p50'), '{:.2f}')} | {_f(lat.get('p99'), '{:.2f}')} |"
+            )
+    lines += ["", "| speculation | N | keystrokes/s | p50 ms | p99 ms |", "|---|---|---|---|---|"]
+    for mode in ("on", "off"):
+        for n, r in sp[mode]["closed"].items():
+            lat = r.get("latency_ms") or {}
+            lines.append(
+                f"| {mode} | {n} | {r['throughput_rps']:.0f} | {_f(lat.get('p50'), '{:.2f}')} | "
+                f"{_f(lat.get('p99'), '{:.2f}')} |"
+            )
+    return lines

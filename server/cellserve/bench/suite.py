@@ -44,8 +44,8 @@ class BenchConfig:
     model: str | None = None
     skip: list[str] = field(
         default_factory=list
-    )  # of: open, completions, memory, ceiling, headofline, scaling, tenants
-    only: str | None = None  # "headofline" | "scaling" | "tenants": run just that workload
+    )  # of: open, completions, memory, ceiling, headofline, scaling, tenants, speculation
+    only: str | None = None  # "headofline" | "scaling" | "tenants" | "speculation": run just that workload
     scaling_sessions: list[int] = field(default_factory=lambda: [256])  # the multi-process workload's N
     scaling_frontends: list[int] = field(default_factory=lambda: [1, 2])  # its cellserve layouts
     scaling_echo: list[int] = field(default_factory=lambda: [1, 2])  # its echo layouts (processes)
@@ -118,6 +118,7 @@ def run_suite(cfg: BenchConfig, argv: list[str] | None = None) -> dict[str, Any]
             "head_of_line": None,
             "scaling": None,
             "tenants": None,
+            "speculation": None,
         }
         if cfg.only is None:
             _peers(cfg, ref, results)
@@ -133,6 +134,8 @@ def run_suite(cfg: BenchConfig, argv: list[str] | None = None) -> dict[str, Any]
             )  # fmt: skip
         if cfg.only in (None, "tenants") and "tenants" not in cfg.skip and "cellserve" in cfg.peers:
             results["tenants"] = _tenants(cfg, ref, Path(scratch))
+        if cfg.only in (None, "speculation") and "speculation" not in cfg.skip and "cellserve" in cfg.peers:
+            results["speculation"] = _speculation(cfg, ref)
         if cfg.only is None:
             _ceiling_and_memory(cfg, ref, results)
     results["meta"]["seconds"] = (dt.datetime.now(dt.UTC) - started).total_seconds()
@@ -175,6 +178,33 @@ def _tenants(cfg: BenchConfig, ref: ModelRef, scratch: Path) -> dict[str, Any]:
         return r
 
     return _on_cellserve(cfg, ref, run, extra=("--auth-tokens-file", str(tokens_file)))
+
+
+def _speculation(cfg: BenchConfig, ref: ModelRef) -> dict[str, Any]:
+    """A human-paced typist (hit rate, latency) and closed-loop N=1 and N=256, on a server
+    with speculation on and on one with it off."""
+    from .speculation import Typing, run_typist
+
+    w = Typing.quick() if cfg.quick else Typing()
+    ns = [1, 16] if cfg.quick else [1, 256]
+    out: dict[str, Any] = {}
+    for mode, extra in (("on", ()), ("off", ("--set", "speculation=false"))):
+
+        def run(server: ServerProc, mode: str = mode) -> dict[str, Any]:
+            r = run_typist(server.target, server.metrics_target, w)
+            r["closed"] = {}
+            for n in ns:
+                _settle(server)
+                r["closed"][str(n)] = run_load(
+                    server.target, Workload("closed", n, cfg.warmup_s, cfg.window_s), cfg.workers, server.cpu_seconds
+                )
+            rates = ", ".join(f"{t} {r[t]['hit_rate'] or 0:.0%}" for t in ("python", "prose"))
+            _log(f"speculation {mode}: typist hit rate {rates}; " + "; ".join(
+                f"N={n} {_summary(r['closed'][str(n)])}" for n in ns))  # fmt: skip
+            return r
+
+        out[mode] = _on_cellserve(cfg, ref, run, extra=extra)
+    return out
 
 
 def _on_cellserve(
@@ -376,6 +406,7 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         v = r["chars_per_s"] / ceil if ceil else None
         add(f"completion chars/s vs model ceiling at B={b}", v, ">= 0.7x", None if v is None else v >= 0.7)
     out += scaling_targets(res.get("scaling"))
+    out += speculation_targets(res.get("speculation"), _get(ks, "echo", "1", "latency_ms", "p50"))
     mem = res.get("memory")
     if mem:
         for p in mem["points"]:
@@ -409,4 +440,31 @@ def scaling_targets(sc: dict[str, Any] | None) -> list[dict[str, Any]]:
     bad = sum(r["errors"] + r["sessions_starved"] for runs in sc["runs"].values() for r in runs.values())
     out.append({"target": "multi-process runs: errors + starved sessions", "value": float(bad), "goal": "0",
                 "met": bad == 0})  # fmt: skip
+    return out
+
+
+def speculation_targets(sp: dict[str, Any] | None, echo_p50_ms: float | None) -> list[dict[str, Any]]:
+    """Hit rate of the human-paced typist (Python source, prose), its p50 against echo's with
+    speculation on and off, and closed-loop throughput at the largest N, on over off."""
+    if not sp:
+        return []
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, value: float | None, goal: str, met: bool | None) -> None:
+        out.append({"target": name, "value": value, "goal": goal, "met": met})
+
+    for text in ("python", "prose"):
+        v = _get(sp, "on", text, "hit_rate")
+        add(f"speculation hit rate, typist at 8 keystrokes/s, {text}", v, ">= 0.5", None if v is None else v >= 0.5)
+    for mode, goal in (("on", 0.5), ("off", 1.0)):
+        p50 = _get(sp, mode, "python", "latency_ms", "p50")
+        v = p50 - echo_p50_ms if p50 is not None and echo_p50_ms is not None else None
+        add(f"typist p50 minus echo's N=1 p50, speculation {mode}, ms", v, f"<= {goal:g} ms",
+            None if v is None else v <= goal)  # fmt: skip
+    closed = _get(sp, "on", "closed") or {}
+    if closed:
+        n = str(max(int(k) for k in closed))
+        on, off = _get(sp, "on", "closed", n, "throughput_rps"), _get(sp, "off", "closed", n, "throughput_rps")
+        v = on / off if on and off else None
+        add(f"throughput at N={n}, speculation on / off", v, ">= 0.98x", None if v is None else v >= 0.98)
     return out

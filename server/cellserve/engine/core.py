@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 
 from ..config import Settings
 from ..errors import CellserveError, InvalidInput, NotFound
@@ -153,6 +154,7 @@ class EngineCore(SessionOps):
             chars_processed=dict(self._chars),
             session_events=dict(self.sessions.events),
             models=tuple(self._model_totals.values()),
+            speculation=_speculation_totals(runtimes),
         )
 
     def health(self, owner: str = "") -> EngineHealth:
@@ -311,6 +313,13 @@ class EngineCore(SessionOps):
             self.completions.answer_beams(rt)
         return StepOutput(self.take_deliveries(), stats, not self.has_work())
 
+    def speculate(self) -> bool:
+        """One small batch of speculative keystrokes (engine/speculation.py), only while
+        nothing is queued, running or completing; False: nothing left to guess."""
+        if self.has_work():
+            return False
+        return any(rt.speculator.run_batch() for rt in self._runtimes.values())
+
     def _schedule(self) -> list[Job]:
         """Plans this iteration for every model with work; answers what needs no device work
         (rejected offsets, closes reached in a session's queue) right away."""
@@ -383,6 +392,15 @@ def _decode_steps(rt: ModelRuntime) -> int:
     if rt.decode_step_s <= 0:
         return 2
     return max(1, min(MAX_DECODE_STEPS, int(DECODE_BURST_S / rt.decode_step_s)))
+
+
+def _speculation_totals(runtimes: Iterable[ModelRuntime]) -> dict[str, int]:
+    """Every model's speculation counters (and scratch slots held), summed."""
+    out: dict[str, int] = {}
+    for rt in runtimes:
+        for key, n in rt.speculator.counts.as_dict(rt.speculator.slots).items():
+            out[key] = out.get(key, 0) + n
+    return out
 
 
 def _submitted_times(b: Batch) -> list[float]:

@@ -91,4 +91,9 @@ class CoreLoop:
                 if not self._hand_off(out):
                     return
                 if out.idle and not inbox:
-                    break
+                    # idle: speculative keystrokes, one small batch at a time, until a call
+                    # arrives (it is taken at once) or nothing is left to guess
+                    while not inbox and not self._stopping and core.speculate():
+                        pass
+                    if not inbox:
+                        break

@@ -5,6 +5,7 @@ and the work waiting for it (``ModelRuntime``), built per model of the repositor
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ from .plan import CheckpointRef
 from .rewind import RewindLog
 from .runner import ModelRunner
 from .scheduler import Scheduler
+from .speculation import EXACT_PRECISIONS, Speculator
 from .state_pool import SlotAllocator, StatePool
 from .types import ModelInfo
 
@@ -31,6 +33,8 @@ if TYPE_CHECKING:
 # Scratch slots for chunked prefill (one per piece being applied in chunks at a time); beyond
 # this many, a long piece runs whole (over the iteration budget) rather than wait.
 CHUNK_SLOTS = 64
+
+log = logging.getLogger(__name__)
 
 RunnerFactory = Callable[[LoadedModel, StatePool, StatePool], Any]
 
@@ -54,6 +58,7 @@ class ModelRuntime:
     work: dict[Session, None] = field(default_factory=dict)  # sessions with queued ops (ordered set)
     completions: dict[Completion, None] = field(default_factory=dict)  # started, still running
     beams: BeamSearches = field(init=False)  # ranked suggestions (engine/beam.py)
+    speculator: Speculator = field(init=False)  # speculative keystrokes (engine/speculation.py)
     decode_step_s: float = 0.0  # the latest completion iteration's time per step
     mixer: Mixer | None = None  # the session memory's mixer; None: this model serves no memory
     scratch_used: int = 0  # chunked-prefill scratch slots held (<= CHUNK_SLOTS)
@@ -98,9 +103,11 @@ def build_runtimes(
     checkpoint_pool)`` builds each model's runner (anything with ``execute(plan) ->
     RunResult``); the default is ``ModelRunner``."""
     device = repository.device
-    slots_max = settings.max_sessions + settings.max_running_completions + CHUNK_SLOTS
-    # a session's log holds at most window / every + 2 checkpoints, plus one planned per step
+    slots_max = settings.max_sessions + settings.max_running_completions + CHUNK_SLOTS + settings.speculation_slots
+    # a session's log holds at most window / every + 2 checkpoints, plus one planned per step,
+    # and a speculative guess at most one
     ck_max = settings.max_sessions * (settings.rewind_window // settings.checkpoint_every + 3)
+    ck_max += settings.speculation_slots
     if settings.rewind_window == 0:
         ck_max = 0
     mixers = {name: load_mixer(repository.get(name), settings, device) for name in repository.names()}
@@ -131,5 +138,11 @@ def build_runtimes(
         rt.beams = BeamSearches(lm.serving, lm.vocab)
         rt.mixer = getattr(rt.runner, "mixer", None)  # a runner that cannot mix serves no memory
         rt.beams.mixer = rt.mixer
+        exact = rt.info.precision in EXACT_PRECISIONS
+        if settings.speculation and not exact:
+            log.info("speculative keystrokes off for %s: %s steps are not batch-invariant", name, rt.info.precision)
+        rt.speculator = Speculator(
+            settings, settings.speculation and exact, lm.vocab, rt.runner, rt.alloc, rt.ck_alloc, rt.mixer is not None
+        )
         runtimes[name] = rt
     return runtimes

@@ -28,7 +28,7 @@ from .runtime import ModelRuntime
 from .session_blobs import SessionBlobs
 from .session_table import SessionTable
 from .sessions import AppendOp, ControlOp, Session
-from .types import AppendOptions, CompletionRequest, Prediction, SessionEvent, SessionInfo, SuggestRequest
+from .types import AppendOptions, CompletionRequest, Phase, Prediction, SessionEvent, SessionInfo, SuggestRequest
 
 
 class SessionOps:
@@ -43,6 +43,7 @@ class SessionOps:
     _runtimes: dict[str, ModelRuntime]
     _blobs: SessionBlobs
     _memory_settings: MemorySettings
+    _chars: dict[str, int]  # characters per Phase (EngineStats.chars_processed)
 
     def open_session(self, model: str | None = None, owner: str = "", memory: bool = True) -> SessionInfo:
         """A new session; ``memory`` False: its distributions are the model's alone even when
@@ -87,7 +88,12 @@ class SessionOps:
             self.admission.take_chars(owner, len(text))
         self.completions.cancel_of(s)
         rt = self._runtimes[s.model]
+        guess = rt.speculator.take(s, offset, text, options)
+        if guess is not None:  # stepped while the engine was idle: no model step now
+            self._chars[Phase.STEP] += 1
+            return Outcome(ticket, rt.speculator.adopt(s, guess, offset, text, time.time()))
         s.accept_append(AppendOp(offset, text, rt.loaded.vocab.encode(text), options, ticket, time.perf_counter()))
+        rt.speculator.discard(s)  # whatever the op, the session's guesses no longer hold
         rt.work[s] = None
         return None
 
@@ -105,6 +111,7 @@ class SessionOps:
         c = self.completions.start(rt, s, request, owner, ticket)
         s.queue.append(ControlOp("complete", None, time.perf_counter(), completion=c))
         s.last_used_at = time.time()
+        rt.speculator.discard(s)
         rt.work[s] = None
         return c
 
@@ -183,7 +190,9 @@ class SessionOps:
     def _control(self, s: Session, op: ControlOp) -> None:
         s.accept_control(op)
         s.last_used_at = time.time()
-        self._runtimes[s.model].work[s] = None
+        rt = self._runtimes[s.model]
+        rt.speculator.discard(s)  # whatever the op, the session's guesses no longer hold
+        rt.work[s] = None
 
     def _runtime(self, model: str | None) -> ModelRuntime:
         rt = self._runtimes.get(model or self.repository.default)

@@ -159,6 +159,7 @@ class SessionTable:
         s.queue.clear()
         self._completions.cancel_of(s)
         rt.work.pop(s, None)
+        rt.speculator.forget(s)
         s.history.release_all()
         rt.alloc.free(s.slot)
         self.count(reason)

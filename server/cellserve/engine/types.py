@@ -205,3 +205,6 @@ class EngineStats:
     chars_processed: dict[str, int] = field(default_factory=dict)  # Phase -> chars
     session_events: dict[str, int] = field(default_factory=dict)  # SessionEvent -> count
     models: tuple[ModelTotals, ...] = ()  # per model that ran a batch, summed since start
+    # speculative keystrokes (engine/speculation.py), all models: hits, misses, unguessed
+    # (keystrokes), rows, wasted_rows (cumulative), slots (scratch slots held now)
+    speculation: dict[str, int] = field(default_factory=dict)

@@ -206,6 +206,7 @@ class StepUpdate:
             rt.release_checkpoint(checkpoint_of(b, run))
             return
         self._apply_run(rt, b, run, preds, now)
+        rt.speculator.note(s, run.ops[-1].options)
         for op, pred in zip(run.ops, preds, strict=True):
             if op.with_session:  # a resume's replay: the session as the replay left it
                 self._deliveries.resolve(op, (s.info(), pred))

@@ -57,16 +57,23 @@ class Mixer(nn.Module):
 
     def gates(self, feats: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """[B, 1 + E] mixture weights; absent experts get exactly 0."""
-        logits = self.out(torch.relu(self.hidden(feats)))
-        keep = torch.cat([torch.ones_like(present[:, :1]), present], dim=-1) > 0
-        return torch.softmax(logits.masked_fill(~keep, float("-inf")), dim=-1)
+        return _masked_softmax(self.out(torch.relu(self.hidden(feats))), present)
 
     @torch.no_grad()
     def mix(self, logprobs: torch.Tensor, dists: torch.Tensor, host: torch.Tensor) -> torch.Tensor:
         """Mixed log-probabilities [B, V] (float32) from the model's logprobs [B, V] and the
-        memory's arrays (dists [B, E, V], host [B, HOST_FEATURES]) on the same device."""
+        memory's arrays (dists [B, E, V], host [B, HOST_FEATURES]) on the same device.
+
+        Each row's result is independent of the other rows, bit for bit: the gate's layers run
+        as ``_row_linear`` instead of ``nn.Linear``, whose GEMM takes another kernel for a
+        single row (one row alone and the same row beside others differed in the last bits), so
+        a served distribution would depend on its batch companions. Speculative keystrokes
+        (engine/speculation.py) answer from a batch of guesses and must equal the keystroke's
+        own step exactly."""
         lp = logprobs.float()
-        g = self.gates(self.features(lp, dists, host), host[:, _PRESENT])
+        feats = self.features(lp, dists, host)
+        logits = _row_linear(torch.relu(_row_linear(feats, self.hidden)), self.out)
+        g = _masked_softmax(logits, host[:, _PRESENT])
         mixed = g[:, :1] * lp.exp() + (g[:, 1:, None] * dists).sum(1)
         v = lp.shape[-1]
         return torch.log(mixed * (1.0 - EPS) + EPS / v)
@@ -110,6 +117,18 @@ class Mixer(nn.Module):
         m = cls()
         m.load_state_dict(load_file(str(Path(folder) / MIXER_FILE)))
         return m.to(device).eval()
+
+
+def _row_linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """``layer(x)`` ([B, in] -> [B, out]) computed row by row the same way whatever B: an
+    elementwise product and a sum over the last dimension (the layers are tiny)."""
+    return (x[:, None, :] * layer.weight).sum(-1) + layer.bias
+
+
+def _masked_softmax(logits: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Softmax over [model, experts...] with absent experts at exactly 0."""
+    keep = torch.cat([torch.ones_like(present[:, :1]), present], dim=-1) > 0
+    return torch.softmax(logits.masked_fill(~keep, float("-inf")), dim=-1)
 
 
 def bits(logprob: float) -> float:

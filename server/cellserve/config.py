@@ -210,6 +210,12 @@ class Settings(BaseModel):
     speculation_recent_s: float = Field(default=5.0, gt=0, le=3600)
     """A session counts as typing (worth guessing for) this long after its last append; its
     guesses are dropped once it has been quiet longer."""
+    speculation_delay_s: float = Field(default=0.005, ge=0, le=1.0)
+    """How long the core stays idle before it starts guessing. Guessing holds the interpreter
+    lock for most of a batch, so started at once it would slow the event loop that is still
+    writing the answers just made (docs/measurements.md: a keystroke answered from a guess
+    took as long as one that was stepped); a typist's next keystroke is 100+ ms away, so a few
+    milliseconds cost no hits."""
     # --- exactly-once, rewind, snapshots -------------------------------------------------
     checkpoint_every: int = Field(default=64, ge=1, le=100_000)
     """Rewind checkpoints: the state is saved every this many characters."""

@@ -112,8 +112,11 @@ class FakeCore:
     def fail_all(self, err: BaseException) -> None:
         pass
 
-    def speculate(self) -> bool:
+    def speculating(self) -> bool:
         return False  # the loop's idle work: nothing to guess here
+
+    def speculate(self) -> bool:
+        return False
 
     async def wait_calls(self, n: int) -> list[Call]:
         while True:

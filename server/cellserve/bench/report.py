@@ -308,7 +308,9 @@ def _speculation_section(sp: dict[str, Any] | None) -> list[str]:
         "| speculation | text | hit rate | hits | misses | unguessed | p50 ms | p99 ms |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for mode in ("on", "off"):
+    for mode in ("on", "off", "echo"):
+        if mode not in sp:
+            continue
         for text in ("python", "prose"):
             r = sp[mode][text]
             c, lat = r["counts"], r["latency_ms"]
@@ -316,6 +318,7 @@ def _speculation_section(sp: dict[str, Any] | None) -> list[str]:
                 f"| {mode} | {text} | {_f(r['hit_rate'], '{:.1%}')} | {c['hit']:.0f} | {c['miss']:.0f} | "
                 f"{c['unguessed']:.0f} | {_f(lat.get('p50'), '{:.2f}')} | {_f(lat.get('p99'), '{:.2f}')} |"
             )
+    lines += ["", "(echo: the same typist against the echo peer, the transport alone at this pace.)"]
     lines += ["", "| speculation | N | keystrokes/s | p50 ms | p99 ms |", "|---|---|---|---|---|"]
     for mode in ("on", "off"):
         for n, r in sp[mode]["closed"].items():

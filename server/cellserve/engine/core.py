@@ -313,6 +313,10 @@ class EngineCore(SessionOps):
             self.completions.answer_beams(rt)
         return StepOutput(self.take_deliveries(), stats, not self.has_work())
 
+    def speculating(self) -> bool:
+        """Some model has sessions to guess for (``speculate`` would do something)."""
+        return any(rt.speculator.pending() for rt in self._runtimes.values())
+
     def speculate(self) -> bool:
         """One small batch of speculative keystrokes (engine/speculation.py), only while
         nothing is queued, running or completing; False: nothing left to guess."""

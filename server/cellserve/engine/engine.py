@@ -63,7 +63,7 @@ class Engine:
         self.core = core or EngineCore(settings, repository)
         self.device = self.core.device
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._core_loop = CoreLoop(self.core, self._hand_off)
+        self._core_loop = CoreLoop(self.core, self._hand_off, self.settings.speculation_delay_s)
         self._started = False
         self._stopped = False
         self._idle = asyncio.Event()

@@ -28,14 +28,18 @@ STEP_RETRY_S = 0.05  # after a step raised: the pause before the next one
 
 
 class CoreLoop:
-    def __init__(self, core: EngineCore, hand_off: Callable[[StepOutput], bool]) -> None:
+    def __init__(
+        self, core: EngineCore, hand_off: Callable[[StepOutput], bool], speculation_delay_s: float = 0.0
+    ) -> None:
         """``hand_off(output)`` delivers one pass's output; False: nobody is left to answer
-        (the thread ends)."""
+        (the thread ends). ``speculation_delay_s``: how long the core stays idle before it
+        guesses keystrokes (``Settings.speculation_delay_s``)."""
         self.core = core
         self._hand_off = hand_off
         self._inbox: deque[Call] = deque()
         self._kick = threading.Event()  # a call was posted (or stop was asked)
         self._stopping = False
+        self._speculation_delay_s = speculation_delay_s
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -92,8 +96,11 @@ class CoreLoop:
                     return
                 if out.idle and not inbox:
                     # idle: speculative keystrokes, one small batch at a time, until a call
-                    # arrives (it is taken at once) or nothing is left to guess
-                    while not inbox and not self._stopping and core.speculate():
-                        pass
+                    # arrives (it is taken at once) or nothing is left to guess; first a short
+                    # wait, so the event loop writes this pass's answers without competing
+                    # with the guesses for the interpreter lock (a call ends the wait)
+                    if core.speculating() and not self._kick.wait(self._speculation_delay_s):
+                        while not inbox and not self._stopping and core.speculate():
+                            pass
                     if not inbox:
                         break

@@ -99,6 +99,7 @@ class _Active:
     options: AppendOptions
     candidates: list[int] | None
     at: float  # monotonic seconds of its latest append
+    answer: Prediction | None = None  # the latest answer, read for candidates when guessing starts
 
 
 @dataclass
@@ -159,9 +160,10 @@ class Speculator:
         answer knew them): the session is typing, and worth guessing for."""
         if not self.enabled or options.want_gates:  # gates come from the fp32 reference cells
             return
-        if candidates is None and s.last_applied is not None:
-            candidates = self._from_prediction(s.last_applied[2])
-        self._active[s] = _Active(options, candidates, time.monotonic())
+        # the answer's top-k is read into candidates only when guessing starts: under load the
+        # core is never idle, and every keystroke is noted (docs/measurements.md)
+        answer = s.last_applied[2] if candidates is None and s.last_applied is not None else None
+        self._active[s] = _Active(options, candidates, time.monotonic(), answer)
         self._active.move_to_end(s)
         self._todo[s] = None
         self._todo.move_to_end(s)
@@ -174,7 +176,7 @@ class Speculator:
             self._free(entry.guesses.values())
         act = self._active.get(s)
         if act is not None:
-            act.candidates = None
+            act.candidates = act.answer = None
             self._todo[s] = None
 
     def forget(self, s: Session) -> None:
@@ -238,6 +240,10 @@ class Speculator:
         return tuple(entry.guesses) if entry is not None else ()
 
     # ---- the idle work ----------------------------------------------------------------------------
+    def pending(self) -> bool:
+        """Some active session has no guesses yet (``run_batch`` may have work)."""
+        return self.enabled and bool(self._todo)
+
     def run_batch(self) -> bool:
         """One batch of guesses (at most ``BATCH_ROWS`` rows) for the most recently active
         sessions without any; False: nothing to do. Only while the core has nothing queued."""
@@ -254,6 +260,8 @@ class Speculator:
                 continue
             top_k = max(act.options.top_k, self.k)
             memory = s.memory.fork() if self._mixes and act.options.memory and s.memory is not None else None
+            if act.candidates is None and act.answer is not None:
+                act.candidates, act.answer = self._from_prediction(act.answer), None
             if act.candidates is None:  # the likeliest next characters first: a peek (no step)
                 plan.rows.append(Row([], src=s.slot, ends=[(0, self.k)], memory=memory))
                 work.append((s, None, len(plan.rows) - 1))

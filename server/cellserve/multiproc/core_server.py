@@ -112,7 +112,7 @@ class CoreServer:
         self._models: list[ModelInfo] = core.models()
         self._model_names = frozenset(mi.name for mi in self._models)
         self._methods, self._codes = known_labels()
-        self._loop = CoreLoop(core, self._hand_off)
+        self._loop = CoreLoop(core, self._hand_off, settings.speculation_delay_s)
         self._tickets = itertools.count(1)
         # ticket -> where its answer goes; written by the input thread, popped by the output
         # thread (single dict operations: atomic under the GIL)

@@ -279,3 +279,25 @@ def test_a_failed_batch_changes_nothing(memory_model_dir: Path, monkeypatch: pyt
     for pos, ch in enumerate("f x", start=2):
         both(on, off, "submit_append", sid, pos, ch, AppendOptions(), "")
         assert on.state_bytes(sid) == off.state_bytes(sid)
+
+
+def test_a_retried_keystroke_after_a_hit_is_replayed(memory_model_dir: Path) -> None:
+    """A client that resends a keystroke answered from a guess (its answer was lost) gets the
+    same answer, marked replayed, and nothing is applied twice: exactly-once holds for hits."""
+    on, off = Core(memory_model_dir), Core(memory_model_dir, speculation=False)
+    sid = on.open()
+    off.open(session_id=sid)
+    opts = AppendOptions(top_k=5)
+    both(on, off, "submit_append", sid, 0, "d", opts, "")
+    hits = 0
+    for pos in range(1, 12):
+        on.idle()
+        guessed = on.guessed(sid)
+        ch = guessed[0] if guessed else "x"
+        first = both(on, off, "submit_append", sid, pos, ch, opts, "")
+        hits += bool(guessed)
+        again = both(on, off, "submit_append", sid, pos, ch, opts, "")
+        assert again.replayed and (again.position, again.top_k) == (first.position, first.top_k)
+        assert on.state_bytes(sid) == off.state_bytes(sid)
+        assert on.memory_text(sid) == off.memory_text(sid)
+    assert hits >= 5 and on.core.stats().speculation["hits"] >= 5

@@ -33,6 +33,7 @@ from .types import AppendOptions, Prediction, SessionInfo, SuggestRequest
 if TYPE_CHECKING:
     from ..memory.window import SessionMemory
     from .completions import Completion
+    from .plan import CheckpointRef
 
 
 @dataclass(eq=False)
@@ -155,6 +156,26 @@ class Session:
     def apply(self, position: int) -> None:
         """The session's slot now holds the state at ``position``."""
         self.position = position
+
+    def land_piece(
+        self,
+        position: int,
+        tokens: list[int],
+        text: str,
+        checkpoint: CheckpointRef | None,
+        applied: tuple[int, str, Prediction],
+        now: float,
+    ) -> None:
+        """Appended text landed (its state is in the slot): the position, the memory, the
+        rewind log and the last applied piece (``applied``: offset, text, answer) follow.
+        Shared by a step's commit and a speculative hit, which must leave the same session."""
+        self.apply(position)
+        if self.memory is not None:
+            self.memory.push(tokens)
+            self.memory_changed()
+        self.history.record(text, position, checkpoint)
+        self.last_applied = applied
+        self.last_used_at = now
 
     def mark_closed(self) -> bool:
         """False when it already was closed."""

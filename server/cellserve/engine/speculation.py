@@ -212,8 +212,8 @@ class Speculator:
         return guess
 
     def adopt(self, s: Session, guess: Guess, offset: int, text: str, now: float) -> Prediction:
-        """Applies a taken guess as the keystroke's commit would (``StepUpdate._apply_run`` for
-        one one-character piece): the guess's slot becomes the session's, the memory reads the
+        """Applies a taken guess as the keystroke's commit would (``Session.land_piece``, as
+        ``StepUpdate._apply_run`` does for one one-character piece): the guess's slot becomes the session's, the memory reads the
         character, the rewind log records it. Returns the keystroke's answer."""
         pred = guess.prediction
         assert pred is not None
@@ -221,15 +221,10 @@ class Speculator:
         self._alloc.free(old)  # nothing reads it any more: the session was idle
         self.slots -= 1
         pos = s.position + 1
-        s.apply(pos)
-        s.queued_end = s.planned_end = pos
-        if s.memory is not None:
-            s.memory.push([guess.token])
-            s.memory_changed()
         ck = CheckpointRef(guess.checkpoint) if guess.checkpoint is not None else None
-        s.history.record(text, pos, ck)
-        s.last_applied = s.last_piece = (offset, text, pred)
-        s.last_used_at = now
+        s.land_piece(pos, [guess.token], text, ck, (offset, text, pred), now)
+        s.queued_end = s.planned_end = pos
+        s.last_piece = s.last_applied
         act = self._active.get(s)
         self.note(s, act.options if act is not None else AppendOptions(), guess.after or None)
         return pred

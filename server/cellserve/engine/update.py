@@ -215,17 +215,17 @@ class StepUpdate:
         s = run.session
         if run.leading_write is not None:
             self._apply_write(rt, s, run.leading_write)
-        pos = preds[-1].position
-        s.apply(pos)
-        if s.memory is not None:  # the whole of every piece lands now (chunks pushed nothing)
-            s.memory.push([t for op in run.ops for t in op.tokens])
-            s.memory_changed()
-        s.history.record("".join(op.text for op in run.ops), pos, checkpoint_of(b, run))
         last = run.ops[-1]
-        s.last_applied = (last.offset, last.text, preds[-1])
+        s.land_piece(  # the whole of every piece lands now (chunks pushed nothing to the memory)
+            preds[-1].position,
+            [t for op in run.ops for t in op.tokens],
+            "".join(op.text for op in run.ops),
+            checkpoint_of(b, run),
+            (last.offset, last.text, preds[-1]),
+            now,
+        )
         if s.last_piece is not None and s.last_piece[2] is last:  # a retry now gets the value
             s.last_piece = s.last_applied
-        s.last_used_at = now
 
     def _apply_write(self, rt: ModelRuntime, s: Session, op: ControlOp) -> None:
         op.applied = True

@@ -42,7 +42,8 @@ def memory_arrays_many(preds: Sequence[MemoryPrediction], vocab_size: int) -> tu
     lens = [len(nx) for pred in preds for nx in pred.nexts]
     if any(lens):
         chars = np.frombuffer(b"".join(nx for pred in preds for nx in pred.nexts), dtype=np.uint8).astype(np.int64)
-        n = np.array(lens, dtype=np.float64)
+        counts_of = np.array(lens)
+        n = counts_of.astype(np.float64)
         codes = chars + np.repeat(np.arange(len(lens)) * vocab_size, lens)
         weights = np.repeat(1.0 / np.maximum(n, 1.0), lens)
         counts = np.bincount(codes, weights, minlength=len(lens) * vocab_size).reshape(p_n, orders, vocab_size)
@@ -50,7 +51,7 @@ def memory_arrays_many(preds: Sequence[MemoryPrediction], vocab_size: int) -> tu
         seen = (n > 0).reshape(p_n, orders)
         per = host[:, : 3 * orders].reshape(p_n, orders, 3)
         per[:, :, 0] = seen
-        per[:, :, 1] = _log_occ(np.asarray(lens)).reshape(p_n, orders)
+        per[:, :, 1] = _log_occ(counts_of).reshape(p_n, orders)
         per[:, :, 2] = np.where(seen, dists[:, :orders].max(axis=2), 0.0)
     for p, pred in enumerate(preds):
         if pred.match_char >= 0:
@@ -60,18 +61,24 @@ def memory_arrays_many(preds: Sequence[MemoryPrediction], vocab_size: int) -> tu
     return dists, host
 
 
+def _log_occ_table(top: int) -> np.ndarray:
+    table: np.ndarray = np.array([math.log1p(float(k)) / _LOG_OCC for k in range(top + 1)], dtype=np.float64)
+    return table
+
+
+# log1p(count) / log1p(32) by count, read by index (counts are small integers), so the value of
+# a count never depends on the length or alignment of the array it sits in; grown on demand
+# past the default occurrences (``MemorySettings.occurrences``).
+_LOG_OCC_OF = _log_occ_table(64)
+
+
 def _log_occ(counts: np.ndarray) -> np.ndarray:
-    """log1p(count) / log1p(32) per count, from one table (counts are small integers), so the
-    value of a count never depends on the length or alignment of the array it sits in."""
+    global _LOG_OCC_OF
     top = int(counts.max()) if counts.size else 0
-    if top >= len(_LOG_OCC_TABLE):
-        _LOG_OCC_TABLE.extend(math.log1p(float(k)) / _LOG_OCC for k in range(len(_LOG_OCC_TABLE), top + 1))
-    table: np.ndarray = np.asarray(_LOG_OCC_TABLE, dtype=np.float64)
-    out: np.ndarray = table[counts]
+    if top >= len(_LOG_OCC_OF):
+        _LOG_OCC_OF = _log_occ_table(top)
+    out: np.ndarray = _LOG_OCC_OF[counts]
     return out
-
-
-_LOG_OCC_TABLE: list[float] = []
 
 
 def present_of(host: np.ndarray) -> np.ndarray:

@@ -1,0 +1,121 @@
+"""The engine core's own CPU per keystroke, with no gRPC and no event loop: N sessions on the
+shipped model (server defaults: int8, session memory on) each append one character per step,
+driven synchronously (``EngineCore.submit_append`` then ``step``), for ROUNDS steps. Prints the
+core's CPU per keystroke (``time.thread_time``: this thread's CPU, the model's kernels included)
+split by phase, beside the model's own batched step at the same N (the bench's ceiling: step ->
+head -> top-5 -> host). The text typed is this repository's server sources, one file per session.
+``--cprofile`` adds the functions with the most own time.
+
+    .venv/bin/python scripts/profile_core.py [N] [ROUNDS] [--model python-lstm] [--set key=value ...] [--cprofile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import itertools
+import pstats
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from cellserve.bench.ceiling import Ceiling
+from cellserve.bench.model import ModelRef
+from cellserve.config import Settings, default_model_dir
+from cellserve.engine.core import EngineCore
+from cellserve.engine.runner import ModelRunner
+from cellserve.engine.types import AppendOptions
+from cellserve.engine.update import StepUpdate
+from cellserve.repository import ModelRepository
+
+PHASES: list[tuple[type, str]] = [
+    (EngineCore, "_schedule"),
+    (ModelRunner, "_prepare"),
+    (ModelRunner, "_forward"),
+    (ModelRunner, "_pick"),
+    (ModelRunner, "_mix"),
+    (ModelRunner, "_unpack"),
+    (ModelRunner, "_write_back"),
+    (StepUpdate, "stage"),
+    (StepUpdate, "apply"),
+]
+
+
+def timed(cls: type, name: str, acc: dict[str, float]) -> Callable[[], None]:
+    """Wraps ``cls.name`` to add its thread CPU to ``acc``; returns the undo."""
+    fn = getattr(cls, name)
+
+    def wrapper(*a: Any, **k: Any) -> Any:
+        t0 = time.thread_time()
+        try:
+            return fn(*a, **k)
+        finally:
+            acc[f"{cls.__name__}.{name}"] += time.thread_time() - t0
+
+    setattr(cls, name, wrapper)
+    return lambda: setattr(cls, name, fn)
+
+
+def texts(n: int) -> list[str]:
+    root = Path(__file__).resolve().parents[1] / "server" / "cellserve"
+    files = sorted(root.rglob("*.py"))
+    out = [f.read_text() for f in files if f.stat().st_size > 4000]
+    return [out[i % len(out)] for i in range(n)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("n", type=int, nargs="?", default=256)
+    ap.add_argument("rounds", type=int, nargs="?", default=200)
+    ap.add_argument("--model", default="python-lstm")
+    ap.add_argument("--set", action="append", default=[], help="a Settings field, key=value")
+    ap.add_argument("--cprofile", action="store_true")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    extra: dict[str, Any] = dict(kv.split("=", 1) for kv in a.set)
+    st = Settings(device="cpu", models=[a.model], max_sessions=max(4096, a.n), cpu_threads=1, **extra)
+    core = EngineCore(st, ModelRepository.load(st))
+    sids = [core.open_session().session_id for _ in range(a.n)]
+    typed = texts(a.n)
+    tickets = itertools.count(1)
+    opts = AppendOptions()
+
+    def round_(r: int) -> None:
+        for sid, text in zip(sids, typed, strict=True):
+            core.submit_append(sid, r, text[r % len(text)], opts, "", next(tickets))
+        while core.has_work():
+            core.step()
+        core.take_deliveries()
+
+    warm = 20
+    for r in range(warm):
+        round_(r)
+    acc: dict[str, float] = defaultdict(float)
+    undo = [timed(cls, name, acc) for cls, name in PHASES]
+    prof = cProfile.Profile() if a.cprofile else None
+    t0 = time.thread_time()
+    if prof:
+        prof.enable()
+    for r in range(warm, warm + a.rounds):
+        round_(r)
+    if prof:
+        prof.disable()
+    total = time.thread_time() - t0
+    for u in undo:
+        u()
+    keys = a.n * a.rounds
+    ceiling = Ceiling(ModelRef(default_model_dir(), a.model, ""), "cpu", 1).keystrokes(a.n, 2.0)
+    model_row = ceiling["step_s"] / a.n
+    print(f"N={a.n}, {a.rounds} rounds: core CPU {1e6 * total / keys:.1f} us per keystroke; "
+          f"the model's own step {1e6 * model_row:.1f} us per row ({ceiling['precision']})")  # fmt: skip
+    for k, v in sorted(acc.items(), key=lambda kv: -kv[1]):
+        print(f"  {k:28s} {1e6 * v / keys:7.1f} us")
+    if prof:
+        pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,5 +1,5 @@
 """The engine core's own CPU per keystroke, with no gRPC and no event loop: N sessions on the
-shipped model (server defaults: int8, session memory on) each append one character per step,
+shipped model (server defaults: int8, session memory on, the server's garbage-collector tuning) each append one character per step,
 driven synchronously (``EngineCore.submit_append`` then ``step``), for ROUNDS steps. Prints the
 core's CPU per keystroke (``time.thread_time``: this thread's CPU, the model's kernels included)
 split by phase, beside the model's own batched step at the same N (the bench's ceiling: step ->
@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from cellserve.bench.ceiling import Ceiling
 from cellserve.bench.model import ModelRef
+from cellserve.boot import tune_gc
 from cellserve.config import Settings, default_model_dir
 from cellserve.engine.core import EngineCore
 from cellserve.engine.runner import ModelRunner
@@ -73,11 +74,14 @@ def main() -> None:
     ap.add_argument("--model", default="python-lstm")
     ap.add_argument("--set", action="append", default=[], help="a Settings field, key=value")
     ap.add_argument("--cprofile", action="store_true")
+    ap.add_argument("--sort", default="tottime", help="cProfile order: tottime, cumtime...")
+    ap.add_argument("--top", type=int, default=30)
     a = ap.parse_args()
     torch.set_num_threads(1)
     extra: dict[str, Any] = dict(kv.split("=", 1) for kv in a.set)
     st = Settings(device="cpu", models=[a.model], max_sessions=max(4096, a.n), cpu_threads=1, **extra)
     core = EngineCore(st, ModelRepository.load(st))
+    tune_gc(st)  # as a server does once loaded (Settings.gc_young_threshold)
     sids = [core.open_session().session_id for _ in range(a.n)]
     typed = texts(a.n)
     tickets = itertools.count(1)
@@ -114,7 +118,7 @@ def main() -> None:
     for k, v in sorted(acc.items(), key=lambda kv: -kv[1]):
         print(f"  {k:28s} {1e6 * v / keys:7.1f} us")
     if prof:
-        pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+        pstats.Stats(prof).sort_stats(a.sort).print_stats(a.top)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ process), so neither imports the other.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from typing import TYPE_CHECKING
 
@@ -36,6 +37,18 @@ async def start_engine(settings: Settings) -> Engine:
     engine = Engine(settings, load_models(settings))
     await engine.start()
     return engine
+
+
+def tune_gc(settings: Settings) -> None:
+    """Once the process has loaded what it serves, before it serves: that is collected once
+    and frozen (never walked again by the cyclic collector), and young collections wait for
+    ``gc_young_threshold`` objects (Settings.gc_young_threshold)."""
+    if settings.gc_young_threshold == 0:
+        return
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(settings.gc_young_threshold, older, oldest)
 
 
 def log_loaded(repository: ModelRepository) -> None:

@@ -63,6 +63,13 @@ class Settings(BaseModel):
     records it), at which auto serves a reduced precision; 0.005 = 0.5%."""
     cpu_threads: int = Field(default=0, ge=0, le=256)
     """torch intra-op threads on CPU; 0 leaves torch's default."""
+    gc_young_threshold: int = Field(default=20_000, ge=0, le=10_000_000)
+    """Python's cyclic garbage collector: container objects allocated (net) before a young
+    collection (``gc.set_threshold``'s first value; Python's own is 700). A step of hundreds
+    of keystrokes holds thousands of short-lived objects, so at 700 the collector ran several
+    times per step, walking them and every object older than them (docs/measurements.md).
+    What the server loaded at start is frozen out of collections (``gc.freeze``). 0: Python's
+    defaults, nothing frozen."""
     frontends: int = Field(default_factory=lambda: default_frontends(), ge=0, le=64)
     """gRPC frontend processes in front of one engine-core process (sharing the port);
     0: one process does everything. Default: 0 with 2 CPUs or fewer (a second process only

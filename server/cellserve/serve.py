@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .boot import start_engine, start_metrics, stop_metrics
+from .boot import start_engine, start_metrics, stop_metrics, tune_gc
 from .config import ENV_PREFIX, Settings
 from .errors import ModelFileError
 from .logs import configure_logging
@@ -209,6 +209,7 @@ async def serve(settings: Settings) -> int:
         await stop_metrics(poller, endpoint)
         await engine.stop()
         return EXIT_CONFIG
+    tune_gc(settings)  # everything loaded: from here on the collector walks only what serving makes
     print(f"cellserve listening on {format_address(settings.host, port)} (grpc)", flush=True)
     log.info(
         "grpc transport: %s; authentication: %s",

@@ -59,7 +59,7 @@ def _core_main(settings: Settings, address: str, conn: Connection) -> int:
 
     import zmq
 
-    from ..boot import load_models, start_metrics
+    from ..boot import load_models, start_metrics, tune_gc
     from ..engine.core import EngineCore
     from ..errors import Unavailable
     from .core_server import CoreServer
@@ -85,6 +85,7 @@ def _core_main(settings: Settings, address: str, conn: Connection) -> int:
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     gates = GateThread(repository.get)
     server = CoreServer(core, ctx, address, settings, metrics, gates)
+    tune_gc(settings)  # before the core thread starts: what it makes from now on is all the collector walks
     gates.start()
     server.start()
     conn.send(("ready", endpoint.port))
@@ -135,6 +136,7 @@ async def _frontend_main(settings: Settings, index: int, address: str, conn: Con
     from ..api import ApiServer
     from ..api.server import format_address
     from ..api.transport import TlsFileError
+    from ..boot import tune_gc
     from ..tokens import TokensFileError
     from .client import ForwardingRecorder, ZmqEngineClient
     from .gates import CoreGates
@@ -169,6 +171,7 @@ async def _frontend_main(settings: Settings, index: int, address: str, conn: Con
         conn.send(("error", f"cannot listen on {format_address(settings.host, settings.port)}: {e}"))
         await client.stop()
         return EXIT_CONFIG
+    tune_gc(settings)
     conn.send(("listening", port))
 
     loop = asyncio.get_running_loop()

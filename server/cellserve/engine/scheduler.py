@@ -271,12 +271,15 @@ class Scheduler:
         head = taken[0]
         tokens: list[int] = list(head.tokens[first_done:])
         ends: list[tuple[int, int]] = []
-        for k, op in enumerate(taken):
+        end, logprobs, gates, last = start, False, False, len(taken) - 1
+        for k, op in enumerate(taken):  # one pass (a keystroke's run is one op: this is per keystroke)
+            o = op.options
             if k:
                 tokens.extend(op.tokens)
-            superseded = op.options.only_last and k < len(taken) - 1
-            ends.append((len(tokens), 0 if superseded else op.options.top_k))
-        end = start + sum(len(op.text) for op in taken)
+            ends.append((len(tokens), 0 if o.only_last and k < last else o.top_k))  # superseded: none
+            end += len(op.text)
+            logprobs = logprobs or o.want_logprobs
+            gates = gates or o.want_gates
         from_scratch = first_done > 0 and head.scratch is not None
         row = Row(
             tokens,
@@ -284,8 +287,8 @@ class Scheduler:
             init=write.state if write is not None else None,
             dst=s.slot,
             ends=ends,
-            logprobs=any(op.options.want_logprobs for op in taken),
-            gates=any(op.options.want_gates for op in taken),
+            logprobs=logprobs,
+            gates=gates,
             checkpoint=self._checkpoint() if s.history.wants_checkpoint(end) else None,
         )
         batch.plan.rows.append(row)

@@ -163,8 +163,12 @@ class Speculator:
         # the answer's top-k is read into candidates only when guessing starts: under load the
         # core is never idle, and every keystroke is noted (docs/measurements.md)
         answer = s.last_applied[2] if candidates is None and s.last_applied is not None else None
-        self._active[s] = _Active(options, candidates, time.monotonic(), answer)
-        self._active.move_to_end(s)
+        act = self._active.get(s)
+        if act is None:
+            self._active[s] = _Active(options, candidates, time.monotonic(), answer)
+        else:  # updated in place: noted at every keystroke
+            act.options, act.candidates, act.at, act.answer = options, candidates, time.monotonic(), answer
+            self._active.move_to_end(s)
         self._todo[s] = None
         self._todo.move_to_end(s)
 

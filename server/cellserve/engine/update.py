@@ -196,11 +196,13 @@ class StepUpdate:
 
     def _commit_run(self, rt: ModelRuntime, b: Batch, run: AppendRun, preds: list[Prediction], now: float) -> None:
         s = run.session
+        tok_at = -run.first_done
         for op, pred in zip(run.ops, preds, strict=True):
-            rt.free_scratch(op)
+            if op.scratch is not None:
+                rt.free_scratch(op)
             if not op.with_session or s.closed:
                 self._deliveries.resolve(op, pred)
-        tok_at = sum(len(op.text) for op in run.ops) - run.first_done
+            tok_at += len(op.text)
         self._chars[Phase.STEP if tok_at == 1 and not run.first_done else Phase.PREFILL] += tok_at
         if s.closed:
             rt.release_checkpoint(checkpoint_of(b, run))

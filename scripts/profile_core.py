@@ -4,7 +4,9 @@ driven synchronously (``EngineCore.submit_append`` then ``step``), for ROUNDS st
 core's CPU per keystroke (``time.thread_time``: this thread's CPU, the model's kernels included)
 split by phase, beside the model's own batched step at the same N (the bench's ceiling: step ->
 head -> top-5 -> host). The text typed is this repository's server sources, one file per session.
-``--cprofile`` adds the functions with the most own time.
+``--cprofile`` adds the functions with the most own time. ``--beside-busy-thread`` runs a Python
+thread that never sleeps beside the core (a stand-in for a busy event loop in the same process:
+the two take turns on the interpreter lock, ``sys.getswitchinterval()`` apart at most).
 
     .venv/bin/python scripts/profile_core.py [N] [ROUNDS] [--model python-lstm] [--set key=value ...] [--cprofile]
 """
@@ -15,6 +17,7 @@ import argparse
 import cProfile
 import itertools
 import pstats
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -60,6 +63,13 @@ def timed(cls: type, name: str, acc: dict[str, float]) -> Callable[[], None]:
     return lambda: setattr(cls, name, fn)
 
 
+def _busy() -> None:
+    x = 0
+    while True:
+        for i in range(1000):
+            x += i
+
+
 def texts(n: int) -> list[str]:
     root = Path(__file__).resolve().parents[1] / "server" / "cellserve"
     files = sorted(root.rglob("*.py"))
@@ -76,6 +86,7 @@ def main() -> None:
     ap.add_argument("--cprofile", action="store_true")
     ap.add_argument("--sort", default="tottime", help="cProfile order: tottime, cumtime...")
     ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--beside-busy-thread", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(1)
     extra: dict[str, Any] = dict(kv.split("=", 1) for kv in a.set)
@@ -97,6 +108,9 @@ def main() -> None:
     warm = 20
     for r in range(warm):
         round_(r)
+    ceiling = Ceiling(ModelRef(default_model_dir(), a.model, ""), "cpu", 1).keystrokes(a.n, 2.0)  # alone
+    if a.beside_busy_thread:
+        threading.Thread(target=_busy, daemon=True).start()
     acc: dict[str, float] = defaultdict(float)
     undo = [timed(cls, name, acc) for cls, name in PHASES]
     prof = cProfile.Profile() if a.cprofile else None
@@ -111,7 +125,6 @@ def main() -> None:
     for u in undo:
         u()
     keys = a.n * a.rounds
-    ceiling = Ceiling(ModelRef(default_model_dir(), a.model, ""), "cpu", 1).keystrokes(a.n, 2.0)
     model_row = ceiling["step_s"] / a.n
     print(f"N={a.n}, {a.rounds} rounds: core CPU {1e6 * total / keys:.1f} us per keystroke; "
           f"the model's own step {1e6 * model_row:.1f} us per row ({ceiling['precision']})")  # fmt: skip

@@ -33,3 +33,32 @@ def test_the_int8_floor_target_is_the_per_row_ratio(served: float, met: bool) ->
     floor = [t for t in targets(res) if t["target"].startswith("int8 model ceiling per row")]
     assert [t["target"] for t in floor] == ["int8 model ceiling per row / quantize_dynamic per row at N=16"]
     assert floor[0]["value"] == pytest.approx(served / 1e-3) and floor[0]["met"] is met
+
+
+def test_the_ceiling_times_the_session_memory_of_a_model_that_mixes() -> None:
+    """The shipped model ships a mixer: the ceiling times the memory's own work per row (its
+    predictions after the keystroke, one mix, the push at commit), beside the model's step."""
+    c = Ceiling(ModelRef(MODELS, "python-lstm", "shipped"), "cpu", threads=0)
+    m = c.memory(3, seconds=0.05, text="def f(x):\n    return x + 1\n" * 40)
+    assert m is not None and m["batch"] == 3 and m["row_s"] == pytest.approx(m["step_s"] / 3) and m["row_s"] > 0
+
+
+def test_efficiency_with_the_memory_is_context_beside_the_target() -> None:
+    """(echo + model + memory per row) / cellserve, shown under the issue's efficiency target
+    and never counted as a target itself."""
+    res = {
+        "keystrokes_closed": {
+            "cellserve": {"256": {"server_cpu_ms_per_request": 0.2, "throughput_rps": 1.0, "sessions_starved": 0}},
+            "echo": {
+                "256": {"server_cpu_ms_per_request": 0.1, "client_cpu_ms_per_request": 0.1, "throughput_rps": 1.0}
+            },
+        },
+        "keystrokes_open": {},
+        "completions": {},
+        "ceiling": {"keystrokes": {"256": {"step_s": 256 * 20e-6}}, "memory": {"256": {"row_s": 40e-6}}},
+    }
+    rows = {t["target"]: t for t in targets(res)}
+    target = next(t for name, t in rows.items() if name.startswith("server CPU efficiency"))
+    assert target["value"] == pytest.approx((0.1 + 0.02) / 0.2) and target["met"] is False
+    context = next(t for name, t in rows.items() if "session memory's own CPU" in name)
+    assert context["value"] == pytest.approx((0.1 + 0.02 + 0.04) / 0.2) and context["met"] is None

@@ -6,7 +6,12 @@ pool gather/scatter: only what a server must compute per keystroke.
   int8 the same step of torch's ``quantize_dynamic`` of the same weights is timed beside it
   (``dynamic_step_s``: not served, its activation ranges are per call, but the yardstick of
   int8's floor, issue 19);
-- completions: greedy decoding at batch B: step -> head -> argmax -> host -> next input.
+- completions: greedy decoding at batch B: step -> head -> argmax -> host -> next input;
+- memory (a model that ships a mixer): the session memory's own work per keystroke, batched as
+  the server batches it: each row's prediction from its memory after the keystroke, the step's
+  memory arrays and ONE ``Mixer.mix`` (``memory_mix.point_arrays``, what the runner calls), and
+  the keystroke pushed at commit. Not part of the model's step above; a served distribution
+  needs both.
 
 The model runs at the precision a server with default settings would serve it at
 (``self.precision``). Timing: median of repeated calls (robust to the machine's noise) after a warm-up.
@@ -22,6 +27,9 @@ from typing import Any
 import torch
 
 from ..config import Settings
+from ..engine.memory_mix import load_mixer, memory_settings, point_arrays
+from ..engine.plan import Row
+from ..memory.window import SessionMemory
 from ..nn.charlm import CharLM
 from ..nn.checkpoint import load_model
 from ..nn.kernels import onednn
@@ -47,6 +55,10 @@ def _median_time(fn: Callable[[], None], seconds: float, sync: Callable[[], None
     return statistics.median(times)
 
 
+MEMORY_TYPED = 128  # characters each session has read when the memory's timing starts (about
+# what a session of the bench's closed-loop runs has typed by then)
+
+
 class Ceiling:
     def __init__(self, ref: ModelRef, device: str, threads: int) -> None:
         if threads:
@@ -56,6 +68,8 @@ class Ceiling:
         # within the bound, half on CUDA), so the ceiling is the floor of what the servers run
         loaded = at_precision(load_model(ref.folder, self.device), Settings(), self.device, ref.folder / SPEC_FILE)
         self.model, self.precision = loaded.serving, loaded.precision
+        self.vocab = loaded.vocab
+        self.mixer = load_mixer(loaded, Settings(), self.device)
         self.dynamic = quantize_dynamic_int8(loaded.model) if self.precision == "int8" else None
         self.threads = torch.get_num_threads()
         self.on_cpu = self.device.type == "cpu"
@@ -116,3 +130,30 @@ class Ceiling:
                     best = {"decode_s": t, "kernel": ("onednn" if kernel else "native") if self.on_cpu else "cuda"}
         best.update(batch=batch, chars=chars, chars_per_s=batch * chars / best["decode_s"], precision=self.precision)
         return best
+
+    def memory(self, batch: int, seconds: float, text: str) -> dict[str, Any] | None:
+        """The session memory's CPU per keystroke at ``batch`` rows per step (``row_s``), each
+        row a session typing ``text`` from its own place, with ``MEMORY_TYPED`` characters read
+        before timing starts; None: the model ships no mixer (it serves no memory)."""
+        mixer = self.mixer
+        if mixer is None:
+            return None
+        ids = self.vocab.encode(text)
+        v = self.model.vocab_size
+        span = max(1, len(ids) - MEMORY_TYPED)
+        at = [(i * 7919) % span for i in range(batch)]  # where each session types (as the load does)
+        mems = [SessionMemory.rebuild(ids[a : a + MEMORY_TYPED], memory_settings(Settings())) for a in at]
+        at = [a + MEMORY_TYPED for a in at]
+        lsm = torch.log_softmax(torch.randn(batch, v, device=self.device), dim=-1)
+
+        def step() -> None:
+            rows = [Row([ids[a]], src=None, memory=m.fork()) for m, a in zip(mems, at, strict=True)]
+            dists, host = point_arrays(rows, [(i, 1) for i in range(batch)], v)  # after the keystroke
+            mixer.mix(lsm, dists.to(self.device), host.to(self.device)).cpu()
+            for k, (m, a) in enumerate(zip(mems, at, strict=True)):  # the commit reads it
+                m.push([ids[a]])
+                at[k] = (a + 1) % len(ids)
+
+        with torch.inference_mode():
+            t = _median_time(step, seconds / 2, self._sync)
+        return {"batch": batch, "step_s": t, "row_s": t / batch, "typed_before": MEMORY_TYPED}

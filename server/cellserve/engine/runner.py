@@ -161,11 +161,14 @@ class ModelRunner:
         gathering in this order makes each group a contiguous slice), start states gathered."""
         self.pool.ensure_capacity(plan.capacity)
         self.checkpoints.ensure_capacity(plan.checkpoint_capacity)
+        steps: list[int] = []
+        pres: list[int] = []
+        gated: list[int] = []
+        peeks: list[int] = []
+        for i, r in enumerate(plan.rows):  # one pass: a keystroke is a row
+            n = len(r.tokens)
+            (peeks if not n else gated if r.gates else steps if n == 1 else pres).append(i)
         rows = plan.rows
-        steps = [i for i, r in enumerate(rows) if len(r.tokens) == 1 and not r.gates]
-        pres = [i for i, r in enumerate(rows) if len(r.tokens) > 1 and not r.gates]
-        gated = [i for i, r in enumerate(rows) if r.tokens and r.gates]
-        peeks = [i for i, r in enumerate(rows) if not r.tokens]
         order = steps + pres + gated + peeks
         start = self._start_states([rows[i] for i in order]) if order else ()
         return _Prepared(plan, steps, pres, gated, order, start)
@@ -314,7 +317,8 @@ class ModelRunner:
             for _end, k in r.ends:
                 if k > 0:
                     base = tk_n * kmax
-                    res.top_k.append([(int(tk_idx[base + j]), tk_vals[base + j]) for j in range(min(k, kmax))])
+                    end = base + min(k, kmax)
+                    res.top_k.append(list(zip(map(int, tk_idx[base:end]), tk_vals[base:end], strict=True)))
                     tk_n += 1
                 else:
                     res.top_k.append([])
@@ -356,19 +360,27 @@ class ModelRunner:
     def _write_back(self, prep: _Prepared, finals: list[torch.Tensor]) -> None:
         pool, rows, order = self.pool, prep.plan.rows, prep.order
         if order:
-            keep = [p for p, i in enumerate(order) if rows[i].dst is not None]
+            keep: list[int] = []
+            dsts: list[int] = []
+            ck: list[tuple[int, int]] = []
+            for p, i in enumerate(order):  # one pass: a keystroke is a row
+                r = rows[i]
+                if r.dst is not None:
+                    keep.append(p)
+                    dsts.append(r.dst)
+                if r.checkpoint is not None:
+                    ck.append((p, r.checkpoint))
             if keep:
-                dst = self._in.ints("dst", [rows[order[p]].dst for p in keep])  # type: ignore[misc]
+                dst = self._in.ints("dst", dsts)
                 if len(keep) == len(order):
                     pool.scatter(dst, tuple(finals))
                 else:
                     kp = self._in.ints("keep", keep)
                     pool.scatter(dst, tuple(f.index_select(1, kp) for f in finals))
-            ck = [(p, rows[i].checkpoint) for p, i in enumerate(order) if rows[i].checkpoint is not None]
             if ck:
                 at = self._in.ints("ck_at", [p for p, _ in ck])
                 self.checkpoints.scatter(
-                    self._in.ints("ck_slot", [c for _, c in ck]),  # type: ignore[misc]
+                    self._in.ints("ck_slot", [c for _, c in ck]),
                     tuple(f.index_select(1, at) for f in finals),
                 )
         for slot, src in prep.plan.writes:

@@ -33,3 +33,9 @@ def test_invalid_vocabularies() -> None:
         Vocab(["a"])
     with pytest.raises(ValueError, match="repeats"):
         Vocab(["", "a", "a"])
+
+
+def test_the_served_table_is_char_for_every_id() -> None:
+    v = Vocab.from_texts(["def f(x):\n\treturn x  # é"], max_size=100)
+    assert v.served == tuple(v.char(i) for i in range(len(v)))
+    assert v.served[UNKNOWN_ID] == UNKNOWN_CHAR

@@ -301,7 +301,7 @@ class Speculator:
                 r = res.rows[row + j]
                 g.prediction = Prediction(
                     position=s.position + 1,
-                    top_k=tuple((self._vocab.char(i), p) for i, p in r.top_k[0][: o.top_k]),
+                    top_k=tuple([(self._vocab.served[i], p) for i, p in r.top_k[0][: o.top_k]]),
                     logprobs=tuple(r.logprobs) if o.want_logprobs else (),
                 )
                 g.after = [t for t, _ in r.top_k[0] if self._typeable(t)][: self.k]

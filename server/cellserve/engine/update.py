@@ -109,7 +109,7 @@ class StepUpdate:
     def predictions(self, rt: ModelRuntime, run: AppendRun, row: RowResult) -> list[Prediction]:
         """One Prediction per piece of a run applied whole (the first one possibly finishing a
         chunked piece)."""
-        vocab = rt.loaded.vocab
+        chars = rt.loaded.vocab.served
         pos, tok_at = run.start, 0
         last = len(run.ops) - 1
         preds = []
@@ -122,7 +122,7 @@ class StepUpdate:
             preds.append(
                 Prediction(
                     position=pos,
-                    top_k=tuple((vocab.char(i), p) for i, p in row.top_k[k][: o.top_k]),
+                    top_k=tuple([(chars[i], p) for i, p in row.top_k[k][: o.top_k]]),
                     logprobs=tuple(logprobs),
                     gates=tuple(GateTrace(rt.gate_names, tuple(tuple(layer) for layer in g)) for g in gates),
                     superseded=o.only_last and k < last,
@@ -217,11 +217,12 @@ class StepUpdate:
         s = run.session
         if run.leading_write is not None:
             self._apply_write(rt, s, run.leading_write)
-        last = run.ops[-1]
+        ops, last = run.ops, run.ops[-1]
+        one = len(ops) == 1  # a keystroke's run: its op's own tokens and text (read, never changed)
         s.land_piece(  # the whole of every piece lands now (chunks pushed nothing to the memory)
             preds[-1].position,
-            [t for op in run.ops for t in op.tokens],
-            "".join(op.text for op in run.ops),
+            last.tokens if one else [t for op in ops for t in op.tokens],
+            last.text if one else "".join(op.text for op in ops),
             checkpoint_of(b, run),
             (last.offset, last.text, preds[-1]),
             now,

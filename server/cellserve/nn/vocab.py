@@ -30,6 +30,8 @@ class Vocab:
                 raise ValueError(f"vocabulary entry {i} repeats {ch!r}")
             seen.add(ch)
         self.chars: list[str] = list(chars)
+        # what ``char`` returns per id, as one table (the answers' top-k read it per keystroke)
+        self.served: tuple[str, ...] = (UNKNOWN_CHAR, *self.chars[1:])
         self._index = {ch: i for i, ch in enumerate(self.chars) if i > 0}
 
     def __len__(self) -> int:

@@ -31,33 +31,44 @@ def memory_arrays(pred: MemoryPrediction, vocab_size: int) -> tuple[np.ndarray, 
 
 def memory_arrays_many(preds: Sequence[MemoryPrediction], vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
     """``memory_arrays`` of several predictions at once: (dists [P, EXPERTS, V], host
-    [P, HOST_FEATURES]), float32. One bincount for every order of every point (code = (point *
-    orders + order) * V + character), so a step's memory features cost a few numpy calls, not a
-    few per point; each bin sums the same weights in the same order as one point alone would, so
-    the arrays do not depend on which other points share the call."""
+    [P, HOST_FEATURES]), float32. One bincount for every expert of every point (code = (point *
+    EXPERTS + expert) * V + character; the match model's character weighs 1), so a step's
+    memory features cost a few numpy calls, not a few per point; each bin sums the same weights
+    in the same order as one point alone would, so the arrays do not depend on which other
+    points share the call."""
     orders = len(ORDERS)
-    p_n = len(preds)
-    dists = np.zeros((p_n, EXPERTS, vocab_size), dtype=np.float32)
+    p_n, v = len(preds), vocab_size
     host = np.zeros((p_n, HOST_FEATURES), dtype=np.float32)
-    lens = [len(nx) for pred in preds for nx in pred.nexts]
-    if any(lens):
-        chars = np.frombuffer(b"".join(nx for pred in preds for nx in pred.nexts), dtype=np.uint8).astype(np.int64)
-        counts_of = np.array(lens)
-        n = counts_of.astype(np.float64)
-        codes = chars + np.repeat(np.arange(len(lens)) * vocab_size, lens)
-        weights = np.repeat(1.0 / np.maximum(n, 1.0), lens)
-        counts = np.bincount(codes, weights, minlength=len(lens) * vocab_size).reshape(p_n, orders, vocab_size)
-        dists[:, :orders] = counts
-        seen = (n > 0).reshape(p_n, orders)
-        per = host[:, : 3 * orders].reshape(p_n, orders, 3)
-        per[:, :, 0] = seen
-        per[:, :, 1] = _log_occ(counts_of).reshape(p_n, orders)
-        per[:, :, 2] = np.where(seen, dists[:, :orders].max(axis=2), 0.0)
-    for p, pred in enumerate(preds):
-        if pred.match_char >= 0:
-            dists[p, -1, pred.match_char] = 1.0
-            m = pred.match_len
-            host[p, -3:] = (1.0, math.log1p(m) / _LOG_MATCH, min(m, 16) / 16.0)
+    nexts = [nx for pred in preds for nx in pred.nexts]
+    counts_of = np.array([len(nx) for nx in nexts], dtype=np.int64)
+    n = counts_of.astype(np.float64)
+    chars = np.frombuffer(b"".join(nexts), dtype=np.uint8).astype(np.int64)
+    group = np.arange(p_n * orders)
+    codes = chars + np.repeat((group + group // orders) * v, counts_of)  # (p * EXPERTS + j) * V
+    weights = np.repeat(1.0 / np.maximum(n, 1.0), counts_of)
+    matched = [(p, pred.match_char, pred.match_len) for p, pred in enumerate(preds) if pred.match_char >= 0]
+    at = np.array([p for p, _, _ in matched], dtype=np.int64)
+    match_codes = (at * EXPERTS + orders) * v + np.array([c for _, c, _ in matched], dtype=np.int64)
+    sums = np.bincount(
+        np.concatenate([codes, match_codes]),
+        np.concatenate([weights, np.ones(len(matched))]),
+        minlength=p_n * EXPERTS * v,
+    )
+    dists = sums.astype(np.float32).reshape(p_n, EXPERTS, v)
+    seen = n > 0
+    per = host[:, : 3 * orders].reshape(p_n, orders, 3)
+    per[:, :, 0] = seen.reshape(p_n, orders)
+    per[:, :, 1] = _log_occ(counts_of).reshape(p_n, orders)
+    if chars.size:  # each order's largest share: the largest of its characters' sums (float32
+        # rounding keeps the order, so this is the float32 array's maximum over V)
+        firsts = np.cumsum(counts_of) - counts_of
+        share = np.zeros(p_n * orders)
+        share[seen] = np.maximum.reduceat(sums[codes], firsts[seen])
+        per[:, :, 2] = share.reshape(p_n, orders)
+    if matched:
+        host[at, -3] = 1.0
+        host[at, -2] = [math.log1p(m) / _LOG_MATCH for _, _, m in matched]
+        host[at, -1] = [min(m, 16) / 16.0 for _, _, m in matched]
     return dists, host
 
 

@@ -93,9 +93,8 @@ class SessionMemory:
     def _clear(self) -> None:
         # the hash heads are allocated on the first push: a session that never typed holds
         # no tables (its bytes are its text's); ``_EMPTY`` reads as "no event" everywhere
-        self._head: list[array[int]] = _EMPTY_HEADS
         self._set_bits(_MIN_BITS)
-        self._prev = [array("i") for _ in ORDERS]
+        self._set_tables(_EMPTY_HEADS)
         self._buf = bytearray()  # text positions [self._off, self._len)
         self._off = 0
         self._len = 0
@@ -117,6 +116,13 @@ class SessionMemory:
         # the text length at which the tables double (none once they are the full window's)
         self._grow_at = 1 << (bits + 1) if bits < self._full_bits else _REBASE_AT
 
+    def _set_tables(self, head: list[array[int]]) -> None:
+        """New hash heads and empty chains; ``_orders`` holds each order's (length, seed,
+        head, chain) for the per-character loops."""
+        self._head = head
+        self._prev = [array("i") for _ in ORDERS]
+        self._orders = tuple(zip(ORDERS, _SEEDS, self._head, self._prev, strict=True))
+
     def _resize(self, bits: int) -> None:
         """Rebuilds the tables at ``bits`` from the text. Only while the memory holds all its
         text from position 0 (tables grow and shrink below the full window only, where no text
@@ -124,8 +130,7 @@ class SessionMemory:
         assert self._off == 0
         text = bytes(self._buf)
         self._set_bits(bits)
-        self._head = [array("i", [-1]) * (self._mask + 1) for _ in ORDERS]
-        self._prev = [array("i") for _ in ORDERS]
+        self._set_tables([array("i", [-1]) * (self._mask + 1) for _ in ORDERS])
         self._buf = bytearray()
         self._len = 0
         self._push_events(text)
@@ -134,7 +139,11 @@ class SessionMemory:
         """Appends characters (vocabulary ids) to the text."""
         data = bytes(ids)
         if data and self._head is _EMPTY_HEADS:
-            self._head = [array("i", [-1]) * (self._mask + 1) for _ in ORDERS]
+            self._set_tables([array("i", [-1]) * (self._mask + 1) for _ in ORDERS])
+        if self._len + len(data) < self._grow_at:  # a keystroke: no growth or rebase on the way
+            self._push_events(data)
+            self.version += 1
+            return
         at = 0
         while at < len(data):  # in segments: the tables grow (or the numbering rebases) between
             n = min(len(data) - at, self._grow_at - self._len)
@@ -147,25 +156,35 @@ class SessionMemory:
         self.version += 1
 
     def _push_events(self, ids: bytes) -> None:
-        buf, head, prev, cap, mask, crc = self._buf, self._head, self._prev, self._cap, self._mask, zlib.crc32
+        buf, cap, mask, crc, orders = self._buf, self._cap, self._mask, zlib.crc32, self._orders
+        first = self._prev[0]  # every order's chain has the same length
         for c in ids:
             pos = self._len
             buf.append(c)
             i = pos - self._off
             slot = pos % cap
-            for j, k in enumerate(ORDERS):
-                pr = prev[j]
-                if i < k:  # no context of this order before the text's start: no event
+            if i < MAX_ORDER:  # near the text's start: orders with no context before it have no event
+                for k, seed, h, pr in orders:
+                    if i < k:
+                        if slot == len(pr):
+                            pr.append(-1)
+                        continue
+                    b = crc(buf[i - k : i], seed) & mask
                     if slot == len(pr):
-                        pr.append(-1)
-                    continue
-                h = head[j]
-                b = crc(buf[i - k : i], _SEEDS[j]) & mask
-                if slot == len(pr):
-                    pr.append(h[b])
-                else:
+                        pr.append(h[b])
+                    else:
+                        pr[slot] = h[b]
+                    h[b] = pos
+            elif slot < len(first):  # the ring slot exists (wrapped, or written before a pop)
+                for k, seed, h, pr in orders:
+                    b = crc(buf[i - k : i], seed) & mask
                     pr[slot] = h[b]
-                h[b] = pos
+                    h[b] = pos
+            else:
+                for k, seed, h, pr in orders:
+                    b = crc(buf[i - k : i], seed) & mask
+                    pr.append(h[b])
+                    h[b] = pos
             self._len = pos + 1
             if len(buf) > 2 * self._keep:  # amortized: drop text no rewind can reach
                 cut = len(buf) - self._keep
@@ -235,9 +254,8 @@ class SessionMemory:
 
     def nbytes(self) -> int:
         """Bytes this memory holds (hash tables, chains, text): for capacity metrics."""
-        tables = sum(a.buffer_info()[1] * a.itemsize for a in self._head)
-        chains = sum(a.buffer_info()[1] * a.itemsize for a in self._prev)
-        return tables + chains + sys.getsizeof(self._buf)
+        head, prev = self._head[0], self._prev[0]  # every order's are the same size
+        return len(ORDERS) * (len(head) * head.itemsize + len(prev) * prev.itemsize) + sys.getsizeof(self._buf)
 
     # --- predictions -------------------------------------------------------------------
     def predict(self) -> MemoryPrediction:
@@ -255,64 +273,84 @@ class SessionMemory:
     def _predict(self, extra: bytes, base_len: int) -> MemoryPrediction:
         """Predictions for the first ``base_len`` characters of this text followed by
         ``extra`` (a fork's own characters). Events at or after ``base_len`` are skipped
-        without counting as links, so the result equals a memory that never read them."""
+        without counting as links, so the result equals a memory that never read them.
+
+        This runs once per served point, so it avoids work the common cases do not need: a
+        memory (or a fork with no characters of its own) reads its text in place, with no
+        copy and no scan of its own characters; each order's walk stops at the first context
+        that cannot occur (too long for the window, or a shorter one never seen)."""
         end = base_len + len(extra)
         start = max(0, end - self.window)
         buf, off = self._buf, self._off
-        local0 = max(off, base_len - MAX_ORDER - MATCH_MAX - 1)
-        local = bytes(buf[local0 - off : base_len - off]) + extra  # positions [local0, end)
-
-        def char_at(p: int) -> int:
-            return local[p - local0] if p >= local0 else buf[p - off]
-
-        nexts: list[bytes] = []
+        local: bytes | bytearray
+        if extra:  # positions [local0, end): the parent's tail (contexts, match), then extra
+            local0 = max(off, base_len - MAX_ORDER - MATCH_MAX)
+            local = bytes(buf[local0 - off : base_len - off]) + extra
+        else:
+            local0, local = off, buf
+        nexts = [b""] * len(ORDERS)
         best_pos, best_k = -1, 0
-        occ, max_links, startswith = self._occ, self._links, buf.startswith
-        none_longer = False  # a shorter context never occurs: no longer one can
-        for j, k in enumerate(ORDERS):
+        occ, max_links, startswith, cap, mask, crc32 = (
+            self._occ,
+            self._links,
+            buf.startswith,
+            self._cap,
+            self._mask,
+            zlib.crc32,
+        )
+        for j, (k, seed, heads, prev) in enumerate(self._orders):
             lo = start + k  # an event at p counts when its context p-k.. lies in the window
-            if none_longer or end - k < start or end < k:
-                nexts.append(b"")
-                continue
+            if end - k < start:
+                break  # the context (and every longer one) reaches before the window
             ctx = local[end - k - local0 : end - local0]
             found = bytearray()
             newest = -1
-            # the fork's own characters first (newest), then the parent's chain
-            p = end - 1
-            while p >= base_len and p >= lo and len(found) < occ:
-                if local[p - k - local0 : p - local0] == ctx:
-                    found.append(local[p - local0])
-                    newest = p if newest < 0 else newest
-                p -= 1
+            if extra:  # the fork's own characters first (newest), then the parent's chain
+                p = end - 1
+                while p >= base_len and p >= lo and len(found) < occ:
+                    if local[p - k - local0 : p - local0] == ctx:
+                        found.append(local[p - local0])
+                        newest = p if newest < 0 else newest
+                    p -= 1
             complete = True  # the walk saw every occurrence (no cap cut it short)
             if len(found) < occ:
-                prev, cap = self._prev[j], self._cap
-                heads = self._head[j]
-                p = heads[zlib.crc32(ctx, _SEEDS[j]) & self._mask] if heads else -1
-                links = 0
-                while p >= lo:
-                    if p < base_len:  # events at or after base_len: not in this text (a fork's past)
-                        if links >= max_links:
-                            complete = False
-                            break
-                        links += 1
-                        if startswith(ctx, p - k - off):
-                            found.append(buf[p - off])
-                            newest = p if newest < 0 else newest
-                            if len(found) >= occ:
-                                break
+                p = heads[crc32(ctx, seed) & mask] if heads else -1
+                while p >= base_len:  # events at or after base_len (newest first): not in this text
                     p = prev[p % cap]
-            nexts.append(bytes(found))
+                want = occ - len(found)
+                for _ in range(max_links):  # each link is an event of the window before base_len
+                    if p < lo:
+                        break
+                    if startswith(ctx, p - k - off):
+                        if newest < 0:
+                            newest = p
+                        found.append(buf[p - off])
+                        want -= 1
+                        if not want:
+                            break
+                    p = prev[p % cap]
+                else:
+                    complete = p < lo
+            nexts[j] = bytes(found)
             if newest >= 0:
                 best_pos, best_k = newest, k
             elif complete:
-                none_longer = True
+                break  # this context never occurs in the window: no longer one can
         if best_pos < 0:
             return MemoryPrediction(tuple(nexts), -1, 0)
+        # the match: how far back from best_pos the text agrees with its end (at most
+        # MATCH_MAX, inside the window); the last best_k characters agree by construction
+        top = min(MATCH_MAX, best_pos - start)
+        here = local[end - top - local0 : end - local0]
+        there: bytes | bytearray
+        if best_pos < base_len:  # the parent's event: the text before it is the parent's
+            there, char = buf[best_pos - top - off : best_pos - off], buf[best_pos - off]
+        else:  # one of the fork's own characters
+            there, char = local[best_pos - top - local0 : best_pos - local0], local[best_pos - local0]
         m = best_k
-        while m < MATCH_MAX and best_pos - m - 1 >= start and char_at(best_pos - m - 1) == char_at(end - m - 1):
+        while m < top and there[top - m - 1] == here[top - m - 1]:
             m += 1
-        return MemoryPrediction(tuple(nexts), char_at(best_pos), m)
+        return MemoryPrediction(tuple(nexts), char, m)
 
 
 class MemoryFork:

@@ -538,7 +538,7 @@ def test_a_frontend_that_does_not_read_gets_its_calls_refused_not_buffered(tmp_p
 def test_a_full_queue_to_the_core_refuses_calls_with_a_retry_hint(tmp_path: Path) -> None:
     """The frontend's queue to the core is bounded: with a core that reads nothing, calls
     soon fail RESOURCE_EXHAUSTED (CapacityExceeded with a retry hint) instead of queueing
-    without end; nothing is left pending for them."""
+    without end; nothing is left pending for them. Metric events are kept for later."""
 
     async def test() -> None:
         address = f"ipc://{tmp_path}/stuck.sock"
@@ -564,6 +564,14 @@ def test_a_full_queue_to_the_core_refuses_calls_with_a_retry_hint(tmp_path: Path
             assert refused is not None and refused.retry_after_s > 0
             assert "not keeping up" in str(refused)
             assert len(client._pending) == len(calls) - 1  # noqa: SLF001 (only the sent ones wait)
+            # metric events never block the loop either: refused, they wait for the next message
+            client.recorder.request("Append", "OK")
+            client.recorder.keystroke("fake", "append_single", 0.25)
+            client.flush_metrics()
+            client.recorder.request("Append", "OK")
+            message = client.recorder.message([])
+            assert message.requests == [("Append", "OK", 2)]
+            assert message.keystrokes == [("fake", "append_single", 0.25)]
         finally:
             await client.stop()  # the calls still queued fail UNAVAILABLE
             await asyncio.gather(*calls, return_exceptions=True)
@@ -571,3 +579,51 @@ def test_a_full_queue_to_the_core_refuses_calls_with_a_retry_hint(tmp_path: Path
             ctx.term()
 
     run(test)
+
+
+def test_answers_that_arrive_while_the_frontend_sends_are_all_read(tmp_path: Path) -> None:
+    """The client watches the socket's ZMQ_FD, which signals a change once and which any
+    send may consume: answers that came in during a send must still be read. A core that
+    answers every message at once, and calls sent in many small batches, so that answers keep
+    arriving while the next batch goes out."""
+    address = f"ipc://{tmp_path}/echo.sock"
+    ctx: zmq.Context[Any] = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(address)
+    stop = threading.Event()
+
+    def core() -> None:
+        while not stop.is_set():
+            if not router.poll(20):
+                continue
+            who, data = router.recv_multipart()
+            ops = messages.to_core_decoder.decode(data).ops
+            replies = [
+                messages.OkOut(op.id, prediction(op.offset + 1)) for op in ops if isinstance(op, messages.Append)
+            ]
+            router.send_multipart([who, messages.encode(messages.ToFrontendOut(replies))])
+
+    thread = threading.Thread(target=core, daemon=True)
+    thread.start()
+
+    async def test() -> None:
+        client = ZmqEngineClient(address, frontend=0)
+        await client.start()
+        try:
+            calls = []
+            for batch in range(400):
+                calls += [client.append("t", "s" * 32, 5 * batch + i, "x") for i in range(5)]
+                await asyncio.sleep(0)  # this batch goes out; answers to earlier ones come in
+            got = await asyncio.gather(*calls)
+            assert [p.position for p in got] == list(range(1, 2001))
+        finally:
+            await client.stop()
+
+    try:
+        run(test)
+    finally:
+        stop.set()
+        thread.join()
+        router.close(linger=0)
+        ctx.term()

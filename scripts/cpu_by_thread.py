@@ -6,18 +6,22 @@ Python thread is named by its `threading` name when py-spy is installed (`py-spy
 thread ids to names), else by the OS name ("python"; " [main]" for the main thread).
 Extra arguments go to `cellserve serve` (`--frontends 2`: the frontends and the core process
 are told apart from the supervisor's "started (pid ...)" lines); `--echo` measures the echo peer.
-REPEAT (environment, default 1) runs the window that many times on the same server.
+REPEAT (environment, default 1) runs the window that many times on the same server. GC=1: each
+server process also reports the share of its CPU its garbage collector took since it started,
+per generation (``scripts/gc_stats/sitecustomize.py``, put on the server's PYTHONPATH).
 
     .venv/bin/python scripts/cpu_by_thread.py N SECONDS [--echo | SERVE ARGS...]
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 
@@ -112,8 +116,29 @@ class Probe:
                     print(f"      {used / requests * 1e6:7.1f}  {name}")
 
 
+def gc_report(folder: str, processes: dict[str, int]) -> None:
+    for label, pid in processes.items():
+        try:
+            with open(os.path.join(folder, f"{pid}.json")) as f:
+                st = json.load(f)
+        except FileNotFoundError:
+            continue
+        shares = ", ".join(
+            f"gen{g} {100 * s / st['cpu_s']:.1f}% ({n})"
+            for g, (s, n) in enumerate(zip(st["gc_s"], st["passes"], strict=True))
+        )
+        print(f"  {label}: GC {100 * sum(st['gc_s']) / st['cpu_s']:.1f}% of its CPU: {shares}; {st['frozen']} frozen")
+
+
 def main() -> None:
     n, seconds, extra = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
+    gc_dir = tempfile.mkdtemp() if os.environ.get("GC") == "1" else ""
+    if gc_dir:  # inherited by the server and its children, not by this process
+        here = os.path.dirname(os.path.abspath(__file__))
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in (os.path.join(here, "gc_stats"), os.environ.get("PYTHONPATH")) if p
+        )
+        os.environ["GC_STATS_DIR"] = gc_dir
     if extra == ["--echo"]:
         server = ServerProc("echo", peer_cmd("echo", "models", "python-lstm", "cpu"))
         processes = {"echo": server.pid}
@@ -131,6 +156,9 @@ def main() -> None:
                 f"p50 {r['latency_ms']['p50']:.2f} ms, errors {r['errors']}"
             )
             probe.report(r["requests"], python_names(list(processes.values())))
+        if gc_dir:
+            time.sleep(1.1)  # the last second's figures
+            gc_report(gc_dir, processes)
     finally:
         server.stop()
 

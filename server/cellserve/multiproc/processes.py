@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from ..config import Settings
 from ..errors import ModelFileError
 from ..logs import configure_logging
-from .lifecycle import die_with_parent
+from .lifecycle import die_with_parent, freeze_startup_heap
 
 if TYPE_CHECKING:
     from ..api.health import Health
@@ -87,6 +87,7 @@ def _core_main(settings: Settings, address: str, conn: Connection) -> int:
     server = CoreServer(core, ctx, address, settings, metrics, gates)
     gates.start()
     server.start()
+    freeze_startup_heap()
     conn.send(("ready", endpoint.port))
     code = 0
     while not stop.wait(CORE_POLL_S):  # the main thread takes the signal between waits
@@ -169,6 +170,7 @@ async def _frontend_main(settings: Settings, index: int, address: str, conn: Con
         conn.send(("error", f"cannot listen on {format_address(settings.host, settings.port)}: {e}"))
         await client.stop()
         return EXIT_CONFIG
+    freeze_startup_heap()
     conn.send(("listening", port))
 
     loop = asyncio.get_running_loop()

@@ -538,7 +538,7 @@ def test_a_frontend_that_does_not_read_gets_its_calls_refused_not_buffered(tmp_p
 def test_a_full_queue_to_the_core_refuses_calls_with_a_retry_hint(tmp_path: Path) -> None:
     """The frontend's queue to the core is bounded: with a core that reads nothing, calls
     soon fail RESOURCE_EXHAUSTED (CapacityExceeded with a retry hint) instead of queueing
-    without end; nothing is left pending for them. Metric events are kept for later."""
+    without end; nothing is left pending for them."""
 
     async def test() -> None:
         address = f"ipc://{tmp_path}/stuck.sock"
@@ -564,14 +564,6 @@ def test_a_full_queue_to_the_core_refuses_calls_with_a_retry_hint(tmp_path: Path
             assert refused is not None and refused.retry_after_s > 0
             assert "not keeping up" in str(refused)
             assert len(client._pending) == len(calls) - 1  # noqa: SLF001 (only the sent ones wait)
-            # metric events never block the loop either: refused, they wait for the next message
-            client.recorder.request("Append", "OK")
-            client.recorder.keystroke("fake", "append_single", 0.25)
-            client.flush_metrics()
-            client.recorder.request("Append", "OK")
-            message = client.recorder.message([])
-            assert message.requests == [("Append", "OK", 2)]
-            assert message.keystrokes == [("fake", "append_single", 0.25)]
         finally:
             await client.stop()  # the calls still queued fail UNAVAILABLE
             await asyncio.gather(*calls, return_exceptions=True)
@@ -627,3 +619,34 @@ def test_answers_that_arrive_while_the_frontend_sends_are_all_read(tmp_path: Pat
         thread.join()
         router.close(linger=0)
         ctx.term()
+
+
+class _FullQueue:
+    """Stands in for the client's socket when its queue to the core is full."""
+
+    def send(self, data: bytes, flags: int = 0) -> None:
+        raise zmq.Again()
+
+    def getsockopt(self, option: int) -> int:
+        return 0
+
+
+def test_metric_events_a_full_queue_refuses_go_with_the_next_message(tmp_path: Path) -> None:
+    """``flush_metrics`` never waits for room: refused, the events stay for the next message."""
+
+    async def test() -> None:
+        async with wired(tmp_path) as (_, client, _):
+            await client.health("")
+            real, client._sock = client._sock, _FullQueue()  # type: ignore[assignment]  # noqa: SLF001
+            try:
+                client.recorder.request("Append", "OK")
+                client.recorder.keystroke("fake", "append_single", 0.25)
+                client.flush_metrics()
+            finally:
+                client._sock = real  # noqa: SLF001
+            client.recorder.request("Append", "OK")
+            message = client.recorder.message([])
+            assert message.requests == [("Append", "OK", 2)]
+            assert message.keystrokes == [("fake", "append_single", 0.25)]
+
+    run(test)

@@ -571,3 +571,82 @@ def test_a_full_queue_to_the_core_refuses_calls_with_a_retry_hint(tmp_path: Path
             ctx.term()
 
     run(test)
+
+
+def test_answers_that_arrive_while_the_frontend_sends_are_all_read(tmp_path: Path) -> None:
+    """The client watches the socket's ZMQ_FD, which signals a change once and which any
+    send may consume: answers that came in during a send must still be read. A core that
+    answers every message at once, and calls sent in many small batches, so that answers keep
+    arriving while the next batch goes out."""
+    address = f"ipc://{tmp_path}/echo.sock"
+    ctx: zmq.Context[Any] = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(address)
+    stop = threading.Event()
+
+    def core() -> None:
+        while not stop.is_set():
+            if not router.poll(20):
+                continue
+            who, data = router.recv_multipart()
+            ops = messages.to_core_decoder.decode(data).ops
+            replies = [
+                messages.OkOut(op.id, prediction(op.offset + 1)) for op in ops if isinstance(op, messages.Append)
+            ]
+            router.send_multipart([who, messages.encode(messages.ToFrontendOut(replies))])
+
+    thread = threading.Thread(target=core, daemon=True)
+    thread.start()
+
+    async def test() -> None:
+        client = ZmqEngineClient(address, frontend=0)
+        await client.start()
+        try:
+            calls = []
+            for batch in range(400):
+                calls += [client.append("t", "s" * 32, 5 * batch + i, "x") for i in range(5)]
+                await asyncio.sleep(0)  # this batch goes out; answers to earlier ones come in
+            got = await asyncio.gather(*calls)
+            assert [p.position for p in got] == list(range(1, 2001))
+        finally:
+            await client.stop()
+
+    try:
+        run(test)
+    finally:
+        stop.set()
+        thread.join()
+        router.close(linger=0)
+        ctx.term()
+
+
+class _FullQueue:
+    """Stands in for the client's socket when its queue to the core is full."""
+
+    def send(self, data: bytes, flags: int = 0) -> None:
+        raise zmq.Again()
+
+    def getsockopt(self, option: int) -> int:
+        return 0
+
+
+def test_metric_events_a_full_queue_refuses_go_with_the_next_message(tmp_path: Path) -> None:
+    """``flush_metrics`` never waits for room: refused, the events stay for the next message."""
+
+    async def test() -> None:
+        async with wired(tmp_path) as (_, client, _):
+            await client.health("")
+            real, client._sock = client._sock, _FullQueue()  # type: ignore[assignment]  # noqa: SLF001
+            try:
+                client.recorder.request("Append", "OK")
+                client.recorder.keystroke("fake", "append_single", 0.25)
+                client.flush_metrics()
+            finally:
+                client._sock = real  # noqa: SLF001
+            client.recorder.request("Append", "OK")
+            message = client.recorder.message([])
+            assert message.requests == [("Append", "OK", 2)]
+            assert message.keystrokes == [("fake", "append_single", 0.25)]
+
+    run(test)

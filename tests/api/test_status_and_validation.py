@@ -9,6 +9,7 @@ import pytest
 from cellserve.api import validate
 from cellserve.api.status import INTERNAL_MESSAGE, status_of
 from cellserve.config import Settings
+from cellserve.engine.types import AppendOptions
 from cellserve.errors import (
     CapacityExceeded,
     InvalidInput,
@@ -116,3 +117,26 @@ def test_append_validation() -> None:
     with pytest.raises(InvalidInput, match="empty"):
         validate.input_text(types.Input(text=""), "input", SETTINGS)
     assert validate.input_text(None, "replay", SETTINGS, allow_empty=True) == ""
+
+
+@pytest.mark.parametrize("only_last", [False, True])
+@pytest.mark.parametrize("no_memory", [False, True])
+@pytest.mark.parametrize("want", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("top_k", [None, 0, 3, 16])
+def test_append_options_are_shared_and_equal_to_new_ones(
+    top_k: int | None, want: tuple[bool, bool], no_memory: bool, only_last: bool
+) -> None:
+    """One object per distinct set of options (built once), equal to what the request asks."""
+    logprobs, gates = want
+    msg = svc.SessionRequest.Append(top_k=top_k, want_logprobs=logprobs, want_gates=gates, no_memory=no_memory)
+    got = validate.append_options(msg, SETTINGS, only_last=only_last)
+    expected = AppendOptions(
+        top_k=5 if top_k is None else top_k,
+        want_logprobs=logprobs,
+        want_gates=gates,
+        only_last=only_last,
+        memory=not no_memory,
+    )
+    assert got == expected
+    assert validate.append_options(msg, SETTINGS, only_last=only_last) is got
+    assert validate.append_options(msg, SETTINGS, only_last=not only_last) != got

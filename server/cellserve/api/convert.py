@@ -57,9 +57,22 @@ def _gate_trace(g: GateTrace) -> types.GateTrace:
 def prediction(p: Prediction) -> types.Prediction:
     """A superseded answer (coalesced under only_last) is still sent, with its position and
     ``superseded`` set, so that every Append gets exactly one response."""
-    # Built field by field with ``add``: a keyword-built message fed by a generator of
-    # CharProbability objects costs more per keystroke (every keystroke comes through here).
-    msg = types.Prediction(position=p.position, replayed=p.replayed, superseded=p.superseded)
+    msg = types.Prediction()
+    fill_prediction(msg, p)
+    return msg
+
+
+def fill_prediction(msg: types.Prediction, p: Prediction) -> None:
+    """``prediction(p)`` written into ``msg``, an empty Prediction field of a response: every
+    keystroke comes through here, so the answer is built in place (a message passed to a
+    constructor or ``CopyFrom`` is copied) and field by field (``add()`` then attributes costs
+    less than ``add`` with keywords or a generator of CharProbability objects)."""
+    msg.SetInParent()  # present even when every field is at its default (position 0)
+    msg.position = p.position
+    if p.replayed:
+        msg.replayed = True
+    if p.superseded:
+        msg.superseded = True
     if p.logprobs:
         msg.logprobs.extend(p.logprobs)
     if p.gates:
@@ -67,8 +80,9 @@ def prediction(p: Prediction) -> types.Prediction:
     if p.top_k:
         add = msg.top_characters.entries.add
         for c, q in p.top_k:
-            add(character=c, probability=q)
-    return msg
+            entry = add()
+            entry.character = c
+            entry.probability = q
 
 
 def suggestions(items: list[Suggestion]) -> list[types.Suggestion]:

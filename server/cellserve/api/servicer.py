@@ -146,7 +146,8 @@ class CellserveServicer(rpc.CellserveServiceServicer):  # type: ignore[misc]
         label = _settled(self._engine.get_session(owner, sid))
         log.debug("append at %d: %s", request.offset, user_text(text, self._settings))
         pred = await self._engine.append(owner, sid, request.offset, text, options)
-        response = svc.AppendResponse(prediction=convert.prediction(pred))
+        response = svc.AppendResponse()
+        convert.fill_prediction(response.prediction, pred)
         ResponseTimer(self._recorder, (await label).model, received).prediction_sent(
             len(text)
         )  # serialization not counted
@@ -194,7 +195,7 @@ class CellserveServicer(rpc.CellserveServiceServicer):  # type: ignore[misc]
         info, pred = await self._engine.resume(owner_of(context), request.blob, replay, options)
         response = svc.ResumeResponse(session=convert.session_info(info), model=await self.model_msg(info.model))
         if pred is not None:
-            response.prediction.CopyFrom(convert.prediction(pred))
+            convert.fill_prediction(response.prediction, pred)
         return response
 
     async def CloseSession(self, request: svc.CloseSessionRequest, context: Context) -> svc.CloseSessionResponse:

@@ -30,6 +30,7 @@ from typing import Any
 
 from ..config import Settings
 from ..engine.client import CompletionStream, EngineClient
+from ..engine.types import Prediction
 from ..errors import CellserveError, InvalidInput, PreconditionFailed, Unavailable
 from ..logs import user_text
 from . import convert, validate
@@ -324,7 +325,7 @@ class SessionStream:
             if log.isEnabledFor(logging.DEBUG):  # user_text is not free
                 log.debug("stream append %d at %d: %s", rid, msg.offset, user_text(text, self._settings))
             reply.outcome = engine.append(owner, sid, msg.offset, text, options)
-            reply.build = lambda p: svc.SessionResponse(request_id=rid, prediction=convert.prediction(p))
+            reply.build = lambda p: _prediction_response(rid, p)
         elif op == "complete":
             req = validate.completion_request(request.complete, self._settings)
             # The tenant's completion quota is counted by the core (CapacityExceeded answers in-band).
@@ -352,6 +353,12 @@ class SessionStream:
             reply.build = lambda _: svc.SessionResponse(request_id=rid, closed=svc.SessionResponse.Closed())
         else:  # a new op in the proto this server does not know yet
             raise InvalidInput(f"operation {op!r} is not supported by this server")
+
+
+def _prediction_response(request_id: int, p: Prediction) -> svc.SessionResponse:
+    response = svc.SessionResponse(request_id=request_id)
+    convert.fill_prediction(response.prediction, p)
+    return response
 
 
 def _done(value: Any) -> asyncio.Future[Any]:

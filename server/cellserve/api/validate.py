@@ -55,17 +55,24 @@ def input_text(msg: Any, field: str, settings: Settings, *, allow_empty: bool = 
     return text
 
 
+# Every keystroke has its options: one shared (frozen) object per distinct set, at most
+# (max_top_k + 1) * 16 of them, instead of a new dataclass per request.
+_OPTIONS: dict[tuple[int, bool, bool, bool, bool], AppendOptions] = {}
+
+
 def append_options(msg: Any, settings: Settings, *, only_last: bool = False) -> AppendOptions:
     top_k = msg.top_k if msg.HasField("top_k") else min(DEFAULT_TOP_K, settings.max_top_k)
     if top_k > settings.max_top_k:
         raise InvalidInput(f"top_k is {top_k}; the limit is {settings.max_top_k} (max_top_k)")
-    return AppendOptions(
-        top_k=top_k,
-        want_logprobs=msg.want_logprobs,
-        want_gates=msg.want_gates,
-        only_last=only_last,
-        memory=not getattr(msg, "no_memory", False),  # a Resume's replay: as the session's memory
-    )
+    logprobs, gates = msg.want_logprobs, msg.want_gates
+    memory = not getattr(msg, "no_memory", False)  # a Resume's replay: as the session's memory
+    key = (top_k, logprobs, gates, only_last, memory)
+    options = _OPTIONS.get(key)
+    if options is None:
+        options = _OPTIONS[key] = AppendOptions(
+            top_k=top_k, want_logprobs=logprobs, want_gates=gates, only_last=only_last, memory=memory
+        )
+    return options
 
 
 def completion_request(msg: Any, settings: Settings) -> CompletionRequest:

@@ -12,6 +12,9 @@ stream (``CloseCompletion``).
 
 The API layer's metric events (``ForwardingRecorder``) ride along in the same messages, so the
 core's one ``/metrics`` endpoint counts every frontend's requests.
+
+The socket is a plain ZMQ socket whose ZMQ_FD the event loop watches (``_read`` empties it);
+sends never wait (a full queue refuses, see ``_refuse``).
 """
 
 from __future__ import annotations
@@ -22,11 +25,10 @@ import itertools
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import msgspec
 import zmq
-import zmq.asyncio
 
 from ..engine.admission import Limits
 from ..engine.client import DEFAULT_OPTIONS
@@ -97,6 +99,14 @@ class ForwardingRecorder:
         self.requests, self.keystrokes, self.malformed_counts = {}, [], {}
         return message
 
+    def restore(self, message: m.ToCore) -> None:
+        """The events of a ``message`` that was not sent: they go with the next one."""
+        for method, code, n in message.requests:
+            self.requests[(method, code)] = self.requests.get((method, code), 0) + n
+        self.keystrokes[:0] = message.keystrokes
+        for method, n in message.malformed:
+            self.malformed_counts[method] = self.malformed_counts.get(method, 0) + n
+
 
 class _Completion:
     """The chunk stream of one completion, fed by the client's reader."""
@@ -158,9 +168,9 @@ class ZmqEngineClient:
         self._streams: dict[int, _Completion] = {}
         self._unsent: list[m.Op] = []
         self._flush_scheduled = False
-        self._ctx: zmq.asyncio.Context | None = None
-        self._sock: zmq.asyncio.Socket | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._sock: zmq.Socket[bytes] | None = None
+        self._fd = -1  # the socket's ZMQ_FD, watched by the loop while the socket is open
         self._draining = False
         self._lost = False
         self._idle = asyncio.Event()
@@ -170,7 +180,9 @@ class ZmqEngineClient:
     async def start(self) -> None:
         if self._sock is not None:
             return
-        self._ctx = zmq.asyncio.Context()
+        # A plain socket, its ZMQ_FD watched by the loop (not pyzmq's asyncio socket, whose
+        # every send makes a future and schedules an extra pass that reads ZMQ_EVENTS again).
+        self._ctx = zmq.Context()
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.IDENTITY, self._identity)
         sock.setsockopt(zmq.LINGER, 0)
@@ -182,7 +194,10 @@ class ZmqEngineClient:
         sock.setsockopt(zmq.RCVHWM, self._send_hwm)
         sock.connect(self._address)
         self._sock = sock
-        self._reader = asyncio.create_task(self._read())
+        loop = asyncio.get_running_loop()
+        self._fd = cast(int, sock.getsockopt(zmq.FD))
+        loop.add_reader(self._fd, self._read)
+        loop.call_soon(self._read)
 
     async def drain(self) -> None:
         """This frontend takes no new sessions; returns once its own calls and completions are
@@ -192,10 +207,9 @@ class ZmqEngineClient:
         await self._idle.wait()
 
     async def stop(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
-            self._reader = None
+        if self._fd >= 0:
+            asyncio.get_running_loop().remove_reader(self._fd)
+            self._fd = -1
         # What was sent last (the final metric events) may still be queued: give it a moment,
         # unless the core is known to be gone.
         linger_ms = 0 if self._lost else STOP_LINGER_MS
@@ -362,11 +376,17 @@ class ZmqEngineClient:
         ops, self._unsent = self._unsent, []
         if self._sock is None or self._lost or not ops:
             return
-        sent = self._sock.send(m.encode(self.recorder.message(ops)), flags=zmq.DONTWAIT)
-        assert isinstance(sent, asyncio.Future)  # DONTWAIT: settled at once (pyzmq's asyncio socket)
-        error = sent.exception() if sent.done() else None
-        if error is not None:
+        try:
+            self._sock.send(m.encode(self.recorder.message(ops)), zmq.NOBLOCK)
+        except zmq.ZMQError as error:
             self._refuse(ops, error)
+        self._after_send()
+
+    def _after_send(self) -> None:
+        """A send may take the socket's pending-input signal (ZMQ_FD is edge-like: it fires
+        once per change, and any socket call may consume it), so look at ZMQ_EVENTS now."""
+        if self._sock is not None and cast(int, self._sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            asyncio.get_running_loop().call_soon(self._read)
 
     def _refuse(self, ops: list[m.Op], error: BaseException) -> None:
         """A batch the socket would not take (its queue to the core is full, or it failed):
@@ -402,12 +422,20 @@ class ZmqEngineClient:
             return
         message = self.recorder.message([])
         if message.requests or message.keystrokes or message.malformed:
-            self._sock.send(m.encode(message))
+            try:
+                self._sock.send(m.encode(message), zmq.NOBLOCK)
+            except zmq.ZMQError:  # the queue to the core is full: they go with the next message
+                self.recorder.restore(message)
+            self._after_send()
 
-    async def _read(self) -> None:
-        assert self._sock is not None
-        while True:
-            data = await self._sock.recv(copy=False)
+    def _read(self) -> None:
+        """Everything the core sent so far (the loop calls this when ZMQ_FD is readable): read
+        until the socket has nothing, which also re-arms ZMQ_FD."""
+        while (sock := self._sock) is not None:
+            try:
+                data = sock.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
             try:
                 message = m.to_frontend_decoder.decode(data.buffer)
             except msgspec.DecodeError:

@@ -64,9 +64,9 @@ POLL_S = 0.05  # the input thread's longest sleep (stop flag, sweeps, metrics)
 METRICS_POLL_S = POLL_INTERVAL_S  # as often as the single process reads them
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per call: not frozen, whose __init__ sets each field the slow way
 class _Route:
-    """Where a ticket's answer goes: a frontend's call (or completion stream)."""
+    """Where a ticket's answer goes: a frontend's call (or completion stream). Never changed."""
 
     who: bytes
     call_id: int

@@ -1,0 +1,167 @@
+"""CPU per keystroke of a server under closed-loop load, per process and per thread: a
+`cellserve serve` on the shipped models (or the echo peer), N sessions each typing one
+character and awaiting its answer (the bench's load generator), and /proc read at the start and
+the end of the measurement window. Threads of one name (grpc's pollers, say) are summed; a
+Python thread is named by its `threading` name when py-spy is installed (`py-spy dump` maps
+thread ids to names), else by the OS name ("python"; " [main]" for the main thread).
+Extra arguments go to `cellserve serve` (`--frontends 2`: the frontends and the core process
+are told apart from the supervisor's "started (pid ...)" lines); `--echo` measures the echo peer.
+REPEAT (environment, default 1) runs the window that many times on the same server. GC=1: each
+server process also reports the share of its CPU its garbage collector took since it started,
+per generation (``scripts/gc_stats/sitecustomize.py``, put on the server's PYTHONPATH).
+
+    .venv/bin/python scripts/cpu_by_thread.py N SECONDS [--echo | SERVE ARGS...]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+
+from cellserve.bench.loadgen import Workload, run_load
+from cellserve.bench.procs import ServerProc, cellserve_cmd, peer_cmd
+from cellserve.bench.scaling import PID_WAIT_S, STARTED
+
+_TICK = os.sysconf("SC_CLK_TCK")
+DUMPED = re.compile(r'^Thread (\d+) \([^)]*\): "(.*)"$', re.M)
+
+Reading = dict[tuple[str, int, str, int], float]  # (process, pid, thread name, tid) -> CPU seconds
+
+
+def threads_cpu(process: str, pid: int) -> Reading:
+    out: Reading = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # the thread ended meanwhile
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        if int(tid) == pid:  # the main thread: the event loop of a grpc server (Python names no thread)
+            name += " [main]"
+        fields = stat.rsplit(")", 1)[1].split()
+        out[(process, pid, name, int(tid))] = (int(fields[11]) + int(fields[12])) / _TICK
+    return out
+
+
+def python_names(pids: list[int]) -> dict[int, str]:
+    """tid -> the Python thread's name, from ``py-spy dump`` (empty without py-spy)."""
+    spy = shutil.which("py-spy") or shutil.which("py-spy", path=os.path.dirname(sys.executable))
+    names: dict[int, str] = {}
+    for pid in pids if spy else []:
+        dump = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30).stdout
+        names.update((int(tid), name) for tid, name in DUMPED.findall(dump))
+    return names
+
+
+def server_processes(server: ServerProc, extra: list[str]) -> dict[str, int]:
+    """process label -> pid: "server" alone, or the supervisor, "core" and each "frontend i"."""
+    frontends = int(extra[extra.index("--frontends") + 1]) if "--frontends" in extra else 0
+    if frontends == 0:
+        return {"server": server.pid}
+    found: dict[str, int] = {}
+    deadline = time.monotonic() + PID_WAIT_S
+    while len(found) < frontends + 1 and time.monotonic() < deadline:
+        found = {m.group(1): int(m.group(2)) for line in server.stderr_tail if (m := STARTED.search(line))}
+        time.sleep(0.05)
+    if len(found) < frontends + 1:
+        sys.exit("the supervisor did not log every child's pid")
+    return {"supervisor": server.pid, **{("core" if k == "engine core" else k): v for k, v in found.items()}}
+
+
+class Probe:
+    """``run_load``'s ``server_cpu``: called at the window's start and end; keeps each reading."""
+
+    def __init__(self, processes: dict[str, int]) -> None:
+        self.processes = processes
+        self.readings: list[Reading] = []
+
+    def __call__(self) -> float:
+        reading: Reading = {}
+        for label, pid in self.processes.items():
+            reading.update(threads_cpu(label, pid))
+        self.readings.append(reading)
+        return sum(reading.values())
+
+    def report(self, requests: int, names: dict[int, str]) -> None:
+        first, last = self.readings[-2], self.readings[-1]
+        by_process: dict[str, float] = defaultdict(float)
+        by_thread: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        for key, cpu in last.items():
+            process, _, name, tid = key
+            name = names.get(tid, name)
+            used = cpu - first.get(key, 0.0)  # a thread born in the window counts from zero
+            by_process[process] += used
+            by_thread[process][name] += used
+        total = sum(by_process.values())
+        print(f"  all processes: {total / requests * 1e6:7.1f} us/keystroke")
+        frontends = sum(cpu for process, cpu in by_process.items() if process.startswith("frontend"))
+        if frontends:  # the connections may land on any of them: their sum per keystroke
+            print(f"  all frontends: {frontends / requests * 1e6:7.1f} us/keystroke")
+        for process in self.processes:
+            print(f"  {process}: {by_process[process] / requests * 1e6:7.1f} us/keystroke")
+            for name, used in sorted(by_thread[process].items(), key=lambda kv: -kv[1]):
+                if used > 0:
+                    print(f"      {used / requests * 1e6:7.1f}  {name}")
+
+
+def gc_report(folder: str, processes: dict[str, int]) -> None:
+    for label, pid in processes.items():
+        try:
+            with open(os.path.join(folder, f"{pid}.json")) as f:
+                st = json.load(f)
+        except FileNotFoundError:
+            continue
+        shares = ", ".join(
+            f"gen{g} {100 * s / st['cpu_s']:.1f}% ({n})"
+            for g, (s, n) in enumerate(zip(st["gc_s"], st["passes"], strict=True))
+        )
+        print(f"  {label}: GC {100 * sum(st['gc_s']) / st['cpu_s']:.1f}% of its CPU: {shares}; {st['frozen']} frozen")
+
+
+def main() -> None:
+    n, seconds, extra = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
+    gc_dir = tempfile.mkdtemp() if os.environ.get("GC") == "1" else ""
+    if gc_dir:  # inherited by the server and its children, not by this process
+        here = os.path.dirname(os.path.abspath(__file__))
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in (os.path.join(here, "gc_stats"), os.environ.get("PYTHONPATH")) if p
+        )
+        os.environ["GC_STATS_DIR"] = gc_dir
+    if extra == ["--echo"]:
+        server = ServerProc("echo", peer_cmd("echo", "models", "python-lstm", "cpu"))
+        processes = {"echo": server.pid}
+    else:
+        cmd = cellserve_cmd("models", "python-lstm", "cpu", 1, 4096) + [*extra, "--log-level", "info"]
+        server = ServerProc("cellserve", cmd)
+        processes = server_processes(server, extra)
+    try:
+        probe = Probe(processes)
+        for _ in range(int(os.environ.get("REPEAT", "1"))):
+            time.sleep(1.0)  # let the previous window's sessions close
+            r = run_load(server.target, Workload("closed", n, warmup_s=2.0, window_s=seconds), 2, probe)
+            print(
+                f"N={n} {' '.join(extra) or 'one process'}: {r['throughput_rps']:.0f} keystrokes/s, "
+                f"p50 {r['latency_ms']['p50']:.2f} ms, errors {r['errors']}"
+            )
+            probe.report(r["requests"], python_names(list(processes.values())))
+        if gc_dir:
+            time.sleep(1.1)  # the last second's figures
+            gc_report(gc_dir, processes)
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

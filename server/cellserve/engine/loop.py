@@ -3,7 +3,8 @@ each step's output on as one object.
 
 The core (``engine/core.py``) is synchronous and owned by this thread alone: nothing else
 touches it while the thread runs, so it needs no lock. Other threads only ``post`` a ``Call``
-(a deque append and an event set; ``collections.deque`` appends and pops are atomic) and get
+(a deque append, and an event set when the thread sleeps; ``collections.deque`` appends and
+pops are atomic) and get
 the answers, by ticket, in the ``StepOutput`` that ``hand_off`` receives once per pass: after
 each step, or after a pass that only answered calls.
 
@@ -38,6 +39,12 @@ class CoreLoop:
         self._hand_off = hand_off
         self._inbox: deque[Call] = deque()
         self._kick = threading.Event()  # a call was posted (or stop was asked)
+        # True while the core thread sleeps (or is about to): only then does a post set the
+        # event. Under load the thread never sleeps, and setting it per call (a lock and a
+        # notify) was a sixth of the core process's input thread. The thread raises the flag
+        # before it looks at the inbox a last time, and a poster appends before it reads the
+        # flag, so a call is either seen by that look or kicks the sleep.
+        self._sleeping = False
         self._stopping = False
         self._speculation_delay_s = speculation_delay_s
         self._thread: threading.Thread | None = None
@@ -58,7 +65,8 @@ class CoreLoop:
     def post(self, call: Call) -> None:
         """Any thread: ``call`` runs on the core thread, in the order posted."""
         self._inbox.append(call)
-        self._kick.set()
+        if self._sleeping:
+            self._kick.set()
 
     def stop(self) -> None:
         """Ends the thread after the pass in flight (blocking: join it off the event loop)."""
@@ -75,11 +83,21 @@ class CoreLoop:
         while self._inbox:
             self.core.add(self._inbox.popleft())
 
+    def _sleep(self, timeout: float | None = None) -> bool:
+        """Waits for a post (or stop) unless one is already there; False: the timeout passed."""
+        self._sleeping = True
+        try:
+            if self._inbox or self._stopping:
+                return True
+            return self._kick.wait(timeout)
+        finally:
+            self._sleeping = False
+            self._kick.clear()  # the inbox is drained next: whatever set it is taken then
+
     def _run(self) -> None:
         inbox, core = self._inbox, self.core
         while not self._stopping:
-            self._kick.wait()
-            self._kick.clear()  # before draining: a call posted from now on kicks again
+            self._sleep()
             while not self._stopping:
                 while inbox:
                     core.add(inbox.popleft())
@@ -99,7 +117,7 @@ class CoreLoop:
                     # arrives (it is taken at once) or nothing is left to guess; first a short
                     # wait, so the event loop writes this pass's answers without competing
                     # with the guesses for the interpreter lock (a call ends the wait)
-                    if core.speculating() and not self._kick.wait(self._speculation_delay_s):
+                    if core.speculating() and not self._sleep(self._speculation_delay_s):
                         while not inbox and not self._stopping and core.speculate():
                             pass
                     if not inbox:

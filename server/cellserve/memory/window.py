@@ -11,7 +11,11 @@ What it predicts is a pure function of that text (the window), by construction:
   how old text leaves the statistics without any work when the window slides;
 - ``pop`` undoes ``push`` exactly (chains are last-in first-out), so a rewind leaves the
   memory as if the rewound text had never been typed; the text kept (window + ``max_rewind``)
-  is what such a rewind needs;
+  is what such a rewind needs. The chains live in a ring of window + ``max_rewind`` + 17
+  slots, so text typed again after a pop can reuse the slots of older positions that a later,
+  deeper pop (or a fork that far back) would read: past ``max_rewind`` below the longest the
+  text has been since, a pop rebuilds the tables from the kept text instead (exact by
+  construction, a few milliseconds for a full window) and a fork is refused;
 - the hash (crc32 with a per-order seed) and the table sizes depend on nothing but the
   settings, so every process, every chunking of the same text, and a memory rebuilt from the
   window's text (``rebuild``, ``restore``) predict the same.
@@ -98,6 +102,7 @@ class SessionMemory:
         self._buf = bytearray()  # text positions [self._off, self._len)
         self._off = 0
         self._len = 0
+        self._high = 0  # the longest the text has been since the ring was (re)built
         self.version = 0  # changes on every push/pop
         # forks check that their point is still there: the lowest length each pop (or a
         # clear: -1) left, by serial number (the latest _POPS_KEPT)
@@ -134,6 +139,7 @@ class SessionMemory:
         self._buf = bytearray()
         self._len = 0
         self._push_events(text)
+        self._high = self._len
 
     def push(self, ids: Iterable[int]) -> None:
         """Appends characters (vocabulary ids) to the text."""
@@ -143,6 +149,8 @@ class SessionMemory:
         if self._len + len(data) < self._grow_at:  # a keystroke: no growth or rebase on the way
             self._push_events(data)
             self.version += 1
+            if self._len > self._high:
+                self._high = self._len
             return
         at = 0
         while at < len(data):  # in segments: the tables grow (or the numbering rebases) between
@@ -154,6 +162,8 @@ class SessionMemory:
             elif self._len >= self._grow_at:
                 self._resize(_bits_for(min(self._len, self._keep), self._full_bits))
         self.version += 1
+        if self._len > self._high:
+            self._high = self._len
 
     def _push_events(self, ids: bytes) -> None:
         buf, cap, mask, crc, orders = self._buf, self._cap, self._mask, zlib.crc32, self._orders
@@ -196,11 +206,42 @@ class SessionMemory:
         text is longer than that)."""
         return self._len if self._off == 0 else max(0, self._len - self._off - self.window)
 
+    def _exact_at(self, at: int) -> bool:
+        """The ring still holds every chain link a prediction at ``at`` (or pops down to it)
+        reads: no slot of a position that recent was reused by text typed since (the ring
+        has window + max_rewind + MAX_ORDER + 1 slots; a walk reads links no further back than
+        the window and the longest order)."""
+        reused_below = self._high - self._cap  # positions below this had their slot reused
+        return reused_below <= 0 or at - self.window - MAX_ORDER >= reused_below
+
+    def _rebuild_to(self, end: int) -> None:
+        """The tables rebuilt from the kept text up to ``end``, positions unchanged: what a pop
+        too deep for the ring does (``_exact_at``). Every fork is invalid afterwards."""
+        off, version = self._off, self.version
+        text = bytes(self._buf[: end - off])
+        if off == 0:  # the whole text is kept: read again from the start (tables sized for it)
+            self._clear()  # (logs a pop below every fork)
+            self.push(text)
+        else:  # full-size tables (they grow only while nothing was dropped); the ring from ``off``
+            self._set_tables([array("i", [-1]) * (self._mask + 1) for _ in ORDERS])
+            for pr in self._prev:
+                pr.extend(array("i", [-1]) * self._cap)
+            self._buf = bytearray()
+            self._len = off
+            self._push_events(text)
+            self._high = self._len
+            self._pop_serial += 1
+            self._pops.append((self._pop_serial, -1))
+        self.version = version + 1
+
     def pop(self, n: int) -> None:
         """Removes the last ``n`` characters: afterwards the memory equals one that never read
         them. Raises ValueError beyond ``rewindable()``."""
         if n < 0 or n > self.rewindable():
             raise ValueError(f"cannot rewind {n} characters: the memory keeps {self.rewindable()} back")
+        if not self._exact_at(self._len - n):  # the ring reused slots that pop would read
+            self._rebuild_to(self._len - n)
+            return
         buf, head, prev, cap, mask, crc = self._buf, self._head, self._prev, self._cap, self._mask, zlib.crc32
         for _ in range(n):
             pos = self._len - 1
@@ -222,7 +263,7 @@ class SessionMemory:
     def intact_since(self, serial: int, at: int) -> bool:
         """True when the first ``at`` characters are as they were at pop serial ``serial`` and
         still within reach (a fork made then at ``at`` predicts exactly)."""
-        if self._len - self.rewindable() > at:
+        if self._len - self.rewindable() > at or not self._exact_at(at):
             return False
         if serial == self._pop_serial:
             return True
@@ -268,6 +309,10 @@ class SessionMemory:
         at = self._len if at is None else at
         if not self._len - self.rewindable() <= at <= self._len:
             raise ValueError(f"cannot fork at {at}: the memory keeps {self.rewindable()} characters back")
+        if not self._exact_at(at):
+            raise ValueError(
+                f"cannot fork at {at}: more than max_rewind characters below the longest the text has been"
+            )
         return MemoryFork(self, b"", at)
 
     def _predict(self, extra: bytes, base_len: int) -> MemoryPrediction:

@@ -6,7 +6,8 @@ split by phase, beside the model's own batched step at the same N (the bench's c
 head -> top-5 -> host). The text typed is this repository's server sources, one file per session.
 ``--cprofile`` adds the functions with the most own time. ``--beside-busy-thread`` runs a Python
 thread that never sleeps beside the core (a stand-in for a busy event loop in the same process:
-the two take turns on the interpreter lock, ``sys.getswitchinterval()`` apart at most).
+the two take turns on the interpreter lock, ``sys.getswitchinterval()`` apart at most;
+``--switch-interval S`` sets it).
 
     .venv/bin/python scripts/profile_core.py [N] [ROUNDS] [--model python-lstm] [--set key=value ...] [--cprofile]
 """
@@ -17,6 +18,7 @@ import argparse
 import cProfile
 import itertools
 import pstats
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -87,6 +89,7 @@ def main() -> None:
     ap.add_argument("--sort", default="tottime", help="cProfile order: tottime, cumtime...")
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--beside-busy-thread", action="store_true")
+    ap.add_argument("--switch-interval", type=float, default=None, help="sys.setswitchinterval, seconds")
     a = ap.parse_args()
     torch.set_num_threads(1)
     extra: dict[str, Any] = dict(kv.split("=", 1) for kv in a.set)
@@ -109,6 +112,8 @@ def main() -> None:
     for r in range(warm):
         round_(r)
     ceiling = Ceiling(ModelRef(default_model_dir(), a.model, ""), "cpu", 1).keystrokes(a.n, 2.0)  # alone
+    if a.switch_interval is not None:
+        sys.setswitchinterval(a.switch_interval)
     if a.beside_busy_thread:
         threading.Thread(target=_busy, daemon=True).start()
     acc: dict[str, float] = defaultdict(float)

@@ -7,7 +7,8 @@ head -> top-5 -> host). The text typed is this repository's server sources, one 
 ``--cprofile`` adds the functions with the most own time. ``--beside-busy-thread`` runs a Python
 thread that never sleeps beside the core (a stand-in for a busy event loop in the same process:
 the two take turns on the interpreter lock, ``sys.getswitchinterval()`` apart at most;
-``--switch-interval S`` sets it).
+``--switch-interval S`` sets it). ``--count-torch-calls``: torch calls (functions and tensor
+methods; each ATen op releases the interpreter lock while it runs) per step, by phase.
 
     .venv/bin/python scripts/profile_core.py [N] [ROUNDS] [--model python-lstm] [--set key=value ...] [--cprofile]
 """
@@ -15,6 +16,7 @@ the two take turns on the interpreter lock, ``sys.getswitchinterval()`` apart at
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import itertools
 import pstats
@@ -36,6 +38,7 @@ from cellserve.engine.runner import ModelRunner
 from cellserve.engine.types import AppendOptions
 from cellserve.engine.update import StepUpdate
 from cellserve.repository import ModelRepository
+from torch.overrides import TorchFunctionMode
 
 PHASES: list[tuple[type, str]] = [
     (EngineCore, "_schedule"),
@@ -50,16 +53,34 @@ PHASES: list[tuple[type, str]] = [
 ]
 
 
+_ACTIVE: list[str] = []  # the phases running now, innermost last
+
+
+class _CountTorchCalls(TorchFunctionMode):
+    """Counts torch calls (functions and tensor methods) by the innermost phase running."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.counts[_ACTIVE[-1] if _ACTIVE else "(outside the phases)"] += 1
+        return func(*args, **(kwargs or {}))
+
+
 def timed(cls: type, name: str, acc: dict[str, float]) -> Callable[[], None]:
     """Wraps ``cls.name`` to add its thread CPU to ``acc``; returns the undo."""
     fn = getattr(cls, name)
+    label = f"{cls.__name__}.{name}"
 
     def wrapper(*a: Any, **k: Any) -> Any:
         t0 = time.thread_time()
+        _ACTIVE.append(label)
         try:
             return fn(*a, **k)
         finally:
-            acc[f"{cls.__name__}.{name}"] += time.thread_time() - t0
+            _ACTIVE.pop()
+            acc[label] += time.thread_time() - t0
 
     setattr(cls, name, wrapper)
     return lambda: setattr(cls, name, fn)
@@ -90,6 +111,7 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--beside-busy-thread", action="store_true")
     ap.add_argument("--switch-interval", type=float, default=None, help="sys.setswitchinterval, seconds")
+    ap.add_argument("--count-torch-calls", action="store_true", help="torch calls per step by phase (slows it)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     extra: dict[str, Any] = dict(kv.split("=", 1) for kv in a.set)
@@ -101,11 +123,15 @@ def main() -> None:
     tickets = itertools.count(1)
     opts = AppendOptions()
 
+    steps = 0
+
     def round_(r: int) -> None:
+        nonlocal steps
         for sid, text in zip(sids, typed, strict=True):
             core.submit_append(sid, r, text[r % len(text)], opts, "", next(tickets))
         while core.has_work():
             core.step()
+            steps += 1
         core.take_deliveries()
 
     warm = 20
@@ -119,11 +145,14 @@ def main() -> None:
     acc: dict[str, float] = defaultdict(float)
     undo = [timed(cls, name, acc) for cls, name in PHASES]
     prof = cProfile.Profile() if a.cprofile else None
+    counter = _CountTorchCalls() if a.count_torch_calls else None
+    steps = 0
     t0 = time.thread_time()
     if prof:
         prof.enable()
-    for r in range(warm, warm + a.rounds):
-        round_(r)
+    with counter if counter is not None else contextlib.nullcontext():
+        for r in range(warm, warm + a.rounds):
+            round_(r)
     if prof:
         prof.disable()
     total = time.thread_time() - t0
@@ -135,6 +164,10 @@ def main() -> None:
           f"the model's own step {1e6 * model_row:.1f} us per row ({ceiling['precision']})")  # fmt: skip
     for k, v in sorted(acc.items(), key=lambda kv: -kv[1]):
         print(f"  {k:28s} {1e6 * v / keys:7.1f} us")
+    if counter is not None:  # (the CPU figures above include the counting)
+        print(f"torch calls per step ({steps} steps), by the innermost phase:")
+        for k, n in sorted(counter.counts.items(), key=lambda kv: -kv[1]):
+            print(f"  {k:28s} {n / steps:7.1f}")
     if prof:
         pstats.Stats(prof).sort_stats(a.sort).print_stats(a.top)
 

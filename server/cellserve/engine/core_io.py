@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
 
 # Call, Outcome and ChunkOut are made per keystroke (or chunk): plain slots dataclasses, since a
-# frozen one's __init__ (object.__setattr__ per field) costs about four times as much. Nothing
-# changes them after they are made.
+# frozen one's __init__ sets every field through object.__setattr__, several times slower.
+# Nothing changes them after they are made.
 @dataclass(slots=True)
 class Call:
     """A request for the core, through the core thread's inbox (``EngineCore.add``): the core

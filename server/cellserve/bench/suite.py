@@ -348,25 +348,16 @@ def cpu_bound(res: dict[str, Any], n: str) -> float | None:
     return float(c_e / (c_e + m))
 
 
-def efficiency(res: dict[str, Any], n: str) -> float | None:
+def efficiency(res: dict[str, Any], n: str, with_memory: bool = False) -> float | None:
     """What an ideal server would spend per keystroke (the echo peer's server CPU per message
     plus the model's own batched step per row at this N, from the ceiling) over what cellserve
-    spends (its server CPU per keystroke). 1.0: no overhead beyond transport and model."""
+    spends (its server CPU per keystroke). 1.0: no overhead beyond transport and model.
+    ``with_memory``: the session memory's own work per keystroke (the ceiling's ``memory``)
+    counted as part of the served model (context, not the issue's target)."""
     c = _get(res, "keystrokes_closed", "cellserve", n, "server_cpu_ms_per_request")
     e = _get(res, "keystrokes_closed", "echo", n, "server_cpu_ms_per_request")
     step = _get(res, "ceiling", "keystrokes", n, "step_s")
-    if not c or e is None or step is None:
-        return None
-    return float((e + float(step) / int(n) * 1e3) / c)
-
-
-def efficiency_with_memory(res: dict[str, Any], n: str) -> float | None:
-    """``efficiency`` counting the session memory's own work per keystroke (the ceiling's
-    ``memory``) as part of the served model: context, not the issue's target."""
-    c = _get(res, "keystrokes_closed", "cellserve", n, "server_cpu_ms_per_request")
-    e = _get(res, "keystrokes_closed", "echo", n, "server_cpu_ms_per_request")
-    step = _get(res, "ceiling", "keystrokes", n, "step_s")
-    mem = _get(res, "ceiling", "memory", n, "row_s")
+    mem = _get(res, "ceiling", "memory", n, "row_s") if with_memory else 0.0
     if not c or e is None or step is None or mem is None:
         return None
     return float((e + (float(step) / int(n) + float(mem)) * 1e3) / c)
@@ -394,7 +385,7 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         v = efficiency(res, n_hi)
         add(f"server CPU efficiency at N={n_hi}: (echo CPU/msg + model CPU/keystroke) / cellserve CPU/keystroke",
             v, ">= 0.8", None if v is None else v >= 0.8)  # fmt: skip
-        v = efficiency_with_memory(res, n_hi)
+        v = efficiency(res, n_hi, with_memory=True)
         if v is not None:
             add("  context: the same, the session memory's own CPU/keystroke counted with the model's", v,
                 "(not a target)", None)  # fmt: skip

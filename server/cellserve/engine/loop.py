@@ -41,7 +41,7 @@ class CoreLoop:
         self._kick = threading.Event()  # a call was posted (or stop was asked)
         # True while the core thread sleeps (or is about to): only then does a post set the
         # event. Under load the thread never sleeps, and setting it per call (a lock and a
-        # notify) was a sixth of the core process's input thread. The thread raises the flag
+        # notify) stood out in a profile of the core process's input thread. The thread raises the flag
         # before it looks at the inbox a last time, and a poster appends before it reads the
         # flag, so a call is either seen by that look or kicks the sleep.
         self._sleeping = False

@@ -161,14 +161,14 @@ class ModelRunner:
         gathering in this order makes each group a contiguous slice), start states gathered."""
         self.pool.ensure_capacity(plan.capacity)
         self.checkpoints.ensure_capacity(plan.checkpoint_capacity)
+        rows = plan.rows
         steps: list[int] = []
         pres: list[int] = []
         gated: list[int] = []
         peeks: list[int] = []
-        for i, r in enumerate(plan.rows):  # one pass: a keystroke is a row
+        for i, r in enumerate(rows):  # one pass: a keystroke is a row
             n = len(r.tokens)
             (peeks if not n else gated if r.gates else steps if n == 1 else pres).append(i)
-        rows = plan.rows
         order = steps + pres + gated + peeks
         start = self._start_states([rows[i] for i in order]) if order else ()
         return _Prepared(plan, steps, pres, gated, order, start)

@@ -135,9 +135,16 @@ class SessionMemory:
         assert self._off == 0
         text = bytes(self._buf)
         self._set_bits(bits)
+        self._reread(text, 0)
+
+    def _reread(self, text: bytes, at: int) -> None:
+        """Fresh tables of the current size, then ``text`` read again as positions ``at`` on."""
         self._set_tables([array("i", [-1]) * (self._mask + 1) for _ in ORDERS])
+        if at:  # ring slots are addressed by position: all of them exist before it fills from ``at``
+            for pr in self._prev:
+                pr.extend(array("i", [-1]) * self._cap)
         self._buf = bytearray()
-        self._len = 0
+        self._len = at
         self._push_events(text)
         self._high = self._len
 
@@ -217,22 +224,14 @@ class SessionMemory:
     def _rebuild_to(self, end: int) -> None:
         """The tables rebuilt from the kept text up to ``end``, positions unchanged: what a pop
         too deep for the ring does (``_exact_at``). Every fork is invalid afterwards."""
-        off, version = self._off, self.version
-        text = bytes(self._buf[: end - off])
-        if off == 0:  # the whole text is kept: read again from the start (tables sized for it)
-            self._clear()  # (logs a pop below every fork)
-            self.push(text)
-        else:  # full-size tables (they grow only while nothing was dropped); the ring from ``off``
-            self._set_tables([array("i", [-1]) * (self._mask + 1) for _ in ORDERS])
-            for pr in self._prev:
-                pr.extend(array("i", [-1]) * self._cap)
-            self._buf = bytearray()
-            self._len = off
-            self._push_events(text)
-            self._high = self._len
-            self._pop_serial += 1
-            self._pops.append((self._pop_serial, -1))
-        self.version = version + 1
+        off = self._off
+        if off == 0:  # the whole text is kept: tables sized for what is left, as after a pop
+            self._set_bits(_bits_for(min(end, self._keep), self._full_bits))
+        # (else full-size tables: they grow only while nothing was dropped)
+        self._reread(bytes(self._buf[: end - off]), off)
+        self.version += 1
+        self._pop_serial += 1
+        self._pops.append((self._pop_serial, -1))  # below every fork
 
     def pop(self, n: int) -> None:
         """Removes the last ``n`` characters: afterwards the memory equals one that never read

@@ -9,6 +9,9 @@ are told apart from the supervisor's "started (pid ...)" lines); `--echo` measur
 REPEAT (environment, default 1) runs the window that many times on the same server. GC=1: each
 server process also reports the share of its CPU its garbage collector took since it started,
 per generation (``scripts/gc_stats/sitecustomize.py``, put on the server's PYTHONPATH).
+PHASES=1: the process that steps the engine core also reports its steps in the window, rows per
+step, and the CPU of each engine phase per keystroke (``scripts/engine_phases/sitecustomize.py``:
+``profile_core.py``'s phases, timed inside the server under load).
 
     .venv/bin/python scripts/cpu_by_thread.py N SECONDS [--echo | SERVE ARGS...]
 """
@@ -24,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from typing import Any
 
 from cellserve.bench.loadgen import Workload, run_load
 from cellserve.bench.procs import ServerProc, cellserve_cmd, peer_cmd
@@ -83,16 +87,35 @@ def server_processes(server: ServerProc, extra: list[str]) -> dict[str, int]:
 class Probe:
     """``run_load``'s ``server_cpu``: called at the window's start and end; keeps each reading."""
 
-    def __init__(self, processes: dict[str, int]) -> None:
+    def __init__(self, processes: dict[str, int], phases_dir: str = "") -> None:
         self.processes = processes
         self.readings: list[Reading] = []
+        self.phases_dir = phases_dir
+        self.phases: list[dict[str, Any]] = []  # per reading: the core process's phase file
 
     def __call__(self) -> float:
         reading: Reading = {}
         for label, pid in self.processes.items():
             reading.update(threads_cpu(label, pid))
         self.readings.append(reading)
+        if self.phases_dir:
+            self.phases.append(read_phases(self.phases_dir))
         return sum(reading.values())
+
+    def report_phases(self, requests: int) -> None:
+        """The engine core's steps and phases in the window (PHASES=1)."""
+        first, last = self.phases[-2], self.phases[-1]
+        steps = last.get("steps", 0) - first.get("steps", 0)
+        if not steps:
+            print("  engine phases: no step in the window (or no phase file yet)")
+            return
+        rows = last["rows"] - first["rows"]
+        print(
+            f"  engine core: {steps} steps, {rows / steps:.1f} rows per step, {requests / steps:.1f} keystrokes per step"
+        )
+        cpu = {k: v - first.get("cpu_s", {}).get(k, 0.0) for k, v in last["cpu_s"].items()}
+        for name, used in sorted(cpu.items(), key=lambda kv: -kv[1]):
+            print(f"      {used / requests * 1e6:7.1f}  {name} (us/keystroke)")
 
     def report(self, requests: int, names: dict[int, str]) -> None:
         first, last = self.readings[-2], self.readings[-1]
@@ -116,6 +139,16 @@ class Probe:
                     print(f"      {used / requests * 1e6:7.1f}  {name}")
 
 
+def read_phases(folder: str) -> dict[str, Any]:
+    """The phase file of the process that steps the core (the one that wrote one), or {}."""
+    for name in os.listdir(folder):
+        if name.endswith(".json"):
+            with open(os.path.join(folder, name)) as f:
+                out: dict[str, Any] = json.load(f)
+                return out
+    return {}
+
+
 def gc_report(folder: str, processes: dict[str, int]) -> None:
     for label, pid in processes.items():
         try:
@@ -133,12 +166,14 @@ def gc_report(folder: str, processes: dict[str, int]) -> None:
 def main() -> None:
     n, seconds, extra = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
     gc_dir = tempfile.mkdtemp() if os.environ.get("GC") == "1" else ""
-    if gc_dir:  # inherited by the server and its children, not by this process
-        here = os.path.dirname(os.path.abspath(__file__))
-        os.environ["PYTHONPATH"] = os.pathsep.join(
-            p for p in (os.path.join(here, "gc_stats"), os.environ.get("PYTHONPATH")) if p
-        )
-        os.environ["GC_STATS_DIR"] = gc_dir
+    phases_dir = tempfile.mkdtemp() if os.environ.get("PHASES") == "1" else ""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for folder, hook, var in ((gc_dir, "gc_stats", "GC_STATS_DIR"), (phases_dir, "engine_phases", "ENGINE_PHASES_DIR")):
+        if folder:  # inherited by the server and its children, not by this process
+            os.environ["PYTHONPATH"] = os.pathsep.join(
+                p for p in (os.path.join(here, hook), os.environ.get("PYTHONPATH")) if p
+            )
+            os.environ[var] = folder
     if extra == ["--echo"]:
         server = ServerProc("echo", peer_cmd("echo", "models", "python-lstm", "cpu"))
         processes = {"echo": server.pid}
@@ -147,7 +182,7 @@ def main() -> None:
         server = ServerProc("cellserve", cmd)
         processes = server_processes(server, extra)
     try:
-        probe = Probe(processes)
+        probe = Probe(processes, phases_dir)
         for _ in range(int(os.environ.get("REPEAT", "1"))):
             time.sleep(1.0)  # let the previous window's sessions close
             r = run_load(server.target, Workload("closed", n, warmup_s=2.0, window_s=seconds), 2, probe)
@@ -156,6 +191,8 @@ def main() -> None:
                 f"p50 {r['latency_ms']['p50']:.2f} ms, errors {r['errors']}"
             )
             probe.report(r["requests"], python_names(list(processes.values())))
+            if phases_dir:
+                probe.report_phases(r["requests"])
         if gc_dir:
             time.sleep(1.1)  # the last second's figures
             gc_report(gc_dir, processes)

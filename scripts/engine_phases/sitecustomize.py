@@ -1,0 +1,51 @@
+"""Loaded by every Python process started with this folder on PYTHONPATH (``cpu_by_thread.py``
+with PHASES=1 does that) when $ENGINE_PHASES_DIR is set: times the engine core's phases with the
+thread CPU clock in whichever process steps the core (``profile_core.PHASES``, the same
+wrappers as ``profile_core.py``), counts its steps and rows, and writes ``<pid>.json`` into
+$ENGINE_PHASES_DIR every 0.1 s: CPU seconds per phase, steps, rows. A process that never steps
+writes nothing."""
+
+import os
+import sys
+
+_DIR = os.environ.get("ENGINE_PHASES_DIR", "")
+
+
+def _install() -> None:
+    import json
+    import threading
+    import time
+    from collections import defaultdict
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts/
+    from cellserve.engine.core import EngineCore
+    from cellserve.engine.runner import ModelRunner
+    from profile_core import PHASES, timed
+
+    acc: dict[str, float] = defaultdict(float)
+    counts = {"steps": 0, "rows": 0}
+    for cls, name in [(EngineCore, "step"), *PHASES]:
+        timed(cls, name, acc)
+    execute = ModelRunner.execute
+
+    def counted(self, plan):  # type: ignore[no-untyped-def]
+        counts["steps"] += 1
+        counts["rows"] += len(plan.rows)
+        return execute(self, plan)
+
+    ModelRunner.execute = counted  # type: ignore[method-assign]
+
+    def write() -> None:
+        path = os.path.join(_DIR, f"{os.getpid()}.json")
+        while True:
+            time.sleep(0.1)
+            if counts["steps"]:
+                with open(path + ".tmp", "w") as f:
+                    json.dump({"cpu_s": dict(acc), **counts}, f)
+                os.replace(path + ".tmp", path)
+
+    threading.Thread(target=write, name="engine-phases", daemon=True).start()
+
+
+if _DIR:
+    _install()

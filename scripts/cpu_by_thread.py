@@ -113,6 +113,10 @@ class Probe:
         print(
             f"  engine core: {steps} steps, {rows / steps:.1f} rows per step, {requests / steps:.1f} keystrokes per step"
         )
+        guesses = last.get("guess_batches", 0) - first.get("guess_batches", 0)
+        if guesses:
+            g_rows = last["guess_rows"] - first["guess_rows"]
+            print(f"  speculation: {guesses} batches of guesses, {g_rows / guesses:.1f} rows each")
         cpu = {k: v - first.get("cpu_s", {}).get(k, 0.0) for k, v in last["cpu_s"].items()}
         for name, used in sorted(cpu.items(), key=lambda kv: -kv[1]):
             print(f"      {used / requests * 1e6:7.1f}  {name} (us/keystroke)")

@@ -1,8 +1,10 @@
 """Loaded by every Python process started with this folder on PYTHONPATH (``cpu_by_thread.py``
 with PHASES=1 does that) when $ENGINE_PHASES_DIR is set: times the engine core's phases with the
-thread CPU clock in whichever process steps the core (``profile_core.PHASES``, the same
-wrappers as ``profile_core.py``), counts its steps and rows, and writes ``<pid>.json`` into
-$ENGINE_PHASES_DIR every 0.1 s: CPU seconds per phase, steps, rows. A process that never steps
+thread CPU clock in whichever process steps the core (``EngineCore.step`` and ``speculate``,
+and ``profile_core.PHASES`` inside them, with the same wrappers as ``profile_core.py``; a
+phase inside a batch of guesses counts too), counts its steps and rows and its batches of
+guesses and their rows, and writes ``<pid>.json`` into
+$ENGINE_PHASES_DIR every 0.1 s. A process that never steps
 writes nothing."""
 
 import os
@@ -23,17 +25,27 @@ def _install() -> None:
     from profile_core import PHASES, timed
 
     acc: dict[str, float] = defaultdict(float)
-    counts = {"steps": 0, "rows": 0}
-    for cls, name in [(EngineCore, "step"), *PHASES]:
-        timed(cls, name, acc)
-    execute = ModelRunner.execute
+    counts = {"steps": 0, "rows": 0, "guess_batches": 0, "guess_rows": 0}
+    guessing = [False]  # inside EngineCore.speculate: a batch of guesses, not a step
+    execute, speculate = ModelRunner.execute, EngineCore.speculate
 
     def counted(self, plan):  # type: ignore[no-untyped-def]
-        counts["steps"] += 1
-        counts["rows"] += len(plan.rows)
+        kind = "guess_" if guessing[0] else ""
+        counts[kind + ("batches" if kind else "steps")] += 1
+        counts[kind + "rows"] += len(plan.rows)
         return execute(self, plan)
 
+    def flagged(self):  # type: ignore[no-untyped-def]
+        guessing[0] = True
+        try:
+            return speculate(self)
+        finally:
+            guessing[0] = False
+
     ModelRunner.execute = counted  # type: ignore[method-assign]
+    EngineCore.speculate = flagged  # type: ignore[method-assign]
+    for cls, name in [(EngineCore, "step"), (EngineCore, "speculate"), *PHASES]:
+        timed(cls, name, acc)
 
     def write() -> None:
         path = os.path.join(_DIR, f"{os.getpid()}.json")

@@ -223,6 +223,16 @@ class Settings(BaseModel):
     writing the answers just made (docs/measurements.md: a keystroke answered from a guess
     took as long as one that was stepped); a typist's next keystroke is 100+ ms away, so a few
     milliseconds cost no hits."""
+    speculation_busy_rows: int = Field(default=16, ge=1, le=1_000_000)
+    """A step of at least this many keystrokes (one-character rows) means the core is serving
+    many typing sessions at once: it then guesses nothing for ``speculation_busy_hold_s``. Under such load a guess costs k rows
+    in a small batch of its own to save one row of a large step (measured at N=256: about 12-19
+    us of core CPU per keystroke, docs/design-notes.md), and the idle gaps it fills are the
+    ones the event loop needs. Human-paced typists, even many, rarely land 16 keystrokes in one
+    step."""
+    speculation_busy_hold_s: float = Field(default=0.5, ge=0, le=3600)
+    """How long after a busy step (``speculation_busy_rows``) the core guesses nothing. Guesses
+    already made stay, and can still answer a keystroke."""
     # --- exactly-once, rewind, snapshots -------------------------------------------------
     checkpoint_every: int = Field(default=64, ge=1, le=100_000)
     """Rewind checkpoints: the state is saved every this many characters."""

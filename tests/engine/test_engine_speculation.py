@@ -301,3 +301,22 @@ def test_a_retried_keystroke_after_a_hit_is_replayed(memory_model_dir: Path) -> 
         assert on.state_bytes(sid) == off.state_bytes(sid)
         assert on.memory_text(sid) == off.memory_text(sid)
     assert hits >= 5 and on.core.stats().speculation["hits"] >= 5
+
+
+@pytest.mark.parametrize("hold_s", [3600.0, 0.0])
+def test_no_guessing_just_after_a_busy_step(memory_model_dir: Path, hold_s: float) -> None:
+    """A step of ``speculation_busy_rows`` rows or more (many sessions typing at once) stops
+    the guessing for ``speculation_busy_hold_s``; a smaller step does not."""
+    c = Core(memory_model_dir, speculation_busy_rows=3, speculation_busy_hold_s=hold_s)
+    typist, *others = [c.open() for _ in range(4)]
+    c.call("submit_append", typist, 0, "d", AppendOptions(), "")  # a step of one row
+    assert c.core.speculating() and c.idle() > 0
+    for ticket, sid in enumerate(others, start=1000):  # three fresh sessions: nothing guessed
+        c.core.submit_append(sid, 0, "x", AppendOptions(), "", ticket)
+    out = c.core.step()
+    assert out.stats is not None and out.stats.rows == 3 and not c.core.has_work()
+    c.call("submit_append", typist, 1, "\n", AppendOptions(), "")  # a session that guesses are wanted for
+    busy = hold_s > 0
+    assert c.core.speculating() is not busy
+    assert (c.idle() > 0) is not busy
+    assert c.rt.speculator.pending() or not busy  # kept for later, not dropped

@@ -118,6 +118,7 @@ class EngineCore(SessionOps):
         self._blobs = SessionBlobs(settings, self._runtimes, self._memory_settings)
         self._handoff = SessionHandoff(settings, self.sessions, self._runtimes, self._blobs, self.sequence_ids)
         self._iterations = 0
+        self._busy_until = 0.0  # monotonic time before which the core guesses no keystrokes
         self._chars: dict[str, int] = {p: 0 for p in Phase}
         self._update = StepUpdate(self.deliveries, self.completions, self._blobs, self._chars)
         self._model_totals: dict[str, ModelTotals] = {}  # EngineStats.models
@@ -305,6 +306,9 @@ class EngineCore(SessionOps):
             self._iterations += 1
             try:
                 stats = self._iteration_stats(jobs, results if error is None else [], waits, chars_before, beam_rows)
+                if dict(stats.chars).get(Phase.STEP, 0) >= self.settings.speculation_busy_rows:
+                    # many sessions typing at once: no guessing for a while
+                    self._busy_until = time.monotonic() + self.settings.speculation_busy_hold_s
                 for mi in stats.models:
                     self._model_totals[mi.model] = self._model_totals.get(mi.model, ModelTotals(mi.model)).plus(mi)
             except Exception:  # statistics are not worth an iteration's answers
@@ -315,14 +319,20 @@ class EngineCore(SessionOps):
 
     def speculating(self) -> bool:
         """Some model has sessions to guess for (``speculate`` would do something)."""
-        return any(rt.speculator.pending() for rt in self._runtimes.values())
+        return not self._busy() and any(rt.speculator.pending() for rt in self._runtimes.values())
 
     def speculate(self) -> bool:
         """One small batch of speculative keystrokes (engine/speculation.py), only while
-        nothing is queued, running or completing; False: nothing left to guess."""
-        if self.has_work():
+        nothing is queued, running or completing, and not shortly after a busy step
+        (``Settings.speculation_busy_rows``); False: nothing to guess now."""
+        if self.has_work() or self._busy():
             return False
         return any(rt.speculator.run_batch() for rt in self._runtimes.values())
+
+    def _busy(self) -> bool:
+        """A step of ``speculation_busy_rows`` keystrokes or more ran within the last
+        ``speculation_busy_hold_s``."""
+        return self._busy_until > 0.0 and time.monotonic() < self._busy_until
 
     def _schedule(self) -> list[Job]:
         """Plans this iteration for every model with work; answers what needs no device work

@@ -45,7 +45,6 @@ PHASES: list[tuple[type, str]] = [
     (ModelRunner, "_prepare"),
     (ModelRunner, "_forward"),
     (ModelRunner, "_pick"),
-    (ModelRunner, "_mix"),
     (ModelRunner, "_unpack"),
     (ModelRunner, "_write_back"),
     (StepUpdate, "stage"),

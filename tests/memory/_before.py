@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 from cellserve.memory.features import _LOG_MATCH, EXPERTS, HOST_FEATURES, _log_occ
-from cellserve.memory.mixer import _PRESENT, EPS, Mixer, _masked_softmax, _row_linear
+from cellserve.memory.mixer import _PRESENT, EPS, Mixer, _masked_softmax
 from cellserve.memory.window import (
     _EMPTY_HEADS,
     _REBASE_AT,
@@ -170,6 +170,10 @@ def memory_arrays_many_before(preds: Sequence[MemoryPrediction], vocab_size: int
             m = pred.match_len
             host[p, -3:] = (1.0, math.log1p(m) / _LOG_MATCH, min(m, 16) / 16.0)
     return dists, host
+
+
+def _row_linear(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
+    return (x[:, None, :] * layer.weight).sum(-1) + layer.bias
 
 
 @torch.no_grad()

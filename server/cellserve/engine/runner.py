@@ -25,10 +25,12 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from ..memory.mixer import Mixer
+from ..memory.mixer import EPS as MIX_EPS
+from ..memory.mixer import Mixer, mix_log_probs
 from ..nn.cells import GRUCellRef, LSTMCellRef, reference_cell
 from ..nn.charlm import CharLM
 from ..nn.kernels import ONEDNN_MIN_STEP_BATCH, onednn
+from ..nn.scripted import scripted
 from .buffers import InputBuffers
 from .memory_mix import point_arrays
 from .plan import ZERO, CheckpointRef, HostState, Plan, Row, RowResult, RunResult, SampleParams
@@ -99,6 +101,11 @@ class ModelRunner:
         self._in = InputBuffers(pool.device)  # persistent per-iteration index inputs
         self._pending: Callable[[], None] | None = None  # the last execute's write-back, for commit()
         self.mixer = mixer  # the session memory's mixer (rows with a ``memory``); None: never mixed
+        self._none = torch.empty(0, dtype=torch.long, device=pool.device)  # a kernel's absent argument
+        # a serving model that steps by token id in one call (nn/int8.py), else None
+        self._by_id: Callable[..., tuple[torch.Tensor, tuple[torch.Tensor, ...]] | None] | None = getattr(
+            model.rnn, "step_ids", None
+        )
 
     def execute(self, plan: Plan) -> RunResult:
         """Runs ``plan`` and returns its results; the pools are untouched until ``commit()``."""
@@ -261,23 +268,31 @@ class ModelRunner:
         flat: list[torch.Tensor] = []
         pts.kmax = max((k for _, k in pts.topk), default=0)
         if pick:
-            bank = torch.cat(fwd.bank_parts, dim=0)  # [N_bank, H]
-            hsel = bank.index_select(0, self._in.ints("pick", pick))  # [N, H]
-            logits = self.model.head(hsel)  # [N, V]
-            lsm = torch.log_softmax(logits, dim=-1)  # [N, V]: the full distribution per point
+            bank = fwd.bank_parts[0] if len(fwd.bank_parts) == 1 else torch.cat(fwd.bank_parts, dim=0)  # [N_bank, H]
+            logits = self.model.head(bank.index_select(0, self._in.ints("pick", pick)))  # [N, V]
+            pts.kmax = min(pts.kmax, logits.shape[1])
+            ints, none = self._in.ints, self._none
+            dev = logits.device
             if pts.mixed:
-                lsm = self._mix(rows, lsm, pts.mixed)
-            if pts.topk:
-                pts.kmax = min(pts.kmax, lsm.shape[1])
-                at = self._in.ints("topk_at", [p for p, _ in pts.topk])
-                vals, idx = lsm[at].topk(pts.kmax, dim=-1)  # [P, K]
-                flat += [vals.exp().flatten(), idx.to(vals.dtype).flatten()]
-            if pts.logprob:
-                sel = lsm[self._in.ints("logprob_at", [p for p, _ in pts.logprob])]  # [Q, V]
-                tok = self._in.ints("logprob_tok", [t for _, t in pts.logprob])
-                flat.append(sel.gather(1, tok[:, None]).flatten())
+                assert self.mixer is not None
+                dists, host_f = point_arrays(rows, [(i, t) for _, i, t in pts.mixed], logits.shape[-1])
+                mix = (ints("mix_at", [p for p, _, _ in pts.mixed]), dists.to(dev), host_f.to(dev))
+                gate = self.mixer.weights(dev)
+            else:
+                mix, gate = (none, none, none), (none, none, none, none, none)
+            flat, lsm = _points(
+                logits,
+                bool(pts.mixed),
+                *mix,
+                *gate,
+                MIX_EPS,
+                ints("topk_at", [p for p, _ in pts.topk]) if pts.topk else none,
+                pts.kmax,
+                ints("logprob_at", [p for p, _ in pts.logprob]) if pts.logprob else none,
+                ints("logprob_tok", [t for _, t in pts.logprob]) if pts.logprob else none,
+            )
             if pts.sample:
-                s_at = self._in.ints("sample_at", [p for p, _ in pts.sample])
+                s_at = ints("sample_at", [p for p, _ in pts.sample])
                 s_logits = logits[s_at].float()  # [S, V]
                 if pts.mixed:  # mixed points sample from the mixed log-probs (a softmax of them)
                     mixed_at = {p for p, _, _ in pts.mixed}
@@ -288,17 +303,6 @@ class ModelRunner:
             flat.append(fwd.gate_traces[i].flatten())  # [T, G, L]
         host = torch.cat(flat).float().cpu().tolist() if flat else []  # the one device->host copy
         return host, pts
-
-    def _mix(self, rows: Sequence[Row], lsm: torch.Tensor, mixed: list[tuple[int, int, int]]) -> torch.Tensor:
-        """The picked distributions with the mixed points replaced by the model mixed with the
-        row's session memory: ONE ``Mixer.mix`` call for the step, on the distribution's device
-        (only the memory's small arrays travel to it). Float32 from here on."""
-        assert self.mixer is not None
-        dists, host = point_arrays(rows, [(i, t) for _, i, t in mixed], lsm.shape[-1])
-        at = self._in.ints("mix_at", [p for p, _, _ in mixed])
-        out = lsm.float()
-        mixed_lp = self.mixer.mix(out[at], dists.to(out.device), host.to(out.device))
-        return out.index_copy(0, at, mixed_lp)
 
     def _unpack(self, prep: _Prepared, host: list[float], pts: _Points) -> list[RowResult]:
         """The host numbers per row, in the plan's row order."""
@@ -396,10 +400,14 @@ class ModelRunner:
         """The single-step phase: B rows of one token each (keystrokes, completion steps) as ONE
         batched step. tokens [B], state ([L, B, H] x arity) -> outputs [B, H], new state."""
         b = len(tokens)
-        tok = self._in.ints("step_tok", tokens).view(b, 1)  # [B, 1]
+        ids = self._in.ints("step_tok", tokens)  # [B]
+        if self._by_id is not None:  # int8: the whole step in one call
+            stepped = self._by_id(ids, state)
+            if stepped is not None:
+                return stepped
         st = tuple(s.contiguous() for s in state)
         with onednn(not self.on_cpu or b >= ONEDNN_MIN_STEP_BATCH):
-            out, new = self._rnn(self.model.embed(tok), st)  # out [B, 1, H]
+            out, new = self._rnn(self.model.embed(ids.view(b, 1)), st)  # out [B, 1, H]
         return out[:, 0], new
 
     def _rnn(
@@ -480,3 +488,43 @@ def state_from_bytes(raw: Sequence[bytes], layers: int, hidden: int, device: tor
         torch.from_numpy(np.frombuffer(b, dtype="<f4").astype(np.float32).reshape(layers, hidden)).to(device)
         for b in raw
     )
+
+
+def _points_eager(
+    logits: torch.Tensor,
+    mixing: bool,
+    mix_at: torch.Tensor,
+    dists: torch.Tensor,
+    host: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    present_at: torch.Tensor,
+    eps: float,
+    topk_at: torch.Tensor,
+    kmax: int,
+    logprob_at: torch.Tensor,
+    logprob_tok: torch.Tensor,
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """``_pick``'s arithmetic after the head, one scripted call (nn/scripted.py): logits [N, V]
+    -> the full log-probs per point, the mixed points (rows ``mix_at``, when ``mixing``)
+    replaced by the model mixed with their memory arrays (``Mixer.mix`` with the gate's weights
+    and floor ``eps``: float32 from there on), then the host numbers: top-``kmax``
+    probabilities and indices at ``topk_at``, the log-prob of token ``logprob_tok`` at
+    ``logprob_at`` (an empty index: none asked). -> (the flat parts, the log-probs)."""
+    lsm = torch.log_softmax(logits, dim=-1)  # [N, V]: the full distribution per point
+    if mixing:
+        out = lsm.float()
+        mixed = mix_log_probs(out[mix_at], dists, host, w1, b1, w2, b2, present_at, eps)
+        lsm = out.index_copy(0, mix_at, mixed)
+    flat: list[torch.Tensor] = []
+    if topk_at.numel() > 0:
+        vals, idx = lsm[topk_at].topk(kmax, dim=-1)
+        flat += [vals.exp().flatten(), idx.to(vals.dtype).flatten()]
+    if logprob_at.numel() > 0:
+        flat.append(lsm[logprob_at].gather(1, logprob_tok[:, None]).flatten())
+    return flat, lsm
+
+
+_points = scripted(_points_eager)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..nn.scripted import scripted
 from .features import EXPERTS, HOST_FEATURES
 from .window import ORDERS
 
@@ -31,6 +32,7 @@ MODEL_FEATURES = 2 + EXPERTS  # entropy, top log-prob, agreement per expert
 FEATURES = MODEL_FEATURES + HOST_FEATURES
 MIXER_FILE = "mixer.safetensors"
 _PRESENT = [3 * j for j in range(len(ORDERS))] + [HOST_FEATURES - 3]
+_PRESENT_AT = torch.tensor(_PRESENT)  # the same, as an index
 
 
 class Mixer(nn.Module):
@@ -43,17 +45,13 @@ class Mixer(nn.Module):
         with torch.no_grad():  # untrained: trust the model (the memory's weights start small)
             self.out.weight.zero_()
             self.out.bias.copy_(torch.tensor([3.0] + [0.0] * EXPERTS))
+        self._present_at: torch.Tensor | None = None  # _PRESENT_AT on the device mixing
 
     # --- torch path --------------------------------------------------------------------
     @staticmethod
     def features(logprobs: torch.Tensor, dists: torch.Tensor, host: torch.Tensor) -> torch.Tensor:
         """[B, FEATURES] from logprobs [B, V], dists [B, E, V], host [B, HOST_FEATURES]."""
-        p = logprobs.exp()
-        entropy = -(p * logprobs).sum(-1, keepdim=True) / 4.0
-        top = logprobs.max(-1, keepdim=True).values / 4.0
-        present = host[:, _PRESENT]
-        agree = torch.log((dists * p[:, None, :]).sum(-1) + 1e-6) / 8.0 * present
-        return torch.cat([entropy, top, agree, host], dim=-1)
+        return _features(logprobs, dists, host, _PRESENT_AT.to(host.device))
 
     def gates(self, feats: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """[B, 1 + E] mixture weights; absent experts get exactly 0."""
@@ -69,14 +67,19 @@ class Mixer(nn.Module):
         single row (one row alone and the same row beside others differed in the last bits), so
         a served distribution would depend on its batch companions. Speculative keystrokes
         (engine/speculation.py) answer from a batch of guesses and must equal the keystroke's
-        own step exactly."""
-        lp = logprobs.float()
-        feats = self.features(lp, dists, host)
-        logits = _row_linear(torch.relu(_row_linear(feats, self.hidden)), self.out)
-        g = _masked_softmax(logits, host[:, _PRESENT])
-        mixed = g[:, :1] * lp.exp() + (g[:, 1:, None] * dists).sum(1)
-        v = lp.shape[-1]
-        return torch.log(mixed * (1.0 - EPS) + EPS / v)
+        own step exactly. One scripted call (nn/scripted.py)."""
+        return _mix(logprobs, dists, host, *self.weights(host.device), EPS)
+
+    def weights(
+        self, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``mix_log_probs``'s gate arguments: the hidden and out layers' weights and biases, and
+        ``_PRESENT_AT`` on ``device``."""
+        at = self._present_at
+        if at is None or at.device != device:
+            at = self._present_at = _PRESENT_AT.to(device)
+        h, o = self.hidden, self.out
+        return h.weight, h.bias, o.weight, o.bias, at
 
     # --- numpy path (one row) ----------------------------------------------------------
     def numpy_weights(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -119,16 +122,54 @@ class Mixer(nn.Module):
         return m.to(device).eval()
 
 
-def _row_linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-    """``layer(x)`` ([B, in] -> [B, out]) computed row by row the same way whatever B: an
+def _features(
+    logprobs: torch.Tensor, dists: torch.Tensor, host: torch.Tensor, present_at: torch.Tensor
+) -> torch.Tensor:
+    """``Mixer.features``; present_at: ``_PRESENT_AT`` (the host features saying whether each
+    expert is present) on the arrays' device."""
+    p = logprobs.exp()
+    entropy = -(p * logprobs).sum(-1, keepdim=True) / 4.0
+    top = logprobs.max(-1, keepdim=True).values / 4.0
+    present = host.index_select(1, present_at)
+    agree = torch.log((dists * p[:, None, :]).sum(-1) + 1e-6) / 8.0 * present
+    return torch.cat([entropy, top, agree, host], dim=-1)
+
+
+def mix_log_probs(
+    logprobs: torch.Tensor,
+    dists: torch.Tensor,
+    host: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    present_at: torch.Tensor,
+    eps: float,
+) -> torch.Tensor:
+    """``Mixer.mix`` on the gate's weights (hidden: w1, b1; out: w2, b2; ``Mixer.weights``) and
+    the floor ``eps``, as a plain function a scripted kernel can call."""
+    lp = logprobs.float()
+    feats = _features(lp, dists, host, present_at)
+    logits = _row_linear(torch.relu(_row_linear(feats, w1, b1)), w2, b2)
+    g = _masked_softmax(logits, host.index_select(1, present_at))
+    mixed = g[:, :1] * lp.exp() + (g[:, 1:, None] * dists).sum(1)
+    v = lp.shape[-1]
+    return torch.log(mixed * (1.0 - eps) + eps / v)
+
+
+def _row_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """A linear layer ([B, in] -> [B, out]) computed row by row the same way whatever B: an
     elementwise product and a sum over the last dimension (the layers are tiny)."""
-    return (x[:, None, :] * layer.weight).sum(-1) + layer.bias
+    return (x[:, None, :] * weight).sum(-1) + bias
 
 
 def _masked_softmax(logits: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     """Softmax over [model, experts...] with absent experts at exactly 0."""
     keep = torch.cat([torch.ones_like(present[:, :1]), present], dim=-1) > 0
     return torch.softmax(logits.masked_fill(~keep, float("-inf")), dim=-1)
+
+
+_mix = scripted(mix_log_probs)
 
 
 def bits(logprob: float) -> float:

@@ -30,6 +30,10 @@ These layers fix the activation scale instead:
   about as much as its arithmetic. Rows of gates * H and H elements (H a multiple
   of 32 in the shipped and test models) keep every row on torch's vectorized elementwise path
   (tests/nn/test_int8.py checks it bitwise, with 1 and 3 torch threads).
+- The projection lookup, the whole time loop of every layer, and the engine's keystroke step by
+  token id (``step_ids``) are TorchScript functions (``nn/scripted.py``): each runs its ops in
+  C++ with the interpreter lock released once, instead of once per op (the same ops, so the
+  same numbers; tests/nn/test_scripted.py compares them with their eager form).
 - The output head runs the same fixed-range int8 GEMM (its input is the top layer's h): an
   fp32 ``nn.Linear`` is not batch-invariant (its GEMM kernel changes with the batch size).
   ``quantize_head=False`` keeps it fp32.
@@ -44,12 +48,14 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from .charlm import CharLM
+from .scripted import scripted
 
 
 @contextmanager
@@ -163,17 +169,36 @@ class TokenProjection:
         # a last row of NaN (equal to nothing) for a key above every key: no clamp per call
         self.rows = torch.cat([rows, torch.full((1, rows.shape[1]), float("nan"))]).contiguous()
         self.w_ih, self.b_ih = w_ih, b_ih  # for inputs that are not embedding rows
+        self._keys = self.ids.keys if self.ids.column >= 0 else torch.empty(0)  # (unused without a column)
+        # by token id, for callers holding ids (the engine's keystroke steps): the same rows, so
+        # the same numbers as looking up the id's embedding; None when a lookup by embedding
+        # could not match (no distinct column: the fp32 projection is used instead)
+        self.by_id = self.rows[:-1][torch.argsort(order)].contiguous() if self.ids.column >= 0 else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Embedding rows [N, E] -> [N, G * H], a new tensor (its rows are the callers' to
         overwrite); inputs that are not embedding rows are projected in fp32 (correct, but
-        not batch-invariant)."""
-        pos = self.ids.positions(x)
-        if pos is not None:
-            found = self.rows[pos]
-            if torch.equal(found[:, : self.width], x):
-                return found[:, self.width :]
-        return torch.addmm(self.b_ih, x.float(), self.w_ih.T)
+        not batch-invariant). One scripted call."""
+        return _project(x, self.ids.column, self._keys, self.rows, self.width, self.w_ih, self.b_ih)
+
+
+def _project_eager(
+    x: torch.Tensor,
+    column: int,
+    keys: torch.Tensor,
+    rows: torch.Tensor,
+    width: int,
+    w_ih: torch.Tensor,
+    b_ih: torch.Tensor,
+) -> torch.Tensor:
+    """``TokenProjection``'s lookup: x [N, E] -> [N, G * H]; column: the embedding column whose
+    values are distinct keys (sorted: ``keys``), -1 for none; rows: embedding and projection
+    rows in key order, NaN last."""
+    if column >= 0:
+        found = rows[torch.searchsorted(keys, x[:, column].contiguous())]
+        if torch.equal(found[:, :width], x):
+            return found[:, width:]
+    return torch.addmm(b_ih, x.float(), w_ih.T)
 
 
 def _lstm_gate_order(t: torch.Tensor) -> torch.Tensor:
@@ -203,12 +228,36 @@ class FixedRangeRNN(nn.Module):
         # input projection of every time step of a call runs as one GEMM before the time loop
         self.lin_hh = [FixedRangeLinear(p[f"weight_hh_l{k}"], p[f"bias_hh_l{k}"]) for k in range(self.layers)]
         self.lin_ih = [FixedRangeLinear(p[f"weight_ih_l{k}"], p[f"bias_ih_l{k}"]) for k in range(1, self.layers)]
+        self._hh = [lin.packed for lin in self.lin_hh]  # as the recurrence kernel takes them
+        self._ih = [lin.packed for lin in self.lin_ih]
 
     def forward(
         self, x: torch.Tensor | PackedSequence, state: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor | PackedSequence, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
         with _plain_tensors():
             return self._forward(x, state)
+
+    def step_ids(
+        self, ids: torch.Tensor, state: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]] | None:
+        """One time step of B rows given by token id, in ONE scripted call (nn/scripted.py): ids
+        [B] int64, state ([L, B, H] x arity) -> top-layer h [B, H], new state. The same numbers
+        as ``forward`` on the ids' embeddings. None when the projection has no table by id
+        (call ``forward``)."""
+        table = self.project.by_id
+        if table is None:
+            return None
+        out, h_n, c_n = _step_by_id(
+            ids,
+            table,
+            self.project.width,
+            state[0],
+            state[1] if len(state) > 1 else None,
+            self._hh,
+            self._ih,
+            self.hidden,
+        )
+        return out, ((h_n,) if c_n is None else (h_n, c_n))
 
     def _forward(
         self, x: torch.Tensor | PackedSequence, state: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None
@@ -232,50 +281,18 @@ class FixedRangeRNN(nn.Module):
         if isinstance(x, PackedSequence) and x.sorted_indices is not None:
             h0 = h0.index_select(1, x.sorted_indices)
             c0 = None if c0 is None else c0.index_select(1, x.sorted_indices)
-        # the GEMMs take h in [-1, 1]: a state from outside is clamped once here (a corrupt
-        # state computes as its clamped self); every h computed below is in range already
-        h_in = torch.clamp(h0, -1.0, 1.0).unbind(0)
-        c_in = c0.unbind(0) if c0 is not None else ()
-        c_n = torch.empty(self.layers, batch, n) if c0 is not None else None
-        c_out = c_n.unbind(0) if c_n is not None else ()
-        # time step t is the next sizes[t] rows of the time-major data; rows are sorted longest
-        # first, so step t's rows are the first sizes[t] of step t - 1's, and a row that has
-        # ended keeps its last state
-        outs: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer: h at every step, and its last step
         below = self.project(data)  # [N, G * H]: layer 1's input projection, time-major
-        for layer in range(self.layers):
-            # the input projection of every time step at once (row-independent, so one GEMM
-            # over all steps is the same arithmetic as one step at a time), then the time loop
-            xg = below if layer == 0 else self.lin_ih[layer - 1].in_range(below)  # [N, G * H], ours to overwrite
-            below = torch.empty(data.shape[0], n)  # this layer's h at every step
-            xs: tuple[torch.Tensor, ...] = (xg,)
-            hs: tuple[torch.Tensor, ...] = (below,)
-            if len(sizes) > 1:
-                xs, hs = xg.split_with_sizes(sizes), below.split_with_sizes(sizes)
-            lin, h = self.lin_hh[layer], h_in[layer]
-            if c_n is not None:
-                c, cw = c_in[layer], c_out[layer]
-                for xt, ht, b in zip(xs, hs, sizes, strict=True):
-                    if b != h.shape[0]:
-                        h, c, cw = h[:b], c[:b], cw[:b]
-                    self._lstm(lin, xt, h, c, cw, ht)
-                    h, c = ht, cw
-            else:
-                for xt, ht, b in zip(xs, hs, sizes, strict=True):
-                    if b != h.shape[0]:
-                        h = h[:b]
-                    self._gru(lin, xt, h, ht)
-                    h = ht
-            outs.append((below, hs[-1]))
+        every, lasts, c_n = _recurrence(below, sizes, h0, c0, self._hh, self._ih, n)
         if isinstance(x, PackedSequence):
-            h_n = torch.stack([self._last(every, x.batch_sizes) for every, _ in outs])
+            h_n = torch.stack([self._last(e, x.batch_sizes) for e in every])
             if x.unsorted_indices is not None:
                 h_n = h_n.index_select(1, x.unsorted_indices)
                 c_n = None if c_n is None else c_n.index_select(1, x.unsorted_indices)
             out_state = h_n if c_n is None else (h_n, c_n)
-            return PackedSequence(below, x.batch_sizes, x.sorted_indices, x.unsorted_indices), out_state
-        h_n = torch.stack([last for _, last in outs])
-        out = below.unsqueeze(1) if steps == 1 else below.view(steps, batch, n).transpose(0, 1)
+            return PackedSequence(every[-1], x.batch_sizes, x.sorted_indices, x.unsorted_indices), out_state
+        h_n = torch.stack(lasts)
+        top = every[-1]
+        out = top.unsqueeze(1) if steps == 1 else top.view(steps, batch, n).transpose(0, 1)
         return out, (h_n if c_n is None else (h_n, c_n))
 
     @staticmethod
@@ -286,35 +303,6 @@ class FixedRangeRNN(nn.Module):
         lengths = (batch_sizes[None, :] > rows[:, None]).sum(dim=1)
         starts = torch.cumsum(batch_sizes, 0) - batch_sizes  # where each step's rows begin
         return seq.index_select(0, starts[lengths - 1] + rows)
-
-    def _lstm(
-        self,
-        lin: FixedRangeLinear,
-        xg: torch.Tensor,
-        h: torch.Tensor,
-        c: torch.Tensor,
-        c_out: torch.Tensor,
-        h_out: torch.Tensor,
-    ) -> None:
-        """One LSTM step of b rows: input projection xg [b, 4H] (i f o g), state h, c [b, H]
-        -> c_out, h_out [b, H] (c_out may be c itself). Gate math in place, in the order
-        f * c + i * g, then o * tanh(c), whatever the step and the batch."""
-        n = self.hidden
-        gates = lin.in_range(h).add_(xg)  # a new tensor: computed in place from here
-        gates[:, : 3 * n].sigmoid_()
-        i, f, o, g = gates.chunk(4, dim=1)
-        g.tanh_()
-        torch.mul(f, c, out=c_out).addcmul_(i, g)
-        torch.mul(o, torch.tanh(c_out, out=g), out=h_out)
-
-    def _gru(self, lin: FixedRangeLinear, xg: torch.Tensor, h: torch.Tensor, h_out: torch.Tensor) -> None:
-        """One GRU step of b rows: input projection xg [b, 3H] (r z n, with b_ih; overwritten),
-        state h [b, H] -> h_out [b, H]."""
-        n = self.hidden
-        gh = lin.in_range(h)  # [b, 3H] r z n (with b_hh)
-        rz = gh[:, : 2 * n].add_(xg[:, : 2 * n]).sigmoid_()
-        cand = xg[:, 2 * n :].addcmul_(rz[:, :n], gh[:, 2 * n :]).tanh_()  # x_n + r * h_n
-        torch.lerp(cand, h, rz[:, n:], out=h_out)  # (1 - z) * cand + z * h
 
 
 class FixedRangeHead(nn.Module):
@@ -341,3 +329,127 @@ def batch_invariant_int8(model: CharLM, *, quantize_head: bool = True) -> CharLM
     q.head = FixedRangeHead(model.head) if quantize_head else model.head  # type: ignore[assignment]
     q.rnn = FixedRangeRNN(model)  # type: ignore[assignment]
     return q.eval()
+
+
+# ---- the recurrence as scripted kernels (nn/scripted.py): one lock release per call ---------
+if TYPE_CHECKING:  # a packed int8 GEMM's weights (TorchScript resolves the name at runtime)
+    from typing import Any as LinearPacked
+else:
+    LinearPacked = torch.classes.quantized.LinearPackedParamsBase
+
+
+def _fixed_linear(x: torch.Tensor, packed: LinearPacked) -> torch.Tensor:
+    """``FixedRangeLinear.in_range`` on its packed weights (x already in [-1, 1]). The input
+    parameters are written out: TorchScript reads no float from the module (``_LITERALS``)."""
+    y: torch.Tensor = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(x, 2.0 / 127.0, 64, packed)
+    return y
+
+
+_LITERALS = (2.0 / 127.0, 64)
+assert _LITERALS == (INPUT_SCALE, INPUT_ZERO_POINT), "_fixed_linear's literals are the input parameters"
+
+
+def _recurrence_eager(
+    below: torch.Tensor,
+    sizes: list[int],
+    h0: torch.Tensor,
+    c0: torch.Tensor | None,
+    hh: list[LinearPacked],
+    ih: list[LinearPacked],
+    n: int,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor | None]:
+    """Every layer's time loop. below [N, G * H]: layer 1's input projection, time-major (ours
+    to overwrite); sizes: the rows of each time step (sorted longest first, so step t's rows are
+    the first sizes[t] of step t - 1's, and a row that has ended keeps its last state); h0, c0
+    [L, B, H] (c0 None: a GRU); hh, ih: the packed recurrent GEMMs per layer and the input GEMMs
+    above layer 1. -> per layer, h at every step [N, H] and h at the last step [sizes[-1], H];
+    the final c [L, B, H] (None for a GRU).
+
+    The GEMMs take h in [-1, 1]: a state from outside is clamped once here (a corrupt state
+    computes as its clamped self); every h computed below is in range already. Each layer runs
+    its input GEMM over every time step at once (row-independent, so the same arithmetic as
+    one step at a time), then the steps; the gate math runs in place on each step's GEMM output
+    and writes h and c straight into the outputs."""
+    layers, batch = len(hh), h0.shape[1]
+    h_in = torch.clamp(h0, -1.0, 1.0)
+    c_n: torch.Tensor | None = None
+    if c0 is not None:
+        c_n = torch.empty(layers, batch, n)
+    every: list[torch.Tensor] = []
+    lasts: list[torch.Tensor] = []
+    for layer in range(layers):
+        xg = below if layer == 0 else _fixed_linear(below, ih[layer - 1])  # [N, G * H], ours to overwrite
+        below = torch.empty(xg.shape[0], n)  # this layer's h at every step
+        xs = xg.split_with_sizes(sizes) if len(sizes) > 1 else [xg]
+        hs = below.split_with_sizes(sizes) if len(sizes) > 1 else [below]
+        packed, h = hh[layer], h_in[layer]
+        if c0 is not None and c_n is not None:
+            c, cw = c0[layer], c_n[layer]
+            for t in range(len(sizes)):
+                b = sizes[t]
+                if b != h.shape[0]:
+                    h, c, cw = h[:b], c[:b], cw[:b]
+                _lstm_step(packed, xs[t], h, c, cw, hs[t], n)
+                h, c = hs[t], cw
+        else:
+            for t in range(len(sizes)):
+                b = sizes[t]
+                if b != h.shape[0]:
+                    h = h[:b]
+                _gru_step(packed, xs[t], h, hs[t], n)
+                h = hs[t]
+        every.append(below)
+        lasts.append(hs[-1])
+    return every, lasts, c_n
+
+
+def _lstm_step(
+    packed: LinearPacked,
+    xg: torch.Tensor,
+    h: torch.Tensor,
+    c: torch.Tensor,
+    c_out: torch.Tensor,
+    h_out: torch.Tensor,
+    n: int,
+) -> None:
+    """One LSTM step of b rows: input projection xg [b, 4H] (i f o g), state h, c [b, H]
+    -> c_out, h_out [b, H] (c_out may be c itself). Gate math in place, in the order
+    f * c + i * g, then o * tanh(c), whatever the step and the batch."""
+    gates = _fixed_linear(h, packed).add_(xg)  # a new tensor: computed in place from here
+    gates[:, : 3 * n].sigmoid_()
+    i, f, o, g = gates.chunk(4, dim=1)
+    g.tanh_()
+    torch.mul(f, c, out=c_out).addcmul_(i, g)
+    torch.mul(o, torch.tanh(c_out, out=g), out=h_out)
+
+
+def _gru_step(packed: LinearPacked, xg: torch.Tensor, h: torch.Tensor, h_out: torch.Tensor, n: int) -> None:
+    """One GRU step of b rows: input projection xg [b, 3H] (r z n, with b_ih; overwritten),
+    state h [b, H] -> h_out [b, H]."""
+    gh = _fixed_linear(h, packed)  # [b, 3H] r z n (with b_hh)
+    rz = gh[:, : 2 * n].add_(xg[:, : 2 * n]).sigmoid_()
+    cand = xg[:, 2 * n :].addcmul_(rz[:, :n], gh[:, 2 * n :]).tanh_()  # x_n + r * h_n
+    torch.lerp(cand, h, rz[:, n:], out=h_out)  # (1 - z) * cand + z * h
+
+
+def _step_by_id_eager(
+    ids: torch.Tensor,
+    table: torch.Tensor,
+    width: int,
+    h0: torch.Tensor,
+    c0: torch.Tensor | None,
+    hh: list[LinearPacked],
+    ih: list[LinearPacked],
+    n: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``FixedRangeRNN.step_ids``: table [V, E + G * H] by id (``TokenProjection.by_id``)."""
+    below = table.index_select(0, ids)[:, width:]  # [B, G * H], a new tensor: ours to overwrite
+    # the state as ``forward``'s callers pass it: contiguous (the same kernels on the same layout)
+    c = c0.contiguous() if c0 is not None else None
+    every, lasts, c_n = _recurrence_eager(below, [ids.shape[0]], h0.contiguous(), c, hh, ih, n)
+    return every[-1], torch.stack(lasts), c_n
+
+
+_project = scripted(_project_eager)
+_recurrence = scripted(_recurrence_eager)
+_step_by_id = scripted(_step_by_id_eager)

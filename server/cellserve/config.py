@@ -225,11 +225,11 @@ class Settings(BaseModel):
     milliseconds cost no hits."""
     speculation_busy_rows: int = Field(default=16, ge=1, le=1_000_000)
     """A step of at least this many keystrokes (one-character rows) means the core is serving
-    many typing sessions at once: it then guesses nothing for ``speculation_busy_hold_s``. Under such load a guess costs k rows
-    in a small batch of its own to save one row of a large step (at N=256 on a 2-core box with
-    one core taken by another process: 12-19 us of core CPU per keystroke;
-    docs/measurements.md), and the idle gaps it fills are the ones the event loop needs. Human-paced typists, even many, rarely land 16 keystrokes in one
-    step."""
+    many typing sessions at once: it then guesses nothing for ``speculation_busy_hold_s``.
+    Under such load a guess costs k rows in a small batch of its own to save one row of a
+    large step (at N=256 on a 2-core box with one core taken by another process: 12-19 us of
+    core CPU per keystroke; docs/measurements.md), and the idle gaps it fills are the ones the
+    event loop needs. Human-paced typists, even many, rarely land 16 keystrokes in one step."""
     speculation_busy_hold_s: float = Field(default=0.5, ge=0, le=3600)
     """How long after a busy step (``speculation_busy_rows``) the core guesses nothing. Guesses
     already made stay, and can still answer a keystroke."""

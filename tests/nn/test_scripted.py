@@ -106,7 +106,7 @@ def test_the_mixer_scripted_equals_eager() -> None:
     m = Mixer.load(MODELS / "python-lstm")
     lp, dists, host = mixer_inputs(9, VOCAB)
     w = m.weights(torch.device("cpu"))
-    assert torch.equal(m.mix(lp, dists, host), mixer_mod.mix_log_probs(lp, dists, host, *w, EPS))
+    assert torch.equal(m.mix(lp, dists, host), mixer_mod.mix_log_probs(lp, dists, host, w, EPS))
 
 
 @pytest.mark.parametrize("mixing", [True, False])
@@ -117,7 +117,7 @@ def test_the_pick_scripted_equals_eager(mixing: bool) -> None:
     none = torch.empty(0, dtype=torch.long)
     mix = (torch.tensor([1, 3, 4, 8]), dists, host) if mixing else (none, none, none)
     gate = m.weights(torch.device("cpu")) if mixing else (none,) * 5
-    args = (logits, mixing, *mix, *gate, EPS, torch.tensor([0, 3, 8]), 5, torch.tensor([1, 3]), torch.tensor([7, 0]))
+    args = (logits, mixing, *mix, gate, EPS, torch.tensor([0, 3, 8]), 5, torch.tensor([1, 3]), torch.tensor([7, 0]))
     (flat_a, lsm_a), (flat_b, lsm_b) = runner._points(*args), runner._points_eager(*args)
     assert torch.equal(lsm_a, lsm_b) and len(flat_a) == len(flat_b) == 3
     assert all(torch.equal(a, b) for a, b in zip(flat_a, flat_b, strict=True))

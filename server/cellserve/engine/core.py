@@ -332,7 +332,7 @@ class EngineCore(SessionOps):
     def _busy(self) -> bool:
         """A step of ``speculation_busy_rows`` keystrokes or more ran within the last
         ``speculation_busy_hold_s``."""
-        return self._busy_until > 0.0 and time.monotonic() < self._busy_until
+        return time.monotonic() < self._busy_until
 
     def _schedule(self) -> list[Job]:
         """Plans this iteration for every model with work; answers what needs no device work

@@ -26,7 +26,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..memory.mixer import EPS as MIX_EPS
-from ..memory.mixer import Mixer, mix_log_probs
+from ..memory.mixer import Gate, Mixer, mix_log_probs
 from ..nn.cells import GRUCellRef, LSTMCellRef, reference_cell
 from ..nn.charlm import CharLM
 from ..nn.kernels import ONEDNN_MIN_STEP_BATCH, onednn
@@ -284,7 +284,7 @@ class ModelRunner:
                 logits,
                 bool(pts.mixed),
                 *mix,
-                *gate,
+                gate,
                 MIX_EPS,
                 ints("topk_at", [p for p, _ in pts.topk]) if pts.topk else none,
                 pts.kmax,
@@ -496,11 +496,7 @@ def _points_eager(
     mix_at: torch.Tensor,
     dists: torch.Tensor,
     host: torch.Tensor,
-    w1: torch.Tensor,
-    b1: torch.Tensor,
-    w2: torch.Tensor,
-    b2: torch.Tensor,
-    present_at: torch.Tensor,
+    gate: Gate,
     eps: float,
     topk_at: torch.Tensor,
     kmax: int,
@@ -509,14 +505,14 @@ def _points_eager(
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """``_pick``'s arithmetic after the head, one scripted call (nn/scripted.py): logits [N, V]
     -> the full log-probs per point, the mixed points (rows ``mix_at``, when ``mixing``)
-    replaced by the model mixed with their memory arrays (``Mixer.mix`` with the gate's weights
-    and floor ``eps``: float32 from there on), then the host numbers: top-``kmax``
+    replaced by the model mixed with their memory arrays (``Mixer.mix`` with the ``gate`` and
+    floor ``eps``: float32 from there on), then the host numbers: top-``kmax``
     probabilities and indices at ``topk_at``, the log-prob of token ``logprob_tok`` at
     ``logprob_at`` (an empty index: none asked). -> (the flat parts, the log-probs)."""
     lsm = torch.log_softmax(logits, dim=-1)  # [N, V]: the full distribution per point
     if mixing:
         out = lsm.float()
-        mixed = mix_log_probs(out[mix_at], dists, host, w1, b1, w2, b2, present_at, eps)
+        mixed = mix_log_probs(out[mix_at], dists, host, gate, eps)
         lsm = out.index_copy(0, mix_at, mixed)
     flat: list[torch.Tensor] = []
     if topk_at.numel() > 0:

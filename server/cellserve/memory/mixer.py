@@ -33,6 +33,8 @@ FEATURES = MODEL_FEATURES + HOST_FEATURES
 MIXER_FILE = "mixer.safetensors"
 _PRESENT = [3 * j for j in range(len(ORDERS))] + [HOST_FEATURES - 3]
 _PRESENT_AT = torch.tensor(_PRESENT)  # the same, as an index
+# the gate as the mixing kernels take it (``Mixer.weights``): w1, b1, w2, b2, _PRESENT_AT
+Gate = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class Mixer(nn.Module):
@@ -68,12 +70,10 @@ class Mixer(nn.Module):
         a served distribution would depend on its batch companions. Speculative keystrokes
         (engine/speculation.py) answer from a batch of guesses and must equal the keystroke's
         own step exactly. One scripted call (nn/scripted.py)."""
-        return _mix(logprobs, dists, host, *self.weights(host.device), EPS)
+        return _mix(logprobs, dists, host, self.weights(host.device), EPS)
 
-    def weights(
-        self, device: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``mix_log_probs``'s gate arguments: the hidden and out layers' weights and biases, and
+    def weights(self, device: torch.device) -> Gate:
+        """``mix_log_probs``'s gate: the hidden and out layers' weights and biases, and
         ``_PRESENT_AT`` on ``device``."""
         at = self._present_at
         if at is None or at.device != device:
@@ -139,15 +139,12 @@ def mix_log_probs(
     logprobs: torch.Tensor,
     dists: torch.Tensor,
     host: torch.Tensor,
-    w1: torch.Tensor,
-    b1: torch.Tensor,
-    w2: torch.Tensor,
-    b2: torch.Tensor,
-    present_at: torch.Tensor,
+    gate: Gate,
     eps: float,
 ) -> torch.Tensor:
-    """``Mixer.mix`` on the gate's weights (hidden: w1, b1; out: w2, b2; ``Mixer.weights``) and
-    the floor ``eps``, as a plain function a scripted kernel can call."""
+    """``Mixer.mix`` with the ``gate`` (``Mixer.weights``: hidden w1, b1; out w2, b2; the
+    presence columns) and the floor ``eps``, as a plain function a scripted kernel can call."""
+    w1, b1, w2, b2, present_at = gate
     lp = logprobs.float()
     feats = _features(lp, dists, host, present_at)
     logits = _row_linear(torch.relu(_row_linear(feats, w1, b1)), w2, b2)

@@ -138,18 +138,12 @@ class EmbeddingIds:
         if self.column >= 0:
             self.keys, self.order = torch.sort(w[:, self.column].contiguous())
 
-    def positions(self, x: torch.Tensor) -> torch.Tensor | None:
-        """x [N, E] -> each row's position in key order (token id ``order[position]``; V for a
-        key above every key), unverified; None when no column has distinct values."""
+    def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
+        """x [N, E] -> ids [N], or None when some row is not an embedding row (or no column
+        has distinct values)."""
         if self.column < 0:
             return None
-        return torch.searchsorted(self.keys, x[:, self.column].contiguous())
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
-        """x [N, E] -> ids [N], or None when some row is not an embedding row."""
-        pos = self.positions(x)
-        if pos is None:
-            return None
+        pos = torch.searchsorted(self.keys, x[:, self.column].contiguous())  # V: above every key
         ids = self.order[pos.clamp_(max=self.keys.numel() - 1)]
         return ids if torch.equal(self.weight[ids], x) else None
 
@@ -226,10 +220,9 @@ class FixedRangeRNN(nn.Module):
         self.project = TokenProjection(model.embed.weight, p["weight_ih_l0"], p["bias_ih_l0"])
         # per layer: the recurrent GEMM, and (above layer 1) the input GEMM, kept apart so the
         # input projection of every time step of a call runs as one GEMM before the time loop
-        self.lin_hh = [FixedRangeLinear(p[f"weight_hh_l{k}"], p[f"bias_hh_l{k}"]) for k in range(self.layers)]
-        self.lin_ih = [FixedRangeLinear(p[f"weight_ih_l{k}"], p[f"bias_ih_l{k}"]) for k in range(1, self.layers)]
-        self._hh = [lin.packed for lin in self.lin_hh]  # as the recurrence kernel takes them
-        self._ih = [lin.packed for lin in self.lin_ih]
+        # (packed, as the recurrence kernel takes them)
+        self._hh = [FixedRangeLinear(p[f"weight_hh_l{k}"], p[f"bias_hh_l{k}"]).packed for k in range(self.layers)]
+        self._ih = [FixedRangeLinear(p[f"weight_ih_l{k}"], p[f"bias_ih_l{k}"]).packed for k in range(1, self.layers)]
 
     def forward(
         self, x: torch.Tensor | PackedSequence, state: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None

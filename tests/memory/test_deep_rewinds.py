@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from _loops import memory_loops  # noqa: F401  (autouse: every test on both implementations)
 from cellserve.memory.settings import MemorySettings
 from cellserve.memory.window import SessionMemory
 

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from _loops import memory_loops  # noqa: F401  (autouse: every test on both implementations)
 from cellserve.config import default_model_dir
 from cellserve.evaluation import MAX_WORD, evaluate_model, offer_positions, simulate, simulate_top
 from cellserve.memory.mixer import Mixer

@@ -12,6 +12,7 @@ import cellserve.evaluation
 import pytest
 import torch
 from _before import BeforeMemory, memory_arrays_many_before, mix_before
+from _loops import memory_loops  # noqa: F401  (autouse: every test on both implementations)
 from cellserve.memory.features import memory_arrays_many
 from cellserve.memory.mixer import Mixer
 from cellserve.memory.settings import MemorySettings

@@ -7,6 +7,7 @@ import math
 import random
 
 import numpy as np
+from _loops import memory_loops  # noqa: F401  (autouse: every test on both implementations)
 from cellserve.memory.features import EXPERTS, HOST_FEATURES, memory_arrays, memory_arrays_many
 from cellserve.memory.settings import MemorySettings
 from cellserve.memory.window import ORDERS, MemoryPrediction, SessionMemory

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _loops import memory_loops  # noqa: F401  (autouse: every test on both implementations)
 from cellserve.config import default_model_dir
 from cellserve.evaluation import read_texts
 from cellserve.memory.features import EXPERTS, HOST_FEATURES, memory_arrays

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import torch
+from _loops import memory_loops  # noqa: F401  (autouse: every test on both implementations)
 from cellserve.memory.mixer import MIXER_FILE, Mixer
 from cellserve.nn.checkpoint import load_model
 from cellserve.nn.random_model import save_random_model

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import cellserve.evaluation
 import pytest
+from _loops import memory_loops  # noqa: F401  (autouse: every test on both implementations)
 from cellserve.memory.settings import MemorySettings
 from cellserve.memory.window import MemoryPrediction, SessionMemory
 

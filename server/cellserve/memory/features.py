@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from . import window
 from .window import MATCH_MAX, ORDERS, MemoryPrediction
 
 EXPERTS = len(ORDERS) + 1  # context orders, then the match model
@@ -36,6 +37,12 @@ def memory_arrays_many(preds: Sequence[MemoryPrediction], vocab_size: int) -> tu
     memory features cost a few numpy calls, not a few per point; each bin sums the same weights
     in the same order as one point alone would, so the arrays do not depend on which other
     points share the call."""
+    native = window._native
+    if native is not None:  # the same arithmetic in C (memory/_window.c: ``fill``)
+        dists = np.zeros((len(preds), EXPERTS, vocab_size), dtype=np.float32)
+        host = np.zeros((len(preds), HOST_FEATURES), dtype=np.float32)
+        native.fill(preds, dists, host, vocab_size, _LOG_OCC_OF, _LOG_MATCH_OF)
+        return dists, host
     orders = len(ORDERS)
     p_n, v = len(preds), vocab_size
     host = np.zeros((p_n, HOST_FEATURES), dtype=np.float32)
@@ -67,7 +74,7 @@ def memory_arrays_many(preds: Sequence[MemoryPrediction], vocab_size: int) -> tu
         per[:, :, 2] = share.reshape(p_n, orders)
     if matched:
         host[at, -3] = 1.0
-        host[at, -2] = [math.log1p(m) / _LOG_MATCH for _, _, m in matched]
+        host[at, -2] = _LOG_MATCH_OF[[m for _, _, m in matched]]
         host[at, -1] = [min(m, 16) / 16.0 for _, _, m in matched]
     return dists, host
 
@@ -78,9 +85,11 @@ def _log_occ_table(top: int) -> np.ndarray:
 
 
 # log1p(count) / log1p(32) by count, read by index (counts are small integers), so the value of
-# a count never depends on the length or alignment of the array it sits in; grown on demand
-# past the default occurrences (``MemorySettings.occurrences``).
-_LOG_OCC_OF = _log_occ_table(64)
+# a count never depends on the length or alignment of the array it sits in; as far as
+# ``MemorySettings.occurrences`` reaches, grown on demand past that (the Python path).
+_LOG_OCC_OF = _log_occ_table(1024)
+# log1p(length) / log1p(MATCH_MAX) by match length, likewise
+_LOG_MATCH_OF: np.ndarray = np.array([math.log1p(m) / _LOG_MATCH for m in range(MATCH_MAX + 1)], dtype=np.float64)
 
 
 def _log_occ(counts: np.ndarray) -> np.ndarray:

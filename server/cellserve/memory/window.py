@@ -28,31 +28,42 @@ text older than the rewind margin, invalidates it.
 
 from __future__ import annotations
 
+import os
 import sys
 import zlib
 from array import array
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from types import ModuleType
+from typing import NamedTuple
 
 from .settings import MemorySettings
 
 ORDERS = (2, 3, 4, 5, 6, 8, 12, 16)  # context lengths with statistics of their own
 MAX_ORDER = ORDERS[-1]
 MATCH_MAX = 64  # longest match length tracked (the match model's feature saturates there)
+_native: ModuleType | None  # the per-keystroke loops in C (_window.c, built by setup.py): this
+# module's Python is their reference, and the fallback where the extension was not built or
+# CELLSERVE_NATIVE_MEMORY=0
+try:
+    from . import _window
+
+    _native = None if os.environ.get("CELLSERVE_NATIVE_MEMORY", "1") == "0" else _window
+except ImportError:  # pragma: no cover - a build without a C compiler
+    _native = None
 _SEEDS = tuple((k * 0x9E3779B1) & 0xFFFFFFFF for k in ORDERS)
 _REBASE_AT = 1 << 30  # positions stay int32: past this the memory renumbers from its kept text
 
 
-@dataclass(frozen=True)
-class MemoryPrediction:
+class MemoryPrediction(NamedTuple):
     """What the memory knows about the next character.
 
     ``nexts[j]``: the characters (vocabulary ids) that followed the most recent occurrences of
     the current context of order ``ORDERS[j]`` inside the window, newest first (at most
     ``occurrences``); ``match_char``: the character after the newest occurrence of the longest
     context found (-1: none); ``match_len``: how many characters that occurrence shares with
-    the current end of the text (at most ``MATCH_MAX``)."""
+    the current end of the text (at most ``MATCH_MAX``). (A named tuple: made once per served
+    point, and read by index in the C loops.)"""
 
     nexts: tuple[bytes, ...]
     match_char: int
@@ -173,6 +184,38 @@ class SessionMemory:
             self._high = self._len
 
     def _push_events(self, ids: bytes) -> None:
+        """Reads ``ids`` on: the bytes appended, each character's events chained, text no rewind
+        can reach dropped (whenever the kept text exceeds twice ``_keep``)."""
+        native = _native
+        if native is None:
+            self._push_events_py(ids)
+            return
+        buf, cap, keep, prev, at, total = self._buf, self._cap, self._keep, self._prev, 0, len(ids)
+        while at < total:  # in segments that end where the Python would drop text
+            n = min(total - at, 2 * keep + 1 - len(buf))
+            i0, pos0 = len(buf), self._len
+            if n == 1:  # a keystroke
+                buf.append(ids[at])
+            else:  # one by one: the buffer grows (and over-allocates: ``nbytes``) as the Python's
+                for c in ids[at : at + n]:
+                    buf.append(c)
+            missing = min(cap, pos0 + n) - len(prev[0])  # ring slots the segment writes, not yet there
+            if missing == 1:
+                for pr in prev:
+                    pr.append(-1)
+            elif missing > 0:
+                grow = array("i", [-1]) * missing
+                for pr in prev:
+                    pr.extend(grow)
+            native.events(buf, i0, pos0, self._orders, cap, self._mask)
+            self._len = pos0 + n
+            at += n
+            if len(buf) > 2 * keep:
+                cut = len(buf) - keep
+                del buf[:cut]
+                self._off += cut
+
+    def _push_events_py(self, ids: bytes) -> None:
         buf, cap, mask, crc, orders = self._buf, self._cap, self._mask, zlib.crc32, self._orders
         first = self._prev[0]  # every order's chain has the same length
         for c in ids:
@@ -323,6 +366,21 @@ class SessionMemory:
         memory (or a fork with no characters of its own) reads its text in place, with no
         copy and no scan of its own characters; each order's walk stops at the first context
         that cannot occur (too long for the window, or a shorter one never seen)."""
+        native = _native
+        if native is not None:
+            nx, char, m = native.predict(
+                self._buf,
+                self._off,
+                extra,
+                self._orders,
+                self._cap,
+                self._mask,
+                self.window,
+                self._occ,
+                self._links,
+                base_len,
+            )
+            return MemoryPrediction(nx, char, m)
         end = base_len + len(extra)
         start = max(0, end - self.window)
         buf, off = self._buf, self._off

@@ -1,0 +1,387 @@
+/* The session memory's two per-keystroke loops in C (memory/window.py holds the reference
+ * Python of both and the semantics; this file changes nothing they compute):
+ *
+ *   events(buf, i0, pos0, orders, cap, mask)
+ *       hash-chain the characters buf[i0:] as text positions pos0.. (SessionMemory._push_events
+ *       after its bytes are appended and the chains' ring slots exist);
+ *   predict(buf, off, base_len, extra, orders, cap, mask, window, occ, max_links)
+ *       -> (nexts: tuple of bytes, match_char, match_len)   (SessionMemory._predict)
+ *   fill(preds, dists, host, vocab, log_occ, log_match)
+ *       the predictions' expert distributions and host features written into zeroed float32
+ *       arrays (features.memory_arrays_many, whose Python is the reference)
+ *
+ * ``orders`` is SessionMemory._orders: per context order (length k, crc seed, head array,
+ * chain array), the arrays array('i'). The hash is zlib's crc32 (same table, same seeds), so
+ * both implementations fill the same buckets and walk the same links. Every array index is
+ * checked: a state the Python would fail on with IndexError fails here the same way. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define MAX_ORDERS 32
+
+static uint32_t crc_table[256];
+
+static void crc_init(void) {
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t c = n;
+        for (int k = 0; k < 8; k++) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[n] = c;
+    }
+}
+
+/* zlib.crc32(data, seed) */
+static inline uint32_t crc32_seeded(const unsigned char *p, Py_ssize_t n, uint32_t seed) {
+    uint32_t c = ~seed;
+    for (Py_ssize_t i = 0; i < n; i++) c = crc_table[(c ^ p[i]) & 0xFF] ^ (c >> 8);
+    return ~c;
+}
+
+typedef struct {
+    Py_ssize_t k;
+    uint32_t seed;
+    Py_buffer head, prev;
+    Py_ssize_t nhead, nprev; /* elements */
+} Order;
+
+static void release_orders(Order *o, int n) {
+    for (int j = 0; j < n; j++) {
+        if (o[j].head.obj) PyBuffer_Release(&o[j].head);
+        if (o[j].prev.obj) PyBuffer_Release(&o[j].prev);
+    }
+}
+
+/* Reads ``orders`` (a tuple of (k, seed, head, prev)); on failure releases what it took. */
+static int take_orders(PyObject *orders, Order *o, int *n_out, int writable) {
+    if (!PyTuple_Check(orders) || PyTuple_GET_SIZE(orders) > MAX_ORDERS) {
+        PyErr_SetString(PyExc_TypeError, "orders: a tuple of (k, seed, head, prev)");
+        return -1;
+    }
+    int n = (int)PyTuple_GET_SIZE(orders);
+    memset(o, 0, sizeof(Order) * (size_t)n);
+    int flags = PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    for (int j = 0; j < n; j++) {
+        PyObject *t = PyTuple_GET_ITEM(orders, j);
+        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 4) {
+            PyErr_SetString(PyExc_TypeError, "orders: a tuple of (k, seed, head, prev)");
+            goto fail;
+        }
+        o[j].k = PyLong_AsSsize_t(PyTuple_GET_ITEM(t, 0));
+        unsigned long seed = PyLong_AsUnsignedLongMask(PyTuple_GET_ITEM(t, 1));
+        if (PyErr_Occurred()) goto fail;
+        o[j].seed = (uint32_t)seed;
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(t, 2), &o[j].head, flags) < 0) goto fail;
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(t, 3), &o[j].prev, flags) < 0) goto fail;
+        if (o[j].head.itemsize != 4 || o[j].prev.itemsize != 4 || o[j].k < 0) {
+            PyErr_SetString(PyExc_TypeError, "orders: head and prev must be array('i')");
+            goto fail;
+        }
+        o[j].nhead = o[j].head.len / 4;
+        o[j].nprev = o[j].prev.len / 4;
+    }
+    *n_out = n;
+    return 0;
+fail:
+    release_orders(o, n);
+    return -1;
+}
+
+static int index_error(void) {
+    PyErr_SetString(PyExc_IndexError, "array index out of range");
+    return -1;
+}
+
+static PyObject *events(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    Py_ssize_t i0, pos0, cap, mask;
+    PyObject *orders;
+    if (!PyArg_ParseTuple(args, "y*nnOnn", &buf, &i0, &pos0, &orders, &cap, &mask)) return NULL;
+    Order o[MAX_ORDERS];
+    int n = 0;
+    if (cap <= 0 || i0 < 0 || take_orders(orders, o, &n, 1) < 0) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "events: bad arguments");
+        PyBuffer_Release(&buf);
+        return NULL;
+    }
+    const unsigned char *b = (const unsigned char *)buf.buf;
+    int rc = 0;
+    for (Py_ssize_t i = i0; i < buf.len && rc == 0; i++) {
+        Py_ssize_t pos = pos0 + (i - i0);
+        Py_ssize_t slot = pos % cap;
+        for (int j = 0; j < n; j++) {
+            Py_ssize_t k = o[j].k;
+            if (i < k) continue; /* no context before the text's start: no event */
+            Py_ssize_t h = (Py_ssize_t)(crc32_seeded(b + i - k, k, o[j].seed) & (uint32_t)mask);
+            int32_t *head = (int32_t *)o[j].head.buf, *prev = (int32_t *)o[j].prev.buf;
+            if (h >= o[j].nhead || slot >= o[j].nprev) {
+                rc = index_error();
+                break;
+            }
+            prev[slot] = head[h];
+            head[h] = (int32_t)pos;
+        }
+    }
+    release_orders(o, n);
+    PyBuffer_Release(&buf);
+    if (rc) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* The text at position p, for p < end: the parent's buffer below base_len, then extra. */
+typedef struct {
+    const unsigned char *buf, *extra;
+    Py_ssize_t off, base_len, nbuf;
+} Text;
+
+/* p % cap for 0 <= p < 2**31 (positions stay int32): a 32-bit division, about half a 64-bit one */
+static inline Py_ssize_t ring(Py_ssize_t p, Py_ssize_t cap) { return (Py_ssize_t)((uint32_t)p % (uint32_t)cap); }
+
+static inline int at(const Text *t, Py_ssize_t p) {
+    return p < t->base_len ? t->buf[p - t->off] : t->extra[p - t->base_len];
+}
+
+/* text[p-k:p] == text[q-k:q] for positions anywhere in [off, end) */
+static inline int same_context(const Text *t, Py_ssize_t p, Py_ssize_t q, Py_ssize_t k) {
+    for (Py_ssize_t d = 1; d <= k; d++)
+        if (at(t, p - d) != at(t, q - d)) return 0;
+    return 1;
+}
+
+static PyObject *predict(PyObject *self, PyObject *args) {
+    Py_buffer bufv, extrav;
+    Py_ssize_t off, base_len, cap, mask, window, occ, max_links;
+    PyObject *orders;
+    if (!PyArg_ParseTuple(args, "y*ny*Onnnnnn", &bufv, &off, &extrav, &orders, &cap, &mask, &window, &occ,
+                          &max_links, &base_len))
+        return NULL;
+    Order o[MAX_ORDERS];
+    int n = 0;
+    PyObject *result = NULL, *nexts = NULL;
+    unsigned char *found = NULL;
+    if (take_orders(orders, o, &n, 0) < 0) goto done_buffers;
+    Text t = {(const unsigned char *)bufv.buf, (const unsigned char *)extrav.buf, off, base_len, bufv.len};
+    Py_ssize_t end = base_len + extrav.len;
+    Py_ssize_t start = end - window > 0 ? end - window : 0;
+    /* start >= off: every position read lies in the kept text */
+    if (cap <= 0 || occ < 1 || start < off || base_len - off > bufv.len) {
+        PyErr_SetString(PyExc_ValueError, "predict: bad arguments");
+        goto done;
+    }
+    found = (unsigned char *)PyMem_Malloc((size_t)occ);
+    nexts = PyTuple_New(n);
+    if (!found || !nexts) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t best_pos = -1, best_k = 0;
+    int j = 0;
+    for (; j < n; j++) {
+        Py_ssize_t k = o[j].k, lo = start + k, nfound = 0, newest = -1;
+        if (end - k < start) break; /* the context (and every longer one) reaches before the window */
+        const int32_t *head = (const int32_t *)o[j].head.buf, *prev = (const int32_t *)o[j].prev.buf;
+        if (extrav.len) { /* the fork's own characters first (newest) */
+            for (Py_ssize_t p = end - 1; p >= base_len && p >= lo && nfound < occ; p--) {
+                if (same_context(&t, p, end, k)) {
+                    found[nfound++] = (unsigned char)at(&t, p);
+                    if (newest < 0) newest = p;
+                }
+            }
+        }
+        int complete = 1;
+        if (nfound < occ) {
+            /* the context's bytes, contiguous (they may straddle the parent's text and extra) */
+            unsigned char ctx[256];
+            if (k > (Py_ssize_t)sizeof ctx) {
+                PyErr_SetString(PyExc_ValueError, "predict: context too long");
+                goto done;
+            }
+            for (Py_ssize_t d = 0; d < k; d++) ctx[d] = (unsigned char)at(&t, end - k + d);
+            Py_ssize_t p = -1;
+            if (o[j].nhead) {
+                Py_ssize_t h = (Py_ssize_t)(crc32_seeded(ctx, k, o[j].seed) & (uint32_t)mask);
+                if (h >= o[j].nhead) {
+                    index_error();
+                    goto done;
+                }
+                p = head[h];
+            }
+            while (p >= base_len) { /* events at or after base_len: not in this text */
+                if (ring(p, cap) >= o[j].nprev) {
+                    index_error();
+                    goto done;
+                }
+                p = prev[ring(p, cap)];
+            }
+            Py_ssize_t want = occ - nfound, links = 0;
+            for (; links < max_links; links++) { /* each link: an event of the window before base_len */
+                if (p < lo) break;
+                Py_ssize_t i = p - k - off;
+                if (i < 0 || p - off >= bufv.len) {
+                    index_error();
+                    goto done;
+                }
+                if (memcmp(t.buf + i, ctx, (size_t)k) == 0) {
+                    if (newest < 0) newest = p;
+                    found[nfound++] = t.buf[p - off];
+                    if (--want == 0) break;
+                }
+                if (ring(p, cap) >= o[j].nprev) {
+                    index_error();
+                    goto done;
+                }
+                p = prev[ring(p, cap)];
+            }
+            if (links == max_links) complete = p < lo; /* the cap cut the walk (Python's for-else) */
+        }
+        PyObject *nx = PyBytes_FromStringAndSize((const char *)found, nfound);
+        if (!nx) goto done;
+        PyTuple_SET_ITEM(nexts, j, nx);
+        if (newest >= 0) {
+            best_pos = newest;
+            best_k = k;
+        } else if (complete) {
+            j++;
+            break; /* this context never occurs in the window: no longer one can */
+        }
+    }
+    for (; j < n; j++) { /* the orders not reached: no occurrences */
+        PyObject *nx = PyBytes_FromStringAndSize(NULL, 0);
+        if (!nx) goto done;
+        PyTuple_SET_ITEM(nexts, j, nx);
+    }
+    Py_ssize_t match_char = -1, match_len = 0;
+    if (best_pos >= 0) { /* how far back from best_pos the text agrees with its end */
+        Py_ssize_t top = best_pos - start < 64 ? best_pos - start : 64, m = best_k;
+        while (m < top && at(&t, best_pos - m - 1) == at(&t, end - m - 1)) m++;
+        match_char = at(&t, best_pos);
+        match_len = m;
+    }
+    result = Py_BuildValue("(Onn)", nexts, match_char, match_len);
+done:
+    Py_XDECREF(nexts);
+    PyMem_Free(found);
+    release_orders(o, n);
+done_buffers:
+    PyBuffer_Release(&bufv);
+    PyBuffer_Release(&extrav);
+    return result;
+}
+
+
+/* features.memory_arrays_many: preds (MemoryPrediction tuples: nexts, match_char, match_len) ->
+ * dists [P, orders + 1, vocab] and host [P, 3 * orders + 3], float32, zeroed by the caller.
+ * Each expert's weights (1/count per occurrence) are summed in double in the occurrences'
+ * order and rounded once to float32, as numpy's bincount then astype do; log_occ[count] and
+ * log_match[length] are the Python's own tables (so no libm call can differ). */
+static PyObject *fill(PyObject *self, PyObject *args) {
+    PyObject *preds;
+    Py_buffer d, h, lo, lm;
+    Py_ssize_t v;
+    if (!PyArg_ParseTuple(args, "Ow*w*ny*y*", &preds, &d, &h, &v, &lo, &lm)) return NULL;
+    PyObject *result = NULL, *seq = PySequence_Fast(preds, "preds: a sequence of predictions");
+    double *acc = NULL;
+    if (!seq) goto done;
+    Py_ssize_t np_ = PySequence_Fast_GET_SIZE(seq), orders = -1;
+    if (np_) {
+        PyObject *first = PySequence_Fast_ITEMS(seq)[0];
+        if (!PyTuple_Check(first) || PyTuple_GET_SIZE(first) != 3 || !PyTuple_Check(PyTuple_GET_ITEM(first, 0))) {
+            PyErr_SetString(PyExc_TypeError, "preds: (nexts, match_char, match_len) tuples");
+            goto done;
+        }
+        orders = PyTuple_GET_SIZE(PyTuple_GET_ITEM(first, 0));
+    }
+    Py_ssize_t experts = orders + 1, nhost = 3 * orders + 3;
+    Py_ssize_t nlo = lo.len / (Py_ssize_t)sizeof(double), nlm = lm.len / (Py_ssize_t)sizeof(double);
+    if (v < 1 || (np_ && (d.len != np_ * experts * v * 4 || h.len != np_ * nhost * 4))) {
+        PyErr_SetString(PyExc_ValueError, "fill: dists [P, experts, V] and host [P, features] float32");
+        goto done;
+    }
+    acc = (double *)PyMem_Calloc((size_t)v, sizeof(double));
+    if (!acc) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const double *log_occ = (const double *)lo.buf, *log_match = (const double *)lm.buf;
+    for (Py_ssize_t p = 0; p < np_; p++) {
+        PyObject *pred = PySequence_Fast_ITEMS(seq)[p];
+        if (!PyTuple_Check(pred) || PyTuple_GET_SIZE(pred) != 3) {
+            PyErr_SetString(PyExc_TypeError, "preds: (nexts, match_char, match_len) tuples");
+            goto done;
+        }
+        PyObject *nexts = PyTuple_GET_ITEM(pred, 0);
+        Py_ssize_t mc = PyLong_AsSsize_t(PyTuple_GET_ITEM(pred, 1));
+        Py_ssize_t ml = PyLong_AsSsize_t(PyTuple_GET_ITEM(pred, 2));
+        if (PyErr_Occurred()) goto done;
+        if (!PyTuple_Check(nexts) || PyTuple_GET_SIZE(nexts) != orders) {
+            PyErr_SetString(PyExc_TypeError, "preds: every prediction has one bytes per order");
+            goto done;
+        }
+        float *dp = (float *)d.buf + p * experts * v, *hp = (float *)h.buf + p * nhost;
+        for (Py_ssize_t j = 0; j < orders; j++) {
+            PyObject *b = PyTuple_GET_ITEM(nexts, j);
+            if (!PyBytes_Check(b)) {
+                PyErr_SetString(PyExc_TypeError, "preds: nexts are bytes");
+                goto done;
+            }
+            const unsigned char *c = (const unsigned char *)PyBytes_AS_STRING(b);
+            Py_ssize_t n = PyBytes_GET_SIZE(b);
+            if (n >= nlo) {
+                PyErr_SetString(PyExc_ValueError, "fill: a count beyond the log_occ table");
+                goto done;
+            }
+            if (n == 0) continue; /* absent: all zero (log_occ[0] is 0) */
+            double w = 1.0 / (double)n, top = 0.0;
+            for (Py_ssize_t i = 0; i < n; i++) {
+                if (c[i] >= v) {
+                    PyErr_SetString(PyExc_ValueError, "fill: a character id beyond the vocabulary");
+                    goto done;
+                }
+                acc[c[i]] += w;
+            }
+            for (Py_ssize_t i = 0; i < n; i++) {
+                if (acc[c[i]] > top) top = acc[c[i]];
+                dp[j * v + c[i]] = (float)acc[c[i]];
+            }
+            for (Py_ssize_t i = 0; i < n; i++) acc[c[i]] = 0.0;
+            hp[3 * j] = 1.0f;
+            hp[3 * j + 1] = (float)log_occ[n];
+            hp[3 * j + 2] = (float)top;
+        }
+        if (mc >= 0) {
+            if (mc >= v || ml < 0 || ml >= nlm) {
+                PyErr_SetString(PyExc_ValueError, "fill: a match beyond the vocabulary or the log_match table");
+                goto done;
+            }
+            dp[orders * v + mc] = 1.0f;
+            hp[nhost - 3] = 1.0f;
+            hp[nhost - 2] = (float)log_match[ml];
+            hp[nhost - 1] = (float)((double)(ml < 16 ? ml : 16) / 16.0);
+        }
+    }
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyMem_Free(acc);
+    Py_XDECREF(seq);
+    PyBuffer_Release(&d);
+    PyBuffer_Release(&h);
+    PyBuffer_Release(&lo);
+    PyBuffer_Release(&lm);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"events", events, METH_VARARGS, "Hash-chains buf[i0:] as positions pos0.. (SessionMemory._push_events)."},
+    {"predict", predict, METH_VARARGS, "(nexts, match_char, match_len) (SessionMemory._predict)."},
+    {"fill", fill, METH_VARARGS, "Expert distributions and host features (features.memory_arrays_many)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_window", "The session memory's hot loops.", -1, methods};
+
+PyMODINIT_FUNC PyInit__window(void) {
+    crc_init();
+    return PyModule_Create(&module);
+}

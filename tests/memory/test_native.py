@@ -1,0 +1,56 @@
+"""The memory's C extension: built wherever a compiler was, from the source in the tree, and
+refusing a broken state with an exception instead of reading out of bounds. (That it computes
+what the Python computes, bit for bit, is every other memory test: each runs on both
+implementations, ``_loops.py``.)"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from array import array
+from pathlib import Path
+
+import cellserve.memory.window as window
+import pytest
+from _loops import NATIVE
+from cellserve.memory.settings import MemorySettings
+from cellserve.memory.window import SessionMemory
+
+SOURCE = Path(window.__file__).with_name("_window.c")
+
+
+built = pytest.mark.skipif(NATIVE is None, reason="the memory's C extension is not built")
+
+
+@pytest.mark.skipif(NATIVE is not None, reason="built")
+def test_built_where_a_compiler_is() -> None:  # runs only when the extension is missing
+    if os.environ.get("CELLSERVE_NATIVE_MEMORY") == "0":
+        pytest.skip("turned off by CELLSERVE_NATIVE_MEMORY=0")
+    assert not (shutil.which("cc") or shutil.which("gcc")), "a C compiler is here: `pip install -e .` builds it"
+
+
+@built
+def test_built_from_the_current_source() -> None:
+    built = Path(NATIVE.__file__)
+    if built.parent != SOURCE.parent:
+        pytest.skip("installed as a wheel, not from this tree")
+    assert built.stat().st_mtime >= SOURCE.stat().st_mtime, "_window.c changed since the build: `pip install -e .`"
+
+
+@built
+def test_a_broken_state_raises_instead_of_reading_out_of_bounds() -> None:
+    m = SessionMemory(MemorySettings(window=64, max_rewind=0))
+    m.push(b"abcabcabcabc")
+    del m._head[0][1:]  # a hash table with fewer buckets than the mask reaches
+    with pytest.raises(IndexError):
+        m.push(b"xyzxyzxyz")
+    m = SessionMemory(MemorySettings(window=64, max_rewind=0))
+    m.push(b"abcabcabcabc")
+    for h in m._head:
+        h[:] = array("i", [9999]) * len(h)  # heads pointing past the text
+    with pytest.raises(IndexError):
+        m.predict()
+    with pytest.raises(ValueError):
+        NATIVE.predict(m._buf, 5, b"", m._orders, m._cap, m._mask, m.window, 1, 1, 2)  # base below the kept text
+    with pytest.raises(TypeError):
+        NATIVE.events(m._buf, 0, 0, ((2, 1, [0], [0]),), m._cap, m._mask)  # lists, not arrays

@@ -12,7 +12,7 @@ first t tokens, exactly as an offline memory that read the same text (``memory/r
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -20,7 +20,7 @@ from ..config import Settings
 from ..memory.features import memory_arrays_many
 from ..memory.mixer import MIXER_FILE, Mixer
 from ..memory.settings import MemorySettings
-from ..memory.window import MemoryFork, MemoryPrediction
+from ..memory.window import MemoryFork
 from ..nn.checkpoint import LoadedModel
 from .plan import Row
 
@@ -66,21 +66,12 @@ def point_arrays(
     rows: Sequence[Row], points: Sequence[tuple[int, int]], vocab_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stacked memory arrays ([P, EXPERTS, V], [P, HOST_FEATURES], host tensors) of the points
-    (row index, tokens of the row read before the point), in the order given. Each row's fork
-    is walked once, forward, through the points it needs; the row's own fork is not changed."""
-    preds: list[MemoryPrediction | None] = [None] * len(points)
-    by_row: dict[int, list[tuple[int, int]]] = {}
-    for p, (i, t) in enumerate(points):
-        by_row.setdefault(i, []).append((t, p))
-    for i, wanted in by_row.items():
-        base = rows[i].memory
-        assert isinstance(base, MemoryFork)
-        fork, read = base.fork(), 0
-        tokens = rows[i].tokens
-        for t, p in sorted(wanted):
-            if t > read:
-                fork.push(tokens[read:t])
-                read = t
-            preds[p] = fork.predict()
-    dists, host = memory_arrays_many(cast(list[MemoryPrediction], preds), vocab_size)
+    (row index, tokens of the row read before the point), in the order given: each point's
+    prediction is its row's fork followed by those tokens (the fork itself is not changed)."""
+    preds = []
+    for i, t in points:
+        fork = rows[i].memory
+        assert isinstance(fork, MemoryFork)
+        preds.append(fork.predict_after(rows[i].tokens[:t]))
+    dists, host = memory_arrays_many(preds, vocab_size)
     return torch.from_numpy(dists), torch.from_numpy(host)

@@ -477,9 +477,15 @@ class MemoryFork:
         return f
 
     def predict(self) -> MemoryPrediction:
+        return self.predict_after(())
+
+    def predict_after(self, ids: Iterable[int]) -> MemoryPrediction:
+        """The prediction after this fork's text and then ``ids``: ``f = fork(); f.push(ids);
+        f.predict()`` without the second fork (the served path's one call per point)."""
         if not self.valid():
             raise RuntimeError("the parent memory changed since this fork was made")
-        return self._base._predict(bytes(self._extra), self._at)
+        extra = self._extra
+        return self._base._predict(bytes(extra) + bytes(ids) if extra else bytes(ids), self._at)
 
     def valid(self) -> bool:
         """False once the parent lost the text this fork stands on (a pop below its point, a

@@ -1,21 +1,25 @@
 """The session memory's CPU per keystroke, by piece: N sessions, each with TEXT characters of
 this repository's server sources already read, then per keystroke
 
-- ``point``: the runner's keystroke point (``point_arrays``' fork of the row's fork, the
-  keystroke pushed, ``predict``);
+- ``point``: the runner's keystroke point (``MemoryFork.predict_after``: the row's fork and
+  the keystroke);
 - ``predict``: ``SessionMemory.predict`` at the end of the text (no characters of its own);
 - ``arrays``: ``memory_arrays_many`` of the N keystroke points, per point;
 - ``mix``: ``Mixer.mix`` (the shipped python-lstm mixer) of N rows, per row;
 - ``point_arrays``: the runner's whole host side (forks, predictions, arrays), per point;
 - ``push``: the commit's ``SessionMemory.push`` of one character;
-- ``nbytes``: ``SessionMemory.nbytes`` (the commit asks after every landed piece).
+- ``nbytes``: ``SessionMemory.nbytes`` (the commit asks after every landed piece);
+- ``rebuild``: ``SessionMemory.rebuild`` of a session's text (a restore), per character (4
+  sessions).
 
 CPU per call (``time.thread_time``), the best of REPEATS passes. Runs whatever ``cellserve``
 is importable, so an A/B is the same command with another tree's ``server`` first on
-PYTHONPATH:
+PYTHONPATH; ``CELLSERVE_NATIVE_MEMORY=0`` runs the memory's Python loops instead of its C
+extension (``memory/_window.c``):
 
     .venv/bin/python scripts/bench_memory.py [--n 256] [--text 120 4000 40000] [--repeats 5]
     PYTHONPATH=/path/to/other/server .venv/bin/python scripts/bench_memory.py ...
+    CELLSERVE_NATIVE_MEMORY=0 .venv/bin/python scripts/bench_memory.py ...
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch
 from cellserve.config import default_model_dir
 from cellserve.engine.memory_mix import point_arrays
 from cellserve.engine.plan import Row
+from cellserve.memory import window
 from cellserve.memory.features import memory_arrays_many
 from cellserve.memory.mixer import Mixer
 from cellserve.memory.window import MemoryFork, MemoryPrediction, SessionMemory
@@ -63,9 +68,7 @@ def measure(length: int, ids: list[int], n: int, rep: int, mixer: Mixer, v: int)
         out = []
         for r in rows:
             assert isinstance(r.memory, MemoryFork)
-            f = r.memory.fork()
-            f.push(r.tokens)
-            out.append(f.predict())
+            out.append(r.memory.predict_after(r.tokens))
         return out
 
     preds = keystroke_points()
@@ -88,6 +91,8 @@ def measure(length: int, ids: list[int], n: int, rep: int, mixer: Mixer, v: int)
         pushed[0] += 1
 
     res["push"] = best(rep, n, push_one)
+    texts = [ids[s : s + length] for s in starts[:4]]
+    res["rebuild"] = best(rep, 4 * length, lambda: [SessionMemory.rebuild(t) for t in texts])
     return res
 
 
@@ -103,7 +108,10 @@ def main() -> None:
     mixer = Mixer.load(folder)
     v = len(loaded.vocab)
     ids = source_ids(lambda s: list(loaded.vocab.encode(s)))
-    print(f"cellserve from {Path(cellserve.__file__).parent}; N={a.n}; us of CPU per call, best of {a.repeats}")
+    loops = "C" if window._native is not None else "Python"
+    print(
+        f"cellserve from {Path(cellserve.__file__).parent} (memory loops: {loops}); N={a.n}; us of CPU per call, best of {a.repeats}"
+    )
     for length in a.text:
         res = measure(length, ids, a.n, a.repeats, mixer, v)
         print(f"text {length:6d}: " + "  ".join(f"{k} {t:6.2f}" for k, t in res.items()))

@@ -107,13 +107,22 @@ static PyObject *events(PyObject *self, PyObject *args) {
     }
     const unsigned char *b = (const unsigned char *)buf.buf;
     int rc = 0;
+    Py_ssize_t hs[MAX_ORDERS];
     for (Py_ssize_t i = i0; i < buf.len && rc == 0; i++) {
         Py_ssize_t pos = pos0 + (i - i0);
         Py_ssize_t slot = pos % cap;
+        /* every order's bucket first, its head fetched ahead: a long text's tables do not fit
+           in cache, and the orders' misses then overlap instead of following one another */
         for (int j = 0; j < n; j++) {
             Py_ssize_t k = o[j].k;
+            hs[j] = -1;
             if (i < k) continue; /* no context before the text's start: no event */
-            Py_ssize_t h = (Py_ssize_t)(crc32_seeded(b + i - k, k, o[j].seed) & (uint32_t)mask);
+            hs[j] = (Py_ssize_t)(crc32_seeded(b + i - k, k, o[j].seed) & (uint32_t)mask);
+            if (hs[j] < o[j].nhead) __builtin_prefetch((int32_t *)o[j].head.buf + hs[j], 1);
+        }
+        for (int j = 0; j < n; j++) {
+            Py_ssize_t h = hs[j];
+            if (h < 0) continue;
             int32_t *head = (int32_t *)o[j].head.buf, *prev = (int32_t *)o[j].prev.buf;
             if (h >= o[j].nhead || slot >= o[j].nprev) {
                 rc = index_error();
@@ -176,6 +185,24 @@ static PyObject *predict(PyObject *self, PyObject *args) {
         goto done;
     }
     Py_ssize_t best_pos = -1, best_k = 0;
+    /* the text's last characters (every order's context is a suffix of them), and each order's
+       bucket with its head fetched ahead (see events) */
+    unsigned char tail[256];
+    Py_ssize_t longest = 0, hs[MAX_ORDERS];
+    for (int i = 0; i < n; i++) {
+        if (o[i].k > (Py_ssize_t)sizeof tail) {
+            PyErr_SetString(PyExc_ValueError, "predict: context too long");
+            goto done;
+        }
+        if (end - o[i].k >= start && o[i].k > longest) longest = o[i].k;
+    }
+    for (Py_ssize_t d = 0; d < longest; d++) tail[d] = (unsigned char)at(&t, end - longest + d);
+    for (int i = 0; i < n; i++) {
+        hs[i] = -1;
+        if (end - o[i].k < start || !o[i].nhead) continue;
+        hs[i] = (Py_ssize_t)(crc32_seeded(tail + longest - o[i].k, o[i].k, o[i].seed) & (uint32_t)mask);
+        if (hs[i] < o[i].nhead) __builtin_prefetch((const int32_t *)o[i].head.buf + hs[i]);
+    }
     int j = 0;
     for (; j < n; j++) {
         Py_ssize_t k = o[j].k, lo = start + k, nfound = 0, newest = -1;
@@ -191,16 +218,10 @@ static PyObject *predict(PyObject *self, PyObject *args) {
         }
         int complete = 1;
         if (nfound < occ) {
-            /* the context's bytes, contiguous (they may straddle the parent's text and extra) */
-            unsigned char ctx[256];
-            if (k > (Py_ssize_t)sizeof ctx) {
-                PyErr_SetString(PyExc_ValueError, "predict: context too long");
-                goto done;
-            }
-            for (Py_ssize_t d = 0; d < k; d++) ctx[d] = (unsigned char)at(&t, end - k + d);
+            const unsigned char *ctx = tail + longest - k; /* contiguous, wherever it lies */
             Py_ssize_t p = -1;
             if (o[j].nhead) {
-                Py_ssize_t h = (Py_ssize_t)(crc32_seeded(ctx, k, o[j].seed) & (uint32_t)mask);
+                Py_ssize_t h = hs[j];
                 if (h >= o[j].nhead) {
                     index_error();
                     goto done;

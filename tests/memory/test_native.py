@@ -1,12 +1,13 @@
-"""The memory's C extension: built wherever a compiler was, from the source in the tree, and
-refusing a broken state with an exception instead of reading out of bounds. (That it computes
-what the Python computes, bit for bit, is every other memory test: each runs on both
-implementations, ``_loops.py``.)"""
+"""The memory's C extension: built wherever a compiler and Python's headers were, from the
+source in the tree, and refusing a broken state with an exception instead of reading out of
+bounds. (That it computes what the Python computes, bit for bit, is every other memory test:
+each runs on both implementations, ``_loops.py``.)"""
 
 from __future__ import annotations
 
 import os
 import shutil
+import sysconfig
 from array import array
 from pathlib import Path
 
@@ -26,7 +27,9 @@ built = pytest.mark.skipif(NATIVE is None, reason="the memory's C extension is n
 def test_built_where_a_compiler_is() -> None:  # runs only when the extension is missing
     if os.environ.get("CELLSERVE_NATIVE_MEMORY") == "0":
         pytest.skip("turned off by CELLSERVE_NATIVE_MEMORY=0")
-    assert not (shutil.which("cc") or shutil.which("gcc")), "a C compiler is here: `pip install -e .` builds it"
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    headers = (Path(sysconfig.get_paths()["include"]) / "Python.h").exists()
+    assert not (compiler and headers), "a C compiler and Python's headers are here: `pip install -e .` builds it"
 
 
 @built

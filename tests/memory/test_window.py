@@ -112,6 +112,9 @@ def test_fork_isolated_and_exact() -> None:
     g.push(TEXT[100:110])
     assert f.predict() == SessionMemory.rebuild(TEXT[:3000] + gen, s).predict()
     assert g.predict() == SessionMemory.rebuild(TEXT[:3000] + gen + TEXT[100:110], s).predict()
+    # predict_after: a fork of the fork, pushed, then predicted (the served point's one call)
+    assert f.predict_after(TEXT[100:110]) == g.predict() and len(f) == 3000 + len(gen)
+    assert base.fork().predict_after(gen) == f.predict() and base.fork().predict_after([]) == before
     assert base.predict() == before and len(base) == 3000
     # a fork at an earlier point: the memory as of then, plus its own text
     h = base.fork(at=2950)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 
@@ -21,6 +22,7 @@ class InputBuffers:
         self.device = device
         self._on_cpu = device.type == "cpu"
         self._host: dict[str, torch.Tensor] = {}
+        self._np: dict[str, np.ndarray] = {}  # each host buffer's numpy view (made once: it costs a call)
         self._dev: dict[str, torch.Tensor] = {}
 
     def ints(self, site: str, values: Sequence[int]) -> torch.Tensor:
@@ -31,10 +33,11 @@ class InputBuffers:
             size = max(n, 2 * (0 if host is None else host.numel()), 16)
             host = torch.empty(size, dtype=torch.int64, pin_memory=not self._on_cpu)
             self._host[site] = host
+            self._np[site] = host.numpy()
             if not self._on_cpu:
                 self._dev[site] = torch.empty(size, dtype=torch.int64, device=self.device)
+        self._np[site][:n] = values
         h = host[:n]
-        h.numpy()[:] = values
         if self._on_cpu:
             return h
         d = self._dev[site][:n]

@@ -93,6 +93,9 @@ static int index_error(void) {
     return -1;
 }
 
+/* p % cap for 0 <= p < 2**31 (positions stay int32): a 32-bit division, about half a 64-bit one */
+static inline Py_ssize_t ring(Py_ssize_t p, Py_ssize_t cap) { return (Py_ssize_t)((uint32_t)p % (uint32_t)cap); }
+
 static PyObject *events(PyObject *self, PyObject *args) {
     Py_buffer buf;
     Py_ssize_t i0, pos0, cap, mask;
@@ -110,7 +113,7 @@ static PyObject *events(PyObject *self, PyObject *args) {
     Py_ssize_t hs[MAX_ORDERS];
     for (Py_ssize_t i = i0; i < buf.len && rc == 0; i++) {
         Py_ssize_t pos = pos0 + (i - i0);
-        Py_ssize_t slot = pos % cap;
+        Py_ssize_t slot = ring(pos, cap);
         /* every order's bucket first, its head fetched ahead: a long text's tables do not fit
            in cache, and the orders' misses then overlap instead of following one another */
         for (int j = 0; j < n; j++) {
@@ -143,9 +146,6 @@ typedef struct {
     const unsigned char *buf, *extra;
     Py_ssize_t off, base_len, nbuf;
 } Text;
-
-/* p % cap for 0 <= p < 2**31 (positions stay int32): a 32-bit division, about half a 64-bit one */
-static inline Py_ssize_t ring(Py_ssize_t p, Py_ssize_t cap) { return (Py_ssize_t)((uint32_t)p % (uint32_t)cap); }
 
 static inline int at(const Text *t, Py_ssize_t p) {
     return p < t->base_len ? t->buf[p - t->off] : t->extra[p - t->base_len];

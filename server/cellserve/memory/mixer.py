@@ -10,8 +10,8 @@ has probability > 0: the result is always a proper distribution.
 
 Two paths compute the same thing: ``Mixer.mix`` (torch, batched, on the distribution's
 device: on a GPU only the memory's small arrays travel to it; its ``mix_log_probs`` is what
-the served pick kernel calls too) and ``Mixer.mix_row`` (numpy in float64, one row: a reference the tests
-hold ``Mixer.mix`` to).
+the served pick kernel calls too) and ``Mixer.mix_row`` (numpy in float64, one row: a
+reference the tests hold ``Mixer.mix`` to).
 """
 
 from __future__ import annotations

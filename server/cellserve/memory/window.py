@@ -185,7 +185,7 @@ class SessionMemory:
 
     def _push_events(self, ids: bytes) -> None:
         """Reads ``ids`` on: the bytes appended, each character's events chained, text no rewind
-        can reach dropped (whenever the kept text exceeds twice ``_keep``)."""
+        can reach dropped (``_trim``)."""
         native = _native
         if native is None:
             self._push_events_py(ids)
@@ -210,10 +210,7 @@ class SessionMemory:
             native.events(buf, i0, pos0, self._orders, cap, self._mask)
             self._len = pos0 + n
             at += n
-            if len(buf) > 2 * keep:
-                cut = len(buf) - keep
-                del buf[:cut]
-                self._off += cut
+            self._trim()
 
     def _push_events_py(self, ids: bytes) -> None:
         buf, cap, mask, crc, orders = self._buf, self._cap, self._mask, zlib.crc32, self._orders
@@ -246,10 +243,16 @@ class SessionMemory:
                     pr.append(h[b])
                     h[b] = pos
             self._len = pos + 1
-            if len(buf) > 2 * self._keep:  # amortized: drop text no rewind can reach
-                cut = len(buf) - self._keep
-                del buf[:cut]
-                self._off += cut
+            self._trim()
+
+    def _trim(self) -> None:
+        """Drops the text no rewind can reach once the kept text exceeds twice ``_keep``
+        (amortized: after each character read)."""
+        buf = self._buf
+        if len(buf) > 2 * self._keep:
+            cut = len(buf) - self._keep
+            del buf[:cut]
+            self._off += cut
 
     def rewindable(self) -> int:
         """How many characters ``pop`` can remove exactly (at least ``max_rewind`` once the

@@ -11,7 +11,9 @@ server process also reports the share of its CPU its garbage collector took sinc
 per generation (``scripts/gc_stats/sitecustomize.py``, put on the server's PYTHONPATH).
 PHASES=1: the process that steps the engine core also reports its steps in the window, rows per
 step, and the CPU of each engine phase per keystroke (``scripts/engine_phases/sitecustomize.py``:
-``profile_core.py``'s phases, timed inside the server under load).
+``profile_core.py``'s phases, timed inside the server under load). DETAIL=1: per thread, also
+its user and system CPU, its voluntary context switches (mostly waits: for the interpreter lock,
+a queue, a poll), its involuntary ones (preempted) and its minor page faults, per keystroke.
 
     .venv/bin/python scripts/cpu_by_thread.py N SECONDS [--echo | SERVE ARGS...]
 """
@@ -37,9 +39,13 @@ _TICK = os.sysconf("SC_CLK_TCK")
 DUMPED = re.compile(r'^Thread (\d+) \([^)]*\): "(.*)"$', re.M)
 
 Reading = dict[tuple[str, int, str, int], float]  # (process, pid, thread name, tid) -> CPU seconds
+# (process, pid, thread name, tid) -> (user s, system s, voluntary switches, involuntary, minor faults)
+Detail = dict[tuple[str, int, str, int], tuple[float, float, int, int, int]]
+_SWITCHES = re.compile(r"^(nonvoluntary_ctxt_switches|voluntary_ctxt_switches):\s+(\d+)$", re.M)
 
 
-def threads_cpu(process: str, pid: int) -> Reading:
+def threads_cpu(process: str, pid: int, detail: Detail | None = None) -> Reading:
+    """CPU seconds per thread of ``pid``; with ``detail``, also fills it (DETAIL=1)."""
     out: Reading = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
@@ -55,7 +61,21 @@ def threads_cpu(process: str, pid: int) -> Reading:
         if int(tid) == pid:  # the main thread: the event loop of a grpc server (Python names no thread)
             name += " [main]"
         fields = stat.rsplit(")", 1)[1].split()
-        out[(process, pid, name, int(tid))] = (int(fields[11]) + int(fields[12])) / _TICK
+        key = (process, pid, name, int(tid))
+        out[key] = (int(fields[11]) + int(fields[12])) / _TICK
+        if detail is not None:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/status") as f:
+                    switches = dict(_SWITCHES.findall(f.read()))
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            detail[key] = (
+                int(fields[11]) / _TICK,
+                int(fields[12]) / _TICK,
+                int(switches.get("voluntary_ctxt_switches", 0)),
+                int(switches.get("nonvoluntary_ctxt_switches", 0)),
+                int(fields[7]),
+            )
     return out
 
 
@@ -63,7 +83,9 @@ def python_names(pids: list[int]) -> dict[int, str]:
     """tid -> the Python thread's name, from ``py-spy dump`` (empty without py-spy)."""
     spy = shutil.which("py-spy") or shutil.which("py-spy", path=os.path.dirname(sys.executable))
     names: dict[int, str] = {}
-    for pid in pids if spy else []:
+    if spy is None:
+        return names
+    for pid in pids:
         dump = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30).stdout
         names.update((int(tid), name) for tid, name in DUMPED.findall(dump))
     return names
@@ -90,14 +112,18 @@ class Probe:
     def __init__(self, processes: dict[str, int], phases_dir: str = "") -> None:
         self.processes = processes
         self.readings: list[Reading] = []
+        self.details: list[Detail] | None = [] if os.environ.get("DETAIL") == "1" else None
         self.phases_dir = phases_dir
         self.phases: list[dict[str, Any]] = []  # per reading: the core process's phase file
 
     def __call__(self) -> float:
         reading: Reading = {}
+        detail: Detail | None = {} if self.details is not None else None
         for label, pid in self.processes.items():
-            reading.update(threads_cpu(label, pid))
+            reading.update(threads_cpu(label, pid, detail))
         self.readings.append(reading)
+        if self.details is not None and detail is not None:
+            self.details.append(detail)
         if self.phases_dir:
             self.phases.append(read_phases(self.phases_dir))
         return sum(reading.values())
@@ -141,6 +167,28 @@ class Probe:
             for name, used in sorted(by_thread[process].items(), key=lambda kv: -kv[1]):
                 if used > 0:
                     print(f"      {used / requests * 1e6:7.1f}  {name}")
+        if self.details is not None:
+            self.report_detail(requests, names)
+
+    def report_detail(self, requests: int, names: dict[int, str]) -> None:
+        """DETAIL=1: per thread (summed by name within a process), per keystroke."""
+        assert self.details is not None
+        first, last = self.details[-2], self.details[-1]
+        sums: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0] * 5)
+        for key, now in last.items():
+            process, _, name, tid = key
+            before = first.get(key, (0.0, 0.0, 0, 0, 0))
+            acc = sums[(process, names.get(tid, name))]
+            for i in range(5):
+                acc[i] += now[i] - before[i]
+        print("  per thread, per keystroke: user us, system us, waits (voluntary switches), preempted, minor faults")
+        for (process, name), (user, system, vol, invol, faults) in sorted(sums.items(), key=lambda kv: -kv[1][0]):
+            if user + system > 0:
+                r = requests
+                print(
+                    f"      {user / r * 1e6:7.1f} {system / r * 1e6:6.1f} {vol / r:6.3f} {invol / r:6.3f} {faults / r:6.2f}"
+                    f"  {process}: {name}"
+                )
 
 
 def read_phases(folder: str) -> dict[str, Any]:

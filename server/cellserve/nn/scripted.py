@@ -7,6 +7,13 @@ hand-over, a wait and colder caches. A scripted function runs all its ops in C++
 released once. Measured on the 2-core box (docs/measurements.md, "TorchScript kernels"): about
 7% less server CPU per keystroke at N=256, and the event loop's share fell too.
 
+"Released once" is Python's side of it: inside the call torch takes the lock again whenever a
+Python-owned tensor's C++ reference count falls back to one (to settle its Python object), that
+is at each input tensor's last use unless C++ still references it elsewhere. Beside a thread
+that never sleeps that is 7-8 waits per call of the int8 step; in the server at N=256 it did
+not measurably cost (docs/measurements.md, "The core thread in the server against the core
+alone"; ``scripts/gil_handoffs.py``).
+
 ``scripted(fn)`` compiles a plain function that is also valid eager Python: the same source
 runs either way, op for op, so the results are bit for bit the same (tests/nn/test_scripted.py
 checks each kernel both ways). The CPU fuser stays off (torch's default), so no op is fused or

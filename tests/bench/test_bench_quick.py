@@ -54,11 +54,15 @@ def test_bench_quick_runs_and_writes_results(tmp_path: Path) -> None:
     assert {"p99", "max"} <= set(hol["bystander"]["latency_ms"])
     assert any(t["target"].startswith("head-of-line: bystander keystroke p99") for t in res["targets"])
     assert any(t["target"].startswith("server CPU efficiency") for t in res["targets"])
+    pairs = res["efficiency_pairs"]  # one round of alternating windows at the top N (--quick)
+    assert pairs["n"] == max(sessions) and len(pairs["rounds"]) == 1
+    assert all(v is not None and v > 0 for v in pairs["rounds"][0].values())
+    assert any("alternating echo/cellserve windows" in t["target"] for t in res["targets"])
     _assert_tenants(res)
 
     md = (out / "results.md").read_text()
     assert "cellserve bench --quick" in md and "| cellserve |" in md and "## Head-of-line" in md
-    assert "## Tenants" in md
+    assert "## Tenants" in md and "## Efficiency in alternating windows" in md
     if importlib.util.find_spec("matplotlib") is not None:
         assert (out / "throughput.png").stat().st_size > 0 and (out / "latency.png").stat().st_size > 0
 

@@ -6,11 +6,12 @@ asserted here: only that both are measured and the target is derived from them."
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cellserve.bench.ceiling import Ceiling
 from cellserve.bench.model import ModelRef
-from cellserve.bench.suite import targets
+from cellserve.bench.suite import paired_efficiency, targets
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 
@@ -43,10 +44,10 @@ def test_the_ceiling_times_the_session_memory_of_a_model_that_mixes() -> None:
     assert m is not None and m["batch"] == 3 and m["row_s"] == pytest.approx(m["step_s"] / 3) and m["row_s"] > 0
 
 
-def test_efficiency_with_the_memory_is_context_beside_the_target() -> None:
-    """(echo + model + memory per row) / cellserve, shown under the issue's efficiency target
-    and never counted as a target itself."""
-    res = {
+def _results(**extra: Any) -> dict[str, Any]:
+    """A bench result at N=256: cellserve 0.2 ms of server CPU per keystroke, echo 0.1 per
+    message (and 0.1 client), plus ``extra``."""
+    return {
         "keystrokes_closed": {
             "cellserve": {"256": {"server_cpu_ms_per_request": 0.2, "throughput_rps": 1.0, "sessions_starved": 0}},
             "echo": {
@@ -55,10 +56,43 @@ def test_efficiency_with_the_memory_is_context_beside_the_target() -> None:
         },
         "keystrokes_open": {},
         "completions": {},
-        "ceiling": {"keystrokes": {"256": {"step_s": 256 * 20e-6}}, "memory": {"256": {"row_s": 40e-6}}},
+        **extra,
     }
+
+
+def test_efficiency_with_the_memory_is_context_beside_the_target() -> None:
+    """(echo + model + memory per row) / cellserve, shown under the issue's efficiency target
+    and never counted as a target itself."""
+    res = _results(ceiling={"keystrokes": {"256": {"step_s": 256 * 20e-6}}, "memory": {"256": {"row_s": 40e-6}}})
     rows = {t["target"]: t for t in targets(res)}
     target = next(t for name, t in rows.items() if name.startswith("server CPU efficiency"))
     assert target["value"] == pytest.approx((0.1 + 0.02) / 0.2) and target["met"] is False
     context = next(t for name, t in rows.items() if "session memory's own CPU" in name)
     assert context["value"] == pytest.approx((0.1 + 0.02 + 0.04) / 0.2) and context["met"] is None
+
+
+def test_the_paired_efficiency_is_the_median_of_its_rounds_beside_the_target() -> None:
+    """The same ratio from alternating echo / cellserve windows: per round (echo + model per
+    row) / cellserve, the median shown with its range as context; the target keeps the
+    single pass's figure."""
+    res = _results(
+        ceiling={"keystrokes": {"256": {"step_s": 256 * 20e-6}}},
+        efficiency_pairs={
+            "n": 256,
+            "rounds": [
+                {"echo_ms": 0.1, "cellserve_ms": 0.15},  # 0.8
+                {"echo_ms": 0.13, "cellserve_ms": 0.15},  # 1.0
+                {"echo_ms": 0.1, "cellserve_ms": 0.2},  # 0.6
+                {"echo_ms": None, "cellserve_ms": 0.2},  # a window that measured nothing: left out
+            ],
+        },
+    )
+    assert paired_efficiency(res) == pytest.approx((0.8, 0.6, 1.0, 3))
+    rows = {t["target"]: t for t in targets(res)}
+    target = next(t for name, t in rows.items() if name.startswith("server CPU efficiency"))
+    assert target["value"] == pytest.approx(0.6)  # the single pass
+    paired = next(t for name, t in rows.items() if "alternating echo/cellserve windows" in name)
+    assert paired["value"] == pytest.approx(0.8) and paired["met"] is None
+    assert "3 alternating" in paired["target"] and "lowest 0.6, highest 1" in paired["target"]
+    assert paired_efficiency({**res, "efficiency_pairs": None}) is None
+    assert paired_efficiency({**res, "ceiling": {}}) is None

@@ -51,6 +51,11 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument("--workers", type=int, help="load-generator processes (default 2)")
     p.add_argument("--server-threads", type=int, help="cellserve and ceiling torch threads (0: torch default)")
     p.add_argument(
+        "--pairs",
+        type=int,
+        help="rounds of alternating echo / cellserve windows at the top N for the efficiency ratio (default 3; 0: none)",
+    )
+    p.add_argument(
         "--skip",
         type=_names,
         default=[],
@@ -90,6 +95,7 @@ _FIELDS = {
     "memory_sessions": "memory_sessions",
     "workers": "workers",
     "server_threads": "server_threads",
+    "pairs": "pairs",
     "scaling_sessions": "scaling_sessions",
     "scaling_frontends": "scaling_frontends",
     "scaling_echo": "scaling_echo",

@@ -43,6 +43,20 @@ def markdown(res: dict[str, Any]) -> str:
             f"| {t['target']} | {'–' if v is None else f'{v:.3g}'} | {t['goal']} | "
             f"{ {True: 'yes', False: '**no**', None: '–'}[t['met']] } |"
         )
+    pairs = res.get("efficiency_pairs")
+    if pairs:
+        lines += [
+            "",
+            f"## Efficiency in alternating windows: echo and cellserve at N={pairs['n']}, both up, the order "
+            "alternating each round",
+            "",
+            "| round | echo server CPU ms/msg | cellserve server CPU ms/keystroke |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {i + 1} | {_f(r['echo_ms'], '{:.3f}')} | {_f(r['cellserve_ms'], '{:.3f}')} |"
+            for i, r in enumerate(pairs["rounds"])
+        ]
     hol = res.get("head_of_line")
     if hol:
         w, b, f = hol["workload"], hol["bystander"], hol["flood"]

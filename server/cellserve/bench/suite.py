@@ -168,8 +168,10 @@ def _efficiency_pairs(cfg: BenchConfig, ref: ModelRef) -> dict[str, Any]:
                 w = Workload("closed", n, cfg.warmup_s, cfg.window_s)
                 got[peer] = run_load(server.target, w, cfg.workers, server.cpu_seconds)["server_cpu_ms_per_request"]
             rounds.append({"echo_ms": got["echo"], "cellserve_ms": got["cellserve"]})
+            e, c = got["echo"], got["cellserve"]
             _log(
-                f"efficiency pair {r + 1}/{cfg.pairs} at N={n}: echo {got['echo']} ms, cellserve {got['cellserve']} ms"
+                f"efficiency pair {r + 1}/{cfg.pairs} at N={n}: server CPU echo "
+                f"{'-' if e is None else f'{e:.3f}'} ms/msg, cellserve {'-' if c is None else f'{c:.3f}'} ms/keystroke"
             )
         for peer, server in servers.items():
             if not server.alive():

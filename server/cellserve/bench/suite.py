@@ -399,7 +399,13 @@ def efficiency(res: dict[str, Any], n: str, with_memory: bool = False) -> float 
     mem = _get(res, "ceiling", "memory", n, "row_s") if with_memory else 0.0
     if not c or e is None or step is None or mem is None:
         return None
-    return float((e + (float(step) / int(n) + float(mem)) * 1e3) / c)
+    return _ideal_over_served(e, float(step) / int(n) + float(mem), c)
+
+
+def _ideal_over_served(echo_ms: float, model_row_s: float, cellserve_ms: float) -> float:
+    """The efficiency ratio: (echo's server CPU per message + the model's per row) / cellserve's
+    server CPU per keystroke (ms, s, ms)."""
+    return float((echo_ms + model_row_s * 1e3) / cellserve_ms)
 
 
 def paired_efficiency(res: dict[str, Any]) -> tuple[float, float, float, int] | None:
@@ -411,9 +417,9 @@ def paired_efficiency(res: dict[str, Any]) -> tuple[float, float, float, int] | 
     step = _get(res, "ceiling", "keystrokes", str(pairs["n"]), "step_s")
     if step is None:
         return None
-    model_ms = float(step) / int(pairs["n"]) * 1e3
+    row_s = float(step) / int(pairs["n"])
     ratios = sorted(
-        (r["echo_ms"] + model_ms) / r["cellserve_ms"]
+        _ideal_over_served(r["echo_ms"], row_s, r["cellserve_ms"])
         for r in pairs["rounds"]
         if r["echo_ms"] is not None and r["cellserve_ms"]
     )

@@ -109,17 +109,22 @@ def test_the_mixer_scripted_equals_eager() -> None:
     assert torch.equal(m.mix(lp, dists, host), mixer_mod.mix_log_probs(lp, dists, host, w, EPS))
 
 
-@pytest.mark.parametrize("mixing", [True, False])
-def test_the_pick_scripted_equals_eager(mixing: bool) -> None:
+@pytest.mark.parametrize("mixing, normalized", [(True, False), (False, False), (False, True)])
+def test_the_pick_scripted_equals_eager(mixing: bool, normalized: bool) -> None:
+    """(``normalized``: log-probs mixed on the host come in, taken as they are.)"""
     m = Mixer.load(MODELS / "python-lstm")
     logits = torch.randn(9, VOCAB, generator=torch.Generator().manual_seed(4)) * 4
     _, dists, host = mixer_inputs(4, VOCAB)
     none = torch.empty(0, dtype=torch.long)
     mix = (torch.tensor([1, 3, 4, 8]), dists, host) if mixing else (none, none, none)
     gate = m.weights(torch.device("cpu")) if mixing else (none,) * 5
+    if normalized:
+        logits = torch.log_softmax(logits, dim=-1)
     args = (logits, mixing, *mix, gate, EPS, torch.tensor([0, 3, 8]), 5, torch.tensor([1, 3]), torch.tensor([7, 0]))
-    (flat_a, lsm_a), (flat_b, lsm_b) = runner._points(*args), runner._points_eager(*args)
+    (flat_a, lsm_a), (flat_b, lsm_b) = runner._points(*args, normalized), runner._points_eager(*args, normalized)
     assert torch.equal(lsm_a, lsm_b) and len(flat_a) == len(flat_b) == 3
+    if normalized:  # taken as they are, not normalised again
+        assert torch.equal(lsm_a, logits)
     assert all(torch.equal(a, b) for a, b in zip(flat_a, flat_b, strict=True))
 
 

@@ -9,8 +9,8 @@ pool gather/scatter: only what a server must compute per keystroke.
 - completions: greedy decoding at batch B: step -> head -> argmax -> host -> next input;
 - memory (a model that ships a mixer): the session memory's own work per keystroke, batched as
   the server batches it: each row's prediction from its memory after the keystroke, the step's
-  memory arrays and ONE ``Mixer.mix`` (``memory_mix.point_arrays``, what the runner calls), and
-  the keystroke pushed at commit. Not part of the model's step above; a served distribution
+  ONE mixing call as the runner makes it (on the CPU ``memory_mix.mix_on_host``; on a GPU the
+  memory arrays and ``Mixer.mix``), and the keystroke pushed at commit. Not part of the model's step above; a served distribution
   needs both.
 
 The model runs at the precision a server with default settings would serve it at
@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from ..config import Settings
-from ..engine.memory_mix import load_mixer, memory_settings, point_arrays
+from ..engine.memory_mix import load_mixer, memory_settings, mix_on_host, mixes_on_host, point_arrays, point_predictions
 from ..engine.plan import Row
 from ..memory.window import SessionMemory
 from ..nn.charlm import CharLM
@@ -146,10 +146,16 @@ class Ceiling:
         at = [a + MEMORY_TYPED for a in at]
         lsm = torch.log_softmax(torch.randn(batch, v, device=self.device), dim=-1)
 
+        on_host = mixes_on_host(self.device)
+
         def step() -> None:
             rows = [Row([ids[a]], src=None, memory=m.fork()) for m, a in zip(mems, at, strict=True)]
-            dists, host = point_arrays(rows, [(i, 1) for i in range(batch)], v)  # after the keystroke
-            mixer.mix(lsm, dists.to(self.device), host.to(self.device)).cpu()
+            points = [(i, 1) for i in range(batch)]  # after the keystroke
+            if on_host:  # as the runner mixes on the CPU: one C call over the predictions
+                mix_on_host(mixer, lsm.clone(), range(batch), point_predictions(rows, points))
+            else:
+                dists, host = point_arrays(rows, points, v)
+                mixer.mix(lsm, dists.to(self.device), host.to(self.device)).cpu()
             for k, (m, a) in enumerate(zip(mems, at, strict=True)):  # the commit reads it
                 m.push([ids[a]])
                 at[k] = (a + 1) % len(ids)

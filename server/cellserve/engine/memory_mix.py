@@ -2,11 +2,19 @@
 what settings, the memory each planned row starts from, and the memory arrays of a step's
 mixed points.
 
-The runner mixes in ``_pick``, the one place full per-row log-probs exist: the memory arrays
-of every point of the step are built here on the host (small: [experts, V] per point), moved
-to the distribution's device once and mixed with ONE ``Mixer.mix`` call. A row's memory is a
+The runner mixes in ``_pick``, the one place full per-row log-probs exist. A row's memory is a
 fork as of the row's start; the point before token t of the row sees that fork plus the row's
 first t tokens, exactly as an offline memory that read the same text (``memory/reference.py``).
+Two ways, the same arithmetic:
+
+- on a GPU (or where the memory's C extension was not built): the memory arrays of every
+  point of the step are built here on the host (small: [experts, V] per point), moved to the
+  distribution's device once and mixed with ONE ``Mixer.mix`` call (``point_arrays``);
+- on the CPU: ``mix_on_host``, one C call over the step's predictions (memory/_window.c:
+  ``mix``) that keeps each expert sparse (its few characters) instead of multiplying dense
+  [experts, V] arrays. It agrees with ``Mixer.mix`` to float32 rounding (its sums run in
+  double), and a row mixes to the same bits whatever rows share the call (speculation relies
+  on that).
 """
 
 from __future__ import annotations
@@ -17,10 +25,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..config import Settings
+from ..memory import features, window
 from ..memory.features import memory_arrays_many
-from ..memory.mixer import MIXER_FILE, Mixer
+from ..memory.mixer import EPS, MIXER_FILE, Mixer
 from ..memory.settings import MemorySettings
-from ..memory.window import MemoryFork
+from ..memory.window import MemoryFork, MemoryPrediction
 from ..nn.checkpoint import LoadedModel
 from .plan import Row
 
@@ -62,16 +71,45 @@ def attach_memory(b: Batch) -> None:
         rows[sw.row].memory = alt.memory
 
 
+def point_predictions(rows: Sequence[Row], points: Sequence[tuple[int, int]]) -> list[MemoryPrediction]:
+    """The memory's prediction at each point (row index, tokens of the row read before the
+    point), in the order given: the row's fork followed by those tokens (the fork itself is
+    not changed)."""
+    preds = []
+    for i, t in points:
+        r = rows[i]
+        fork = r.memory
+        assert isinstance(fork, MemoryFork)
+        preds.append(fork.predict_after(r.tokens[:t] if t < len(r.tokens) else r.tokens))
+    return preds
+
+
 def point_arrays(
     rows: Sequence[Row], points: Sequence[tuple[int, int]], vocab_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stacked memory arrays ([P, EXPERTS, V], [P, HOST_FEATURES], host tensors) of the points
-    (row index, tokens of the row read before the point), in the order given: each point's
-    prediction is its row's fork followed by those tokens (the fork itself is not changed)."""
-    preds = []
-    for i, t in points:
-        fork = rows[i].memory
-        assert isinstance(fork, MemoryFork)
-        preds.append(fork.predict_after(rows[i].tokens[:t]))
-    dists, host = memory_arrays_many(preds, vocab_size)
+    (``point_predictions``), for ``Mixer.mix``."""
+    dists, host = memory_arrays_many(point_predictions(rows, points), vocab_size)
     return torch.from_numpy(dists), torch.from_numpy(host)
+
+
+def mixes_on_host(device: torch.device) -> bool:
+    """The runner on ``device`` mixes with ``mix_on_host`` (the CPU, with the C extension)."""
+    return device.type == "cpu" and window._native is not None
+
+
+def mix_on_host(mixer: Mixer, lsm: torch.Tensor, at: Sequence[int], preds: Sequence[MemoryPrediction]) -> None:
+    """Writes the mix of ``lsm``'s rows ``at`` (the model's log-probs: float32 [N, V] on the
+    CPU, contiguous) with the predictions ``preds`` (one per row of ``at``, in that order)
+    over those rows, in ONE C call (memory/_window.c: ``mix``; ``Mixer.mix`` is its reference).
+    ``at`` ascending: all of ``lsm``'s rows are mixed in place, others through a copy."""
+    native = window._native
+    assert native is not None and lsm.dtype == torch.float32 and lsm.is_contiguous()
+    if not preds:
+        return
+    w1, b1, w2, b2 = mixer.host_weights()
+    whole = len(at) == lsm.shape[0]  # ascending and as many as the rows: all of them, in order
+    part = lsm if whole else lsm[torch.tensor(at)]
+    native.mix(part.numpy(), preds, w1, b1, w2, b2, lsm.shape[1], EPS, features._LOG_OCC_OF, features._LOG_MATCH_OF)
+    if not whole:
+        lsm[torch.tensor(at)] = part

@@ -32,7 +32,7 @@ from ..nn.charlm import CharLM
 from ..nn.kernels import ONEDNN_MIN_STEP_BATCH, onednn
 from ..nn.scripted import scripted
 from .buffers import InputBuffers
-from .memory_mix import point_arrays
+from .memory_mix import mix_on_host, mixes_on_host, point_arrays, point_predictions
 from .plan import ZERO, CheckpointRef, HostState, Plan, Row, RowResult, RunResult, SampleParams
 from .sampling import choose
 from .state_pool import StatePool
@@ -101,6 +101,7 @@ class ModelRunner:
         self._in = InputBuffers(pool.device)  # persistent per-iteration index inputs
         self._pending: Callable[[], None] | None = None  # the last execute's write-back, for commit()
         self.mixer = mixer  # the session memory's mixer (rows with a ``memory``); None: never mixed
+        self._mix_on_host = mixes_on_host(pool.device)  # memory_mix: one C call, else in the pick kernel
         self._none = torch.empty(0, dtype=torch.long, device=pool.device)  # a kernel's absent argument
         # a serving model that steps by token id in one call (nn/int8.py), else None
         self._by_id: Callable[..., tuple[torch.Tensor, tuple[torch.Tensor, ...]] | None] | None = getattr(
@@ -273,16 +274,24 @@ class ModelRunner:
             pts.kmax = min(pts.kmax, logits.shape[1])
             ints, none = self._in.ints, self._none
             dev = logits.device
-            if pts.mixed:
+            mixing = normalized = False
+            mix, gate = (none, none, none), (none, none, none, none, none)
+            scores = logits  # what the pick kernel takes: logits, or log-probs mixed here
+            if pts.mixed and self._mix_on_host:  # the log-probs mixed here, on the host, in C
+                assert self.mixer is not None
+                scores = torch.log_softmax(logits.float(), dim=-1)
+                preds = point_predictions(rows, [(i, t) for _, i, t in pts.mixed])
+                mix_on_host(self.mixer, scores, [p for p, _, _ in pts.mixed], preds)
+                normalized = True
+            elif pts.mixed:  # mixed inside the pick kernel (one Mixer.mix on the device)
                 assert self.mixer is not None
                 dists, host_f = point_arrays(rows, [(i, t) for _, i, t in pts.mixed], logits.shape[-1])
                 mix = (ints("mix_at", [p for p, _, _ in pts.mixed]), dists.to(dev), host_f.to(dev))
                 gate = self.mixer.weights(dev)
-            else:
-                mix, gate = (none, none, none), (none, none, none, none, none)
+                mixing = True
             flat, lsm = _points(
-                logits,
-                bool(pts.mixed),
+                scores,
+                mixing,
                 *mix,
                 gate,
                 MIX_EPS,
@@ -290,6 +299,7 @@ class ModelRunner:
                 pts.kmax,
                 ints("logprob_at", [p for p, _ in pts.logprob]) if pts.logprob else none,
                 ints("logprob_tok", [t for _, t in pts.logprob]) if pts.logprob else none,
+                normalized,
             )
             if pts.sample:
                 s_at = ints("sample_at", [p for p, _ in pts.sample])
@@ -502,14 +512,16 @@ def _points_eager(
     kmax: int,
     logprob_at: torch.Tensor,
     logprob_tok: torch.Tensor,
+    normalized: bool = False,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """``_pick``'s arithmetic after the head, one scripted call (nn/scripted.py): logits [N, V]
-    -> the full log-probs per point, the mixed points (rows ``mix_at``, when ``mixing``)
+    (``normalized``: log-probs already, mixed on the host: taken as they are) -> the full
+    log-probs per point, the mixed points (rows ``mix_at``, when ``mixing``)
     replaced by the model mixed with their memory arrays (``Mixer.mix`` with the ``gate`` and
     floor ``eps``: float32 from there on), then the host numbers: top-``kmax``
     probabilities and indices at ``topk_at``, the log-prob of token ``logprob_tok`` at
     ``logprob_at`` (an empty index: none asked). -> (the flat parts, the log-probs)."""
-    lsm = torch.log_softmax(logits, dim=-1)  # [N, V]: the full distribution per point
+    lsm = logits if normalized else torch.log_softmax(logits, dim=-1)  # [N, V]: the distribution per point
     if mixing:
         out = lsm.float()
         mixed = mix_log_probs(out[mix_at], dists, host, gate, eps)

@@ -9,6 +9,9 @@
  *   fill(preds, dists, host, vocab, log_occ, log_match)
  *       the predictions' expert distributions and host features written into zeroed float32
  *       arrays (features.memory_arrays_many, whose Python is the reference)
+ *   mix(lp, preds, w1, b1, w2, b2, vocab, eps, log_occ, log_match)
+ *       the predictions mixed with lp's rows, written over them (mixer.mix_log_probs of fill's
+ *       arrays is the reference: the same formulas on sparse experts, summed in double)
  *
  * ``orders`` is SessionMemory._orders: per context order (length k, crc seed, head array,
  * chain array), the arrays array('i'). The hash is zlib's crc32 (same table, same seeds), so
@@ -17,6 +20,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -291,101 +295,160 @@ done_buffers:
 }
 
 
+/* One prediction's experts, sparse: for order j < orders, its distinct characters
+ * chars[j * v + i] (i < n[j], in order of first occurrence) with weights w[j * v + i] (the sum of
+ * 1/count over the character's occurrences, in double in their order, rounded once to float32:
+ * what numpy's bincount then astype give); the match model (j = orders): its character at
+ * weight 1; and the host features hp[3 * (orders + 1)], written whole. ``acc``: v doubles,
+ * zero, left zero. -1 with an exception set: a malformed prediction. */
+static int pred_experts(PyObject *pred, Py_ssize_t orders, Py_ssize_t v, const double *log_occ, Py_ssize_t nlo,
+                        const double *log_match, Py_ssize_t nlm, double *acc, unsigned char *chars, float *w,
+                        Py_ssize_t *n, float *hp) {
+    if (!PyTuple_Check(pred) || PyTuple_GET_SIZE(pred) != 3) {
+        PyErr_SetString(PyExc_TypeError, "preds: (nexts, match_char, match_len) tuples");
+        return -1;
+    }
+    PyObject *nexts = PyTuple_GET_ITEM(pred, 0);
+    Py_ssize_t mc = PyLong_AsSsize_t(PyTuple_GET_ITEM(pred, 1));
+    Py_ssize_t ml = PyLong_AsSsize_t(PyTuple_GET_ITEM(pred, 2));
+    if (PyErr_Occurred()) return -1;
+    if (!PyTuple_Check(nexts) || PyTuple_GET_SIZE(nexts) != orders) {
+        PyErr_SetString(PyExc_TypeError, "preds: every prediction has one bytes per order");
+        return -1;
+    }
+    memset(hp, 0, sizeof(float) * (size_t)(3 * orders + 3));
+    for (Py_ssize_t j = 0; j < orders; j++) {
+        PyObject *b = PyTuple_GET_ITEM(nexts, j);
+        if (!PyBytes_Check(b)) {
+            PyErr_SetString(PyExc_TypeError, "preds: nexts are bytes");
+            return -1;
+        }
+        const unsigned char *c = (const unsigned char *)PyBytes_AS_STRING(b);
+        Py_ssize_t k = PyBytes_GET_SIZE(b), m = 0;
+        n[j] = 0;
+        if (k >= nlo) {
+            PyErr_SetString(PyExc_ValueError, "a count beyond the log_occ table");
+            return -1;
+        }
+        if (k == 0) continue; /* absent: no character, host features 0 (log_occ[0] is 0) */
+        double inv = 1.0 / (double)k, top = 0.0;
+        for (Py_ssize_t i = 0; i < k; i++) {
+            if (c[i] >= v) {
+                PyErr_SetString(PyExc_ValueError, "a character id beyond the vocabulary");
+                for (Py_ssize_t t = 0; t < i; t++) acc[c[t]] = 0.0;
+                return -1;
+            }
+            acc[c[i]] += inv;
+        }
+        for (Py_ssize_t i = 0; i < k; i++) {
+            double a = acc[c[i]];
+            if (a == 0.0) continue; /* taken already */
+            if (a > top) top = a;
+            chars[j * v + m] = c[i];
+            w[j * v + m] = (float)a;
+            m++;
+            acc[c[i]] = 0.0;
+        }
+        n[j] = m;
+        hp[3 * j] = 1.0f;
+        hp[3 * j + 1] = (float)log_occ[k];
+        hp[3 * j + 2] = (float)top;
+    }
+    n[orders] = 0;
+    if (mc >= 0) {
+        if (mc >= v || ml < 0 || ml >= nlm) {
+            PyErr_SetString(PyExc_ValueError, "a match beyond the vocabulary or the log_match table");
+            return -1;
+        }
+        chars[orders * v] = (unsigned char)mc;
+        w[orders * v] = 1.0f;
+        n[orders] = 1;
+        hp[3 * orders] = 1.0f;
+        hp[3 * orders + 1] = (float)log_match[ml];
+        hp[3 * orders + 2] = (float)((double)(ml < 16 ? ml : 16) / 16.0);
+    }
+    return 0;
+}
+
+/* The scratch of a call over predictions: the sequence, and per expert v characters and
+ * weights, counts, an accumulator. */
+typedef struct {
+    PyObject *seq;
+    Py_ssize_t count, orders;
+    double *acc;
+    unsigned char *chars;
+    float *w;
+    Py_ssize_t *n;
+} Preds;
+
+static void preds_free(Preds *p) {
+    Py_XDECREF(p->seq);
+    PyMem_Free(p->acc);
+    PyMem_Free(p->chars);
+    PyMem_Free(p->w);
+    PyMem_Free(p->n);
+}
+
+static int preds_take(PyObject *preds, Py_ssize_t v, Preds *p) {
+    memset(p, 0, sizeof *p);
+    p->seq = PySequence_Fast(preds, "preds: a sequence of predictions");
+    if (!p->seq) return -1;
+    p->count = PySequence_Fast_GET_SIZE(p->seq);
+    p->orders = -1;
+    if (p->count) {
+        PyObject *first = PySequence_Fast_ITEMS(p->seq)[0];
+        if (!PyTuple_Check(first) || PyTuple_GET_SIZE(first) != 3 || !PyTuple_Check(PyTuple_GET_ITEM(first, 0))) {
+            PyErr_SetString(PyExc_TypeError, "preds: (nexts, match_char, match_len) tuples");
+            return -1;
+        }
+        p->orders = PyTuple_GET_SIZE(PyTuple_GET_ITEM(first, 0));
+    }
+    if (v < 1) {
+        PyErr_SetString(PyExc_ValueError, "the vocabulary has at least one character");
+        return -1;
+    }
+    size_t experts = (size_t)(p->orders + 1);
+    p->acc = (double *)PyMem_Calloc((size_t)v, sizeof(double));
+    p->chars = (unsigned char *)PyMem_Malloc(experts * (size_t)v + 1);
+    p->w = (float *)PyMem_Malloc(sizeof(float) * (experts * (size_t)v + 1));
+    p->n = (Py_ssize_t *)PyMem_Malloc(sizeof(Py_ssize_t) * (experts + 1));
+    if (!p->acc || !p->chars || !p->w || !p->n) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
 /* features.memory_arrays_many: preds (MemoryPrediction tuples: nexts, match_char, match_len) ->
- * dists [P, orders + 1, vocab] and host [P, 3 * orders + 3], float32, zeroed by the caller.
- * Each expert's weights (1/count per occurrence) are summed in double in the occurrences'
- * order and rounded once to float32, as numpy's bincount then astype do; log_occ[count] and
- * log_match[length] are the Python's own tables (so no libm call can differ). */
+ * dists [P, orders + 1, vocab] and host [P, 3 * orders + 3], float32, zeroed by the caller
+ * (``pred_experts`` per prediction, written dense); log_occ[count] and log_match[length] are
+ * the Python's own tables (so no libm call can differ). */
 static PyObject *fill(PyObject *self, PyObject *args) {
     PyObject *preds;
     Py_buffer d, h, lo, lm;
     Py_ssize_t v;
     if (!PyArg_ParseTuple(args, "Ow*w*ny*y*", &preds, &d, &h, &v, &lo, &lm)) return NULL;
-    PyObject *result = NULL, *seq = PySequence_Fast(preds, "preds: a sequence of predictions");
-    double *acc = NULL;
-    if (!seq) goto done;
-    Py_ssize_t np_ = PySequence_Fast_GET_SIZE(seq), orders = -1;
-    if (np_) {
-        PyObject *first = PySequence_Fast_ITEMS(seq)[0];
-        if (!PyTuple_Check(first) || PyTuple_GET_SIZE(first) != 3 || !PyTuple_Check(PyTuple_GET_ITEM(first, 0))) {
-            PyErr_SetString(PyExc_TypeError, "preds: (nexts, match_char, match_len) tuples");
-            goto done;
-        }
-        orders = PyTuple_GET_SIZE(PyTuple_GET_ITEM(first, 0));
-    }
-    Py_ssize_t experts = orders + 1, nhost = 3 * orders + 3;
+    PyObject *result = NULL;
+    Preds ps;
+    if (preds_take(preds, v, &ps) < 0) goto done;
+    Py_ssize_t np_ = ps.count, orders = ps.orders, experts = orders + 1, nhost = 3 * orders + 3;
     Py_ssize_t nlo = lo.len / (Py_ssize_t)sizeof(double), nlm = lm.len / (Py_ssize_t)sizeof(double);
-    if (v < 1 || (np_ && (d.len != np_ * experts * v * 4 || h.len != np_ * nhost * 4))) {
+    if (np_ && (d.len != np_ * experts * v * 4 || h.len != np_ * nhost * 4)) {
         PyErr_SetString(PyExc_ValueError, "fill: dists [P, experts, V] and host [P, features] float32");
         goto done;
     }
-    acc = (double *)PyMem_Calloc((size_t)v, sizeof(double));
-    if (!acc) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    const double *log_occ = (const double *)lo.buf, *log_match = (const double *)lm.buf;
     for (Py_ssize_t p = 0; p < np_; p++) {
-        PyObject *pred = PySequence_Fast_ITEMS(seq)[p];
-        if (!PyTuple_Check(pred) || PyTuple_GET_SIZE(pred) != 3) {
-            PyErr_SetString(PyExc_TypeError, "preds: (nexts, match_char, match_len) tuples");
-            goto done;
-        }
-        PyObject *nexts = PyTuple_GET_ITEM(pred, 0);
-        Py_ssize_t mc = PyLong_AsSsize_t(PyTuple_GET_ITEM(pred, 1));
-        Py_ssize_t ml = PyLong_AsSsize_t(PyTuple_GET_ITEM(pred, 2));
-        if (PyErr_Occurred()) goto done;
-        if (!PyTuple_Check(nexts) || PyTuple_GET_SIZE(nexts) != orders) {
-            PyErr_SetString(PyExc_TypeError, "preds: every prediction has one bytes per order");
-            goto done;
-        }
         float *dp = (float *)d.buf + p * experts * v, *hp = (float *)h.buf + p * nhost;
-        for (Py_ssize_t j = 0; j < orders; j++) {
-            PyObject *b = PyTuple_GET_ITEM(nexts, j);
-            if (!PyBytes_Check(b)) {
-                PyErr_SetString(PyExc_TypeError, "preds: nexts are bytes");
-                goto done;
-            }
-            const unsigned char *c = (const unsigned char *)PyBytes_AS_STRING(b);
-            Py_ssize_t n = PyBytes_GET_SIZE(b);
-            if (n >= nlo) {
-                PyErr_SetString(PyExc_ValueError, "fill: a count beyond the log_occ table");
-                goto done;
-            }
-            if (n == 0) continue; /* absent: all zero (log_occ[0] is 0) */
-            double w = 1.0 / (double)n, top = 0.0;
-            for (Py_ssize_t i = 0; i < n; i++) {
-                if (c[i] >= v) {
-                    PyErr_SetString(PyExc_ValueError, "fill: a character id beyond the vocabulary");
-                    goto done;
-                }
-                acc[c[i]] += w;
-            }
-            for (Py_ssize_t i = 0; i < n; i++) {
-                if (acc[c[i]] > top) top = acc[c[i]];
-                dp[j * v + c[i]] = (float)acc[c[i]];
-            }
-            for (Py_ssize_t i = 0; i < n; i++) acc[c[i]] = 0.0;
-            hp[3 * j] = 1.0f;
-            hp[3 * j + 1] = (float)log_occ[n];
-            hp[3 * j + 2] = (float)top;
-        }
-        if (mc >= 0) {
-            if (mc >= v || ml < 0 || ml >= nlm) {
-                PyErr_SetString(PyExc_ValueError, "fill: a match beyond the vocabulary or the log_match table");
-                goto done;
-            }
-            dp[orders * v + mc] = 1.0f;
-            hp[nhost - 3] = 1.0f;
-            hp[nhost - 2] = (float)log_match[ml];
-            hp[nhost - 1] = (float)((double)(ml < 16 ? ml : 16) / 16.0);
-        }
+        if (pred_experts(PySequence_Fast_ITEMS(ps.seq)[p], orders, v, (const double *)lo.buf, nlo,
+                         (const double *)lm.buf, nlm, ps.acc, ps.chars, ps.w, ps.n, hp) < 0)
+            goto done;
+        for (Py_ssize_t j = 0; j < experts; j++)
+            for (Py_ssize_t i = 0; i < ps.n[j]; i++) dp[j * v + ps.chars[j * v + i]] = ps.w[j * v + i];
     }
     result = Py_None;
     Py_INCREF(result);
 done:
-    PyMem_Free(acc);
-    Py_XDECREF(seq);
+    preds_free(&ps);
     PyBuffer_Release(&d);
     PyBuffer_Release(&h);
     PyBuffer_Release(&lo);
@@ -393,10 +456,125 @@ done:
     return result;
 }
 
+/* sum_i w[i] * x[i] in double, in four interleaved partial sums (a fixed order: the same inputs
+ * give the same bits; four chains instead of one dependent add per term) */
+static inline double dot(const float *w, const double *x, Py_ssize_t n) {
+    double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
+    Py_ssize_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        a0 += (double)w[i] * x[i];
+        a1 += (double)w[i + 1] * x[i + 1];
+        a2 += (double)w[i + 2] * x[i + 2];
+        a3 += (double)w[i + 3] * x[i + 3];
+    }
+    for (; i < n; i++) a0 += (double)w[i] * x[i];
+    return (a0 + a1) + (a2 + a3);
+}
+
+/* mixer.mix_log_probs on the host, from the predictions themselves: lp [P, V] float32 (the
+ * model's log-probs, overwritten row p with the mix of prediction p), preds (as ``fill``),
+ * the gate w1 [H, 2 + E + 3E], b1 [H], w2 [1 + E, H], b2 [1 + E] float32 (E = orders + 1
+ * experts), the floor eps, fill's tables. The experts stay sparse (a few characters each, as
+ * ``pred_experts`` gives them): the dense [E, V] arrays the torch path multiplies are never
+ * made. Each row depends on nothing but itself (the same bits whatever rows share the call).
+ * Sums run in double, each feature and output rounded once to float32; the torch reference
+ * sums in float32, so the two agree to float32 rounding, not bit for bit. */
+static PyObject *mix(PyObject *self, PyObject *args) {
+    PyObject *preds;
+    Py_buffer lp, w1, b1, w2, b2, lo, lm;
+    Py_ssize_t v;
+    double eps;
+    if (!PyArg_ParseTuple(args, "w*Oy*y*y*y*ndy*y*", &lp, &preds, &w1, &b1, &w2, &b2, &v, &eps, &lo, &lm))
+        return NULL;
+    PyObject *result = NULL;
+    double *scratch = NULL;
+    float *hp = NULL;
+    Preds ps;
+    if (preds_take(preds, v, &ps) < 0) goto done;
+    Py_ssize_t rows = ps.count, orders = ps.orders, experts = orders + 1, nhost = 3 * experts;
+    Py_ssize_t outs = b2.len / 4, hidden = b1.len / 4, nf = 2 + experts + nhost;
+    if (rows && (outs != experts + 1 || hidden < 1 || lp.len != rows * v * 4 || w1.len != hidden * nf * 4 ||
+                 w2.len != outs * hidden * 4)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "mix: lp [P, V] for P predictions; w1 [H, 2 + 4E], b1 [H], w2 [1 + E, H], b2 [1 + E] "
+                        "for E experts; all float32");
+        goto done;
+    }
+    scratch = (double *)PyMem_Malloc(sizeof(double) * (size_t)(v + nf + hidden + 2 * outs));
+    hp = (float *)PyMem_Malloc(sizeof(float) * (size_t)nhost);
+    if (!scratch || !hp) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    double *p = scratch, *f = p + v, *hid = f + nf, *z = hid + hidden, *g = z + outs;
+    const float *W1 = (const float *)w1.buf, *B1 = (const float *)b1.buf;
+    const float *W2 = (const float *)w2.buf, *B2 = (const float *)b2.buf;
+    const double keep = 1.0 - eps, floor_ = eps / (double)v;
+    Py_ssize_t nlo = lo.len / (Py_ssize_t)sizeof(double), nlm = lm.len / (Py_ssize_t)sizeof(double);
+    for (Py_ssize_t r = 0; r < rows; r++) {
+        if (pred_experts(PySequence_Fast_ITEMS(ps.seq)[r], orders, v, (const double *)lo.buf, nlo,
+                         (const double *)lm.buf, nlm, ps.acc, ps.chars, ps.w, ps.n, hp) < 0)
+            goto done;
+        float *l = (float *)lp.buf + r * v;
+        double ent = 0.0, top = -INFINITY;
+        for (Py_ssize_t i = 0; i < v; i++) {
+            double pi = (double)expf(l[i]);
+            p[i] = pi;
+            ent += pi * (double)l[i];
+            if (l[i] > top) top = l[i];
+        }
+        f[0] = (float)(-ent / 4.0);
+        f[1] = (float)(top / 4.0);
+        for (Py_ssize_t e = 0; e < experts; e++) { /* agreement: log(sum_v q_e(v) p(v) + 1e-6) / 8 */
+            if (hp[3 * e] == 0.0f) {
+                f[2 + e] = 0.0;
+                continue;
+            }
+            const unsigned char *c = ps.chars + e * v;
+            const float *we = ps.w + e * v;
+            double s = 0.0;
+            for (Py_ssize_t i = 0; i < ps.n[e]; i++) s += (double)we[i] * p[c[i]];
+            f[2 + e] = (float)(log((double)(float)s + 1e-6) / 8.0);
+        }
+        for (Py_ssize_t k = 0; k < nhost; k++) f[2 + experts + k] = hp[k];
+        for (Py_ssize_t j = 0; j < hidden; j++) {
+            double a = (double)B1[j] + dot(W1 + j * nf, f, nf);
+            hid[j] = a > 0.0 ? (double)(float)a : 0.0;
+        }
+        double zmax = -INFINITY, total = 0.0;
+        for (Py_ssize_t o = 0; o < outs; o++) { /* the gate: a softmax over the model and the present experts */
+            int on = o == 0 || hp[3 * (o - 1)] != 0.0f;
+            z[o] = on ? (double)(float)((double)B2[o] + dot(W2 + o * hidden, hid, hidden)) : -INFINITY;
+            if (z[o] > zmax) zmax = z[o];
+        }
+        for (Py_ssize_t o = 0; o < outs; o++) total += g[o] = z[o] == -INFINITY ? 0.0 : exp(z[o] - zmax);
+        double g0 = (double)(float)(g[0] / total);
+        for (Py_ssize_t i = 0; i < v; i++) p[i] *= g0;
+        for (Py_ssize_t e = 0; e < experts; e++) {
+            if (g[1 + e] == 0.0) continue;
+            double ge = (double)(float)(g[1 + e] / total);
+            const unsigned char *c = ps.chars + e * v;
+            const float *we = ps.w + e * v;
+            for (Py_ssize_t i = 0; i < ps.n[e]; i++) p[c[i]] += ge * (double)we[i];
+        }
+        for (Py_ssize_t i = 0; i < v; i++) l[i] = logf((float)(p[i] * keep + floor_));
+    }
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    preds_free(&ps);
+    PyMem_Free(scratch);
+    PyMem_Free(hp);
+    PyBuffer_Release(&lp), PyBuffer_Release(&w1), PyBuffer_Release(&b1), PyBuffer_Release(&w2);
+    PyBuffer_Release(&b2), PyBuffer_Release(&lo), PyBuffer_Release(&lm);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"events", events, METH_VARARGS, "Hash-chains buf[i0:] as positions pos0.. (SessionMemory._push_events)."},
     {"predict", predict, METH_VARARGS, "(nexts, match_char, match_len) (SessionMemory._predict)."},
     {"fill", fill, METH_VARARGS, "Expert distributions and host features (features.memory_arrays_many)."},
+    {"mix", mix, METH_VARARGS, "Mixed log-probs over lp's rows (mixer.mix_log_probs)."},
     {NULL, NULL, 0, NULL},
 };
 

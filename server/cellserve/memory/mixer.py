@@ -82,6 +82,16 @@ class Mixer(nn.Module):
         h, o = self.hidden, self.out
         return h.weight, h.bias, o.weight, o.bias, at
 
+    def host_weights(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The gate's w1, b1, w2, b2 as contiguous float32 arrays for the host mixing kernel
+        (engine/memory_mix.py: ``mix_on_host``), made once: a served mixer never changes."""
+        if getattr(self, "_host", None) is None:
+            self._host = tuple(
+                np.ascontiguousarray(t.detach().cpu().float().numpy())
+                for t in (self.hidden.weight, self.hidden.bias, self.out.weight, self.out.bias)
+            )
+        return self._host  # type: ignore[return-value]
+
     # --- numpy path (one row) ----------------------------------------------------------
     def numpy_weights(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         if getattr(self, "_np", None) is None:

@@ -134,6 +134,27 @@ def test_fork_isolated_and_exact() -> None:
         base.fork(at=0)
 
 
+def test_a_fork_found_valid_is_checked_again_after_any_change() -> None:
+    """A fork remembers the parent's version it was last found valid at and skips the check
+    while the version is the same: every push, pop and clear changes the version, and it
+    never repeats (a pop below the fork and the same text typed again, or a memory cleared
+    and refilled to the same length, still end the fork)."""
+    s = MemorySettings(window=256, max_rewind=64)
+    base = SessionMemory.rebuild(TEXT[:200], s)
+    f = base.fork()
+    assert f.predict_after(TEXT[200:201]) == SessionMemory.rebuild(TEXT[:201], s).predict()
+    base.pop(5)
+    base.push(TEXT[195:200])  # the same length and text as when the fork was made
+    with pytest.raises(RuntimeError, match="parent memory changed"):
+        f.predict_after(TEXT[200:201])
+    g = base.fork()
+    seen = base.version
+    base._rebase()  # cleared and refilled from its kept text: a version never seen before
+    assert base.version > seen
+    with pytest.raises(RuntimeError, match="parent memory changed"):
+        g.predict()
+
+
 def test_tables_grow_with_the_text_and_stay_exact() -> None:
     """Bytes follow the text held (tables double as it grows, up to the window's); growing,
     shrinking on a rewind, and forks across a growth all predict as a rebuilt memory."""

@@ -62,7 +62,8 @@ def attach_memory(b: Batch) -> None:
         if base is None or not all(op.options.memory for op in run.ops):
             continue  # per request: an op that turns the memory off serves the model alone
         fork = base.fork()
-        fork.push(head.tokens[: run.first_done])
+        if run.first_done:
+            fork.push(head.tokens[: run.first_done])
         rows[run.row].memory = fork
     for sw in b.steps:
         alt, c = sw.alt, sw.completion

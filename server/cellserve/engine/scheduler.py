@@ -160,6 +160,12 @@ class Scheduler:
     def _keystroke(self, batch: Batch, s: Session) -> bool:
         """True when the session's head was dealt with here: a run of one character (a
         keystroke, with a new session's start state folded in), or nothing left to run."""
+        q = s.queue
+        if len(q) == 1:  # the common case, without building the run: one character at the position
+            op = q[0]
+            if type(op) is AppendOp and op.offset == s.position and len(op.text) == 1 and op.done == 0:
+                self._add_keystroke(batch, s, op)
+                return True
         ops, write = self._run(batch, s, 1 << 62)
         if not ops:
             if write is not None:  # its appends were all rejected
@@ -296,6 +302,28 @@ class Scheduler:
         batch.chars += len(tokens)
         s.planned_end = end
         return len(tokens)
+
+    def _add_keystroke(self, batch: Batch, s: Session, op: AppendOp) -> None:
+        """``_add_run`` of a session whose queue is one keystroke at its position (the same
+        row and run, built directly)."""
+        s.queue.popleft()
+        o, start = op.options, s.position
+        end = start + 1
+        rows = batch.plan.rows
+        rows.append(
+            Row(
+                list(op.tokens),
+                src=s.slot,
+                dst=s.slot,
+                ends=[(1, o.top_k)],
+                logprobs=o.want_logprobs,
+                gates=o.want_gates,
+                checkpoint=self._checkpoint() if s.history.wants_checkpoint(end) else None,
+            )
+        )
+        batch.appends.append(AppendRun(s, [op], len(rows) - 1, start))
+        batch.chars += 1
+        s.planned_end = end
 
     def _add_chunk(self, batch: Batch, s: Session, op: AppendOp, n: int) -> int:
         """The next ``n`` characters of a piece too long for this iteration, into its scratch

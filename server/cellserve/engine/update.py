@@ -110,6 +110,12 @@ class StepUpdate:
         """One Prediction per piece of a run applied whole (the first one possibly finishing a
         chunked piece)."""
         chars = rt.loaded.vocab.served
+        if len(run.ops) == 1 and not run.first_done:  # one whole piece (a keystroke): as below, directly
+            op = run.ops[0]
+            o = op.options
+            if not (o.want_logprobs or o.want_gates):
+                top = tuple([(chars[i], p) for i, p in row.top_k[0][: o.top_k]])
+                return [Prediction(run.start + len(op.text), top)]
         pos, tok_at = run.start, 0
         last = len(run.ops) - 1
         preds = []
@@ -140,6 +146,8 @@ class StepUpdate:
         for k, run in enumerate(b.appends):
             if run.partial:
                 self._commit_chunk(b, run, st.chunks[k], st.now)
+            elif len(run.ops) == 1 and run.leading_write is None and not run.first_done:
+                self._commit_piece(rt, b, run, st.predictions[k][0], st.now)
             else:
                 self._commit_run(rt, b, run, st.predictions[k], st.now)
             st.applied.add(id(run))
@@ -193,6 +201,20 @@ class StepUpdate:
         op.logprobs.extend(answers[0])
         op.gates.extend(answers[1])
         run.session.last_used_at = now
+
+    def _commit_piece(self, rt: ModelRuntime, b: Batch, run: AppendRun, pred: Prediction, now: float) -> None:
+        """``_commit_run`` of a run that is one whole piece and nothing else (every keystroke):
+        the same steps in the same order, without the loops over a run's pieces."""
+        op, s = run.ops[0], run.session
+        if op.scratch is not None or op.with_session or s.closed:
+            self._commit_run(rt, b, run, [pred], now)
+            return
+        self._deliveries.resolve(op, pred)
+        self._chars[Phase.STEP if len(op.text) == 1 else Phase.PREFILL] += len(op.text)
+        s.land_piece(pred.position, op.tokens, op.text, checkpoint_of(b, run), (op.offset, op.text, pred), now)
+        if s.last_piece is not None and s.last_piece[2] is op:  # a retry now gets the value
+            s.last_piece = s.last_applied
+        rt.speculator.note(s, op.options)
 
     def _commit_run(self, rt: ModelRuntime, b: Batch, run: AppendRun, preds: list[Prediction], now: float) -> None:
         s = run.session

@@ -114,7 +114,9 @@ class SessionMemory:
         self._off = 0
         self._len = 0
         self._high = 0  # the longest the text has been since the ring was (re)built
-        self.version = 0  # changes on every push/pop
+        # grows on every push, pop and clear, never repeats: a fork that found itself valid at
+        # a version stays valid while the version is the same (``MemoryFork.predict_after``)
+        self.version = getattr(self, "version", -1) + 1
         # forks check that their point is still there: the lowest length each pop (or a
         # clear: -1) left, by serial number (the latest _POPS_KEPT)
         self._pops: deque[tuple[int, int]] = deque(maxlen=_POPS_KEPT)
@@ -162,6 +164,9 @@ class SessionMemory:
     def push(self, ids: Iterable[int]) -> None:
         """Appends characters (vocabulary ids) to the text."""
         data = bytes(ids)
+        if len(data) == 1 and _native is not None and self._len + 1 < self._grow_at and self._head is not _EMPTY_HEADS:
+            self._push_one(data[0])
+            return
         if data and self._head is _EMPTY_HEADS:
             self._set_tables([array("i", [-1]) * (self._mask + 1) for _ in ORDERS])
         if self._len + len(data) < self._grow_at:  # a keystroke: no growth or rebase on the way
@@ -190,7 +195,7 @@ class SessionMemory:
         if native is None:
             self._push_events_py(ids)
             return
-        buf, cap, keep, prev, at, total = self._buf, self._cap, self._keep, self._prev, 0, len(ids)
+        buf, cap, keep, at, total = self._buf, self._cap, self._keep, 0, len(ids)
         while at < total:  # in segments that end where the Python would drop text
             n = min(total - at, 2 * keep + 1 - len(buf))
             i0, pos0 = len(buf), self._len
@@ -199,18 +204,36 @@ class SessionMemory:
             else:  # one by one: the buffer grows (and over-allocates: ``nbytes``) as the Python's
                 for c in ids[at : at + n]:
                     buf.append(c)
-            missing = min(cap, pos0 + n) - len(prev[0])  # ring slots the segment writes, not yet there
-            if missing == 1:
-                for pr in prev:
-                    pr.append(-1)
-            elif missing > 0:
-                grow = array("i", [-1]) * missing
-                for pr in prev:
-                    pr.extend(grow)
+            self._ring_up_to(pos0 + n)
             native.events(buf, i0, pos0, self._orders, cap, self._mask)
             self._len = pos0 + n
             at += n
             self._trim()
+
+    def _ring_up_to(self, end: int) -> None:
+        """The chains' ring slots of the positions below ``end`` exist (those added hold -1)."""
+        prev = self._prev
+        missing = min(self._cap, end) - len(prev[0])
+        if missing == 1:  # a keystroke
+            for pr in prev:
+                pr.append(-1)
+        elif missing > 0:
+            grow = array("i", [-1]) * missing
+            for pr in prev:
+                pr.extend(grow)
+
+    def _push_one(self, c: int) -> None:
+        """``push`` of one character (a keystroke) in C where the tables need no growth: what
+        ``_push_events`` does for a segment of one, then ``push``'s bookkeeping."""
+        buf, pos = self._buf, self._len
+        buf.append(c)
+        self._ring_up_to(pos + 1)
+        _native.events(buf, len(buf) - 1, pos, self._orders, self._cap, self._mask)  # type: ignore[union-attr]
+        self._len = pos = pos + 1
+        self._trim()
+        self.version += 1
+        if pos > self._high:
+            self._high = pos
 
     def _push_events_py(self, ids: bytes) -> None:
         buf, cap, mask, crc, orders = self._buf, self._cap, self._mask, zlib.crc32, self._orders
@@ -358,7 +381,9 @@ class SessionMemory:
             raise ValueError(
                 f"cannot fork at {at}: more than max_rewind characters below the longest the text has been"
             )
-        return MemoryFork(self, b"", at)
+        fork = MemoryFork(self, b"", at)
+        fork._checked = self.version  # valid: just checked
+        return fork
 
     def _predict(self, extra: bytes, base_len: int) -> MemoryPrediction:
         """Predictions for the first ``base_len`` characters of this text followed by
@@ -463,20 +488,21 @@ class MemoryFork:
     parent would after reading them, and never changes the parent. Valid while the parent is
     unchanged (a push or pop on the parent invalidates it: ``predict`` raises)."""
 
-    __slots__ = ("_base", "_serial", "_extra", "_at")
+    __slots__ = ("_base", "_serial", "_extra", "_at", "_checked")
 
     def __init__(self, base: SessionMemory, extra: bytes, at: int) -> None:
         self._base = base
         self._serial = base._pop_serial
         self._extra = bytearray(extra)
         self._at = at
+        self._checked = -1  # the parent's version when this fork was last found valid
 
     def push(self, ids: Iterable[int]) -> None:
         self._extra.extend(ids)
 
     def fork(self) -> MemoryFork:
         f = MemoryFork(self._base, bytes(self._extra), self._at)
-        f._serial = self._serial
+        f._serial, f._checked = self._serial, self._checked
         return f
 
     def predict(self) -> MemoryPrediction:
@@ -485,15 +511,19 @@ class MemoryFork:
     def predict_after(self, ids: Iterable[int]) -> MemoryPrediction:
         """The prediction after this fork's text and then ``ids``: ``f = fork(); f.push(ids);
         f.predict()`` without the second fork (the served path's one call per point)."""
-        if not self.valid():
+        base = self._base
+        if base.version != self._checked and not self.valid():
             raise RuntimeError("the parent memory changed since this fork was made")
         extra = self._extra
-        return self._base._predict(bytes(extra) + bytes(ids) if extra else bytes(ids), self._at)
+        return base._predict(bytes(extra) + bytes(ids) if extra else bytes(ids), self._at)
 
     def valid(self) -> bool:
         """False once the parent lost the text this fork stands on (a pop below its point, a
         reset, or reading on past the rewind margin)."""
-        return self._base.intact_since(self._serial, self._at)
+        ok = self._base.intact_since(self._serial, self._at)
+        if ok:
+            self._checked = self._base.version
+        return ok
 
     def __len__(self) -> int:
         return self._at + len(self._extra)

@@ -230,19 +230,27 @@ class ModelRunner:
         lo = len(steps) + len(pres) + len(gated)
         if lo < len(prep.order):  # peeks: the state is unchanged
             new_parts.append(tuple(s[:, lo:] for s in start))
-        fwd.finals = [torch.cat([p[a] for p in new_parts], dim=1) for a in range(self.pool.arity)]
+        if len(new_parts) == 1:  # one phase (a step of keystrokes): its states as they are
+            fwd.finals = list(new_parts[0])
+        else:
+            fwd.finals = [torch.cat([p[a] for p in new_parts], dim=1) for a in range(self.pool.arity)]
         return fwd
 
     def _pick(self, prep: _Prepared, fwd: _Forward) -> tuple[list[float], _Points]:
         """Where the served distribution is made: every hidden vector a result reads goes
         through the head in one matrix -> full log-probs per point [N, V] -> top-k, per-token
         log-probs and samples, packed into one flat tensor -> ONE device->host copy."""
-        rows, pos_of = prep.plan.rows, {i: p for p, i in enumerate(prep.order)}
+        rows, out_index = prep.plan.rows, fwd.out_index
         pts = _Points()
+        pos_of: dict[int, int] = {}  # row -> its start state's place in the bank (made when needed)
 
         def before(i: int, t: int) -> int:
             """Bank index of the hidden vector that predicts token t of row i (t may be T)."""
-            return pos_of[i] if t == 0 else fwd.out_index[i][t - 1]
+            if t:
+                return out_index[i][t - 1]
+            if not pos_of:
+                pos_of.update((i, p) for p, i in enumerate(prep.order))
+            return pos_of[i]
 
         pick: list[int] = []
         mixes = self.mixer is not None
@@ -251,10 +259,11 @@ class ModelRunner:
             mixed = mixes and r.memory is not None
             for end, k in r.ends:
                 if k > 0:
+                    at = len(pick)
                     if mixed:
-                        pts.mixed.append((len(pick), i, end))
-                    pts.topk.append((len(pick), k))
-                    pick.append(before(i, end))
+                        pts.mixed.append((at, i, end))
+                    pts.topk.append((at, k))
+                    pick.append(out_index[i][end - 1] if end else before(i, 0))
             if r.logprobs:
                 for t, tok_id in enumerate(r.tokens):
                     if mixed:
@@ -269,8 +278,7 @@ class ModelRunner:
         flat: list[torch.Tensor] = []
         pts.kmax = max((k for _, k in pts.topk), default=0)
         if pick:
-            bank = fwd.bank_parts[0] if len(fwd.bank_parts) == 1 else torch.cat(fwd.bank_parts, dim=0)  # [N_bank, H]
-            logits = self.model.head(bank.index_select(0, self._in.ints("pick", pick)))  # [N, V]
+            logits = self.model.head(self._picked(fwd, pick))  # [N, V]
             pts.kmax = min(pts.kmax, logits.shape[1])
             ints, none = self._in.ints, self._none
             dev = logits.device
@@ -313,6 +321,17 @@ class ModelRunner:
             flat.append(fwd.gate_traces[i].flatten())  # [T, G, L]
         host = torch.cat(flat).float().cpu().tolist() if flat else []  # the one device->host copy
         return host, pts
+
+    def _picked(self, fwd: _Forward, pick: list[int]) -> torch.Tensor:
+        """The bank's hidden vectors at ``pick`` ([N, H]); when they are a single-step phase's
+        outputs in order (a step of keystrokes), that output itself, with no copy."""
+        parts = fwd.bank_parts
+        if len(parts) > 1 and len(pick) == parts[1].shape[0]:
+            first = parts[0].shape[0]  # the start states come first, then the single-step outputs
+            if pick == list(range(first, first + len(pick))):
+                return parts[1]
+        bank = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)  # [N_bank, H]
+        return bank.index_select(0, self._in.ints("pick", pick))
 
     def _unpack(self, prep: _Prepared, host: list[float], pts: _Points) -> list[RowResult]:
         """The host numbers per row, in the plan's row order."""

@@ -1,0 +1,81 @@
+"""Two trees' servers side by side: server CPU per keystroke of a `cellserve serve` run from
+tree A and one from tree B (each a checkout with its memory extension built: `python setup.py
+build_ext --inplace` there, or this tree), both up at once, closed-loop N sessions (the bench's
+load generator), in ROUNDS pairs of back-to-back windows whose order alternates (A then B, B
+then A, ...), the way the bench measures its efficiency pairs. A change's effect on the server
+is the per-round difference: both figures of a round come from the same minute, which on a
+shared box matters more than anything else (docs/measurements.md).
+
+    git worktree add /tmp/before <commit> && (cd /tmp/before && python setup.py build_ext --inplace)
+    .venv/bin/python scripts/ab_servers.py /tmp/before . [--n 256] [--rounds 6] [--window 6]
+
+Prints each round and the median of B - A and of B / A (server CPU, us per keystroke)."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from cellserve.bench.loadgen import Workload, run_load
+from cellserve.bench.procs import ServerProc, cellserve_cmd
+from cellserve.config import default_model_dir
+
+
+def _settle(server: ServerProc, max_s: float = 30.0) -> None:
+    """Until the server is idle (below a tenth of a core for 0.3 s): no backlog leaks into a window."""
+    deadline = time.monotonic() + max_s
+    while time.monotonic() < deadline:
+        c0 = server.cpu_seconds()
+        time.sleep(0.3)
+        if server.cpu_seconds() - c0 < 0.03:
+            return
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("a", type=Path, help="tree A (its server/ is put first on the server's PYTHONPATH)")
+    ap.add_argument("b", type=Path, help="tree B")
+    ap.add_argument("--n", type=int, default=256)
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--window", type=float, default=6.0)
+    ap.add_argument("--warmup", type=float, default=1.5)
+    ap.add_argument("--model", default="python-lstm")
+    a = ap.parse_args()
+    trees = {"A": a.a.resolve(), "B": a.b.resolve()}
+    for t in trees.values():
+        if not (t / "server" / "cellserve").is_dir():
+            sys.exit(f"{t}: no server/cellserve here")
+    cmd = cellserve_cmd(str(default_model_dir()), a.model, "cpu", 1, max(10_000, a.n))
+    servers = {k: ServerProc(f"cellserve-{k}", cmd, {"PYTHONPATH": str(t / "server")}) for k, t in trees.items()}
+    try:
+        diffs: list[float] = []
+        ratios: list[float] = []
+        for r in range(a.rounds):
+            got: dict[str, float] = {}
+            for k in ("A", "B") if r % 2 == 0 else ("B", "A"):
+                s = servers[k]
+                _settle(s)
+                res = run_load(s.target, Workload("closed", a.n, a.warmup, a.window), 2, s.cpu_seconds)
+                got[k] = 1e3 * res["server_cpu_ms_per_request"]
+            diffs.append(got["B"] - got["A"])
+            ratios.append(got["B"] / got["A"])
+            print(
+                f"round {r + 1}: A {got['A']:.1f}, B {got['B']:.1f} us/keystroke (B - A {diffs[-1]:+.1f})", flush=True
+            )
+        print(
+            f"median over {a.rounds} rounds: B - A {statistics.median(diffs):+.1f} us/keystroke "
+            f"(range {min(diffs):+.1f} to {max(diffs):+.1f}), B / A {statistics.median(ratios):.3f}"
+        )
+        for k, s in servers.items():
+            if not s.alive():
+                sys.exit(f"server {k} died:\n" + "".join(s.stderr_tail))
+    finally:
+        for s in servers.values():
+            s.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""scripts/ab_servers.py end to end: two real servers (here both from this tree, so the two
+must measure alike), closed-loop load on loopback, alternating windows, the per-round and
+median report; a path that is no tree is refused."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "ab_servers.py"
+
+
+def test_two_servers_of_one_tree_measure_alike() -> None:
+    args = [str(ROOT), str(ROOT), "--n", "4", "--rounds", "2", "--window", "1.5", "--warmup", "0.3"]
+    out = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rounds = re.findall(r"round (\d): A ([\d.]+), B ([\d.]+) us/keystroke", out.stdout)
+    assert [r[0] for r in rounds] == ["1", "2"]
+    for _, a, b in rounds:
+        assert float(a) > 0 and float(b) > 0
+        assert 0.2 < float(b) / float(a) < 5  # the same server: alike up to the box's noise
+    assert re.search(r"median over 2 rounds: B - A [+-][\d.]+ us/keystroke .* B / A [\d.]+", out.stdout)
+
+
+def test_a_path_that_is_no_tree_is_refused(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), str(ROOT)], capture_output=True, text=True)
+    assert out.returncode != 0 and "no server/cellserve here" in out.stderr

@@ -8,12 +8,16 @@ shared box matters more than anything else (docs/measurements.md).
 
     git worktree add /tmp/before <commit> && (cd /tmp/before && python setup.py build_ext --inplace)
     .venv/bin/python scripts/ab_servers.py /tmp/before . [--n 256] [--rounds 6] [--window 6]
+    .venv/bin/python scripts/ab_servers.py . . --b-args "--set speculation=false"   (one tree, two settings)
 
-Prints each round and the median of B - A and of B / A (server CPU, us per keystroke)."""
+Prints each round (server CPU, us per keystroke, and keystrokes/s) and the medians of B - A
+and B / A of the CPU and of B / A of the throughput. ``--a-args`` / ``--b-args``: more
+`cellserve serve` arguments for that side."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
 import sys
 import time
@@ -43,31 +47,43 @@ def main() -> None:
     ap.add_argument("--window", type=float, default=6.0)
     ap.add_argument("--warmup", type=float, default=1.5)
     ap.add_argument("--model", default="python-lstm")
+    ap.add_argument("--a-args", default="", help="more `cellserve serve` arguments for A (one string)")
+    ap.add_argument("--b-args", default="", help="more `cellserve serve` arguments for B")
     a = ap.parse_args()
     trees = {"A": a.a.resolve(), "B": a.b.resolve()}
     for t in trees.values():
         if not (t / "server" / "cellserve").is_dir():
             sys.exit(f"{t}: no server/cellserve here")
     cmd = cellserve_cmd(str(default_model_dir()), a.model, "cpu", 1, max(10_000, a.n))
-    servers = {k: ServerProc(f"cellserve-{k}", cmd, {"PYTHONPATH": str(t / "server")}) for k, t in trees.items()}
+    extra = {"A": shlex.split(a.a_args), "B": shlex.split(a.b_args)}
+    servers = {
+        k: ServerProc(f"cellserve-{k}", cmd + extra[k], {"PYTHONPATH": str(t / "server")}) for k, t in trees.items()
+    }
     try:
         diffs: list[float] = []
         ratios: list[float] = []
+        speeds: list[float] = []
         for r in range(a.rounds):
             got: dict[str, float] = {}
+            rps: dict[str, float] = {}
             for k in ("A", "B") if r % 2 == 0 else ("B", "A"):
                 s = servers[k]
                 _settle(s)
                 res = run_load(s.target, Workload("closed", a.n, a.warmup, a.window), 2, s.cpu_seconds)
                 got[k] = 1e3 * res["server_cpu_ms_per_request"]
+                rps[k] = res["throughput_rps"]
             diffs.append(got["B"] - got["A"])
             ratios.append(got["B"] / got["A"])
+            speeds.append(rps["B"] / rps["A"])
             print(
-                f"round {r + 1}: A {got['A']:.1f}, B {got['B']:.1f} us/keystroke (B - A {diffs[-1]:+.1f})", flush=True
+                f"round {r + 1}: A {got['A']:.1f}, B {got['B']:.1f} us/keystroke (B - A {diffs[-1]:+.1f}); "
+                f"A {rps['A']:.0f}, B {rps['B']:.0f} keystrokes/s",
+                flush=True,
             )
         print(
             f"median over {a.rounds} rounds: B - A {statistics.median(diffs):+.1f} us/keystroke "
-            f"(range {min(diffs):+.1f} to {max(diffs):+.1f}), B / A {statistics.median(ratios):.3f}"
+            f"(range {min(diffs):+.1f} to {max(diffs):+.1f}), B / A {statistics.median(ratios):.3f}; "
+            f"keystrokes/s B / A {statistics.median(speeds):.3f} (range {min(speeds):.3f} to {max(speeds):.3f})"
         )
         for k, s in servers.items():
             if not s.alive():

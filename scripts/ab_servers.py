@@ -2,9 +2,9 @@
 tree A and one from tree B (each a checkout with its memory extension built: `python setup.py
 build_ext --inplace` there, or this tree), both up at once, closed-loop N sessions (the bench's
 load generator), in ROUNDS pairs of back-to-back windows whose order alternates (A then B, B
-then A, ...), the way the bench measures its efficiency pairs. A change's effect on the server
-is the per-round difference: both figures of a round come from the same minute, which on a
-shared box matters more than anything else (docs/measurements.md).
+then A, ...): the bench's ``alternating_windows``, as its efficiency pairs use it. A change's
+effect on the server is the per-round difference: both figures of a round come from the same
+minute, which on a shared box matters more than anything else (docs/measurements.md).
 
     git worktree add /tmp/before <commit> && (cd /tmp/before && python setup.py build_ext --inplace)
     .venv/bin/python scripts/ab_servers.py /tmp/before . [--n 256] [--rounds 6] [--window 6]
@@ -20,22 +20,12 @@ import argparse
 import shlex
 import statistics
 import sys
-import time
 from pathlib import Path
 
-from cellserve.bench.loadgen import Workload, run_load
+from cellserve.bench.loadgen import Workload
 from cellserve.bench.procs import ServerProc, cellserve_cmd
+from cellserve.bench.suite import alternating_windows
 from cellserve.config import default_model_dir
-
-
-def _settle(server: ServerProc, max_s: float = 30.0) -> None:
-    """Until the server is idle (below a tenth of a core for 0.3 s): no backlog leaks into a window."""
-    deadline = time.monotonic() + max_s
-    while time.monotonic() < deadline:
-        c0 = server.cpu_seconds()
-        time.sleep(0.3)
-        if server.cpu_seconds() - c0 < 0.03:
-            return
 
 
 def main() -> None:
@@ -63,15 +53,10 @@ def main() -> None:
         diffs: list[float] = []
         ratios: list[float] = []
         speeds: list[float] = []
-        for r in range(a.rounds):
-            got: dict[str, float] = {}
-            rps: dict[str, float] = {}
-            for k in ("A", "B") if r % 2 == 0 else ("B", "A"):
-                s = servers[k]
-                _settle(s)
-                res = run_load(s.target, Workload("closed", a.n, a.warmup, a.window), 2, s.cpu_seconds)
-                got[k] = 1e3 * res["server_cpu_ms_per_request"]
-                rps[k] = res["throughput_rps"]
+        w = Workload("closed", a.n, a.warmup, a.window)
+        for r, res in enumerate(alternating_windows(servers, a.rounds, w, 2)):
+            got = {k: 1e3 * res[k]["server_cpu_ms_per_request"] for k in servers}
+            rps = {k: res[k]["throughput_rps"] for k in servers}
             diffs.append(got["B"] - got["A"])
             ratios.append(got["B"] / got["A"])
             speeds.append(rps["B"] / rps["A"])

@@ -14,7 +14,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,7 +85,7 @@ def _summary(r: dict[str, Any]) -> str:
     )
 
 
-def _settle(server: ServerProc, idle_util: float = 0.1, sample_s: float = 0.3, max_s: float = 30.0) -> None:
+def settle(server: ServerProc, idle_util: float = 0.1, sample_s: float = 0.3, max_s: float = 30.0) -> None:
     """Waits until the server is idle (CPU below ``idle_util`` of a core over ``sample_s``):
     work queued by the previous workload (an overloaded peer's backlog: cancelled streams'
     appends are still applied, exactly once) must not leak into the next window."""
@@ -151,24 +151,35 @@ def run_suite(cfg: BenchConfig, argv: list[str] | None = None) -> dict[str, Any]
     return results
 
 
+def alternating_windows(
+    servers: dict[str, ServerProc], rounds: int, w: Workload, workers: int
+) -> Iterator[dict[str, dict[str, Any]]]:
+    """``rounds`` rounds of one window of ``w`` per server, back to back, each server settled
+    first, the order reversed every other round (A B, B A, ...); yields each round's
+    ``run_load`` results by server name. Both figures of a round come from the same minute, so
+    the box's drift weighs on every server alike."""
+    names = list(servers)
+    for r in range(rounds):
+        got: dict[str, dict[str, Any]] = {}
+        for name in names if r % 2 == 0 else names[::-1]:
+            server = servers[name]
+            settle(server)
+            got[name] = run_load(server.target, w, workers, server.cpu_seconds)
+        yield got
+
+
 def _efficiency_pairs(cfg: BenchConfig, ref: ModelRef) -> dict[str, Any]:
     """Server CPU per keystroke of echo and cellserve at the top N in ``cfg.pairs`` rounds of
-    two back-to-back windows, the order alternating (echo first, then cellserve first, ...),
-    both servers started once: the efficiency target's two figures measured seconds apart
-    rather than minutes, so the box's drift weighs on both alike."""
+    ``alternating_windows`` (echo first, then cellserve first, ...), both servers started once:
+    the efficiency target's two figures measured seconds apart rather than minutes."""
     n = max(cfg.sessions)
     servers = {peer: _start(peer, ref, cfg) for peer in ("echo", "cellserve")}
     try:
         rounds: list[dict[str, float | None]] = []
-        for r in range(cfg.pairs):
-            got: dict[str, float | None] = {}
-            for peer in ("echo", "cellserve") if r % 2 == 0 else ("cellserve", "echo"):
-                server = servers[peer]
-                _settle(server)
-                w = Workload("closed", n, cfg.warmup_s, cfg.window_s)
-                got[peer] = run_load(server.target, w, cfg.workers, server.cpu_seconds)["server_cpu_ms_per_request"]
-            rounds.append({"echo_ms": got["echo"], "cellserve_ms": got["cellserve"]})
-            e, c = got["echo"], got["cellserve"]
+        w = Workload("closed", n, cfg.warmup_s, cfg.window_s)
+        for r, got in enumerate(alternating_windows(servers, cfg.pairs, w, cfg.workers)):
+            e, c = (got[peer]["server_cpu_ms_per_request"] for peer in ("echo", "cellserve"))
+            rounds.append({"echo_ms": e, "cellserve_ms": c})
             _log(
                 f"efficiency pair {r + 1}/{cfg.pairs} at N={n}: server CPU echo "
                 f"{'-' if e is None else f'{e:.3f}'} ms/msg, cellserve {'-' if c is None else f'{c:.3f}'} ms/keystroke"
@@ -233,7 +244,7 @@ def _speculation(cfg: BenchConfig, ref: ModelRef) -> dict[str, Any]:
             r = run_typist(server.target, server.metrics_target, w)
             r["closed"] = {}
             for n in ns:
-                _settle(server)
+                settle(server)
                 r["closed"][str(n)] = run_load(
                     server.target, Workload("closed", n, cfg.warmup_s, cfg.window_s), cfg.workers, server.cpu_seconds
                 )
@@ -260,7 +271,7 @@ def _on_cellserve(
     """``run`` against a settled cellserve server of its own (started with ``extra`` flags)."""
     server = _start("cellserve", ref, cfg, extra=extra)
     try:
-        _settle(server)
+        settle(server)
         r = run(server)
         if not server.alive():
             raise RuntimeError("cellserve server died:\n" + "".join(server.stderr_tail))
@@ -276,7 +287,7 @@ def _peers(cfg: BenchConfig, ref: ModelRef, results: dict[str, Any]) -> None:
         try:
             ks: dict[str, Any] = {}
             for n in cfg.sessions:
-                _settle(server)
+                settle(server)
                 w = Workload("closed", n, cfg.warmup_s, cfg.window_s)
                 ks[str(n)] = run_load(server.target, w, cfg.workers, server.cpu_seconds)
                 _log(f"{peer} closed N={n}: {_summary(ks[str(n)])}")
@@ -284,13 +295,13 @@ def _peers(cfg: BenchConfig, ref: ModelRef, results: dict[str, Any]) -> None:
             if "completions" not in cfg.skip:
                 cs: dict[str, Any] = {}
                 for b in cfg.completion_batches:
-                    _settle(server)
+                    settle(server)
                     w = Workload("complete", b, cfg.warmup_s, cfg.window_s, complete_chars=cfg.completion_chars)
                     cs[str(b)] = run_load(server.target, w, cfg.workers, server.cpu_seconds)
                     _log(f"{peer} completions B={b}: {cs[str(b)]['chars_per_s']:.0f} chars/s")
                 results["completions"][peer] = cs
             if "open" not in cfg.skip:  # last: a peer it overloads keeps working off a backlog
-                _settle(server)
+                settle(server)
                 w = Workload(
                     "open", cfg.open_sessions, cfg.warmup_s, cfg.window_s, rate=cfg.open_rate,
                     paste_prob=cfg.paste_prob,

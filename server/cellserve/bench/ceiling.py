@@ -10,8 +10,8 @@ pool gather/scatter: only what a server must compute per keystroke.
 - memory (a model that ships a mixer): the session memory's own work per keystroke, batched as
   the server batches it: each row's prediction from its memory after the keystroke, the step's
   ONE mixing call as the runner makes it (on the CPU ``memory_mix.mix_on_host``; on a GPU the
-  memory arrays and ``Mixer.mix``), and the keystroke pushed at commit. Not part of the model's step above; a served distribution
-  needs both.
+  memory arrays and ``Mixer.mix``), and the keystroke pushed at commit. Not part of the model's
+  step above; a served distribution needs both.
 
 The model runs at the precision a server with default settings would serve it at
 (``self.precision``). Timing: median of repeated calls (robust to the machine's noise) after a warm-up.

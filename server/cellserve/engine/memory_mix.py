@@ -110,7 +110,8 @@ def mix_on_host(mixer: Mixer, lsm: torch.Tensor, at: Sequence[int], preds: Seque
         return
     w1, b1, w2, b2 = mixer.host_weights()
     whole = len(at) == lsm.shape[0]  # ascending and as many as the rows: all of them, in order
-    part = lsm if whole else lsm[torch.tensor(at)]
+    rows = None if whole else torch.tensor(at)
+    part = lsm if rows is None else lsm[rows]
     native.mix(part.numpy(), preds, w1, b1, w2, b2, lsm.shape[1], EPS, features._LOG_OCC_OF, features._LOG_MATCH_OF)
-    if not whole:
-        lsm[torch.tensor(at)] = part
+    if rows is not None:
+        lsm[rows] = part

@@ -3,6 +3,7 @@ preemptions and minor faults of each thread, read from /proc, and its per-keystr
 
 from __future__ import annotations
 
+import mmap
 import os
 import sys
 import threading
@@ -15,6 +16,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import cpu_by_thread  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc (Linux)")
+
+
+def _touch_fresh_pages(size: int) -> None:
+    """Writes one byte in every page of a new anonymous mapping, on this thread: each write is a
+    minor fault whatever the allocator kept from earlier tests (a bytearray of the same size
+    can come from heap pages already faulted in, and then costs none)."""
+    with mmap.mmap(-1, size) as mm:
+        for at in range(0, size, mmap.PAGESIZE):
+            mm[at] = 1
 
 
 def _sleeper(stop: threading.Event) -> None:
@@ -30,7 +40,7 @@ def test_detail_counts_a_threads_waits_and_faults() -> None:
         first: cpu_by_thread.Detail = {}
         cpu_by_thread.threads_cpu("me", os.getpid(), first)
         time.sleep(0.1)
-        bytearray(8 << 20)[::4096] = b"x" * 2048  # touches fresh pages on this thread
+        _touch_fresh_pages(8 << 20)
         last: cpu_by_thread.Detail = {}
         reading = cpu_by_thread.threads_cpu("me", os.getpid(), last)
     finally:

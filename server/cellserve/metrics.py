@@ -1,4 +1,5 @@
-"""Prometheus metrics: the only module importing prometheus_client.
+"""Prometheus metrics: with ``metric_families`` (its lock-free counters and histograms), the only
+module importing prometheus_client.
 
 Two feeds fill them, and neither ever waits on the other or on a scrape:
 
@@ -10,7 +11,8 @@ Two feeds fill them, and neither ever waits on the other or on a scrape:
   ``Metrics`` implements: one call per finished request and per response a client waits on.
 
 Scrapes are answered by prometheus_client's HTTP server in a thread of its own on its own port
-(``settings.metrics_port``); they read the metric objects (which lock internally) and never call
+(``settings.metrics_port``); they read the metric objects (gauges lock internally; the
+per-keystroke families keep per-thread counts a scrape sums) and never call
 into the engine, so a slow or hostile scraper cannot stall an iteration. The price: engine
 gauges are up to ``POLL_INTERVAL_S`` old.
 
@@ -34,10 +36,10 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
 )
 
 from .engine.types import EngineStats, IterationStats, Phase, SessionEvent
+from .metric_families import CounterFamily, HistogramFamily
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -96,7 +98,8 @@ class Metrics:
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             r.register(collector)
         # --- per request (from the API layer) ---------------------------------------------------
-        self.keystroke_latency = Histogram(
+        # The families observed per keystroke and per iteration are lock-free (metric_families).
+        self.keystroke_latency = HistogramFamily(
             "cellserve_keystroke_latency_seconds",
             "Time from receiving a request to sending the response the client waits for: an Append's "
             "prediction (append_single: one character; append_multi: several), a completion's first "
@@ -104,14 +107,12 @@ class Metrics:
             "time since the alternative's previous chunk, per character).",
             ["model", "kind"],
             buckets=LATENCY_BUCKETS,
-            registry=r,
         )
-        self.requests = Counter(
+        self.requests = CounterFamily(
             "cellserve_requests",
             "Finished requests by gRPC method and status code. Unary calls and streams by method name; "
             "each operation inside a Session stream as Session.<op>, in-band errors with their code.",
             ["method", "code"],
-            registry=r,
         )
         self.malformed_requests = Counter(
             "cellserve_malformed_requests",
@@ -121,26 +122,25 @@ class Metrics:
             registry=r,
         )
         # --- engine observations (pushed per iteration as IterationStats) -------------------------
-        self.queue_wait = Histogram(
+        self.queue_wait = HistogramFamily(
             "cellserve_queue_wait_seconds",
             "Time an operation waited in its session's queue before the engine iteration that ran it began.",
             buckets=LATENCY_BUCKETS,
-            registry=r,
         )
-        self.step_time = Histogram(
+        self.step_time = HistogramFamily(
             "cellserve_device_step_seconds",
             "Device time of one engine iteration's work by phase (step: one character per row; "
             "prefill: packed multi-character pieces; completion: decoding steps).",
             ["phase"],
             buckets=LATENCY_BUCKETS,
-            registry=r,
         )
-        self.batch_size = Histogram(
+        self.batch_size = HistogramFamily(
             "cellserve_batch_size",
             "Rows (sessions and completion alternatives) processed together in one engine iteration.",
             buckets=BATCH_BUCKETS,
-            registry=r,
         )
+        for family in (self.keystroke_latency, self.requests, self.queue_wait, self.step_time, self.batch_size):
+            r.register(family)
         # --- engine counters (cumulative in EngineStats; exported as increments) ---------------
         self.chars = Counter(
             "cellserve_chars_processed", "Characters run through the model, by phase.", ["phase"], registry=r
@@ -230,6 +230,7 @@ class Metrics:
         self._last: dict[tuple[str, str], int] = {}  # previous cumulative engine counters
         self._request_children: dict[tuple[str, str], Any] = {}  # (method, code) -> counter child
         self._keystroke_children: dict[tuple[str, str], Any] = {}  # (model, kind) -> histogram child
+        self._step_children: dict[str, Any] = {}  # engine phase -> step_time child
         self._prime(models)
 
     def _prime(self, models: Iterable[str]) -> None:
@@ -248,8 +249,8 @@ class Metrics:
 
     # --- the Recorder interface (cellserve.api.recorder) ---------------------------------------
 
-    # Called on the loop per request and per keystroke. ``labels()`` validates and locks on
-    # every call, so the children are looked up once per label set and kept (closed sets).
+    # Called on the loop per request and per keystroke: the children are looked up once per
+    # label set and kept (closed sets).
 
     def request(self, method: str, code: str) -> None:
         child = self._request_children.get((method, code))
@@ -273,7 +274,10 @@ class Metrics:
         for secs in st.queue_wait_s:
             self.queue_wait.observe(secs)
         for phase, secs in st.step_time_s:
-            self.step_time.labels(_reason(phase)).observe(secs)
+            child = self._step_children.get(phase)
+            if child is None:
+                child = self._step_children[phase] = self.step_time.labels(_reason(phase))
+            child.observe(secs)
         self.batch_size.observe(st.rows)
 
     def observe_stats(self, st: EngineStats) -> None:

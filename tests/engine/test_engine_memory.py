@@ -9,14 +9,18 @@ import asyncio
 import math
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from _engine_helpers import char_id, engine, offline_probs, run
 from cellserve.config import Settings
+from cellserve.engine import core as core_module
 from cellserve.engine import snapshot as snap
 from cellserve.engine.completion_stream import CompletionStream
 from cellserve.engine.memory_mix import memory_settings
+from cellserve.engine.plan import Plan
+from cellserve.engine.runner import ModelRunner
 from cellserve.engine.types import AppendOptions, CompletionRequest, Prediction, SuggestRequest
 from cellserve.memory.features import memory_arrays
 from cellserve.memory.mixer import Mixer
@@ -211,6 +215,43 @@ def test_completions_mix_their_own_fork(mem_dir: Path) -> None:
         assert_top_k(lm, after, reference(settings, lm, text + "u")[-1], 5)
 
     run(body)
+
+
+def test_mixed_completions_decode_several_steps_per_iteration(mem_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mixed completions running alone take several steps per iteration (multi-step decoding
+    mixes each step on the host) and draw exactly what one step per iteration draws: greedy,
+    seeded samples, and a memory-off completion in the same iterations."""
+    text = "x.value = 1\ny.value = 2\nz.value = 3\nw.val"
+    bursts: list[tuple[int, int, int]] = []  # per multi-step iteration: steps, rows, mixed rows
+    decode = ModelRunner._decode
+
+    def spy(self: ModelRunner, plan: Plan) -> Any:
+        bursts.append((1 + len(plan.rows[0].more), len(plan.rows), sum(r.memory is not None for r in plan.rows)))
+        return decode(self, plan)
+
+    monkeypatch.setattr(ModelRunner, "_decode", spy)
+
+    async def completions() -> tuple[list[list[str]], Settings, LoadedModel]:
+        async with engine(mem_dir) as eng:
+            lm = eng.repository.get(MODEL)
+            sid = (await eng.open_session(MODEL)).session_id
+            await eng.append(sid, 0, text, AppendOptions(top_k=0))
+            got = await asyncio.gather(
+                texts_of(eng.complete(sid, CompletionRequest(max_chars=20)), 1),
+                texts_of(eng.complete(sid, CompletionRequest(max_chars=16, temperature=1.0, seed=5, n=3)), 3),
+                texts_of(eng.complete(sid, CompletionRequest(max_chars=16, temperature=0.8, seed=9, memory=False)), 1),
+            )
+            return list(got), eng.settings, lm
+
+    several, settings, lm = asyncio.run(completions())
+    assert any(k > 1 and 0 < m < n for k, n, m in bursts), bursts  # mixed and plain rows, several steps
+    bursts.clear()
+    monkeypatch.setattr(core_module, "_decode_steps", lambda rt: 1)
+    single, _, _ = asyncio.run(completions())
+    assert not bursts
+    assert several == single
+    assert [len(t) for group in several for t in group] == [20, 16, 16, 16, 16]
+    assert several[0] == [offline_greedy_mixed(settings, lm, text, 20)]
 
 
 def test_snapshot_carries_the_memory(mem_dir: Path) -> None:

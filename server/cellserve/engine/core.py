@@ -401,8 +401,8 @@ def _decode_steps(rt: ModelRuntime) -> int:
     """Steps the next completion-only iteration may take (see MAX_DECODE_STEPS)."""
     if rt.work or not rt.completions:
         return 1
-    if any(a.memory is not None for c in rt.completions for a in c.running()):
-        return 1  # a mixed step needs the memory's prediction after each drawn character
+    if any(a.memory is not None for c in rt.completions for a in c.running()) and not rt.runner.decodes_mixed:
+        return 1  # a mixed step needs the memory's prediction after each drawn character, on the host
     if rt.decode_step_s <= 0:
         return 2
     return max(1, min(MAX_DECODE_STEPS, int(DECODE_BURST_S / rt.decode_step_s)))

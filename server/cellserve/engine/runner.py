@@ -27,6 +27,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from ..memory.mixer import EPS as MIX_EPS
 from ..memory.mixer import Gate, Mixer, mix_log_probs
+from ..memory.window import MemoryFork
 from ..nn.cells import GRUCellRef, LSTMCellRef, reference_cell
 from ..nn.charlm import CharLM
 from ..nn.kernels import ONEDNN_MIN_STEP_BATCH, onednn
@@ -116,12 +117,22 @@ class ModelRunner:
                 return self._decode(plan)
             return self._execute(plan)
 
+    @property
+    def decodes_mixed(self) -> bool:
+        """Multi-step decoding may hold rows mixed with a session memory: the mix runs on the
+        host (``mix_on_host``), where each step's drawn tokens are at hand for the memory's
+        next prediction. Elsewhere a mixed completion steps once per iteration."""
+        return self.mixer is not None and self._mix_on_host
+
     def _decode(self, plan: Plan) -> RunResult:
         """Multi-step decoding: every row is a running completion's single-token sampling row
         with the same number of further steps (``Row.more``). The k steps run back to back
         here, each drawn token fed straight back, with one host copy at the end: the per-
         iteration costs (scheduling, delivery, one chunk message per alternative) are paid
-        once per k characters instead of once per character."""
+        once per k characters instead of once per character. A row with a memory fork is
+        mixed at each step exactly as ``_pick`` mixes a single step's sample point: its fork
+        followed by the row's token and the tokens drawn so far predicts, the C mix writes
+        the mixed log-probs, and those are what ``choose`` draws from."""
         rows, pool = plan.rows, self.pool
         k = 1 + len(rows[0].more)
         if (
@@ -130,21 +141,36 @@ class ModelRunner:
             or any(len(r.tokens) != 1 or r.sample is None or len(r.more) != k - 1 for r in rows)
         ):
             raise ValueError("a multi-step plan holds only single-token sampling rows with equal steps")
-        if any(r.memory is not None for r in rows):  # the memory mixes one step per iteration
-            raise ValueError("a multi-step plan holds no row mixed with a session memory")
+        mixer = self.mixer
+        mixed = [p for p, r in enumerate(rows) if r.memory is not None] if mixer is not None else []
+        if mixed and not self.decodes_mixed:  # the memory's predictions need each drawn token on the host
+            raise ValueError("a multi-step plan holds no row mixed with a session memory on this device")
         t0 = time.perf_counter()
         pool.ensure_capacity(plan.capacity)
         b = len(rows)
         src = self._in.ints("decode_src", [r.src for r in rows])  # type: ignore[misc]
         state = pool.gather(src)  # [L, B, H] x arity
         tok = self._in.ints("decode_tok", [r.tokens[0] for r in rows]).view(b, 1)  # [B, 1]
+        forks = [_fork(rows[p]) for p in mixed]
+        read = [list(rows[p].tokens) for p in mixed]  # per mixed row: the tokens its point follows
+        keep = torch.tensor([r.memory is not None for r in rows])[:, None] if 0 < len(mixed) < b else None
         drawn = []
         with onednn(not self.on_cpu or b >= ONEDNN_MIN_STEP_BATCH):
             for j in range(k):
                 out, state = self._rnn(self.model.embed(tok), state)  # out [B, 1, H]
-                logits = self.model.head(out[:, 0])  # [B, V]
-                nxt = choose(logits.float(), [r.sample if j == 0 else r.more[j - 1] for r in rows])  # type: ignore[misc]
+                scores = self.model.head(out[:, 0]).float()  # [B, V]
+                if mixed:
+                    assert mixer is not None
+                    lsm = torch.log_softmax(scores, dim=-1)
+                    preds = [f.predict_after(ids) for f, ids in zip(forks, read, strict=True)]
+                    mix_on_host(mixer, lsm, mixed, preds)
+                    scores = lsm if keep is None else torch.where(keep, lsm, scores)
+                nxt = choose(scores, [r.sample if j == 0 else r.more[j - 1] for r in rows])  # type: ignore[misc]
                 drawn.append(nxt)
+                if mixed and j < k - 1:
+                    now = nxt.tolist()
+                    for ids, p in zip(read, mixed, strict=True):
+                        ids.append(now[p])
                 tok = nxt.view(b, 1)
         host = torch.stack(drawn, dim=1).cpu().tolist()  # [B, k]: the one device->host copy
         self._pending = lambda: pool.scatter(self._in.ints("decode_dst", [r.dst for r in rows]), state)  # type: ignore[misc]
@@ -555,3 +581,9 @@ def _points_eager(
 
 
 _points = scripted(_points_eager)
+
+
+def _fork(row: Row) -> MemoryFork:
+    fork = row.memory
+    assert isinstance(fork, MemoryFork)
+    return fork

@@ -267,8 +267,9 @@ class StepUpdate:
             return
         if plan.rows[row].tokens:
             alt.forked = True  # the scratch slot now holds the state after last_token
-            if alt.memory is not None:  # generated text advances the alternative's fork only
-                alt.memory.push(plan.rows[row].tokens)
+            if alt.memory is not None:  # generated text advances the alternative's fork only:
+                # the tokens this iteration's steps read (the row's, then all drawn but the last)
+                alt.memory.push([*plan.rows[row].tokens, *(t for t, _ in drawn[:-1])])
             self._chars["completion"] += len(drawn)
         c.session.last_used_at = time.time()
         for tok, ch in drawn:  # several with multi-step decoding; still one chunk per character

@@ -10,7 +10,10 @@ the two take turns on the interpreter lock, ``sys.getswitchinterval()`` apart at
 ``--switch-interval S`` sets it). ``--count-torch-calls``: torch calls (functions and tensor
 methods; each ATen op releases the interpreter lock while it runs) per step, by phase.
 
+``--also MODULE:NAME`` times one more function like a phase (repeatable).
+
     .venv/bin/python scripts/profile_core.py [N] [ROUNDS] [--model python-lstm] [--set key=value ...] [--cprofile]
+        [--also cellserve.engine.runner:mix_on_host ...]
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import importlib
 import itertools
 import pstats
 import sys
@@ -70,7 +74,7 @@ class _CountTorchCalls(TorchFunctionMode):
 def timed(cls: type, name: str, acc: dict[str, float]) -> Callable[[], None]:
     """Wraps ``cls.name`` to add its thread CPU to ``acc``; returns the undo."""
     fn = getattr(cls, name)
-    label = f"{cls.__name__}.{name}"
+    label = f"{getattr(cls, '__name__', cls)}.{name}"
 
     def wrapper(*a: Any, **k: Any) -> Any:
         t0 = time.thread_time()
@@ -83,6 +87,17 @@ def timed(cls: type, name: str, acc: dict[str, float]) -> Callable[[], None]:
 
     setattr(cls, name, wrapper)
     return lambda: setattr(cls, name, fn)
+
+
+def _target(spec: str) -> tuple[Any, str]:
+    """``MODULE:NAME`` or ``MODULE:CLASS.NAME`` -> (the module or class, the name) for ``timed``.
+    A function a module imported by name is timed where it is called from: name that module."""
+    module, _, path = spec.partition(":")
+    owner: Any = importlib.import_module(module)
+    *classes, name = path.split(".")
+    for c in classes:
+        owner = getattr(owner, c)
+    return owner, name
 
 
 def _busy() -> None:
@@ -111,6 +126,13 @@ def main() -> None:
     ap.add_argument("--beside-busy-thread", action="store_true")
     ap.add_argument("--switch-interval", type=float, default=None, help="sys.setswitchinterval, seconds")
     ap.add_argument("--count-torch-calls", action="store_true", help="torch calls per step by phase (slows it)")
+    ap.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        help="one more function timed like the phases, MODULE:NAME or MODULE:CLASS.NAME "
+        "(e.g. cellserve.engine.runner:mix_on_host, cellserve.nn.int8:FixedRangeHead.forward)",
+    )
     a = ap.parse_args()
     torch.set_num_threads(1)
     extra: dict[str, Any] = dict(kv.split("=", 1) for kv in a.set)
@@ -142,7 +164,7 @@ def main() -> None:
     if a.beside_busy_thread:
         threading.Thread(target=_busy, daemon=True).start()
     acc: dict[str, float] = defaultdict(float)
-    undo = [timed(cls, name, acc) for cls, name in PHASES]
+    undo = [timed(cls, name, acc) for cls, name in PHASES + [_target(spec) for spec in a.also]]
     prof = cProfile.Profile() if a.cprofile else None
     counter = _CountTorchCalls() if a.count_torch_calls else None
     steps = 0

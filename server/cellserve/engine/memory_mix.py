@@ -20,6 +20,7 @@ Two ways, the same arithmetic:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import torch
@@ -92,6 +93,12 @@ def point_arrays(
     (``point_predictions``), for ``Mixer.mix``."""
     dists, host = memory_arrays_many(point_predictions(rows, points), vocab_size)
     return torch.from_numpy(dists), torch.from_numpy(host)
+
+
+def host_kernels(device: torch.device) -> ModuleType | None:
+    """The C extension (memory/_window.c: the mix, and the pick's top-k) when the runner on
+    ``device`` uses it (the CPU, where it was built); else None."""
+    return window._native if device.type == "cpu" else None
 
 
 def mixes_on_host(device: torch.device) -> bool:

@@ -33,7 +33,7 @@ from ..nn.charlm import CharLM
 from ..nn.kernels import ONEDNN_MIN_STEP_BATCH, onednn
 from ..nn.scripted import scripted
 from .buffers import InputBuffers
-from .memory_mix import mix_on_host, mixes_on_host, point_arrays, point_predictions
+from .memory_mix import host_kernels, mix_on_host, mixes_on_host, point_arrays, point_predictions
 from .plan import ZERO, CheckpointRef, HostState, Plan, Row, RowResult, RunResult, SampleParams
 from .sampling import choose
 from .state_pool import StatePool
@@ -103,6 +103,7 @@ class ModelRunner:
         self._pending: Callable[[], None] | None = None  # the last execute's write-back, for commit()
         self.mixer = mixer  # the session memory's mixer (rows with a ``memory``); None: never mixed
         self._mix_on_host = mixes_on_host(pool.device)  # memory_mix: one C call, else in the pick kernel
+        self._host = host_kernels(pool.device)  # the C top-k of the pick (CPU), else in the pick kernel
         self._none = torch.empty(0, dtype=torch.long, device=pool.device)  # a kernel's absent argument
         # a serving model that steps by token id in one call (nn/int8.py), else None
         self._by_id: Callable[..., tuple[torch.Tensor, tuple[torch.Tensor, ...]] | None] | None = getattr(
@@ -265,7 +266,10 @@ class ModelRunner:
     def _pick(self, prep: _Prepared, fwd: _Forward) -> tuple[list[float], _Points]:
         """Where the served distribution is made: every hidden vector a result reads goes
         through the head in one matrix -> full log-probs per point [N, V] -> top-k, per-token
-        log-probs and samples, packed into one flat tensor -> ONE device->host copy."""
+        log-probs and samples, packed into one flat tensor -> ONE device->host copy. On the
+        CPU the top-k is one C call over the log-probs (``memory/_window.c: topk``) that
+        returns the host numbers itself: a step of keystrokes then makes no pick-kernel call,
+        no concatenation and no copy (at batch 1 each torch call costs several microseconds)."""
         rows, out_index = prep.plan.rows, fwd.out_index
         pts = _Points()
         pos_of: dict[int, int] = {}  # row -> its start state's place in the bank (made when needed)
@@ -279,6 +283,7 @@ class ModelRunner:
             return pos_of[i]
 
         pick: list[int] = []
+        top: list[float] = []  # the top-k's host numbers when made on the host (else in ``host``)
         mixes = self.mixer is not None
         for i in prep.order:
             r = rows[i]
@@ -311,30 +316,38 @@ class ModelRunner:
             mixing = normalized = False
             mix, gate = (none, none, none), (none, none, none, none, none)
             scores = logits  # what the pick kernel takes: logits, or log-probs mixed here
-            if pts.mixed and self._mix_on_host:  # the log-probs mixed here, on the host, in C
-                assert self.mixer is not None
+            topk_on_host = self._host is not None and logits.dtype == torch.float32
+            if topk_on_host or (pts.mixed and self._mix_on_host):  # the log-probs made here, on the host
                 scores = torch.log_softmax(logits.float(), dim=-1)
+                normalized = True
+            if pts.mixed and self._mix_on_host:  # ... and mixed here, in C
+                assert self.mixer is not None
                 preds = point_predictions(rows, [(i, t) for _, i, t in pts.mixed])
                 mix_on_host(self.mixer, scores, [p for p, _, _ in pts.mixed], preds)
-                normalized = True
             elif pts.mixed:  # mixed inside the pick kernel (one Mixer.mix on the device)
                 assert self.mixer is not None
                 dists, host_f = point_arrays(rows, [(i, t) for _, i, t in pts.mixed], logits.shape[-1])
                 mix = (ints("mix_at", [p for p, _, _ in pts.mixed]), dists.to(dev), host_f.to(dev))
                 gate = self.mixer.weights(dev)
                 mixing = True
-            flat, lsm = _points(
-                scores,
-                mixing,
-                *mix,
-                gate,
-                MIX_EPS,
-                ints("topk_at", [p for p, _ in pts.topk]) if pts.topk else none,
-                pts.kmax,
-                ints("logprob_at", [p for p, _ in pts.logprob]) if pts.logprob else none,
-                ints("logprob_tok", [t for _, t in pts.logprob]) if pts.logprob else none,
-                normalized,
-            )
+            if topk_on_host and pts.topk:  # the top-k in C, straight into host numbers
+                assert self._host is not None
+                top = self._host.topk(scores.numpy(), scores.shape[1], [p for p, _ in pts.topk], pts.kmax)
+            if topk_on_host and not pts.logprob:  # nothing left for the pick kernel (every keystroke)
+                lsm = scores
+            else:
+                flat, lsm = _points(
+                    scores,
+                    mixing,
+                    *mix,
+                    gate,
+                    MIX_EPS,
+                    ints("topk_at", [p for p, _ in pts.topk]) if pts.topk and not topk_on_host else none,
+                    pts.kmax,
+                    ints("logprob_at", [p for p, _ in pts.logprob]) if pts.logprob else none,
+                    ints("logprob_tok", [t for _, t in pts.logprob]) if pts.logprob else none,
+                    normalized,
+                )
             if pts.sample:
                 s_at = ints("sample_at", [p for p, _ in pts.sample])
                 s_logits = logits[s_at].float()  # [S, V]
@@ -346,7 +359,7 @@ class ModelRunner:
         for i in prep.gated:
             flat.append(fwd.gate_traces[i].flatten())  # [T, G, L]
         host = torch.cat(flat).float().cpu().tolist() if flat else []  # the one device->host copy
-        return host, pts
+        return (top + host if top else host), pts
 
     def _picked(self, fwd: _Forward, pick: list[int]) -> torch.Tensor:
         """The bank's hidden vectors at ``pick`` ([N, H]); when they are a single-step phase's

@@ -570,15 +570,86 @@ done:
     return result;
 }
 
+/* topk(lsm, v, rows, k): the CPU pick's top-k (engine/runner.py: ModelRunner._pick). lsm holds
+ * float32 log-prob rows of v entries; for each index in rows (in order), the k largest entries,
+ * largest first (NaN counts as the largest, as torch.topk has it; equal values: the lower index
+ * first). Returns ONE flat list: every row's k probabilities (expf of the log-probs), then every
+ * row's k indices (as floats): the layout of the pick's host numbers. */
+static PyObject *topk(PyObject *self, PyObject *args) {
+    Py_buffer lsm;
+    Py_ssize_t v, k;
+    PyObject *rows;
+    if (!PyArg_ParseTuple(args, "y*nOn", &lsm, &v, &rows, &k)) return NULL;
+    PyObject *result = NULL, *seq = NULL;
+    float *best = NULL;
+    Py_ssize_t *at = NULL;
+    seq = PySequence_Fast(rows, "topk: rows must be a sequence of row indices");
+    if (!seq) goto done;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), nrows = v > 0 ? lsm.len / (v * 4) : 0;
+    if (v < 1 || k < 1 || k > v || lsm.len != nrows * v * 4) {
+        PyErr_SetString(PyExc_ValueError, "topk: lsm float32 [N, v], 1 <= k <= v");
+        goto done;
+    }
+    best = (float *)PyMem_Malloc(sizeof(float) * (size_t)k);
+    at = (Py_ssize_t *)PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)k);
+    result = PyList_New(2 * n * k);
+    if (!best || !at || !result) {
+        if (!PyErr_Occurred()) PyErr_NoMemory();
+        Py_CLEAR(result);
+        goto done;
+    }
+    for (Py_ssize_t r = 0; r < n; r++) {
+        Py_ssize_t row = PyLong_AsSsize_t(PySequence_Fast_ITEMS(seq)[r]);
+        if (row == -1 && PyErr_Occurred()) goto fail;
+        if (row < 0 || row >= nrows) {
+            PyErr_SetString(PyExc_IndexError, "topk: a row index is out of range");
+            goto fail;
+        }
+        const float *l = (const float *)lsm.buf + row * v;
+        Py_ssize_t have = 0;
+        for (Py_ssize_t i = 0; i < v; i++) {
+            float x = l[i];
+            /* x goes before the entries it is greater than (ties stay behind: lower index first) */
+            Py_ssize_t j = have < k ? have : k;
+            while (j > 0 && ((isnan(x) && !isnan(best[j - 1])) || x > best[j - 1])) j--;
+            if (j >= k) continue;
+            Py_ssize_t last = have < k ? have : k - 1;
+            for (Py_ssize_t m = last; m > j; m--) best[m] = best[m - 1], at[m] = at[m - 1];
+            best[j] = x, at[j] = i;
+            if (have < k) have++;
+        }
+        for (Py_ssize_t j = 0; j < k; j++) {
+            PyObject *pv = PyFloat_FromDouble((double)expf(best[j]));
+            PyObject *iv = PyFloat_FromDouble((double)at[j]);
+            if (!pv || !iv) {
+                Py_XDECREF(pv), Py_XDECREF(iv);
+                goto fail;
+            }
+            PyList_SET_ITEM(result, r * k + j, pv);
+            PyList_SET_ITEM(result, n * k + r * k + j, iv);
+        }
+    }
+    goto done;
+fail:
+    Py_CLEAR(result);
+done:
+    Py_XDECREF(seq);
+    PyMem_Free(best);
+    PyMem_Free(at);
+    PyBuffer_Release(&lsm);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"events", events, METH_VARARGS, "Hash-chains buf[i0:] as positions pos0.. (SessionMemory._push_events)."},
     {"predict", predict, METH_VARARGS, "(nexts, match_char, match_len) (SessionMemory._predict)."},
     {"fill", fill, METH_VARARGS, "Expert distributions and host features (features.memory_arrays_many)."},
     {"mix", mix, METH_VARARGS, "Mixed log-probs over lp's rows (mixer.mix_log_probs)."},
+    {"topk", topk, METH_VARARGS, "The top-k of log-prob rows as probabilities and indices (the CPU pick)."},
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_window", "The session memory's hot loops.", -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_window", "The session memory's hot loops, and the CPU pick's top-k.", -1, methods};
 
 PyMODINIT_FUNC PyInit__window(void) {
     crc_init();

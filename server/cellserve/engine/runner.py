@@ -151,28 +151,27 @@ class ModelRunner:
         b = len(rows)
         src = self._in.ints("decode_src", [r.src for r in rows])  # type: ignore[misc]
         state = pool.gather(src)  # [L, B, H] x arity
-        tok = self._in.ints("decode_tok", [r.tokens[0] for r in rows]).view(b, 1)  # [B, 1]
+        tok = self._in.ints("decode_tok", [r.tokens[0] for r in rows])  # [B]
         forks = [_fork(rows[p]) for p in mixed]
         read = [list(rows[p].tokens) for p in mixed]  # per mixed row: the tokens its point follows
         keep = torch.tensor([r.memory is not None for r in rows])[:, None] if 0 < len(mixed) < b else None
         drawn = []
-        with onednn(not self.on_cpu or b >= ONEDNN_MIN_STEP_BATCH):
-            for j in range(k):
-                out, state = self._rnn(self.model.embed(tok), state)  # out [B, 1, H]
-                scores = self.model.head(out[:, 0]).float()  # [B, V]
-                if mixed:
-                    assert mixer is not None
-                    lsm = torch.log_softmax(scores, dim=-1)
-                    preds = [f.predict_after(ids) for f, ids in zip(forks, read, strict=True)]
-                    mix_on_host(mixer, lsm, mixed, preds)
-                    scores = lsm if keep is None else torch.where(keep, lsm, scores)
-                nxt = choose(scores, [r.sample if j == 0 else r.more[j - 1] for r in rows])  # type: ignore[misc]
-                drawn.append(nxt)
-                if mixed and j < k - 1:
-                    now = nxt.tolist()
-                    for ids, p in zip(read, mixed, strict=True):
-                        ids.append(now[p])
-                tok = nxt.view(b, 1)
+        for j in range(k):
+            out, state = self._step(tok, state)  # out [B, H]: the keystrokes' step, by token id
+            scores = self.model.head(out).float()  # [B, V]
+            if mixed:
+                assert mixer is not None
+                lsm = torch.log_softmax(scores, dim=-1)
+                preds = [f.predict_after(ids) for f, ids in zip(forks, read, strict=True)]
+                mix_on_host(mixer, lsm, mixed, preds)
+                scores = lsm if keep is None else torch.where(keep, lsm, scores)
+            nxt = choose(scores, [r.sample if j == 0 else r.more[j - 1] for r in rows])  # type: ignore[misc]
+            drawn.append(nxt)
+            if mixed and j < k - 1:
+                now = nxt.tolist()
+                for ids, p in zip(read, mixed, strict=True):
+                    ids.append(now[p])
+            tok = nxt
         host = torch.stack(drawn, dim=1).cpu().tolist()  # [B, k]: the one device->host copy
         self._pending = lambda: pool.scatter(self._in.ints("decode_dst", [r.dst for r in rows]), state)  # type: ignore[misc]
         results = [RowResult([], [], [], h[0], sampled_more=h[1:]) for h in host]
@@ -463,12 +462,13 @@ class ModelRunner:
                     pt[:, slot].copy_(self._tensors(src)[a])
 
     def _step(
-        self, tokens: list[int], state: tuple[torch.Tensor, ...]
+        self, tokens: list[int] | torch.Tensor, state: tuple[torch.Tensor, ...]
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """The single-step phase: B rows of one token each (keystrokes, completion steps) as ONE
-        batched step. tokens [B], state ([L, B, H] x arity) -> outputs [B, H], new state."""
+        batched step. tokens [B] (ids, or an int64 tensor of them on the device), state
+        ([L, B, H] x arity) -> outputs [B, H], new state."""
         b = len(tokens)
-        ids = self._in.ints("step_tok", tokens)  # [B]
+        ids = tokens if isinstance(tokens, torch.Tensor) else self._in.ints("step_tok", tokens)  # [B]
         if self._by_id is not None:  # int8: the whole step in one call
             stepped = self._by_id(ids, state)
             if stepped is not None:

@@ -31,6 +31,11 @@ class InOrder(Generic[T]):
     def __iter__(self) -> Iterator[T]:
         return iter(self._items)
 
+    def full(self) -> bool:
+        """``window`` requests are unanswered: ``room`` would wait (checked first, so that the
+        reader makes no coroutine per request when there is room, as there nearly always is)."""
+        return len(self._items) >= self._window
+
     async def room(self) -> None:
         """Reader: returns once fewer than ``window`` requests are unanswered."""
         while len(self._items) >= self._window:

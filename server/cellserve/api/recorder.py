@@ -43,6 +43,13 @@ def code_name(code: grpc.StatusCode) -> str:
     return str(code.name)
 
 
+def prediction_sent(recorder: Recorder, model: str, received: float, chars: int) -> None:
+    """An Append's prediction (``chars`` appended) was just sent, for a request received at
+    ``received`` (perf_counter): ``ResponseTimer.prediction_sent`` without the timer object
+    (the stream's writer, once per keystroke)."""
+    recorder.keystroke(model, APPEND_SINGLE if chars == 1 else APPEND_MULTI, time.perf_counter() - received)
+
+
 class ResponseTimer:
     """Times the responses of one request from the moment it was received (perf_counter)."""
 
@@ -56,8 +63,7 @@ class ResponseTimer:
         self._last: dict[int, float] = {}  # alternative -> when its previous chunk was sent
 
     def prediction_sent(self, chars: int) -> None:
-        kind = APPEND_SINGLE if chars == 1 else APPEND_MULTI
-        self._recorder.keystroke(self._model, kind, time.perf_counter() - self._received)
+        prediction_sent(self._recorder, self._model, self._received, chars)
 
     def chunk_sent(self, alternative: int, chars: int) -> None:
         now = time.perf_counter()

@@ -30,14 +30,14 @@ from typing import Any
 
 from ..config import Settings
 from ..engine.client import CompletionStream, EngineClient
-from ..engine.types import Prediction
+from ..engine.types import Prediction, SessionInfo, Suggestion
 from ..errors import CellserveError, InvalidInput, PreconditionFailed, Unavailable
 from ..logs import user_text
 from . import convert, validate
 from .in_order import InOrder
 from .malformed import RejectedRequest
 from .pb import svc, types
-from .recorder import NULL_RECORDER, Recorder, ResponseTimer, code_name
+from .recorder import NULL_RECORDER, Recorder, ResponseTimer, code_name, prediction_sent
 from .status import status_of
 from .stream_guard import ClientNotReading, UnreadBound
 
@@ -59,8 +59,9 @@ def _method(op: str | None) -> str:
 
 class _Reply:
     """One request until the writer has answered it: exactly one of ``error`` (refused before
-    reaching the engine), ``outcome`` (the engine's awaitable; ``build`` turns its result into
-    the response) or ``chunks`` (a completion) is set."""
+    reaching the engine), ``outcome`` (the engine's awaitable; ``build(request_id, result)``
+    turns its result into the response: a module function, no closure per request) or
+    ``chunks`` (a completion) is set."""
 
     __slots__ = (
         "append_chars",
@@ -81,7 +82,7 @@ class _Reply:
         self.append_chars = 0  # an append's characters (its keystroke kind), set when validated
         self.error: BaseException | None = None
         self.outcome: Awaitable[Any] | None = None
-        self.build: Callable[[Any], svc.SessionResponse] | None = None
+        self.build: Callable[[int, Any], svc.SessionResponse] | None = None
         self.chunks: CompletionStream | None = None
         self.recorded = False
 
@@ -150,15 +151,28 @@ class SessionStream:
                         self._writing = True
                         yield response
                         self._written()
-                else:
-                    response = await self._answer(reply)
+                else:  # every keystroke: the answer awaited here, not in a coroutine of its own
+                    if reply.error is None:
+                        assert reply.outcome is not None  # not a completion, not refused
+                        try:
+                            result = await reply.outcome
+                        except asyncio.CancelledError:
+                            raise
+                        except Exception as exc:  # noqa: BLE001 (answered in-band; status_of logs the unexpected)
+                            reply.error = exc
+                    if reply.error is None:
+                        assert reply.build is not None
+                        self._record(reply, "OK")
+                        response = reply.build(reply.request_id, result)
+                    else:
+                        response = self._error(reply, reply.error)
                     self._writing = True
                     yield response
                     self._written()
                     # Resumed once grpc has written the response: the client-visible latency,
                     # including any wait behind earlier requests' responses on this stream.
-                    if reply.append_chars and response.WhichOneof("result") == "prediction":
-                        ResponseTimer(self._recorder, self._model, reply.received).prediction_sent(reply.append_chars)
+                    if reply.append_chars and reply.error is None:
+                        prediction_sent(self._recorder, self._model, reply.received, reply.append_chars)
                 unanswered.pop()
             await self._reader  # re-raises a reader failure (not a clean end of input)
         finally:
@@ -190,21 +204,6 @@ class SessionStream:
             self._cut_off(self.cut)
         elif len(self._unanswered) > self._unread.bound:  # slow, but reading: look again later
             self._arm_unread_timer()
-
-    async def _answer(self, reply: _Reply) -> svc.SessionResponse:
-        if reply.error is None and reply.outcome is not None:
-            try:
-                result = await reply.outcome
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 (answered in-band; status_of logs the unexpected)
-                reply.error = exc
-            else:
-                assert reply.build is not None
-                self._record(reply, "OK")
-                return reply.build(result)
-        assert reply.error is not None
-        return self._error(reply, reply.error)
 
     async def _relay(self, reply: _Reply, chunks: CompletionStream) -> AsyncIterator[svc.SessionResponse]:
         timer = ResponseTimer(self._recorder, self._model, reply.received)
@@ -274,7 +273,8 @@ class SessionStream:
                     break
                 finally:
                     self._awaiting_input = False
-                await self._unanswered.room()
+                if self._unanswered.full():
+                    await self._unanswered.room()
                 op = request.WhichOneof("op")
                 reply = _Reply(request.request_id, op)
                 try:
@@ -308,7 +308,7 @@ class SessionStream:
         self._model = info.model
         opened = svc.SessionResponse.Opened(session=convert.session_info(info), model=await self._model_msg(info.model))
         reply.outcome = _done(opened)
-        reply.build = lambda msg: svc.SessionResponse(request_id=reply.request_id, opened=msg)
+        reply.build = _opened_response
 
     def _submit(self, op: str | None, request: svc.SessionRequest, reply: _Reply) -> None:
         """Validates synchronously and submits the operation to the engine."""
@@ -316,49 +316,69 @@ class SessionStream:
             raise InvalidInput("request has no operation: set one of open, attach, append, complete, ...")
         if self._session_id is None:
             raise InvalidInput("no session on this stream yet: the first request must be open or attach")
-        engine, owner, sid, rid = self._engine, self._owner, self._session_id, reply.request_id
+        engine, owner, sid = self._engine, self._owner, self._session_id
         if op == "append":
             msg = request.append
             text = validate.input_text(msg.input if msg.HasField("input") else None, "append.input", self._settings)
             options = validate.append_options(msg, self._settings, only_last=msg.only_last)
             reply.append_chars = len(text)
             if log.isEnabledFor(logging.DEBUG):  # user_text is not free
-                log.debug("stream append %d at %d: %s", rid, msg.offset, user_text(text, self._settings))
+                log.debug("stream append %d at %d: %s", reply.request_id, msg.offset, user_text(text, self._settings))
             reply.outcome = engine.append(owner, sid, msg.offset, text, options)
-            reply.build = lambda p: _prediction_response(rid, p)
+            reply.build = _prediction_response
         elif op == "complete":
             req = validate.completion_request(request.complete, self._settings)
             # The tenant's completion quota is counted by the core (CapacityExceeded answers in-band).
             reply.chunks = engine.complete(owner, sid, req)
         elif op == "suggest":
             reply.outcome = engine.suggest(owner, sid, validate.suggest_request(request.suggest))
-            reply.build = lambda items: svc.SessionResponse(
-                request_id=rid, suggestions=svc.SessionResponse.Suggestions(suggestions=convert.suggestions(items))
-            )
+            reply.build = _suggestions_response
         elif op == "rewind":
             reply.outcome = engine.rewind(owner, sid, request.rewind.chars)
-            reply.build = lambda i: svc.SessionResponse(
-                request_id=rid, rewound=svc.SessionResponse.Rewound(position=i.position)
-            )
+            reply.build = _rewound_response
         elif op == "reset":
             reply.outcome = engine.reset(owner, sid)
-            reply.build = lambda i: svc.SessionResponse(
-                request_id=rid, reset=svc.SessionResponse.Reset(position=i.position)
-            )
+            reply.build = _reset_response
         elif op == "snapshot":
             reply.outcome = engine.snapshot(owner, sid)
-            reply.build = lambda b: svc.SessionResponse(request_id=rid, snapshot=svc.SessionResponse.Snapshot(blob=b))
+            reply.build = _snapshot_response
         elif op == "close":
             reply.outcome = engine.close_session(owner, sid)
-            reply.build = lambda _: svc.SessionResponse(request_id=rid, closed=svc.SessionResponse.Closed())
+            reply.build = _closed_response
         else:  # a new op in the proto this server does not know yet
             raise InvalidInput(f"operation {op!r} is not supported by this server")
 
 
+# ---- each operation's response from its outcome (``_Reply.build``) ------------------------------
 def _prediction_response(request_id: int, p: Prediction) -> svc.SessionResponse:
     response = svc.SessionResponse(request_id=request_id)
     convert.fill_prediction(response.prediction, p)
     return response
+
+
+def _opened_response(request_id: int, opened: svc.SessionResponse.Opened) -> svc.SessionResponse:
+    return svc.SessionResponse(request_id=request_id, opened=opened)
+
+
+def _suggestions_response(request_id: int, items: list[Suggestion]) -> svc.SessionResponse:
+    suggestions = svc.SessionResponse.Suggestions(suggestions=convert.suggestions(items))
+    return svc.SessionResponse(request_id=request_id, suggestions=suggestions)
+
+
+def _rewound_response(request_id: int, info: SessionInfo) -> svc.SessionResponse:
+    return svc.SessionResponse(request_id=request_id, rewound=svc.SessionResponse.Rewound(position=info.position))
+
+
+def _reset_response(request_id: int, info: SessionInfo) -> svc.SessionResponse:
+    return svc.SessionResponse(request_id=request_id, reset=svc.SessionResponse.Reset(position=info.position))
+
+
+def _snapshot_response(request_id: int, blob: bytes) -> svc.SessionResponse:
+    return svc.SessionResponse(request_id=request_id, snapshot=svc.SessionResponse.Snapshot(blob=blob))
+
+
+def _closed_response(request_id: int, _: None) -> svc.SessionResponse:
+    return svc.SessionResponse(request_id=request_id, closed=svc.SessionResponse.Closed())
 
 
 def _done(value: Any) -> asyncio.Future[Any]:

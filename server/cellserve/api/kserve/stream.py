@@ -99,7 +99,8 @@ class InferStream:
                     break
                 finally:
                     self._awaiting_input = False
-                await self._unanswered.room()
+                if self._unanswered.full():
+                    await self._unanswered.room()
                 pending: asyncio.Future[kpb.ModelInferResponse] | Exception
                 try:
                     pending = await self._inference.submit(request, self._owner)

@@ -80,10 +80,15 @@ def point_predictions(rows: Sequence[Row], points: Sequence[tuple[int, int]]) ->
     preds = []
     for i, t in points:
         r = rows[i]
-        fork = r.memory
-        assert isinstance(fork, MemoryFork)
-        preds.append(fork.predict_after(r.tokens[:t] if t < len(r.tokens) else r.tokens))
+        preds.append(fork_of(r).predict_after(r.tokens[:t] if t < len(r.tokens) else r.tokens))
     return preds
+
+
+def fork_of(row: Row) -> MemoryFork:
+    """The memory fork ``attach_memory`` gave ``row`` (a row that is mixed has one)."""
+    fork = row.memory
+    assert isinstance(fork, MemoryFork)
+    return fork
 
 
 def point_arrays(
@@ -103,7 +108,7 @@ def host_kernels(device: torch.device) -> ModuleType | None:
 
 def mixes_on_host(device: torch.device) -> bool:
     """The runner on ``device`` mixes with ``mix_on_host`` (the CPU, with the C extension)."""
-    return device.type == "cpu" and window._native is not None
+    return host_kernels(device) is not None
 
 
 def mix_on_host(mixer: Mixer, lsm: torch.Tensor, at: Sequence[int], preds: Sequence[MemoryPrediction]) -> None:

@@ -27,13 +27,12 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from ..memory.mixer import EPS as MIX_EPS
 from ..memory.mixer import Gate, Mixer, mix_log_probs
-from ..memory.window import MemoryFork
 from ..nn.cells import GRUCellRef, LSTMCellRef, reference_cell
 from ..nn.charlm import CharLM
 from ..nn.kernels import ONEDNN_MIN_STEP_BATCH, onednn
 from ..nn.scripted import scripted
 from .buffers import InputBuffers
-from .memory_mix import host_kernels, mix_on_host, mixes_on_host, point_arrays, point_predictions
+from .memory_mix import fork_of, host_kernels, mix_on_host, point_arrays, point_predictions
 from .plan import ZERO, CheckpointRef, HostState, Plan, Row, RowResult, RunResult, SampleParams
 from .sampling import choose
 from .state_pool import StatePool
@@ -102,8 +101,9 @@ class ModelRunner:
         self._in = InputBuffers(pool.device)  # persistent per-iteration index inputs
         self._pending: Callable[[], None] | None = None  # the last execute's write-back, for commit()
         self.mixer = mixer  # the session memory's mixer (rows with a ``memory``); None: never mixed
-        self._mix_on_host = mixes_on_host(pool.device)  # memory_mix: one C call, else in the pick kernel
-        self._host = host_kernels(pool.device)  # the C top-k of the pick (CPU), else in the pick kernel
+        # the C extension on the CPU (memory_mix): the mix and the pick's top-k each one C call,
+        # else both inside the pick kernel
+        self._host = host_kernels(pool.device)
         self._none = torch.empty(0, dtype=torch.long, device=pool.device)  # a kernel's absent argument
         # a serving model that steps by token id in one call (nn/int8.py), else None
         self._by_id: Callable[..., tuple[torch.Tensor, tuple[torch.Tensor, ...]] | None] | None = getattr(
@@ -123,7 +123,7 @@ class ModelRunner:
         """Multi-step decoding may hold rows mixed with a session memory: the mix runs on the
         host (``mix_on_host``), where each step's drawn tokens are at hand for the memory's
         next prediction. Elsewhere a mixed completion steps once per iteration."""
-        return self.mixer is not None and self._mix_on_host
+        return self.mixer is not None and self._host is not None
 
     def _decode(self, plan: Plan) -> RunResult:
         """Multi-step decoding: every row is a running completion's single-token sampling row
@@ -152,7 +152,7 @@ class ModelRunner:
         src = self._in.ints("decode_src", [r.src for r in rows])  # type: ignore[misc]
         state = pool.gather(src)  # [L, B, H] x arity
         tok = self._in.ints("decode_tok", [r.tokens[0] for r in rows])  # [B]
-        forks = [_fork(rows[p]) for p in mixed]
+        forks = [fork_of(rows[p]) for p in mixed]
         read = [list(rows[p].tokens) for p in mixed]  # per mixed row: the tokens its point follows
         keep = torch.tensor([r.memory is not None for r in rows])[:, None] if 0 < len(mixed) < b else None
         drawn = []
@@ -316,10 +316,10 @@ class ModelRunner:
             mix, gate = (none, none, none), (none, none, none, none, none)
             scores = logits  # what the pick kernel takes: logits, or log-probs mixed here
             topk_on_host = self._host is not None and logits.dtype == torch.float32
-            if topk_on_host or (pts.mixed and self._mix_on_host):  # the log-probs made here, on the host
+            if topk_on_host or (pts.mixed and self._host is not None):  # the log-probs made here, on the host
                 scores = torch.log_softmax(logits.float(), dim=-1)
                 normalized = True
-            if pts.mixed and self._mix_on_host:  # ... and mixed here, in C
+            if pts.mixed and self._host is not None:  # ... and mixed here, in C
                 assert self.mixer is not None
                 preds = point_predictions(rows, [(i, t) for _, i, t in pts.mixed])
                 mix_on_host(self.mixer, scores, [p for p, _, _ in pts.mixed], preds)
@@ -594,9 +594,3 @@ def _points_eager(
 
 
 _points = scripted(_points_eager)
-
-
-def _fork(row: Row) -> MemoryFork:
-    fork = row.memory
-    assert isinstance(fork, MemoryFork)
-    return fork

@@ -9,10 +9,14 @@ minute, which on a shared box matters more than anything else (docs/measurements
     git worktree add /tmp/before <commit> && (cd /tmp/before && python setup.py build_ext --inplace)
     .venv/bin/python scripts/ab_servers.py /tmp/before . [--n 256] [--rounds 6] [--window 6]
     .venv/bin/python scripts/ab_servers.py . . --b-args "--set speculation=false"   (one tree, two settings)
+    .venv/bin/python scripts/ab_servers.py /tmp/before . --complete 16 --rounds 2   (completions)
 
 Prints each round (server CPU, us per keystroke, and keystrokes/s) and the medians of B - A
 and B / A of the CPU and of B / A of the throughput. ``--a-args`` / ``--b-args``: more
-`cellserve serve` arguments for that side."""
+`cellserve serve` arguments for that side. ``--complete B``: the bench's completion load
+instead (B sessions each asking for a greedy 32-character completion, reading it to the end,
+asking again); each round prints generated characters per second and the completion p50, and
+the median B / A of the characters per second."""
 
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ def main() -> None:
     ap.add_argument("--model", default="python-lstm")
     ap.add_argument("--a-args", default="", help="more `cellserve serve` arguments for A (one string)")
     ap.add_argument("--b-args", default="", help="more `cellserve serve` arguments for B")
+    ap.add_argument("--complete", type=int, default=0, metavar="B", help="B concurrent completions, not keystrokes")
     a = ap.parse_args()
     trees = {"A": a.a.resolve(), "B": a.b.resolve()}
     for t in trees.values():
@@ -50,6 +55,9 @@ def main() -> None:
         k: ServerProc(f"cellserve-{k}", cmd + extra[k], {"PYTHONPATH": str(t / "server")}) for k, t in trees.items()
     }
     try:
+        if a.complete:
+            _completions(servers, Workload("complete", a.complete, a.warmup, a.window), a.rounds)
+            return
         diffs: list[float] = []
         ratios: list[float] = []
         speeds: list[float] = []
@@ -70,12 +78,34 @@ def main() -> None:
             f"(range {min(diffs):+.1f} to {max(diffs):+.1f}), B / A {statistics.median(ratios):.3f}; "
             f"keystrokes/s B / A {statistics.median(speeds):.3f} (range {min(speeds):.3f} to {max(speeds):.3f})"
         )
-        for k, s in servers.items():
-            if not s.alive():
-                sys.exit(f"server {k} died:\n" + "".join(s.stderr_tail))
+        _check_alive(servers)
     finally:
         for s in servers.values():
             s.stop()
+
+
+def _completions(servers: dict[str, ServerProc], w: Workload, rounds: int) -> None:
+    speeds: list[float] = []
+    for r, res in enumerate(alternating_windows(servers, rounds, w, 2)):
+        cps = {k: res[k]["chars_per_s"] for k in servers}
+        p50 = {k: res[k]["latency_ms"]["p50"] for k in servers}
+        speeds.append(cps["B"] / cps["A"])
+        print(
+            f"round {r + 1}: B={w.sessions} A {cps['A']:.0f}, B {cps['B']:.0f} chars/s; "
+            f"completion p50 A {p50['A']:.1f}, B {p50['B']:.1f} ms",
+            flush=True,
+        )
+    print(
+        f"median over {rounds} rounds: chars/s B / A {statistics.median(speeds):.3f} "
+        f"(range {min(speeds):.3f} to {max(speeds):.3f})"
+    )
+    _check_alive(servers)
+
+
+def _check_alive(servers: dict[str, ServerProc]) -> None:
+    for k, s in servers.items():
+        if not s.alive():
+            sys.exit(f"server {k} died:\n" + "".join(s.stderr_tail))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,18 @@ def test_two_servers_of_one_tree_measure_alike() -> None:
     assert re.search(r"median over 2 rounds: B - A [+-][\d.]+ us/keystroke .* B / A [\d.]+; keystrokes/s", out.stdout)
 
 
+def test_completions_are_compared_in_the_same_windows() -> None:
+    args = [str(ROOT), str(ROOT), "--complete", "2", "--rounds", "2", "--window", "1.5", "--warmup", "0.3"]
+    out = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rounds = re.findall(
+        r"round (\d): B=2 A ([\d]+), B ([\d]+) chars/s; completion p50 A [\d.]+, B [\d.]+ ms", out.stdout
+    )
+    assert [r[0] for r in rounds] == ["1", "2"]
+    assert all(int(a) > 0 and int(b) > 0 for _, a, b in rounds)
+    assert re.search(r"median over 2 rounds: chars/s B / A [\d.]+ \(range", out.stdout)
+
+
 def test_a_path_that_is_no_tree_is_refused(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), str(ROOT)], capture_output=True, text=True)
     assert out.returncode != 0 and "no server/cellserve here" in out.stderr

@@ -1,6 +1,7 @@
 """A profile of the server under closed-loop load: a `cellserve serve` on the shipped models,
 N sessions each typing one character and awaiting its answer (the bench's load generator), and
-py-spy (``pip install py-spy``) sampling the server at 200 Hz for SECONDS. Prints, per thread,
+py-spy (``pip install py-spy``) sampling the server (and the processes it starts: ``--frontends
+N``) at 200 Hz for SECONDS. Prints, per process and thread,
 the share of its samples spent under each frame (inclusive), the most common first.
 Extra arguments go to `cellserve serve`.
 
@@ -23,14 +24,17 @@ TOP = 25
 def shares(path: str) -> dict[str, tuple[int, Counter[str]]]:
     """thread -> (samples, frame -> samples under it) from py-spy's raw (collapsed) output."""
     per: dict[str, tuple[int, Counter[str]]] = defaultdict(lambda: (0, Counter()))
-    for line in open(path):
+    text = open(path).read().replace("\n ", " ")  # a spawned process's command line has a newline
+    for line in text.splitlines():
         stack, _, n = line.rstrip().rpartition(" ")
         if not stack:
             continue
         frames = stack.split(";")
-        total, under = per[frames[0]]
-        under.update(dict.fromkeys(set(frames[1:]), int(n)))
-        per[frames[0]] = (total + int(n), under)
+        t = next((i for i, f in enumerate(frames) if f.startswith("thread (")), 0)  # by process and thread
+        key = "; ".join(f[:60] for f in frames[: t + 1])
+        total, under = per[key]
+        under.update(dict.fromkeys(set(frames[t + 1 :]), int(n)))
+        per[key] = (total + int(n), under)
     return per
 
 
@@ -41,7 +45,7 @@ def main() -> None:
     try:
         rec = subprocess.Popen(
             [spy, "record", "-p", str(server.pid), "-d", str(int(seconds)), "-r", "200", "-f", "raw",
-             "-o", out, "--threads", "--nonblocking"],
+             "-o", out, "--threads", "--nonblocking", "--subprocesses"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         r = run_load(server.target, Workload("closed", n, warmup_s=1.0, window_s=seconds), 2, server.cpu_seconds)

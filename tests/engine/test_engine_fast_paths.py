@@ -5,7 +5,7 @@ short-cuts:
 
 - the scheduler's one-character queue (``Scheduler._add_keystroke``) -> ``_add_run``;
 - a one-piece commit (``StepUpdate._commit_piece``) -> ``_commit_run``;
-- a keystroke's memory push (``SessionMemory._push_one``) -> ``_push_events``;
+- a keystroke's memory push (``SessionMemory.push``'s first branch) -> ``_push_many``;
 - a fork's cached validity -> the full check on every prediction;
 - a step's outputs picked as made (``ModelRunner._picked``) -> the bank's gather.
 
@@ -42,10 +42,8 @@ def _general_paths(mp: pytest.MonkeyPatch) -> None:
     def commit_piece(self: StepUpdate, rt: Any, b: Batch, run: Any, pred: Prediction, now: float) -> None:
         self._commit_run(rt, b, run, [pred], now)
 
-    def push_one(self: SessionMemory, c: int) -> None:
-        self._push_events(bytes([c]))
-        self.version += 1
-        self._high = max(self._high, self._len)
+    def push(self: SessionMemory, ids: Any) -> None:
+        self._push_many(bytes(ids))
 
     def predict_after(self: MemoryFork, ids: Any) -> MemoryPrediction:
         if not self.valid():
@@ -60,7 +58,7 @@ def _general_paths(mp: pytest.MonkeyPatch) -> None:
 
     mp.setattr(Scheduler, "_add_keystroke", add_keystroke)
     mp.setattr(StepUpdate, "_commit_piece", commit_piece)
-    mp.setattr(SessionMemory, "_push_one", push_one)
+    mp.setattr(SessionMemory, "push", push)
     mp.setattr(MemoryFork, "predict_after", predict_after)
     mp.setattr(ModelRunner, "_picked", picked)
 

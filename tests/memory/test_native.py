@@ -50,7 +50,9 @@ def test_a_broken_state_raises_instead_of_reading_out_of_bounds() -> None:
     m = SessionMemory(MemorySettings(window=64, max_rewind=0))
     m.push(b"abcabcabcabc")
     for h in m._head:
-        h[:] = array("i", [9999]) * len(h)  # heads pointing past the text
+        h[:] = array("i", [9999]) * len(h)  # heads pointing past the text ...
+    for pr in m._prev:
+        del pr[len(m) :]  # ... whose ring slots do not exist (the chains grow ahead of the text)
     with pytest.raises(IndexError):
         m.predict()
     with pytest.raises(ValueError):

@@ -53,6 +53,7 @@ except ImportError:  # pragma: no cover - a build without a C compiler
     _native = None
 _SEEDS = tuple((k * 0x9E3779B1) & 0xFFFFFFFF for k in ORDERS)
 _REBASE_AT = 1 << 30  # positions stay int32: past this the memory renumbers from its kept text
+_RING_STEP = 256  # the fewest ring slots the chains grow by (``_ring_up_to``)
 
 
 class MemoryPrediction(NamedTuple):
@@ -164,9 +165,26 @@ class SessionMemory:
     def push(self, ids: Iterable[int]) -> None:
         """Appends characters (vocabulary ids) to the text."""
         data = bytes(ids)
-        if len(data) == 1 and _native is not None and self._len + 1 < self._grow_at and self._head is not _EMPTY_HEADS:
-            self._push_one(data[0])
+        pos = self._len
+        if len(data) == 1 and _native is not None and pos + 1 < self._grow_at and self._head is not _EMPTY_HEADS:
+            # a keystroke where the tables need no growth: ``_push_events`` of one character
+            # (in C), then the bookkeeping below, without the calls
+            buf = self._buf
+            buf.append(data[0])
+            if pos >= len(self._prev[0]) and pos < self._cap:
+                self._ring_up_to(pos + 1)
+            _native.events(buf, len(buf) - 1, pos, self._orders, self._cap, self._mask)
+            self._len = pos = pos + 1
+            if len(buf) > 2 * self._keep:
+                self._trim()
+            self.version += 1
+            if pos > self._high:
+                self._high = pos
             return
+        self._push_many(data)
+
+    def _push_many(self, data: bytes) -> None:
+        """``push``'s general path (any length; the tables may grow or the numbering rebase)."""
         if data and self._head is _EMPTY_HEADS:
             self._set_tables([array("i", [-1]) * (self._mask + 1) for _ in ORDERS])
         if self._len + len(data) < self._grow_at:  # a keystroke: no growth or rebase on the way
@@ -211,29 +229,18 @@ class SessionMemory:
             self._trim()
 
     def _ring_up_to(self, end: int) -> None:
-        """The chains' ring slots of the positions below ``end`` exist (those added hold -1)."""
+        """The chains' ring slots of the positions below ``end`` exist (those added hold -1).
+        They grow ahead, by an eighth of what they hold and at least ``_RING_STEP`` (never past
+        the ring's size): keystrokes then add slots once per many characters, not one each.
+        Slots past the text hold -1 until written; nothing reads them (the chains' links point
+        below the text's end, and ``pop`` reads only slots of positions it removes)."""
         prev = self._prev
-        missing = min(self._cap, end) - len(prev[0])
-        if missing == 1:  # a keystroke
-            for pr in prev:
-                pr.append(-1)
-        elif missing > 0:
-            grow = array("i", [-1]) * missing
-            for pr in prev:
-                pr.extend(grow)
-
-    def _push_one(self, c: int) -> None:
-        """``push`` of one character (a keystroke) in C where the tables need no growth: what
-        ``_push_events`` does for a segment of one, then ``push``'s bookkeeping."""
-        buf, pos = self._buf, self._len
-        buf.append(c)
-        self._ring_up_to(pos + 1)
-        _native.events(buf, len(buf) - 1, pos, self._orders, self._cap, self._mask)  # type: ignore[union-attr]
-        self._len = pos = pos + 1
-        self._trim()
-        self.version += 1
-        if pos > self._high:
-            self._high = pos
+        have = len(prev[0])
+        if have >= min(self._cap, end):
+            return
+        grow = array("i", [-1]) * (min(self._cap, max(end, have + max(_RING_STEP, have >> 3))) - have)
+        for pr in prev:
+            pr.extend(grow)
 
     def _push_events_py(self, ids: bytes) -> None:
         buf, cap, mask, crc, orders = self._buf, self._cap, self._mask, zlib.crc32, self._orders

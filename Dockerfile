@@ -10,9 +10,9 @@
 # cellserve-client into a virtual environment that sees the base image's torch (so the CUDA
 # build of torch is reused, never downloaded again); `runtime` copies that environment and the
 # models, adds nothing else, and runs as a non-root user. Every dependency is installed from a
-# wheel (--only-binary); the build stage has a C compiler for cellserve's one extension (the
-# session memory's loops, server/cellserve/memory/_window.c), and the runtime stage checks it
-# has none.
+# wheel (--only-binary); the build stage has a C compiler for cellserve's two extensions (the
+# session memory's loops, server/cellserve/memory/_window.c, and the keystroke answer's
+# serialization, server/cellserve/api/_wire.c), and the runtime stage checks it has none.
 #
 # The root filesystem can be read-only: the only writable path is the /tmp volume.
 
@@ -29,7 +29,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv --system-site-packages /opt/venv
 
 WORKDIR /src
-# A C compiler for the memory's extension, in this stage only.
+# A C compiler for the extensions, in this stage only.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
@@ -39,10 +39,10 @@ COPY client/ client/
 COPY server/ server/
 
 # Not editable: the image must not depend on /src. --only-binary: every dependency a wheel.
-# The import check fails the build if the memory's extension was not compiled (setup.py lets
-# a build without a compiler fall back to the Python loops; the image must not).
+# The import check fails the build if an extension was not compiled (setup.py lets a build
+# without a compiler fall back to the Python paths; the image must not).
 RUN /opt/venv/bin/pip install --only-binary=:all: ./client . \
-    && /opt/venv/bin/python -c "import torch, cellserve.serve, cellserve_client, cellserve.memory._window; print('torch', torch.__version__)"
+    && /opt/venv/bin/python -c "import torch, cellserve.serve, cellserve_client, cellserve.memory._window, cellserve.api._wire; print('torch', torch.__version__)"
 
 # ---- runtime ---------------------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS runtime

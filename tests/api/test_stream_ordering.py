@@ -43,8 +43,8 @@ class Harness:
             while (r := await self.requests.get()) is not None:
                 yield r
 
-        async for response in self.stream.run(requests()):
-            self.responses.put_nowait(response)
+        async for response in self.stream.run(requests()):  # an Append's answer comes serialized
+            self.responses.put_nowait(svc.SessionResponse.FromString(response) if type(response) is bytes else response)
 
     def send(self, **op: Any) -> int:
         self._id += 1

@@ -5,9 +5,6 @@ each runs on both implementations, ``_loops.py``.)"""
 
 from __future__ import annotations
 
-import os
-import shutil
-import sysconfig
 from array import array
 from pathlib import Path
 
@@ -16,6 +13,7 @@ import pytest
 from _loops import NATIVE
 from cellserve.memory.settings import MemorySettings
 from cellserve.memory.window import SessionMemory
+from extensions import assert_built_from, assert_missing_only_without_a_compiler
 
 SOURCE = Path(window.__file__).with_name("_window.c")
 
@@ -25,19 +23,12 @@ built = pytest.mark.skipif(NATIVE is None, reason="the memory's C extension is n
 
 @pytest.mark.skipif(NATIVE is not None, reason="built")
 def test_built_where_a_compiler_is() -> None:  # runs only when the extension is missing
-    if os.environ.get("CELLSERVE_NATIVE_MEMORY") == "0":
-        pytest.skip("turned off by CELLSERVE_NATIVE_MEMORY=0")
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    headers = (Path(sysconfig.get_paths()["include"]) / "Python.h").exists()
-    assert not (compiler and headers), "a C compiler and Python's headers are here: `pip install -e .` builds it"
+    assert_missing_only_without_a_compiler("CELLSERVE_NATIVE_MEMORY")
 
 
 @built
 def test_built_from_the_current_source() -> None:
-    built = Path(NATIVE.__file__)
-    if built.parent != SOURCE.parent:
-        pytest.skip("installed as a wheel, not from this tree")
-    assert built.stat().st_mtime >= SOURCE.stat().st_mtime, "_window.c changed since the build: `pip install -e .`"
+    assert_built_from(NATIVE, SOURCE)
 
 
 @built

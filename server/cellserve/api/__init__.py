@@ -13,6 +13,7 @@ Modules:
     owner     session owner: the tenant, or the optional ``authorization`` metadata (hashed)
     servicer  the unary calls (thin translators) and the start of Session streams
     stream    one bidirectional Session stream: pipelined, ordered, in-band errors
+    wire      a keystroke's answer serialized in C (_wire.c), protobuf's bytes without its messages
     health    grpc.health.v1 liveness/readiness
     server    assembles the grpc.aio server (service, health, reflection) and drains it
 """

@@ -36,6 +36,7 @@ from grpc import aio
 
 from ..engine.client import EngineClient
 from ..logs import REQUEST_ID_MD, new_request_id, set_request_id
+from . import wire
 from .admission import StreamAdmission
 from .auth import HEALTH_PREFIX, Authenticator, Principal, StreamToken, admit
 from .malformed import MalformedCounter, RejectedRequest, guard
@@ -143,7 +144,10 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         deserializer = guard(handler.request_deserializer, m.name, self._malformed) if ours else None
         kw = {
             "request_deserializer": deserializer or handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
+            # this server's own responses may come serialized already (api/wire.py)
+            "response_serializer": wire.serializer(handler.response_serializer)
+            if ours
+            else handler.response_serializer,
         }
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(self._one(handler.unary_unary, m), **kw)

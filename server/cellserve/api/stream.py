@@ -30,7 +30,7 @@ from typing import Any
 
 from ..config import Settings
 from ..engine.client import CompletionStream, EngineClient
-from ..engine.types import Prediction, SessionInfo, Suggestion
+from ..engine.types import SessionInfo, Suggestion
 from ..errors import CellserveError, InvalidInput, PreconditionFailed, Unavailable
 from ..logs import user_text
 from . import convert, validate
@@ -40,6 +40,7 @@ from .pb import svc, types
 from .recorder import NULL_RECORDER, Recorder, ResponseTimer, code_name, prediction_sent
 from .status import status_of
 from .stream_guard import ClientNotReading, UnreadBound
+from .wire import prediction_response
 
 log = logging.getLogger("cellserve.api")
 
@@ -82,7 +83,7 @@ class _Reply:
         self.append_chars = 0  # an append's characters (its keystroke kind), set when validated
         self.error: BaseException | None = None
         self.outcome: Awaitable[Any] | None = None
-        self.build: Callable[[int, Any], svc.SessionResponse] | None = None
+        self.build: Callable[[int, Any], svc.SessionResponse | bytes] | None = None
         self.chunks: CompletionStream | None = None
         self.recorded = False
 
@@ -136,8 +137,8 @@ class SessionStream:
 
     async def run(
         self, requests: AsyncIterator[svc.SessionRequest], live: set[SessionStream] | None = None
-    ) -> AsyncIterator[svc.SessionResponse]:
-        """The stream's responses; it is in ``live`` (the server's open streams, stopped on
+    ) -> AsyncIterator[svc.SessionResponse | bytes]:
+        """The stream's responses (an Append's answer serialized already: ``wire``); it is in ``live`` (the server's open streams, stopped on
         drain) while it runs. Stopped by drain, it ends with UNAVAILABLE once it has answered
         what it read."""
         self._reader = asyncio.create_task(self._read(requests))
@@ -325,7 +326,7 @@ class SessionStream:
             if log.isEnabledFor(logging.DEBUG):  # user_text is not free
                 log.debug("stream append %d at %d: %s", reply.request_id, msg.offset, user_text(text, self._settings))
             reply.outcome = engine.append(owner, sid, msg.offset, text, options)
-            reply.build = _prediction_response
+            reply.build = prediction_response
         elif op == "complete":
             req = validate.completion_request(request.complete, self._settings)
             # The tenant's completion quota is counted by the core (CapacityExceeded answers in-band).
@@ -350,10 +351,6 @@ class SessionStream:
 
 
 # ---- each operation's response from its outcome (``_Reply.build``) ------------------------------
-def _prediction_response(request_id: int, p: Prediction) -> svc.SessionResponse:
-    response = svc.SessionResponse(request_id=request_id)
-    convert.fill_prediction(response.prediction, p)
-    return response
 
 
 def _opened_response(request_id: int, opened: svc.SessionResponse.Opened) -> svc.SessionResponse:

@@ -8,8 +8,9 @@ answers every waiting call once per pass, as the real ones do:
 - ``--zmq``: the frontend's ``ZmqEngineClient`` over a real ipc socket to a stand-in core
   thread that answers each ``ToCore`` with one ``ToFrontend`` (the multi-process frontend).
 
-Each response goes through the method's response serializer, as grpc does on the loop's
-thread. Only the loop thread's CPU is counted (``time.thread_time``), so the stand-in core costs
+Each request is serialized (the driver's share, the same before and after a change) and read
+by the method's request deserializer, and each response goes through its response serializer,
+as grpc does on the loop's thread. Only the loop thread's CPU is counted (``time.thread_time``), so the stand-in core costs
 nothing; the requests' own feeding (a queue per stream) is counted and is the same before and
 after a change. An A/B tool for the per-message Python of ``api/`` and ``multiproc/client.py``;
 on a shared machine compare rounds of the same run.
@@ -104,22 +105,26 @@ class Typist:
     def __init__(
         self,
         responses: AsyncIterator[svc.SessionResponse | bytes],
-        queue: asyncio.Queue[svc.SessionRequest],
+        queue: asyncio.Queue[Any],
         serialize: Callable[[Any], bytes],
+        deserialize: Callable[[bytes], Any],
     ):
         self.responses = responses
         self.queue = queue
         self.serialize = serialize  # as grpc does with each response, on the loop's thread
+        self.deserialize = deserialize
         self.rid = 1
         self.offset = 0
 
     async def type(self, until: list[int], counter: list[int]) -> None:
         while counter[0] < until[0]:
             self.rid += 1
-            self.queue.put_nowait(
-                svc.SessionRequest(
-                    request_id=self.rid,
-                    append=svc.SessionRequest.Append(offset=self.offset, input=types.Input(text="a"), top_k=5),
+            self.queue.put_nowait(  # the bytes a client sends, read by the method's deserializer as grpc does
+                self.deserialize(
+                    svc.SessionRequest(
+                        request_id=self.rid,
+                        append=svc.SessionRequest.Append(offset=self.offset, input=types.Input(text="a"), top_k=5),
+                    ).SerializeToString()
                 )
             )
             data = self.serialize(await anext(self.responses))
@@ -161,16 +166,16 @@ async def one_round(zmq_client: bool, sessions: int, keystrokes: int) -> float:
 
     typists = []
     for _ in range(sessions):
-        queue: asyncio.Queue[svc.SessionRequest] = asyncio.Queue()
+        queue: asyncio.Queue[Any] = asyncio.Queue()  # what the deserializer read
 
-        async def requests(q: asyncio.Queue[svc.SessionRequest] = queue) -> AsyncIterator[svc.SessionRequest]:
+        async def requests(q: asyncio.Queue[Any] = queue) -> AsyncIterator[Any]:
             while True:
                 yield await q.get()
 
         responses = handler.stream_stream(requests(), _Context(()))
         queue.put_nowait(svc.SessionRequest(request_id=1, open=svc.SessionRequest.Open()))
         assert (await anext(responses)).HasField("opened")
-        typists.append(Typist(responses, queue, handler.response_serializer))
+        typists.append(Typist(responses, queue, handler.response_serializer, handler.request_deserializer))
     warm = keystrokes // 5
     counter, until = [0], [warm]
     await asyncio.gather(*(t.type(until, counter) for t in typists))  # warm-up

@@ -1,5 +1,15 @@
-/* The Session stream's most frequent response, serialized in C (api/stream.py holds the
- * protobuf path it short-cuts, which stays the reference and the fallback):
+/* The Session stream's most frequent messages in C: a keystroke's Append read and its answer
+ * written (api/wire.py; protobuf stays the reference and the fallback):
+ *
+ *   append_request(raw) -> AppendRequest (request_id, offset, text, top_k, want_logprobs,
+ *                           want_gates, only_last, no_memory: a struct sequence) or None
+ *       a serialized SessionRequest read, when it is an Append in the plain shape a client
+ *       writes: request_id and append each at most once, the Append's fields each at most once
+ *       (offset, input holding only a non-empty valid UTF-8 text, top_k (-1: unset) and the
+ *       four flags as 0/1), no other field; top_k None when unset. None for anything else (other operations, unknown
+ *       or repeated fields, an empty or missing text, malformed bytes): protobuf reads those,
+ *       and raises where it must. Whatever this returns is what protobuf reads from the same
+ *       bytes.
  *
  *   prediction_response(request_id, position, top_k, replayed, superseded) -> bytes
  *       a SessionResponse {request_id, prediction {position, top_characters {entries
@@ -138,7 +148,126 @@ done:
     return result;
 }
 
+static PyStructSequence_Field append_fields[] = {
+    {"request_id", NULL}, {"offset", NULL},     {"text", NULL},      {"top_k", "None when unset"},
+    {"want_logprobs", NULL}, {"want_gates", NULL}, {"only_last", NULL}, {"no_memory", NULL},
+    {NULL, NULL},
+};
+static PyStructSequence_Desc append_desc = {
+    "cellserve.api._wire.AppendRequest",
+    "A SessionRequest holding a plain Append, as append_request read it.",
+    append_fields,
+    8,
+};
+static PyTypeObject AppendRequestType;
+
+/* A varint at *p (< end): its value into *v, the position after it; NULL when truncated or
+ * longer than 64 bits. */
+static const unsigned char *get_varint(const unsigned char *p, const unsigned char *end, uint64_t *v) {
+    uint64_t x = 0;
+    for (int shift = 0; shift < 64 && p < end; shift += 7) {
+        unsigned char b = *p++;
+        if (shift == 63 && b > 1) return NULL;
+        x |= (uint64_t)(b & 0x7F) << shift;
+        if (!(b & 0x80)) {
+            *v = x;
+            return p;
+        }
+    }
+    return NULL;
+}
+
+/* A length-delimited field's body: [*body, *body + *len) within end; NULL when it overruns. */
+static const unsigned char *get_len(const unsigned char *p, const unsigned char *end, const unsigned char **body,
+                                    Py_ssize_t *len) {
+    uint64_t n;
+    p = get_varint(p, end, &n);
+    if (!p || n > (uint64_t)(end - p)) return NULL;
+    *body = p;
+    *len = (Py_ssize_t)n;
+    return p + n;
+}
+
+static PyObject *append_request(PyObject *self, PyObject *arg) {
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "append_request: bytes");
+        return NULL;
+    }
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(arg), *end = p + PyBytes_GET_SIZE(arg);
+    uint64_t rid = 0, offset = 0, v;
+    const unsigned char *append = NULL, *aend = NULL, *text = NULL;
+    Py_ssize_t alen = 0, tlen = 0;
+    int seen = 0; /* bits: request_id, append */
+    while (p < end) {
+        unsigned char tag = *p++;
+        if (tag == 0x08 && !(seen & 1)) { /* request_id = 1, varint */
+            if (!(p = get_varint(p, end, &rid))) Py_RETURN_NONE;
+            seen |= 1;
+        } else if (tag == 0x22 && !(seen & 2)) { /* append = 4, length-delimited */
+            if (!(p = get_len(p, end, &append, &alen))) Py_RETURN_NONE;
+            seen |= 2;
+        } else {
+            Py_RETURN_NONE;
+        }
+    }
+    if (!append) Py_RETURN_NONE;
+    long long top_k = -1;
+    int flags[4] = {0, 0, 0, 0}; /* want_logprobs, want_gates, only_last, no_memory */
+    int fseen = 0;                /* bits: field number */
+    p = append;
+    aend = append + alen;
+    while (p < aend) {
+        unsigned char tag = *p++;
+        int field = tag >> 3;
+        if (tag & 0x80 || field < 1 || field > 7 || (fseen >> field) & 1) Py_RETURN_NONE;
+        fseen |= 1 << field;
+        if (field == 2) { /* input = 2: an Input holding only text = 1 */
+            const unsigned char *in, *q;
+            Py_ssize_t inlen;
+            if ((tag & 7) != 2 || !(p = get_len(p, aend, &in, &inlen))) Py_RETURN_NONE;
+            if (inlen < 1 || in[0] != 0x0a || !(q = get_len(in + 1, in + inlen, &text, &tlen)) || q != in + inlen)
+                Py_RETURN_NONE;
+            continue;
+        }
+        if ((tag & 7) != 0 || !(p = get_varint(p, aend, &v))) Py_RETURN_NONE;
+        if (field == 1) {
+            offset = v;
+        } else if (field == 3) { /* top_k, optional uint32 */
+            if (v > 0xFFFFFFFFu) Py_RETURN_NONE;
+            top_k = (long long)v;
+        } else { /* the flags, bools */
+            if (v > 1) Py_RETURN_NONE;
+            flags[field - 4] = (int)v;
+        }
+    }
+    if (!text || !tlen) Py_RETURN_NONE; /* no text, or empty: protobuf's path says which */
+    PyObject *s = PyUnicode_DecodeUTF8((const char *)text, tlen, NULL);
+    if (!s) { /* not UTF-8: protobuf refuses the message */
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    PyObject *r = PyStructSequence_New(&AppendRequestType);
+    if (!r) {
+        Py_DECREF(s);
+        return NULL;
+    }
+    PyObject *items[8] = {PyLong_FromUnsignedLongLong(rid), PyLong_FromUnsignedLongLong(offset), s,
+                          top_k < 0 ? Py_NewRef(Py_None) : PyLong_FromLongLong(top_k), PyBool_FromLong(flags[0]),
+                          PyBool_FromLong(flags[1]), PyBool_FromLong(flags[2]), PyBool_FromLong(flags[3])};
+    for (int i = 0; i < 8; i++) {
+        if (!items[i]) { /* out of memory: the rest are released with r */
+            for (int j = i + 1; j < 8; j++) Py_XDECREF(items[j]);
+            Py_DECREF(r);
+            return NULL;
+        }
+        PyStructSequence_SET_ITEM(r, i, items[i]);
+    }
+    return r;
+}
+
 static PyMethodDef methods[] = {
+    {"append_request", append_request, METH_O,
+     "A serialized SessionRequest holding a plain Append, read; None for any other message."},
     {"prediction_response", prediction_response, METH_VARARGS,
      "A SessionResponse carrying a Prediction (position, top-k, flags), serialized."},
     {NULL, NULL, 0, NULL},
@@ -146,4 +275,13 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_wire", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__wire(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__wire(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    if (PyStructSequence_InitType2(&AppendRequestType, &append_desc) < 0 ||
+        PyModule_AddObjectRef(m, "AppendRequest", (PyObject *)&AppendRequestType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -48,6 +48,8 @@ from .stream_guard import guarded
 
 log = logging.getLogger("cellserve.api")
 
+SESSION_METHOD = f"/{SERVICE_NAME}/Session"  # its requests are read by wire.session_request
+
 Context: TypeAlias = aio.ServicerContext[Any, Any]
 UNAUTHENTICATED = "UNAUTHENTICATED"
 CANCELLED = "CANCELLED"
@@ -141,7 +143,9 @@ class CallInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
             return handler
         m = _Method(path, ours, path.startswith(self._refusals_counted), ours and handler.stream_stream is not None)
         # Undecodable bytes become a RejectedRequest (INVALID_ARGUMENT), never a raise in grpc.
-        deserializer = guard(handler.request_deserializer, m.name, self._malformed) if ours else None
+        # A Session stream's plain Appends are read in C (api/wire.py), every other message by protobuf.
+        read = wire.session_request if path == SESSION_METHOD else handler.request_deserializer
+        deserializer = guard(read, m.name, self._malformed) if ours else None
         kw = {
             "request_deserializer": deserializer or handler.request_deserializer,
             # this server's own responses may come serialized already (api/wire.py)

@@ -40,7 +40,7 @@ from .pb import svc, types
 from .recorder import NULL_RECORDER, Recorder, ResponseTimer, code_name, prediction_sent
 from .status import status_of
 from .stream_guard import ClientNotReading, UnreadBound
-from .wire import prediction_response
+from .wire import AppendRequest, prediction_response
 
 log = logging.getLogger("cellserve.api")
 
@@ -276,7 +276,7 @@ class SessionStream:
                     self._awaiting_input = False
                 if self._unanswered.full():
                     await self._unanswered.room()
-                op = request.WhichOneof("op")
+                op = "append" if type(request) is AppendRequest else request.WhichOneof("op")
                 reply = _Reply(request.request_id, op)
                 try:
                     if isinstance(request, RejectedRequest):  # undecodable, or over the tenant's quota
@@ -319,13 +319,26 @@ class SessionStream:
             raise InvalidInput("no session on this stream yet: the first request must be open or attach")
         engine, owner, sid = self._engine, self._owner, self._session_id
         if op == "append":
-            msg = request.append
-            text = validate.input_text(msg.input if msg.HasField("input") else None, "append.input", self._settings)
-            options = validate.append_options(msg, self._settings, only_last=msg.only_last)
+            if type(request) is AppendRequest:  # every keystroke: read in C (api/wire.py)
+                offset = request.offset
+                text = validate.text_within_limit(request.text, "append.input", self._settings)
+                options = validate.options_of(
+                    request.top_k,
+                    request.want_logprobs,
+                    request.want_gates,
+                    request.only_last,
+                    not request.no_memory,
+                    self._settings,
+                )
+            else:
+                msg = request.append
+                offset = msg.offset
+                text = validate.input_text(msg.input if msg.HasField("input") else None, "append.input", self._settings)
+                options = validate.append_options(msg, self._settings, only_last=msg.only_last)
             reply.append_chars = len(text)
             if log.isEnabledFor(logging.DEBUG):  # user_text is not free
-                log.debug("stream append %d at %d: %s", reply.request_id, msg.offset, user_text(text, self._settings))
-            reply.outcome = engine.append(owner, sid, msg.offset, text, options)
+                log.debug("stream append %d at %d: %s", reply.request_id, offset, user_text(text, self._settings))
+            reply.outcome = engine.append(owner, sid, offset, text, options)
             reply.build = prediction_response
         elif op == "complete":
             req = validate.completion_request(request.complete, self._settings)

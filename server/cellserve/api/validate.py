@@ -48,6 +48,11 @@ def input_text(msg: Any, field: str, settings: Settings, *, allow_empty: bool = 
     text: str = msg.text
     if not text and not allow_empty:
         raise InvalidInput(f"{field}.text is empty")
+    return text_within_limit(text, field, settings)
+
+
+def text_within_limit(text: str, field: str, settings: Settings) -> str:
+    """``text`` (the ``text`` of the Input at ``field``) when it is not too long."""
     if len(text) > settings.max_append_chars:
         raise InvalidInput(
             f"{field}.text has {len(text)} characters; the limit is {settings.max_append_chars} (max_append_chars)"
@@ -61,11 +66,24 @@ _OPTIONS: dict[tuple[int, bool, bool, bool, bool], AppendOptions] = {}
 
 
 def append_options(msg: Any, settings: Settings, *, only_last: bool = False) -> AppendOptions:
-    top_k = msg.top_k if msg.HasField("top_k") else min(DEFAULT_TOP_K, settings.max_top_k)
-    if top_k > settings.max_top_k:
+    return options_of(
+        msg.top_k if msg.HasField("top_k") else None,
+        msg.want_logprobs,
+        msg.want_gates,
+        only_last,
+        not getattr(msg, "no_memory", False),  # a Resume's replay: as the session's memory
+        settings,
+    )
+
+
+def options_of(
+    top_k: int | None, logprobs: bool, gates: bool, only_last: bool, memory: bool, settings: Settings
+) -> AppendOptions:
+    """An Append's options from its fields (``top_k`` None: unset)."""
+    if top_k is None:
+        top_k = min(DEFAULT_TOP_K, settings.max_top_k)
+    elif top_k > settings.max_top_k:
         raise InvalidInput(f"top_k is {top_k}; the limit is {settings.max_top_k} (max_top_k)")
-    logprobs, gates = msg.want_logprobs, msg.want_gates
-    memory = not getattr(msg, "no_memory", False)  # a Resume's replay: as the session's memory
     key = (top_k, logprobs, gates, only_last, memory)
     options = _OPTIONS.get(key)
     if options is None:

@@ -1,5 +1,11 @@
-"""A keystroke's answer serialized once, in C (``_wire.c``), instead of a protobuf message built
-field by field and then serialized by gRPC.
+"""A keystroke's Append read and its answer written in C (``_wire.c``), instead of protobuf
+messages built and read field by field.
+
+``session_request`` is the Session method's request deserializer: a plain Append (the shape
+every keystroke has) comes back as an ``AppendRequest`` (a struct sequence of its fields), any
+other message as the ``SessionRequest`` protobuf reads; what the C accepts, protobuf reads the
+same (tests/api/test_wire.py), and what it does not (other operations, unusual encodings,
+malformed bytes) goes to protobuf, which raises where it must.
 
 ``prediction_response`` returns the serialized ``SessionResponse`` (bytes) for the answers that
 need nothing but the position, the top-k and the flags (every plain keystroke), and the message
@@ -27,6 +33,18 @@ try:
     _native = None if os.environ.get("CELLSERVE_NATIVE_WIRE", "1") == "0" else _wire
 except ImportError:  # pragma: no cover - a build without a C compiler
     _native = None
+
+
+AppendRequest: Any = _native.AppendRequest if _native is not None else None
+
+
+def session_request(raw: bytes) -> svc.SessionRequest | Any:
+    """The Session method's request deserializer: an ``AppendRequest``, or the message."""
+    if _native is not None:
+        append = _native.append_request(raw)
+        if append is not None:
+            return append
+    return svc.SessionRequest.FromString(raw)
 
 
 def prediction_response(request_id: int, p: Prediction) -> svc.SessionResponse | bytes:

@@ -6,7 +6,9 @@ Python thread is named by its `threading` name when py-spy is installed (`py-spy
 thread ids to names), else by the OS name ("python"; " [main]" for the main thread).
 Extra arguments go to `cellserve serve` (`--frontends 2`: the frontends and the core process
 are told apart from the supervisor's "started (pid ...)" lines); `--echo` measures the echo peer.
-REPEAT (environment, default 1) runs the window that many times on the same server. GC=1: each
+REPEAT (environment, default 1) runs the window that many times on the same server. COMPLETE=1:
+the bench's completion load instead (N sessions each asking for a greedy 32-character
+completion, reading it to the end, asking again), and every figure per generated character. GC=1: each
 server process also reports the share of its CPU its garbage collector took since it started,
 per generation (``scripts/gc_stats/sitecustomize.py``, put on the server's PYTHONPATH).
 PHASES=1: the process that steps the engine core also reports its steps in the window, rows per
@@ -36,6 +38,7 @@ from cellserve.bench.procs import ServerProc, cellserve_cmd, peer_cmd
 from cellserve.bench.scaling import PID_WAIT_S, STARTED
 
 _TICK = os.sysconf("SC_CLK_TCK")
+UNIT = ["keystroke"]  # what the figures are per: "character" with COMPLETE=1
 DUMPED = re.compile(r'^Thread (\d+) \([^)]*\): "(.*)"$', re.M)
 
 Reading = dict[tuple[str, int, str, int], float]  # (process, pid, thread name, tid) -> CPU seconds
@@ -145,7 +148,7 @@ class Probe:
             print(f"  speculation: {guesses} batches of guesses, {g_rows / guesses:.1f} rows each")
         cpu = {k: v - first.get("cpu_s", {}).get(k, 0.0) for k, v in last["cpu_s"].items()}
         for name, used in sorted(cpu.items(), key=lambda kv: -kv[1]):
-            print(f"      {used / requests * 1e6:7.1f}  {name} (us/keystroke)")
+            print(f"      {used / requests * 1e6:7.1f}  {name} (us/{UNIT[0]})")
 
     def report(self, requests: int, names: dict[int, str]) -> None:
         first, last = self.readings[-2], self.readings[-1]
@@ -158,12 +161,12 @@ class Probe:
             by_process[process] += used
             by_thread[process][name] += used
         total = sum(by_process.values())
-        print(f"  all processes: {total / requests * 1e6:7.1f} us/keystroke")
+        print(f"  all processes: {total / requests * 1e6:7.1f} us/{UNIT[0]}")
         frontends = sum(cpu for process, cpu in by_process.items() if process.startswith("frontend"))
         if frontends:  # the connections may land on any of them: their sum per keystroke
-            print(f"  all frontends: {frontends / requests * 1e6:7.1f} us/keystroke")
+            print(f"  all frontends: {frontends / requests * 1e6:7.1f} us/{UNIT[0]}")
         for process in self.processes:
-            print(f"  {process}: {by_process[process] / requests * 1e6:7.1f} us/keystroke")
+            print(f"  {process}: {by_process[process] / requests * 1e6:7.1f} us/{UNIT[0]}")
             for name, used in sorted(by_thread[process].items(), key=lambda kv: -kv[1]):
                 if used > 0:
                     print(f"      {used / requests * 1e6:7.1f}  {name}")
@@ -181,7 +184,7 @@ class Probe:
             acc = sums[(process, names.get(tid, name))]
             for i in range(5):
                 acc[i] += now[i] - before[i]
-        print("  per thread, per keystroke: user us, system us, waits (voluntary switches), preempted, minor faults")
+        print(f"  per thread, per {UNIT[0]}: user us, system us, waits (voluntary switches), preempted, minor faults")
         for (process, name), (user, system, vol, invol, faults) in sorted(sums.items(), key=lambda kv: -kv[1][0]):
             if user + system > 0:
                 r = requests
@@ -217,6 +220,9 @@ def gc_report(folder: str, processes: dict[str, int]) -> None:
 
 def main() -> None:
     n, seconds, extra = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
+    complete = os.environ.get("COMPLETE") == "1"
+    if complete:
+        UNIT[0] = "character"
     gc_dir = tempfile.mkdtemp() if os.environ.get("GC") == "1" else ""
     phases_dir = tempfile.mkdtemp() if os.environ.get("PHASES") == "1" else ""
     here = os.path.dirname(os.path.abspath(__file__))
@@ -237,14 +243,22 @@ def main() -> None:
         probe = Probe(processes, phases_dir)
         for _ in range(int(os.environ.get("REPEAT", "1"))):
             time.sleep(1.0)  # let the previous window's sessions close
-            r = run_load(server.target, Workload("closed", n, warmup_s=2.0, window_s=seconds), 2, probe)
-            print(
-                f"N={n} {' '.join(extra) or 'one process'}: {r['throughput_rps']:.0f} keystrokes/s, "
-                f"p50 {r['latency_ms']['p50']:.2f} ms, errors {r['errors']}"
-            )
-            probe.report(r["requests"], python_names(list(processes.values())))
+            if complete:  # per generated character
+                r = run_load(server.target, Workload("complete", n, warmup_s=2.0, window_s=seconds), 2, probe)
+                units = round(r["chars_per_s"] * seconds)
+                print(
+                    f"B={n} {' '.join(extra) or 'one process'}: {r['chars_per_s']:.0f} characters/s, errors {r['errors']}"
+                )
+            else:
+                r = run_load(server.target, Workload("closed", n, warmup_s=2.0, window_s=seconds), 2, probe)
+                units = r["requests"]
+                print(
+                    f"N={n} {' '.join(extra) or 'one process'}: {r['throughput_rps']:.0f} keystrokes/s, "
+                    f"p50 {r['latency_ms']['p50']:.2f} ms, errors {r['errors']}"
+                )
+            probe.report(units, python_names(list(processes.values())))
             if phases_dir:
-                probe.report_phases(r["requests"])
+                probe.report_phases(units)
         if gc_dir:
             time.sleep(1.1)  # the last second's figures
             gc_report(gc_dir, processes)

@@ -51,6 +51,7 @@ PHASES: list[tuple[type, str]] = [
     (ModelRunner, "_pick"),
     (ModelRunner, "_unpack"),
     (ModelRunner, "_write_back"),
+    (ModelRunner, "_decode"),  # a step of completions only
     (StepUpdate, "stage"),
     (StepUpdate, "apply"),
 ]

@@ -138,9 +138,11 @@ class SessionStream:
     async def run(
         self, requests: AsyncIterator[svc.SessionRequest], live: set[SessionStream] | None = None
     ) -> AsyncIterator[svc.SessionResponse | bytes]:
-        """The stream's responses (an Append's answer serialized already: ``wire``); it is in ``live`` (the server's open streams, stopped on
-        drain) while it runs. Stopped by drain, it ends with UNAVAILABLE once it has answered
-        what it read."""
+        """The stream's responses (an Append's answer serialized already: ``wire``), for
+        ``requests`` as the Session method's deserializer reads them (a plain Append as a
+        ``wire.AppendRequest``). It is in ``live`` (the server's open streams, stopped on drain)
+        while it runs. Stopped by drain, it ends with UNAVAILABLE once it has answered what it
+        read."""
         self._reader = asyncio.create_task(self._read(requests))
         unanswered = self._unanswered
         if live is not None:
@@ -363,9 +365,7 @@ class SessionStream:
             raise InvalidInput(f"operation {op!r} is not supported by this server")
 
 
-# ---- each operation's response from its outcome (``_Reply.build``) ------------------------------
-
-
+# ---- each operation's response from its outcome (``_Reply.build``; an Append's: wire.py) ---------
 def _opened_response(request_id: int, opened: svc.SessionResponse.Opened) -> svc.SessionResponse:
     return svc.SessionResponse(request_id=request_id, opened=opened)
 

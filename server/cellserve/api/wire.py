@@ -35,6 +35,8 @@ except ImportError:  # pragma: no cover - a build without a C compiler
     _native = None
 
 
+# The type ``session_request`` gives a plain Append (the stream checks ``type(r) is
+# AppendRequest``); None without the extension, where no request is one.
 AppendRequest: Any = _native.AppendRequest if _native is not None else None
 
 

@@ -63,8 +63,9 @@ def prediction(p: Prediction) -> types.Prediction:
 
 
 def fill_prediction(msg: types.Prediction, p: Prediction) -> None:
-    """``prediction(p)`` written into ``msg``, an empty Prediction field of a response: every
-    keystroke comes through here, so the answer is built in place (a message passed to a
+    """``prediction(p)`` written into ``msg``, an empty Prediction field of a response: the
+    unary Append's and Resume's answers, and a stream's when ``api/wire.py`` cannot write it
+    in C (log-probs or gates, or no extension). Built in place (a message passed to a
     constructor or ``CopyFrom`` is copied) and field by field (``add()`` then attributes costs
     less than ``add`` with keywords or a generator of CharProbability objects)."""
     msg.SetInParent()  # present even when every field is at its default (position 0)

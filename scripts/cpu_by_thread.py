@@ -38,7 +38,6 @@ from cellserve.bench.procs import ServerProc, cellserve_cmd, peer_cmd
 from cellserve.bench.scaling import PID_WAIT_S, STARTED
 
 _TICK = os.sysconf("SC_CLK_TCK")
-UNIT = ["keystroke"]  # what the figures are per: "character" with COMPLETE=1
 DUMPED = re.compile(r'^Thread (\d+) \([^)]*\): "(.*)"$', re.M)
 
 Reading = dict[tuple[str, int, str, int], float]  # (process, pid, thread name, tid) -> CPU seconds
@@ -112,8 +111,9 @@ def server_processes(server: ServerProc, extra: list[str]) -> dict[str, int]:
 class Probe:
     """``run_load``'s ``server_cpu``: called at the window's start and end; keeps each reading."""
 
-    def __init__(self, processes: dict[str, int], phases_dir: str = "") -> None:
+    def __init__(self, processes: dict[str, int], phases_dir: str = "", unit: str = "keystroke") -> None:
         self.processes = processes
+        self.unit = unit  # what the figures are per: "character" with COMPLETE=1
         self.readings: list[Reading] = []
         self.details: list[Detail] | None = [] if os.environ.get("DETAIL") == "1" else None
         self.phases_dir = phases_dir
@@ -148,7 +148,7 @@ class Probe:
             print(f"  speculation: {guesses} batches of guesses, {g_rows / guesses:.1f} rows each")
         cpu = {k: v - first.get("cpu_s", {}).get(k, 0.0) for k, v in last["cpu_s"].items()}
         for name, used in sorted(cpu.items(), key=lambda kv: -kv[1]):
-            print(f"      {used / requests * 1e6:7.1f}  {name} (us/{UNIT[0]})")
+            print(f"      {used / requests * 1e6:7.1f}  {name} (us/{self.unit})")
 
     def report(self, requests: int, names: dict[int, str]) -> None:
         first, last = self.readings[-2], self.readings[-1]
@@ -161,12 +161,12 @@ class Probe:
             by_process[process] += used
             by_thread[process][name] += used
         total = sum(by_process.values())
-        print(f"  all processes: {total / requests * 1e6:7.1f} us/{UNIT[0]}")
+        print(f"  all processes: {total / requests * 1e6:7.1f} us/{self.unit}")
         frontends = sum(cpu for process, cpu in by_process.items() if process.startswith("frontend"))
         if frontends:  # the connections may land on any of them: their sum per keystroke
-            print(f"  all frontends: {frontends / requests * 1e6:7.1f} us/{UNIT[0]}")
+            print(f"  all frontends: {frontends / requests * 1e6:7.1f} us/{self.unit}")
         for process in self.processes:
-            print(f"  {process}: {by_process[process] / requests * 1e6:7.1f} us/{UNIT[0]}")
+            print(f"  {process}: {by_process[process] / requests * 1e6:7.1f} us/{self.unit}")
             for name, used in sorted(by_thread[process].items(), key=lambda kv: -kv[1]):
                 if used > 0:
                     print(f"      {used / requests * 1e6:7.1f}  {name}")
@@ -184,7 +184,7 @@ class Probe:
             acc = sums[(process, names.get(tid, name))]
             for i in range(5):
                 acc[i] += now[i] - before[i]
-        print(f"  per thread, per {UNIT[0]}: user us, system us, waits (voluntary switches), preempted, minor faults")
+        print(f"  per thread, per {self.unit}: user us, system us, waits (voluntary switches), preempted, minor faults")
         for (process, name), (user, system, vol, invol, faults) in sorted(sums.items(), key=lambda kv: -kv[1][0]):
             if user + system > 0:
                 r = requests
@@ -221,8 +221,6 @@ def gc_report(folder: str, processes: dict[str, int]) -> None:
 def main() -> None:
     n, seconds, extra = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
     complete = os.environ.get("COMPLETE") == "1"
-    if complete:
-        UNIT[0] = "character"
     gc_dir = tempfile.mkdtemp() if os.environ.get("GC") == "1" else ""
     phases_dir = tempfile.mkdtemp() if os.environ.get("PHASES") == "1" else ""
     here = os.path.dirname(os.path.abspath(__file__))
@@ -240,7 +238,7 @@ def main() -> None:
         server = ServerProc("cellserve", cmd)
         processes = server_processes(server, extra)
     try:
-        probe = Probe(processes, phases_dir)
+        probe = Probe(processes, phases_dir, "character" if complete else "keystroke")
         for _ in range(int(os.environ.get("REPEAT", "1"))):
             time.sleep(1.0)  # let the previous window's sessions close
             if complete:  # per generated character

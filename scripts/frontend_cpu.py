@@ -10,9 +10,9 @@ answers every waiting call once per pass, as the real ones do:
 
 Each request is serialized (the driver's share, the same before and after a change) and read
 by the method's request deserializer, and each response goes through its response serializer,
-as grpc does on the loop's thread. Only the loop thread's CPU is counted (``time.thread_time``), so the stand-in core costs
-nothing; the requests' own feeding (a queue per stream) is counted and is the same before and
-after a change. An A/B tool for the per-message Python of ``api/`` and ``multiproc/client.py``;
+as grpc does on the loop's thread. Only the loop thread's CPU is counted
+(``time.thread_time``), so the stand-in core costs nothing; the requests' own feeding (a queue
+per stream) is counted and is the same before and after a change. An A/B tool for the per-message Python of ``api/`` and ``multiproc/client.py``;
 on a shared machine compare rounds of the same run.
 
     .venv/bin/python scripts/frontend_cpu.py [--zmq] [--sessions 256] [--keystrokes 20000] [--rounds 3]

@@ -96,3 +96,22 @@ def test_the_paired_efficiency_is_the_median_of_its_rounds_beside_the_target() -
     assert "3 alternating" in paired["target"] and "lowest 0.6, highest 1" in paired["target"]
     assert paired_efficiency({**res, "efficiency_pairs": None}) is None
     assert paired_efficiency({**res, "ceiling": {}}) is None
+
+
+@pytest.mark.parametrize(("core_ms", "met"), [(0.045, True), (0.055, False)])
+def test_the_core_target_is_the_model_per_row_plus_30_us(core_ms: float, met: bool) -> None:
+    """Issue 18's form of the core process's target: its CPU per keystroke at most the model's
+    ceiling per row + 30 us (beside issue 13's ratio); with the session memory's own work
+    counted as the model's, as context only."""
+    runs = {"cellserve-2f": {"256": {"cpu_ms_per_keystroke": {"core": core_ms, "frontend": 0.1}, "errors": 0,
+                                      "sessions_starved": 0}}}  # fmt: skip
+    sc = {"sessions": [256], "runs": runs, "ceiling_ms_per_row": {"256": 0.02}}
+    res = _results(scaling=sc, ceiling={"memory": {"256": {"row_s": 7e-6}}})
+    rows = {t["target"]: t for t in targets(res)}
+    ratio = rows["core CPU per keystroke / model ceiling per row at N=256"]
+    assert ratio["value"] == pytest.approx(core_ms / 0.02) and ratio["met"] is False
+    over = rows["core CPU per keystroke - model ceiling per row at N=256, ms"]
+    assert over["value"] == pytest.approx(core_ms - 0.02) and over["goal"] == "<= 0.03 ms" and over["met"] is met
+    context = rows["  context: the same, the session memory's own CPU/keystroke counted with the model's, ms"]
+    assert context["value"] == pytest.approx(core_ms - 0.02 - 0.007) and context["met"] is None
+    assert not any("memory" in t["target"] and "core" in t["target"] for t in targets(_results(scaling=sc)))

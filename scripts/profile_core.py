@@ -10,7 +10,8 @@ the two take turns on the interpreter lock, ``sys.getswitchinterval()`` apart at
 ``--switch-interval S`` sets it). ``--count-torch-calls``: torch calls (functions and tensor
 methods; each ATen op releases the interpreter lock while it runs) per step, by phase.
 
-``--also MODULE:NAME`` times one more function like a phase (repeatable).
+``--also MODULE:NAME`` times one more function like a phase (repeatable); ``--no-phases``
+times none of the phases (the total without their timers: for an A/B of two trees).
 
     .venv/bin/python scripts/profile_core.py [N] [ROUNDS] [--model python-lstm] [--set key=value ...] [--cprofile]
         [--also cellserve.engine.runner:mix_on_host ...]
@@ -127,6 +128,7 @@ def main() -> None:
     ap.add_argument("--beside-busy-thread", action="store_true")
     ap.add_argument("--switch-interval", type=float, default=None, help="sys.setswitchinterval, seconds")
     ap.add_argument("--count-torch-calls", action="store_true", help="torch calls per step by phase (slows it)")
+    ap.add_argument("--no-phases", action="store_true", help="the total only: no phase timers (about 1 us less)")
     ap.add_argument(
         "--also",
         action="append",
@@ -165,7 +167,8 @@ def main() -> None:
     if a.beside_busy_thread:
         threading.Thread(target=_busy, daemon=True).start()
     acc: dict[str, float] = defaultdict(float)
-    undo = [timed(cls, name, acc) for cls, name in PHASES + [_target(spec) for spec in a.also]]
+    phases = [] if a.no_phases else PHASES
+    undo = [timed(cls, name, acc) for cls, name in phases + [_target(spec) for spec in a.also]]
     prof = cProfile.Profile() if a.cprofile else None
     counter = _CountTorchCalls() if a.count_torch_calls else None
     steps = 0

@@ -115,6 +115,10 @@ def test_fork_isolated_and_exact() -> None:
     # predict_after: a fork of the fork, pushed, then predicted (the served point's one call)
     assert f.predict_after(TEXT[100:110]) == g.predict() and len(f) == 3000 + len(gen)
     assert base.fork().predict_after(gen) == f.predict() and base.fork().predict_after([]) == before
+    # ... and on the memory itself, without a fork (a keystroke row's), which it leaves as it was
+    for extra in ([], TEXT[3000:3001], gen):
+        assert base.predict_after(extra) == base.fork().predict_after(extra)
+    assert base.predict_after(gen) == f.predict()
     assert base.predict() == before and len(base) == 3000
     # a fork at an earlier point: the memory as of then, plus its own text
     h = base.fork(at=2950)

@@ -2,8 +2,8 @@
 what settings, the memory each planned row starts from, and the memory arrays of a step's
 mixed points.
 
-The runner mixes in ``_pick``, the one place full per-row log-probs exist. A row's memory is a
-fork as of the row's start; the point before token t of the row sees that fork plus the row's
+The runner mixes in ``_pick``, the one place full per-row log-probs exist. A row's memory is
+the session's memory as of the row's start (itself, or a fork); the point before token t of the row sees that fork plus the row's
 first t tokens, exactly as an offline memory that read the same text (``memory/reference.py``).
 Two ways, the same arithmetic:
 
@@ -30,7 +30,7 @@ from ..memory import features, window
 from ..memory.features import memory_arrays_many
 from ..memory.mixer import EPS, MIXER_FILE, Mixer
 from ..memory.settings import MemorySettings
-from ..memory.window import MemoryFork, MemoryPrediction
+from ..memory.window import MemoryFork, MemoryPrediction, SessionMemory
 from ..nn.checkpoint import LoadedModel
 from .plan import Row
 
@@ -53,19 +53,23 @@ def memory_settings(settings: Settings) -> MemorySettings:
 
 def attach_memory(b: Batch) -> None:
     """Gives every row that serves a distribution its session's memory as of the row's
-    start (a fork: the runner never changes a memory; pushes happen at commit). A run that
-    starts with a write starts from the memory the write installs; a run finishing (or a
-    chunk continuing) a piece sees the piece's characters applied so far."""
+    start (the runner never changes a memory; pushes happen at commit). A run that starts
+    with a write starts from the memory the write installs; a run finishing (or a chunk
+    continuing) a piece sees the piece's characters applied so far, through a fork. Any other
+    run (every keystroke) gets the memory itself: nothing changes it before the runner's
+    pick (only a commit pushes, after it), and a fork per keystroke cost about a microsecond."""
     rows = b.plan.rows
     for run in b.appends:
-        head = run.ops[0]
         base = run.leading_write.memory if run.leading_write is not None else run.session.memory
-        if base is None or not all(op.options.memory for op in run.ops):
+        ops = run.ops
+        if base is None or not (ops[0].options.memory if len(ops) == 1 else all(op.options.memory for op in ops)):
             continue  # per request: an op that turns the memory off serves the model alone
-        fork = base.fork()
         if run.first_done:
-            fork.push(head.tokens[: run.first_done])
-        rows[run.row].memory = fork
+            fork = base.fork()
+            fork.push(ops[0].tokens[: run.first_done])
+            rows[run.row].memory = fork
+        else:
+            rows[run.row].memory = base
     for sw in b.steps:
         alt, c = sw.alt, sw.completion
         if alt.memory is None and alt.last_token is None and c.request.memory and c.session.memory is not None:
@@ -84,10 +88,11 @@ def point_predictions(rows: Sequence[Row], points: Sequence[tuple[int, int]]) ->
     return preds
 
 
-def fork_of(row: Row) -> MemoryFork:
-    """The memory fork ``attach_memory`` gave ``row`` (a row that is mixed has one)."""
+def fork_of(row: Row) -> MemoryFork | SessionMemory:
+    """The memory ``attach_memory`` (or a completion, or speculation) gave ``row``: a fork, or a
+    session's memory itself (a row that is mixed has one; the runner only predicts from it)."""
     fork = row.memory
-    assert isinstance(fork, MemoryFork)
+    assert isinstance(fork, MemoryFork | SessionMemory)
     return fork
 
 

@@ -70,9 +70,10 @@ class Row:
     # draw again, once per entry, in the same iteration; every row of such a plan has as many
     more: list[SampleParams] = field(default_factory=list)
     checkpoint: int | None = None  # checkpoint-pool slot that receives a copy of the final state
-    # the session memory as of the row's start (a ``memory.window.MemoryFork``, opaque here):
-    # every distribution the row serves is mixed with it (the runner forks it again per point,
-    # so the row's tokens never reach the session's memory: the core pushes them at commit)
+    # the session memory as of the row's start (a ``memory.window.MemoryFork``, or the
+    # ``SessionMemory`` itself; opaque here): every distribution the row serves is mixed with it
+    # (the runner only predicts from it, so the row's tokens never reach the session's memory:
+    # the core pushes them at commit)
     memory: object | None = None
 
 

@@ -377,6 +377,12 @@ class SessionMemory:
     def predict(self) -> MemoryPrediction:
         return self._predict(b"", self._len)
 
+    def predict_after(self, ids: Iterable[int]) -> MemoryPrediction:
+        """The prediction after this text and then ``ids``, without reading them: what
+        ``fork().predict_after(ids)`` gives, without the fork. (The runner's keystroke rows
+        carry the session's memory itself: nothing changes it between the plan and the pick.)"""
+        return self._predict(bytes(ids), self._len)
+
     def fork(self, at: int | None = None) -> MemoryFork:
         """An overlay for generated text, on this text or on its first ``at`` characters (at
         least ``len(self) - rewindable()``): the memory as of an earlier point, without

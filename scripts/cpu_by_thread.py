@@ -16,6 +16,9 @@ step, and the CPU of each engine phase per keystroke (``scripts/engine_phases/si
 ``profile_core.py``'s phases, timed inside the server under load). DETAIL=1: per thread, also
 its user and system CPU, its voluntary context switches (mostly waits: for the interpreter lock,
 a queue, a poll), its involuntary ones (preempted) and its minor page faults, per keystroke.
+PIN_CORE=1: the process that steps the core on the last CPU alone, everything else on the others
+(``pin_core``; on two CPUs the frontends and the load generator then share one, and the core,
+no longer the bottleneck, steps smaller batches: compare ``scripts/core_capacity.py``).
 
     .venv/bin/python scripts/cpu_by_thread.py N SECONDS [--echo | SERVE ARGS...]
 """
@@ -194,6 +197,22 @@ class Probe:
                 )
 
 
+def pin_core(processes: dict[str, int]) -> None:
+    """PIN_CORE=1: the process that steps the core (the core process, or the one server
+    process) on the last CPU alone, everything else (the other server processes, this load
+    generator and the workers it starts) on the others: the core as it runs on a machine with
+    a core to spare for it, on this one."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        sys.exit("PIN_CORE=1 needs two CPUs or more")
+    own, rest = {cpus[-1]}, set(cpus[:-1])
+    os.sched_setaffinity(0, rest)  # this process; the load workers it starts inherit it
+    core = processes.get("core", processes.get("server"))
+    for pid in processes.values():
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            os.sched_setaffinity(int(tid), own if pid == core else rest)
+
+
 def read_phases(folder: str) -> dict[str, Any]:
     """The phase file of the process that steps the core (the one that wrote one), or {}."""
     for name in os.listdir(folder):
@@ -237,6 +256,8 @@ def main() -> None:
         cmd = cellserve_cmd("models", "python-lstm", "cpu", 1, 4096) + [*extra, "--log-level", "info"]
         server = ServerProc("cellserve", cmd)
         processes = server_processes(server, extra)
+    if os.environ.get("PIN_CORE") == "1":
+        pin_core(processes)
     try:
         probe = Probe(processes, phases_dir, "character" if complete else "keystroke")
         for _ in range(int(os.environ.get("REPEAT", "1"))):

@@ -92,13 +92,20 @@ def test_bench_quick_scaling_alone(tmp_path: Path) -> None:
         kinds = {"frontend", "core", "supervisor"} if name.startswith("cellserve") else {"echo"}
         assert set(r["cpu_ms_per_keystroke"]) == kinds
         assert all(v >= 0 for v in r["cpu_ms_per_keystroke"].values())
+    cap = sc["core_capacity"]  # the core process alone, driven by the frontends' client
+    assert cap["sessions"] == int(n) and cap["keystrokes"] > 0 and cap["cpu_ms_per_keystroke"] > 0
+    assert cap["rows_per_step"] >= 1
     model = sc["model"]
-    assert model["frontend_ms"] > 0 and model["core_ms"] > 0 and sc["ceiling_ms_per_row"][n] > 0
+    assert (
+        model["frontend_ms"] > 0 and model["core_ms"] == cap["cpu_ms_per_keystroke"] and sc["ceiling_ms_per_row"][n] > 0
+    )
     assert set(model["keystrokes_per_s"]) == {"2", "4", "8", "16"}
     targets = {t["target"].split(" at ")[0] for t in res["targets"]}
     assert {
         "frontend CPU per keystroke / echo CPU per message",
         "core CPU per keystroke / model ceiling per row",
+        "core CPU per keystroke - model ceiling per row",
+        "core process alone",
     } <= targets
     md = (out / "results.md").read_text()
     assert "## Multi-process" in md and "### Scaling model" in md and "cannot show scaling" in md

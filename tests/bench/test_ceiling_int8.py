@@ -115,3 +115,24 @@ def test_the_core_target_is_the_model_per_row_plus_30_us(core_ms: float, met: bo
     context = rows["  context: the same, the session memory's own CPU/keystroke counted with the model's, ms"]
     assert context["value"] == pytest.approx(core_ms - 0.02 - 0.007) and context["met"] is None
     assert not any("memory" in t["target"] and "core" in t["target"] for t in targets(_results(scaling=sc)))
+
+
+def test_the_core_at_capacity_is_a_target_and_the_16_core_prediction_context() -> None:
+    """The core alone at capacity (the frontends' client, no gRPC) against the same + 30 us;
+    the scaling model's 16-core prediction over linear shown as context, never a target."""
+    runs = {"cellserve-2f": {"256": {"cpu_ms_per_keystroke": {"core": 0.06, "frontend": 0.1}, "errors": 0,
+                                      "sessions_starved": 0}}}  # fmt: skip
+    sc = {
+        "sessions": [256],
+        "runs": runs,
+        "ceiling_ms_per_row": {"256": 0.02},
+        "core_capacity": {"sessions": 256, "cpu_ms_per_keystroke": 0.045},
+        "model": {"keystrokes_per_s": {"16": {"1": 10_000.0, "2": 20_000.0, "8": 22_000.0}}},
+    }
+    rows = {t["target"]: t for t in targets(_results(scaling=sc))}
+    cap = rows["core process alone at capacity (N=256, no gRPC): CPU per keystroke - model ceiling per row, ms"]
+    assert cap["value"] == pytest.approx(0.025) and cap["met"] is True
+    assert rows["core CPU per keystroke - model ceiling per row at N=256, ms"]["met"] is False  # the layout's
+    context = next(t for name, t in rows.items() if "16 cores" in name)
+    assert "8 frontends" in context["target"] and context["value"] == pytest.approx(22_000 / 80_000)
+    assert context["met"] is None

@@ -33,3 +33,14 @@ def test_layouts_are_named_by_peer_and_process_count() -> None:
     from cellserve.bench.scaling import layouts
 
     assert [x.name for x in layouts([1, 4, 8], [2])] == ["cellserve-1f", "cellserve-4f", "cellserve-8f", "echo-2p"]
+
+
+def test_the_core_at_capacity_is_the_models_core_figure_when_measured() -> None:
+    """Where 1 / k binds the core is the bottleneck: the model takes k from the core alone at
+    capacity (its batches full) when the run measured it, else from the frontends' run."""
+    runs = {"cellserve-2f": {"256": {"cpu_ms_per_keystroke": {"frontend": 1.0, "core": 0.5}}}}
+    m = model(runs, [256], {"sessions": 256, "cpu_ms_per_keystroke": 0.25})
+    assert m is not None and m["core_ms"] == 0.25 and m["core_from"] == "the core alone at capacity"
+    assert m["keystrokes_per_s"]["16"]["8"] == pytest.approx(4000)
+    m = model(runs, [256], {"sessions": 256, "cpu_ms_per_keystroke": None})  # measured nothing
+    assert m is not None and m["core_ms"] == 0.5 and m["core_from"] == "the core in the frontends' run"

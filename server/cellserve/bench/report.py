@@ -222,6 +222,13 @@ def _scaling_section(sc: dict[str, Any] | None) -> list[str]:
                 + " | ".join(_f(cpu.get(k), "{:.3f}") for k in ("frontend", "core", "supervisor", "echo"))
                 + f" | {r['errors']} | {r['sessions_starved']} |"
             )
+    cap = sc.get("core_capacity")
+    if cap:
+        lines.append(
+            f"| core alone at capacity ({_f(cap.get('rows_per_step'), '{:.0f}')} rows per step, "
+            f"{cap['cores']:.2f} cores) | {cap['sessions']} | {cap['keystrokes_per_s']:.0f} | | | | "
+            f"{_f(cap.get('cpu_ms_per_keystroke'), '{:.3f}')} | | | | |"
+        )
     for n, ms in (sc.get("ceiling_ms_per_row") or {}).items():
         lines.append(f"| model ceiling (in-process step per row) | {n} | | | | | {ms:.3f} | | | | |")
     model = sc.get("model")
@@ -233,7 +240,9 @@ def _scaling_section(sc: dict[str, Any] | None) -> list[str]:
             f"### Scaling model: predicted keystrokes/s for F frontends on C cores (N={model['sessions']})",
             "",
             f"From this run's figures: a frontend spends f = {model['frontend_ms']:.3f} ms CPU per keystroke, the core "
-            f"k = {model['core_ms']:.3f} ms. Each process uses at most one core, so "
+            f"k = {model['core_ms']:.3f} ms ({model.get('core_from', 'the core in the frontends run')}: where "
+            "1 / k binds the core is the bottleneck and its batches full; in the layouts above it steps smaller "
+            "ones, each keystroke costing more). Each process uses at most one core, so "
             "X(F, C) = min(F / f, 1 / k, C / (f + k)), with the load generator on other machines. "
             "A machine whose load generator shares its 2 cores cannot show scaling: read the model, not "
             "the measured throughput, there.",

@@ -6,7 +6,9 @@ each process kind, read from /proc over the measurement window: ``frontend`` (al
 processes together), ``core`` (the engine core), ``supervisor`` (the parent; idle) and ``echo``
 (all echo processes). From those figures ``model`` predicts keystrokes/s for F frontends on C
 cores (see ``predict``); on a 2-core machine the load generator takes a core too, so the
-measured throughput itself cannot show scaling there.
+measured throughput itself cannot show scaling there. The core process alone at capacity
+(``capacity``: driven by the frontends' client, no gRPC, a CPU of its own) gives the core's
+figure where it is the bottleneck, which is what the model's 1 / k needs.
 """
 
 from __future__ import annotations
@@ -161,8 +163,27 @@ def run_scaling(
                 raise RuntimeError(f"{layout.name}: a server process died")
         finally:
             group.stop()
+    capacity = None
+    if any(layout.peer == "cellserve" for layout in plan or LAYOUTS):
+        from .capacity import measure_core
+
+        capacity = measure_core(ref, device, threads, max(sessions), warmup_s, window_s)
+        log(
+            f"core alone at capacity N={capacity['sessions']}: {capacity['keystrokes_per_s']:.0f} keystrokes/s, "
+            f"{_num(capacity['rows_per_step'])} rows per step, CPU ms/keystroke {_num(capacity['cpu_ms_per_keystroke'], 3)}"
+        )
     ceiling = _ceiling_per_row(ref, device, threads, sessions, ceiling_s)
-    return {"sessions": sessions, "runs": runs, "ceiling_ms_per_row": ceiling, "model": model(runs, sessions)}
+    return {
+        "sessions": sessions,
+        "runs": runs,
+        "core_capacity": capacity,
+        "ceiling_ms_per_row": ceiling,
+        "model": model(runs, sessions, capacity),
+    }
+
+
+def _num(v: float | None, digits: int = 1) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
 
 
 def _ceiling_per_row(ref: ModelRef, device: str, threads: int, sessions: list[int], seconds: float) -> dict[str, float]:
@@ -183,13 +204,21 @@ def predict(frontend_ms: float, core_ms: float, frontends: int, cores: int) -> f
     return min(frontends / f, 1.0 / k, cores / (f + k))
 
 
-def model(runs: dict[str, dict[str, Any]], sessions: list[int]) -> dict[str, Any] | None:
-    """The prediction table from the 2-frontend run at the largest N (1 frontend if absent)."""
+def model(
+    runs: dict[str, dict[str, Any]], sessions: list[int], capacity: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The prediction table from the 2-frontend run at the largest N (1 frontend if absent):
+    its frontend's CPU per keystroke, and the core's at capacity (``capacity.measure_core``:
+    where 1 / k binds, the core is the bottleneck, and that is what it spends there) when
+    measured, else the core's in that run."""
     n = str(max(sessions))
     r = runs.get("cellserve-2f", {}).get(n) or runs.get("cellserve-1f", {}).get(n)
     cpu = (r or {}).get("cpu_ms_per_keystroke") or {}
-    f, k = cpu.get("frontend"), cpu.get("core")
+    f = cpu.get("frontend")
+    k, core_from = (capacity or {}).get("cpu_ms_per_keystroke"), "the core alone at capacity"
+    if not k:
+        k, core_from = cpu.get("core"), "the core in the frontends' run"
     if not f or not k:
         return None
     table = {str(c): {str(fr): predict(f, k, fr, c) for fr in FRONTENDS if fr + 1 <= c} for c in CORES}
-    return {"sessions": int(n), "frontend_ms": f, "core_ms": k, "keystrokes_per_s": table}
+    return {"sessions": int(n), "frontend_ms": f, "core_ms": k, "core_from": core_from, "keystrokes_per_s": table}

@@ -51,7 +51,7 @@ class SampleParams:
     uniform: float  # one U[0,1) draw from the request's seeded generator (inverse-CDF sampling)
 
 
-@dataclass
+@dataclass(slots=True)
 class Row:
     """One row of the batch: a state advancing over ``tokens``.
 
@@ -94,7 +94,7 @@ class Plan:
         return not (self.rows or self.writes or self.reads)
 
 
-@dataclass
+@dataclass(slots=True)
 class RowResult:
     top_k: list[list[tuple[int, float]]]  # per end: (vocabulary id, probability), most probable first
     logprobs: list[float]  # per token when asked for

@@ -376,7 +376,7 @@ class ModelRunner:
         rows, kmax = prep.plan.rows, pts.kmax
         results = [RowResult([], [], [], None) for _ in rows]
         n_tk = len(pts.topk)
-        tk_vals, tk_idx = host[: n_tk * kmax], host[n_tk * kmax : 2 * n_tk * kmax]
+        tk_vals, tk_idx = host[: n_tk * kmax], list(map(int, host[n_tk * kmax : 2 * n_tk * kmax]))
         cur = 2 * n_tk * kmax
         lp_vals = host[cur : cur + len(pts.logprob)]
         cur += len(pts.logprob)
@@ -389,7 +389,7 @@ class ModelRunner:
                 if k > 0:
                     base = tk_n * kmax
                     end = base + min(k, kmax)
-                    res.top_k.append(list(zip(map(int, tk_idx[base:end]), tk_vals[base:end], strict=True)))
+                    res.top_k.append(list(zip(tk_idx[base:end], tk_vals[base:end], strict=True)))
                     tk_n += 1
                 else:
                     res.top_k.append([])

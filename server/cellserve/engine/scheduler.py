@@ -37,7 +37,7 @@ GATE_CHAR_COST = 3
 MIN_CHUNK = 16
 
 
-@dataclass
+@dataclass(slots=True)
 class AppendRun:
     """Appends applied by one row: ``ops[0]`` from character ``first_done`` on (chunked
     prefill: the rest of a partly applied piece), the others whole. ``partial``: the row ends

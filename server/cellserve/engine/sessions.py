@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from .plan import CheckpointRef
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class AppendOp:
     offset: int
     text: str

@@ -97,6 +97,26 @@ class Prediction:
     superseded: bool = False  # coalesced with a later piece under only_last: no top_k; the API skips it
 
 
+_new = object.__new__
+
+
+def plain_prediction(position: int, top_k: tuple[tuple[str, float], ...]) -> Prediction:
+    """``Prediction(position, top_k)``, its other fields at their defaults (a keystroke's
+    answer), made without the frozen dataclass's ``__init__``: that sets each field through
+    ``object.__setattr__``, about 0.8 us against 0.25 here, once per keystroke. The object is
+    the same in every way (equal, hashable, frozen); tests/engine/test_plain_prediction.py
+    holds it to the constructor, new fields included."""
+    p = _new(Prediction)
+    d = p.__dict__
+    d["position"] = position
+    d["top_k"] = top_k
+    d["logprobs"] = ()
+    d["gates"] = ()
+    d["replayed"] = False
+    d["superseded"] = False
+    return p
+
+
 @dataclass(frozen=True)
 class CompletionRequest:
     max_chars: int = 32

@@ -27,7 +27,7 @@ from .scheduler import AppendRun, Batch, ControlWork
 from .session_blobs import SessionBlobs
 from .session_table import SESSION_NOT_FOUND
 from .sessions import AppendOp, ControlOp, Op, Session
-from .types import CompletionChunk, FinishReason, GateTrace, Phase, Prediction
+from .types import CompletionChunk, FinishReason, GateTrace, Phase, Prediction, plain_prediction
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class StepUpdate:
             o = op.options
             if not (o.want_logprobs or o.want_gates):
                 top = tuple([(chars[i], p) for i, p in row.top_k[0][: o.top_k]])
-                return [Prediction(run.start + len(op.text), top)]
+                return [plain_prediction(run.start + len(op.text), top)]
         pos, tok_at = run.start, 0
         last = len(run.ops) - 1
         preds = []

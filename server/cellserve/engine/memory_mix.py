@@ -3,8 +3,9 @@ what settings, the memory each planned row starts from, and the memory arrays of
 mixed points.
 
 The runner mixes in ``_pick``, the one place full per-row log-probs exist. A row's memory is
-the session's memory as of the row's start (itself, or a fork); the point before token t of the row sees that fork plus the row's
-first t tokens, exactly as an offline memory that read the same text (``memory/reference.py``).
+the session's memory as of the row's start (the memory itself, or a fork); the point before
+token t of the row sees that memory plus the row's first t tokens, exactly as an offline memory
+that read the same text (``memory/reference.py``).
 Two ways, the same arithmetic:
 
 - on a GPU (or where the memory's C extension was not built): the memory arrays of every

@@ -650,3 +650,42 @@ def test_metric_events_a_full_queue_refuses_go_with_the_next_message(tmp_path: P
             assert message.keystrokes == [("fake", "append_single", 0.25)]
 
     run(test)
+
+
+def test_the_health_follower_stops_when_cancelled_as_its_poll_is_answered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frontend's SIGTERM cancels the follower; when that lands in the same pass as the
+    answer to its health poll, it must still end (on 3.11 ``asyncio.wait_for`` returned the
+    answer and dropped the cancellation there: the frontend hung for the whole drain grace)."""
+    from cellserve.multiproc import processes
+
+    monkeypatch.setattr(processes, "CORE_POLL_S", 0.0)
+
+    class Client:
+        connected = True
+
+        def __init__(self) -> None:
+            self.polls: list[asyncio.Future[EngineHealth]] = []
+
+        def flush_metrics(self) -> None:
+            pass
+
+        def health(self, owner: str) -> asyncio.Future[EngineHealth]:
+            self.polls.append(asyncio.get_running_loop().create_future())
+            return self.polls[-1]
+
+    class Health:
+        async def set_serving(self, serving: bool) -> None:
+            pass
+
+    async def test() -> None:
+        client = Client()
+        follower = asyncio.create_task(processes.follow_core(client, Health()))  # type: ignore[arg-type]
+        while not client.polls:
+            await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the follower now waits for the answer
+        client.polls[-1].set_result(EngineHealth(True, 0, 0, 0, 0))  # the answer and the cancel, one pass
+        follower.cancel()
+        done, _ = await asyncio.wait([follower], timeout=2.0)
+        assert done and follower.cancelled(), f"the follower went on after its cancel ({len(client.polls)} polls)"
+
+    run(test)

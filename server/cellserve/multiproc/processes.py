@@ -200,13 +200,22 @@ async def _frontend_main(settings: Settings, index: int, address: str, conn: Con
 
 async def follow_core(client: ZmqEngineClient, health: Health) -> None:
     """Health follows the core: SERVING while it answers and takes sessions. Runs until
-    cancelled; each poll also carries the frontend's metric events."""
+    cancelled; each poll also carries the frontend's metric events.
+
+    The poll's bound is ``asyncio.timeout``, not ``asyncio.wait_for``: on Python 3.11 a
+    ``wait_for`` whose awaited answer lands in the same pass as a cancellation returns the
+    answer and drops the cancellation, and this loop then never ended. A frontend told to stop
+    (SIGTERM) about as its poll was answered hung until the supervisor killed it, after the
+    whole drain grace (tests/api/test_core_wire.py rebuilds that race)."""
     serving = True
     while True:
         await asyncio.sleep(CORE_POLL_S)
         client.flush_metrics()
         try:
-            now = client.connected and (await asyncio.wait_for(client.health(""), CORE_ANSWER_S)).serving
+            now = False
+            if client.connected:
+                async with asyncio.timeout(CORE_ANSWER_S):
+                    now = (await client.health("")).serving
         except Exception:  # noqa: BLE001 (no answer, or the core is gone: not serving)
             now = False
         if now != serving:

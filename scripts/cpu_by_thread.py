@@ -37,7 +37,7 @@ from collections import defaultdict
 from typing import Any
 
 from cellserve.bench.loadgen import Workload, run_load
-from cellserve.bench.procs import ServerProc, cellserve_cmd, peer_cmd
+from cellserve.bench.procs import ServerProc, cellserve_cmd, peer_cmd, pin_alone
 from cellserve.bench.scaling import PID_WAIT_S, STARTED
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -202,15 +202,11 @@ def pin_core(processes: dict[str, int]) -> None:
     process) on the last CPU alone, everything else (the other server processes, this load
     generator and the workers it starts) on the others: the core as it runs on a machine with
     a core to spare for it, on this one."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
+    core = processes.get("core") or processes.get("server")
+    if core is None:
+        sys.exit("PIN_CORE=1: no process here steps an engine core (--echo)")
+    if pin_alone(core, [pid for pid in processes.values() if pid != core]) is None:
         sys.exit("PIN_CORE=1 needs two CPUs or more")
-    own, rest = {cpus[-1]}, set(cpus[:-1])
-    os.sched_setaffinity(0, rest)  # this process; the load workers it starts inherit it
-    core = processes.get("core", processes.get("server"))
-    for pid in processes.values():
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            os.sched_setaffinity(int(tid), own if pid == core else rest)
 
 
 def read_phases(folder: str) -> dict[str, Any]:

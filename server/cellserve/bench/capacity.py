@@ -18,26 +18,16 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from ..config import Settings
 from ..multiproc.client import ZmqEngineClient
 from ..multiproc.supervisor import Supervisor
+from .loadgen import source_text
 from .model import ModelRef
-from .procs import cpu_seconds
-
-STOP_S = 30.0
-
-
-def _texts(n: int) -> list[str]:
-    """One text per session: this package's larger sources, in turn (Python, as the model)."""
-    root = Path(__file__).resolve().parents[1]
-    files = [f.read_text() for f in sorted(root.rglob("*.py")) if f.stat().st_size > 4000]
-    return [files[i % len(files)] for i in range(n)]
+from .procs import cpu_seconds, pin_alone
 
 
 async def _drive(address: str, pid: int, n: int, warmup_s: float, window_s: float) -> dict[str, Any]:
@@ -47,18 +37,20 @@ async def _drive(address: str, pid: int, n: int, warmup_s: float, window_s: floa
     counting = False
     answered = 0
 
-    async def typist(sid: str, text: str) -> None:
+    text = source_text()  # the bench's typed text; each session starts at its own place in it
+
+    async def typist(sid: str, start: int) -> None:
         nonlocal answered
         pos = 0
         while not stop.is_set():
-            await client.append("", sid, pos, text[pos % len(text)])
+            await client.append("", sid, pos, text[(start + pos) % len(text)])
             pos += 1
             if counting:
                 answered += 1
 
     try:
         sids = [(await client.open_session("")).session_id for _ in range(n)]
-        tasks = [asyncio.create_task(typist(s, t)) for s, t in zip(sids, _texts(n), strict=True)]
+        tasks = [asyncio.create_task(typist(s, i * len(text) // n)) for i, s in enumerate(sids)]
         try:
             await asyncio.sleep(warmup_s)
             before = await client.stats("")
@@ -92,24 +84,18 @@ def measure_core(ref: ModelRef, device: str, threads: int, n: int, warmup_s: flo
         metrics_host="127.0.0.1", max_sessions=max(n, 1000), log_level="warning",
     )  # fmt: skip
     supervisor = Supervisor(settings, f"ipc://{run_dir}/core.sock")
-    cpus = sorted(os.sched_getaffinity(0))
     try:
         supervisor.start_core()
         core = supervisor.core
         assert core is not None and core.pid is not None
-        pinned = len(cpus) >= 2
-        if pinned:  # the core on the last CPU alone; this thread (the driver) on the others
-            for tid in os.listdir(f"/proc/{core.pid}/task"):
-                os.sched_setaffinity(int(tid), {cpus[-1]})
-            os.sched_setaffinity(0, cpus[:-1])
+        before = pin_alone(core.pid)  # the core on the last CPU alone; this thread (the driver) on the others
         try:
             out = asyncio.run(_drive(supervisor.address, core.pid, n, warmup_s, window_s))
         finally:
-            os.sched_setaffinity(0, cpus)
-        return {**out, "pinned": pinned}
+            if before is not None:
+                os.sched_setaffinity(0, before)
+        return {**out, "pinned": before is not None}
     finally:
-        if supervisor.core is not None and supervisor.core.pid is not None and supervisor.core.is_alive():
-            os.kill(supervisor.core.pid, signal.SIGTERM)
-            supervisor.core.join(STOP_S)
+        supervisor.shutdown()  # SIGTERM, the drain, a kill past its grace
         supervisor.kill_all()
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -26,6 +26,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14, 15)
 
 
+def pin_alone(pid: int, others: Sequence[int] = ()) -> list[int] | None:
+    """Every thread of ``pid`` on the last CPU alone; the calling thread (and what it starts
+    from now on) and every thread of ``others`` on the rest. Returns the calling thread's CPUs
+    before, to restore; None (nothing pinned) with fewer than two CPUs."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    own, rest = {cpus[-1]}, set(cpus[:-1])
+    for p, where in [(pid, own), *((o, rest) for o in others)]:
+        for tid in os.listdir(f"/proc/{p}/task"):
+            os.sched_setaffinity(int(tid), where)
+    os.sched_setaffinity(0, rest)
+    return cpus
+
+
 def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * _PAGE

@@ -21,6 +21,7 @@ import grpc
 from grpc import aio
 
 from . import _convert, _errors
+from ._aio import within
 from ._failover import moves_session
 from ._ops import Op, OpQueue
 from ._proto.cellserve.v1 import service_pb2 as svc
@@ -116,7 +117,7 @@ class StreamConnection:
             await self._call.write(
                 svc.SessionRequest(request_id=0, attach=svc.SessionRequest.Attach(session_id=self.session_id))
             )
-            resp = await asyncio.wait_for(self._call.read(), timeout)
+            resp = await within(self._call.read(), timeout)
         except grpc.RpcError as err:
             self._call.cancel()
             raise _errors.from_rpc_error(err) from None

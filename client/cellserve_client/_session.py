@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from . import _convert, _errors
+from ._aio import within
 from ._connection import Connection, StreamConnection, UnaryConnection
 from ._failover import Journal, another_try_can_fix, backoff_delays, moves_session, pieces, retry_hint
 from ._ops import Op, OpKind, OpQueue
@@ -364,7 +365,7 @@ class AsyncSession:
 
     async def _wait(self, op: Op) -> Any:
         try:
-            return await asyncio.wait_for(asyncio.shield(op.future), self._pool.timeout)
+            return await within(asyncio.shield(op.future), self._pool.timeout)
         except TimeoutError:
             raise _errors.Timeout(f"no answer to {op.kind} within {self._pool.timeout} s") from None
 
@@ -483,7 +484,7 @@ class AsyncSession:
         if driver is None:
             return
         try:
-            await asyncio.wait_for(asyncio.shield(driver), self._pool.timeout)
+            await within(asyncio.shield(driver), self._pool.timeout)
         except (TimeoutError, _errors.CellserveError):
             driver.cancel()
         if self._conn is not None:
@@ -508,7 +509,7 @@ class AsyncCompletionStream:
             raise StopAsyncIteration
         assert self._op.chunks is not None
         try:
-            item = await asyncio.wait_for(self._op.chunks.get(), self._timeout)
+            item = await within(self._op.chunks.get(), self._timeout)
         except TimeoutError:
             raise _errors.Timeout(f"no completion chunk within {self._timeout} s") from None
         if item is None:

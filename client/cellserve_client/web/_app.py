@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from .._aio import within
 from .._client import AsyncClient
 from .._errors import CellserveError
 from ._tab import Tab, TabSettings
@@ -102,7 +103,7 @@ async def check_target(client: AsyncClient) -> str:
     down still serves the page (tabs connect when cellserve is up), but says so at once."""
     targets = ", ".join(client.targets)
     try:
-        models = await asyncio.wait_for(client.models(), CHECK_TIMEOUT_S)
+        models = await within(client.models(), CHECK_TIMEOUT_S)
     except TimeoutError:
         return f"cellserve at {targets} did NOT answer within {CHECK_TIMEOUT_S:g} s; tabs will connect when it does"
     except CellserveError as exc:

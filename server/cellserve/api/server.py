@@ -145,7 +145,8 @@ class ApiServer:
         self.servicer.begin_drain()
         self.kserve.begin_drain()
         try:
-            await asyncio.wait_for(self._engine.drain(), timeout=self._settings.drain_grace_s)
+            async with asyncio.timeout(self._settings.drain_grace_s):
+                await self._engine.drain()
         except TimeoutError:
             log.warning("engine drain did not finish within drain_grace_s=%s", self._settings.drain_grace_s)
         if self._sync is not None:

@@ -55,7 +55,8 @@ def _aborter(context: Context, call: asyncio.Task[Any] | None) -> Callable[[Cell
 
         async def end() -> None:
             try:
-                await asyncio.wait_for(context.abort(st.code, st.message, st.trailing_metadata()), CUT_OFF_GRACE_S)
+                async with asyncio.timeout(CUT_OFF_GRACE_S):
+                    await context.abort(st.code, st.message, st.trailing_metadata())
             except (Exception, asyncio.CancelledError):  # noqa: BLE001 (abort raises by design)
                 pass
             if call is not None and not call.done():

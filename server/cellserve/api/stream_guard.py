@@ -81,7 +81,8 @@ class IdleDeadline:
                 return
             self._changed.clear()
             try:
-                await asyncio.wait_for(self._changed.wait(), timeout=left)
+                async with asyncio.timeout(left):  # not wait_for: see processes.follow_core
+                    await self._changed.wait()
             except TimeoutError:
                 pass
 

@@ -145,7 +145,8 @@ async def _frontend_main(settings: Settings, index: int, address: str, conn: Con
     client = ZmqEngineClient(address, index, recorder, settings.core_call_deadline_s, settings.core_send_queue_messages)
     await client.start()
     try:
-        await asyncio.wait_for(client.health(""), timeout=FIRST_ANSWER_S)
+        async with asyncio.timeout(FIRST_ANSWER_S):
+            await client.health("")
     except (TimeoutError, Exception) as e:  # noqa: BLE001 (reported to the parent)
         conn.send(("error", f"frontend {index}: the engine core does not answer ({type(e).__name__})"))
         await client.stop()

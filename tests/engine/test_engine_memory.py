@@ -220,9 +220,12 @@ def test_completions_mix_their_own_fork(mem_dir: Path) -> None:
 def test_mixed_completions_decode_several_steps_per_iteration(mem_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Mixed completions running alone take several steps per iteration (multi-step decoding
     mixes each step on the host) and draw exactly what one step per iteration draws: greedy,
-    seeded samples, and a memory-off completion in the same iterations."""
+    seeded samples, and a memory-off completion in the same iterations. Where the mix does not
+    run on the host (the memory's Python fallback, ``CELLSERVE_NATIVE_MEMORY=0``) every
+    iteration holding a mixed completion takes one step, with the same draws."""
     text = "x.value = 1\ny.value = 2\nz.value = 3\nw.val"
     bursts: list[tuple[int, int, int]] = []  # per multi-step iteration: steps, rows, mixed rows
+    on_host: set[bool] = set()  # the runner's decodes_mixed
     decode = ModelRunner._decode
 
     def spy(self: ModelRunner, plan: Plan) -> Any:
@@ -234,6 +237,7 @@ def test_mixed_completions_decode_several_steps_per_iteration(mem_dir: Path, mon
     async def completions() -> tuple[list[list[str]], Settings, LoadedModel]:
         async with engine(mem_dir) as eng:
             lm = eng.repository.get(MODEL)
+            on_host.add(eng.core._runtimes[MODEL].runner.decodes_mixed)  # noqa: SLF001
             sid = (await eng.open_session(MODEL)).session_id
             await eng.append(sid, 0, text, AppendOptions(top_k=0))
             got = await asyncio.gather(
@@ -244,7 +248,11 @@ def test_mixed_completions_decode_several_steps_per_iteration(mem_dir: Path, mon
             return list(got), eng.settings, lm
 
     several, settings, lm = asyncio.run(completions())
-    assert any(k > 1 and 0 < m < n for k, n, m in bursts), bursts  # mixed and plain rows, several steps
+    assert len(on_host) == 1, on_host
+    if on_host == {True}:
+        assert any(k > 1 and 0 < m < n for k, n, m in bursts), bursts  # mixed and plain rows, several steps
+    else:
+        assert not bursts, bursts
     bursts.clear()
     monkeypatch.setattr(core_module, "_decode_steps", lambda rt: 1)
     single, _, _ = asyncio.run(completions())

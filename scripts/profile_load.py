@@ -3,13 +3,15 @@ N sessions each typing one character and awaiting its answer (the bench's load g
 py-spy (``pip install py-spy``) sampling the server (and the processes it starts: ``--frontends
 N``) at 200 Hz for SECONDS. Prints, per process and thread,
 the share of its samples spent under each frame (inclusive), the most common first.
-Extra arguments go to `cellserve serve`.
+Extra arguments go to `cellserve serve`. COMPLETE=1: the bench's completion load instead (N
+sessions each asking for a greedy 32-character completion, reading it to the end, asking again).
 
     .venv/bin/python scripts/profile_load.py N SECONDS OUT.txt [SERVE ARGS...]
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -48,11 +50,15 @@ def main() -> None:
              "-o", out, "--threads", "--nonblocking", "--subprocesses"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        r = run_load(server.target, Workload("closed", n, warmup_s=1.0, window_s=seconds), 2, server.cpu_seconds)
+        kind = "complete" if os.environ.get("COMPLETE") == "1" else "closed"
+        r = run_load(server.target, Workload(kind, n, warmup_s=1.0, window_s=seconds), 2, server.cpu_seconds)
         rec.wait(60)
     finally:
         server.stop()
-    print(f"N={n}: {r['throughput_rps']:.0f} keystrokes/s, p50 {r['latency_ms']['p50']:.2f} ms")
+    if kind == "complete":
+        print(f"B={n}: {r['chars_per_s']:.0f} characters/s, completion p50 {r['latency_ms']['p50']:.2f} ms")
+    else:
+        print(f"N={n}: {r['throughput_rps']:.0f} keystrokes/s, p50 {r['latency_ms']['p50']:.2f} ms")
     for thread, (total, under) in sorted(shares(out).items(), key=lambda kv: -kv[1][0]):
         print(f"\n{thread}: {total} samples")
         for frame, k in under.most_common(TOP):

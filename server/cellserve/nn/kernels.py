@@ -16,7 +16,7 @@ from contextlib import AbstractContextManager, contextmanager
 import torch
 
 # Single steps [B, 1] on CPU use the native kernel below this many rows, oneDNN from it on
-# (measured: engine/runner.py has the numbers).
+# (measured: docs/measurements.md, "Kernel choice on CPU").
 ONEDNN_MIN_STEP_BATCH = 128
 
 

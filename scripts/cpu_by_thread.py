@@ -12,7 +12,8 @@ completion, reading it to the end, asking again), and every figure per generated
 server process also reports the share of its CPU its garbage collector took since it started,
 per generation (``scripts/gc_stats/sitecustomize.py``, put on the server's PYTHONPATH).
 PHASES=1: the process that steps the engine core also reports its steps in the window, rows per
-step, and the CPU of each engine phase per keystroke (``scripts/engine_phases/sitecustomize.py``:
+step, how many steps its iterations took (completion bursts), and the CPU of each engine phase
+per keystroke (``scripts/engine_phases/sitecustomize.py``:
 ``profile_core.py``'s phases, timed inside the server under load). DETAIL=1: per thread, also
 its user and system CPU, its voluntary context switches (mostly waits: for the interpreter lock,
 a queue, a poll), its involuntary ones (preempted) and its minor page faults, per keystroke.
@@ -145,6 +146,11 @@ class Probe:
         print(
             f"  engine core: {steps} steps, {rows / steps:.1f} rows per step, {requests / steps:.1f} keystrokes per step"
         )
+        before = first.get("iteration_steps", {})
+        took = {int(k): n - before.get(k, 0) for k, n in last.get("iteration_steps", {}).items()}
+        if any(k > 1 and n for k, n in took.items()):
+            spread = ", ".join(f"{n} of {k}" for k, n in sorted(took.items()) if n)
+            print(f"  iterations by the steps they took: {spread}")
         guesses = last.get("guess_batches", 0) - first.get("guess_batches", 0)
         if guesses:
             g_rows = last["guess_rows"] - first["guess_rows"]

@@ -33,6 +33,8 @@ def test_a_process_that_steps_the_core_writes_its_phases(tmp_path: Path) -> None
     assert len(files) == 1
     data = json.loads(files[0].read_text())
     assert data["steps"] >= 4 and data["rows"] >= 3 * data["steps"] - 3
+    assert sum(data["iteration_steps"].values()) == data["steps"]  # keystroke steps: one each
+    assert set(data["iteration_steps"]) == {"1"}
     assert {"EngineCore.step", "ModelRunner._forward", "StepUpdate.apply"} <= set(data["cpu_s"])
     assert data["cpu_s"]["EngineCore.step"] >= data["cpu_s"]["ModelRunner._forward"] > 0
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 from cellserve.config import Settings
-from cellserve.engine.admission import Admission, Limits, over_fair_share
+from cellserve.engine.admission import Admission, Limits, SessionLimitReached, over_fair_share
 from cellserve.errors import CapacityExceeded
 
 LIMITS = Limits(max_sessions=2, max_streams=1, max_completions=3, chars_per_s=10.0, chars_burst=20)
@@ -84,12 +84,32 @@ def test_completions_are_counted_per_alternative() -> None:
     q.start_completion("a", 1)
 
 
-def test_sessions_come_from_the_core_count() -> None:
+def test_sessions_are_counted_at_admission_and_release() -> None:
     q = _admission()
-    held = {"a": 2, "b": 1}
+    for tenant in ("a", "a", "b"):
+        q.admit_session(tenant)
     with pytest.raises(CapacityExceeded, match="max_sessions=2"):
-        q.check_session("a", held, 3)
-    q.check_session("b", held, 3)
+        q.admit_session("a")
+    q.admit_session("b", count=False)  # a pre-check counts nothing
+    assert (q.sessions_of("a"), q.sessions_of("b"), q.total_sessions()) == (2, 1, 3)
+    q.release_session("a")
+    q.admit_session("a")
+    q.release_session("nobody")  # never counted: nothing to give back
+    assert (q.sessions_of("a"), q.sessions_of("nobody"), q.total_sessions()) == (2, 0, 3)
+
+
+def test_the_global_session_cap_is_told_apart() -> None:
+    q = _admission(max_sessions=4)
+    for tenant in ("nobody", "nobody", "a", "a"):
+        q.admit_session(tenant)
+    with pytest.raises(SessionLimitReached, match="session limit reached") as info:
+        q.admit_session("nobody")
+    assert info.value.retry_after_s == 5.0
+    with pytest.raises(CapacityExceeded, match="max_sessions=2") as quota:
+        q.admit_session("a")  # its own quota comes first: not a SessionLimitReached
+    assert not isinstance(quota.value, SessionLimitReached)
+    q.release_session("nobody")
+    q.admit_session("nobody")
 
 
 def test_fair_share_keeps_the_last_eighth_for_tenants_below_their_share() -> None:
@@ -103,14 +123,18 @@ def test_fair_share_keeps_the_last_eighth_for_tenants_below_their_share() -> Non
     assert not over_fair_share(6, 7, 6, 1)  # caps below 8 have no reserve
     q = _admission(max_sessions=16)
     q.set_limits("c", LIMITS)
-    held = {"a": 13, "b": 1}
     limits = Limits(max_sessions=100, max_streams=1, max_completions=3, chars_per_s=10.0, chars_burst=20)
     q.set_limits("a", limits)
+    for tenant in ["a"] * 13 + ["b"]:
+        q.admit_session(tenant)
     with pytest.raises(CapacityExceeded, match="fair share"):
-        q.check_session("a", held, 14)
-    q.check_session("b", held, 14)
-    q.check_session("c", held, 14)  # a newcomer
-    q.check_session("nobody", {"nobody": 15}, 15)  # no limits (no authentication): no reserve
+        q.admit_session("a")
+    q.admit_session("b", count=False)
+    q.admit_session("c", count=False)  # a newcomer
+    q = _admission(max_sessions=16)
+    for _ in range(15):
+        q.admit_session("nobody")
+    q.admit_session("nobody")  # no limits (no authentication): no reserve
 
 
 def test_fair_share_of_streams() -> None:

@@ -1,12 +1,13 @@
-"""Admission: the per-tenant quotas and the global stream cap, counted in one place.
+"""Admission: the per-tenant quotas and the global caps, counted in one place.
 
-The engine core owns the one ``Admission`` of a server (core thread only: no lock), so every way
-to create or feed a session, from any frontend and any API (cellserve.v1 unary and stream,
-Resume, KServe unary and stream, completions), is counted by the same numbers, exactly, in one
-process and with ``--frontends N`` alike:
+Each engine core owns an ``Admission`` (core thread only), and the cores of a server count in
+one ledger, so every way to create or feed a session, from any frontend and any API
+(cellserve.v1 unary and stream, Resume, KServe unary and stream, completions), is counted by
+the same numbers, exactly, in one process, with ``--frontends N`` and with several cores alike:
 
-- sessions per tenant: checked when the core creates a session (open, resume, KServe START),
-  against the live sessions the core counts for that tenant;
+- sessions per tenant and ``max_sessions`` over all tenants: counted when the core creates a
+  session (open, resume, KServe START, handoff adoption: ``admit_session``) and when it closes
+  (``release_session``);
 - streams per tenant and ``max_concurrent_streams`` over all tenants: a stream is a lease the
   core hands out (``open_stream``) and takes back (``close_stream``; a frontend that restarts
   gives back all of its previous incarnation's);
@@ -15,9 +16,18 @@ process and with ``--frontends N`` alike:
 - characters per second per tenant: a token bucket charged by every accepted append (a retry
   of an applied piece is free).
 
+Where the numbers live. Sessions, completions and the character buckets are counted in the
+admission ledger (``engine/ledger.py``), each check and its count under the ledger's lock. With
+one core process it is a private buffer with no lock; with several core processes (sessions
+partitioned among them: docs/design-notes.md, "Several core processes") it is shared
+memory, so a tenant's quotas, the global session cap and the fair-share count of tenants stay
+exact server-wide, and the one-process server runs the same code. Stream leases stay in this
+object's dicts: they are tied to no session, so one core holds every stream lease, exact. The
+limits stay here too: every core is sent them.
+
 A tenant's limits come from its frontend (the tokens file, read there): ``set_limits`` is sent
 before the tenant's calls, so it reaches the core first. A tenant the core has no limits for
-(authentication off) has only the global caps.
+(authentication off) has only the global caps, and its appends touch no ledger at all.
 
 Fair share (the reserve rule). Per-tenant quotas may add up to more than a global cap, so one
 tenant within its quota could fill a cap and lock every other tenant out. The last eighth of
@@ -39,12 +49,12 @@ from dataclasses import dataclass
 
 from ..config import Settings
 from ..errors import CapacityExceeded
+from .ledger import Ledger
 
 STREAM_RETRY_S = 1.0  # streams are long-lived: a slot frees up on the order of seconds
 SESSION_RETRY_S = 5.0
 COMPLETION_RETRY_S = 0.5
 RESERVE_DIVISOR = 8  # the last eighth of a global cap is kept for tenants below their fair share
-_PRUNE_ABOVE = 4096  # buckets kept for tenants with nothing held and a full bucket
 
 
 @dataclass(frozen=True)
@@ -77,23 +87,23 @@ def over_fair_share(total: int, cap: int, held: int, holders: int) -> bool:
     return held >= cap // (holders + 1)
 
 
-class _Bucket:
-    __slots__ = ("refilled", "tokens")
-
-    def __init__(self, burst: int, now: float) -> None:
-        self.tokens = float(burst)
-        self.refilled = now
+class SessionLimitReached(CapacityExceeded):
+    """The global ``max_sessions`` cap is full (the core counts these refusals apart)."""
 
 
 class Admission:
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, settings: Settings, clock: Callable[[], float] = time.monotonic, ledger: Ledger | None = None
+    ) -> None:
+        """``ledger``: where sessions, completions and characters are counted (a shared one when
+        several core processes serve; default, a private one). ``clock``: the buckets' time, in
+        seconds; with a shared ledger, one clock for every process (``time.monotonic``)."""
         self._settings = settings
         self._clock = clock
+        self._ledger = ledger if ledger is not None else Ledger.local()
         self._limits: dict[str, Limits] = {}
-        self._buckets: dict[str, _Bucket] = {}
         self._streams: dict[int, tuple[str, str]] = {}  # stream lease -> (tenant, holder)
         self._tenant_streams: dict[str, int] = {}
-        self._completions: dict[str, int] = {}  # running alternatives per tenant
         self._ids = itertools.count(1)
 
     # ---- limits -------------------------------------------------------------------------------
@@ -103,24 +113,58 @@ class Admission:
     def limits(self, owner: str) -> Limits | None:
         return self._limits.get(owner)
 
-    # ---- sessions -----------------------------------------------------------------------------
-    def check_session(self, owner: str, held: dict[str, int], total: int) -> None:
-        """Before a new session of ``owner``; ``held``: live sessions per tenant, ``total``: all."""
-        mine = held.get(owner, 0)
+    # ---- sessions ----------------------------------------------------------------------------
+    def admit_session(self, owner: str, count: bool = True) -> None:
+        """Counts a new session of ``owner``, or raises CapacityExceeded (nothing counted): the
+        tenant's quota, the reserve rule, then the global cap (``SessionLimitReached``).
+        ``count=False``: the same checks, nothing counted (a pre-check before work that a
+        refusal would waste; the counting call still decides)."""
         lim = self._limits.get(owner)
-        if lim is not None and mine >= lim.max_sessions:
-            raise CapacityExceeded(
-                f"this tenant holds {mine} sessions, its quota (max_sessions={lim.max_sessions}); "
-                "close sessions you no longer use",
-                retry_after_s=SESSION_RETRY_S,
-            )
         cap = self._settings.max_sessions
-        if lim is not None and over_fair_share(total, cap, mine, len(held) + (owner not in held)):
-            raise CapacityExceeded(
-                f"the server is nearly full (max_sessions={cap}) and this tenant holds its fair share "
-                f"({mine} sessions); close sessions you no longer use",
-                retry_after_s=SESSION_RETRY_S,
-            )
+        led = self._ledger
+        with led.lock:  # check and count as one: no other core process gets in between
+            i = led.slot(owner)
+            mine = led.sessions(i)
+            if lim is not None and mine >= lim.max_sessions:
+                raise CapacityExceeded(
+                    f"this tenant holds {mine} sessions, its quota (max_sessions={lim.max_sessions}); "
+                    "close sessions you no longer use",
+                    retry_after_s=SESSION_RETRY_S,
+                )
+            total = led.total_sessions()
+            if lim is not None and over_fair_share(total, cap, mine, led.holders() + (mine == 0)):
+                raise CapacityExceeded(
+                    f"the server is nearly full (max_sessions={cap}) and this tenant holds its fair share "
+                    f"({mine} sessions); close sessions you no longer use",
+                    retry_after_s=SESSION_RETRY_S,
+                )
+            if total >= cap:
+                raise SessionLimitReached(
+                    "session limit reached", retry_after_s=min(SESSION_RETRY_S, self._settings.session_idle_ttl_s)
+                )
+            if count:
+                led.add_session(i, 1)
+
+    def release_session(self, owner: str) -> None:
+        """One session of ``owner`` closed (never below zero)."""
+        led = self._ledger
+        with led.lock:
+            i = led.find(owner)
+            if i >= 0:
+                led.add_session(i, -1)
+
+    def sessions_of(self, owner: str) -> int:
+        """Live sessions of ``owner``, over every core process."""
+        led = self._ledger
+        with led.lock:
+            i = led.find(owner)
+            return led.sessions(i) if i >= 0 else 0
+
+    def total_sessions(self) -> int:
+        """Live sessions of every tenant, over every core process."""
+        led = self._ledger
+        with led.lock:
+            return led.total_sessions()
 
     # ---- streams ------------------------------------------------------------------------------
     def open_stream(self, owner: str, holder: str = "") -> int:
@@ -172,20 +216,25 @@ class Admission:
     # ---- completions --------------------------------------------------------------------------
     def start_completion(self, owner: str, n: int) -> None:
         """Holds ``n`` running alternatives of ``owner`` (each ended by ``end_alternative``)."""
-        running = self._completions.get(owner, 0)
         lim = self._limits.get(owner)
-        if lim is not None and running + n > lim.max_completions:
-            raise CapacityExceeded(
-                f"this tenant runs {running} completion alternatives; {n} more would pass its quota "
-                f"(max_completions={lim.max_completions})",
-                retry_after_s=COMPLETION_RETRY_S,
-            )
-        self._completions[owner] = running + n
+        led = self._ledger
+        with led.lock:
+            i = led.slot(owner)
+            running = led.completions(i)
+            if lim is not None and running + n > lim.max_completions:
+                raise CapacityExceeded(
+                    f"this tenant runs {running} completion alternatives; {n} more would pass its quota "
+                    f"(max_completions={lim.max_completions})",
+                    retry_after_s=COMPLETION_RETRY_S,
+                )
+            led.add_completions(i, n)
 
     def end_alternative(self, owner: str) -> None:
-        left = self._completions.pop(owner, 1) - 1
-        if left > 0:
-            self._completions[owner] = left
+        led = self._ledger
+        with led.lock:
+            i = led.find(owner)
+            if i >= 0:
+                led.add_completions(i, -1)
 
     # ---- characters per second ----------------------------------------------------------------
     def take_chars(self, owner: str, n: int) -> None:
@@ -193,25 +242,23 @@ class Admission:
         lim = self._limits.get(owner)
         if lim is None:
             return
-        now = self._clock()
-        b = self._buckets.get(owner)
-        if b is None:
-            if len(self._buckets) > _PRUNE_ABOVE:
-                self._prune(now)
-            b = self._buckets[owner] = _Bucket(lim.chars_burst, now)
-        b.tokens = min(float(lim.chars_burst), b.tokens + (now - b.refilled) * lim.chars_per_s)
-        b.refilled = now
-        # An append longer than the bucket goes once the bucket is full and leaves a debt, so a
-        # small chars_burst override never blocks a long paste forever; the rate still holds.
-        need = min(n, lim.chars_burst)
-        if need > b.tokens:
-            raise CapacityExceeded(
-                f"this tenant is appending faster than its quota (chars_per_s={lim.chars_per_s:g})",
-                retry_after_s=(need - b.tokens) / lim.chars_per_s,
-            )
-        b.tokens -= n
-
-    def _prune(self, now: float) -> None:
-        for owner, b in list(self._buckets.items()):
-            if now - b.refilled > 60:  # refilled by now whatever the rate: forgetting it changes nothing
-                del self._buckets[owner]
+        burst = float(lim.chars_burst)
+        led = self._ledger
+        with led.lock:
+            i = led.slot(owner)
+            now = self._clock()  # under the lock: refills in clock order, none ever negative
+            b = led.bucket(i)
+            if b is None:
+                tokens = burst  # a new bucket starts full
+            else:
+                tokens = min(burst, b[0] + (now - b[1]) * lim.chars_per_s)
+            # An append longer than the bucket goes once the bucket is full and leaves a debt, so a
+            # small chars_burst override never blocks a long paste forever; the rate still holds.
+            need = min(n, lim.chars_burst)
+            if need > tokens:
+                led.set_bucket(i, tokens, now)
+                raise CapacityExceeded(
+                    f"this tenant is appending faster than its quota (chars_per_s={lim.chars_per_s:g})",
+                    retry_after_s=(need - tokens) / lim.chars_per_s,
+                )
+            led.set_bucket(i, tokens - n, now)

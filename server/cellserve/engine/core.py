@@ -36,6 +36,7 @@ from .admission import Admission, Limits
 from .completion_book import CompletionBook
 from .core_io import Call, Deliveries, Delivery, Outcome, StepOutput
 from .handoff_records import SessionHandoff
+from .ledger import Ledger
 from .memory_mix import attach_memory, memory_settings
 from .plan import RunResult
 from .runtime import ModelRuntime, RunnerFactory, build_runtimes
@@ -44,6 +45,7 @@ from .sequence_ids import SequenceIds
 from .session_blobs import SessionBlobs
 from .session_ops import SessionOps
 from .session_table import SESSION_NOT_FOUND, SessionTable
+from .shards import ONE, Shard
 from .types import (
     EngineHealth,
     EngineStats,
@@ -101,20 +103,31 @@ CALLS = frozenset(
 
 class EngineCore(SessionOps):
     def __init__(
-        self, settings: Settings, repository: ModelRepository, runner_factory: RunnerFactory | None = None
+        self,
+        settings: Settings,
+        repository: ModelRepository,
+        runner_factory: RunnerFactory | None = None,
+        *,
+        ledger: Ledger | None = None,
+        shard: Shard = ONE,
     ) -> None:
         """``runner_factory(loaded, pool, checkpoint_pool)`` builds each model's runner (anything with
-        ``execute(plan) -> RunResult``); the default is ``ModelRunner``."""
+        ``execute(plan) -> RunResult``); the default is ``ModelRunner``. ``ledger``: the admission
+        ledger shared by several core processes (engine/ledger.py); default, a private one.
+        ``shard``: which of the server's core processes this is (its session ids name it)."""
+        self.shard = shard
         self.settings = settings
         self.repository = repository
         self.device = repository.device
         self._memory_settings = memory_settings(settings)
         self._runtimes = build_runtimes(settings, repository, runner_factory)
-        self.admission = Admission(settings)  # every quota and global stream cap (engine/admission.py)
+        self.admission = Admission(settings, ledger=ledger)  # every quota and global cap (engine/admission.py)
         self.sequence_ids = SequenceIds(2 * settings.max_sessions)  # KServe sequences, for every frontend
         self.deliveries = Deliveries()  # what callers get with the next pass (core_io.py)
         self.completions = CompletionBook(self.admission, self._runtimes, self.deliveries)
-        self.sessions = SessionTable(settings, self.admission, self._runtimes, self.deliveries, self.completions)
+        self.sessions = SessionTable(
+            settings, self.admission, self._runtimes, self.deliveries, self.completions, shard.mint_id
+        )
         self._blobs = SessionBlobs(settings, self._runtimes, self._memory_settings)
         self._handoff = SessionHandoff(settings, self.sessions, self._runtimes, self._blobs, self.sequence_ids)
         self._iterations = 0

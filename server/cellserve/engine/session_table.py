@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable
 
 from ..config import Settings
-from ..errors import CapacityExceeded, NotFound, Unavailable
+from ..errors import NotFound, Unavailable
 from ..memory.window import SessionMemory
-from .admission import Admission
+from .admission import Admission, SessionLimitReached
 from .completion_book import CompletionBook
 from .core_io import Deliveries
 from .runtime import ModelRuntime
@@ -36,14 +36,17 @@ class SessionTable:
         runtimes: dict[str, ModelRuntime],
         deliveries: Deliveries,
         completions: CompletionBook,
+        mint_id: Callable[[], str] = lambda: secrets.token_hex(16),
     ) -> None:
+        """``mint_id``: a new session id (with several core processes, one naming this core:
+        ``engine/shards.py``)."""
+        self._mint_id = mint_id
         self._settings = settings
         self._admission = admission
         self._runtimes = runtimes
         self._deliveries = deliveries
         self._completions = completions
-        self._by_id: dict[str, Session] = {}
-        self._per_owner: dict[str, int] = {}  # live sessions per owner (tenant quotas)
+        self._by_id: dict[str, Session] = {}  # this core's sessions; the admission counts every core's
         # (last use when pushed, tie-break, session): the idle-TTL sweep's queue (expire)
         self._expiry: list[tuple[float, int, Session]] = []
         self._expiry_seq = itertools.count()
@@ -90,7 +93,8 @@ class SessionTable:
         return alive
 
     def owner_count(self, owner: str) -> int:
-        return self._per_owner.get(owner, 0)
+        """Live sessions of ``owner`` (over every core process: the admission's count)."""
+        return self._admission.sessions_of(owner)
 
     def memory_bytes(self) -> int:
         return sum(s.memory_bytes for s in self._by_id.values())  # no walk of the memories
@@ -104,8 +108,17 @@ class SessionTable:
             raise Unavailable("server is draining; open a session on another replica")
 
     def check_quota(self, owner: str) -> None:
-        """The owner's session quota (engine/admission.py)."""
-        self._admission.check_session(owner, self._per_owner, len(self._by_id))
+        """Whether ``owner`` may open a session now, counting nothing (a pre-check before work a
+        refusal would waste; ``open`` decides)."""
+        self._admit(owner, count=False)
+
+    def _admit(self, owner: str, count: bool) -> None:
+        """The session quotas and caps (engine/admission.py); a full server is counted."""
+        try:
+            self._admission.admit_session(owner, count)
+        except SessionLimitReached:
+            self.count(SessionEvent.REJECTED_SESSIONS)
+            raise
 
     def open(
         self,
@@ -120,13 +133,14 @@ class SessionTable:
         """A new session at ``position`` whose start state ``state`` the next iteration writes
         (a new random id unless ``session_id`` is given)."""
         self.check_open()
-        self.check_quota(owner)
-        if len(self._by_id) >= self._settings.max_sessions:
-            self.count(SessionEvent.REJECTED_SESSIONS)
-            raise CapacityExceeded("session limit reached", retry_after_s=min(5.0, self._settings.session_idle_ttl_s))
-        slot = rt.alloc.alloc()
+        self._admit(owner, count=True)  # counted from here on
+        try:
+            slot = rt.alloc.alloc()  # the one step below that can refuse (no slot left)
+        except BaseException:
+            self._admission.release_session(owner)
+            raise
         now = time.time()
-        sid = session_id or secrets.token_hex(16)
+        sid = session_id or self._mint_id()
         s = Session(sid, rt.name, owner, slot, now, now, rt.new_history(position, state), position, position, position)
         # the slot holds a previous owner's state: the first iteration writes this session's
         # start state (folded into the first append's row when one is waiting by then)
@@ -135,7 +149,6 @@ class SessionTable:
         # of the session until then starts from that write, whose memory it forks)
         self._by_id[sid] = s
         heapq.heappush(self._expiry, (s.last_used_at, next(self._expiry_seq), s))
-        self._per_owner[owner] = self._per_owner.get(owner, 0) + 1
         rt.work[s] = None
         self.count(event)
         return s
@@ -148,8 +161,7 @@ class SessionTable:
         if not s.mark_closed():
             return
         del self._by_id[s.session_id]
-        if (left := self._per_owner.pop(s.owner, 1) - 1) > 0:
-            self._per_owner[s.owner] = left
+        self._admission.release_session(s.owner)
         gone = NotFound(SESSION_NOT_FOUND)
         rt = self._runtimes[s.model]
         for op in s.queue:

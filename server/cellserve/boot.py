@@ -72,15 +72,21 @@ def log_loaded(repository: ModelRepository) -> None:
     log.info("serving %d model(s) on device %s", len(repository.names()), repository.device)
 
 
-def start_metrics(settings: Settings, engine: Engine | EngineCore) -> tuple[Metrics, MetricsEndpoint]:
-    """The metrics of this engine, served over HTTP on their own port (raises OSError)."""
+def new_metrics(settings: Settings, engine: Engine | EngineCore) -> Metrics:
+    """The metrics of this engine, not served (another core of a ``--cores K`` server reports
+    them to core 0)."""
     from .metrics import Metrics, cuda_memory_reader
 
-    metrics = Metrics(
+    return Metrics(
         (m.name for m in engine.models()),
         sessions_max=settings.max_sessions,
         device_memory=cuda_memory_reader(engine.device),
     )
+
+
+def start_metrics(settings: Settings, engine: Engine | EngineCore) -> tuple[Metrics, MetricsEndpoint]:
+    """The metrics of this engine, served over HTTP on their own port (raises OSError)."""
+    metrics = new_metrics(settings, engine)
     return metrics, metrics.serve(settings.metrics_host, settings.metrics_port, settings.metrics_max_threads)
 
 

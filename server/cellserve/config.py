@@ -75,6 +75,12 @@ class Settings(BaseModel):
     0: one process does everything. Default: 0 with 2 CPUs or fewer (a second process only
     competes for them), else one per CPU beyond the core's, at most 8 (the CPUs this process
     may run on, which in a container is the node's: set it explicitly there)."""
+    cores: int = Field(default=1, ge=1, le=64)
+    """Engine-core processes (with ``frontends`` >= 1): sessions are partitioned among them by
+    id, each core holding its own copy of the models; quotas and the session cap are counted
+    together in shared memory. One core serves about one CPU of model steps: on a machine with
+    many CPUs, e.g. a third of them as cores and the rest as frontends (docs/design-notes.md:
+    "Several core processes")."""
 
     # --- network -------------------------------------------------------------------------
     host: str = Field(default="127.0.0.1", min_length=1)
@@ -285,7 +291,9 @@ class Settings(BaseModel):
         return self.auth_tokens_file is not None or self.tls_client_ca is not None
 
     @model_validator(mode="after")
-    def _check_security(self) -> Settings:
+    def _check_together(self) -> Settings:
+        if self.cores > 1 and self.frontends == 0:
+            raise ValueError("cores > 1 needs frontends >= 1 (the core processes serve behind gRPC frontends)")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: set both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:

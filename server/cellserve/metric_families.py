@@ -86,6 +86,19 @@ class _Family(Collector):
             child = self._children.setdefault(tuple(str(v) for v in values), _Child(self._bounds, self._size))
         return child
 
+    def snapshot(self) -> list[tuple[list[str], list[float]]]:
+        """Every label set with its totals (what another process merges with ``merge``)."""
+        return [(list(values), totals) for values, totals in self._each()]
+
+    def merge(self, source: int, values: Sequence[str], totals: Sequence[float]) -> None:
+        """Counts kept by another process (``source`` >= 0: core processes of one server), as
+        its ``snapshot`` gave them: cumulative, so each report replaces the last. They sit
+        beside the threads' own counts under a negative key (thread ids are positive), and a
+        scrape sums them like a thread's."""
+        if len(totals) != self._size:
+            raise ValueError(f"{self.name} keeps {self._size} numbers per label set, got {len(totals)}")
+        self.labels(*values).counts[-1 - source] = [float(v) for v in totals]
+
     def _each(self) -> Iterator[tuple[tuple[str, ...], list[float]]]:
         for values, child in list(self._children.items()):
             yield values, child.totals()

@@ -307,6 +307,27 @@ class Metrics:
             for kind, nbytes in self._device_memory().items():
                 self.device_memory.labels(kind).set(nbytes)
 
+    # --- several core processes (--cores K): core 0 serves the one endpoint ---------------------
+
+    def engine_histograms(self) -> dict[str, HistogramFamily]:
+        """The families a core observes per iteration (another core reports them to core 0)."""
+        return {f.name: f for f in (self.queue_wait, self.step_time, self.batch_size)}
+
+    def report(self) -> list[tuple[str, list[str], list[float]]]:
+        """This process's per-iteration histograms, cumulative (``CoreReport.families``)."""
+        return [
+            (name, values, totals) for name, f in self.engine_histograms().items() for values, totals in f.snapshot()
+        ]
+
+    def merge_report(self, source: int, families: Iterable[tuple[str, list[str], list[float]]]) -> None:
+        """Another core's ``report``: from now on its counts are summed into this registry's."""
+        known = self.engine_histograms()
+        for name, values, totals in families:
+            family = known.get(name)
+            if family is None:
+                raise ValueError(f"not a per-iteration family: {name!r}")
+            family.merge(source, values, totals)
+
     def _add(self, family: str, key: str, total: int, inc: Callable[[float], None]) -> None:
         previous = self._last.get((family, key), 0)
         if total > previous:

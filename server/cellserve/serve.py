@@ -12,6 +12,7 @@ stops within ``drain_grace_s``, the engine stops, and the process exits 0.
 ``--frontends N`` (N >= 1; ``CELLSERVE_FRONTENDS``) runs the same server as one engine-core
 process and N gRPC frontend processes on the port (``cellserve.multiproc``); 0 is the single
 process described above. The default follows the CPU count (``config.default_frontends``).
+``--cores K`` (with frontends) runs K engine-core processes, the sessions partitioned among them.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--precision", "precision", {"metavar": "auto|fp32|int8|bf16|fp16"}),
     ("--cpu-threads", "cpu_threads", {}),
     ("--frontends", "frontends", {"metavar": "N"}),
+    ("--cores", "cores", {"metavar": "K"}),
     ("--host", "host", {}),
     ("--port", "port", {}),
     ("--metrics-host", "metrics_host", {}),

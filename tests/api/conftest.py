@@ -16,14 +16,18 @@ __all__ = ["SNAPSHOT_KEY", "ServerProcess", "start_server"]
 
 # Every test on the shared server runs against both shapes of it: one process, and an engine
 # core behind two frontend processes (whose port spreads connections between them).
-SHAPES = {"one-process": "0", "two-frontends": "2"}
+SHAPES: dict[str, tuple[str, ...]] = {
+    "one-process": ("--frontends", "0"),
+    "two-frontends": ("--frontends", "2"),
+    "two-cores": ("--frontends", "2", "--cores", "2"),  # sessions partitioned between two cores
+}
 
 
 @pytest.fixture(scope="session", params=list(SHAPES), ids=list(SHAPES))
 def server(model_dir: Path, request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
     """The shared server: default settings, both tiny models, a snapshot key from the
     environment (so a second process can resume its snapshots)."""
-    s = start_server(model_dir, "--frontends", SHAPES[request.param], env={"CELLSERVE_SNAPSHOT_KEY": SNAPSHOT_KEY})
+    s = start_server(model_dir, *SHAPES[request.param], env={"CELLSERVE_SNAPSHOT_KEY": SNAPSHOT_KEY})
     try:
         yield s
     finally:

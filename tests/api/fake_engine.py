@@ -131,7 +131,9 @@ class FakeEngine:
         if self.sequences.get((owner, model, seq)) == session_id:
             del self.sequences[(owner, model, seq)]
 
-    def open_session(self, owner: str, model: str | None = None, memory: bool = True) -> Awaitable[SessionInfo]:
+    def open_session(
+        self, owner: str, model: str | None = None, memory: bool = True, sequence: str = ""
+    ) -> Awaitable[SessionInfo]:
         return _now(SessionInfo("f" * 32, MODEL.name, 0, 0.0, 0.0))
 
     def append(

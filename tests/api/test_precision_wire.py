@@ -28,7 +28,7 @@ TEXT = "def main(argv):\n    for i, x in enumerate(argv):\n        print(i, x.st
 
 @pytest.fixture(scope="module", params=list(SHAPES), ids=list(SHAPES))
 def int8_server(model_dir: Path, request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
-    s = start_server(model_dir, "--precision", "int8", "--frontends", SHAPES[request.param])
+    s = start_server(model_dir, "--precision", "int8", *SHAPES[request.param])
     try:
         yield s
     finally:

@@ -31,11 +31,9 @@ PAUSE_S = 0.04  # between keystrokes: the engine is idle, so it guesses
 def servers(memory_model_dir: Path, request: pytest.FixtureRequest) -> Iterator[tuple[ServerProcess, ServerProcess]]:
     shape = SHAPES[request.param]
     env = {"CELLSERVE_SNAPSHOT_KEY": KEY}
-    on = start_server(memory_model_dir, "--precision", "int8", "--frontends", shape, env=env)
+    on = start_server(memory_model_dir, "--precision", "int8", *shape, env=env)
     try:
-        off = start_server(
-            memory_model_dir, "--precision", "int8", "--frontends", shape, "--set", "speculation=false", env=env
-        )
+        off = start_server(memory_model_dir, "--precision", "int8", *shape, "--set", "speculation=false", env=env)
         try:
             yield on, off
         finally:

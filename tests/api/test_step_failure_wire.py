@@ -29,9 +29,7 @@ FAULTS = str(Path(__file__).resolve().parents[1] / "faults")
 @pytest.fixture(scope="module", params=list(SHAPES), ids=list(SHAPES))
 def faulty_server(model_dir: Path, request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
     path = os.pathsep.join(p for p in (FAULTS, os.environ.get("PYTHONPATH", "")) if p)
-    s = start_server(
-        model_dir, "--frontends", SHAPES[request.param], env={"CELLSERVE_TEST_FAULTS": "1", "PYTHONPATH": path}
-    )
+    s = start_server(model_dir, *SHAPES[request.param], env={"CELLSERVE_TEST_FAULTS": "1", "PYTHONPATH": path})
     try:
         yield s
     finally:

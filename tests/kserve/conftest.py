@@ -26,12 +26,16 @@ MODEL = "tiny-lstm"
 
 # As tests/api: every KServe test runs against one process and against an engine core with two
 # frontends (the surface goes through the ZMQ engine client, statistics included).
-SHAPES = {"one-process": "0", "two-frontends": "2"}
+SHAPES: dict[str, tuple[str, ...]] = {
+    "one-process": ("--frontends", "0"),
+    "two-frontends": ("--frontends", "2"),
+    "two-cores": ("--frontends", "2", "--cores", "2"),  # sessions partitioned between two cores
+}
 
 
 def serving(model_dir: Path, shape: str) -> Iterator[ServerProcess]:
     """A server of ``model_dir`` in one of SHAPES, stopped when the fixture ends."""
-    s = start_server(model_dir, "--frontends", SHAPES[shape])
+    s = start_server(model_dir, *SHAPES[shape])
     try:
         yield s
     finally:

@@ -59,11 +59,15 @@ def prometheus_bin() -> str:
     return path
 
 
-@pytest.fixture(scope="module", params=["0", "2"], ids=["one-process", "two-frontends"])
+@pytest.fixture(
+    scope="module",
+    params=[("0",), ("2",), ("2", "--cores", "2")],
+    ids=["one-process", "two-frontends", "two-cores"],
+)
 def server(model_dir: Path, request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
     """One server for a module's tests, logging JSON at debug level (user text stays out); once
     as one process and once as a core behind two frontends (one /metrics endpoint for all)."""
-    s = start_server(model_dir, "--log-json", "--log-level", "debug", "--frontends", request.param)
+    s = start_server(model_dir, "--log-json", "--log-level", "debug", "--frontends", *request.param)
     try:
         yield s
     finally:

@@ -56,15 +56,18 @@ def tokens(tmp_path_factory: pytest.TempPathFactory) -> Tokens:
 
 # Authentication, quotas and tenant-bound snapshots hold in one process and through frontends
 # (the interceptor runs in each frontend; the owner travels with every op to the core).
-SHAPES = {"one-process": "0", "two-frontends": "2"}
+SHAPES: dict[str, tuple[str, ...]] = {
+    "one-process": ("--frontends", "0"),
+    "two-frontends": ("--frontends", "2"),
+    "two-cores": ("--frontends", "2", "--cores", "2"),  # sessions partitioned between two cores
+}
 
 
 @pytest.fixture(scope="session", params=list(SHAPES), ids=list(SHAPES))
 def auth_server(model_dir: Path, tokens: Tokens, request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
     s = start_server(
         model_dir,
-        "--frontends",
-        SHAPES[request.param],
+        *SHAPES[request.param],
         "--auth-tokens-file",
         str(tokens.path),
         "--snapshot-ttl",

@@ -155,7 +155,7 @@ SESSION_CAP = 16  # reserve 2: one tenant alone holds at most 14
 def capped(model_dir: Path, tokens: Tokens, request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
     s = start_server(
         model_dir,
-        "--frontends", SHAPES[request.param],
+        *SHAPES[request.param],
         "--auth-tokens-file", str(tokens.path),
         "--max-concurrent-streams", str(STREAM_CAP),
         "--max-sessions", str(SESSION_CAP),

@@ -83,14 +83,14 @@ def measure_core(ref: ModelRef, device: str, threads: int, n: int, warmup_s: flo
         model_dir=ref.model_dir, models=[ref.name], device=device, cpu_threads=threads, metrics_port=0,
         metrics_host="127.0.0.1", max_sessions=max(n, 1000), log_level="warning",
     )  # fmt: skip
-    supervisor = Supervisor(settings, f"ipc://{run_dir}/core.sock")
+    supervisor = Supervisor(settings, run_dir)
     try:
-        supervisor.start_core()
-        core = supervisor.core
-        assert core is not None and core.pid is not None
+        supervisor.start_cores()
+        core = supervisor.cores[0]
+        assert core.pid is not None
         before = pin_alone(core.pid)  # the core on the last CPU alone; this thread (the driver) on the others
         try:
-            out = asyncio.run(_drive(supervisor.address, core.pid, n, warmup_s, window_s))
+            out = asyncio.run(_drive(supervisor.addresses[0], core.pid, n, warmup_s, window_s))
         finally:
             if before is not None:
                 os.sched_setaffinity(0, before)

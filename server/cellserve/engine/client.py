@@ -135,8 +135,13 @@ class EngineClient(Protocol):
         ...
 
     # ---- session operations (submitted at call time, applied in call order) ----------------
-    def open_session(self, owner: str, model: str | None = None, memory: bool = True) -> Awaitable[SessionInfo]:
-        """A new session at position 0 of ``model`` (None: the default model)."""
+    def open_session(
+        self, owner: str, model: str | None = None, memory: bool = True, sequence: str = ""
+    ) -> Awaitable[SessionInfo]:
+        """A new session at position 0 of ``model`` (None: the default model). ``sequence``: the
+        KServe sequence id (as ``bind_sequence`` takes it) this session is opened for, so an
+        engine of several core processes opens it on the core that holds that id's entry
+        (``engine/shards.py``); one core ignores it."""
         ...
 
     def append(

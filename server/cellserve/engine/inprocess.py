@@ -85,7 +85,9 @@ class InProcessEngineClient:
         self.engine.forget_sequence(owner, model, seq, session_id)
 
     # ---- session operations -----------------------------------------------------------------
-    def open_session(self, owner: str, model: str | None = None, memory: bool = True) -> Awaitable[SessionInfo]:
+    def open_session(
+        self, owner: str, model: str | None = None, memory: bool = True, sequence: str = ""
+    ) -> Awaitable[SessionInfo]:
         return self.engine.open_session(model, owner, memory)
 
     def append(

@@ -286,7 +286,9 @@ class ZmqEngineClient:
             self._send(m.ForgetSequence(0, owner, model, seq, session_id))
 
     # ---- session operations -----------------------------------------------------------------
-    def open_session(self, owner: str, model: str | None = None, memory: bool = True) -> Awaitable[SessionInfo]:
+    def open_session(
+        self, owner: str, model: str | None = None, memory: bool = True, sequence: str = ""
+    ) -> Awaitable[SessionInfo]:
         if self._draining:
             return _failed(Unavailable("the server is shutting down; connect to another replica"))
         return self._call(lambda i: m.Open(i, owner, model, memory), SessionInfo)

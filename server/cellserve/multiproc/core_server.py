@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import queue
 import threading
 import time
@@ -40,7 +41,8 @@ import zmq
 from ..engine.core import EngineCore
 from ..engine.core_io import Call, ChunkOut, StepOutput
 from ..engine.loop import CoreLoop
-from ..engine.types import ModelInfo
+from ..engine.shards import combined_stats
+from ..engine.types import EngineStats, ModelInfo
 from ..errors import CapacityExceeded, InvalidInput, Unavailable
 from ..metrics import POLL_INTERVAL_S
 from . import messages as m
@@ -104,7 +106,10 @@ class CoreServer:
         settings: Settings,
         metrics: Metrics | None = None,
         gates: GateThread | None = None,
+        report_to: str = "",
     ) -> None:
+        """``report_to``: core 0's address, for another core of a ``--cores K`` server: its
+        statistics and histograms go there (``CoreReport``), core 0 serving the one endpoint."""
         self.core = core
         self._settings = settings
         self._metrics = metrics
@@ -140,6 +145,16 @@ class CoreServer:
         self._sock.setsockopt(zmq.RCVHWM, hwm)
         self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full queue raises, never drops silently
         self._sock.bind(address)
+        # --cores K: what the other cores reported (core 0), and this core's report (the others)
+        self._peer_stats: dict[int, EngineStats] = {}
+        self._latest_stats: EngineStats | None = None
+        self._report: zmq.Socket[bytes] | None = None
+        if report_to:
+            self._report = ctx.socket(zmq.DEALER)
+            self._report.setsockopt(zmq.IDENTITY, f"c{core.shard.index}:{os.getpid()}".encode())
+            self._report.setsockopt(zmq.LINGER, 0)
+            self._report.setsockopt(zmq.SNDHWM, 4)  # a report replaces the last: never queue many
+            self._report.connect(report_to)
         pipe = f"inproc://cellserve-core-out-{id(self)}"
         self._pipe_in = ctx.socket(zmq.PULL)
         self._pipe_in.setsockopt(zmq.LINGER, 0)
@@ -208,8 +223,9 @@ class CoreServer:
         self._threads[1].join()
         self._stopping = True
         self._threads[0].join()
-        for sock in (self._pipe_out, self._pipe_in, self._sock):
-            sock.close(linger=0)
+        for sock in (self._pipe_out, self._pipe_in, self._sock, self._report):
+            if sock is not None:
+                sock.close(linger=0)
 
     @property
     def alive(self) -> bool:
@@ -246,6 +262,7 @@ class CoreServer:
             if self._metrics is not None and now >= next_metrics:
                 next_metrics = now + METRICS_POLL_S
                 self.post("stats", (), self._observe_stats)
+                self._send_report()
         self._forward_out()
 
     def _forward_out(self) -> None:
@@ -356,6 +373,35 @@ class CoreServer:
             self._call(who, op.id, "export_sessions", (op.idle_s, op.move), False)
         elif isinstance(op, m.Adopt):
             self._call(who, op.id, "adopt", (op.owner, op.record), False)
+        elif isinstance(op, m.CoreReport):
+            self._merge_report(op)
+
+    # ---- several cores: the others report to core 0 ----------------------------------------
+    def _send_report(self) -> None:
+        """Another core's statistics (read on the previous tick) and histograms, to core 0
+        (input thread: it owns the socket). A report core 0 cannot take now is dropped: the
+        next one carries the same cumulative counts."""
+        stats, metrics = self._latest_stats, self._metrics
+        if self._report is None or stats is None or metrics is None:
+            return
+        report = m.CoreReport(0, self.core.shard.index, stats, metrics.report())
+        try:
+            self._report.send(m.encode(m.ToCore([report])), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
+    def _merge_report(self, op: m.CoreReport) -> None:
+        """Core 0: another core's report. Its statistics join this core's at the next reading;
+        its histogram counts replace what it reported before (cumulative)."""
+        if self._metrics is None or not 0 < op.core < self.core.shard.cores:
+            self._bad.warning()
+            return
+        try:
+            self._metrics.merge_report(op.core, op.families)
+        except ValueError:
+            self._bad.warning()
+            return
+        self._peer_stats[op.core] = op.stats
 
     def _answer_tokens(self, who: bytes, op: m.Tokens) -> None:
         """The tokens file as the core last read it with success (a small file: read here)."""
@@ -411,8 +457,12 @@ class CoreServer:
                 self._bad.warning()
 
     def _observe_stats(self, value: object, error: BaseException | None) -> None:
-        if self._metrics is not None and error is None:
-            self._metrics.observe_stats(value)  # type: ignore[arg-type]
+        """A reading of this core's statistics (output thread); core 0 adds the other cores'
+        latest, so the endpoint shows the whole server."""
+        if self._metrics is None or error is not None or not isinstance(value, EngineStats):
+            return
+        self._latest_stats = value
+        self._metrics.observe_stats(combined_stats([value, *list(self._peer_stats.values())]))
 
     # ---- output thread ----------------------------------------------------------------------
     def _output(self) -> None:

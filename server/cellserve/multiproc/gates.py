@@ -7,10 +7,11 @@ from ..api.gates import query_of, response_of
 from ..api.pb import svc
 from ..config import Settings
 from .client import ZmqEngineClient
+from .routing import RoutingEngineClient
 
 
 class CoreGates:
-    def __init__(self, client: ZmqEngineClient, settings: Settings) -> None:
+    def __init__(self, client: ZmqEngineClient | RoutingEngineClient, settings: Settings) -> None:
         self._client = client
         self._settings = settings
 

@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 
 from ..engine.admission import Limits
-from ..engine.types import AppendOptions, CompletionRequest, SuggestRequest
+from ..engine.types import AppendOptions, CompletionRequest, EngineStats, SuggestRequest
 from ..errors import BY_CODE, CLIENT_ERRORS, CapacityExceeded, OffsetConflict
 from ..gate_report import GateQuery
 from ..handoff.record import HandoffRecord
@@ -176,6 +176,17 @@ class InspectGates(_Op):
     query: GateQuery  # checked by the frontend; the answer is a GateReport
 
 
+class CoreReport(_Op):
+    """From another core process of the server to core 0, which serves the one ``/metrics``
+    endpoint (``--cores K``, every ``METRICS_POLL_S``; no answer): that core's ``EngineStats``
+    and the cumulative counts of its per-iteration histograms, ``(family, labels, totals)``
+    with ``totals`` as ``metric_families`` keeps them (buckets, then the sum)."""
+
+    core: int
+    stats: EngineStats
+    families: list[tuple[str, list[str], list[float]]]
+
+
 Op = (
     Models
     | GetSession
@@ -201,6 +212,7 @@ Op = (
     | FindSequence
     | ForgetSequence
     | Tokens
+    | CoreReport
 )
 
 

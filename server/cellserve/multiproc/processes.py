@@ -30,7 +30,9 @@ from .lifecycle import die_with_parent
 
 if TYPE_CHECKING:
     from ..api.health import Health
+    from ..engine.ledger import LedgerHandle
     from .client import ZmqEngineClient
+    from .routing import RoutingEngineClient
 
 log = logging.getLogger("cellserve.supervisor")
 
@@ -46,22 +48,32 @@ def _child_setup(settings: Settings, parent_pid: int) -> None:
     configure_logging(settings)
 
 
-def run_core(settings: Settings, address: str, conn: Connection, parent_pid: int) -> None:
+def run_core(
+    settings: Settings, addresses: list[str], index: int, ledger: LedgerHandle | None, conn: Connection, parent_pid: int
+) -> None:
+    """Core ``index`` of ``len(addresses)``, bound at ``addresses[index]``; ``ledger``: the
+    shared admission ledger of a server with several cores."""
     _child_setup(settings, parent_pid)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see serve.run_serve
-    _exit(_core_main(settings, address, conn))
+    _exit(_core_main(settings, addresses, index, ledger, conn))
 
 
-def _core_main(settings: Settings, address: str, conn: Connection) -> int:
+def _core_main(
+    settings: Settings, addresses: list[str], index: int, ledger: LedgerHandle | None, conn: Connection
+) -> int:
     """The engine core process: no event loop. The main thread starts the threads
-    (``CoreServer``: input, core, output; the gate thread) and waits for SIGTERM."""
+    (``CoreServer``: input, core, output; the gate thread) and waits for SIGTERM. Core 0
+    serves the metrics endpoint; another core reports to core 0 instead."""
     import threading
 
     import zmq
 
-    from ..boot import load_models, start_metrics, tune_gc
+    from ..boot import load_models, new_metrics, start_metrics, tune_gc
     from ..engine.core import EngineCore
+    from ..engine.ledger import Ledger
+    from ..engine.shards import Shard
     from ..errors import Unavailable
+    from ..metrics import MetricsEndpoint
     from .core_server import CoreServer
     from .gate_thread import GateThread
 
@@ -70,25 +82,30 @@ def _core_main(settings: Settings, address: str, conn: Connection) -> int:
     except ModelFileError as e:
         conn.send(("error", f"cannot start: {e}"))
         return EXIT_CONFIG
-    core = EngineCore(settings, repository)
+    shard = Shard(index, len(addresses))
+    core = EngineCore(settings, repository, ledger=Ledger.attach(ledger) if ledger else None, shard=shard)
     if settings.cpu_threads and core.device.type == "cpu":
         import torch
 
         torch.set_num_threads(settings.cpu_threads)
-    try:
-        metrics, endpoint = start_metrics(settings, core)
-    except OSError as e:
-        conn.send(("error", f"cannot serve metrics on {_address(settings)}: {e}"))
-        return EXIT_CONFIG
+    endpoint: MetricsEndpoint | None = None
+    if index == 0:
+        try:
+            metrics, endpoint = start_metrics(settings, core)
+        except OSError as e:
+            conn.send(("error", f"cannot serve metrics on {_address(settings)}: {e}"))
+            return EXIT_CONFIG
+    else:
+        metrics = new_metrics(settings, core)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     gates = GateThread(repository.get)
-    server = CoreServer(core, ctx, address, settings, metrics, gates)
+    server = CoreServer(core, ctx, addresses[index], settings, metrics, gates, report_to=addresses[0] if index else "")
     tune_gc(settings)  # before the core thread starts: what it makes from now on is all the collector walks
     gates.start()
     server.start()
-    conn.send(("ready", endpoint.port))
+    conn.send(("ready", endpoint.port if endpoint is not None else 0))
     code = 0
     while not stop.wait(CORE_POLL_S):  # the main thread takes the signal between waits
         if not server.alive:  # a thread died: a bug; exit so the parent restarts the pod
@@ -109,7 +126,8 @@ def _core_main(settings: Settings, address: str, conn: Connection) -> int:
         metrics.observe_stats(core.stats())  # the last counters (the core thread is gone)
     except Exception:  # noqa: BLE001 (metrics must never block the exit)
         log.exception("reading engine statistics failed")
-    endpoint.close()
+    if endpoint is not None:
+        endpoint.close()
     return code
 
 
@@ -118,9 +136,9 @@ def _address(settings: Settings) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
-def run_frontend(settings: Settings, index: int, address: str, conn: Connection, parent_pid: int) -> None:
+def run_frontend(settings: Settings, index: int, addresses: list[str], conn: Connection, parent_pid: int) -> None:
     _child_setup(settings, parent_pid)
-    _exit(asyncio.run(_frontend_main(settings, index, address, conn)))
+    _exit(asyncio.run(_frontend_main(settings, index, addresses, conn)))
 
 
 def _exit(code: int) -> None:
@@ -132,7 +150,7 @@ def _exit(code: int) -> None:
     os._exit(code)
 
 
-async def _frontend_main(settings: Settings, index: int, address: str, conn: Connection) -> int:
+async def _frontend_main(settings: Settings, index: int, addresses: list[str], conn: Connection) -> int:
     from ..api import ApiServer
     from ..api.server import format_address
     from ..api.transport import TlsFileError
@@ -140,9 +158,20 @@ async def _frontend_main(settings: Settings, index: int, address: str, conn: Con
     from ..tokens import TokensFileError
     from .client import ForwardingRecorder, ZmqEngineClient
     from .gates import CoreGates
+    from .routing import RoutingEngineClient
 
-    recorder = ForwardingRecorder()
-    client = ZmqEngineClient(address, index, recorder, settings.core_call_deadline_s, settings.core_send_queue_messages)
+    recorder = ForwardingRecorder()  # events go to core 0 (the metrics endpoint)
+    cores = [
+        ZmqEngineClient(
+            address,
+            index,
+            recorder if i == 0 else None,
+            settings.core_call_deadline_s,
+            settings.core_send_queue_messages,
+        )
+        for i, address in enumerate(addresses)
+    ]
+    client: ZmqEngineClient | RoutingEngineClient = cores[0] if len(cores) == 1 else RoutingEngineClient(cores)
     await client.start()
     try:
         async with asyncio.timeout(FIRST_ANSWER_S):
@@ -199,7 +228,7 @@ async def _frontend_main(settings: Settings, index: int, address: str, conn: Con
     return 0
 
 
-async def follow_core(client: ZmqEngineClient, health: Health) -> None:
+async def follow_core(client: ZmqEngineClient | RoutingEngineClient, health: Health) -> None:
     """Health follows the core: SERVING while it answers and takes sessions. Runs until
     cancelled; each poll also carries the frontend's metric events.
 

@@ -1,19 +1,22 @@
-"""The parent of a multi-process server: starts the core, then the frontends, and watches them.
+"""The parent of a multi-process server: starts the core(s), then the frontends, and watches them.
 
-Start: the core first (models, device, metrics endpoint, internal socket on an ``ipc://`` path
-in a private temporary folder); then frontend 0 on ``settings.port`` (port 0: a free one),
-then the others on the port it got. The two lines tests and operators read (``cellserve
+Start: the cores first (models, device, internal socket on an ``ipc://`` path in a private
+temporary folder; core 0 also the metrics endpoint), in parallel; then frontend 0 on
+``settings.port`` (port 0: a free one), then the others on the port it got. With ``--cores K``
+(K > 1) the parent first makes the shared admission ledger (``engine/ledger.py``), which every
+core attaches to, and unlinks it when the server ends. The two lines tests and operators read (``cellserve
 metrics on ...``, ``cellserve listening on ...``) are printed once everything is up.
 
 While serving:
 - a frontend that exits is started again on the same port (its sessions live in the core);
   more than ``MAX_RESTARTS`` within ``RESTART_WINDOW_S`` stops the server with status 1;
-- the core exiting ends the server: every frontend is told (SIGUSR1: NOT_SERVING, calls fail
+- a core exiting ends the server (its sessions are gone; with several cores, so are the
+  others', since the frontends can no longer route to all): every frontend is told (SIGUSR1: NOT_SERVING, calls fail
   with UNAVAILABLE), they are stopped, and the parent exits with status 1 so the orchestrator
   restarts the pod.
 
 SIGTERM/SIGINT: the frontends drain (``ApiServer.shutdown``, bounded by ``drain_grace_s``),
-then the core drains and stops; exit 0. Whatever happens, no child outlives the parent: the
+then the cores drain and stop; exit 0. Whatever happens, no child outlives the parent: the
 ``finally`` kills what is left, and each child also dies with the parent by the kernel's
 parent-death signal (``lifecycle``), so even SIGKILL of the parent leaves no orphan.
 """
@@ -37,6 +40,7 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 
 from ..config import Settings
+from ..engine.ledger import Ledger, LedgerHandle
 from .processes import run_core, run_frontend
 
 log = logging.getLogger("cellserve.supervisor")
@@ -56,11 +60,12 @@ class StartError(Exception):
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, address: str) -> None:
+    def __init__(self, settings: Settings, run_dir: str) -> None:
         self.settings = settings
-        self.address = address
+        self.addresses = [f"ipc://{run_dir}/core{i}.sock" for i in range(settings.cores)]
         self.ctx = multiprocessing.get_context("spawn")
-        self.core: BaseProcess | None = None
+        self.cores: list[BaseProcess] = []
+        self.ledger: LedgerHandle | None = None
         self.frontends: list[BaseProcess | None] = [None] * settings.frontends
         self.port = settings.port
         self._stop_requested = False
@@ -96,14 +101,23 @@ class Supervisor:
         finally:
             conn.close()
 
-    def start_core(self) -> int:
-        self.core, conn = self._spawn("cellserve-core", run_core, (self.settings, self.address))
-        log.info("engine core started (pid %s)", self.core.pid)
-        return self._await_report(self.core, conn, "ready", CORE_START_S)
+    def start_cores(self) -> int:
+        """Starts every core (they load their models in parallel); core 0's metrics port."""
+        if len(self.addresses) > 1:
+            self.ledger = Ledger.create_shared(self.ctx)
+        started = []
+        for i in range(len(self.addresses)):
+            name = "cellserve-core" if len(self.addresses) == 1 else f"cellserve-core-{i}"
+            proc, conn = self._spawn(name, run_core, (self.settings, self.addresses, i, self.ledger))
+            self.cores.append(proc)
+            started.append((proc, conn))
+            log.info("engine core%s started (pid %s)", f" {i}" if len(self.addresses) > 1 else "", proc.pid)
+        ports = [self._await_report(proc, conn, "ready", CORE_START_S) for proc, conn in started]
+        return ports[0]
 
     def start_frontend(self, index: int) -> int:
         settings = self.settings.model_copy(update={"port": self.port})
-        proc, conn = self._spawn(f"cellserve-frontend-{index}", run_frontend, (settings, index, self.address))
+        proc, conn = self._spawn(f"cellserve-frontend-{index}", run_frontend, (settings, index, self.addresses))
         self.frontends[index] = proc
         log.info("frontend %d started (pid %s)", index, proc.pid)
         return self._await_report(proc, conn, "listening", FRONTEND_START_S)
@@ -122,7 +136,7 @@ class Supervisor:
                   file=sys.stderr)  # fmt: skip
             return EXIT_CONFIG
         try:
-            metrics_port = self.start_core()
+            metrics_port = self.start_cores()
             self.port = self.start_frontend(0)
             for i in range(1, len(self.frontends)):
                 self.start_frontend(i)
@@ -134,7 +148,7 @@ class Supervisor:
         s = self.settings
         print(f"cellserve metrics on {format_address(s.metrics_host, metrics_port)} (http)", flush=True)
         print(f"cellserve listening on {format_address(s.host, self.port)} (grpc)", flush=True)
-        log.info("serving with %d frontend processes and one engine core", len(self.frontends))
+        log.info("serving with %d frontend processes and %d engine cores", len(self.frontends), len(self.cores))
         return self.supervise()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -147,13 +161,15 @@ class Supervisor:
                     os.kill(proc.pid, signal.SIGHUP)
 
     def supervise(self) -> int:
-        assert self.core is not None
         while not self._stop_requested:
-            wait([self.core.sentinel, *(f.sentinel for f in self.frontends if f is not None)], timeout=0.5)
+            wait(
+                [*(c.sentinel for c in self.cores), *(f.sentinel for f in self.frontends if f is not None)], timeout=0.5
+            )
             if self._stop_requested:
                 break
-            if not self.core.is_alive():
-                return self.core_died()
+            for core in self.cores:
+                if not core.is_alive():
+                    return self.core_died(core)
             for i, proc in enumerate(self.frontends):
                 if proc is not None and not proc.is_alive():
                     if not self._restart(i, proc):
@@ -178,14 +194,14 @@ class Supervisor:
             return bool(self._stop_requested) or any(f is not None and f.is_alive() for f in self.frontends)
         return True
 
-    def core_died(self) -> int:
-        assert self.core is not None
-        log.error("the engine core exited with status %s: stopping the server", self.core.exitcode)
+    def core_died(self, core: BaseProcess) -> int:
+        log.error("%s exited with status %s: stopping the server", core.name, core.exitcode)
         alive = [f for f in self.frontends if f is not None and f.is_alive()]
         for f in alive:
             _signal(f, signal.SIGUSR1)
         time.sleep(CORE_LOST_NOTICE_S)
         self._stop_frontends(STOP_SLACK_S)
+        self._stop_cores(STOP_SLACK_S)
         return EXIT_FAILED
 
     # ---- stopping ---------------------------------------------------------------------------
@@ -195,17 +211,27 @@ class Supervisor:
         started = time.monotonic()
         log.info("shutting down: draining for at most %.1f s", grace)
         self._stop_frontends(grace + STOP_SLACK_S)
-        if self.core is None:
+        if not self.cores:
             return 0
-        _signal(self.core, signal.SIGTERM)
-        self.core.join(max(grace - (time.monotonic() - started), 0.0) + STOP_SLACK_S)
-        if self.core.is_alive():
-            log.error("the engine core did not stop in time: killed")
-            _signal(self.core, signal.SIGKILL)
-            self.core.join(STOP_SLACK_S)
+        if not self._stop_cores(max(grace - (time.monotonic() - started), 0.0) + STOP_SLACK_S):
             return EXIT_FAILED
         log.info("stopped")
-        return 0 if self.core.exitcode == 0 else EXIT_FAILED
+        return 0 if all(c.exitcode == 0 for c in self.cores) else EXIT_FAILED
+
+    def _stop_cores(self, timeout_s: float) -> bool:
+        """SIGTERM to every core (each drains), then waits; False if one had to be killed."""
+        for core in self.cores:
+            _signal(core, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        stopped = True
+        for core in self.cores:
+            core.join(max(0.0, deadline - time.monotonic()))
+            if core.is_alive():
+                log.error("%s did not stop in time: killed", core.name)
+                _signal(core, signal.SIGKILL)
+                core.join(STOP_SLACK_S)
+                stopped = False
+        return stopped
 
     def _stop_frontends(self, timeout_s: float) -> None:
         alive = [f for f in self.frontends if f is not None and f.is_alive()]
@@ -221,7 +247,7 @@ class Supervisor:
 
     def kill_all(self) -> None:
         """Last resort (the parent is leaving): nothing it started may outlive it."""
-        for proc in [*self.frontends, self.core]:
+        for proc in [*self.frontends, *self.cores]:
             if proc is not None and proc.is_alive():
                 _signal(proc, signal.SIGKILL)
                 proc.join(STOP_SLACK_S)
@@ -257,11 +283,14 @@ def _signal(proc: BaseProcess, sig: signal.Signals) -> None:
 
 
 def run_multiprocess(settings: Settings) -> int:
-    """Runs the server as one core and ``settings.frontends`` frontends; returns the exit status."""
-    run_dir = tempfile.mkdtemp(prefix="cellserve-")  # 0700: only this user reaches the socket
-    supervisor = Supervisor(settings, f"ipc://{run_dir}/core.sock")
+    """Runs the server as ``settings.cores`` cores and ``settings.frontends`` frontends; returns
+    the exit status."""
+    run_dir = tempfile.mkdtemp(prefix="cellserve-")  # 0700: only this user reaches the sockets
+    supervisor = Supervisor(settings, run_dir)
     try:
         return supervisor.run()
     finally:
         supervisor.kill_all()
+        if supervisor.ledger is not None:
+            supervisor.ledger.close()
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -70,7 +70,7 @@ class SequenceTable:
             pass
         else:
             await self.close(owner, Sequence(key, name, live.session_id))
-        info = await self._engine.open_session(owner, model)
+        info = await self._engine.open_session(owner, model, sequence=id_of(seq))
         entry = Sequence(key, name, info.session_id, info.position, time.monotonic())
         try:
             previous = await self._engine.bind_sequence(owner, model, id_of(seq), info.session_id)

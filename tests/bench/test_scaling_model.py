@@ -44,3 +44,19 @@ def test_the_core_at_capacity_is_the_models_core_figure_when_measured() -> None:
     assert m["keystrokes_per_s"]["16"]["8"] == pytest.approx(4000)
     m = model(runs, [256], {"sessions": 256, "cpu_ms_per_keystroke": None})  # measured nothing
     assert m is not None and m["core_ms"] == 0.5 and m["core_from"] == "the core in the frontends' run"
+
+
+def test_several_core_processes_lift_the_cores_bound() -> None:
+    from cellserve.bench.scaling import fewest_cores
+
+    assert predict(1.0, 0.25, 8, 16, 2) == pytest.approx(8000)  # two cores keep up with 8 frontends
+    assert predict(1.0, 0.5, 8, 16, 2) == pytest.approx(4000)  # ... not when each costs half a frontend
+    assert fewest_cores(1.0, 0.25, 8, 16) == 2
+    assert fewest_cores(1.0, 0.5, 8, 16) == 4
+    assert fewest_cores(1.0, 1.0, 8, 16) == 8
+    assert fewest_cores(1.0, 1.0, 4, 6) == 2  # all the frontends leave, and still the bound
+    runs = {"cellserve-2f": {"256": {"cpu_ms_per_keystroke": {"frontend": 1.0, "core": 0.5}}}}
+    m = model(runs, [256], {"sessions": 256, "cpu_ms_per_keystroke": 0.5})
+    assert m is not None
+    assert m["with_cores"]["16"]["8"] == [pytest.approx(8000), 4]
+    assert m["with_cores"]["4"]["2"] == [pytest.approx(2000), 1]  # min(2/f, 1/k, 4/1.5ms) with K=1

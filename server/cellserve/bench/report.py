@@ -253,6 +253,24 @@ def _scaling_section(sc: dict[str, Any] | None) -> list[str]:
         for c in cores:
             row = model["keystrokes_per_s"][c]
             lines.append(f"| {c} | " + " | ".join(_f(row.get(f)) for f in frontends) + " |")
+        several = model.get("with_cores")
+        if several:
+            lines += [
+                "",
+                "With several core processes (`--cores K`), X(F, K, C) = min(F / f, K / k, C / (f + k)); each "
+                "cell: the predicted keystrokes/s with the fewest K that keep up with F frontends, F + K <= C "
+                "(the shared admission ledger's lock not counted: docs/design-notes.md).",
+                "",
+                "| C \\ F | " + " | ".join(frontends) + " |",
+                "|---|" + "---|" * len(frontends),
+            ]
+            for c in cores:
+                cells = several.get(c, {})
+                lines.append(
+                    f"| {c} | "
+                    + " | ".join(f"{_f(cells[f][0])} (K={cells[f][1]:.0f})" if f in cells else "" for f in frontends)
+                    + " |"
+                )
     return lines
 
 

@@ -195,13 +195,23 @@ def _ceiling_per_row(ref: ModelRef, device: str, threads: int, sessions: list[in
     return {str(n): float(c.keystrokes(n, seconds)["step_s"]) / n * 1e3 for n in sessions}
 
 
-def predict(frontend_ms: float, core_ms: float, frontends: int, cores: int) -> float:
-    """Keystrokes/s with ``frontends`` frontends on ``cores`` cores, from the measured CPU per
-    keystroke of a frontend and of the core: the least of what the frontends can parse (each
-    one process, at most one core: F / f), what the one core process can step (1 / k), and what
-    the cores can run in all (C / (f + k)); the load generator is elsewhere."""
+def predict(frontend_ms: float, core_ms: float, frontends: int, cores: int, core_processes: int = 1) -> float:
+    """Keystrokes/s with ``frontends`` frontends and ``core_processes`` engine cores
+    (``--cores``) on ``cores`` cores, from the measured CPU per keystroke of a frontend and of
+    the core: the least of what the frontends can parse (each one process, at most one core:
+    F / f), what the core processes can step (K / k), and what the cores can run in all
+    (C / (f + k)); the load generator is elsewhere."""
     f, k = frontend_ms / 1e3, core_ms / 1e3
-    return min(frontends / f, 1.0 / k, cores / (f + k))
+    return min(frontends / f, core_processes / k, cores / (f + k))
+
+
+def fewest_cores(frontend_ms: float, core_ms: float, frontends: int, cores: int) -> int:
+    """The fewest core processes that carry what ``frontends`` frontends on ``cores`` cores can
+    (at most the cores the frontends leave)."""
+    best = predict(frontend_ms, core_ms, frontends, cores, cores - frontends)
+    return next(
+        kp for kp in range(1, cores - frontends + 1) if predict(frontend_ms, core_ms, frontends, cores, kp) >= best
+    )
 
 
 def model(
@@ -221,4 +231,15 @@ def model(
     if not f or not k:
         return None
     table = {str(c): {str(fr): predict(f, k, fr, c) for fr in FRONTENDS if fr + 1 <= c} for c in CORES}
-    return {"sessions": int(n), "frontend_ms": f, "core_ms": k, "core_from": core_from, "keystrokes_per_s": table}
+    # --cores K: each F with the fewest core processes that keep up (F + K <= C)
+    several: dict[str, dict[str, list[float]]] = {}
+    for c in CORES:
+        several[str(c)] = {}
+        for fr in FRONTENDS:
+            if fr + 1 <= c:
+                kp = fewest_cores(f, k, fr, c)
+                several[str(c)][str(fr)] = [predict(f, k, fr, c, kp), kp]
+    return {
+        "sessions": int(n), "frontend_ms": f, "core_ms": k, "core_from": core_from, "keystrokes_per_s": table,
+        "with_cores": several,
+    }  # fmt: skip

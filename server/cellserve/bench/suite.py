@@ -564,6 +564,12 @@ def scaling_targets(sc: dict[str, Any] | None, memory: dict[str, Any] | None = N
         out.append({"target": f"  context: the scaling model's keystrokes/s with {f_max} frontends on 16 cores / "
                     f"{f_max} x one frontend's (the issue wants >= 0.7 up to 15, measured on such a machine)",
                     "value": table[f_max] / (int(f_max) * one), "goal": "(not a target)", "met": None})  # fmt: skip
+    several = _get(sc, "model", "with_cores", "16") or {}
+    if one and several:
+        f_max = max(several, key=int)
+        v, kp = several[f_max]
+        out.append({"target": f"  context: the same with {kp:.0f} core processes (--cores {kp:.0f}) beside the "
+                    f"{f_max} frontends", "value": v / (int(f_max) * one), "goal": "(not a target)", "met": None})  # fmt: skip
     bad = sum(r["errors"] + r["sessions_starved"] for runs in sc["runs"].values() for r in runs.values())
     out.append({"target": "multi-process runs: errors + starved sessions", "value": float(bad), "goal": "0",
                 "met": bad == 0})  # fmt: skip

@@ -33,6 +33,8 @@ def test_layouts_are_named_by_peer_and_process_count() -> None:
     from cellserve.bench.scaling import layouts
 
     assert [x.name for x in layouts([1, 4, 8], [2])] == ["cellserve-1f", "cellserve-4f", "cellserve-8f", "echo-2p"]
+    several = [x.name for x in layouts([2, 8], [], [1, 4])]
+    assert several == ["cellserve-2f", "cellserve-8f", "cellserve-2f4c", "cellserve-8f4c"]
 
 
 def test_the_core_at_capacity_is_the_models_core_figure_when_measured() -> None:

@@ -76,6 +76,11 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument(
         "--scaling-frontends", type=_ints, help="cellserve frontend counts of the scaling workload (default 1,2)"
     )
+    p.add_argument(
+        "--scaling-cores",
+        type=_ints,
+        help="engine-core process counts of the scaling workload, each with every frontend count (default 1)",
+    )
     p.add_argument("--scaling-echo", type=_ints, help="echo process counts of the scaling workload (default 1,2)")
     p.add_argument("--no-plots", action="store_true", help="JSON and markdown only (no matplotlib needed)")
     p.add_argument("--note", default="", help="a remark printed under the header of results.md (e.g. the conditions)")
@@ -98,6 +103,7 @@ _FIELDS = {
     "pairs": "pairs",
     "scaling_sessions": "scaling_sessions",
     "scaling_frontends": "scaling_frontends",
+    "scaling_cores": "scaling_cores",
     "scaling_echo": "scaling_echo",
 }
 

@@ -22,7 +22,7 @@ from .loadgen import Workload, run_load
 from .model import ModelRef
 from .procs import ServerProc, cellserve_cmd, cpu_seconds, peer_cmd
 
-STARTED = re.compile(r"(frontend \d+|engine core) started \(pid (\d+)\)")
+STARTED = re.compile(r"(frontend \d+|engine core(?: \d+)?) started \(pid (\d+)\)")
 PID_WAIT_S = 10.0
 FRONTENDS = (1, 2, 4, 8)  # predicted for these frontend counts ...
 CORES = (2, 4, 8, 16)  # ... on machines with this many cores
@@ -32,17 +32,23 @@ CORES = (2, 4, 8, 16)  # ... on machines with this many cores
 class Layout:
     peer: str  # "cellserve" | "echo"
     processes: int  # frontends (cellserve) or echo processes
+    cores: int = 1  # cellserve's engine-core processes (--cores)
 
     @property
     def name(self) -> str:
-        return f"{self.peer}-{self.processes}{'f' if self.peer == 'cellserve' else 'p'}"
+        if self.peer != "cellserve":
+            return f"{self.peer}-{self.processes}p"
+        return f"cellserve-{self.processes}f" + (f"{self.cores}c" if self.cores > 1 else "")
 
 
 LAYOUTS = (Layout("cellserve", 1), Layout("cellserve", 2), Layout("echo", 1), Layout("echo", 2))
 
 
-def layouts(frontends: list[int], echo: list[int]) -> list[Layout]:
-    return [Layout("cellserve", f) for f in frontends] + [Layout("echo", p) for p in echo]
+def layouts(frontends: list[int], echo: list[int], cores: list[int] | None = None) -> list[Layout]:
+    """cellserve with each frontend count and each core count (``cellserve-8f4c``: 8 frontends,
+    4 cores), then echo with each process count."""
+    mine = [Layout("cellserve", f, k) for k in cores or [1] for f in frontends]
+    return mine + [Layout("echo", p) for p in echo]
 
 
 class Group:
@@ -63,18 +69,20 @@ class Group:
 
     def _start_cellserve(self, ref: ModelRef, device: str, threads: int) -> None:
         cmd = cellserve_cmd(str(ref.model_dir), ref.name, device, threads, 10_000)
-        server = ServerProc(self.layout.name, [*cmd, "--frontends", str(self.layout.processes), "--log-level", "info"])
+        shape = ["--frontends", str(self.layout.processes), "--cores", str(self.layout.cores)]
+        server = ServerProc(self.layout.name, [*cmd, *shape, "--log-level", "info"])
         self.servers.append(server)
         self.target = server.target
         deadline = time.monotonic() + PID_WAIT_S
         found: dict[str, int] = {}
-        while len(found) < self.layout.processes + 1 and time.monotonic() < deadline:
+        children = self.layout.processes + self.layout.cores
+        while len(found) < children and time.monotonic() < deadline:
             found = {m.group(1): int(m.group(2)) for line in server.stderr_tail if (m := STARTED.search(line))}
             time.sleep(0.05)
-        if len(found) < self.layout.processes + 1:
+        if len(found) < children:
             raise RuntimeError(f"{self.layout.name}: the supervisor did not log every child's pid")
         self.kinds = {
-            "core": [found["engine core"]],
+            "core": [pid for name, pid in found.items() if name.startswith("engine core")],
             "frontend": [pid for name, pid in found.items() if name.startswith("frontend")],
             "supervisor": [server.pid],
         }

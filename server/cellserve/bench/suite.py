@@ -49,6 +49,7 @@ class BenchConfig:
     only: str | None = None  # "headofline" | "scaling" | "tenants" | "speculation": run just that workload
     scaling_sessions: list[int] = field(default_factory=lambda: [256])  # the multi-process workload's N
     scaling_frontends: list[int] = field(default_factory=lambda: [1, 2])  # its cellserve layouts
+    scaling_cores: list[int] = field(default_factory=lambda: [1])  # ... each with these core counts
     scaling_echo: list[int] = field(default_factory=lambda: [1, 2])  # its echo layouts (processes)
     # the efficiency ratio again, from this many alternating echo / cellserve windows at the top N
     # (both servers up, order ABBA...): the single pass measures the two minutes apart (0: none)
@@ -138,7 +139,7 @@ def run_suite(cfg: BenchConfig, argv: list[str] | None = None) -> dict[str, Any]
             results["scaling"] = run_scaling(
                 ref, cfg.scaling_sessions, device=cfg.device, threads=cfg.server_threads, warmup_s=cfg.warmup_s,
                 window_s=cfg.window_s, workers=cfg.workers, ceiling_s=cfg.ceiling_s, log=_log,
-                plan=layouts(cfg.scaling_frontends, cfg.scaling_echo),
+                plan=layouts(cfg.scaling_frontends, cfg.scaling_echo, cfg.scaling_cores),
             )  # fmt: skip
         if cfg.only in (None, "tenants") and "tenants" not in cfg.skip and "cellserve" in cfg.peers:
             results["tenants"] = _tenants(cfg, ref, Path(scratch))

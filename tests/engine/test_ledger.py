@@ -207,7 +207,7 @@ def test_local_and_shared_ledgers_admit_alike(handles: Callable[..., LedgerHandl
 
 def test_the_table_gives_the_count_back_when_an_open_fails() -> None:
     adm = Admission(Settings(max_sessions=1))
-    table = SessionTable(Settings(max_sessions=1), adm, {}, Deliveries(), None)
+    table = SessionTable(adm, {}, Deliveries(), None)
 
     def no_slot() -> int:
         raise CapacityExceeded("no slot")

@@ -235,6 +235,7 @@ def _scaling_section(sc: dict[str, Any] | None) -> list[str]:
     if model:
         cores = list(model["keystrokes_per_s"])
         frontends = sorted({f for row in model["keystrokes_per_s"].values() for f in row}, key=int)
+        head = ["| C \\ F | " + " | ".join(frontends) + " |", "|---|" + "---|" * len(frontends)]
         lines += [
             "",
             f"### Scaling model: predicted keystrokes/s for F frontends on C cores (N={model['sessions']})",
@@ -247,8 +248,7 @@ def _scaling_section(sc: dict[str, Any] | None) -> list[str]:
             "A machine whose load generator shares its 2 cores cannot show scaling: read the model, not "
             "the measured throughput, there.",
             "",
-            "| C \\ F | " + " | ".join(frontends) + " |",
-            "|---|" + "---|" * len(frontends),
+            *head,
         ]
         for c in cores:
             row = model["keystrokes_per_s"][c]
@@ -261,8 +261,7 @@ def _scaling_section(sc: dict[str, Any] | None) -> list[str]:
                 "cell: the predicted keystrokes/s with the fewest K that keep up with F frontends, F + K <= C "
                 "(the shared admission ledger's lock not counted: docs/design-notes.md).",
                 "",
-                "| C \\ F | " + " | ".join(frontends) + " |",
-                "|---|" + "---|" * len(frontends),
+                *head,
             ]
             for c in cores:
                 cells = several.get(c, {})

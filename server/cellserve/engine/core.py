@@ -125,9 +125,7 @@ class EngineCore(SessionOps):
         self.sequence_ids = SequenceIds(2 * settings.max_sessions)  # KServe sequences, for every frontend
         self.deliveries = Deliveries()  # what callers get with the next pass (core_io.py)
         self.completions = CompletionBook(self.admission, self._runtimes, self.deliveries)
-        self.sessions = SessionTable(
-            settings, self.admission, self._runtimes, self.deliveries, self.completions, shard.mint_id
-        )
+        self.sessions = SessionTable(self.admission, self._runtimes, self.deliveries, self.completions, shard.mint_id)
         self._blobs = SessionBlobs(settings, self._runtimes, self._memory_settings)
         self._handoff = SessionHandoff(settings, self.sessions, self._runtimes, self._blobs, self.sequence_ids)
         self._iterations = 0

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import secrets
 import time
 from collections.abc import Callable
 
-from ..config import Settings
 from ..errors import NotFound, Unavailable
 from ..memory.window import SessionMemory
 from .admission import Admission, SessionLimitReached
@@ -23,6 +21,7 @@ from .completion_book import CompletionBook
 from .core_io import Deliveries
 from .runtime import ModelRuntime
 from .sessions import AppendOp, ControlOp, Session, SessionState
+from .shards import ONE
 from .types import SessionEvent
 
 SESSION_NOT_FOUND = "session not found"
@@ -31,17 +30,15 @@ SESSION_NOT_FOUND = "session not found"
 class SessionTable:
     def __init__(
         self,
-        settings: Settings,
         admission: Admission,
         runtimes: dict[str, ModelRuntime],
         deliveries: Deliveries,
         completions: CompletionBook,
-        mint_id: Callable[[], str] = lambda: secrets.token_hex(16),
+        mint_id: Callable[[], str] = ONE.mint_id,
     ) -> None:
         """``mint_id``: a new session id (with several core processes, one naming this core:
-        ``engine/shards.py``)."""
+        ``engine/shards.py``). The caps are the admission's (``settings.max_sessions`` there)."""
         self._mint_id = mint_id
-        self._settings = settings
         self._admission = admission
         self._runtimes = runtimes
         self._deliveries = deliveries

@@ -1,5 +1,5 @@
 """What a process-shared lock costs, for the shared admission ledger that several core
-processes would charge (docs/design-notes.md, "Scaling past one core process"): one
+processes would charge (docs/design-notes.md, "Several core processes"): one
 acquire + release of a ``multiprocessing`` lock (a POSIX semaphore in shared memory) and,
 for comparison, of a ``threading.Lock``, first uncontended, then with P-1 other processes
 taking the same lock in a loop (each holding it for a counter update, as a charge would).

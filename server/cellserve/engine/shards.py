@@ -2,7 +2,8 @@
 
 A session lives on one core for its whole life, and its id names that core: ``core_of(id)``
 is a stable hash (blake2b, not Python's salted ``hash``, so every process agrees; not crc32,
-whose linearity sent a dozen similar KServe sequence keys to two of four cores) modulo the
+whose linearity sent the twelve similar KServe keys of tests/engine/test_shards.py to two of
+four cores) modulo the
 number of cores, and a core mints only ids that hash to itself (``mint_id``: about K tries of
 ``token_hex``, 128 random bits each). So a frontend routes every call on a session with no
 lookup and no directory shared between processes, and a session handed off between replicas
